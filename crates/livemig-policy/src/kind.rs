@@ -1,0 +1,81 @@
+//! Policy names, parsing and construction.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::baselines::{Fixed, Qemu, Xen, XenV2};
+use crate::dirty_factor::DirtyFactor;
+use crate::{ConfigError, Policy, PolicyConfig};
+
+/// Every policy the crate knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyKind {
+    /// The method (section 4).
+    DirtyFactor,
+    /// Legacy Xen adaptive rate.
+    Xen,
+    /// Xen 4.6+ stream, unlimited.
+    XenV2,
+    /// QEMU defaults.
+    Qemu,
+    /// One constant cap.
+    Fixed,
+}
+
+/// A policy name that is not one of [`PolicyKind::ALL`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("unknown policy `{0}` (expected one of: dirty-factor, xen, xen-v2, qemu, fixed)")]
+pub struct UnknownPolicy(pub String);
+
+impl PolicyKind {
+    /// Every policy, in the order reports list them.
+    pub const ALL: [PolicyKind; 5] = [
+        PolicyKind::DirtyFactor,
+        PolicyKind::Xen,
+        PolicyKind::XenV2,
+        PolicyKind::Qemu,
+        PolicyKind::Fixed,
+    ];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::DirtyFactor => "dirty-factor",
+            PolicyKind::Xen => "xen",
+            PolicyKind::XenV2 => "xen-v2",
+            PolicyKind::Qemu => "qemu",
+            PolicyKind::Fixed => "fixed",
+        }
+    }
+
+    /// Validates `cfg` and builds the policy.
+    pub fn build(self, cfg: PolicyConfig) -> Result<Box<dyn Policy>, ConfigError> {
+        cfg.validate()?;
+        Ok(match self {
+            PolicyKind::DirtyFactor => Box::new(DirtyFactor::new(cfg)),
+            PolicyKind::Xen => Box::new(Xen::new(cfg)),
+            PolicyKind::XenV2 => Box::new(XenV2::new(cfg)),
+            PolicyKind::Qemu => Box::new(Qemu::new(cfg)),
+            PolicyKind::Fixed => Box::new(Fixed::new(cfg)),
+        })
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PolicyKind {
+    type Err = UnknownPolicy;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        PolicyKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| UnknownPolicy(s.to_string()))
+    }
+}

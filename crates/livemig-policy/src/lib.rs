@@ -1,0 +1,42 @@
+//! The method of `shared/docs/method.md`: per-round dirty-page factors, the threshold, the
+//! bandwidth decision, termination; and the baselines it is compared against.
+//!
+//! Map of the crate:
+//! - [`config`]: the operator's settings (M, N, h, bandwidth bounds) and their validation.
+//! - [`stats`]: [`RoundStats`], what an executor measured in one round, and the running
+//!   [`stats::FactorTracker`] (P_k, rho_k, rhobar_k, Phat).
+//! - [`threshold`]: T = (h / M)^(1 / N).
+//! - [`decision`]: [`Decision`], [`Action`] and the [`Audit`] record every policy returns.
+//! - [`dirty_factor`]: the method itself (section 4).
+//! - [`baselines`]: `xen`, `xen-v2`, `qemu`, `fixed` (section 7).
+//! - [`PolicyKind`]: names and construction of every policy.
+//!
+//! Pure code: no I/O and no clock. Time arrives as numbers in [`RoundStats`].
+
+pub mod baselines;
+pub mod config;
+pub mod decision;
+pub mod dirty_factor;
+pub mod kind;
+pub mod stats;
+pub mod threshold;
+
+pub use config::{ConfigError, PolicyConfig};
+pub use decision::{Action, Audit, Branch, Decision, StopReason};
+pub use kind::{PolicyKind, UnknownPolicy};
+pub use stats::{RoundStats, StatsError};
+
+/// One bandwidth policy: the executor asks it for round 1's cap, reports every finished round
+/// and obeys the returned [`Decision`].
+pub trait Policy: Send + std::fmt::Debug {
+    /// The policy's name as used on the command line.
+    fn name(&self) -> &'static str;
+    /// The threshold T the policy compares against, when it has one.
+    fn threshold(&self) -> Option<f64>;
+    /// The cap for round 1 (bytes/s).
+    fn first_cap(&self) -> f64;
+    /// The cap for the stop-and-copy phase (bytes/s).
+    fn stop_copy_cap(&self) -> f64;
+    /// Consumes the statistics of the round that just ended and decides what comes next.
+    fn after_round(&mut self, stats: &RoundStats) -> Result<Decision, StatsError>;
+}
