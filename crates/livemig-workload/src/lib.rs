@@ -1,1 +1,21 @@
-//! placeholder
+//! Workloads: how a guest dirties its memory, shared by the simulator and the engine.
+//!
+//! Map of the crate:
+//! - [`units`]: sizes, rates, durations and fractions with units (`4GiB`, `100Mbit/s`, `300ms`,
+//!   `10%`), parsing and printing.
+//! - [`rate`]: [`RateSeries`], a piecewise-constant write rate over time (constant, phased or a
+//!   replayed trace) and its integral.
+//! - [`trace`]: the CSV trace format (`time_s,dirty_rate_bytes_per_s`).
+//! - [`spec`]: [`Workload`], parsed from `KIND:key=value,...`.
+//! - [`model`]: [`DirtyModel`], the expected number of distinct dirty bytes after a number of
+//!   written bytes, per access pattern.
+
+pub mod model;
+pub mod rate;
+pub mod spec;
+pub mod trace;
+pub mod units;
+
+pub use model::DirtyModel;
+pub use rate::RateSeries;
+pub use spec::{Pattern, SpecError, Workload};

@@ -1,0 +1,374 @@
+//! Workload specifications: `KIND:key=value,...` on the command line and in scenario files.
+//!
+//! | spec | meaning |
+//! |---|---|
+//! | `idle` | nothing is written |
+//! | `uniform:rate=R` | R bytes/s of page writes spread uniformly over all pages |
+//! | `hotcold:rate=R,hot=F,share=S` | a fraction F of the pages receives a share S of the writes |
+//! | `zipf:rate=R,s=X` | page ranks drawn from a Zipf law with exponent X |
+//! | `scan:rate=R` | a sequential sweep: every write hits a new page until it wraps |
+//! | `phased:steps=R1@T1;R2@T2;...[,pattern=P][,hot=..,share=..,s=..]` | rate R_i from time T_i on |
+//! | `trace:file=PATH[,pattern=P][,scale=X]` | a recorded rate series (see [`crate::trace`]) |
+//!
+//! A write of R bytes/s means R / S page-sized writes per second, each dirtying one page.
+//! For `phased` and `trace` the access pattern P is `uniform` (default), `hotcold`, `zipf` or
+//! `scan`; giving `hot`/`share` implies `hotcold` and `s` implies `zipf`.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use crate::rate::{RateError, RateSeries};
+use crate::trace::{self, TraceError};
+use crate::units::{self, UnitError};
+
+/// Where a workload writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pattern {
+    /// Every page equally likely.
+    Uniform,
+    /// A fraction `hot` of the pages receives a share `share` of the writes.
+    HotCold { hot: f64, share: f64 },
+    /// Zipf law over page ranks with exponent `s`.
+    Zipf { s: f64 },
+    /// Sequential sweep.
+    Scan,
+}
+
+/// A parsed workload: an access pattern and a write-rate series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    /// Where writes land.
+    pub pattern: Pattern,
+    /// How fast writes come (bytes/s over time).
+    pub rate: RateSeries,
+    spec: String,
+}
+
+/// Why a workload spec was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error(
+        "unknown workload `{0}` (expected idle, uniform, hotcold, zipf, scan, phased or trace)"
+    )]
+    UnknownKind(String),
+    #[error("workload `{kind}` needs `{key}=...`")]
+    Missing { kind: String, key: &'static str },
+    #[error("workload `{kind}` has no parameter `{key}` (it takes: {allowed})")]
+    UnknownKey {
+        kind: String,
+        key: String,
+        allowed: &'static str,
+    },
+    #[error("`{0}` is not `key=value`")]
+    NotKeyValue(String),
+    #[error("{key}={value}: {source}")]
+    Value {
+        key: String,
+        value: String,
+        #[source]
+        source: UnitError,
+    },
+    #[error("{key}={value} is out of range: {expected}")]
+    Range {
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("steps: `{0}` is not RATE@TIME (e.g. 100MiB/s@30s)")]
+    Step(String),
+    #[error("{0}")]
+    Series(#[from] RateError),
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error("unknown pattern `{0}` (expected uniform, hotcold, zipf or scan)")]
+    UnknownPattern(String),
+}
+
+struct Params<'a> {
+    kind: &'a str,
+    pairs: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Params<'a> {
+    fn parse(kind: &'a str, rest: &'a str, allowed: &'static str) -> Result<Self, SpecError> {
+        let mut pairs = Vec::new();
+        for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| SpecError::NotKeyValue(part.to_string()))?;
+            let k = k.trim();
+            if !allowed.split(", ").any(|a| a == k) {
+                return Err(SpecError::UnknownKey {
+                    kind: kind.to_string(),
+                    key: k.to_string(),
+                    allowed,
+                });
+            }
+            pairs.push((k, v.trim()));
+        }
+        Ok(Params { kind, pairs })
+    }
+
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+    }
+
+    fn need(&self, key: &'static str) -> Result<&'a str, SpecError> {
+        self.get(key).ok_or_else(|| SpecError::Missing {
+            kind: self.kind.to_string(),
+            key,
+        })
+    }
+
+    fn rate(&self, key: &'static str) -> Result<f64, SpecError> {
+        let v = self.need(key)?;
+        units::parse_rate(v).map_err(|source| value_err(key, v, source))
+    }
+
+    fn fraction(&self, key: &'static str, default: f64, open_low: bool) -> Result<f64, SpecError> {
+        let Some(v) = self.get(key) else {
+            return Ok(default);
+        };
+        let f = units::parse_fraction(v).map_err(|source| value_err(key, v, source))?;
+        let ok = if open_low {
+            f > 0.0 && f < 1.0
+        } else {
+            (0.0..=1.0).contains(&f)
+        };
+        if !ok {
+            return Err(SpecError::Range {
+                key: key.to_string(),
+                value: v.to_string(),
+                expected: if open_low {
+                    "strictly between 0% and 100%"
+                } else {
+                    "between 0% and 100%"
+                },
+            });
+        }
+        Ok(f)
+    }
+
+    fn number(&self, key: &'static str, default: f64) -> Result<f64, SpecError> {
+        let Some(v) = self.get(key) else {
+            return Ok(default);
+        };
+        match v.parse::<f64>() {
+            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+            _ => Err(SpecError::Range {
+                key: key.to_string(),
+                value: v.to_string(),
+                expected: "a positive number",
+            }),
+        }
+    }
+
+    /// The pattern of `phased` and `trace`: explicit `pattern=` or inferred from its keys.
+    fn pattern(&self) -> Result<Pattern, SpecError> {
+        let name = match self.get("pattern") {
+            Some(p) => p,
+            None if self.get("hot").is_some() || self.get("share").is_some() => "hotcold",
+            None if self.get("s").is_some() => "zipf",
+            None => "uniform",
+        };
+        self.named_pattern(name)
+    }
+
+    fn named_pattern(&self, name: &str) -> Result<Pattern, SpecError> {
+        Ok(match name {
+            "uniform" => Pattern::Uniform,
+            "scan" => Pattern::Scan,
+            "hotcold" => Pattern::HotCold {
+                hot: self.fraction("hot", 0.1, true)?,
+                share: self.fraction("share", 0.9, false)?,
+            },
+            "zipf" => Pattern::Zipf {
+                s: self.number("s", 1.0)?,
+            },
+            other => return Err(SpecError::UnknownPattern(other.to_string())),
+        })
+    }
+}
+
+fn value_err(key: &str, value: &str, source: UnitError) -> SpecError {
+    SpecError::Value {
+        key: key.to_string(),
+        value: value.to_string(),
+        source,
+    }
+}
+
+fn parse_steps(v: &str) -> Result<RateSeries, SpecError> {
+    let mut steps = Vec::new();
+    for step in v.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let (r, t) = step
+            .split_once('@')
+            .ok_or_else(|| SpecError::Step(step.to_string()))?;
+        let rate = units::parse_rate(r).map_err(|source| value_err("steps", r, source))?;
+        let at = units::parse_duration(t).map_err(|source| value_err("steps", t, source))?;
+        steps.push((at, rate));
+    }
+    Ok(RateSeries::steps(steps)?)
+}
+
+impl Workload {
+    /// Parses a spec; `trace` files are resolved relative to `base` when not absolute.
+    pub fn parse_in(spec: &str, base: Option<&Path>) -> Result<Workload, SpecError> {
+        let spec = spec.trim();
+        let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
+        let kind = kind.trim();
+        let (pattern, rate) = match kind {
+            "idle" => {
+                Params::parse(kind, rest, "")?;
+                (Pattern::Uniform, RateSeries::constant(0.0)?)
+            }
+            "uniform" | "scan" => {
+                let p = Params::parse(kind, rest, "rate")?;
+                (
+                    p.named_pattern(kind)?,
+                    RateSeries::constant(p.rate("rate")?)?,
+                )
+            }
+            "hotcold" => {
+                let p = Params::parse(kind, rest, "rate, hot, share")?;
+                p.need("hot")?;
+                p.need("share")?;
+                (
+                    p.named_pattern(kind)?,
+                    RateSeries::constant(p.rate("rate")?)?,
+                )
+            }
+            "zipf" => {
+                let p = Params::parse(kind, rest, "rate, s")?;
+                p.need("s")?;
+                (
+                    p.named_pattern(kind)?,
+                    RateSeries::constant(p.rate("rate")?)?,
+                )
+            }
+            "phased" => {
+                let p = Params::parse(kind, rest, "steps, pattern, hot, share, s")?;
+                (p.pattern()?, parse_steps(p.need("steps")?)?)
+            }
+            "trace" => {
+                let p = Params::parse(kind, rest, "file, pattern, hot, share, s, scale")?;
+                let file = Path::new(p.need("file")?);
+                let path = match base {
+                    Some(b) if file.is_relative() => b.join(file),
+                    _ => file.to_path_buf(),
+                };
+                let scale = p.number("scale", 1.0)?;
+                let series = trace::read(&path)?;
+                let scaled = series
+                    .as_steps()
+                    .iter()
+                    .map(|&(t, r)| (t, r * scale))
+                    .collect();
+                (p.pattern()?, RateSeries::steps(scaled)?)
+            }
+            other => return Err(SpecError::UnknownKind(other.to_string())),
+        };
+        Ok(Workload {
+            pattern,
+            rate,
+            spec: spec.to_string(),
+        })
+    }
+
+    /// The spec as written.
+    pub fn spec(&self) -> &str {
+        &self.spec
+    }
+}
+
+impl FromStr for Workload {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Workload::parse_in(s, None)
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: f64 = 1024.0 * 1024.0;
+
+    fn err(spec: &str) -> String {
+        spec.parse::<Workload>().expect_err(spec).to_string()
+    }
+
+    #[test]
+    fn parses_every_kind() {
+        let w: Workload = "hotcold:rate=300MiB/s,hot=10%,share=90%"
+            .parse()
+            .expect("valid");
+        assert_eq!(
+            w.pattern,
+            Pattern::HotCold {
+                hot: 0.1,
+                share: 0.9
+            }
+        );
+        assert_eq!(w.rate.rate_at(0.0), 300.0 * MIB);
+        let w: Workload = "idle".parse().expect("valid");
+        assert_eq!(w.rate.peak(), 0.0);
+        let w: Workload = "zipf:rate=1MiB/s,s=1.2".parse().expect("valid");
+        assert_eq!(w.pattern, Pattern::Zipf { s: 1.2 });
+        let w: Workload = "scan:rate=1MiB/s".parse().expect("valid");
+        assert_eq!(w.pattern, Pattern::Scan);
+        let w: Workload = "phased:steps=10MiB/s@0s;100MiB/s@30s,hot=5%,share=80%"
+            .parse()
+            .expect("valid");
+        assert_eq!(
+            w.pattern,
+            Pattern::HotCold {
+                hot: 0.05,
+                share: 0.8
+            }
+        );
+        assert_eq!(w.rate.rate_at(31.0), 100.0 * MIB);
+        assert_eq!(
+            w.to_string(),
+            "phased:steps=10MiB/s@0s;100MiB/s@30s,hot=5%,share=80%"
+        );
+    }
+
+    #[test]
+    fn bad_specs_name_the_offending_value() {
+        assert!(err("bogus:rate=1").contains("`bogus`"));
+        assert!(err("uniform:rate=-1").contains("`-1`"));
+        assert!(err("hotcold:rate=1MiB/s,hot=150%,share=90%").contains("hot=150%"));
+        assert!(err("hotcold:rate=1MiB/s,hot=10%").contains("share"));
+        assert!(err("uniform:speed=1").contains("`speed`"));
+        assert!(err("uniform").contains("rate"));
+        assert!(err("phased:steps=1MiB/s").contains("RATE@TIME"));
+        assert!(err("zipf:rate=1,s=-2").contains("s=-2"));
+        assert!(err("trace:file=/no/such/file.csv").contains("/no/such/file.csv"));
+        assert!(err("phased:steps=1@0s,pattern=spiral").contains("spiral"));
+    }
+
+    #[test]
+    fn trace_files_are_read_relative_to_base() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("t.csv"),
+            "time_s,dirty_rate_bytes_per_s\n0,100\n10,200\n",
+        )
+        .expect("write");
+        let w = Workload::parse_in("trace:file=t.csv,scale=2", Some(dir.path())).expect("valid");
+        assert_eq!(w.rate.rate_at(11.0), 400.0);
+        assert_eq!(w.pattern, Pattern::Uniform);
+    }
+}
