@@ -10,6 +10,7 @@
 //! - [`dirty_factor`]: the method itself (section 4).
 //! - [`baselines`]: `xen`, `xen-v2`, `qemu`, `fixed` (section 7).
 //! - [`PolicyKind`]: names and construction of every policy.
+//! - [`report`]: the one JSON result shape every executor produces.
 //!
 //! Pure code: no I/O and no clock. Time arrives as numbers in [`RoundStats`].
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod decision;
 pub mod dirty_factor;
 pub mod kind;
+pub mod report;
 pub mod stats;
 pub mod threshold;
 

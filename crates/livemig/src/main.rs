@@ -1,1 +1,43 @@
-fn main() {}
+//! `livemig`: the one binary. Thin: parses arguments and calls the crates.
+//!
+//! - [`cmd::simulate`]: `livemig simulate`, one simulated migration.
+//! - [`cmd::bench`]: `livemig bench`, every policy over a scenario suite.
+//! - [`table`]: human tables; [`plot`]: SVG/PNG plots.
+
+mod cmd;
+mod plot;
+mod table;
+
+use clap::{Parser, Subcommand};
+
+/// Network-aware live migration of virtual machines: adaptive pre-copy bandwidth by average
+/// dirty-page factor (CN103365704A), its simulator and its benchmarks.
+///
+/// Sizes and rates take units: 4GiB, 512MiB, 100Mbit/s, 125MB/s, 300MiB/s.
+#[derive(Debug, Parser)]
+#[command(name = "livemig", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Simulate one migration under a policy and print the per-round table.
+    Simulate(Box<cmd::simulate::Args>),
+    /// Run every policy over a suite of scenarios, side by side with the oracle.
+    Bench(cmd::bench::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Simulate(a) => cmd::simulate::run(*a),
+        Command::Bench(a) => cmd::bench::run(a),
+    };
+    if let Err(e) = result {
+        let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!("livemig: error: {}", chain.join(": "));
+        std::process::exit(2);
+    }
+}

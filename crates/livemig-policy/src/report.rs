@@ -1,0 +1,233 @@
+//! The one result shape every executor (simulator, engine, QEMU governor) serialises to.
+
+use serde::{Deserialize, Serialize};
+
+use crate::decision::{Decision, StopReason};
+use crate::stats::RoundStats;
+
+/// One pre-copy round as reported (round 1 is the full copy).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: u32,
+    pub cap_bytes_per_s: f64,
+    pub bytes_sent: f64,
+    pub duration_s: f64,
+    pub effective_bytes_per_s: f64,
+    pub dirty_bytes: f64,
+    pub dirty_rate_bytes_per_s: f64,
+    pub factor: f64,
+    pub avg_factor: f64,
+    /// The policy's decision after this round, with its audit record.
+    pub decision: Decision,
+}
+
+/// The whole migration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Remaining dirty bytes at the end of pre-copy were at most h.
+    pub converged: bool,
+    pub stop_reason: StopReason,
+    /// Pre-copy rounds run.
+    pub rounds: u32,
+    /// From the start of round 1 to the resume on the destination.
+    pub total_time_s: f64,
+    /// From the pause on the source to the resume on the destination.
+    pub downtime_s: f64,
+    /// Every byte of memory sent, stop-and-copy included.
+    pub total_bytes: f64,
+    /// Memory bytes sent during stop-and-copy.
+    pub stop_copy_bytes: f64,
+    /// CPU/device state bytes sent during stop-and-copy.
+    pub state_bytes: f64,
+    /// Highest 100 ms window on the wire (stop-and-copy included).
+    pub peak_bytes_per_s: f64,
+    /// Highest pre-copy round cap.
+    pub peak_cap_bytes_per_s: f64,
+    /// total_bytes / total_time_s.
+    pub mean_bytes_per_s: f64,
+}
+
+/// A migration's result: `{policy, memory_bytes, threshold, rounds, summary}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    pub policy: String,
+    pub memory_bytes: f64,
+    pub threshold: Option<f64>,
+    /// h, for reference.
+    pub stop_remaining_bytes: f64,
+    /// Which executor produced it (`sim`, `engine`, `qemu`).
+    pub executor: String,
+    /// The workload spec, when the executor knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    pub rounds: Vec<RoundRecord>,
+    pub summary: Summary,
+}
+
+/// What the stop-and-copy phase measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StopCopy {
+    /// Memory bytes sent while paused.
+    pub bytes: f64,
+    /// CPU/device state bytes sent while paused.
+    pub state_bytes: f64,
+    /// Pause to resume, seconds.
+    pub downtime_s: f64,
+}
+
+/// Collects rounds and decisions, then produces the report.
+#[derive(Debug, Clone)]
+pub struct ReportBuilder {
+    report: MigrationReport,
+    precopy_time_s: f64,
+    stop_reason: Option<StopReason>,
+}
+
+impl ReportBuilder {
+    /// Starts a report.
+    pub fn new(
+        policy: &str,
+        executor: &str,
+        memory_bytes: f64,
+        stop_remaining_bytes: f64,
+        threshold: Option<f64>,
+    ) -> ReportBuilder {
+        ReportBuilder {
+            report: MigrationReport {
+                policy: policy.to_string(),
+                memory_bytes,
+                threshold,
+                stop_remaining_bytes,
+                executor: executor.to_string(),
+                workload: None,
+                rounds: Vec::new(),
+                summary: Summary {
+                    converged: false,
+                    stop_reason: StopReason::RoundLimit,
+                    rounds: 0,
+                    total_time_s: 0.0,
+                    downtime_s: 0.0,
+                    total_bytes: 0.0,
+                    stop_copy_bytes: 0.0,
+                    state_bytes: 0.0,
+                    peak_bytes_per_s: 0.0,
+                    peak_cap_bytes_per_s: 0.0,
+                    mean_bytes_per_s: 0.0,
+                },
+            },
+            precopy_time_s: 0.0,
+            stop_reason: None,
+        }
+    }
+
+    /// Records the workload spec.
+    pub fn workload(mut self, spec: &str) -> ReportBuilder {
+        self.report.workload = Some(spec.to_string());
+        self
+    }
+
+    /// Records a finished round and the policy's decision on it.
+    pub fn round(&mut self, s: &RoundStats, decision: &Decision) {
+        self.precopy_time_s += s.duration_s;
+        if let Some(r) = decision.stop_reason() {
+            self.stop_reason = Some(r);
+        }
+        self.report.rounds.push(RoundRecord {
+            round: s.round,
+            cap_bytes_per_s: s.cap_bytes_per_s,
+            bytes_sent: s.bytes_sent,
+            duration_s: s.duration_s,
+            effective_bytes_per_s: s.effective_bytes_per_s(),
+            dirty_bytes: s.dirty_bytes,
+            dirty_rate_bytes_per_s: s.dirty_rate_bytes_per_s(),
+            factor: s.factor(),
+            avg_factor: decision.audit.avg_factor,
+            decision: decision.clone(),
+        });
+    }
+
+    /// Pre-copy time so far.
+    pub fn precopy_time_s(&self) -> f64 {
+        self.precopy_time_s
+    }
+
+    /// Closes the report with the stop-and-copy figures and the wire peak measured by the
+    /// executor.
+    pub fn finish(mut self, stop: StopCopy, peak_wire_bytes_per_s: f64) -> MigrationReport {
+        let r = &mut self.report;
+        let remaining = r.rounds.last().map_or(r.memory_bytes, |x| x.dirty_bytes);
+        let precopy_bytes: f64 = r.rounds.iter().map(|x| x.bytes_sent).sum();
+        let s = &mut r.summary;
+        s.converged = remaining <= r.stop_remaining_bytes;
+        s.stop_reason = self.stop_reason.unwrap_or(StopReason::RoundLimit);
+        s.rounds = r.rounds.len() as u32;
+        s.downtime_s = stop.downtime_s;
+        s.total_time_s = self.precopy_time_s + stop.downtime_s;
+        s.stop_copy_bytes = stop.bytes;
+        s.state_bytes = stop.state_bytes;
+        s.total_bytes = precopy_bytes + stop.bytes;
+        s.peak_cap_bytes_per_s = r
+            .rounds
+            .iter()
+            .map(|x| x.cap_bytes_per_s)
+            .fold(0.0, f64::max);
+        s.peak_bytes_per_s = peak_wire_bytes_per_s;
+        s.mean_bytes_per_s = if s.total_time_s > 0.0 {
+            s.total_bytes / s.total_time_s
+        } else {
+            0.0
+        };
+        self.report
+    }
+}
+
+/// Highest average rate over any window of `window_s` seconds on a timeline of
+/// constant-rate segments `(start_s, duration_s, bytes)`, laid end to end or with gaps.
+/// For piecewise-constant rates the maximum is reached with a window edge on a segment edge.
+pub fn peak_window(segments: &[(f64, f64, f64)], window_s: f64) -> f64 {
+    let bytes_in = |lo: f64, hi: f64| -> f64 {
+        segments
+            .iter()
+            .map(|&(start, dur, bytes)| {
+                if dur <= 0.0 {
+                    // An instantaneous burst counts whole if inside the window.
+                    return if start >= lo && start < hi {
+                        bytes
+                    } else {
+                        0.0
+                    };
+                }
+                let overlap = (hi.min(start + dur) - lo.max(start)).max(0.0);
+                bytes * overlap / dur
+            })
+            .sum()
+    };
+    let mut best: f64 = 0.0;
+    for &(start, dur, _) in segments {
+        for edge in [start, start + dur] {
+            best = best.max(bytes_in(edge, edge + window_s));
+            best = best.max(bytes_in(edge - window_s, edge));
+        }
+    }
+    best / window_s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_window_of_a_short_burst_after_a_slow_segment() {
+        // 10 s at 100 B/s, then 50 bytes in 0.05 s.
+        let segs = [(0.0, 10.0, 1000.0), (10.0, 0.05, 50.0)];
+        let p = peak_window(&segs, 0.1);
+        // Best window: last 0.05 s of the slow part (5 bytes) + the burst (50): 550 B/s.
+        assert!((p - 550.0).abs() < 1e-6, "{p}");
+    }
+
+    #[test]
+    fn peak_window_of_one_long_segment_is_its_rate() {
+        let p = peak_window(&[(0.0, 100.0, 1e6)], 0.1);
+        assert!((p - 1e4).abs() < 1e-6);
+    }
+}

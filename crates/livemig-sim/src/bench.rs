@@ -1,0 +1,92 @@
+//! Every policy over a suite of scenarios, side by side, with ratios to the oracle.
+
+use livemig_policy::report::MigrationReport;
+use livemig_policy::PolicyKind;
+use serde::Serialize;
+
+use crate::oracle::{self, Oracle};
+use crate::run::{simulate, SimError};
+use crate::scenario::Scenario;
+
+/// The default suite shipped in `scenarios/suite.toml`.
+pub const DEFAULT_SUITE: &str = include_str!("../../../scenarios/suite.toml");
+
+/// One policy on one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyResult {
+    pub policy: String,
+    /// Peak round cap / oracle bandwidth.
+    pub peak_cap_ratio: Option<f64>,
+    /// Total time / oracle's total time.
+    pub total_time_ratio: Option<f64>,
+    /// Downtime / oracle's downtime.
+    pub downtime_ratio: Option<f64>,
+    pub report: MigrationReport,
+}
+
+/// Every policy on one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioResult {
+    pub scenario: String,
+    pub description: String,
+    pub workload: String,
+    pub memory_bytes: f64,
+    pub oracle: Option<Oracle>,
+    pub results: Vec<PolicyResult>,
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0).then(|| a / b)
+}
+
+/// Runs `policies` and the oracle on one scenario.
+pub fn run_scenario(s: &Scenario, policies: &[PolicyKind]) -> Result<ScenarioResult, SimError> {
+    let oracle = oracle::find(s)?;
+    let mut results = Vec::new();
+    for &kind in policies {
+        // The scenario was validated when resolved, so building cannot fail on the config.
+        let mut policy = match kind.build(s.cfg.clone()) {
+            Ok(p) => p,
+            Err(_) => continue,
+        };
+        let report = simulate(policy.as_mut(), s.setup())?;
+        let (cap, time, down) = match &oracle {
+            Some(o) => (
+                ratio(report.summary.peak_cap_bytes_per_s, o.bandwidth_bytes_per_s),
+                ratio(report.summary.total_time_s, o.report.summary.total_time_s),
+                ratio(report.summary.downtime_s, o.report.summary.downtime_s),
+            ),
+            None => (None, None, None),
+        };
+        results.push(PolicyResult {
+            policy: kind.name().to_string(),
+            peak_cap_ratio: cap,
+            total_time_ratio: time,
+            downtime_ratio: down,
+            report,
+        });
+    }
+    Ok(ScenarioResult {
+        scenario: s.name.clone(),
+        description: s.description.clone(),
+        workload: s.workload.spec().to_string(),
+        memory_bytes: s.cfg.memory_bytes,
+        oracle,
+        results,
+    })
+}
+
+/// Runs the whole suite, calling `progress` after each scenario.
+pub fn run_suite(
+    suite: &[Scenario],
+    policies: &[PolicyKind],
+    mut progress: impl FnMut(usize, &ScenarioResult),
+) -> Result<Vec<ScenarioResult>, SimError> {
+    let mut out = Vec::with_capacity(suite.len());
+    for (i, s) in suite.iter().enumerate() {
+        let r = run_scenario(s, policies)?;
+        progress(i, &r);
+        out.push(r);
+    }
+    Ok(out)
+}

@@ -1,0 +1,322 @@
+//! Scenarios: memory, workload, the operator's settings and the link, from TOML or flags.
+//!
+//! A scenario file holds one or more `[[scenario]]` tables; sizes, rates and durations are
+//! strings with units:
+//!
+//! ```toml
+//! [[scenario]]
+//! name = "hotcold-4g"
+//! description = "4 GiB, 10 % hot set taking 90 % of 300 MiB/s"
+//! memory = "4GiB"
+//! workload = "hotcold:rate=300MiB/s,hot=10%,share=90%"
+//! rounds = 10                 # N (default 10)
+//! stop_remaining = "64MiB"    # h (default 64MiB)
+//! min_bandwidth = "100Mbit/s" # B_min (default)
+//! max_bandwidth = "10Gbit/s"  # B_max (default)
+//! # optional: initial_bandwidth, threshold, bandwidth (fixed/qemu), downtime_limit,
+//! # page_size, link_capacity, state_size, resume_latency, noise, seed
+//! ```
+
+use std::path::Path;
+
+use livemig_policy::{ConfigError, PolicyConfig};
+use livemig_workload::units::{self, UnitError};
+use livemig_workload::{DirtyModel, SpecError, Workload};
+use serde::{Deserialize, Serialize};
+
+use crate::link::Link;
+
+/// A scenario as written: every quantity a string with units.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub memory: String,
+    pub workload: String,
+    #[serde(default)]
+    pub rounds: Option<u32>,
+    #[serde(default)]
+    pub stop_remaining: Option<String>,
+    #[serde(default)]
+    pub min_bandwidth: Option<String>,
+    #[serde(default)]
+    pub max_bandwidth: Option<String>,
+    #[serde(default)]
+    pub initial_bandwidth: Option<String>,
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    #[serde(default)]
+    pub bandwidth: Option<String>,
+    #[serde(default)]
+    pub downtime_limit: Option<String>,
+    #[serde(default)]
+    pub page_size: Option<String>,
+    #[serde(default)]
+    pub link_capacity: Option<String>,
+    #[serde(default)]
+    pub state_size: Option<String>,
+    #[serde(default)]
+    pub resume_latency: Option<String>,
+    #[serde(default)]
+    pub noise: Option<f64>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+/// A resolved, validated scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    pub cfg: PolicyConfig,
+    pub workload: Workload,
+    pub model: DirtyModel,
+    pub link: Link,
+}
+
+/// Why a scenario was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario file {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Toml { path: String, message: String },
+    #[error("{path}: no [[scenario]] table")]
+    Empty { path: String },
+    #[error("scenario `{scenario}`: {field}: {source}")]
+    Unit {
+        scenario: String,
+        field: &'static str,
+        #[source]
+        source: UnitError,
+    },
+    #[error("scenario `{scenario}`: workload `{spec}`: {source}")]
+    Workload {
+        scenario: String,
+        spec: String,
+        #[source]
+        source: Box<SpecError>,
+    },
+    #[error("scenario `{scenario}`: {source}")]
+    Config {
+        scenario: String,
+        #[source]
+        source: ConfigError,
+    },
+    #[error("scenario `{scenario}`: {field} must be {expected}, got {value}")]
+    Range {
+        scenario: String,
+        field: &'static str,
+        expected: &'static str,
+        value: f64,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    scenario: Vec<ScenarioSpec>,
+}
+
+impl ScenarioSpec {
+    /// Resolves units, parses the workload (trace paths relative to `base`) and validates.
+    pub fn resolve(&self, base: Option<&Path>) -> Result<Scenario, ScenarioError> {
+        let name = self.name.clone();
+        let unit = |field: &'static str, v: &str, f: fn(&str) -> Result<f64, UnitError>| {
+            f(v).map_err(|source| ScenarioError::Unit {
+                scenario: name.clone(),
+                field,
+                source,
+            })
+        };
+        let opt = |field: &'static str,
+                   v: &Option<String>,
+                   f: fn(&str) -> Result<f64, UnitError>|
+         -> Result<Option<f64>, ScenarioError> {
+            v.as_deref().map(|v| unit(field, v, f)).transpose()
+        };
+        let d = PolicyConfig::default();
+        let cfg = PolicyConfig {
+            memory_bytes: unit("memory", &self.memory, units::parse_size)?,
+            page_size: opt("page_size", &self.page_size, units::parse_size)?.unwrap_or(d.page_size),
+            max_rounds: self.rounds.unwrap_or(d.max_rounds),
+            stop_remaining: opt("stop_remaining", &self.stop_remaining, units::parse_size)?
+                .unwrap_or(d.stop_remaining),
+            min_bandwidth: opt("min_bandwidth", &self.min_bandwidth, units::parse_rate)?
+                .unwrap_or(d.min_bandwidth),
+            max_bandwidth: opt("max_bandwidth", &self.max_bandwidth, units::parse_rate)?
+                .unwrap_or(d.max_bandwidth),
+            initial_bandwidth: opt(
+                "initial_bandwidth",
+                &self.initial_bandwidth,
+                units::parse_rate,
+            )?,
+            threshold: self.threshold,
+            fixed_bandwidth: opt("bandwidth", &self.bandwidth, units::parse_rate)?,
+            downtime_limit_s: opt(
+                "downtime_limit",
+                &self.downtime_limit,
+                units::parse_duration,
+            )?
+            .unwrap_or(d.downtime_limit_s),
+            safety_rounds: d.safety_rounds,
+            stop_bandwidth: None,
+        };
+        cfg.validate().map_err(|source| ScenarioError::Config {
+            scenario: name.clone(),
+            source,
+        })?;
+        let workload =
+            Workload::parse_in(&self.workload, base).map_err(|source| ScenarioError::Workload {
+                scenario: name.clone(),
+                spec: self.workload.clone(),
+                source: Box::new(source),
+            })?;
+        let capacity = opt("link_capacity", &self.link_capacity, units::parse_rate)?;
+        if let Some(c) = capacity {
+            if c <= 0.0 {
+                return Err(ScenarioError::Range {
+                    scenario: name,
+                    field: "link_capacity",
+                    expected: "positive",
+                    value: c,
+                });
+            }
+        }
+        let noise = self.noise.unwrap_or(0.0);
+        if !(noise.is_finite() && (0.0..=1.0).contains(&noise)) {
+            return Err(ScenarioError::Range {
+                scenario: name,
+                field: "noise",
+                expected: "between 0 and 1",
+                value: noise,
+            });
+        }
+        let link = Link {
+            capacity,
+            state_bytes: opt("state_size", &self.state_size, units::parse_size)?.unwrap_or(0.0),
+            resume_latency_s: opt(
+                "resume_latency",
+                &self.resume_latency,
+                units::parse_duration,
+            )?
+            .unwrap_or(0.0),
+            noise,
+            seed: self.seed.unwrap_or(1),
+        };
+        let model = DirtyModel::new(&workload, cfg.memory_bytes, cfg.page_size);
+        Ok(Scenario {
+            name: self.name.clone(),
+            description: self.description.clone().unwrap_or_default(),
+            cfg,
+            workload,
+            model,
+            link,
+        })
+    }
+}
+
+/// Parses scenario TOML text; `path` names it in errors and anchors relative trace paths.
+pub fn parse_suite(path: &Path, text: &str) -> Result<Vec<Scenario>, ScenarioError> {
+    let shown = path.display().to_string();
+    let file: File = toml::from_str(text).map_err(|e| ScenarioError::Toml {
+        path: shown.clone(),
+        message: e.message().to_string(),
+    })?;
+    if file.scenario.is_empty() {
+        return Err(ScenarioError::Empty { path: shown });
+    }
+    let base = path.parent();
+    file.scenario.iter().map(|s| s.resolve(base)).collect()
+}
+
+/// Reads a scenario file.
+pub fn load_suite(path: &Path) -> Result<Vec<Scenario>, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_suite(path, &text)
+}
+
+impl Scenario {
+    /// The simulator's inputs for this scenario.
+    pub fn setup(&self) -> crate::run::Setup<'_> {
+        crate::run::Setup {
+            workload: &self.workload,
+            model: &self.model,
+            link: &self.link,
+            memory_bytes: self.cfg.memory_bytes,
+            stop_remaining: self.cfg.stop_remaining,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ScenarioSpec {
+        ScenarioSpec {
+            name: "t".into(),
+            memory: "4GiB".into(),
+            workload: "uniform:rate=10MiB/s".into(),
+            ..ScenarioSpec::default()
+        }
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let s = spec().resolve(None).expect("valid");
+        assert_eq!(s.cfg.max_rounds, 10);
+        assert_eq!(s.cfg.stop_remaining, 64.0 * 1024.0 * 1024.0);
+        assert_eq!(s.cfg.min_bandwidth, 12.5e6);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = ScenarioSpec {
+            memory: "lots".into(),
+            ..spec()
+        }
+        .resolve(None)
+        .expect_err("bad");
+        assert!(e.to_string().contains("`lots`"), "{e}");
+        let e = ScenarioSpec {
+            rounds: Some(0),
+            ..spec()
+        }
+        .resolve(None)
+        .expect_err("bad");
+        assert!(e.to_string().contains("N must be at least 1"), "{e}");
+        let e = ScenarioSpec {
+            stop_remaining: Some("8GiB".into()),
+            ..spec()
+        }
+        .resolve(None)
+        .expect_err("bad");
+        assert!(e.to_string().contains("stop level h"), "{e}");
+        let e = ScenarioSpec {
+            min_bandwidth: Some("10Gbit/s".into()),
+            max_bandwidth: Some("1Gbit/s".into()),
+            ..spec()
+        }
+        .resolve(None)
+        .expect_err("bad");
+        assert!(e.to_string().contains("above the maximum"), "{e}");
+    }
+
+    #[test]
+    fn toml_errors_name_the_file() {
+        let e = parse_suite(Path::new("x.toml"), "[[scenario]]\nname = 1\n").expect_err("bad");
+        assert!(e.to_string().starts_with("x.toml"), "{e}");
+        let e = parse_suite(Path::new("x.toml"), "scenario = []\n").expect_err("empty");
+        assert!(e.to_string().contains("no [[scenario]]"), "{e}");
+    }
+}

@@ -1,0 +1,119 @@
+//! `livemig bench`: every policy over a scenario suite, with the oracle.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use livemig_policy::PolicyKind;
+use livemig_sim::bench::{run_suite, ScenarioResult, DEFAULT_SUITE};
+use livemig_sim::scenario::{load_suite, parse_suite};
+use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
+
+use crate::{plot, table};
+
+/// `livemig bench` flags.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Scenario file ([[scenario]] tables); default: the built-in suite (scenarios/suite.toml).
+    #[arg(long)]
+    pub suite: Option<PathBuf>,
+    /// Only these policies (comma-separated); default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub policies: Vec<PolicyKind>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write a Markdown report with one plot per scenario into this directory.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// Runs `livemig bench`.
+pub fn run(args: Args) -> Result<()> {
+    let suite = match &args.suite {
+        Some(p) => load_suite(p)?,
+        None => parse_suite(Path::new("scenarios/suite.toml (built in)"), DEFAULT_SUITE)?,
+    };
+    let policies = if args.policies.is_empty() {
+        PolicyKind::ALL.to_vec()
+    } else {
+        args.policies.clone()
+    };
+    let started = Instant::now();
+    let n = suite.len();
+    let results = run_suite(&suite, &policies, |i, r| {
+        eprintln!("[{}/{n}] {} done", i + 1, r.scenario);
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(dir) = &args.report {
+        write_report(dir, &results)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for r in &results {
+            println!("\n## {} — {}", r.scenario, r.description);
+            println!("   {} | {}", fmt_bytes(r.memory_bytes), r.workload);
+            println!("{}", table::bench_scenario(r));
+            if r.oracle.is_none() {
+                println!("   oracle: no constant bandwidth <= B_max converges");
+            }
+        }
+        println!("\n## Summary over {n} scenarios ({elapsed:.2} s)");
+        println!("{}", table::bench_summary(&results));
+        if let Some(dir) = &args.report {
+            println!("report written to {}", dir.join("report.md").display());
+        }
+    }
+    Ok(())
+}
+
+fn write_report(dir: &Path, results: &[ScenarioResult]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut md = String::from("# livemig bench report\n\n");
+    md.push_str(
+        "Every policy on every scenario of the suite, simulated. Ratios are to the oracle: the \
+         lowest constant bandwidth that meets the same N and h. Cap ratios use the highest \
+         pre-copy round cap; stop-and-copy runs at B_max for every policy.\n\n",
+    );
+    md.push_str(&format!(
+        "## Summary\n\n```\n{}\n```\n\n",
+        table::bench_summary(results)
+    ));
+    for r in results {
+        let file = format!("{}.svg", r.scenario);
+        plot::bench_caps(&dir.join(&file), r)?;
+        let _ = write!(
+            md,
+            "## {}\n\n{} — `{}`, {}\n\n",
+            r.scenario,
+            r.description,
+            r.workload,
+            fmt_bytes(r.memory_bytes)
+        );
+        match &r.oracle {
+            Some(o) => {
+                let _ = writeln!(
+                    md,
+                    "Oracle: {} constant, total time {}, downtime {}.\n",
+                    fmt_rate(o.bandwidth_bytes_per_s),
+                    fmt_duration(o.report.summary.total_time_s),
+                    fmt_duration(o.report.summary.downtime_s)
+                );
+            }
+            None => md.push_str("Oracle: no constant bandwidth up to B_max converges.\n\n"),
+        }
+        let _ = write!(
+            md,
+            "```\n{}\n```\n\n![caps]({file})\n\n",
+            table::bench_scenario(r)
+        );
+    }
+    let path = dir.join("report.md");
+    std::fs::write(&path, md).with_context(|| format!("cannot write {}", path.display()))?;
+    let json = dir.join("bench.json");
+    std::fs::write(&json, serde_json::to_string_pretty(results)?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    Ok(())
+}

@@ -1,0 +1,197 @@
+//! Human tables (comfy-table): rates in MiB/s, sizes in MiB/GiB, times in s.
+
+use comfy_table::presets::UTF8_BORDERS_ONLY;
+use comfy_table::{CellAlignment, Table};
+use livemig_policy::report::MigrationReport;
+use livemig_policy::Branch;
+use livemig_sim::bench::ScenarioResult;
+use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
+
+fn new_table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    for i in 1..header.len() {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t
+}
+
+fn branch(b: Branch) -> &'static str {
+    match b {
+        Branch::Raise => "raise",
+        Branch::KeepOrLower => "keep/lower",
+        Branch::Constant => "constant",
+        Branch::XenRaise => "xen raise",
+        Branch::XenKeep => "xen keep",
+        Branch::Plan => "plan",
+        Branch::Stop => "stop",
+    }
+}
+
+/// The per-round table.
+pub fn rounds(r: &MigrationReport) -> Table {
+    let mut t = new_table(&[
+        "round",
+        "cap",
+        "sent",
+        "duration",
+        "dirty",
+        "dirty rate",
+        "factor",
+        "average",
+        "branch",
+    ]);
+    for x in &r.rounds {
+        t.add_row(vec![
+            x.round.to_string(),
+            fmt_rate(x.cap_bytes_per_s),
+            fmt_bytes(x.bytes_sent),
+            fmt_duration(x.duration_s),
+            fmt_bytes(x.dirty_bytes),
+            fmt_rate(x.dirty_rate_bytes_per_s),
+            format!("{:.3}", x.factor),
+            format!("{:.3}", x.avg_factor),
+            branch(x.decision.audit.branch).to_string(),
+        ]);
+    }
+    t
+}
+
+/// The summary block.
+pub fn summary(r: &MigrationReport) -> String {
+    let s = &r.summary;
+    let threshold = r.threshold.map_or("-".to_string(), |t| format!("{t:.4}"));
+    format!(
+        "policy {} | threshold T {} | {} after {} rounds ({})\n\
+         total time {} | downtime {} | sent {} (stop-and-copy {})\n\
+         peak cap {} | peak 100 ms on the wire {} | mean {}",
+        r.policy,
+        threshold,
+        if s.converged {
+            "converged"
+        } else {
+            "NOT converged"
+        },
+        s.rounds,
+        s.stop_reason.label(),
+        fmt_duration(s.total_time_s),
+        fmt_duration(s.downtime_s),
+        fmt_bytes(s.total_bytes),
+        fmt_bytes(s.stop_copy_bytes),
+        fmt_rate(s.peak_cap_bytes_per_s),
+        fmt_rate(s.peak_bytes_per_s),
+        fmt_rate(s.mean_bytes_per_s),
+    )
+}
+
+fn ratio(r: Option<f64>) -> String {
+    r.map_or("-".into(), |x| format!("{x:.2}x"))
+}
+
+/// One scenario's policies side by side, with the oracle as the last row.
+pub fn bench_scenario(r: &ScenarioResult) -> Table {
+    let mut t = new_table(&[
+        "policy",
+        "downtime",
+        "total time",
+        "total bytes",
+        "peak cap",
+        "mean bw",
+        "rounds",
+        "conv",
+        "cap/oracle",
+        "time/oracle",
+        "down/oracle",
+    ]);
+    for p in &r.results {
+        let s = &p.report.summary;
+        t.add_row(vec![
+            p.policy.clone(),
+            fmt_duration(s.downtime_s),
+            fmt_duration(s.total_time_s),
+            fmt_bytes(s.total_bytes),
+            fmt_rate(s.peak_cap_bytes_per_s),
+            fmt_rate(s.mean_bytes_per_s),
+            s.rounds.to_string(),
+            if s.converged { "yes" } else { "no" }.into(),
+            ratio(p.peak_cap_ratio),
+            ratio(p.total_time_ratio),
+            ratio(p.downtime_ratio),
+        ]);
+    }
+    if let Some(o) = &r.oracle {
+        {
+            let s = &o.report.summary;
+            t.add_row(vec![
+                "oracle".into(),
+                fmt_duration(s.downtime_s),
+                fmt_duration(s.total_time_s),
+                fmt_bytes(s.total_bytes),
+                fmt_rate(o.bandwidth_bytes_per_s),
+                fmt_rate(s.mean_bytes_per_s),
+                s.rounds.to_string(),
+                "yes".into(),
+                "1.00x".into(),
+                "1.00x".into(),
+                "1.00x".into(),
+            ]);
+        }
+    }
+    t
+}
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
+}
+
+/// Per policy over the suite: converged where the oracle converges, median ratios.
+pub fn bench_summary(results: &[ScenarioResult]) -> Table {
+    let mut t = new_table(&[
+        "policy",
+        "converged (of feasible)",
+        "median cap/oracle",
+        "max cap/oracle",
+        "median time/oracle",
+        "median down/oracle",
+    ]);
+    let Some(first) = results.first() else {
+        return t;
+    };
+    for (i, p) in first.results.iter().enumerate() {
+        let rows: Vec<_> = results
+            .iter()
+            .filter(|r| r.oracle.is_some())
+            .filter_map(|r| r.results.get(i))
+            .collect();
+        let conv = rows.iter().filter(|x| x.report.summary.converged).count();
+        let caps: Vec<f64> = rows.iter().filter_map(|x| x.peak_cap_ratio).collect();
+        let max_cap = caps
+            .iter()
+            .copied()
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+        t.add_row(vec![
+            p.policy.clone(),
+            format!("{conv}/{}", rows.len()),
+            ratio(median(caps.clone())),
+            ratio(max_cap),
+            ratio(median(
+                rows.iter().filter_map(|x| x.total_time_ratio).collect(),
+            )),
+            ratio(median(
+                rows.iter().filter_map(|x| x.downtime_ratio).collect(),
+            )),
+        ]);
+    }
+    t
+}

@@ -1,0 +1,230 @@
+//! The `livemig` binary end to end: output shapes, plots, and one-line errors on bad input.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+
+fn livemig() -> Command {
+    Command::cargo_bin("livemig").expect("binary built")
+}
+
+fn simulate(extra: &[&str]) -> Command {
+    let mut c = livemig();
+    c.args([
+        "simulate",
+        "--memory",
+        "1GiB",
+        "--workload",
+        "uniform:rate=5MiB/s",
+    ]);
+    c.args(extra);
+    c
+}
+
+#[test]
+fn simulate_json_has_the_shared_shape() {
+    let out = simulate(&["--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v["policy"], "dirty-factor");
+    assert_eq!(v["memory_bytes"], 1073741824.0);
+    assert!(v["threshold"].as_f64().expect("T") > 0.0);
+    let r0 = &v["rounds"][0];
+    for key in [
+        "round",
+        "cap_bytes_per_s",
+        "bytes_sent",
+        "duration_s",
+        "effective_bytes_per_s",
+        "dirty_bytes",
+        "dirty_rate_bytes_per_s",
+        "factor",
+        "avg_factor",
+        "decision",
+    ] {
+        assert!(!r0[key].is_null(), "round field {key}");
+    }
+    assert!(!r0["decision"]["audit"]["branch"].is_null());
+    for key in [
+        "converged",
+        "stop_reason",
+        "rounds",
+        "total_time_s",
+        "downtime_s",
+        "total_bytes",
+        "peak_bytes_per_s",
+        "mean_bytes_per_s",
+        "stop_copy_bytes",
+    ] {
+        assert!(!v["summary"][key].is_null(), "summary field {key}");
+    }
+    assert_eq!(v["summary"]["converged"], true);
+}
+
+#[test]
+fn simulate_prints_table_and_writes_plots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for ext in ["svg", "png"] {
+        let path = dir.path().join(format!("p.{ext}"));
+        simulate(&["--plot", path.to_str().expect("utf-8")])
+            .assert()
+            .success()
+            .stdout(
+                predicate::str::contains("dirty rate").and(predicate::str::contains("converged")),
+            );
+        let len = std::fs::metadata(&path).expect("plot written").len();
+        assert!(len > 1000, "{ext} plot is {len} bytes");
+    }
+}
+
+#[test]
+fn every_policy_runs() {
+    for p in ["dirty-factor", "xen", "xen-v2", "qemu", "fixed"] {
+        simulate(&["--policy", p, "--json"])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains(format!("\"policy\": \"{p}\"")));
+    }
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = livemig().args(args).assert().failure().get_output().clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(needle),
+        "stderr `{err}` should contain `{needle}`"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_input_gets_one_line_errors() {
+    let base = ["simulate", "--memory", "1GiB"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--workload", "bogus:rate=1"], "`bogus`"),
+        (vec!["--workload", "uniform:rate=-1"], "`-1`"),
+        (
+            vec!["--workload", "hotcold:rate=1MiB/s,hot=150%,share=90%"],
+            "hot=150%",
+        ),
+        (vec!["--rounds", "0"], "N must be at least 1"),
+        (vec!["--stop-remaining", "2GiB"], "stop level h"),
+        (
+            vec!["--min-bandwidth", "10Gbit/s", "--max-bandwidth", "1Gbit/s"],
+            "above the maximum",
+        ),
+        (
+            vec!["--workload", "trace:file=/no/such/trace.csv"],
+            "/no/such/trace.csv",
+        ),
+        (vec!["--plot", "/tmp/x.gif"], ".svg or .png"),
+    ];
+    for (extra, needle) in cases {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        let out = livemig().args(&args).assert().code(2).get_output().clone();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            err.contains(needle),
+            "{args:?}: `{err}` should contain `{needle}`"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+    fails_with(&["simulate", "--memory", "lots"], "`lots`");
+    fails_with(
+        &["simulate", "--memory", "1GiB", "--policy", "nope"],
+        "nope",
+    );
+    fails_with(&["simulate"], "--memory is required");
+    fails_with(
+        &["bench", "--suite", "/no/such/suite.toml"],
+        "/no/such/suite.toml",
+    );
+}
+
+#[test]
+fn trace_workload_replays_a_csv() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("t.csv");
+    std::fs::write(
+        &trace,
+        "time_s,dirty_rate_bytes_per_s\n0,10485760\n30,52428800\n",
+    )
+    .expect("write");
+    let spec = format!("trace:file={}", trace.display());
+    let out = livemig()
+        .args([
+            "simulate",
+            "--memory",
+            "1GiB",
+            "--workload",
+            &spec,
+            "--json",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    // Round 1 at 100 Mbit/s takes ~86 s: it crosses the step at 30 s.
+    let r1 = &v["rounds"][0];
+    let rate = r1["dirty_rate_bytes_per_s"].as_f64().expect("rate");
+    assert!(rate > 10485760.0 * 0.3 && rate < 52428800.0, "{rate}");
+}
+
+#[test]
+fn bench_runs_the_suite_and_writes_a_report() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = livemig()
+        .args([
+            "bench",
+            "--json",
+            "--report",
+            dir.path().to_str().expect("utf-8"),
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    let scenarios = v.as_array().expect("array");
+    assert!(scenarios.len() >= 12);
+    assert!(scenarios[0]["results"].as_array().expect("results").len() >= 5);
+    let md = std::fs::read_to_string(dir.path().join("report.md")).expect("report");
+    for s in scenarios {
+        let name = s["scenario"].as_str().expect("name");
+        assert!(md.contains(&format!("## {name}")));
+        assert!(dir.path().join(format!("{name}.svg")).exists());
+    }
+}
+
+#[test]
+fn scenario_file_can_drive_simulate() {
+    livemig()
+        .args([
+            "simulate",
+            "--scenario",
+            "../../scenarios/suite.toml",
+            "--name",
+            "scan-2g",
+            "--json",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("scan:rate=50MiB/s"));
+    fails_with(
+        &[
+            "simulate",
+            "--scenario",
+            "../../scenarios/suite.toml",
+            "--name",
+            "nope",
+        ],
+        "no scenario `nope`",
+    );
+}
