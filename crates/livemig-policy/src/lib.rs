@@ -26,7 +26,7 @@ pub mod threshold;
 pub use config::{ConfigError, PolicyConfig};
 pub use decision::{Action, Audit, Branch, Decision, StopReason};
 pub use kind::{PolicyKind, UnknownPolicy};
-pub use stats::{RoundStats, StatsError};
+pub use stats::{DirtySample, RoundStats, StatsError};
 
 /// One bandwidth policy: the executor asks it for round 1's cap, reports every finished round
 /// and obeys the returned [`Decision`].
@@ -41,4 +41,9 @@ pub trait Policy: Send + std::fmt::Debug {
     fn stop_copy_cap(&self) -> f64;
     /// Consumes the statistics of the round that just ended and decides what comes next.
     fn after_round(&mut self, stats: &RoundStats) -> Result<Decision, StatsError>;
+    /// Takes a dirty-log sample measured before round 1, where the executor can take one
+    /// (call it before [`Policy::first_cap`]). Policies that do not use it ignore it.
+    fn observe_sample(&mut self, sample: &DirtySample) {
+        let _ = sample;
+    }
 }

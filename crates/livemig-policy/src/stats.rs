@@ -17,6 +17,24 @@ pub struct RoundStats {
     pub dirty_bytes: f64,
 }
 
+/// A dirty-log sample taken before migration: after clearing the log, the distinct dirty bytes
+/// seen at each elapsed time. Points are `(elapsed_s, distinct_dirty_bytes)`, elapsed > 0,
+/// in increasing order of time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DirtySample {
+    pub points: Vec<(f64, f64)>,
+}
+
+impl DirtySample {
+    /// The points that are finite, with positive elapsed time and non-negative bytes.
+    pub fn valid_points(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        self.points
+            .iter()
+            .copied()
+            .filter(|&(t, d)| t.is_finite() && t > 0.0 && d.is_finite() && d >= 0.0)
+    }
+}
+
 /// Why a [`RoundStats`] was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StatsError {
