@@ -5,10 +5,24 @@
 //! - [`auth`]: the shared key file and the HMAC-SHA256 handshake proofs.
 //! - [`memory`]: guest memory as atomic words, the atomic dirty bitmap, page sets.
 //! - [`guest`]: the [`Guest`] trait and [`SimGuest`] (real memory, a real writer thread).
+//! - [`limiter`]: the token bucket (time as a parameter) and the live external cap.
+//! - [`meter`]: wire bytes per 10 ms, the 100 ms peak, per-window rates.
+//! - [`sender`]: the source's state machine: handshake, rounds driving a `Policy`,
+//!   stop-and-copy, hand-over; produces the `MigrationReport` (executor `engine`).
+//! - [`receiver`]: the destination's state machine: verification, discard on failure.
+//!
+//! The protocol is described in `docs/protocol.md`.
 
 pub mod auth;
 pub mod guest;
+pub mod limiter;
 pub mod memory;
+pub mod meter;
+pub mod receiver;
+pub mod sender;
 pub mod wire;
 
-pub use guest::{Guest, SimGuest, SimGuestConfig};
+pub use auth::Key;
+pub use guest::{Guest, InitialContent, SimGuest, SimGuestConfig};
+pub use receiver::{receive, Received, ReceiverConfig, RecvError};
+pub use sender::{migrate, Event, SendError, SenderConfig};
