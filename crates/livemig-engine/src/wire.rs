@@ -658,10 +658,13 @@ impl Message {
                         max: MAX_ERROR_TEXT as u64,
                     });
                 }
-                Message::Error {
-                    code,
-                    message: String::from_utf8_lossy(&p[2..]).into_owned(),
-                }
+                let message = String::from_utf8(p[2..].to_vec()).map_err(|_| {
+                    WireError::Malformed {
+                        msg: "error",
+                        reason: "the text is not UTF-8",
+                    }
+                })?;
+                Message::Error { code, message }
             }
         })
     }
