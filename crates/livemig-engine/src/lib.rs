@@ -25,4 +25,4 @@ pub mod wire;
 pub use auth::Key;
 pub use guest::{Guest, InitialContent, SimGuest, SimGuestConfig};
 pub use receiver::{receive, Received, ReceiverConfig, RecvError};
-pub use sender::{migrate, Event, SendError, SenderConfig};
+pub use sender::{migrate, migrate_measured, Event, SendError, SenderConfig};

@@ -277,6 +277,19 @@ pub fn migrate<S: Read + Write>(
     cfg: &SenderConfig,
     observer: &mut dyn FnMut(&Event<'_>),
 ) -> Result<MigrationReport, SendError> {
+    migrate_measured(stream, key, guest, policy, cfg, observer).map(|(r, _)| r)
+}
+
+/// [`migrate`], also returning the wire meter (10 ms bins from the start of round 1), for
+/// benchmarks of cap accuracy.
+pub fn migrate_measured<S: Read + Write>(
+    stream: &mut S,
+    key: &Key,
+    guest: &dyn Guest,
+    policy: &mut dyn Policy,
+    cfg: &SenderConfig,
+    observer: &mut dyn FnMut(&Event<'_>),
+) -> Result<(MigrationReport, WireMeter), SendError> {
     let mut paused = false;
     let r = run(stream, key, guest, policy, cfg, observer, &mut paused);
     if r.is_err() && paused {
@@ -293,7 +306,7 @@ fn run<S: Read + Write>(
     cfg: &SenderConfig,
     observer: &mut dyn FnMut(&Event<'_>),
     paused: &mut bool,
-) -> Result<MigrationReport, SendError> {
+) -> Result<(MigrationReport, WireMeter), SendError> {
     let mut link = Link {
         stream,
         meter: WireMeter::new(),
@@ -465,14 +478,15 @@ fn run<S: Read + Write>(
         downtime_s: downtime,
     });
     let peak = link.meter.peak(PEAK_WINDOW_S);
-    Ok(report.finish(
+    let report = report.finish(
         StopCopy {
             bytes: (pages * PAGE_SIZE as u64) as f64,
             state_bytes: state_bytes as f64,
             downtime_s: downtime,
         },
         peak,
-    ))
+    );
+    Ok((report, link.meter))
 }
 
 #[cfg(test)]

@@ -1,4 +1,8 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_engine;
+pub mod demo;
+pub mod migrate;
+pub mod receive;
 pub mod simulate;

@@ -9,17 +9,10 @@ use livemig_sim::simulate;
 
 use crate::{plot, table};
 
-/// Scenario flags shared with other commands.
-#[derive(Debug, clap::Args)]
-pub struct ScenarioArgs {
-    /// Guest memory size M (e.g. 4GiB). Required unless --scenario is given.
-    #[arg(long)]
-    pub memory: Option<String>,
-    /// Workload, KIND:key=value,... One of: idle | uniform:rate=R | hotcold:rate=R,hot=F,share=S
-    /// | zipf:rate=R,s=X | scan:rate=R | phased:steps=R@T;R@T[,pattern=P] |
-    /// trace:file=PATH[,pattern=P][,scale=X]. R is a write rate in bytes/s (units allowed).
-    #[arg(long, default_value = "hotcold:rate=300MiB/s,hot=10%,share=90%")]
-    pub workload: String,
+/// The operator's policy settings (N, h, bounds, per-policy knobs), shared by `simulate`,
+/// `migrate` and `demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
     /// Round limit N.
     #[arg(long, default_value_t = 10)]
     pub rounds: u32,
@@ -47,6 +40,51 @@ pub struct ScenarioArgs {
     /// Page size.
     #[arg(long, default_value = "4096")]
     pub page_size: String,
+}
+
+impl PolicyArgs {
+    /// A scenario spec with these settings, for `memory` and `workload` (the simulator's link
+    /// settings left at their defaults).
+    pub fn spec(&self, memory: &str, workload: &str) -> ScenarioSpec {
+        ScenarioSpec {
+            name: "cli".into(),
+            description: None,
+            memory: memory.to_string(),
+            workload: workload.to_string(),
+            rounds: Some(self.rounds),
+            stop_remaining: Some(self.stop_remaining.clone()),
+            min_bandwidth: Some(self.min_bandwidth.clone()),
+            max_bandwidth: Some(self.max_bandwidth.clone()),
+            initial_bandwidth: self.initial_bandwidth.clone(),
+            threshold: self.threshold,
+            bandwidth: self.bandwidth.clone(),
+            downtime_limit: Some(self.downtime_limit.clone()),
+            page_size: Some(self.page_size.clone()),
+            ..ScenarioSpec::default()
+        }
+    }
+
+    /// Resolves and validates memory, workload and these settings.
+    pub fn resolve(&self, memory: &str, workload: &str) -> Result<Scenario> {
+        Ok(self
+            .spec(memory, workload)
+            .resolve(std::env::current_dir().ok().as_deref())?)
+    }
+}
+
+/// Scenario flags shared with other commands.
+#[derive(Debug, clap::Args)]
+pub struct ScenarioArgs {
+    /// Guest memory size M (e.g. 4GiB). Required unless --scenario is given.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Workload, KIND:key=value,... One of: idle | uniform:rate=R | hotcold:rate=R,hot=F,share=S
+    /// | zipf:rate=R,s=X | scan:rate=R | phased:steps=R@T;R@T[,pattern=P] |
+    /// trace:file=PATH[,pattern=P][,scale=X]. R is a write rate in bytes/s (units allowed).
+    #[arg(long, default_value = "hotcold:rate=300MiB/s,hot=10%,share=90%")]
+    pub workload: String,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Link capacity: no round goes faster, whatever its cap.
     #[arg(long)]
     pub link_capacity: Option<String>,
@@ -97,24 +135,12 @@ impl ScenarioArgs {
             bail!("--memory is required (or give --scenario FILE)");
         };
         let spec = ScenarioSpec {
-            name: "cli".into(),
-            description: None,
-            memory: memory.clone(),
-            workload: self.workload.clone(),
-            rounds: Some(self.rounds),
-            stop_remaining: Some(self.stop_remaining.clone()),
-            min_bandwidth: Some(self.min_bandwidth.clone()),
-            max_bandwidth: Some(self.max_bandwidth.clone()),
-            initial_bandwidth: self.initial_bandwidth.clone(),
-            threshold: self.threshold,
-            bandwidth: self.bandwidth.clone(),
-            downtime_limit: Some(self.downtime_limit.clone()),
-            page_size: Some(self.page_size.clone()),
             link_capacity: self.link_capacity.clone(),
             state_size: self.state_size.clone(),
             resume_latency: self.resume_latency.clone(),
             noise: Some(self.noise),
             seed: Some(self.seed),
+            ..self.policy.spec(memory, &self.workload)
         };
         Ok(spec.resolve(std::env::current_dir().ok().as_deref())?)
     }
