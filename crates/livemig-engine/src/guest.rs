@@ -45,7 +45,7 @@ pub enum GuestError {
     Workload {
         spec: String,
         #[source]
-        source: livemig_workload::SpecError,
+        source: Box<livemig_workload::SpecError>,
     },
     #[error("the state blob is not a SimGuest state")]
     State(#[source] serde_json::Error),
@@ -53,7 +53,9 @@ pub enum GuestError {
     StateSize { state: u64, memory: u64 },
     #[error("the self-check region does not match the state blob (counter {memory} in memory, {state} in the state): memory and state are not from the same instant")]
     SelfCheck { memory: u64, state: u64 },
-    #[error("initial content `{0}` is not zero, random or mixed:P (P = share of zero pages, e.g. 30%)")]
+    #[error(
+        "initial content `{0}` is not zero, random or mixed:P (P = share of zero pages, e.g. 30%)"
+    )]
     Content(String),
 }
 
@@ -147,7 +149,12 @@ fn mix(a: u64, b: u64) -> u64 {
 }
 
 /// One page write: a word of the page, the dirty bit, the self-check region.
-fn write_once(memory: &GuestMemory, dirty: &DirtyBitmap, sampler: &PageSampler, s: &mut WriterState) {
+fn write_once(
+    memory: &GuestMemory,
+    dirty: &DirtyBitmap,
+    sampler: &PageSampler,
+    s: &mut WriterState,
+) {
     let page = sampler.sample(&mut s.rng, s.writes);
     let word = 2 + (s.writes % (WORDS_PER_PAGE as u64 - 2)) as usize;
     memory.set_word(page, word, mix(s.seed, s.writes));
@@ -177,7 +184,7 @@ pub fn replay_self_check(cfg: &SimGuestConfig, writes: u64) -> Result<u64, Guest
 fn parse_workload(spec: &str) -> Result<Workload, GuestError> {
     spec.parse().map_err(|source| GuestError::Workload {
         spec: spec.to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -311,10 +318,7 @@ impl SimGuest {
 
     /// The self-check region: (write counter, checksum).
     pub fn self_check(&self) -> (u64, u64) {
-        (
-            self.shared.memory.word(0, 0),
-            self.shared.memory.word(0, 1),
-        )
+        (self.shared.memory.word(0, 0), self.shared.memory.word(0, 1))
     }
 
     /// Guest time (seconds the guest has run, pauses excluded) as of the last pause.
@@ -347,7 +351,11 @@ impl Guest for SimGuest {
             .as_ref()
             .is_some_and(|h| !h.is_finished());
         while alive && !c.parked && !c.stop {
-            c = self.shared.changed.wait(c).unwrap_or_else(|e| e.into_inner());
+            c = self
+                .shared
+                .changed
+                .wait(c)
+                .unwrap_or_else(|e| e.into_inner());
         }
     }
 

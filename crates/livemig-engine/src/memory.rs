@@ -30,7 +30,7 @@ pub struct GuestMemory {
 impl GuestMemory {
     /// Zeroed memory of `bytes` bytes (a multiple of the page size), at most `max` bytes.
     pub fn new(bytes: u64, max: u64) -> Result<GuestMemory, MemoryError> {
-        if bytes == 0 || bytes % PAGE_SIZE as u64 != 0 {
+        if bytes == 0 || bytes & (PAGE_SIZE as u64 - 1) != 0 {
             return Err(MemoryError::Size(bytes));
         }
         if bytes > max {
@@ -161,7 +161,7 @@ impl PageSet {
     /// Every page of `pages`.
     pub fn all(pages: u64) -> PageSet {
         let mut words = vec![u64::MAX; pages.div_ceil(64) as usize];
-        if pages % 64 != 0 {
+        if pages & 63 != 0 {
             if let Some(last) = words.last_mut() {
                 *last = (1u64 << (pages % 64)) - 1;
             }

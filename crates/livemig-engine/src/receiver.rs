@@ -39,7 +39,10 @@ pub enum ReceiverState {
         memory_bytes: u64,
     },
     /// Between rounds (after `Ready` or a `RoundEnd`).
-    BetweenRounds { memory: GuestMemory, rounds: u32 },
+    BetweenRounds {
+        memory: GuestMemory,
+        rounds: u32,
+    },
     InRound {
         memory: GuestMemory,
         round: u32,
@@ -52,7 +55,10 @@ pub enum ReceiverState {
         expected: u64,
         got: u64,
     },
-    AwaitAck { guest: SimGuest, rounds: u32 },
+    AwaitAck {
+        guest: SimGuest,
+        rounds: u32,
+    },
     Done,
 }
 
@@ -116,7 +122,8 @@ pub struct Received {
 }
 
 fn send<S: Write>(s: &mut S, state: &'static str, m: &Message) -> Result<(), RecvError> {
-    m.write_to(s).map_err(|source| RecvError::Wire { state, source })
+    m.write_to(s)
+        .map_err(|source| RecvError::Wire { state, source })
 }
 
 /// Receives one migration from `stream`. On any error the partial memory is dropped and the

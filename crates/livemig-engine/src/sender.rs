@@ -505,6 +505,9 @@ mod tests {
         p.advance(SenderPhase::StopCopy).expect("ok");
         p.advance(SenderPhase::AwaitConfirm).expect("ok");
         p.advance(SenderPhase::HandedOver).expect("ok");
-        assert!(p.advance(SenderPhase::Failed).is_err(), "no failing after hand-over");
+        assert!(
+            p.advance(SenderPhase::Failed).is_err(),
+            "no failing after hand-over"
+        );
     }
 }

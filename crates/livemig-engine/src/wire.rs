@@ -85,7 +85,9 @@ pub enum WireError {
     Io(#[source] io::Error),
     #[error("the peer does not speak the livemig protocol (bad magic {0:02x?})")]
     BadMagic([u8; 4]),
-    #[error("protocol version mismatch: the peer speaks version {got}, this build speaks {VERSION}")]
+    #[error(
+        "protocol version mismatch: the peer speaks version {got}, this build speaks {VERSION}"
+    )]
     Version { got: u16 },
     #[error("unknown message type {0}")]
     UnknownType(u16),
@@ -429,10 +431,7 @@ pub enum Message {
     /// The source paused the guest; this many pages follow.
     StopCopy { pages: u64 },
     /// The CPU/device state and the digest of the source's memory at pause.
-    State {
-        digest: u64,
-        blob: Vec<u8>,
-    },
+    State { digest: u64, blob: Vec<u8> },
     /// Destination -> source: the digest of its memory and whether it matches.
     Confirm { ok: bool, digest: u64 },
     /// Source -> destination: the hand-over is complete; resume.
@@ -658,12 +657,11 @@ impl Message {
                         max: MAX_ERROR_TEXT as u64,
                     });
                 }
-                let message = String::from_utf8(p[2..].to_vec()).map_err(|_| {
-                    WireError::Malformed {
+                let message =
+                    String::from_utf8(p[2..].to_vec()).map_err(|_| WireError::Malformed {
                         msg: "error",
                         reason: "the text is not UTF-8",
-                    }
-                })?;
+                    })?;
                 Message::Error { code, message }
             }
         })
@@ -777,7 +775,9 @@ mod tests {
         let mut noise = [0u8; PAGE_SIZE];
         let mut x = 1u64;
         for b in noise.iter_mut() {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             *b = (x >> 56) as u8;
         }
         for compress in [false, true] {

@@ -31,7 +31,11 @@ fn check_workload(workload: &str, content: InitialContent, compress: bool) {
     let got = got.expect("destination receives");
     assert!(!src.is_running(), "the source stays paused after hand-over");
     let s = &report.summary;
-    assert!(s.rounds >= 1 && s.rounds <= 8, "{workload}: {} rounds", s.rounds);
+    assert!(
+        s.rounds >= 1 && s.rounds <= 8,
+        "{workload}: {} rounds",
+        s.rounds
+    );
     assert_eq!(report.executor, "engine");
     assert!(s.total_bytes >= (mib << 20) as f64);
     assert!(s.downtime_s > 0.0);

@@ -4,8 +4,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::error::Error as _;
+use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::time::Duration;
 
@@ -81,7 +81,15 @@ fn migrate_through_proxy(
         }
     });
     let mut policy = PolicyKind::Fixed.build(cfg).expect("policy");
-    let r = migrate(&mut src, &key(1), g, policy.as_mut(), &sender_cfg(), &mut |_| {}).map(|_| ());
+    let r = migrate(
+        &mut src,
+        &key(1),
+        g,
+        policy.as_mut(),
+        &sender_cfg(),
+        &mut |_| {},
+    )
+    .map(|_| ());
     drop(src);
     let d = dest.join().expect("receiver thread");
     let _ = proxy.join();
@@ -104,7 +112,13 @@ fn destination_killed_mid_round() {
     });
     let e = r.expect_err("the source fails");
     assert!(
-        matches!(e, SendError::Wire { phase: "pre-copy", .. }),
+        matches!(
+            e,
+            SendError::Wire {
+                phase: "pre-copy",
+                ..
+            }
+        ),
         "{e}"
     );
     assert!(e.to_string().contains("pre-copy"), "{e}");
@@ -183,13 +197,26 @@ fn wrong_key_is_refused_by_both_ends() {
     let (mut a, mut b) = pair();
     let dest = std::thread::spawn(move || receive(&mut b, &key(2), &ReceiverConfig::default()));
     let mut policy = PolicyKind::Fixed.build(policy_cfg(32)).expect("policy");
-    let e = migrate(&mut a, &key(1), &g, policy.as_mut(), &sender_cfg(), &mut |_| {})
-        .expect_err("refused");
+    let e = migrate(
+        &mut a,
+        &key(1),
+        &g,
+        policy.as_mut(),
+        &sender_cfg(),
+        &mut |_| {},
+    )
+    .expect_err("refused");
     assert!(matches!(e, SendError::Auth), "{e}");
     assert!(e.to_string().contains("wrong key"), "{e}");
     let d = dest.join().expect("thread").expect_err("refused");
     assert!(
-        matches!(d, RecvError::Aborted { code: wire::code::AUTH, .. }),
+        matches!(
+            d,
+            RecvError::Aborted {
+                code: wire::code::AUTH,
+                ..
+            }
+        ),
         "{d}"
     );
     assert_runs(&g);
@@ -211,9 +238,20 @@ fn a_source_with_a_wrong_key_gets_no_memory_allocated() {
     .expect("write");
     let (m, _) = Message::read_from(&mut a).expect("challenge");
     assert_eq!(m.msg_type(), MsgType::Challenge);
-    Message::Auth { mac: [0; 32] }.write_to(&mut a).expect("write");
+    Message::Auth { mac: [0; 32] }
+        .write_to(&mut a)
+        .expect("write");
     let (m, _) = Message::read_from(&mut a).expect("error reply");
-    assert!(matches!(m, Message::Error { code: wire::code::AUTH, .. }), "{m:?}");
+    assert!(
+        matches!(
+            m,
+            Message::Error {
+                code: wire::code::AUTH,
+                ..
+            }
+        ),
+        "{m:?}"
+    );
     let d = dest.join().expect("thread").expect_err("refused");
     assert!(matches!(d, RecvError::Auth), "{d}");
 }
@@ -244,13 +282,28 @@ fn version_mismatch_is_answered_and_refused() {
     f[4..6].copy_from_slice(&2u16.to_le_bytes());
     let (d, reply) = raw_to_receiver(f, false);
     assert!(
-        matches!(d, RecvError::Wire { source: WireError::Version { got: 2 }, .. }),
+        matches!(
+            d,
+            RecvError::Wire {
+                source: WireError::Version { got: 2 },
+                ..
+            }
+        ),
         "{d}"
     );
     let why = d.source().map(|s| s.to_string()).unwrap_or_default();
     assert!(why.contains("version mismatch"), "{why}");
     let (m, _) = Message::from_bytes(&reply).expect("an error frame");
-    assert!(matches!(m, Message::Error { code: wire::code::VERSION, .. }), "{m:?}");
+    assert!(
+        matches!(
+            m,
+            Message::Error {
+                code: wire::code::VERSION,
+                ..
+            }
+        ),
+        "{m:?}"
+    );
 
     // The version inside the hello counts too.
     let f = Message::Hello {
@@ -263,7 +316,13 @@ fn version_mismatch_is_answered_and_refused() {
     .encode();
     let (d, _) = raw_to_receiver(f, false);
     assert!(
-        matches!(d, RecvError::Wire { source: WireError::Version { got: 9 }, .. }),
+        matches!(
+            d,
+            RecvError::Wire {
+                source: WireError::Version { got: 9 },
+                ..
+            }
+        ),
         "{d}"
     );
 }
@@ -280,7 +339,13 @@ fn truncated_oversized_and_garbage_frames_are_refused() {
     .encode();
     let (d, _) = raw_to_receiver(f[..20].to_vec(), true);
     assert!(
-        matches!(d, RecvError::Wire { source: WireError::Truncated, .. }),
+        matches!(
+            d,
+            RecvError::Wire {
+                source: WireError::Truncated,
+                ..
+            }
+        ),
         "{d}"
     );
 
@@ -291,15 +356,32 @@ fn truncated_oversized_and_garbage_frames_are_refused() {
     };
     let (d, reply) = raw_to_receiver(h.encode().to_vec(), false);
     assert!(
-        matches!(d, RecvError::Wire { source: WireError::TooLong { .. }, .. }),
+        matches!(
+            d,
+            RecvError::Wire {
+                source: WireError::TooLong { .. },
+                ..
+            }
+        ),
         "{d}"
     );
-    assert!(Message::from_bytes(&reply).is_ok(), "the source is told why");
+    assert!(
+        Message::from_bytes(&reply).is_ok(),
+        "the source is told why"
+    );
 
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let (d, _) = raw_to_receiver(garbage, true);
     assert!(
-        matches!(d, RecvError::Wire { source: WireError::BadMagic(_), .. }),
+        matches!(
+            d,
+            RecvError::Wire {
+                source: WireError::BadMagic(_),
+                ..
+            }
+        ),
         "{d}"
     );
 
@@ -332,10 +414,23 @@ fn a_garbage_speaking_destination_leaves_the_source_running() {
         let _ = b.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
     });
     let mut policy = PolicyKind::Fixed.build(policy_cfg(32)).expect("policy");
-    let e = migrate(&mut a, &key(1), &g, policy.as_mut(), &sender_cfg(), &mut |_| {})
-        .expect_err("refused");
+    let e = migrate(
+        &mut a,
+        &key(1),
+        &g,
+        policy.as_mut(),
+        &sender_cfg(),
+        &mut |_| {},
+    )
+    .expect_err("refused");
     assert!(
-        matches!(e, SendError::Wire { source: WireError::BadMagic(_), .. }),
+        matches!(
+            e,
+            SendError::Wire {
+                source: WireError::BadMagic(_),
+                ..
+            }
+        ),
         "{e}"
     );
     fake.join().expect("thread");
@@ -345,22 +440,43 @@ fn a_garbage_speaking_destination_leaves_the_source_running() {
 #[test]
 fn a_silent_peer_times_out() {
     let (a, mut b) = pair();
-    b.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    b.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
     let d = receive(&mut b, &key(1), &ReceiverConfig::default()).expect_err("times out");
     assert!(
-        matches!(d, RecvError::Wire { source: WireError::TimedOut, .. }),
+        matches!(
+            d,
+            RecvError::Wire {
+                source: WireError::TimedOut,
+                ..
+            }
+        ),
         "{d}"
     );
     drop(a);
 
     let g = busy_guest();
     let (mut a, b) = pair();
-    a.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    a.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
     let mut policy = PolicyKind::Fixed.build(policy_cfg(32)).expect("policy");
-    let e = migrate(&mut a, &key(1), &g, policy.as_mut(), &sender_cfg(), &mut |_| {})
-        .expect_err("times out");
+    let e = migrate(
+        &mut a,
+        &key(1),
+        &g,
+        policy.as_mut(),
+        &sender_cfg(),
+        &mut |_| {},
+    )
+    .expect_err("times out");
     assert!(
-        matches!(e, SendError::Wire { source: WireError::TimedOut, .. }),
+        matches!(
+            e,
+            SendError::Wire {
+                source: WireError::TimedOut,
+                ..
+            }
+        ),
         "{e}"
     );
     drop(b);

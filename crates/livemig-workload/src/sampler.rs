@@ -58,9 +58,14 @@ pub struct PageSampler {
 #[derive(Debug, Clone)]
 enum Kind {
     Uniform,
-    HotCold { hot: u64, share: f64 },
+    HotCold {
+        hot: u64,
+        share: f64,
+    },
     /// Cumulative probabilities of ranks 1..=pages.
-    Zipf { cdf: Vec<f64> },
+    Zipf {
+        cdf: Vec<f64>,
+    },
     Scan,
 }
 

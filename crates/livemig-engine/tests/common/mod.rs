@@ -22,8 +22,10 @@ pub fn pair() -> (TcpStream, TcpStream) {
     let a = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
     let (b, _) = l.accept().expect("accept");
     for s in [&a, &b] {
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        s.set_write_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.set_write_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         s.set_nodelay(true).expect("nodelay");
     }
     (a, b)

@@ -63,7 +63,9 @@ fn socket_copy(bytes: u64) -> Result<f64> {
         }
         Ok(Instant::now())
     });
-    let chunk: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    let chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
     let start = Instant::now();
     let mut left = bytes;
     while left > 0 {
@@ -108,7 +110,14 @@ fn engine_once(memory: u64, cap: f64) -> Result<(MigrationReport, WireMeter)> {
         timeout: TIMEOUT,
         ..SenderConfig::default()
     };
-    let r = migrate_measured(&mut a, &key, &guest, policy.as_mut(), &send_cfg, &mut |_| {});
+    let r = migrate_measured(
+        &mut a,
+        &key,
+        &guest,
+        policy.as_mut(),
+        &send_cfg,
+        &mut |_| {},
+    );
     drop(a);
     dest.join()
         .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?
@@ -193,7 +202,11 @@ pub fn run(args: Args) -> Result<()> {
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("throughput, no cap, {} of random pages, {} runs:", fmt_bytes(memory as f64), engine.len());
+        println!(
+            "throughput, no cap, {} of random pages, {} runs:",
+            fmt_bytes(memory as f64),
+            engine.len()
+        );
         println!("  plain loopback socket copy  median {}", fmt_rate(p));
         println!("  engine round 1              median {}", fmt_rate(e));
         println!("  engine / plain              {:.1} %", 100.0 * e / p);

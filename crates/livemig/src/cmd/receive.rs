@@ -54,7 +54,10 @@ pub fn accept(l: &TcpListener, limit: Duration) -> Result<TcpStream> {
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if start.elapsed() > limit {
-                    bail!("no source connected within {}", units::fmt_duration(limit.as_secs_f64()));
+                    bail!(
+                        "no source connected within {}",
+                        units::fmt_duration(limit.as_secs_f64())
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -87,8 +90,8 @@ pub fn run(args: Args) -> Result<()> {
         max_memory: units::parse_size(&args.max_memory)? as u64,
         timeout: duration("timeout", &args.timeout)?,
     };
-    let listener =
-        TcpListener::bind(&args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = TcpListener::bind(&args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
     let mut stream = accept(&listener, duration("accept-timeout", &args.accept_timeout)?)?;
