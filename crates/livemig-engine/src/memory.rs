@@ -41,6 +41,14 @@ impl GuestMemory {
         Ok(GuestMemory { words, pages })
     }
 
+    /// Touches every page so the kernel backs it now rather than at the first write (what
+    /// `-mem-prealloc` does for QEMU); the destination does this before round 1.
+    pub fn prefault(&self) {
+        for p in 0..self.pages as usize {
+            self.words[p * WORDS_PER_PAGE].store(0, Relaxed);
+        }
+    }
+
     /// Pages.
     pub fn pages(&self) -> u64 {
         self.pages

@@ -134,9 +134,10 @@ pub fn receive<S: Read + Write>(
     cfg: &ReceiverConfig,
 ) -> Result<Received, RecvError> {
     let mut state = ReceiverState::AwaitHello;
+    let mut spare = Vec::new();
     loop {
         let name = state.name();
-        let msg = match Message::read_from(stream) {
+        let msg = match Message::read_reusing(stream, &mut spare) {
             Ok((m, _)) => m,
             Err(e) => {
                 let c = match e {
@@ -156,7 +157,7 @@ pub fn receive<S: Read + Write>(
                 });
             }
         };
-        match step(state, msg, stream, key, cfg) {
+        match step(state, msg, stream, key, cfg, &mut spare) {
             Ok(Step::Next(s)) => state = s,
             Ok(Step::Finished(r)) => return Ok(r),
             Err(e) => {
@@ -188,6 +189,7 @@ fn step<S: Read + Write>(
     stream: &mut S,
     key: &Key,
     cfg: &ReceiverConfig,
+    spare: &mut Vec<u8>,
 ) -> Result<Step, RecvError> {
     use ReceiverState as St;
     let name = state.name();
@@ -255,6 +257,7 @@ fn step<S: Read + Write>(
                 return Err(RecvError::Auth);
             }
             let memory = GuestMemory::new(memory_bytes, cfg.max_memory)?;
+            memory.prefault();
             send(stream, name, &Message::Ready)?;
             St::BetweenRounds { memory, rounds: 0 }
         }
@@ -278,6 +281,7 @@ fn step<S: Read + Write>(
             Message::Pages(batch),
         ) => {
             let got = got + store(&memory, &batch)?;
+            *spare = batch.into_payload();
             St::InRound {
                 memory,
                 round,
@@ -320,6 +324,7 @@ fn step<S: Read + Write>(
             Message::Pages(batch),
         ) => {
             let got = got + store(&memory, &batch)?;
+            *spare = batch.into_payload();
             St::StopCopy {
                 memory,
                 rounds,
@@ -400,11 +405,16 @@ fn store(memory: &GuestMemory, batch: &wire::PageBatch) -> Result<u64, RecvError
     let mut buf = [0u8; PAGE_SIZE];
     let mut n = 0;
     for e in batch.entries() {
-        e.decode_into(&mut buf).map_err(|source| RecvError::Wire {
-            state: "in a page batch",
-            source,
-        })?;
-        memory.write_page(e.index, &buf)?;
+        match <&[u8; PAGE_SIZE]>::try_from(e.data) {
+            Ok(raw) if e.encoding == wire::PageEncoding::Raw => memory.write_page(e.index, raw)?,
+            _ => {
+                e.decode_into(&mut buf).map_err(|source| RecvError::Wire {
+                    state: "in a page batch",
+                    source,
+                })?;
+                memory.write_page(e.index, &buf)?;
+            }
+        }
         n += 1;
     }
     Ok(n)

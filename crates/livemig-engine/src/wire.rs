@@ -227,6 +227,11 @@ impl PageBatch {
         Ok(b)
     }
 
+    /// The payload's allocation, for reuse by [`Message::read_reusing`].
+    pub fn into_payload(self) -> Vec<u8> {
+        self.payload
+    }
+
     /// Pages in the batch.
     pub fn count(&self) -> u32 {
         self.payload
@@ -689,6 +694,15 @@ impl Message {
 
     /// Reads one frame. Returns the message and the frame's size on the wire.
     pub fn read_from(r: &mut impl Read) -> Result<(Message, usize), WireError> {
+        Message::read_reusing(r, &mut Vec::new())
+    }
+
+    /// [`Message::read_from`], reading the payload into `spare`'s allocation (taken; give it
+    /// back with [`PageBatch::into_payload`] to avoid an allocation per frame).
+    pub fn read_reusing(
+        r: &mut impl Read,
+        spare: &mut Vec<u8>,
+    ) -> Result<(Message, usize), WireError> {
         let mut hb = [0u8; HEADER_LEN];
         let mut got = 0;
         while got < HEADER_LEN {
@@ -701,7 +715,13 @@ impl Message {
             }
         }
         let (h, t) = Header::decode(&hb)?;
-        let mut payload = vec![0u8; h.len as usize];
+        let mut payload = std::mem::take(spare);
+        let len = h.len as usize;
+        if payload.len() >= len {
+            payload.truncate(len);
+        } else {
+            payload.resize(len, 0);
+        }
         r.read_exact(&mut payload).map_err(|e| io_err(e, true))?;
         Ok((Message::decode(t, payload)?, HEADER_LEN + h.len as usize))
     }
