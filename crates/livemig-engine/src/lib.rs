@@ -7,6 +7,7 @@
 //! - [`guest`]: the [`Guest`] trait and [`SimGuest`] (real memory, a real writer thread).
 //! - [`limiter`]: the token bucket (time as a parameter) and the live external cap.
 //! - [`meter`]: wire bytes per 10 ms, the 100 ms peak, per-window rates.
+//! - [`net`]: connect, accept and socket timeouts: every network wait is bounded.
 //! - [`sender`]: the source's state machine: handshake, rounds driving a `Policy`,
 //!   stop-and-copy, hand-over; produces the `MigrationReport` (executor `engine`).
 //! - [`receiver`]: the destination's state machine: verification, discard on failure.
@@ -18,6 +19,7 @@ pub mod guest;
 pub mod limiter;
 pub mod memory;
 pub mod meter;
+pub mod net;
 pub mod receiver;
 pub mod sender;
 pub mod wire;

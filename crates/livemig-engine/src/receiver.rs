@@ -1,10 +1,10 @@
 //! The destination side: handshake, pages into fresh memory, verification, hand-over.
 //!
-//! Memory is allocated only after the source proved the key. Whatever fails before the
+//! The caller bounds every wait with socket timeouts ([`crate::net`]). Memory is allocated
+//! only after the source proved the key. Whatever fails before the
 //! source's acknowledgement drops the partial memory: nothing half-migrated survives.
 
 use std::io::{Read, Write};
-use std::time::Duration;
 
 use crate::auth::{self, Key, KeyError, Role};
 use crate::guest::{GuestError, SimGuest};
@@ -16,15 +16,12 @@ use crate::wire::{self, code, Message, MsgType, WireError, PAGE_SIZE, VERSION};
 pub struct ReceiverConfig {
     /// The largest guest this host accepts (bytes).
     pub max_memory: u64,
-    /// Longest wait for the peer (set on the socket by the caller; reported in errors).
-    pub timeout: Duration,
 }
 
 impl Default for ReceiverConfig {
     fn default() -> Self {
         ReceiverConfig {
             max_memory: 64 << 30,
-            timeout: Duration::from_secs(10),
         }
     }
 }

@@ -28,8 +28,6 @@ pub const PEAK_WINDOW_S: f64 = 0.1;
 pub struct SenderConfig {
     /// Try lz4 on every non-zero page.
     pub compress: bool,
-    /// Longest wait for the peer (reads and writes).
-    pub timeout: Duration,
     /// h, for the report.
     pub stop_remaining: f64,
     /// How long to sample the dirty log before round 1 (0 = no sample).
@@ -44,7 +42,6 @@ impl Default for SenderConfig {
     fn default() -> Self {
         SenderConfig {
             compress: false,
-            timeout: Duration::from_secs(10),
             stop_remaining: 0.0,
             sample_s: 0.5,
             workload: None,
@@ -267,7 +264,8 @@ impl<S: Read + Write> Link<'_, S> {
     }
 }
 
-/// Migrates `guest` over `stream` under `policy`. On success the guest is paused for good
+/// Migrates `guest` over `stream` under `policy` (bound the stream's waits with
+/// [`crate::net::prepare`] or equivalent). On success the guest is paused for good
 /// (handed over: the caller destroys it); on failure it is running again.
 pub fn migrate<S: Read + Write>(
     stream: &mut S,

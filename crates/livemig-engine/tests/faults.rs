@@ -31,7 +31,6 @@ fn busy_guest() -> SimGuest {
 fn sender_cfg() -> SenderConfig {
     SenderConfig {
         sample_s: 0.0,
-        timeout: Duration::from_secs(5),
         ..SenderConfig::default()
     }
 }

@@ -9,13 +9,12 @@ use anyhow::{Context, Result};
 use livemig_engine::meter::WireMeter;
 use livemig_engine::wire::{HEADER_LEN, MAX_BATCH_PAGES, PAGE_SIZE};
 use livemig_engine::{
-    migrate_measured, InitialContent, Key, ReceiverConfig, SenderConfig, SimGuest, SimGuestConfig,
+    migrate_measured, net, InitialContent, Key, ReceiverConfig, SenderConfig, SimGuest,
+    SimGuestConfig,
 };
 use livemig_policy::report::MigrationReport;
 use livemig_policy::{PolicyConfig, PolicyKind};
 use livemig_workload::units::{self, fmt_bytes, fmt_rate};
-
-use crate::cmd::migrate::prepare;
 
 /// `livemig bench-engine` flags.
 #[derive(Debug, clap::Args)]
@@ -43,8 +42,8 @@ fn loopback_pair() -> Result<(TcpStream, TcpStream)> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     let a = TcpStream::connect(l.local_addr()?)?;
     let (b, _) = l.accept()?;
-    prepare(&a, TIMEOUT)?;
-    prepare(&b, TIMEOUT)?;
+    net::prepare(&a, TIMEOUT)?;
+    net::prepare(&b, TIMEOUT)?;
     Ok((a, b))
 }
 
@@ -122,7 +121,6 @@ fn engine_once(memory: u64, cap: f64) -> Result<(MigrationReport, WireMeter)> {
     });
     let send_cfg = SenderConfig {
         sample_s: 0.0,
-        timeout: TIMEOUT,
         ..SenderConfig::default()
     };
     let r = migrate_measured(
@@ -185,7 +183,11 @@ pub fn run(args: Args) -> Result<()> {
         plain.push(p);
         engine.push(e);
     }
-    let (h, p, e) = (median(hot.clone()), median(plain.clone()), median(engine.clone()));
+    let (h, p, e) = (
+        median(hot.clone()),
+        median(plain.clone()),
+        median(engine.clone()),
+    );
 
     let cap_memory = ((cap * cap_s) as u64 / PAGE_SIZE as u64).max(1) * PAGE_SIZE as u64;
     let (r, meter) = engine_once(cap_memory, cap)?;
@@ -229,9 +231,18 @@ pub fn run(args: Args) -> Result<()> {
             fmt_bytes(memory as f64),
             engine.len()
         );
-        println!("  socket copy, 1 MiB buffers (cache-resident)  median {}", fmt_rate(h));
-        println!("  socket copy, memory to memory               median {}", fmt_rate(p));
-        println!("  engine round 1 (guest memory to guest memory) median {}", fmt_rate(e));
+        println!(
+            "  socket copy, 1 MiB buffers (cache-resident)  median {}",
+            fmt_rate(h)
+        );
+        println!(
+            "  socket copy, memory to memory               median {}",
+            fmt_rate(p)
+        );
+        println!(
+            "  engine round 1 (guest memory to guest memory) median {}",
+            fmt_rate(e)
+        );
         println!(
             "  engine / memory-to-memory copy {:.1} %; engine / 1 MiB-buffer copy {:.1} %",
             100.0 * e / p,

@@ -1,14 +1,14 @@
 //! `livemig demo`: both ends on loopback with a generated key, live progress, the round table.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use livemig_engine::{Key, ReceiverConfig};
+use livemig_engine::{net, Key, ReceiverConfig};
 use livemig_policy::PolicyKind;
 
-use crate::cmd::migrate::{prepare, GuestArgs};
-use crate::cmd::receive::{accept, show_continuation};
+use crate::cmd::migrate::GuestArgs;
+use crate::cmd::receive::show_continuation;
 use crate::cmd::simulate::PolicyArgs;
 use crate::progress::Progress;
 use crate::table;
@@ -43,13 +43,12 @@ pub fn run(args: Args) -> Result<()> {
     let addr = listener.local_addr()?;
     let dest_key = key.clone();
     let dest = std::thread::spawn(move || -> Result<livemig_engine::Received> {
-        let mut s = accept(&listener, timeout)?;
-        prepare(&s, timeout)?;
-        let cfg = ReceiverConfig {
-            timeout,
-            ..ReceiverConfig::default()
-        };
-        Ok(livemig_engine::receive(&mut s, &dest_key, &cfg)?)
+        let mut s = net::accept(&listener, timeout, timeout)?;
+        Ok(livemig_engine::receive(
+            &mut s,
+            &dest_key,
+            &ReceiverConfig::default(),
+        )?)
     });
     let guest = args.guest.start(&scenario)?;
     if !args.json {
@@ -60,8 +59,7 @@ pub fn run(args: Args) -> Result<()> {
             args.policy
         );
     }
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    prepare(&stream, timeout)?;
+    let mut stream = net::connect(addr, timeout)?;
     let mut policy = args.policy.build(scenario.cfg.clone())?;
     let mut progress = Progress::new(args.json);
     let sent = livemig_engine::migrate(

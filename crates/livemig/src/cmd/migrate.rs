@@ -1,6 +1,6 @@
 //! `livemig migrate`: migrate a simulated guest to a `livemig receive` over TCP.
 
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -60,7 +60,6 @@ impl GuestArgs {
     pub fn sender(&self, scenario: &Scenario) -> Result<SenderConfig> {
         Ok(SenderConfig {
             compress: self.compress,
-            timeout: self.timeout()?,
             stop_remaining: scenario.cfg.stop_remaining,
             sample_s: units::parse_duration(&self.sample)?,
             workload: Some(self.workload.clone()),
@@ -76,14 +75,6 @@ impl GuestArgs {
         }
         Ok(Duration::from_secs_f64(t))
     }
-}
-
-/// Sets read/write timeouts and no-delay on a migration socket.
-pub fn prepare(s: &TcpStream, timeout: Duration) -> Result<()> {
-    s.set_read_timeout(Some(timeout))?;
-    s.set_write_timeout(Some(timeout))?;
-    s.set_nodelay(true)?;
-    Ok(())
 }
 
 /// `livemig migrate` flags.
@@ -121,9 +112,7 @@ pub fn run(args: Args) -> Result<()> {
         .next()
         .with_context(|| format!("{} resolves to no address", args.to))?;
     let guest = args.guest.start(&scenario)?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    prepare(&stream, timeout)?;
+    let mut stream = livemig_engine::net::connect(addr, timeout)?;
     let mut policy = args.policy.build(scenario.cfg.clone())?;
     let mut progress = Progress::new(args.json);
     let result = livemig_engine::migrate(

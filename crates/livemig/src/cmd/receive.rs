@@ -1,15 +1,13 @@
 //! `livemig receive`: accept one migration, verify it, resume the guest.
 
 use std::io::Write as _;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use livemig_engine::{Guest, Key, Received, ReceiverConfig};
 use livemig_workload::units;
-
-use crate::cmd::migrate::prepare;
 
 /// `livemig receive` flags.
 #[derive(Debug, clap::Args)]
@@ -42,30 +40,6 @@ fn duration(flag: &str, v: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(t))
 }
 
-/// Waits for one connection, at most `limit`.
-pub fn accept(l: &TcpListener, limit: Duration) -> Result<TcpStream> {
-    l.set_nonblocking(true)?;
-    let start = Instant::now();
-    loop {
-        match l.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false)?;
-                return Ok(s);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if start.elapsed() > limit {
-                    bail!(
-                        "no source connected within {}",
-                        units::fmt_duration(limit.as_secs_f64())
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 /// Shows that a received guest continues: its self-check counter before and after running.
 pub fn show_continuation(r: &Received, run_for: Duration) -> String {
     let (before, _) = r.guest.self_check();
@@ -88,14 +62,17 @@ pub fn run(args: Args) -> Result<()> {
     let key = Key::load(&args.key)?;
     let cfg = ReceiverConfig {
         max_memory: units::parse_size(&args.max_memory)? as u64,
-        timeout: duration("timeout", &args.timeout)?,
     };
+    let timeout = duration("timeout", &args.timeout)?;
     let listener = TcpListener::bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    let mut stream = accept(&listener, duration("accept-timeout", &args.accept_timeout)?)?;
-    prepare(&stream, cfg.timeout)?;
+    let mut stream = livemig_engine::net::accept(
+        &listener,
+        duration("accept-timeout", &args.accept_timeout)?,
+        timeout,
+    )?;
     let received = livemig_engine::receive(&mut stream, &key, &cfg)
         .context("migration failed; partial guest state discarded")?;
     println!(
