@@ -56,7 +56,6 @@ pub enum ReceiverState {
         guest: SimGuest,
         rounds: u32,
     },
-    Done,
 }
 
 impl ReceiverState {
@@ -68,7 +67,6 @@ impl ReceiverState {
             ReceiverState::InRound { .. } => "in a pre-copy round",
             ReceiverState::StopCopy { .. } => "in stop-and-copy",
             ReceiverState::AwaitAck { .. } => "waiting for the source's acknowledgement",
-            ReceiverState::Done => "done",
         }
     }
 }

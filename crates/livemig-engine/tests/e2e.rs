@@ -105,3 +105,41 @@ fn phased() {
 fn idle() {
     check_workload("idle", InitialContent::Random, false);
 }
+
+/// An external cap (the RMS's, later) below the policy's slows the round down: the limiter
+/// cannot send 16 MiB at 32 MiB/s in less than about half a second, whatever the policy says.
+#[test]
+fn external_cap_limits_a_round() {
+    let src = common::guest(16, "idle", InitialContent::Random);
+    let ext = livemig_engine::limiter::SharedCap::new();
+    ext.set(Some(32.0 * MIB));
+    let cfg = livemig_policy::PolicyConfig {
+        fixed_bandwidth: Some(1024.0 * MIB),
+        max_bandwidth: 1024.0 * MIB,
+        max_rounds: 1,
+        ..policy_cfg(16)
+    };
+    let (sent, got) = migrate_pair(
+        &src,
+        PolicyKind::Fixed,
+        cfg,
+        SenderConfig {
+            sample_s: 0.0,
+            external_cap: ext,
+            ..SenderConfig::default()
+        },
+    );
+    let r = sent.expect("migration succeeds");
+    got.expect("destination receives");
+    let round = &r.rounds[0];
+    assert_eq!(
+        round.cap_bytes_per_s,
+        1024.0 * MIB,
+        "the policy's cap is reported"
+    );
+    assert!(
+        round.duration_s >= 0.45,
+        "16 MiB under a 32 MiB/s external cap took only {} s",
+        round.duration_s
+    );
+}

@@ -21,7 +21,7 @@ pub struct GuestArgs {
     #[arg(long, default_value = "256MiB")]
     pub memory: String,
     /// Workload the guest's writer thread follows (same specs as `simulate`).
-    #[arg(long, default_value = "hotcold:rate=64MiB/s,hot=5%,share=95%")]
+    #[arg(long, default_value = "hotcold:rate=128MiB/s,hot=5%,share=95%")]
     pub workload: String,
     /// Initial memory content: random (incompressible), zero, or mixed:P (a share P of zero
     /// pages, the rest random).
