@@ -200,9 +200,11 @@ fn fill(memory: &GuestMemory, content: InitialContent, seed: u64) {
         if share > 0.0 && choose.unit() < share {
             continue;
         }
-        for w in 0..WORDS_PER_PAGE {
-            memory.set_word(page, w, rng.next_u64());
-        }
+        let _ = memory.with_page_mut(page, |p| {
+            for w in p.chunks_exact_mut(8) {
+                w.copy_from_slice(&rng.next_u64().to_le_bytes());
+            }
+        });
     }
 }
 

@@ -3,7 +3,7 @@
 //! Map of the crate:
 //! - [`wire`]: frame header, messages, page batches (zero-page elision, lz4), hard caps.
 //! - [`auth`]: the shared key file and the HMAC-SHA256 handshake proofs.
-//! - [`memory`]: guest memory as atomic words, the atomic dirty bitmap, page sets.
+//! - [`memory`]: guest memory in locked 2 MiB regions, the atomic dirty bitmap, page sets.
 //! - [`guest`]: the [`Guest`] trait and [`SimGuest`] (real memory, a real writer thread).
 //! - [`limiter`]: the token bucket (time as a parameter) and the live external cap.
 //! - [`meter`]: wire bytes per 10 ms, the 100 ms peak, per-window rates.

@@ -1,6 +1,10 @@
-//! Guest memory as atomic 64-bit words (safe shared access), the atomic dirty bitmap and page sets.
+//! Guest memory as locked 2 MiB regions of plain bytes, the atomic dirty bitmap and page sets.
+//!
+//! A region lock is held for one page copy or one word write, so the guest's writer and the
+//! sender never wait long for each other, and page copies run at memcpy speed.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
 
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
@@ -8,6 +12,8 @@ use crate::wire::PAGE_SIZE;
 
 /// 64-bit words in a page.
 pub const WORDS_PER_PAGE: usize = PAGE_SIZE / 8;
+/// Pages per locked region (2 MiB).
+pub const PAGES_PER_REGION: u64 = 512;
 
 /// Why guest memory could not be made or addressed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,10 +26,10 @@ pub enum MemoryError {
     Page { page: u64, pages: u64 },
 }
 
-/// A guest's memory: pages of [`WORDS_PER_PAGE`] atomic words.
+/// A guest's memory: pages of 4 KiB in regions of [`PAGES_PER_REGION`] pages, each behind a lock.
 #[derive(Debug)]
 pub struct GuestMemory {
-    words: Vec<AtomicU64>,
+    regions: Vec<Mutex<Vec<u8>>>,
     pages: u64,
 }
 
@@ -37,15 +43,36 @@ impl GuestMemory {
             return Err(MemoryError::TooLarge { got: bytes, max });
         }
         let pages = bytes / PAGE_SIZE as u64;
-        let words = (0..bytes / 8).map(|_| AtomicU64::new(0)).collect();
-        Ok(GuestMemory { words, pages })
+        let regions = (0..pages.div_ceil(PAGES_PER_REGION))
+            .map(|r| {
+                let n = (pages - r * PAGES_PER_REGION).min(PAGES_PER_REGION);
+                Mutex::new(vec![0u8; n as usize * PAGE_SIZE])
+            })
+            .collect();
+        Ok(GuestMemory { regions, pages })
+    }
+
+    fn region(&self, page: u64) -> Result<(MutexGuard<'_, Vec<u8>>, usize), MemoryError> {
+        if page >= self.pages {
+            return Err(MemoryError::Page {
+                page,
+                pages: self.pages,
+            });
+        }
+        let r = self.regions[(page / PAGES_PER_REGION) as usize]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Ok((r, (page % PAGES_PER_REGION) as usize * PAGE_SIZE))
     }
 
     /// Touches every page so the kernel backs it now rather than at the first write (what
     /// `-mem-prealloc` does for QEMU); the destination does this before round 1.
     pub fn prefault(&self) {
-        for p in 0..self.pages as usize {
-            self.words[p * WORDS_PER_PAGE].store(0, Relaxed);
+        for r in &self.regions {
+            let mut r = r.lock().unwrap_or_else(|e| e.into_inner());
+            for b in r.iter_mut().step_by(PAGE_SIZE) {
+                *b = 0;
+            }
         }
     }
 
@@ -59,59 +86,76 @@ impl GuestMemory {
         self.pages * PAGE_SIZE as u64
     }
 
-    fn page_words(&self, page: u64) -> Result<&[AtomicU64], MemoryError> {
-        if page >= self.pages {
-            return Err(MemoryError::Page {
-                page,
-                pages: self.pages,
-            });
-        }
-        let at = page as usize * WORDS_PER_PAGE;
-        Ok(&self.words[at..at + WORDS_PER_PAGE])
+    /// Runs `f` on a page's bytes (under the region's lock: keep `f` short).
+    pub fn with_page<T>(
+        &self,
+        page: u64,
+        f: impl FnOnce(&[u8; PAGE_SIZE]) -> T,
+    ) -> Result<T, MemoryError> {
+        let (r, at) = self.region(page)?;
+        let p: &[u8; PAGE_SIZE] =
+            r[at..at + PAGE_SIZE]
+                .try_into()
+                .map_err(|_| MemoryError::Page {
+                    page,
+                    pages: self.pages,
+                })?;
+        Ok(f(p))
+    }
+
+    /// Runs `f` on a page's bytes for writing (under the region's lock: keep `f` short).
+    pub fn with_page_mut<T>(
+        &self,
+        page: u64,
+        f: impl FnOnce(&mut [u8; PAGE_SIZE]) -> T,
+    ) -> Result<T, MemoryError> {
+        let pages = self.pages;
+        let (mut r, at) = self.region(page)?;
+        let p: &mut [u8; PAGE_SIZE] = (&mut r[at..at + PAGE_SIZE])
+            .try_into()
+            .map_err(|_| MemoryError::Page { page, pages })?;
+        Ok(f(p))
     }
 
     /// Copies a page out.
     pub fn read_page(&self, page: u64, out: &mut [u8; PAGE_SIZE]) -> Result<(), MemoryError> {
-        for (w, o) in self.page_words(page)?.iter().zip(out.chunks_exact_mut(8)) {
-            o.copy_from_slice(&w.load(Relaxed).to_le_bytes());
-        }
-        Ok(())
+        self.with_page(page, |p| out.copy_from_slice(p))
     }
 
     /// Overwrites a page.
     pub fn write_page(&self, page: u64, data: &[u8; PAGE_SIZE]) -> Result<(), MemoryError> {
-        for (w, d) in self.page_words(page)?.iter().zip(data.chunks_exact(8)) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(d);
-            w.store(u64::from_le_bytes(b), Relaxed);
-        }
-        Ok(())
+        self.with_page_mut(page, |p| p.copy_from_slice(data))
     }
 
-    /// One word of a page (`word` < [`WORDS_PER_PAGE`]).
+    /// One little-endian word of a page (`word` < [`WORDS_PER_PAGE`]; 0 outside memory).
     pub fn word(&self, page: u64, word: usize) -> u64 {
-        self.words[page as usize * WORDS_PER_PAGE + word].load(Relaxed)
+        self.with_page(page, |p| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&p[word * 8..word * 8 + 8]);
+            u64::from_le_bytes(b)
+        })
+        .unwrap_or(0)
     }
 
-    /// Sets one word of a page.
+    /// Sets one little-endian word of a page (ignored outside memory).
     pub fn set_word(&self, page: u64, word: usize, value: u64) {
-        self.words[page as usize * WORDS_PER_PAGE + word].store(value, Relaxed);
+        let _ = self.with_page_mut(page, |p| {
+            p[word * 8..word * 8 + 8].copy_from_slice(&value.to_le_bytes())
+        });
     }
 
     /// xxh3 of one page's bytes.
     pub fn page_hash(&self, page: u64) -> Result<u64, MemoryError> {
-        let mut buf = [0u8; PAGE_SIZE];
-        self.read_page(page, &mut buf)?;
-        Ok(xxh3_64(&buf))
+        self.with_page(page, |p| xxh3_64(p))
     }
 
     /// The memory digest: xxh3 over the little-endian xxh3 of every page, in page order.
     pub fn digest(&self) -> u64 {
         let mut h = Xxh3::new();
-        let mut buf = [0u8; PAGE_SIZE];
-        for p in 0..self.pages {
-            if self.read_page(p, &mut buf).is_ok() {
-                h.update(&xxh3_64(&buf).to_le_bytes());
+        for r in &self.regions {
+            let r = r.lock().unwrap_or_else(|e| e.into_inner());
+            for page in r.chunks_exact(PAGE_SIZE) {
+                h.update(&xxh3_64(page).to_le_bytes());
             }
         }
         h.digest()

@@ -1,7 +1,7 @@
 //! The source side: handshake, pre-copy rounds under the policy's caps, stop-and-copy, hand-over.
 //!
-//! The sender never holds a copy of guest memory: it reads one page at a time into a 4 KiB
-//! buffer and encodes it into one frame buffer of at most [`crate::wire::MAX_BATCH_PAGES`]
+//! The sender never holds a copy of guest memory: it encodes one page at a time, straight
+//! from guest memory (under the page's region lock), into one frame buffer of at most [`crate::wire::MAX_BATCH_PAGES`]
 //! pages (about 1 MiB); the in-flight bound on the source is that frame plus the kernel's
 //! socket send buffer.
 
@@ -229,7 +229,6 @@ impl<S: Read + Write> Link<'_, S> {
     ) -> Result<(), SendError> {
         let total = pages.count();
         let mut batch = BatchWriter::new(compress);
-        let mut buf = [0u8; PAGE_SIZE];
         let mut sent = 0u64;
         let mut it = pages.iter().peekable();
         while it.peek().is_some() {
@@ -244,8 +243,7 @@ impl<S: Read + Write> Link<'_, S> {
             batch.clear();
             while batch.len() < want as u32 {
                 let Some(p) = it.next() else { break };
-                guest.memory().read_page(p, &mut buf)?;
-                batch.push(p, &buf);
+                guest.memory().with_page(p, |page| batch.push(p, page))?;
             }
             sent += u64::from(batch.len());
             let frame = batch.frame();
