@@ -3,6 +3,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
+use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -122,11 +123,11 @@ impl Key {
     }
 
     fn mac(&self, role: Role, source_nonce: &[u8], dest_nonce: &[u8]) -> Hmac<Sha256> {
-        // A key of any length is accepted by HMAC, so this cannot fail.
-        let mut m = match <Hmac<Sha256> as Mac>::new_from_slice(&self.0) {
-            Ok(m) => m,
-            Err(_) => unreachable!("HMAC takes keys of any length"),
-        };
+        // HMAC pads a short key with zeros to the block size (64 bytes for SHA-256); padding
+        // it here gives the same MAC through the infallible constructor.
+        let mut block = [0u8; 64];
+        block[..KEY_LEN].copy_from_slice(&self.0);
+        let mut m = <Hmac<Sha256> as KeyInit>::new(&block.into());
         m.update(match role {
             Role::Source => b"livemig source v1",
             Role::Destination => b"livemig destination v1",
@@ -166,6 +167,17 @@ mod tests {
         assert!(!other.verify(Role::Source, &a, &b, &tag));
         assert!(!k.verify(Role::Destination, &a, &b, &tag));
         assert!(!k.verify(Role::Source, &b, &a, &tag));
+    }
+
+    #[test]
+    fn the_mac_is_standard_hmac_sha256() {
+        let k = Key::from_bytes([9; KEY_LEN]);
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&[9; KEY_LEN]).expect("any length");
+        m.update(b"livemig source v1");
+        m.update(&[1; 32]);
+        m.update(&[2; 32]);
+        let want: [u8; MAC_LEN] = m.finalize().into_bytes().into();
+        assert_eq!(k.prove(Role::Source, &[1; 32], &[2; 32]), want);
     }
 
     #[test]
