@@ -14,7 +14,7 @@
 //! min_bandwidth = "100Mbit/s" # B_min (default)
 //! max_bandwidth = "10Gbit/s"  # B_max (default)
 //! # optional: initial_bandwidth, threshold, bandwidth (fixed/qemu), downtime_limit,
-//! # page_size, link_capacity, state_size, resume_latency, noise, seed
+//! # page_size, link_capacity, state_size, resume_latency, noise, seed, sample
 //! ```
 
 use std::path::Path;
@@ -63,6 +63,9 @@ pub struct ScenarioSpec {
     pub noise: Option<f64>,
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Pre-migration dirty-log sample length (default 1s; 0s = none).
+    #[serde(default)]
+    pub sample: Option<String>,
 }
 
 /// A resolved, validated scenario.
@@ -209,6 +212,7 @@ impl ScenarioSpec {
             .unwrap_or(0.0),
             noise,
             seed: self.seed.unwrap_or(1),
+            sample_s: opt("sample", &self.sample, units::parse_duration)?.unwrap_or(1.0),
         };
         let model = DirtyModel::new(&workload, cfg.memory_bytes, cfg.page_size);
         Ok(Scenario {

@@ -195,3 +195,40 @@ pub fn bench_summary(results: &[ScenarioResult]) -> Table {
     }
     t
 }
+
+/// Issue 5's targets, per policy, over the scenarios where some constant bandwidth converges:
+/// converged, peak cap <= 1.2x oracle, total time <= 1.5x, downtime <= oracle's + 10 %.
+pub fn bench_targets(results: &[ScenarioResult]) -> Table {
+    let mut t = new_table(&[
+        "policy",
+        "feasible",
+        "converged",
+        "cap <= 1.2x",
+        "time <= 1.5x",
+        "down <= +10%",
+        "all four",
+    ]);
+    let Some(first) = results.first() else {
+        return t;
+    };
+    for (i, p) in first.results.iter().enumerate() {
+        let rows: Vec<_> = results
+            .iter()
+            .filter(|r| r.oracle.is_some())
+            .filter_map(|r| r.results.get(i))
+            .collect();
+        let count = |f: &dyn Fn(&livemig_sim::bench::PolicyResult) -> bool| {
+            rows.iter().filter(|x| f(x)).count().to_string()
+        };
+        t.add_row(vec![
+            p.policy.clone(),
+            rows.len().to_string(),
+            count(&|x| x.report.summary.converged),
+            count(&|x| x.peak_cap_ratio.is_some_and(|r| r <= 1.2)),
+            count(&|x| x.total_time_ratio.is_some_and(|r| r <= 1.5)),
+            count(&|x| x.downtime_ratio.is_none_or(|r| r <= 1.1)),
+            count(&|x| livemig_sim::bench::meets_targets(x)),
+        ]);
+    }
+    t
+}

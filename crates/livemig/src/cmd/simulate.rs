@@ -62,6 +62,10 @@ pub struct ScenarioArgs {
     /// Seed of the noise (the model itself is deterministic).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Length of the dirty-log sample offered to the policy before round 1 (0s = none).
+    /// Only `predictive` uses it.
+    #[arg(long, default_value = "1s")]
+    pub sample: String,
     /// Take the scenario from a TOML file instead (see scenarios/suite.toml).
     #[arg(long, conflicts_with = "memory")]
     pub scenario: Option<PathBuf>,
@@ -115,6 +119,7 @@ impl ScenarioArgs {
             resume_latency: self.resume_latency.clone(),
             noise: Some(self.noise),
             seed: Some(self.seed),
+            sample: Some(self.sample.clone()),
         };
         Ok(spec.resolve(std::env::current_dir().ok().as_deref())?)
     }
@@ -125,7 +130,7 @@ impl ScenarioArgs {
 pub struct Args {
     #[command(flatten)]
     pub scenario: ScenarioArgs,
-    /// Policy: dirty-factor (the method), xen, xen-v2, qemu, fixed.
+    /// Policy: dirty-factor (the method), predictive, xen, xen-v2, qemu, fixed.
     #[arg(long, default_value = "dirty-factor")]
     pub policy: PolicyKind,
     /// Print the result as JSON (bytes and bytes/s) instead of tables.
