@@ -226,8 +226,8 @@ impl ScenarioSpec {
     }
 }
 
-/// Parses scenario TOML text; `path` names it in errors and anchors relative trace paths.
-pub fn parse_suite(path: &Path, text: &str) -> Result<Vec<Scenario>, ScenarioError> {
+/// Parses scenario TOML text into unresolved specs; `path` names it in errors.
+pub fn parse_specs(path: &Path, text: &str) -> Result<Vec<ScenarioSpec>, ScenarioError> {
     let shown = path.display().to_string();
     let file: File = toml::from_str(text).map_err(|e| ScenarioError::Toml {
         path: shown.clone(),
@@ -236,17 +236,31 @@ pub fn parse_suite(path: &Path, text: &str) -> Result<Vec<Scenario>, ScenarioErr
     if file.scenario.is_empty() {
         return Err(ScenarioError::Empty { path: shown });
     }
-    let base = path.parent();
-    file.scenario.iter().map(|s| s.resolve(base)).collect()
+    Ok(file.scenario)
 }
 
-/// Reads a scenario file.
-pub fn load_suite(path: &Path) -> Result<Vec<Scenario>, ScenarioError> {
+/// Reads a scenario file into unresolved specs.
+pub fn read_specs(path: &Path) -> Result<Vec<ScenarioSpec>, ScenarioError> {
     let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
         path: path.display().to_string(),
         source,
     })?;
-    parse_suite(path, &text)
+    parse_specs(path, &text)
+}
+
+/// Parses scenario TOML text; `path` names it in errors and anchors relative trace paths.
+pub fn parse_suite(path: &Path, text: &str) -> Result<Vec<Scenario>, ScenarioError> {
+    let base = path.parent();
+    parse_specs(path, text)?
+        .iter()
+        .map(|s| s.resolve(base))
+        .collect()
+}
+
+/// Reads a scenario file.
+pub fn load_suite(path: &Path) -> Result<Vec<Scenario>, ScenarioError> {
+    let base = path.parent();
+    read_specs(path)?.iter().map(|s| s.resolve(base)).collect()
 }
 
 impl Scenario {
