@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::baselines::{Fixed, Qemu, Xen, XenV2};
+use crate::baselines::{Constant, Xen};
 use crate::dirty_factor::DirtyFactor;
 use crate::predictive::Predictive;
 use crate::{ConfigError, Policy, PolicyConfig};
@@ -65,9 +65,9 @@ impl PolicyKind {
             PolicyKind::DirtyFactor => Box::new(DirtyFactor::new(cfg)),
             PolicyKind::Predictive => Box::new(Predictive::new(cfg)),
             PolicyKind::Xen => Box::new(Xen::new(cfg)),
-            PolicyKind::XenV2 => Box::new(XenV2::new(cfg)),
-            PolicyKind::Qemu => Box::new(Qemu::new(cfg)),
-            PolicyKind::Fixed => Box::new(Fixed::new(cfg)),
+            PolicyKind::XenV2 => Box::new(Constant::xen_v2(cfg)),
+            PolicyKind::Qemu => Box::new(Constant::qemu(cfg)),
+            PolicyKind::Fixed => Box::new(Constant::fixed(cfg)),
         })
     }
 }

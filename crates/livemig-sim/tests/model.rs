@@ -1,6 +1,6 @@
 //! The simulator against closed forms, and the oracle against its definition.
 
-use livemig_policy::baselines::Fixed;
+use livemig_policy::baselines::Constant;
 use livemig_policy::{PolicyConfig, PolicyKind};
 use livemig_sim::oracle;
 use livemig_sim::scenario::{parse_suite, ScenarioSpec};
@@ -40,7 +40,7 @@ fn scan_under_fixed_matches_the_geometric_series() {
             ..ScenarioSpec::default()
         };
         let s = spec.resolve(None).expect("valid scenario");
-        let mut p = Fixed::new(s.cfg.clone());
+        let mut p = Constant::fixed(s.cfg.clone());
         let rep = simulate(&mut p, s.setup()).expect("runs");
 
         let rho = r / b;
@@ -161,7 +161,7 @@ fn link_capacity_bounds_the_rate_and_state_adds_to_downtime() {
     };
     let s = spec.resolve(None).expect("valid");
     let cfg = PolicyConfig { ..s.cfg.clone() };
-    let rep = simulate(&mut Fixed::new(cfg), s.setup()).expect("runs");
+    let rep = simulate(&mut Constant::fixed(cfg), s.setup()).expect("runs");
     assert!(close(rep.rounds[0].duration_s, 1024.0 / 100.0));
     assert!(close(rep.summary.downtime_s, 0.1 + 0.05));
     assert!(close(rep.summary.peak_bytes_per_s, 100.0 * MIB));
