@@ -33,8 +33,9 @@ pub struct GuestArgs {
     /// Try lz4 on every non-zero page (zero pages are always elided).
     #[arg(long)]
     pub compress: bool,
-    /// Length of the dirty-log sample taken before round 1 (0s for none).
-    #[arg(long, default_value = "500ms")]
+    /// Length of the dirty-log sample taken before round 1 and offered to the policy (0s for
+    /// none; `predictive` plans from it).
+    #[arg(long, default_value = "1s")]
     pub sample: String,
     /// Longest wait for the peer on any network operation.
     #[arg(long, default_value = "10s")]
