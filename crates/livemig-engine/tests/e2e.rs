@@ -143,3 +143,35 @@ fn external_cap_limits_a_round() {
         round.duration_s
     );
 }
+
+/// `predictive` on real bytes: round 1 is planned from SimGuest's dirty-log sample (not B_min),
+/// the migration converges, and the destination holds the source's memory at pause.
+#[test]
+fn predictive_plans_round_one_from_the_sample_and_converges() {
+    let mib = 64;
+    let workload = "hotcold:rate=24MiB/s,hot=10%,share=90%";
+    let src = common::guest(mib, workload, InitialContent::Random);
+    std::thread::sleep(Duration::from_millis(100));
+    let cfg = livemig_policy::PolicyConfig {
+        min_bandwidth: 4.0 * MIB,
+        ..policy_cfg(mib)
+    };
+    let (sent, got) = migrate_pair(
+        &src,
+        PolicyKind::Predictive,
+        cfg.clone(),
+        SenderConfig {
+            workload: Some(workload.into()),
+            sample_s: 0.3,
+            ..SenderConfig::default()
+        },
+    );
+    let report = sent.expect("migration succeeds");
+    let got = got.expect("destination receives");
+    assert_eq!(report.policy, "predictive");
+    assert!(report.summary.converged, "{:?}", report.summary);
+    let first = report.rounds.first().expect("rounds").cap_bytes_per_s;
+    assert!(first > cfg.min_bandwidth, "round 1 at {first} is B_min");
+    assert_eq!(got.digest, src.memory().digest());
+    assert_eq!(got.guest.self_check(), src.self_check());
+}
