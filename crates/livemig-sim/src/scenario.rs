@@ -92,21 +92,21 @@ pub enum ScenarioError {
     Toml { path: String, message: String },
     #[error("{path}: no [[scenario]] table")]
     Empty { path: String },
-    #[error("scenario `{scenario}`: {field}: {source}")]
+    #[error("scenario `{scenario}`: {field}")]
     Unit {
         scenario: String,
         field: &'static str,
         #[source]
         source: UnitError,
     },
-    #[error("scenario `{scenario}`: workload `{spec}`: {source}")]
+    #[error("scenario `{scenario}`: workload `{spec}`")]
     Workload {
         scenario: String,
         spec: String,
         #[source]
         source: Box<SpecError>,
     },
-    #[error("scenario `{scenario}`: {source}")]
+    #[error("scenario `{scenario}`")]
     Config {
         scenario: String,
         #[source]
@@ -297,6 +297,18 @@ mod tests {
         assert_eq!(s.cfg.min_bandwidth, 12.5e6);
     }
 
+    /// The error with its whole source chain, as the CLI prints it.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut out = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            src = s.source();
+        }
+        out
+    }
+
     #[test]
     fn bad_values_are_named() {
         let e = ScenarioSpec {
@@ -305,21 +317,21 @@ mod tests {
         }
         .resolve(None)
         .expect_err("bad");
-        assert!(e.to_string().contains("`lots`"), "{e}");
+        assert!(chain(&e).contains("`lots`"), "{e}");
         let e = ScenarioSpec {
             rounds: Some(0),
             ..spec()
         }
         .resolve(None)
         .expect_err("bad");
-        assert!(e.to_string().contains("N must be at least 1"), "{e}");
+        assert!(chain(&e).contains("N must be at least 1"), "{e}");
         let e = ScenarioSpec {
             stop_remaining: Some("8GiB".into()),
             ..spec()
         }
         .resolve(None)
         .expect_err("bad");
-        assert!(e.to_string().contains("stop level h"), "{e}");
+        assert!(chain(&e).contains("stop level h"), "{e}");
         let e = ScenarioSpec {
             min_bandwidth: Some("10Gbit/s".into()),
             max_bandwidth: Some("1Gbit/s".into()),
@@ -327,7 +339,7 @@ mod tests {
         }
         .resolve(None)
         .expect_err("bad");
-        assert!(e.to_string().contains("above the maximum"), "{e}");
+        assert!(chain(&e).contains("above the maximum"), "{e}");
     }
 
     #[test]

@@ -23,3 +23,16 @@ pub use model::DirtyModel;
 pub use rate::RateSeries;
 pub use sampler::PageSampler;
 pub use spec::{Pattern, SpecError, Workload};
+
+/// An error with its whole source chain, as the CLI prints it (for tests).
+#[cfg(test)]
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}

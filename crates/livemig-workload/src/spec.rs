@@ -62,7 +62,7 @@ pub enum SpecError {
     },
     #[error("`{0}` is not `key=value`")]
     NotKeyValue(String),
-    #[error("{key}={value}: {source}")]
+    #[error("{key}={value}")]
     Value {
         key: String,
         value: String,
@@ -77,7 +77,7 @@ pub enum SpecError {
     },
     #[error("steps: `{0}` is not RATE@TIME (e.g. 100MiB/s@30s)")]
     Step(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Series(#[from] RateError),
     #[error(transparent)]
     Trace(#[from] TraceError),
@@ -306,7 +306,7 @@ mod tests {
     const MIB: f64 = 1024.0 * 1024.0;
 
     fn err(spec: &str) -> String {
-        spec.parse::<Workload>().expect_err(spec).to_string()
+        crate::chain(&spec.parse::<Workload>().expect_err(spec))
     }
 
     #[test]
