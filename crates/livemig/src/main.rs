@@ -2,6 +2,8 @@
 //!
 //! - [`cmd::simulate`]: `livemig simulate`, one simulated migration.
 //! - [`cmd::bench`]: `livemig bench`, every policy over a scenario suite.
+//! - [`cmd::qemu`]: `livemig qemu migrate | dirty-trace | bench`, real QEMU migrations.
+//! - [`cmd::policy_args`]: the policy flags shared by the commands.
 //! - [`table`]: human tables; [`plot`]: SVG/PNG plots.
 
 mod cmd;
@@ -27,6 +29,9 @@ enum Command {
     Simulate(Box<cmd::simulate::Args>),
     /// Run every policy over a suite of scenarios, side by side with the oracle.
     Bench(cmd::bench::Args),
+    /// Drive real QEMU live migrations with a policy (QMP), record dirty traces, benchmark.
+    #[command(subcommand)]
+    Qemu(cmd::qemu::Command),
 }
 
 fn main() {
@@ -34,6 +39,7 @@ fn main() {
     let result = match cli.command {
         Command::Simulate(a) => cmd::simulate::run(*a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Qemu(c) => cmd::qemu::run(c),
     };
     if let Err(e) = result {
         let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();

@@ -7,6 +7,7 @@ use livemig_policy::PolicyKind;
 use livemig_sim::scenario::{load_suite, Scenario, ScenarioSpec};
 use livemig_sim::simulate;
 
+use crate::cmd::policy_args::PolicyArgs;
 use crate::{plot, table};
 
 /// Scenario flags shared with other commands.
@@ -20,33 +21,8 @@ pub struct ScenarioArgs {
     /// trace:file=PATH[,pattern=P][,scale=X]. R is a write rate in bytes/s (units allowed).
     #[arg(long, default_value = "hotcold:rate=300MiB/s,hot=10%,share=90%")]
     pub workload: String,
-    /// Round limit N.
-    #[arg(long, default_value_t = 10)]
-    pub rounds: u32,
-    /// Stop level h: pre-copy ends when at most this much remains dirty.
-    #[arg(long, default_value = "64MiB")]
-    pub stop_remaining: String,
-    /// B_min.
-    #[arg(long, default_value = "100Mbit/s")]
-    pub min_bandwidth: String,
-    /// B_max (also the stop-and-copy bandwidth).
-    #[arg(long, default_value = "10Gbit/s")]
-    pub max_bandwidth: String,
-    /// Round 1's bandwidth (default B_min).
-    #[arg(long)]
-    pub initial_bandwidth: Option<String>,
-    /// The constant cap of `fixed` (default B_max) and `qemu` (default 128MiB/s).
-    #[arg(long)]
-    pub bandwidth: Option<String>,
-    /// `qemu`: downtime limit.
-    #[arg(long, default_value = "300ms")]
-    pub downtime_limit: String,
-    /// Threshold T set by hand (default (h/M)^(1/N)).
-    #[arg(long)]
-    pub threshold: Option<f64>,
-    /// Page size.
-    #[arg(long, default_value = "4096")]
-    pub page_size: String,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     /// Link capacity: no round goes faster, whatever its cap.
     #[arg(long)]
     pub link_capacity: Option<String>,
@@ -97,24 +73,12 @@ impl ScenarioArgs {
             bail!("--memory is required (or give --scenario FILE)");
         };
         let spec = ScenarioSpec {
-            name: "cli".into(),
-            description: None,
-            memory: memory.clone(),
-            workload: self.workload.clone(),
-            rounds: Some(self.rounds),
-            stop_remaining: Some(self.stop_remaining.clone()),
-            min_bandwidth: Some(self.min_bandwidth.clone()),
-            max_bandwidth: Some(self.max_bandwidth.clone()),
-            initial_bandwidth: self.initial_bandwidth.clone(),
-            threshold: self.threshold,
-            bandwidth: self.bandwidth.clone(),
-            downtime_limit: Some(self.downtime_limit.clone()),
-            page_size: Some(self.page_size.clone()),
             link_capacity: self.link_capacity.clone(),
             state_size: self.state_size.clone(),
             resume_latency: self.resume_latency.clone(),
             noise: Some(self.noise),
             seed: Some(self.seed),
+            ..self.policy.spec("cli", memory, &self.workload)
         };
         Ok(spec.resolve(std::env::current_dir().ok().as_deref())?)
     }
