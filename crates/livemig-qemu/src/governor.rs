@@ -492,6 +492,16 @@ impl Governor {
                 source_running: st.running,
             });
         }
+        // QEMU sets `completed` before it computes total-time and downtime: ask again until
+        // they are there (bounded).
+        let mut final_info = final_info;
+        for _ in 0..40 {
+            if final_info.total_time.is_some_and(|t| t > 0.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            final_info = src.execute_as("query-migrate", None).await.map_err(s)?;
+        }
         self.emit(Progress::Completed);
         if let Some((st, audit)) = native_pending.take() {
             builder.round(&st, &Decision::stop(StopReason::DowntimeFits, audit));

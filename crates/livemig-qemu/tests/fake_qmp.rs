@@ -193,11 +193,21 @@ fn fake_source(
     let mut started = false;
     let mut pass = 0usize;
     let mut done = false;
+    // Like QEMU, the first `completed` answer comes before total-time and downtime are set.
+    let mut completed_answers = 0;
     let path = serve(dir, GREETING, move |cmd, id, args| {
         let mut out = Vec::new();
         match cmd {
             "query-migrate" => {
                 let (_, tx, rem) = PASSES[pass.min(PASSES.len() - 1)];
+                if done {
+                    completed_answers += 1;
+                }
+                let (total, down) = if completed_answers == 1 {
+                    (0, 0)
+                } else {
+                    (4200, 30)
+                };
                 let status = if done {
                     "completed"
                 } else if started {
@@ -207,7 +217,7 @@ fn fake_source(
                 };
                 out.push(ok(
                     id,
-                    json!({"status": status, "total-time": 4200, "downtime": 30,
+                    json!({"status": status, "total-time": total, "downtime": down,
                            "ram": {"transferred": if done { tx + 2.5e6 } else { tx },
                                    "remaining": if done { 0.0 } else { rem },
                                    "total": 100e6, "brand-new-counter": 1}}),
