@@ -24,6 +24,9 @@ use crate::types::{MigrationInfo, MigrationParameters, MigrationStatus, StatusIn
 /// `downtime-limit` during pre-copy (ms): QEMU's switch-over test `remaining < bandwidth x
 /// limit` then only passes when (almost) nothing is left, so it never preempts the policy.
 pub const PRECOPY_DOWNTIME_MS: u64 = 1;
+/// Shortest window of the wire-peak measurement (seconds); method.md asks for 100 ms, polls
+/// drift by a few ms.
+pub const PEAK_WINDOW_S: f64 = 0.095;
 /// `downtime-limit` that forces the switch-over once the policy chose stop-and-copy (ms).
 pub const STOP_DOWNTIME_MS: u64 = 60_000;
 
@@ -458,12 +461,15 @@ impl Governor {
                 let q: MigrationInfo = src.execute_as("query-migrate", None).await.map_err(s)?;
                 let ram = q.ram_or_default();
                 let now = started.elapsed().as_secs_f64();
-                if let Some((t, b)) = prev_sample {
-                    if now - t >= 0.05 {
+                // Windows of at least PEAK_WINDOW_S (polls after events can come sooner).
+                match prev_sample {
+                    Some((t, b)) if now - t >= PEAK_WINDOW_S => {
                         peak = peak.max((ram.transferred - b) / (now - t));
+                        prev_sample = Some((now, ram.transferred));
                     }
+                    Some(_) => {}
+                    None => prev_sample = Some((now, ram.transferred)),
                 }
-                prev_sample = Some((now, ram.transferred));
                 self.emit(Progress::Sample {
                     elapsed_s: now,
                     transferred: ram.transferred,

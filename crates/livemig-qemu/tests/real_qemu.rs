@@ -98,7 +98,10 @@ async fn dirty_factor_governs_a_loaded_guest_to_completion() {
     let rep = &run.report;
     assert_eq!(rep.executor, "qemu");
     assert_eq!(rep.policy, "dirty-factor");
-    assert!(!rep.rounds.is_empty(), "at least round 1 was measured");
+    assert!(
+        rep.rounds.len() >= 2,
+        "round 1 leaves more than h dirty, so at least one cap decision is applied"
+    );
     assert_eq!(run.qemu.switchover, "policy", "the policy chose the stop");
     assert!(run.qemu.sample.is_some(), "calc-dirty-rate fed the policy");
     // Round 1 starts at the first cap; every later round runs at the cap decided after the
