@@ -7,28 +7,28 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use livemig_policy::report::{MigrationReport, ReportBuilder, RoundRecord, StopCopy};
+use livemig_policy::report::{ReportBuilder, StopCopy};
 use livemig_policy::stats::FactorTracker;
-use livemig_policy::{
-    Action, Audit, Branch, Decision, DirtySample, Policy, RoundStats, StatsError, StopReason,
-};
-use serde::Serialize;
+use livemig_policy::{Action, Audit, Branch, Decision, Policy, RoundStats, StatsError, StopReason};
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
 use crate::dirty::{self, DirtyError};
-use crate::qmp::{QmpClient, QmpError};
+use crate::qmp::{Event, QmpClient, QmpError};
+pub use crate::result::{PassRecord, Progress, QemuExtras, QemuReport};
 use crate::types::{MigrationInfo, MigrationParameters, MigrationStatus, StatusInfo};
 
 /// `downtime-limit` during pre-copy (ms): QEMU's switch-over test `remaining < bandwidth x
 /// limit` then only passes when (almost) nothing is left, so it never preempts the policy.
 pub const PRECOPY_DOWNTIME_MS: u64 = 1;
+/// `downtime-limit` that forces the switch-over once the policy chose stop-and-copy (ms).
+pub const STOP_DOWNTIME_MS: u64 = 60_000;
 /// Shortest window of the wire-peak measurement (seconds); method.md asks for 100 ms, polls
 /// drift by a few ms.
 pub const PEAK_WINDOW_S: f64 = 0.095;
-/// `downtime-limit` that forces the switch-over once the policy chose stop-and-copy (ms).
-pub const STOP_DOWNTIME_MS: u64 = 60_000;
+/// How many times QEMU is asked again for total-time and downtime after `completed`.
+const TIMES_RETRIES: usize = 40;
 
 /// Who runs the migration.
 #[derive(Debug)]
@@ -112,80 +112,6 @@ pub enum GovernorError {
     Deadline(Duration),
 }
 
-/// What the governor saw and did at one `MIGRATION_PASS`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PassRecord {
-    /// QEMU's pass number (`dirty-sync-count`).
-    pub pass: u64,
-    /// The round this pass ended (0 for pass 1, which starts round 1).
-    pub round: u32,
-    /// Event time, seconds after `migrate` was issued.
-    pub at_s: f64,
-    /// `ram.transferred` read right after the event.
-    pub transferred: f64,
-    /// `ram.remaining` read right after the event.
-    pub remaining: f64,
-    /// The cap the governor set for the next round (bytes/s), if it set one.
-    pub cap_set_bytes_per_s: Option<f64>,
-    /// `max-bandwidth` as `query-migrate-parameters` reported it afterwards.
-    pub cap_read_back_bytes_per_s: Option<f64>,
-    /// `downtime-limit` as reported afterwards (ms).
-    pub downtime_limit_read_back_ms: Option<u64>,
-    /// From QEMU's event timestamp to the parameters being applied (seconds).
-    pub reaction_s: Option<f64>,
-}
-
-/// QEMU-specific parts of the result, next to the shared report.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct QemuExtras {
-    /// `policy` (the policy chose stop-and-copy) or `qemu` (QEMU switched over by itself).
-    pub switchover: String,
-    pub passes: Vec<PassRecord>,
-    /// QEMU's `total-time`, `downtime` and `setup-time` (seconds).
-    pub qemu_total_time_s: Option<f64>,
-    pub qemu_downtime_s: Option<f64>,
-    pub qemu_setup_time_s: Option<f64>,
-    /// QEMU's `ram.downtime-bytes`, where reported.
-    pub downtime_bytes: Option<f64>,
-    /// Event to `max-bandwidth` applied, over the passes where the governor acted (seconds).
-    pub reaction_mean_s: Option<f64>,
-    pub reaction_max_s: Option<f64>,
-    /// The pre-migration `calc-dirty-rate` sample given to the policy.
-    pub sample: Option<DirtySample>,
-    /// Whether the destination reported `running` after completion (None: not asked).
-    pub destination_running: Option<bool>,
-    pub precopy_downtime_limit_ms: Option<u64>,
-    pub stop_downtime_limit_ms: Option<u64>,
-}
-
-/// The shared report plus the QEMU extras; serialises as the report's fields and `qemu`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct QemuReport {
-    #[serde(flatten)]
-    pub report: MigrationReport,
-    pub qemu: QemuExtras,
-}
-
-/// Live progress for a caller's table.
-#[derive(Debug, Clone)]
-pub enum Progress {
-    /// The migration was issued with this first cap (bytes/s).
-    Started { first_cap: f64 },
-    /// A `query-migrate` poll.
-    Sample {
-        elapsed_s: f64,
-        transferred: f64,
-        remaining: f64,
-    },
-    /// A round ended and the decision was applied.
-    Round {
-        record: Box<RoundRecord>,
-        pass: PassRecord,
-    },
-    /// The migration completed.
-    Completed,
-}
-
 fn wall_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -193,6 +119,8 @@ fn wall_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Where the current round started: its pass event's time and `ram.transferred` then.
+#[derive(Debug, Clone, Copy)]
 struct RoundStart {
     at: f64,
     transferred: f64,
@@ -203,6 +131,30 @@ struct RoundStart {
 pub struct Governor {
     cfg: GovernorConfig,
     progress: Option<UnboundedSender<Progress>>,
+}
+
+/// The mutable state of one governed migration.
+#[derive(Debug)]
+struct Run {
+    control: Control,
+    builder: ReportBuilder,
+    extras: QemuExtras,
+    original: MigrationParameters,
+    /// Wall time `migrate` was issued.
+    t0: f64,
+    /// The cap of the running round.
+    cap: f64,
+    round_start: Option<RoundStart>,
+    rounds: u32,
+    stopping: bool,
+    last_round_end_transferred: f64,
+    /// `qemu-native`: the last observed round, whose outcome is known at the next pass.
+    native_pending: Option<(RoundStats, Audit)>,
+    tracker: FactorTracker,
+    reactions: Vec<f64>,
+    /// Wire peak: the last window start (elapsed s, transferred) and the best rate so far.
+    window: Option<(f64, f64)>,
+    peak: f64,
 }
 
 impl Governor {
@@ -232,15 +184,60 @@ impl Governor {
         &self,
         src: &mut QmpClient,
         mut dest: Option<&mut QmpClient>,
-        mut control: Control,
+        control: Control,
     ) -> Result<QemuReport, GovernorError> {
+        let mut run = self.prepare(src, dest.as_deref_mut(), control).await?;
+        let final_info = self.watch(src, &mut run).await?;
+        if final_info.status != MigrationStatus::Completed {
+            restore(src, &run.original).await;
+            let st: StatusInfo = src
+                .execute_as("query-status", None)
+                .await
+                .unwrap_or_default();
+            return Err(GovernorError::Failed {
+                status: final_info.status,
+                desc: final_info
+                    .error_desc
+                    .unwrap_or_else(|| "QEMU gave no reason".into()),
+                source_running: st.running,
+            });
+        }
+        // QEMU sets `completed` before it computes total-time and downtime: ask again until
+        // they are there (bounded).
+        let mut final_info = final_info;
+        for _ in 0..TIMES_RETRIES {
+            if final_info.total_time.is_some_and(|t| t > 0.0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            final_info = src
+                .execute_as("query-migrate", None)
+                .await
+                .map_err(GovernorError::Source)?;
+        }
+        self.emit(Progress::Completed);
+        let mut report = run.finish(&final_info);
+        if let Some(d) = dest {
+            report.qemu.destination_running = Some(wait_running(d, self.cfg.dest_wait).await?);
+        }
+        Ok(report)
+    }
+
+    /// Checks both sides, enables events, samples the dirty rate, sets the first cap and
+    /// issues `migrate`.
+    async fn prepare(
+        &self,
+        src: &mut QmpClient,
+        dest: Option<&mut QmpClient>,
+        mut control: Control,
+    ) -> Result<Run, GovernorError> {
         let cfg = &self.cfg;
         let s = GovernorError::Source;
         let info: MigrationInfo = src.execute_as("query-migrate", None).await.map_err(s)?;
         if info.status.is_running() {
             return Err(GovernorError::Busy(info.status));
         }
-        if let Some(d) = dest.as_deref_mut() {
+        if let Some(d) = dest {
             let st: StatusInfo = d
                 .execute_as("query-status", None)
                 .await
@@ -259,12 +256,7 @@ impl Governor {
         )
         .await
         .map_err(s)?;
-
         let mut extras = QemuExtras::default();
-        let (name, threshold) = match &control {
-            Control::Policy(p) => (p.name(), p.threshold()),
-            Control::Native => ("qemu-native", None),
-        };
         if let (Some(period), Control::Policy(p)) = (cfg.sample, &mut control) {
             let m = dirty::measure(src, period)
                 .await
@@ -273,16 +265,20 @@ impl Governor {
             p.observe_sample(&sample);
             extras.sample = Some(sample);
         }
-        let mut cap = match &control {
+        let (name, threshold, cap) = match &control {
             Control::Policy(p) => {
                 let first = p.first_cap();
                 set_params(src, Some(first), Some(cfg.precopy_downtime_ms))
                     .await
                     .map_err(s)?;
                 extras.precopy_downtime_limit_ms = Some(cfg.precopy_downtime_ms);
-                first
+                (p.name(), p.threshold(), first)
             }
-            Control::Native => original.max_bandwidth.map_or(0.0, |b| b as f64),
+            Control::Native => (
+                "qemu-native",
+                None,
+                original.max_bandwidth.map_or(0.0, |b| b as f64),
+            ),
         };
         let mut builder = ReportBuilder::new(
             name,
@@ -298,239 +294,247 @@ impl Governor {
         src.execute("migrate", Some(json!({ "uri": cfg.uri })))
             .await
             .map_err(s)?;
-        let t0 = wall_now();
-        let started = Instant::now();
         self.emit(Progress::Started { first_cap: cap });
+        Ok(Run {
+            control,
+            builder,
+            extras,
+            original,
+            t0: wall_now(),
+            cap,
+            round_start: None,
+            rounds: 0,
+            stopping: false,
+            last_round_end_transferred: 0.0,
+            native_pending: None,
+            tracker: FactorTracker::default(),
+            reactions: Vec::new(),
+            window: None,
+            peak: 0.0,
+        })
+    }
 
-        let mut round_start: Option<RoundStart> = None;
-        let mut stopping = false;
-        let mut last_round_end_transferred = 0.0;
-        let mut native_pending: Option<(RoundStats, Audit)> = None;
-        let mut tracker = FactorTracker::default();
-        let mut rounds: u32 = 0;
+    /// Handles events and polls until QEMU reports a final status; returns that answer.
+    async fn watch(
+        &self,
+        src: &mut QmpClient,
+        run: &mut Run,
+    ) -> Result<MigrationInfo, GovernorError> {
+        let cfg = &self.cfg;
+        let started = Instant::now();
         let mut last_poll = Instant::now();
-        let mut prev_sample: Option<(f64, f64)> = None;
-        let mut peak: f64 = 0.0;
-        let mut reactions = Vec::new();
-
-        let final_info = loop {
+        loop {
             if started.elapsed() > cfg.deadline {
                 let _ = src.execute("migrate_cancel", None).await;
-                restore(src, &original).await;
+                restore(src, &run.original).await;
                 return Err(GovernorError::Deadline(cfg.deadline));
             }
             let wait = cfg.poll.saturating_sub(last_poll.elapsed());
-            let event = src.next_event(wait).await.map_err(s)?;
-            let mut status_seen: Option<MigrationStatus> = None;
+            let event = src.next_event(wait).await.map_err(GovernorError::Source)?;
+            let mut final_event = false;
             if let Some(e) = event {
                 match e.name.as_str() {
-                    "MIGRATION_PASS" => {
-                        if stopping {
-                            continue;
-                        }
-                        let at = e.timestamp.unwrap_or_else(wall_now);
-                        let pass = e.data_u64("pass").unwrap_or(0);
-                        let Some(rs) = round_start.take() else {
-                            round_start = Some(RoundStart {
-                                at,
-                                transferred: 0.0,
-                            });
-                            extras.passes.push(PassRecord {
-                                pass,
-                                round: 0,
-                                at_s: at - t0,
-                                transferred: 0.0,
-                                remaining: cfg.memory_bytes,
-                                cap_set_bytes_per_s: Some(cap),
-                                cap_read_back_bytes_per_s: None,
-                                downtime_limit_read_back_ms: None,
-                                reaction_s: None,
-                            });
-                            continue;
-                        };
-                        let q: MigrationInfo =
-                            src.execute_as("query-migrate", None).await.map_err(s)?;
-                        let ram = q.ram_or_default();
-                        rounds += 1;
-                        let stats = RoundStats {
-                            round: rounds,
-                            cap_bytes_per_s: cap,
-                            bytes_sent: (ram.transferred - rs.transferred).max(0.0),
-                            duration_s: (at - rs.at).max(0.0),
-                            dirty_bytes: ram.remaining.max(0.0),
-                        };
-                        let mut record = PassRecord {
-                            pass,
-                            round: rounds,
-                            at_s: at - t0,
-                            transferred: ram.transferred,
-                            remaining: ram.remaining,
-                            cap_set_bytes_per_s: None,
-                            cap_read_back_bytes_per_s: None,
-                            downtime_limit_read_back_ms: None,
-                            reaction_s: None,
-                        };
-                        round_start = Some(RoundStart {
-                            at,
-                            transferred: ram.transferred,
-                        });
-                        last_round_end_transferred = ram.transferred;
-                        match &mut control {
-                            Control::Policy(p) => {
-                                let decision = match p.after_round(&stats) {
-                                    Ok(d) => d,
-                                    Err(source) => {
-                                        let _ = src.execute("migrate_cancel", None).await;
-                                        restore(src, &original).await;
-                                        return Err(GovernorError::Policy {
-                                            round: rounds,
-                                            source,
-                                        });
-                                    }
-                                };
-                                builder.round(&stats, &decision);
-                                let (bw, limit) = match decision.action {
-                                    Action::Continue {
-                                        next_cap_bytes_per_s,
-                                    } => (next_cap_bytes_per_s, None),
-                                    Action::StopAndCopy { .. } => {
-                                        stopping = true;
-                                        extras.switchover = "policy".into();
-                                        extras.stop_downtime_limit_ms = Some(cfg.stop_downtime_ms);
-                                        (p.stop_copy_cap(), Some(cfg.stop_downtime_ms))
-                                    }
-                                };
-                                set_params(src, Some(bw), limit).await.map_err(s)?;
-                                let reaction = wall_now() - at;
-                                reactions.push(reaction);
-                                cap = bw;
-                                let back: MigrationParameters = src
-                                    .execute_as("query-migrate-parameters", None)
-                                    .await
-                                    .map_err(s)?;
-                                record.cap_set_bytes_per_s = Some(bw);
-                                record.cap_read_back_bytes_per_s =
-                                    back.max_bandwidth.map(|b| b as f64);
-                                record.downtime_limit_read_back_ms = back.downtime_limit;
-                                record.reaction_s = Some(reaction);
-                                if let Some(r) = builder.last_round().cloned() {
-                                    self.emit(Progress::Round {
-                                        record: Box::new(r),
-                                        pass: record.clone(),
-                                    });
-                                }
-                            }
-                            Control::Native => {
-                                if let Some((st, audit)) = native_pending.take() {
-                                    let d =
-                                        Decision::next(st.cap_bytes_per_s, Branch::Constant, audit);
-                                    builder.round(&st, &d);
-                                    if let Some(r) = builder.last_round().cloned() {
-                                        self.emit(Progress::Round {
-                                            record: Box::new(r),
-                                            pass: record.clone(),
-                                        });
-                                    }
-                                }
-                                let f = tracker.push(&stats).map_err(|source| {
-                                    GovernorError::Policy {
-                                        round: rounds,
-                                        source,
-                                    }
-                                })?;
-                                let mut audit = Audit::measured(&f, cap, stats.dirty_bytes, None);
-                                audit.note =
-                                    Some("observed only: QEMU's own defaults decide".into());
-                                native_pending = Some((stats, audit));
-                            }
-                        }
-                        extras.passes.push(record);
-                    }
+                    "MIGRATION_PASS" => self.on_pass(src, run, &e).await?,
                     "MIGRATION" => {
-                        status_seen = e
+                        final_event = e
                             .data_str("status")
-                            .and_then(|st| serde_json::from_value(json!(st)).ok());
+                            .and_then(|st| {
+                                serde_json::from_value::<MigrationStatus>(json!(st)).ok()
+                            })
+                            .is_some_and(MigrationStatus::is_final);
                     }
                     _ => {}
                 }
             }
-            let poll_due = last_poll.elapsed() >= cfg.poll;
-            let final_event = status_seen.is_some_and(MigrationStatus::is_final);
-            if poll_due || final_event {
+            if final_event || last_poll.elapsed() >= cfg.poll {
                 last_poll = Instant::now();
-                let q: MigrationInfo = src.execute_as("query-migrate", None).await.map_err(s)?;
+                let q: MigrationInfo = src
+                    .execute_as("query-migrate", None)
+                    .await
+                    .map_err(GovernorError::Source)?;
                 let ram = q.ram_or_default();
                 let now = started.elapsed().as_secs_f64();
-                // Windows of at least PEAK_WINDOW_S (polls after events can come sooner).
-                match prev_sample {
-                    Some((t, b)) if now - t >= PEAK_WINDOW_S => {
-                        peak = peak.max((ram.transferred - b) / (now - t));
-                        prev_sample = Some((now, ram.transferred));
-                    }
-                    Some(_) => {}
-                    None => prev_sample = Some((now, ram.transferred)),
-                }
+                run.sample_wire(now, ram.transferred);
                 self.emit(Progress::Sample {
                     elapsed_s: now,
                     transferred: ram.transferred,
                     remaining: ram.remaining,
                 });
                 if q.status.is_final() {
-                    break q;
+                    src.drain_events();
+                    return Ok(q);
                 }
             }
-        };
-        // Events that arrived with the final answer (e.g. STOP) are of no further use.
-        let _ = src.drain_events();
+        }
+    }
 
-        if final_info.status != MigrationStatus::Completed {
-            restore(src, &original).await;
-            let st: StatusInfo = src
-                .execute_as("query-status", None)
-                .await
-                .unwrap_or_default();
-            return Err(GovernorError::Failed {
-                status: final_info.status,
-                desc: final_info
-                    .error_desc
-                    .clone()
-                    .unwrap_or_else(|| "QEMU gave no reason".into()),
-                source_running: st.running,
+    /// One `MIGRATION_PASS`: pass 1 starts round 1; pass k+1 ends round k, which is measured,
+    /// decided and applied.
+    async fn on_pass(
+        &self,
+        src: &mut QmpClient,
+        run: &mut Run,
+        e: &Event,
+    ) -> Result<(), GovernorError> {
+        if run.stopping {
+            // The sync QEMU makes right before the pause; pre-copy is over.
+            return Ok(());
+        }
+        let s = GovernorError::Source;
+        let at = e.timestamp.unwrap_or_else(wall_now);
+        let pass = e.data_u64("pass").unwrap_or(0);
+        let mut record = PassRecord {
+            pass,
+            round: 0,
+            at_s: at - run.t0,
+            transferred: 0.0,
+            remaining: self.cfg.memory_bytes,
+            cap_set_bytes_per_s: None,
+            cap_read_back_bytes_per_s: None,
+            downtime_limit_read_back_ms: None,
+            reaction_s: None,
+        };
+        let Some(start) = run.round_start else {
+            run.round_start = Some(RoundStart {
+                at,
+                transferred: 0.0,
             });
-        }
-        // QEMU sets `completed` before it computes total-time and downtime: ask again until
-        // they are there (bounded).
-        let mut final_info = final_info;
-        for _ in 0..40 {
-            if final_info.total_time.is_some_and(|t| t > 0.0) {
-                break;
+            record.cap_set_bytes_per_s = Some(run.cap);
+            run.extras.passes.push(record);
+            return Ok(());
+        };
+        let q: MigrationInfo = src.execute_as("query-migrate", None).await.map_err(s)?;
+        let ram = q.ram_or_default();
+        run.rounds += 1;
+        let stats = RoundStats {
+            round: run.rounds,
+            cap_bytes_per_s: run.cap,
+            bytes_sent: (ram.transferred - start.transferred).max(0.0),
+            duration_s: (at - start.at).max(0.0),
+            dirty_bytes: ram.remaining.max(0.0),
+        };
+        record.round = run.rounds;
+        record.transferred = ram.transferred;
+        record.remaining = ram.remaining;
+        run.round_start = Some(RoundStart {
+            at,
+            transferred: ram.transferred,
+        });
+        run.last_round_end_transferred = ram.transferred;
+        match &mut run.control {
+            Control::Policy(p) => {
+                let decision = match p.after_round(&stats) {
+                    Ok(d) => d,
+                    Err(source) => {
+                        let _ = src.execute("migrate_cancel", None).await;
+                        restore(src, &run.original).await;
+                        return Err(GovernorError::Policy {
+                            round: run.rounds,
+                            source,
+                        });
+                    }
+                };
+                run.builder.round(&stats, &decision);
+                let (bw, limit) = match decision.action {
+                    Action::Continue {
+                        next_cap_bytes_per_s,
+                    } => (next_cap_bytes_per_s, None),
+                    Action::StopAndCopy { .. } => {
+                        run.stopping = true;
+                        run.extras.switchover = "policy".into();
+                        run.extras.stop_downtime_limit_ms = Some(self.cfg.stop_downtime_ms);
+                        (p.stop_copy_cap(), Some(self.cfg.stop_downtime_ms))
+                    }
+                };
+                set_params(src, Some(bw), limit).await.map_err(s)?;
+                let reaction = wall_now() - at;
+                run.reactions.push(reaction);
+                run.cap = bw;
+                let back: MigrationParameters = src
+                    .execute_as("query-migrate-parameters", None)
+                    .await
+                    .map_err(s)?;
+                record.cap_set_bytes_per_s = Some(bw);
+                record.cap_read_back_bytes_per_s = back.max_bandwidth.map(|b| b as f64);
+                record.downtime_limit_read_back_ms = back.downtime_limit;
+                record.reaction_s = Some(reaction);
+                if let Some(r) = run.builder.last_round() {
+                    self.emit(Progress::Round {
+                        record: Box::new(r.clone()),
+                        pass: record.clone(),
+                    });
+                }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            final_info = src.execute_as("query-migrate", None).await.map_err(s)?;
+            Control::Native => {
+                // The previous observed round went on: QEMU synced again instead of stopping.
+                if let Some((st, audit)) = run.native_pending.take() {
+                    let d = Decision::next(st.cap_bytes_per_s, Branch::Constant, audit);
+                    run.builder.round(&st, &d);
+                    if let Some(r) = run.builder.last_round() {
+                        self.emit(Progress::Round {
+                            record: Box::new(r.clone()),
+                            pass: record.clone(),
+                        });
+                    }
+                }
+                let f = run
+                    .tracker
+                    .push(&stats)
+                    .map_err(|source| GovernorError::Policy {
+                        round: run.rounds,
+                        source,
+                    })?;
+                let mut audit = Audit::measured(&f, run.cap, stats.dirty_bytes, None);
+                audit.note = Some("observed only: QEMU's own defaults decide".into());
+                run.native_pending = Some((stats, audit));
+            }
         }
-        self.emit(Progress::Completed);
-        if let Some((st, audit)) = native_pending.take() {
-            builder.round(&st, &Decision::stop(StopReason::DowntimeFits, audit));
+        run.extras.passes.push(record);
+        Ok(())
+    }
+}
+
+impl Run {
+    /// Folds one `ram.transferred` poll into the wire peak (windows >= [`PEAK_WINDOW_S`]).
+    fn sample_wire(&mut self, now: f64, transferred: f64) {
+        match self.window {
+            Some((t, b)) if now - t >= PEAK_WINDOW_S => {
+                self.peak = self.peak.max((transferred - b) / (now - t));
+                self.window = Some((now, transferred));
+            }
+            Some(_) => {}
+            None => self.window = Some((now, transferred)),
         }
+    }
+
+    /// The report of a completed migration from QEMU's final `query-migrate`.
+    fn finish(mut self, info: &MigrationInfo) -> QemuReport {
+        if let Some((st, audit)) = self.native_pending.take() {
+            // QEMU's last sync was followed by the switch-over.
+            self.builder
+                .round(&st, &Decision::stop(StopReason::DowntimeFits, audit));
+        }
+        let mut extras = self.extras;
         if extras.switchover.is_empty() {
             extras.switchover = "qemu".into();
         }
-        let ram = final_info.ram_or_default();
-        let ms = |v: Option<f64>| v.map(|x| x / 1000.0);
-        extras.qemu_total_time_s = ms(final_info.total_time);
-        extras.qemu_downtime_s = ms(final_info.downtime);
-        extras.qemu_setup_time_s = ms(final_info.setup_time);
+        let ram = info.ram_or_default();
+        let secs = |v: Option<f64>| v.map(|x| x / 1000.0);
+        extras.qemu_total_time_s = secs(info.total_time);
+        extras.qemu_downtime_s = secs(info.downtime);
+        extras.qemu_setup_time_s = secs(info.setup_time);
         extras.downtime_bytes = ram.downtime_bytes;
-        if !reactions.is_empty() {
-            extras.reaction_mean_s = Some(reactions.iter().sum::<f64>() / reactions.len() as f64);
-            extras.reaction_max_s = Some(reactions.iter().copied().fold(0.0, f64::max));
+        if !self.reactions.is_empty() {
+            let n = self.reactions.len() as f64;
+            extras.reaction_mean_s = Some(self.reactions.iter().sum::<f64>() / n);
+            extras.reaction_max_s = Some(self.reactions.iter().copied().fold(0.0, f64::max));
         }
         let stop = StopCopy {
-            bytes: (ram.transferred - last_round_end_transferred).max(0.0),
+            bytes: (ram.transferred - self.last_round_end_transferred).max(0.0),
             state_bytes: 0.0,
             downtime_s: extras.qemu_downtime_s.unwrap_or(0.0),
         };
-        let mut report = builder.finish(stop, peak);
+        let mut report = self.builder.finish(stop, self.peak);
         if let Some(total) = extras.qemu_total_time_s {
             report.summary.total_time_s = total;
             report.summary.mean_bytes_per_s = if total > 0.0 {
@@ -539,13 +543,10 @@ impl Governor {
                 0.0
             };
         }
-        if let Some(d) = dest {
-            extras.destination_running = Some(wait_running(d, cfg.dest_wait).await?);
-        }
-        Ok(QemuReport {
+        QemuReport {
             report,
             qemu: extras,
-        })
+        }
     }
 }
 
@@ -595,5 +596,46 @@ async fn wait_running(qmp: &mut QmpClient, wait: Duration) -> Result<bool, Gover
             return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run() -> Run {
+        Run {
+            control: Control::Native,
+            builder: ReportBuilder::new("x", "qemu", 1.0, 0.0, None),
+            extras: QemuExtras::default(),
+            original: MigrationParameters::default(),
+            t0: 0.0,
+            cap: 0.0,
+            round_start: None,
+            rounds: 0,
+            stopping: false,
+            last_round_end_transferred: 0.0,
+            native_pending: None,
+            tracker: FactorTracker::default(),
+            reactions: Vec::new(),
+            window: None,
+            peak: 0.0,
+        }
+    }
+
+    #[test]
+    fn wire_peak_uses_windows_of_at_least_95_ms() {
+        let mut r = run();
+        r.sample_wire(0.0, 0.0);
+        // 20 ms later: too short a window, ignored (it would read 50 MB/s).
+        r.sample_wire(0.02, 1e6);
+        assert_eq!(r.peak, 0.0);
+        r.sample_wire(0.1, 2e6);
+        assert!((r.peak - 2e7).abs() < 1.0, "{}", r.peak);
+        r.sample_wire(0.3, 3e6);
+        assert!(
+            (r.peak - 2e7).abs() < 1.0,
+            "a slower window does not lower the peak"
+        );
     }
 }

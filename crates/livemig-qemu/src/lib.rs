@@ -9,6 +9,8 @@
 //!   simulator's CSV format.
 //! - [`governor`]: [`governor::Governor`], which starts a migration and, at every
 //!   `MIGRATION_PASS`, measures the round, asks the policy and applies its decision.
+//! - [`result`]: [`QemuReport`], the shared report plus QEMU's figures and per-pass records,
+//!   and the live [`governor::Progress`].
 //! - [`vm`]: starting QEMU processes of the test guest (source and `-incoming` destination),
 //!   reading their serial consoles.
 //! - [`heartbeat`]: the guest's `livemig-hb N` lines and the continuity check across a
@@ -20,6 +22,7 @@ pub mod dirty;
 pub mod governor;
 pub mod heartbeat;
 pub mod qmp;
+pub mod result;
 pub mod types;
 pub mod vm;
 
