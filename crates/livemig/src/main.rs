@@ -2,7 +2,8 @@
 //!
 //! - [`cmd::simulate`]: `livemig simulate`, one simulated migration.
 //! - [`cmd::bench`]: `livemig bench`, every policy over a scenario suite.
-//! - [`cmd::qemu`]: `livemig qemu migrate | dirty-trace | bench`, real QEMU migrations.
+//! - [`cmd::qemu`]: `livemig qemu migrate | dirty-trace`, real QEMU migrations;
+//!   [`cmd::qemu_bench`]: `livemig qemu bench`.
 //! - [`cmd::policy_args`]: the policy flags shared by the commands.
 //! - [`table`]: human tables; [`plot`]: SVG/PNG plots.
 
