@@ -264,3 +264,33 @@ async fn dirty_trace(args: TraceArgs) -> Result<()> {
     print!("{}", dirty::to_csv(&rows));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_names_include_qemu_native() {
+        assert_eq!("qemu-native".parse::<Runner>(), Ok(Runner::Native));
+        assert_eq!(
+            "dirty-factor".parse::<Runner>(),
+            Ok(Runner::Policy(PolicyKind::DirtyFactor))
+        );
+        let e = "nope".parse::<Runner>().expect_err("unknown");
+        assert!(
+            e.contains("qemu-native") && e.contains("dirty-factor"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn calc_dirty_rate_periods_are_whole_seconds() {
+        assert_eq!(whole_seconds("sample", "0").ok(), Some(None));
+        assert_eq!(
+            whole_seconds("sample", "2s").ok(),
+            Some(Some(Duration::from_secs(2)))
+        );
+        assert!(whole_seconds("period", "1.5s").is_err());
+        assert!(whole_seconds("period", "soon").is_err());
+    }
+}

@@ -57,7 +57,7 @@ pub struct BenchArgs {
 /// The default bench workloads: (name, guest load spec).
 pub const BENCH_WORKLOADS: [(&str, &str); 2] = [
     ("light", "uniform:rate=1MiB/s,buffer=32MiB"),
-    ("heavy", "uniform:rate=16MiB/s,buffer=96MiB"),
+    ("heavy", "uniform:rate=32MiB/s,buffer=96MiB"),
 ];
 
 /// One bench migration's outcome.
