@@ -109,79 +109,85 @@ impl Policy for Xen {
     }
 }
 
-/// `xen-v2`: Xen 4.6+ stream (`xg_sr_save.c`): no rate limit (the link's speed, modelled as
-/// B_max), stop when fewer than 50 pages remain or after 5 rounds.
+/// When a constant-cap baseline ends pre-copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRule {
+    /// `xen-v2`: fewer than 50 pages remain, or 5 rounds.
+    XenV2,
+    /// `qemu`: the remainder fits the downtime limit at the measured bandwidth, or the safety
+    /// round limit.
+    Qemu,
+    /// `fixed`: N rounds or at most h left.
+    Fixed,
+}
+
+/// The baselines that hold one cap for every round:
+/// - `xen-v2`: Xen 4.6+ stream (`xg_sr_save.c`), no rate limit (the link's speed, modelled as
+///   B_max); stops when fewer than 50 pages remain or after 5 rounds.
+/// - `qemu`: a fixed `max-bandwidth` (default 128 MiB/s); switches over once the remaining
+///   bytes fit in the downtime limit at the bandwidth measured in the last round; a round-count
+///   safety limit stands in for QEMU's abort-by-timeout.
+/// - `fixed`: one cap B (default B_max); stops at N rounds or when at most h remains.
 #[derive(Debug, Clone)]
-pub struct XenV2 {
-    cfg: PolicyConfig,
-    rounds: Rounds,
-}
-
-impl XenV2 {
-    /// A policy for a validated config.
-    pub fn new(cfg: PolicyConfig) -> XenV2 {
-        XenV2 {
-            cfg,
-            rounds: Rounds::default(),
-        }
-    }
-}
-
-impl Policy for XenV2 {
-    fn name(&self) -> &'static str {
-        "xen-v2"
-    }
-    fn threshold(&self) -> Option<f64> {
-        None
-    }
-    fn first_cap(&self) -> f64 {
-        self.cfg.max_bandwidth
-    }
-    fn stop_copy_cap(&self) -> f64 {
-        self.cfg.stop_cap()
-    }
-    fn after_round(&mut self, s: &RoundStats) -> Result<Decision, StatsError> {
-        let f = self.rounds.push(s)?;
-        let audit = Audit::measured(&f, s.cap_bytes_per_s, s.dirty_bytes, None);
-        if s.dirty_bytes < XEN_FEW_PAGES * self.cfg.page_size {
-            return Ok(self.rounds.stop(StopReason::FewPagesRemain, audit));
-        }
-        if f.round >= XEN_V2_MAX_ROUNDS {
-            return Ok(self.rounds.stop(StopReason::RoundLimit, audit));
-        }
-        Ok(Decision::next(
-            self.cfg.max_bandwidth,
-            Branch::Constant,
-            audit,
-        ))
-    }
-}
-
-/// `qemu`: a fixed `max-bandwidth` (default 128 MiB/s); switch over once the remaining bytes
-/// fit in the downtime limit at the bandwidth measured in the last round; a round-count safety
-/// limit stands in for QEMU's abort-by-timeout.
-#[derive(Debug, Clone)]
-pub struct Qemu {
+pub struct Constant {
     cfg: PolicyConfig,
     cap: f64,
+    rule: StopRule,
     rounds: Rounds,
 }
 
-impl Qemu {
-    /// A policy for a validated config.
-    pub fn new(cfg: PolicyConfig) -> Qemu {
+impl Constant {
+    /// `xen-v2` for a validated config.
+    pub fn xen_v2(cfg: PolicyConfig) -> Constant {
+        let cap = cfg.max_bandwidth;
+        Constant::new(cfg, cap, StopRule::XenV2)
+    }
+
+    /// `qemu` for a validated config.
+    pub fn qemu(cfg: PolicyConfig) -> Constant {
         let cap = cfg.fixed_bandwidth.unwrap_or(QEMU_DEFAULT_BANDWIDTH);
-        Qemu {
+        Constant::new(cfg, cap, StopRule::Qemu)
+    }
+
+    /// `fixed` for a validated config.
+    pub fn fixed(cfg: PolicyConfig) -> Constant {
+        let cap = cfg.fixed_bandwidth.unwrap_or(cfg.max_bandwidth);
+        Constant::new(cfg, cap, StopRule::Fixed)
+    }
+
+    fn new(cfg: PolicyConfig, cap: f64, rule: StopRule) -> Constant {
+        Constant {
             cfg,
             cap,
+            rule,
             rounds: Rounds::default(),
+        }
+    }
+
+    fn stop_reason(&self, f: &Factors, remaining: f64) -> Option<StopReason> {
+        match self.rule {
+            StopRule::XenV2 if remaining < XEN_FEW_PAGES * self.cfg.page_size => {
+                Some(StopReason::FewPagesRemain)
+            }
+            StopRule::XenV2 => (f.round >= XEN_V2_MAX_ROUNDS).then_some(StopReason::RoundLimit),
+            StopRule::Qemu if remaining <= f.effective_bandwidth * self.cfg.downtime_limit_s => {
+                Some(StopReason::DowntimeFits)
+            }
+            StopRule::Qemu => {
+                (f.round >= self.cfg.safety_rounds).then_some(StopReason::SafetyLimit)
+            }
+            StopRule::Fixed => termination(&self.cfg, f.round, remaining),
         }
     }
 }
 
-impl Policy for Qemu {
+impl Policy for Constant {
     fn name(&self) -> &'static str {
-        "qemu"
+        match self.rule {
+            StopRule::XenV2 => "xen-v2",
+            StopRule::Qemu => "qemu",
+            StopRule::Fixed => "fixed",
+        }
     }
     fn threshold(&self) -> Option<f64> {
         None
@@ -195,57 +201,12 @@ impl Policy for Qemu {
     fn after_round(&mut self, s: &RoundStats) -> Result<Decision, StatsError> {
         let f = self.rounds.push(s)?;
         let mut audit = Audit::measured(&f, s.cap_bytes_per_s, s.dirty_bytes, None);
-        let fits = f.effective_bandwidth * self.cfg.downtime_limit_s;
-        audit.estimate_bytes_per_s = Some(f.effective_bandwidth);
-        if s.dirty_bytes <= fits {
-            return Ok(self.rounds.stop(StopReason::DowntimeFits, audit));
+        if self.rule == StopRule::Qemu {
+            audit.estimate_bytes_per_s = Some(f.effective_bandwidth);
         }
-        if f.round >= self.cfg.safety_rounds {
-            return Ok(self.rounds.stop(StopReason::SafetyLimit, audit));
+        match self.stop_reason(&f, s.dirty_bytes) {
+            Some(reason) => Ok(self.rounds.stop(reason, audit)),
+            None => Ok(Decision::next(self.cap, Branch::Constant, audit)),
         }
-        Ok(Decision::next(self.cap, Branch::Constant, audit))
-    }
-}
-
-/// `fixed`: one constant cap B (default B_max); stop at N rounds or when at most h remains.
-#[derive(Debug, Clone)]
-pub struct Fixed {
-    cfg: PolicyConfig,
-    cap: f64,
-    rounds: Rounds,
-}
-
-impl Fixed {
-    /// A policy for a validated config.
-    pub fn new(cfg: PolicyConfig) -> Fixed {
-        let cap = cfg.fixed_bandwidth.unwrap_or(cfg.max_bandwidth);
-        Fixed {
-            cfg,
-            cap,
-            rounds: Rounds::default(),
-        }
-    }
-}
-
-impl Policy for Fixed {
-    fn name(&self) -> &'static str {
-        "fixed"
-    }
-    fn threshold(&self) -> Option<f64> {
-        None
-    }
-    fn first_cap(&self) -> f64 {
-        self.cap
-    }
-    fn stop_copy_cap(&self) -> f64 {
-        self.cfg.stop_cap()
-    }
-    fn after_round(&mut self, s: &RoundStats) -> Result<Decision, StatsError> {
-        let f = self.rounds.push(s)?;
-        let audit = Audit::measured(&f, s.cap_bytes_per_s, s.dirty_bytes, None);
-        if let Some(reason) = termination(&self.cfg, f.round, s.dirty_bytes) {
-            return Ok(self.rounds.stop(reason, audit));
-        }
-        Ok(Decision::next(self.cap, Branch::Constant, audit))
     }
 }

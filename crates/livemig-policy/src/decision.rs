@@ -99,6 +99,9 @@ pub struct Audit {
     pub branch: Branch,
     /// Whether clamping to [B_min, B_max] changed the cap.
     pub clamped: bool,
+    /// The policy's estimate shows that not even B_max converges within N rounds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub infeasible: bool,
     /// Free-text remark (e.g. why an estimate fell back to B_max).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -120,6 +123,7 @@ impl Audit {
             remaining_bytes: remaining,
             branch: Branch::Stop,
             clamped: false,
+            infeasible: false,
             note: None,
         }
     }

@@ -5,8 +5,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::baselines::{Fixed, Qemu, Xen, XenV2};
+use crate::baselines::{Constant, Xen};
 use crate::dirty_factor::DirtyFactor;
+use crate::predictive::Predictive;
 use crate::{ConfigError, Policy, PolicyConfig};
 
 /// Every policy the crate knows.
@@ -15,6 +16,8 @@ use crate::{ConfigError, Policy, PolicyConfig};
 pub enum PolicyKind {
     /// The method (section 4).
     DirtyFactor,
+    /// The method's structure with a growth model and an exact planner.
+    Predictive,
     /// Legacy Xen adaptive rate.
     Xen,
     /// Xen 4.6+ stream, unlimited.
@@ -27,13 +30,16 @@ pub enum PolicyKind {
 
 /// A policy name that is not one of [`PolicyKind::ALL`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("unknown policy `{0}` (expected one of: dirty-factor, xen, xen-v2, qemu, fixed)")]
+#[error(
+    "unknown policy `{0}` (expected one of: dirty-factor, predictive, xen, xen-v2, qemu, fixed)"
+)]
 pub struct UnknownPolicy(pub String);
 
 impl PolicyKind {
     /// Every policy, in the order reports list them.
-    pub const ALL: [PolicyKind; 5] = [
+    pub const ALL: [PolicyKind; 6] = [
         PolicyKind::DirtyFactor,
+        PolicyKind::Predictive,
         PolicyKind::Xen,
         PolicyKind::XenV2,
         PolicyKind::Qemu,
@@ -44,6 +50,7 @@ impl PolicyKind {
     pub fn name(self) -> &'static str {
         match self {
             PolicyKind::DirtyFactor => "dirty-factor",
+            PolicyKind::Predictive => "predictive",
             PolicyKind::Xen => "xen",
             PolicyKind::XenV2 => "xen-v2",
             PolicyKind::Qemu => "qemu",
@@ -56,10 +63,11 @@ impl PolicyKind {
         cfg.validate()?;
         Ok(match self {
             PolicyKind::DirtyFactor => Box::new(DirtyFactor::new(cfg)),
+            PolicyKind::Predictive => Box::new(Predictive::new(cfg)),
             PolicyKind::Xen => Box::new(Xen::new(cfg)),
-            PolicyKind::XenV2 => Box::new(XenV2::new(cfg)),
-            PolicyKind::Qemu => Box::new(Qemu::new(cfg)),
-            PolicyKind::Fixed => Box::new(Fixed::new(cfg)),
+            PolicyKind::XenV2 => Box::new(Constant::xen_v2(cfg)),
+            PolicyKind::Qemu => Box::new(Constant::qemu(cfg)),
+            PolicyKind::Fixed => Box::new(Constant::fixed(cfg)),
         })
     }
 }

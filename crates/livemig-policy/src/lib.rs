@@ -9,6 +9,7 @@
 //! - [`decision`]: [`Decision`], [`Action`] and the [`Audit`] record every policy returns.
 //! - [`dirty_factor`]: the method itself (section 4).
 //! - [`baselines`]: `xen`, `xen-v2`, `qemu`, `fixed` (section 7).
+//! - [`predictive`]: the method's structure with a fitted growth model and an exact planner.
 //! - [`PolicyKind`]: names and construction of every policy.
 //! - [`report`]: the one JSON result shape every executor produces.
 //!
@@ -19,6 +20,7 @@ pub mod config;
 pub mod decision;
 pub mod dirty_factor;
 pub mod kind;
+pub mod predictive;
 pub mod report;
 pub mod stats;
 pub mod threshold;

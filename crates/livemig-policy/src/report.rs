@@ -45,6 +45,9 @@ pub struct Summary {
     pub peak_cap_bytes_per_s: f64,
     /// total_bytes / total_time_s.
     pub mean_bytes_per_s: f64,
+    /// The first round after which the policy's estimate showed that not even B_max converges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub infeasible_from_round: Option<u32>,
 }
 
 /// A migration's result: `{policy, memory_bytes, threshold, rounds, summary}`.
@@ -113,6 +116,7 @@ impl ReportBuilder {
                     peak_bytes_per_s: 0.0,
                     peak_cap_bytes_per_s: 0.0,
                     mean_bytes_per_s: 0.0,
+                    infeasible_from_round: None,
                 },
             },
             precopy_time_s: 0.0,
@@ -177,6 +181,11 @@ impl ReportBuilder {
             .map(|x| x.cap_bytes_per_s)
             .fold(0.0, f64::max);
         s.peak_bytes_per_s = peak_wire_bytes_per_s;
+        s.infeasible_from_round = r
+            .rounds
+            .iter()
+            .find(|x| x.decision.audit.infeasible)
+            .map(|x| x.round);
         s.mean_bytes_per_s = if s.total_time_s > 0.0 {
             s.total_bytes / s.total_time_s
         } else {

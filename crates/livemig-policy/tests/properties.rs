@@ -133,3 +133,47 @@ proptest! {
         }
     }
 }
+
+/// A worked instance of the formula-5 property, so it is checked even if the random cases
+/// above rarely land in range: rho_1 = 0.9 > T, B* = 2.49 B_1, and a round 2 that dirties at
+/// Phat under B* brings the average to exactly T.
+#[test]
+fn formula5_worked_example_reaches_t() {
+    let cfg = PolicyConfig {
+        memory_bytes: 1e9,
+        max_rounds: 10,
+        stop_remaining: 1e7,
+        min_bandwidth: 1e6,
+        max_bandwidth: 1e9,
+        ..PolicyConfig::default()
+    };
+    let mut p = PolicyKind::DirtyFactor.build(cfg).expect("valid");
+    let t = p.threshold().expect("T");
+    let d1 = p
+        .after_round(&RoundStats {
+            round: 1,
+            cap_bytes_per_s: 1e6,
+            bytes_sent: 1e9,
+            duration_s: 1000.0,
+            dirty_bytes: 9e8,
+        })
+        .expect("valid");
+    assert_eq!(d1.audit.branch, Branch::Raise);
+    let b2 = d1.next_cap().expect("continues");
+    assert!((b2 - 0.9e6 / (2.0 * t - 0.9)).abs() < 1e-6);
+    let phat = d1.audit.mean_dirty_rate_bytes_per_s;
+    let d2 = p
+        .after_round(&RoundStats {
+            round: 2,
+            cap_bytes_per_s: b2,
+            bytes_sent: b2 * 10.0,
+            duration_s: 10.0,
+            dirty_bytes: phat * 10.0,
+        })
+        .expect("valid");
+    assert!(
+        (d2.audit.avg_factor - t).abs() < 1e-12,
+        "{} vs {t}",
+        d2.audit.avg_factor
+    );
+}

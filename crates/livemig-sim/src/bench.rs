@@ -35,6 +35,15 @@ pub struct ScenarioResult {
     pub results: Vec<PolicyResult>,
 }
 
+/// Issue 5's targets on a scenario with an oracle: converged, peak cap <= 1.2x the oracle's
+/// bandwidth, total time <= 1.5x its total time, downtime <= its downtime + 10 %.
+pub fn meets_targets(r: &PolicyResult) -> bool {
+    r.report.summary.converged
+        && r.peak_cap_ratio.is_some_and(|x| x <= 1.2)
+        && r.total_time_ratio.is_some_and(|x| x <= 1.5)
+        && r.downtime_ratio.is_none_or(|x| x <= 1.1)
+}
+
 fn ratio(a: f64, b: f64) -> Option<f64> {
     (b > 0.0).then(|| a / b)
 }

@@ -15,7 +15,12 @@ pub struct Link {
     pub noise: f64,
     /// Seed of the noise.
     pub seed: u64,
+    /// Length of the dirty-log sample offered to the policy before round 1 (s); 0 = none.
+    pub sample_s: f64,
 }
+
+/// Points in the pre-migration dirty-log sample.
+pub const SAMPLE_POINTS: u32 = 10;
 
 impl Default for Link {
     fn default() -> Self {
@@ -25,6 +30,7 @@ impl Default for Link {
             resume_latency_s: 0.0,
             noise: 0.0,
             seed: 1,
+            sample_s: 1.0,
         }
     }
 }

@@ -5,7 +5,7 @@
 //! stationary workloads; for phased or traced ones the answer is the bisection's, and is
 //! always a bandwidth verified to converge.
 
-use livemig_policy::baselines::Fixed;
+use livemig_policy::baselines::Constant;
 use livemig_policy::report::MigrationReport;
 use livemig_policy::PolicyConfig;
 use serde::Serialize;
@@ -29,7 +29,7 @@ pub fn run_fixed(s: &Scenario, bandwidth: f64) -> Result<MigrationReport, SimErr
         fixed_bandwidth: Some(bandwidth),
         ..s.cfg.clone()
     };
-    simulate(&mut Fixed::new(cfg), s.setup())
+    simulate(&mut Constant::fixed(cfg), s.setup())
 }
 
 /// The oracle, or `None` when not even B_max converges.

@@ -1,10 +1,10 @@
 //! The round loop: send, let the guest dirty, ask the policy, repeat; then stop-and-copy.
 
 use livemig_policy::report::{peak_window, MigrationReport, ReportBuilder, StopCopy};
-use livemig_policy::{Action, Policy, RoundStats, StatsError};
+use livemig_policy::{Action, DirtySample, Policy, RoundStats, StatsError};
 use livemig_workload::{DirtyModel, Workload};
 
-use crate::link::Link;
+use crate::link::{Link, SAMPLE_POINTS};
 use crate::noise::Noise;
 
 /// Window of the wire-peak measurement (method.md section 8).
@@ -33,6 +33,28 @@ pub struct Setup<'a> {
     pub stop_remaining: f64,
 }
 
+/// A measured dirty count: the model's, with the link's relative noise.
+fn measured(setup: Setup<'_>, noise: &mut Noise, exact: f64) -> f64 {
+    if setup.link.noise > 0.0 {
+        (exact * (1.0 + setup.link.noise * noise.normal())).clamp(0.0, setup.memory_bytes)
+    } else {
+        exact
+    }
+}
+
+/// The dirty-log sample taken during the `sample_s` seconds before the migration starts.
+fn sample(setup: Setup<'_>, noise: &mut Noise) -> DirtySample {
+    let len = setup.link.sample_s;
+    let points = (1..=SAMPLE_POINTS)
+        .map(|i| {
+            let t = len * f64::from(i) / f64::from(SAMPLE_POINTS);
+            let written = setup.workload.rate.written(-len, -len + t);
+            (t, measured(setup, noise, setup.model.distinct(written)))
+        })
+        .collect();
+    DirtySample { points }
+}
+
 /// Simulates one migration under `policy`.
 pub fn simulate(policy: &mut dyn Policy, setup: Setup<'_>) -> Result<MigrationReport, SimError> {
     let mut report = ReportBuilder::new(
@@ -44,6 +66,9 @@ pub fn simulate(policy: &mut dyn Policy, setup: Setup<'_>) -> Result<MigrationRe
     )
     .workload(setup.workload.spec());
     let mut noise = Noise::new(setup.link.seed);
+    if setup.link.sample_s > 0.0 {
+        policy.observe_sample(&sample(setup, &mut noise));
+    }
     let mut segments = Vec::new();
     let mut now = 0.0;
     let mut cap = policy.first_cap();

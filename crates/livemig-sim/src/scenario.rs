@@ -14,7 +14,7 @@
 //! min_bandwidth = "100Mbit/s" # B_min (default)
 //! max_bandwidth = "10Gbit/s"  # B_max (default)
 //! # optional: initial_bandwidth, threshold, bandwidth (fixed/qemu), downtime_limit,
-//! # page_size, link_capacity, state_size, resume_latency, noise, seed
+//! # page_size, link_capacity, state_size, resume_latency, noise, seed, sample
 //! ```
 
 use std::path::Path;
@@ -63,6 +63,9 @@ pub struct ScenarioSpec {
     pub noise: Option<f64>,
     #[serde(default)]
     pub seed: Option<u64>,
+    /// Pre-migration dirty-log sample length (default 1s; 0s = none).
+    #[serde(default)]
+    pub sample: Option<String>,
 }
 
 /// A resolved, validated scenario.
@@ -209,6 +212,7 @@ impl ScenarioSpec {
             .unwrap_or(0.0),
             noise,
             seed: self.seed.unwrap_or(1),
+            sample_s: opt("sample", &self.sample, units::parse_duration)?.unwrap_or(1.0),
         };
         let model = DirtyModel::new(&workload, cfg.memory_bytes, cfg.page_size);
         Ok(Scenario {
@@ -222,8 +226,8 @@ impl ScenarioSpec {
     }
 }
 
-/// Parses scenario TOML text; `path` names it in errors and anchors relative trace paths.
-pub fn parse_suite(path: &Path, text: &str) -> Result<Vec<Scenario>, ScenarioError> {
+/// Parses scenario TOML text into unresolved specs; `path` names it in errors.
+pub fn parse_specs(path: &Path, text: &str) -> Result<Vec<ScenarioSpec>, ScenarioError> {
     let shown = path.display().to_string();
     let file: File = toml::from_str(text).map_err(|e| ScenarioError::Toml {
         path: shown.clone(),
@@ -232,17 +236,31 @@ pub fn parse_suite(path: &Path, text: &str) -> Result<Vec<Scenario>, ScenarioErr
     if file.scenario.is_empty() {
         return Err(ScenarioError::Empty { path: shown });
     }
-    let base = path.parent();
-    file.scenario.iter().map(|s| s.resolve(base)).collect()
+    Ok(file.scenario)
 }
 
-/// Reads a scenario file.
-pub fn load_suite(path: &Path) -> Result<Vec<Scenario>, ScenarioError> {
+/// Reads a scenario file into unresolved specs.
+pub fn read_specs(path: &Path) -> Result<Vec<ScenarioSpec>, ScenarioError> {
     let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
         path: path.display().to_string(),
         source,
     })?;
-    parse_suite(path, &text)
+    parse_specs(path, &text)
+}
+
+/// Parses scenario TOML text; `path` names it in errors and anchors relative trace paths.
+pub fn parse_suite(path: &Path, text: &str) -> Result<Vec<Scenario>, ScenarioError> {
+    let base = path.parent();
+    parse_specs(path, text)?
+        .iter()
+        .map(|s| s.resolve(base))
+        .collect()
+}
+
+/// Reads a scenario file.
+pub fn load_suite(path: &Path) -> Result<Vec<Scenario>, ScenarioError> {
+    let base = path.parent();
+    read_specs(path)?.iter().map(|s| s.resolve(base)).collect()
 }
 
 impl Scenario {

@@ -9,13 +9,17 @@
 //! - [`spec`]: [`Workload`], parsed from `KIND:key=value,...`.
 //! - [`model`]: [`DirtyModel`], the expected number of distinct dirty bytes after a number of
 //!   written bytes, per access pattern.
+//! - [`sampler`]: [`PageSampler`], the pages a real writer hits for each pattern, and the
+//!   seeded generator [`sampler::SplitMix64`] (used by the engine's simulated guest).
 
 pub mod model;
 pub mod rate;
+pub mod sampler;
 pub mod spec;
 pub mod trace;
 pub mod units;
 
 pub use model::DirtyModel;
 pub use rate::RateSeries;
+pub use sampler::PageSampler;
 pub use spec::{Pattern, SpecError, Workload};

@@ -68,7 +68,7 @@ impl DirtyModel {
             Pattern::Scan => Shape::Scan,
             Pattern::Uniform => Shape::Groups(vec![(pages, 1.0 / pages)]),
             Pattern::HotCold { hot, share } => {
-                let hot_pages = (hot * pages).round().clamp(1.0, (pages - 1.0).max(1.0));
+                let hot_pages = crate::sampler::hot_pages(hot, pages);
                 let cold_pages = pages - hot_pages;
                 let mut g = vec![(hot_pages, share / hot_pages)];
                 if cold_pages > 0.0 {

@@ -2,13 +2,16 @@
 //!
 //! - [`cmd::simulate`]: `livemig simulate`, one simulated migration.
 //! - [`cmd::bench`]: `livemig bench`, every policy over a scenario suite.
+//! - [`cmd::receive`], [`cmd::migrate`]: the two ends of a real migration over TCP.
+//! - [`cmd::demo`]: both ends on loopback with live progress.
+//! - [`cmd::bench_engine`]: `livemig bench-engine`, the data path's throughput and cap accuracy.
 //! - [`cmd::qemu`]: `livemig qemu migrate | dirty-trace`, real QEMU migrations;
 //!   [`cmd::qemu_bench`]: `livemig qemu bench`.
-//! - [`cmd::policy_args`]: the policy flags shared by the commands.
-//! - [`table`]: human tables; [`plot`]: SVG/PNG plots.
+//! - [`table`]: human tables; [`plot`]: SVG/PNG plots; [`progress`]: live round progress.
 
 mod cmd;
 mod plot;
+mod progress;
 mod table;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +33,14 @@ enum Command {
     Simulate(Box<cmd::simulate::Args>),
     /// Run every policy over a suite of scenarios, side by side with the oracle.
     Bench(cmd::bench::Args),
+    /// Receive one migration over TCP (the destination), verify it and resume the guest.
+    Receive(cmd::receive::Args),
+    /// Migrate a simulated guest to a `livemig receive` over TCP (the source).
+    Migrate(Box<cmd::migrate::Args>),
+    /// Both ends on loopback with a generated key: live progress, the round table, the summary.
+    Demo(Box<cmd::demo::Args>),
+    /// Benchmark the data path: throughput against a plain loopback copy, cap accuracy.
+    BenchEngine(cmd::bench_engine::Args),
     /// Drive real QEMU live migrations with a policy (QMP), record dirty traces, benchmark.
     #[command(subcommand)]
     Qemu(cmd::qemu::Command),
@@ -40,6 +51,10 @@ fn main() {
     let result = match cli.command {
         Command::Simulate(a) => cmd::simulate::run(*a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Receive(a) => cmd::receive::run(a),
+        Command::Migrate(a) => cmd::migrate::run(*a),
+        Command::Demo(a) => cmd::demo::run(*a),
+        Command::BenchEngine(a) => cmd::bench_engine::run(a),
         Command::Qemu(c) => cmd::qemu::run(c),
     };
     if let Err(e) = result {

@@ -4,7 +4,7 @@ use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{CellAlignment, Table};
 use livemig_policy::report::MigrationReport;
 use livemig_policy::Branch;
-use livemig_sim::bench::ScenarioResult;
+use livemig_sim::bench::{meets_targets, PolicyResult, ScenarioResult};
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
 fn new_table(header: &[&str]) -> Table {
@@ -142,6 +142,26 @@ pub fn bench_scenario(r: &ScenarioResult) -> Table {
     t
 }
 
+/// Per policy (in the suite's order), its results on the scenarios that have an oracle.
+fn feasible_by_policy(results: &[ScenarioResult]) -> Vec<(String, Vec<&PolicyResult>)> {
+    let Some(first) = results.first() else {
+        return Vec::new();
+    };
+    first
+        .results
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let rows = results
+                .iter()
+                .filter(|r| r.oracle.is_some())
+                .filter_map(|r| r.results.get(i))
+                .collect();
+            (p.policy.clone(), rows)
+        })
+        .collect()
+}
+
 fn median(mut xs: Vec<f64>) -> Option<f64> {
     if xs.is_empty() {
         return None;
@@ -165,15 +185,7 @@ pub fn bench_summary(results: &[ScenarioResult]) -> Table {
         "median time/oracle",
         "median down/oracle",
     ]);
-    let Some(first) = results.first() else {
-        return t;
-    };
-    for (i, p) in first.results.iter().enumerate() {
-        let rows: Vec<_> = results
-            .iter()
-            .filter(|r| r.oracle.is_some())
-            .filter_map(|r| r.results.get(i))
-            .collect();
+    for (policy, rows) in feasible_by_policy(results) {
         let conv = rows.iter().filter(|x| x.report.summary.converged).count();
         let caps: Vec<f64> = rows.iter().filter_map(|x| x.peak_cap_ratio).collect();
         let max_cap = caps
@@ -181,7 +193,7 @@ pub fn bench_summary(results: &[ScenarioResult]) -> Table {
             .copied()
             .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
         t.add_row(vec![
-            p.policy.clone(),
+            policy,
             format!("{conv}/{}", rows.len()),
             ratio(median(caps.clone())),
             ratio(max_cap),
@@ -191,6 +203,34 @@ pub fn bench_summary(results: &[ScenarioResult]) -> Table {
             ratio(median(
                 rows.iter().filter_map(|x| x.downtime_ratio).collect(),
             )),
+        ]);
+    }
+    t
+}
+
+/// Issue 5's targets, per policy, over the scenarios where some constant bandwidth converges:
+/// converged, peak cap <= 1.2x oracle, total time <= 1.5x, downtime <= oracle's + 10 %.
+pub fn bench_targets(results: &[ScenarioResult]) -> Table {
+    let mut t = new_table(&[
+        "policy",
+        "feasible",
+        "converged",
+        "cap <= 1.2x",
+        "time <= 1.5x",
+        "down <= +10%",
+        "all four",
+    ]);
+    for (policy, rows) in feasible_by_policy(results) {
+        let count =
+            |f: &dyn Fn(&PolicyResult) -> bool| rows.iter().filter(|x| f(x)).count().to_string();
+        t.add_row(vec![
+            policy,
+            rows.len().to_string(),
+            count(&|x| x.report.summary.converged),
+            count(&|x| x.peak_cap_ratio.is_some_and(|r| r <= 1.2)),
+            count(&|x| x.total_time_ratio.is_some_and(|r| r <= 1.5)),
+            count(&|x| x.downtime_ratio.is_none_or(|r| r <= 1.1)),
+            count(&|x| meets_targets(x)),
         ]);
     }
     t

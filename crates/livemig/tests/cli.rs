@@ -228,3 +228,44 @@ fn scenario_file_can_drive_simulate() {
         "no scenario `nope`",
     );
 }
+
+#[test]
+fn flags_override_a_scenario_file() {
+    let out = livemig()
+        .args([
+            "simulate",
+            "--scenario",
+            "../../scenarios/suite.toml",
+            "--name",
+            "scan-2g",
+            "--policy",
+            "fixed",
+            "--bandwidth",
+            "100MiB/s",
+            "--rounds",
+            "3",
+            "--json",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v["rounds"][0]["cap_bytes_per_s"], 100.0 * 1024.0 * 1024.0);
+    assert!(v["summary"]["rounds"].as_u64().expect("rounds") <= 3);
+    assert_eq!(v["memory_bytes"], 2.0 * 1024.0 * 1024.0 * 1024.0);
+}
+
+/// Regression: `--threshold` was parsed but not applied once the policy flags became overrides.
+#[test]
+fn threshold_flag_reaches_the_policy() {
+    let out = simulate(&["--threshold", "0.9", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v["threshold"], 0.9);
+}

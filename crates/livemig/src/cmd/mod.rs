@@ -1,7 +1,10 @@
 //! One module per subcommand.
 
 pub mod bench;
-pub mod policy_args;
+pub mod bench_engine;
+pub mod demo;
+pub mod migrate;
 pub mod qemu;
 pub mod qemu_bench;
+pub mod receive;
 pub mod simulate;

@@ -14,8 +14,8 @@ use livemig_qemu::QmpClient;
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate, parse_duration};
 use tokio::sync::mpsc;
 
-use crate::cmd::policy_args::PolicyArgs;
 use crate::cmd::qemu_bench;
+use crate::cmd::simulate::PolicyArgs;
 use crate::table;
 
 /// `livemig qemu` subcommands.
@@ -138,8 +138,7 @@ pub(crate) fn whole_seconds(flag: &str, s: &str) -> Result<Option<Duration>> {
 }
 
 pub(crate) fn policy_config(settings: &PolicyArgs, memory: f64) -> Result<PolicyConfig> {
-    let spec = settings.spec("qemu", &format!("{memory}"), "idle");
-    Ok(spec.resolve(None)?.cfg)
+    Ok(settings.resolve(&format!("{memory}"), "idle")?.cfg)
 }
 
 /// Prints the live per-pass rows from `rx` to stdout or stderr.

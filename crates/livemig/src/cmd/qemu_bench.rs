@@ -13,11 +13,12 @@ use livemig_qemu::dirty;
 use livemig_qemu::governor::{Governor, GovernorConfig, QemuReport};
 use livemig_qemu::heartbeat;
 use livemig_qemu::vm::{free_port, GuestImage, Vm, VmSpec, GUEST_MEMORY_BYTES};
+use livemig_sim::scenario::ScenarioSpec;
 use livemig_sim::simulate;
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate, parse_duration};
 
-use crate::cmd::policy_args::PolicyArgs;
 use crate::cmd::qemu::{policy_config, Runner};
+use crate::cmd::simulate::PolicyArgs;
 
 /// `livemig qemu bench` flags.
 #[derive(Debug, clap::Args)]
@@ -125,15 +126,15 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         args.policies.clone()
     };
     let settings = PolicyArgs {
-        rounds: args.rounds,
-        stop_remaining: args.stop_remaining.clone(),
-        min_bandwidth: args.min_bandwidth.clone(),
-        max_bandwidth: args.max_bandwidth.clone(),
+        rounds: Some(args.rounds),
+        stop_remaining: Some(args.stop_remaining.clone()),
+        min_bandwidth: Some(args.min_bandwidth.clone()),
+        max_bandwidth: Some(args.max_bandwidth.clone()),
         initial_bandwidth: None,
         bandwidth: None,
-        downtime_limit: "300ms".into(),
+        downtime_limit: None,
         threshold: None,
-        page_size: "4096".into(),
+        page_size: None,
     };
     let cfg = policy_config(&settings, GUEST_MEMORY_BYTES)?;
     let trace_len = parse_duration(&args.trace)?;
@@ -271,11 +272,13 @@ fn predict(trace: &Path, real: &QemuReport, settings: &PolicyArgs) -> Result<Mig
         .first()
         .map(|r| r.bytes_sent)
         .context("the real run has no round")?;
-    let mut spec = settings.spec(
-        "prediction",
-        &format!("{m_eff}"),
-        &format!("trace:file={}", trace.display()),
-    );
+    let mut spec = ScenarioSpec {
+        name: "prediction".into(),
+        memory: format!("{m_eff}"),
+        workload: format!("trace:file={}", trace.display()),
+        ..ScenarioSpec::default()
+    };
+    settings.apply(&mut spec);
     spec.threshold = real.report.threshold;
     let scenario = spec.resolve(None)?;
     let mut policy = PolicyKind::DirtyFactor.build(scenario.cfg.clone())?;

@@ -1,16 +1,83 @@
 //! `livemig simulate`: one migration in the simulator.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use livemig_policy::PolicyKind;
-use livemig_sim::scenario::{load_suite, Scenario, ScenarioSpec};
+use livemig_sim::scenario::{read_specs, Scenario, ScenarioSpec};
 use livemig_sim::simulate;
 
-use crate::cmd::policy_args::PolicyArgs;
 use crate::{plot, table};
 
-/// Scenario flags shared with other commands.
+/// The operator's policy settings (N, h, bounds, per-policy knobs), shared by `simulate`,
+/// `migrate` and `demo`. Unset flags keep the scenario file's value or the defaults shown.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PolicyArgs {
+    /// Round limit N. [default: 10]
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Stop level h: pre-copy ends when at most this much remains dirty. [default: 64MiB]
+    #[arg(long)]
+    pub stop_remaining: Option<String>,
+    /// B_min. [default: 100Mbit/s]
+    #[arg(long)]
+    pub min_bandwidth: Option<String>,
+    /// B_max, also the stop-and-copy bandwidth. [default: 10Gbit/s]
+    #[arg(long)]
+    pub max_bandwidth: Option<String>,
+    /// Round 1's bandwidth. [default: B_min; `predictive` plans it from the sample]
+    #[arg(long)]
+    pub initial_bandwidth: Option<String>,
+    /// The constant cap of `fixed` (default B_max) and `qemu` (default 128MiB/s).
+    #[arg(long)]
+    pub bandwidth: Option<String>,
+    /// `qemu`: downtime limit. [default: 300ms]
+    #[arg(long)]
+    pub downtime_limit: Option<String>,
+    /// Threshold T set by hand. [default: (h/M)^(1/N)]
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Page size. [default: 4096]
+    #[arg(long)]
+    pub page_size: Option<String>,
+}
+
+fn set(field: &mut Option<String>, flag: &Option<String>) {
+    if flag.is_some() {
+        field.clone_from(flag);
+    }
+}
+
+impl PolicyArgs {
+    /// Overrides `spec`'s policy settings with the flags that were given.
+    pub fn apply(&self, spec: &mut ScenarioSpec) {
+        spec.rounds = self.rounds.or(spec.rounds);
+        spec.threshold = self.threshold.or(spec.threshold);
+        set(&mut spec.stop_remaining, &self.stop_remaining);
+        set(&mut spec.min_bandwidth, &self.min_bandwidth);
+        set(&mut spec.max_bandwidth, &self.max_bandwidth);
+        set(&mut spec.initial_bandwidth, &self.initial_bandwidth);
+        set(&mut spec.bandwidth, &self.bandwidth);
+        set(&mut spec.downtime_limit, &self.downtime_limit);
+        set(&mut spec.page_size, &self.page_size);
+    }
+
+    /// Resolves and validates `memory`, `workload` and these settings (the simulator's link
+    /// settings at their defaults): what `migrate` and `demo` run.
+    pub fn resolve(&self, memory: &str, workload: &str) -> Result<Scenario> {
+        let mut spec = ScenarioSpec {
+            name: "cli".into(),
+            memory: memory.to_string(),
+            workload: workload.to_string(),
+            ..ScenarioSpec::default()
+        };
+        self.apply(&mut spec);
+        Ok(spec.resolve(std::env::current_dir().ok().as_deref())?)
+    }
+}
+
+/// Scenario flags shared with other commands. With --scenario, any flag given explicitly
+/// overrides the file's value; without it, unset flags take the defaults shown.
 #[derive(Debug, clap::Args)]
 pub struct ScenarioArgs {
     /// Guest memory size M (e.g. 4GiB). Required unless --scenario is given.
@@ -19,68 +86,88 @@ pub struct ScenarioArgs {
     /// Workload, KIND:key=value,... One of: idle | uniform:rate=R | hotcold:rate=R,hot=F,share=S
     /// | zipf:rate=R,s=X | scan:rate=R | phased:steps=R@T;R@T[,pattern=P] |
     /// trace:file=PATH[,pattern=P][,scale=X]. R is a write rate in bytes/s (units allowed).
-    #[arg(long, default_value = "hotcold:rate=300MiB/s,hot=10%,share=90%")]
-    pub workload: String,
+    /// [default: hotcold:rate=300MiB/s,hot=10%,share=90%]
+    #[arg(long)]
+    pub workload: Option<String>,
     #[command(flatten)]
     pub policy: PolicyArgs,
-    /// Link capacity: no round goes faster, whatever its cap.
+    /// Link capacity: no round goes faster, whatever its cap. [default: none]
     #[arg(long)]
     pub link_capacity: Option<String>,
-    /// CPU/device state sent during stop-and-copy.
+    /// CPU/device state sent during stop-and-copy. [default: 0]
     #[arg(long)]
     pub state_size: Option<String>,
-    /// Time from the last byte to the guest running on the destination.
+    /// Time from the last byte to the guest running on the destination. [default: 0s]
     #[arg(long)]
     pub resume_latency: Option<String>,
-    /// Relative noise on each round's measured dirty bytes (0 = the exact model; 0.1 = 10 %).
-    #[arg(long, default_value_t = 0.0)]
-    pub noise: f64,
-    /// Seed of the noise (the model itself is deterministic).
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Take the scenario from a TOML file instead (see scenarios/suite.toml).
-    #[arg(long, conflicts_with = "memory")]
+    /// Relative noise on each round's measured dirty bytes (0.1 = 10 %). [default: 0]
+    #[arg(long)]
+    pub noise: Option<f64>,
+    /// Seed of the noise (the model itself is deterministic). [default: 1]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Length of the dirty-log sample offered to the policy before round 1 (0s = none);
+    /// only `predictive` uses it. [default: 1s]
+    #[arg(long)]
+    pub sample: Option<String>,
+    /// Take the scenario from a TOML file (see scenarios/suite.toml); flags override it.
+    #[arg(long)]
     pub scenario: Option<PathBuf>,
-    /// With --scenario: which scenario of the file (default: the first).
+    /// With --scenario: which scenario of the file. [default: the first]
     #[arg(long, requires = "scenario")]
     pub name: Option<String>,
 }
 
 impl ScenarioArgs {
+    fn base_spec(&self) -> Result<ScenarioSpec> {
+        let Some(path) = &self.scenario else {
+            let Some(memory) = &self.memory else {
+                bail!("--memory is required (or give --scenario FILE)");
+            };
+            return Ok(ScenarioSpec {
+                name: "cli".into(),
+                memory: memory.clone(),
+                workload: "hotcold:rate=300MiB/s,hot=10%,share=90%".into(),
+                ..ScenarioSpec::default()
+            });
+        };
+        let specs = read_specs(path)?;
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        let found = match &self.name {
+            None => specs.into_iter().next(),
+            Some(n) => specs.into_iter().find(|s| &s.name == n),
+        };
+        found.with_context(|| {
+            format!(
+                "no scenario `{}` in {} (it has: {})",
+                self.name.as_deref().unwrap_or(""),
+                path.display(),
+                names.join(", ")
+            )
+        })
+    }
+
     /// The scenario the flags describe.
     pub fn resolve(&self) -> Result<Scenario> {
-        if let Some(path) = &self.scenario {
-            let suite = load_suite(path)?;
-            return match &self.name {
-                None => suite
-                    .into_iter()
-                    .next()
-                    .context("the scenario file is empty"),
-                Some(n) => {
-                    let names: Vec<String> = suite.iter().map(|s| s.name.clone()).collect();
-                    match suite.into_iter().find(|s| &s.name == n) {
-                        Some(s) => Ok(s),
-                        None => bail!(
-                            "no scenario `{n}` in {} (it has: {})",
-                            path.display(),
-                            names.join(", ")
-                        ),
-                    }
-                }
-            };
+        let mut spec = self.base_spec()?;
+        if let Some(m) = &self.memory {
+            spec.memory.clone_from(m);
         }
-        let Some(memory) = &self.memory else {
-            bail!("--memory is required (or give --scenario FILE)");
+        if let Some(w) = &self.workload {
+            spec.workload.clone_from(w);
+        }
+        self.policy.apply(&mut spec);
+        set(&mut spec.link_capacity, &self.link_capacity);
+        set(&mut spec.state_size, &self.state_size);
+        set(&mut spec.resume_latency, &self.resume_latency);
+        set(&mut spec.sample, &self.sample);
+        spec.noise = self.noise.or(spec.noise);
+        spec.seed = self.seed.or(spec.seed);
+        let base = match &self.scenario {
+            Some(p) => p.parent().map(Path::to_path_buf),
+            None => std::env::current_dir().ok(),
         };
-        let spec = ScenarioSpec {
-            link_capacity: self.link_capacity.clone(),
-            state_size: self.state_size.clone(),
-            resume_latency: self.resume_latency.clone(),
-            noise: Some(self.noise),
-            seed: Some(self.seed),
-            ..self.policy.spec("cli", memory, &self.workload)
-        };
-        Ok(spec.resolve(std::env::current_dir().ok().as_deref())?)
+        Ok(spec.resolve(base.as_deref())?)
     }
 }
 
@@ -89,7 +176,7 @@ impl ScenarioArgs {
 pub struct Args {
     #[command(flatten)]
     pub scenario: ScenarioArgs,
-    /// Policy: dirty-factor (the method), xen, xen-v2, qemu, fixed.
+    /// Policy: dirty-factor (the method), predictive, xen, xen-v2, qemu, fixed.
     #[arg(long, default_value = "dirty-factor")]
     pub policy: PolicyKind,
     /// Print the result as JSON (bytes and bytes/s) instead of tables.

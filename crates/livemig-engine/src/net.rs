@@ -1,0 +1,82 @@
+//! TCP helpers that bound every wait: connect, accept, and read/write timeouts on the socket.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no source connected within {0:?}")]
+    AcceptTimeout(Duration),
+    #[error("the socket failed")]
+    Io(#[from] std::io::Error),
+}
+
+/// Sets read and write timeouts (every later wait is bounded by `timeout`) and no-delay.
+pub fn prepare(s: &TcpStream, timeout: Duration) -> Result<(), NetError> {
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.set_nodelay(true)?;
+    Ok(())
+}
+
+/// Connects within `timeout` and prepares the socket.
+pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, NetError> {
+    let s = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|source| NetError::Connect { addr, source })?;
+    prepare(&s, timeout)?;
+    Ok(s)
+}
+
+/// Waits at most `limit` for one connection and prepares it with `timeout`.
+pub fn accept(l: &TcpListener, limit: Duration, timeout: Duration) -> Result<TcpStream, NetError> {
+    l.set_nonblocking(true)?;
+    let start = Instant::now();
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false)?;
+                prepare(&s, timeout)?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if start.elapsed() > limit {
+                    return Err(NetError::AcceptTimeout(limit));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_gives_up_after_its_limit() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let e = accept(&l, Duration::from_millis(50), Duration::from_secs(1)).expect_err("none");
+        assert!(matches!(e, NetError::AcceptTimeout(_)), "{e}");
+    }
+
+    #[test]
+    fn connect_and_accept_set_timeouts() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let a = connect(addr, Duration::from_secs(3)).expect("connect");
+        let b = accept(&l, Duration::from_secs(3), Duration::from_secs(2)).expect("accept");
+        assert_eq!(a.read_timeout().expect("get"), Some(Duration::from_secs(3)));
+        assert_eq!(
+            b.write_timeout().expect("get"),
+            Some(Duration::from_secs(2))
+        );
+    }
+}

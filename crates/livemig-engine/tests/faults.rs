@@ -1,0 +1,483 @@
+//! Faults: a killed destination, a cut during stop-and-copy, a wrong key, a version mismatch,
+//! truncated, oversized and garbage frames, a corrupted page, a silent peer. The source guest
+//! keeps or resumes running, the error says why, the destination keeps nothing, nothing panics.
+
+mod common;
+
+use std::error::Error as _;
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::time::Duration;
+
+use common::*;
+use livemig_engine::receiver::{receive, ReceiverConfig, RecvError};
+use livemig_engine::sender::{migrate, SendError, SenderConfig};
+use livemig_engine::wire::{self, Header, Message, MsgType, WireError, MAX_PAYLOAD, VERSION};
+use livemig_engine::{Guest, InitialContent, SimGuest};
+use livemig_policy::PolicyKind;
+
+fn assert_runs(g: &SimGuest) {
+    assert!(g.is_running(), "the source guest runs");
+    let (a, _) = g.self_check();
+    std::thread::sleep(Duration::from_millis(60));
+    let (b, _) = g.self_check();
+    assert!(b > a, "the source guest keeps writing ({a} -> {b})");
+}
+
+fn busy_guest() -> SimGuest {
+    guest(32, "uniform:rate=8MiB/s", InitialContent::Random)
+}
+
+fn sender_cfg() -> SenderConfig {
+    SenderConfig {
+        sample_s: 0.0,
+        ..SenderConfig::default()
+    }
+}
+
+/// What the proxy does with a frame from the source.
+enum Verdict {
+    Forward,
+    Cut,
+}
+
+/// Source -> proxy -> receiver. The proxy decodes every frame from the source and asks `rule`;
+/// the destination's answers pass through untouched.
+fn migrate_through_proxy(
+    g: &SimGuest,
+    cfg: livemig_policy::PolicyConfig,
+    mut rule: impl FnMut(&Message, &mut Vec<u8>) -> Verdict + Send + 'static,
+) -> (Result<(), SendError>, Result<(), RecvError>) {
+    let (mut src, mut p_src) = pair();
+    let (mut p_dst, mut dst) = pair();
+    let dest = std::thread::spawn(move || {
+        receive(&mut dst, &key(1), &ReceiverConfig::default()).map(|_| ())
+    });
+    let mut back_r = p_dst.try_clone().expect("clone");
+    let mut back_w = p_src.try_clone().expect("clone");
+    let back = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut back_r, &mut back_w);
+        let _ = back_w.shutdown(Shutdown::Both);
+    });
+    let proxy = std::thread::spawn(move || loop {
+        let Ok((m, _)) = Message::read_from(&mut p_src) else {
+            let _ = p_dst.shutdown(Shutdown::Both);
+            return;
+        };
+        let mut f = m.encode();
+        match rule(&m, &mut f) {
+            Verdict::Forward => {
+                if p_dst.write_all(&f).is_err() {
+                    let _ = p_src.shutdown(Shutdown::Both);
+                    return;
+                }
+            }
+            Verdict::Cut => {
+                let _ = p_src.shutdown(Shutdown::Both);
+                let _ = p_dst.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    });
+    let mut policy = PolicyKind::Fixed.build(cfg).expect("policy");
+    let r = migrate(
+        &mut src,
+        &key(1),
+        g,
+        policy.as_mut(),
+        &sender_cfg(),
+        &mut |_| {},
+    )
+    .map(|_| ());
+    drop(src);
+    let d = dest.join().expect("receiver thread");
+    let _ = proxy.join();
+    let _ = back.join();
+    (r, d)
+}
+
+#[test]
+fn destination_killed_mid_round() {
+    let g = busy_guest();
+    let mut frames = 0;
+    let (r, d) = migrate_through_proxy(&g, slow_cfg(), move |m, _| {
+        if matches!(m, Message::Pages(_)) {
+            frames += 1;
+            if frames == 20 {
+                return Verdict::Cut;
+            }
+        }
+        Verdict::Forward
+    });
+    let e = r.expect_err("the source fails");
+    assert!(
+        matches!(
+            e,
+            SendError::Wire {
+                phase: "pre-copy",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("pre-copy"), "{e}");
+    let d = d.expect_err("the destination fails");
+    assert!(matches!(d, RecvError::Wire { .. }), "{d}");
+    assert_runs(&g);
+}
+
+/// A fixed 32 MiB/s cap: round 1 of a 32 MiB guest takes about a second.
+fn slow_cfg() -> livemig_policy::PolicyConfig {
+    livemig_policy::PolicyConfig {
+        fixed_bandwidth: Some(32.0 * MIB),
+        max_rounds: 2,
+        ..policy_cfg(32)
+    }
+}
+
+#[test]
+fn connection_cut_during_stop_and_copy_resumes_the_source() {
+    let g = busy_guest();
+    let mut stopping = false;
+    let (r, d) = migrate_through_proxy(&g, slow_cfg(), move |m, _| {
+        if matches!(m, Message::StopCopy { .. }) {
+            stopping = true;
+        }
+        if stopping && matches!(m, Message::Pages(_) | Message::State { .. }) {
+            return Verdict::Cut;
+        }
+        Verdict::Forward
+    });
+    let e = r.expect_err("the source fails");
+    assert!(
+        matches!(
+            e,
+            SendError::Wire {
+                phase: "stop-and-copy" | "waiting for the destination's confirmation",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(d.is_err(), "the destination discards its partial memory");
+    assert_runs(&g);
+}
+
+#[test]
+fn corrupted_page_fails_verification_and_resumes_the_source() {
+    let g = guest(16, "idle", InitialContent::Random);
+    let mut done = false;
+    let (r, d) = migrate_through_proxy(&g, slow_cfg_16(), move |m, f| {
+        if !done && matches!(m, Message::Pages(_)) {
+            let n = f.len();
+            f[n - 1] ^= 0xff;
+            done = true;
+        }
+        Verdict::Forward
+    });
+    let e = r.expect_err("the source refuses the hand-over");
+    assert!(matches!(e, SendError::Verify { .. }), "{e}");
+    let d = d.expect_err("the destination fails");
+    assert!(matches!(d, RecvError::Verify { .. }), "{d}");
+    assert!(g.is_running(), "the source guest runs again");
+}
+
+fn slow_cfg_16() -> livemig_policy::PolicyConfig {
+    livemig_policy::PolicyConfig {
+        fixed_bandwidth: Some(64.0 * MIB),
+        max_rounds: 1,
+        ..policy_cfg(16)
+    }
+}
+
+#[test]
+fn wrong_key_is_refused_by_both_ends() {
+    let g = busy_guest();
+    let (mut a, mut b) = pair();
+    let dest = std::thread::spawn(move || receive(&mut b, &key(2), &ReceiverConfig::default()));
+    let mut policy = PolicyKind::Fixed.build(policy_cfg(32)).expect("policy");
+    let e = migrate(
+        &mut a,
+        &key(1),
+        &g,
+        policy.as_mut(),
+        &sender_cfg(),
+        &mut |_| {},
+    )
+    .expect_err("refused");
+    assert!(matches!(e, SendError::Auth), "{e}");
+    assert!(e.to_string().contains("wrong key"), "{e}");
+    let d = dest.join().expect("thread").expect_err("refused");
+    assert!(
+        matches!(
+            d,
+            RecvError::Aborted {
+                code: wire::code::AUTH,
+                ..
+            }
+        ),
+        "{d}"
+    );
+    assert_runs(&g);
+}
+
+#[test]
+fn a_source_with_a_wrong_key_gets_no_memory_allocated() {
+    // A fake source that answers the challenge with a bad proof.
+    let (mut a, mut b) = pair();
+    let dest = std::thread::spawn(move || receive(&mut b, &key(1), &ReceiverConfig::default()));
+    Message::Hello {
+        version: VERSION,
+        nonce: [5; 32],
+        memory_bytes: 1 << 30,
+        page_size: 4096,
+        compress: false,
+    }
+    .write_to(&mut a)
+    .expect("write");
+    let (m, _) = Message::read_from(&mut a).expect("challenge");
+    assert_eq!(m.msg_type(), MsgType::Challenge);
+    Message::Auth { mac: [0; 32] }
+        .write_to(&mut a)
+        .expect("write");
+    let (m, _) = Message::read_from(&mut a).expect("error reply");
+    assert!(
+        matches!(
+            m,
+            Message::Error {
+                code: wire::code::AUTH,
+                ..
+            }
+        ),
+        "{m:?}"
+    );
+    let d = dest.join().expect("thread").expect_err("refused");
+    assert!(matches!(d, RecvError::Auth), "{d}");
+}
+
+fn raw_to_receiver(bytes: Vec<u8>, close: bool) -> (RecvError, Vec<u8>) {
+    let (mut a, mut b) = pair();
+    let dest = std::thread::spawn(move || receive(&mut b, &key(1), &ReceiverConfig::default()));
+    let _ = a.write_all(&bytes);
+    if close {
+        let _ = a.shutdown(Shutdown::Write);
+    }
+    let d = dest.join().expect("no panic").expect_err("refused");
+    let mut reply = Vec::new();
+    let _ = a.read_to_end(&mut reply);
+    (d, reply)
+}
+
+#[test]
+fn version_mismatch_is_answered_and_refused() {
+    let mut f = Message::Hello {
+        version: VERSION,
+        nonce: [1; 32],
+        memory_bytes: 1 << 20,
+        page_size: 4096,
+        compress: false,
+    }
+    .encode();
+    f[4..6].copy_from_slice(&2u16.to_le_bytes());
+    let (d, reply) = raw_to_receiver(f, false);
+    assert!(
+        matches!(
+            d,
+            RecvError::Wire {
+                source: WireError::Version { got: 2 },
+                ..
+            }
+        ),
+        "{d}"
+    );
+    let why = d.source().map(|s| s.to_string()).unwrap_or_default();
+    assert!(why.contains("version mismatch"), "{why}");
+    let (m, _) = Message::from_bytes(&reply).expect("an error frame");
+    assert!(
+        matches!(
+            m,
+            Message::Error {
+                code: wire::code::VERSION,
+                ..
+            }
+        ),
+        "{m:?}"
+    );
+
+    // The version inside the hello counts too.
+    let f = Message::Hello {
+        version: 9,
+        nonce: [1; 32],
+        memory_bytes: 1 << 20,
+        page_size: 4096,
+        compress: false,
+    }
+    .encode();
+    let (d, _) = raw_to_receiver(f, false);
+    assert!(
+        matches!(
+            d,
+            RecvError::Wire {
+                source: WireError::Version { got: 9 },
+                ..
+            }
+        ),
+        "{d}"
+    );
+}
+
+#[test]
+fn truncated_oversized_and_garbage_frames_are_refused() {
+    let f = Message::Hello {
+        version: VERSION,
+        nonce: [1; 32],
+        memory_bytes: 1 << 20,
+        page_size: 4096,
+        compress: false,
+    }
+    .encode();
+    let (d, _) = raw_to_receiver(f[..20].to_vec(), true);
+    assert!(
+        matches!(
+            d,
+            RecvError::Wire {
+                source: WireError::Truncated,
+                ..
+            }
+        ),
+        "{d}"
+    );
+
+    let h = Header {
+        version: VERSION,
+        msg_type: MsgType::Pages as u16,
+        len: MAX_PAYLOAD + 1,
+    };
+    let (d, reply) = raw_to_receiver(h.encode().to_vec(), false);
+    assert!(
+        matches!(
+            d,
+            RecvError::Wire {
+                source: WireError::TooLong { .. },
+                ..
+            }
+        ),
+        "{d}"
+    );
+    assert!(
+        Message::from_bytes(&reply).is_ok(),
+        "the source is told why"
+    );
+
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let (d, _) = raw_to_receiver(garbage, true);
+    assert!(
+        matches!(
+            d,
+            RecvError::Wire {
+                source: WireError::BadMagic(_),
+                ..
+            }
+        ),
+        "{d}"
+    );
+
+    // A hello asking for more memory than the host takes is refused before any allocation.
+    let f = Message::Hello {
+        version: VERSION,
+        nonce: [1; 32],
+        memory_bytes: 1 << 50,
+        page_size: 4096,
+        compress: false,
+    }
+    .encode();
+    let (d, _) = raw_to_receiver(f, false);
+    assert!(matches!(d, RecvError::Geometry { .. }), "{d}");
+
+    // A page frame before the handshake is a protocol violation.
+    let mut w = wire::BatchWriter::new(false);
+    w.push(0, &[1; 4096]);
+    let (d, _) = raw_to_receiver(w.frame().to_vec(), false);
+    assert!(matches!(d, RecvError::Transition { .. }), "{d}");
+}
+
+#[test]
+fn a_garbage_speaking_destination_leaves_the_source_running() {
+    let g = busy_guest();
+    let (mut a, mut b) = pair();
+    let fake = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let _ = b.read(&mut buf);
+        let _ = b.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+    });
+    let mut policy = PolicyKind::Fixed.build(policy_cfg(32)).expect("policy");
+    let e = migrate(
+        &mut a,
+        &key(1),
+        &g,
+        policy.as_mut(),
+        &sender_cfg(),
+        &mut |_| {},
+    )
+    .expect_err("refused");
+    assert!(
+        matches!(
+            e,
+            SendError::Wire {
+                source: WireError::BadMagic(_),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    fake.join().expect("thread");
+    assert_runs(&g);
+}
+
+#[test]
+fn a_silent_peer_times_out() {
+    let (a, mut b) = pair();
+    b.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let d = receive(&mut b, &key(1), &ReceiverConfig::default()).expect_err("times out");
+    assert!(
+        matches!(
+            d,
+            RecvError::Wire {
+                source: WireError::TimedOut,
+                ..
+            }
+        ),
+        "{d}"
+    );
+    drop(a);
+
+    let g = busy_guest();
+    let (mut a, b) = pair();
+    a.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut policy = PolicyKind::Fixed.build(policy_cfg(32)).expect("policy");
+    let e = migrate(
+        &mut a,
+        &key(1),
+        &g,
+        policy.as_mut(),
+        &sender_cfg(),
+        &mut |_| {},
+    )
+    .expect_err("times out");
+    assert!(
+        matches!(
+            e,
+            SendError::Wire {
+                source: WireError::TimedOut,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    drop(b);
+    assert_runs(&g);
+}
