@@ -6,9 +6,9 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\n== %s\n' "$*"; }
 
-# Debian packages the tests need (none beyond the Rust toolchain yet; QEMU, busybox, kernel
-# and iproute2 join this list with the executors that use them).
-PACKAGES=()
+# Debian packages the tests need: QEMU (TCG) and the test guest's parts (Debian's kernel,
+# a static busybox, cpio for the initramfs). iproute2 joins with the executors that use it.
+PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static cpio)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -16,7 +16,9 @@ done
 if ((${#missing[@]})); then
   say "installing ${missing[*]}"
   apt-get update -qq
-  apt-get install -y -qq "${missing[@]}"
+  # --no-install-recommends: qemu-system-x86's recommends drag in a GUI stack; a newer
+  # qemu-utils from backports conflicts with QEMU 7.2 and is removed (the tests do not use it).
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
@@ -26,6 +28,9 @@ cargo fmt --all -- --check
 
 say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "test guest (scripts/build-guest.sh)"
+scripts/build-guest.sh
 
 say "cargo test"
 cargo test --workspace --locked

@@ -150,6 +150,11 @@ impl ReportBuilder {
         });
     }
 
+    /// The last round recorded, for executors that show rounds live.
+    pub fn last_round(&self) -> Option<&RoundRecord> {
+        self.report.rounds.last()
+    }
+
     /// Pre-copy time so far.
     pub fn precopy_time_s(&self) -> f64 {
         self.precopy_time_s

@@ -5,6 +5,8 @@
 //! - [`cmd::receive`], [`cmd::migrate`]: the two ends of a real migration over TCP.
 //! - [`cmd::demo`]: both ends on loopback with live progress.
 //! - [`cmd::bench_engine`]: `livemig bench-engine`, the data path's throughput and cap accuracy.
+//! - [`cmd::qemu`]: `livemig qemu migrate | dirty-trace`, real QEMU migrations;
+//!   [`cmd::qemu_bench`]: `livemig qemu bench`.
 //! - [`table`]: human tables; [`plot`]: SVG/PNG plots; [`progress`]: live round progress.
 
 mod cmd;
@@ -39,6 +41,9 @@ enum Command {
     Demo(Box<cmd::demo::Args>),
     /// Benchmark the data path: throughput against a plain loopback copy, cap accuracy.
     BenchEngine(cmd::bench_engine::Args),
+    /// Drive real QEMU live migrations with a policy (QMP), record dirty traces, benchmark.
+    #[command(subcommand)]
+    Qemu(cmd::qemu::Command),
 }
 
 fn main() {
@@ -50,6 +55,7 @@ fn main() {
         Command::Migrate(a) => cmd::migrate::run(*a),
         Command::Demo(a) => cmd::demo::run(*a),
         Command::BenchEngine(a) => cmd::bench_engine::run(a),
+        Command::Qemu(c) => cmd::qemu::run(c),
     };
     if let Err(e) = result {
         let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();

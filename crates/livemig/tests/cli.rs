@@ -256,3 +256,16 @@ fn flags_override_a_scenario_file() {
     assert!(v["summary"]["rounds"].as_u64().expect("rounds") <= 3);
     assert_eq!(v["memory_bytes"], 2.0 * 1024.0 * 1024.0 * 1024.0);
 }
+
+/// Regression: `--threshold` was parsed but not applied once the policy flags became overrides.
+#[test]
+fn threshold_flag_reaches_the_policy() {
+    let out = simulate(&["--threshold", "0.9", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v["threshold"], 0.9);
+}

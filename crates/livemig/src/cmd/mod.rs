@@ -4,5 +4,7 @@ pub mod bench;
 pub mod bench_engine;
 pub mod demo;
 pub mod migrate;
+pub mod qemu;
+pub mod qemu_bench;
 pub mod receive;
 pub mod simulate;

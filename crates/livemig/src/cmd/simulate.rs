@@ -52,6 +52,7 @@ impl PolicyArgs {
     /// Overrides `spec`'s policy settings with the flags that were given.
     pub fn apply(&self, spec: &mut ScenarioSpec) {
         spec.rounds = self.rounds.or(spec.rounds);
+        spec.threshold = self.threshold.or(spec.threshold);
         set(&mut spec.stop_remaining, &self.stop_remaining);
         set(&mut spec.min_bandwidth, &self.min_bandwidth);
         set(&mut spec.max_bandwidth, &self.max_bandwidth);

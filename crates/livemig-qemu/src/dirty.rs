@@ -1,0 +1,160 @@
+//! QEMU's `calc-dirty-rate`: one measurement, the pre-migration [`DirtySample`] for the
+//! policy, and dirty-rate traces in the simulator's CSV format.
+
+use std::time::Duration;
+
+use livemig_policy::DirtySample;
+use livemig_workload::trace::HEADER;
+use serde_json::json;
+
+use crate::qmp::{QmpClient, QmpError};
+use crate::types::{DirtyRateInfo, DirtyRateStatus};
+
+/// QEMU reports dirty rates in units of 2^20 bytes per second.
+pub const RATE_UNIT: f64 = 1024.0 * 1024.0;
+/// How often `query-dirty-rate` is polled while a measurement runs.
+pub const POLL: Duration = Duration::from_millis(100);
+/// Extra wait beyond the measurement's own period before giving up.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// Why a dirty-rate measurement failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DirtyError {
+    #[error("the QMP exchange for the dirty-rate measurement failed")]
+    Qmp(#[from] QmpError),
+    #[error("the measurement period must be a whole number of seconds >= 1 (QEMU 7.2), got {0:?}")]
+    Period(Duration),
+    #[error("QEMU did not finish the dirty-rate measurement within {0:?}")]
+    Timeout(Duration),
+    #[error("QEMU finished the measurement without a dirty rate")]
+    NoRate,
+}
+
+/// One finished measurement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measurement {
+    /// Seconds the measurement covered.
+    pub period_s: f64,
+    /// Distinct dirtied bytes per second over the period (QEMU's integer MiB/s, in bytes/s).
+    pub rate_bytes_per_s: f64,
+}
+
+impl Measurement {
+    /// The distinct bytes dirtied over the period, as a one-point [`DirtySample`].
+    pub fn sample(&self) -> DirtySample {
+        DirtySample {
+            points: vec![(self.period_s, self.rate_bytes_per_s * self.period_s)],
+        }
+    }
+}
+
+/// Runs `calc-dirty-rate` for `period` (QEMU's default page-sampling mode) and waits for the
+/// result. The `dirty-bitmap` mode is not used: QEMU 7.2 crashes on it under TCG.
+pub async fn measure(qmp: &mut QmpClient, period: Duration) -> Result<Measurement, DirtyError> {
+    let secs = period.as_secs();
+    if secs == 0 || period.subsec_nanos() != 0 {
+        return Err(DirtyError::Period(period));
+    }
+    qmp.execute("calc-dirty-rate", Some(json!({ "calc-time": secs })))
+        .await?;
+    let limit = period + GRACE;
+    let started = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(POLL).await;
+        let info: DirtyRateInfo = qmp.execute_as("query-dirty-rate", None).await?;
+        match info.status {
+            DirtyRateStatus::Measured => {
+                let rate = info.dirty_rate.ok_or(DirtyError::NoRate)?;
+                return Ok(Measurement {
+                    period_s: if info.calc_time > 0.0 {
+                        info.calc_time
+                    } else {
+                        secs as f64
+                    },
+                    rate_bytes_per_s: rate.max(0.0) * RATE_UNIT,
+                });
+            }
+            _ if started.elapsed() > limit => return Err(DirtyError::Timeout(limit)),
+            _ => {}
+        }
+    }
+}
+
+/// One row of a recorded trace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TraceRow {
+    /// Seconds from the start of the recording to the start of this measurement.
+    pub time_s: f64,
+    pub rate_bytes_per_s: f64,
+    pub period_s: f64,
+}
+
+/// The trace CSV (`livemig_workload::trace` format) with one extra column, the period.
+pub fn to_csv(rows: &[TraceRow]) -> String {
+    let mut out = format!("# recorded by livemig qemu dirty-trace (calc-dirty-rate, page-sampling)\n{HEADER},period_s\n");
+    for r in rows {
+        out.push_str(&format!(
+            "{},{},{}\n",
+            r.time_s, r.rate_bytes_per_s, r.period_s
+        ));
+    }
+    out
+}
+
+/// Measures back to back for `duration`, calling `each` with every row as it comes.
+pub async fn record(
+    qmp: &mut QmpClient,
+    period: Duration,
+    duration: Duration,
+    mut each: impl FnMut(&TraceRow),
+) -> Result<Vec<TraceRow>, DirtyError> {
+    let started = tokio::time::Instant::now();
+    let mut rows = Vec::new();
+    while started.elapsed() + period <= duration + POLL {
+        let time_s = started.elapsed().as_secs_f64();
+        let m = measure(qmp, period).await?;
+        let row = TraceRow {
+            time_s,
+            rate_bytes_per_s: m.rate_bytes_per_s,
+            period_s: m.period_s,
+        };
+        each(&row);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_is_readable_by_the_trace_parser() {
+        let rows = [
+            TraceRow {
+                time_s: 0.0,
+                rate_bytes_per_s: 8.0 * RATE_UNIT,
+                period_s: 1.0,
+            },
+            TraceRow {
+                time_s: 1.1,
+                rate_bytes_per_s: 2.0 * RATE_UNIT,
+                period_s: 1.0,
+            },
+        ];
+        let series = livemig_workload::trace::parse("t", &to_csv(&rows)).expect("valid trace");
+        assert_eq!(
+            series.as_steps(),
+            &[(0.0, 8.0 * RATE_UNIT), (1.1, 2.0 * RATE_UNIT)][..]
+        );
+    }
+
+    #[test]
+    fn a_measurement_is_a_one_point_sample() {
+        let m = Measurement {
+            period_s: 2.0,
+            rate_bytes_per_s: 100.0,
+        };
+        assert_eq!(m.sample().points, vec![(2.0, 200.0)]);
+    }
+}

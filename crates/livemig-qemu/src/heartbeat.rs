@@ -1,0 +1,117 @@
+//! The guest's heartbeat lines (`livemig-hb N`) and the check that a migration kept them going.
+
+/// Prefix of a heartbeat line (the guest program prints it).
+pub const PREFIX: &str = "livemig-hb ";
+
+/// The heartbeat numbers in console text, in order. A line split across two consoles (the
+/// source printed its start, the destination its end) is whole once both texts are joined.
+pub fn numbers(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix(PREFIX))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+/// What [`continuity`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Continuity {
+    /// The last heartbeat printed whole on the source.
+    pub last_on_source: u64,
+    /// The first heartbeat that appeared on the destination.
+    pub first_on_destination: u64,
+    /// Heartbeats seen on the destination.
+    pub on_destination: usize,
+}
+
+/// Why the heartbeat did not continue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeartbeatError {
+    #[error("the source console has no heartbeat")]
+    NoneOnSource,
+    #[error("the destination console has no heartbeat after the source's last ({last})")]
+    NoneOnDestination { last: u64 },
+    #[error("the heartbeat jumps from {from} to {to} across the migration")]
+    Gap { from: u64, to: u64 },
+    #[error("the heartbeat restarted or went back: {from} then {to}")]
+    Backwards { from: u64, to: u64 },
+}
+
+/// Checks that the destination's heartbeat continues the source's: joined, the two consoles
+/// count up by exactly one at every line across the switch.
+pub fn continuity(source: &str, destination: &str) -> Result<Continuity, HeartbeatError> {
+    let src = numbers(source);
+    let last = *src.last().ok_or(HeartbeatError::NoneOnSource)?;
+    let joined = numbers(&format!("{source}{destination}"));
+    let after: Vec<u64> = joined
+        .into_iter()
+        .skip(src.len().saturating_sub(1))
+        .collect();
+    // `after` starts with the source's last whole line (or the line completed on the
+    // destination) and goes on with the destination's lines.
+    let mut prev: Option<u64> = None;
+    for &n in &after {
+        if let Some(p) = prev {
+            if n <= p {
+                return Err(HeartbeatError::Backwards { from: p, to: n });
+            }
+            if n != p + 1 {
+                return Err(HeartbeatError::Gap { from: p, to: n });
+            }
+        }
+        prev = Some(n);
+    }
+    let dest = numbers(destination);
+    let first = *dest
+        .first()
+        .ok_or(HeartbeatError::NoneOnDestination { last })?;
+    Ok(Continuity {
+        last_on_source: last,
+        first_on_destination: first,
+        on_destination: dest.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clean_switch_continues() {
+        let c = continuity(
+            "boot\nlivemig-hb 1\nlivemig-hb 2\n",
+            "livemig-hb 3\nlivemig-hb 4\n",
+        )
+        .expect("continues");
+        assert_eq!(c.last_on_source, 2);
+        assert_eq!(c.first_on_destination, 3);
+        assert_eq!(c.on_destination, 2);
+    }
+
+    #[test]
+    fn a_line_split_across_the_switch_continues() {
+        let c = continuity(
+            "livemig-hb 11\nlivemig-hb 12\nlivemig-h",
+            "b 13\nlivemig-hb 14\n",
+        )
+        .expect("continues");
+        assert_eq!(c.last_on_source, 12);
+        assert_eq!(c.first_on_destination, 14);
+    }
+
+    #[test]
+    fn restarts_gaps_and_silence_are_errors() {
+        assert_eq!(
+            continuity("livemig-hb 5\n", "livemig-hb 1\n"),
+            Err(HeartbeatError::Backwards { from: 5, to: 1 })
+        );
+        assert_eq!(
+            continuity("livemig-hb 5\n", "livemig-hb 9\n"),
+            Err(HeartbeatError::Gap { from: 5, to: 9 })
+        );
+        assert_eq!(
+            continuity("livemig-hb 5\n", "[ 3.1] Kernel panic\n"),
+            Err(HeartbeatError::NoneOnDestination { last: 5 })
+        );
+        assert_eq!(continuity("", ""), Err(HeartbeatError::NoneOnSource));
+    }
+}

@@ -1,0 +1,30 @@
+//! livemig-qemu: drives a real QEMU live migration pass by pass under a livemig policy.
+//!
+//! Map of the crate:
+//! - [`qmp`]: [`QmpClient`], async QMP over a unix socket (greeting, capabilities, commands
+//!   with ids and timeouts, queued events).
+//! - [`types`]: lenient shapes of the QMP answers (`query-migrate`, parameters, status,
+//!   dirty rate); unknown fields and enum values do not break them.
+//! - [`dirty`]: `calc-dirty-rate` samples before a migration and dirty-rate traces in the
+//!   simulator's CSV format.
+//! - [`governor`]: [`governor::Governor`], which starts a migration and, at every
+//!   `MIGRATION_PASS`, measures the round, asks the policy and applies its decision.
+//! - [`result`]: [`QemuReport`], the shared report plus QEMU's figures and per-pass records,
+//!   and the live [`governor::Progress`].
+//! - [`vm`]: starting QEMU processes of the test guest (source and `-incoming` destination),
+//!   reading their serial consoles.
+//! - [`heartbeat`]: the guest's `livemig-hb N` lines and the continuity check across a
+//!   migration.
+//!
+//! How each quantity of the method is obtained from QEMU is in `docs/qemu.md`.
+
+pub mod dirty;
+pub mod governor;
+pub mod heartbeat;
+pub mod qmp;
+pub mod result;
+pub mod types;
+pub mod vm;
+
+pub use governor::{Control, Governor, GovernorConfig, GovernorError, QemuReport};
+pub use qmp::{Event, QmpClient, QmpError};

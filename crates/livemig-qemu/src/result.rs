@@ -1,0 +1,80 @@
+//! What a governed migration returns (the shared report plus QEMU's own figures) and the
+//! live progress it reports on the way.
+
+use livemig_policy::report::{MigrationReport, RoundRecord};
+use livemig_policy::DirtySample;
+use serde::Serialize;
+
+/// What the governor saw and did at one `MIGRATION_PASS`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PassRecord {
+    /// QEMU's pass number (`dirty-sync-count`).
+    pub pass: u64,
+    /// The round this pass ended (0 for pass 1, which starts round 1).
+    pub round: u32,
+    /// Event time, seconds after `migrate` was issued.
+    pub at_s: f64,
+    /// `ram.transferred` read right after the event.
+    pub transferred: f64,
+    /// `ram.remaining` read right after the event.
+    pub remaining: f64,
+    /// The cap the governor set for the next round (bytes/s), if it set one.
+    pub cap_set_bytes_per_s: Option<f64>,
+    /// `max-bandwidth` as `query-migrate-parameters` reported it afterwards.
+    pub cap_read_back_bytes_per_s: Option<f64>,
+    /// `downtime-limit` as reported afterwards (ms).
+    pub downtime_limit_read_back_ms: Option<u64>,
+    /// From QEMU's event timestamp to the parameters being applied (seconds).
+    pub reaction_s: Option<f64>,
+}
+
+/// QEMU-specific parts of the result, next to the shared report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct QemuExtras {
+    /// `policy` (the policy chose stop-and-copy) or `qemu` (QEMU switched over by itself).
+    pub switchover: String,
+    pub passes: Vec<PassRecord>,
+    /// QEMU's `total-time`, `downtime` and `setup-time` (seconds).
+    pub qemu_total_time_s: Option<f64>,
+    pub qemu_downtime_s: Option<f64>,
+    pub qemu_setup_time_s: Option<f64>,
+    /// QEMU's `ram.downtime-bytes`, where reported.
+    pub downtime_bytes: Option<f64>,
+    /// Event to `max-bandwidth` applied, over the passes where the governor acted (seconds).
+    pub reaction_mean_s: Option<f64>,
+    pub reaction_max_s: Option<f64>,
+    /// The pre-migration `calc-dirty-rate` sample given to the policy.
+    pub sample: Option<DirtySample>,
+    /// Whether the destination reported `running` after completion (None: not asked).
+    pub destination_running: Option<bool>,
+    pub precopy_downtime_limit_ms: Option<u64>,
+    pub stop_downtime_limit_ms: Option<u64>,
+}
+
+/// The shared report plus the QEMU extras; serialises as the report's fields and `qemu`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QemuReport {
+    #[serde(flatten)]
+    pub report: MigrationReport,
+    pub qemu: QemuExtras,
+}
+
+/// Live progress for a caller's table.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// The migration was issued with this first cap (bytes/s).
+    Started { first_cap: f64 },
+    /// A `query-migrate` poll.
+    Sample {
+        elapsed_s: f64,
+        transferred: f64,
+        remaining: f64,
+    },
+    /// A round ended and the decision was applied.
+    Round {
+        record: Box<RoundRecord>,
+        pass: PassRecord,
+    },
+    /// The migration completed.
+    Completed,
+}

@@ -1,0 +1,425 @@
+//! The QMP client and the governor against a scripted fake QEMU on a unix socket: exact
+//! round arithmetic from QEMU's counters, caps applied per decision, and every fault (garbage,
+//! closed socket, silence) ending in a clear error instead of a hang.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use livemig_policy::{Action, PolicyConfig, PolicyKind, StopReason};
+use livemig_qemu::governor::{Control, Governor, GovernorConfig, GovernorError};
+use livemig_qemu::{QmpClient, QmpError};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+
+const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": ["oob"]}}"#;
+/// No test may take longer than this: a hang is a failure.
+const NO_HANG: Duration = Duration::from_secs(20);
+
+/// What the fake sends: `None` closes the connection.
+type Reply = Option<Vec<String>>;
+
+/// Serves one connection: sends `greeting`, then answers every command with `script`.
+fn serve(
+    dir: &Path,
+    greeting: &'static str,
+    mut script: impl FnMut(&str, &Value, &Value) -> Reply + Send + 'static,
+) -> PathBuf {
+    let path = dir.join("fake.qmp");
+    let listener = UnixListener::bind(&path).expect("bind");
+    tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let (rd, mut wr) = stream.into_split();
+        if !greeting.is_empty()
+            && wr
+                .write_all(format!("{greeting}\n").as_bytes())
+                .await
+                .is_err()
+        {
+            return;
+        }
+        let mut lines = BufReader::new(rd).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(msg) = serde_json::from_str::<Value>(&line) else {
+                return;
+            };
+            let cmd = msg["execute"].as_str().unwrap_or_default().to_string();
+            let args = msg.get("arguments").cloned().unwrap_or(Value::Null);
+            match script(&cmd, &msg["id"], &args) {
+                None => return,
+                Some(out) => {
+                    for l in out {
+                        if wr.write_all(format!("{l}\n").as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    path
+}
+
+fn ok(id: &Value, v: Value) -> String {
+    json!({"return": v, "id": id}).to_string()
+}
+
+fn event(name: &str, data: Value, at: f64) -> String {
+    let secs = at.floor();
+    json!({"event": name, "data": data,
+           "timestamp": {"seconds": secs as i64, "microseconds": ((at - secs) * 1e6).round() as i64}})
+    .to_string()
+}
+
+#[tokio::test]
+async fn connect_and_execute_against_a_well_behaved_fake() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = serve(dir.path(), GREETING, |cmd, id, _| {
+        Some(match cmd {
+            "query-status" => vec![
+                event("RESUME", Value::Null, 5.0),
+                ok(id, json!({"running": true, "status": "running", "new": 1})),
+            ],
+            "bad" => vec![
+                json!({"error": {"class": "CommandNotFound", "desc": "no bad"}, "id": id})
+                    .to_string(),
+            ],
+            _ => vec![ok(id, json!({}))],
+        })
+    });
+    let mut c = QmpClient::connect(&path, NO_HANG).await.expect("connects");
+    let st: livemig_qemu::types::StatusInfo =
+        c.execute_as("query-status", None).await.expect("answer");
+    assert!(st.running);
+    let e = c
+        .next_event(Duration::from_millis(10))
+        .await
+        .expect("ok")
+        .expect("the queued event");
+    assert_eq!(e.name, "RESUME");
+    assert_eq!(e.timestamp, Some(5.0));
+    let err = c.execute("bad", None).await.expect_err("refused");
+    assert!(matches!(err, QmpError::Command { ref class, .. } if class == "CommandNotFound"));
+    assert!(err.to_string().contains("no bad"), "{err}");
+}
+
+#[tokio::test]
+async fn garbage_greeting_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = serve(dir.path(), "this is not QMP", |_, _, _| None);
+    let err = tokio::time::timeout(NO_HANG, QmpClient::connect(&path, NO_HANG))
+        .await
+        .expect("no hang")
+        .expect_err("garbage");
+    assert!(matches!(err, QmpError::Garbage { .. }), "{err:?}");
+    assert!(err.to_string().contains("this is not QMP"), "{err}");
+}
+
+#[tokio::test]
+async fn closed_socket_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = serve(dir.path(), GREETING, |_, _, _| None);
+    let err = tokio::time::timeout(NO_HANG, QmpClient::connect(&path, NO_HANG))
+        .await
+        .expect("no hang")
+        .expect_err("closed");
+    assert!(matches!(err, QmpError::Closed { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn silence_times_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = serve(dir.path(), "", |_, _, _| Some(vec![]));
+    let err = QmpClient::connect(&path, Duration::from_millis(300))
+        .await
+        .expect_err("silent");
+    assert!(matches!(err, QmpError::Timeout { .. }), "{err:?}");
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let path2 = serve(dir2.path(), GREETING, |cmd, id, _| {
+        Some(if cmd == "qmp_capabilities" {
+            vec![ok(id, json!({}))]
+        } else {
+            vec![]
+        })
+    });
+    let mut c = QmpClient::connect(&path2, Duration::from_millis(300))
+        .await
+        .expect("connects");
+    let err = c
+        .execute("query-migrate", None)
+        .await
+        .expect_err("no answer");
+    assert!(matches!(err, QmpError::Timeout { .. }), "{err:?}");
+    assert!(err.to_string().contains("query-migrate"), "{err}");
+}
+
+#[tokio::test]
+async fn missing_socket_is_a_connect_error() {
+    let err = QmpClient::connect(Path::new("/nonexistent/livemig.qmp"), NO_HANG)
+        .await
+        .expect_err("no socket");
+    assert!(matches!(err, QmpError::Connect { .. }));
+    assert!(err.to_string().contains("/nonexistent/livemig.qmp"));
+}
+
+/// A fake source QEMU that plays a migration: each `query-migrate` answer is followed by the
+/// next `MIGRATION_PASS`, whose counters the next answer reports. Raising `downtime-limit`
+/// completes the migration. `fault` replaces the events after `migrate` with garbage or a close.
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    None,
+    Garbage,
+    Close,
+}
+
+/// (event time, ram.transferred, ram.remaining) at each pass; pass 1 starts round 1.
+const PASSES: [(f64, f64, f64); 5] = [
+    (1000.0, 0.0, 100e6),
+    (1002.0, 100e6, 10e6),
+    (1003.0, 110e6, 4e6),
+    (1003.5, 114e6, 3e6),
+    (1004.0, 117e6, 2.5e6),
+];
+
+fn fake_source(
+    dir: &Path,
+    fault: Fault,
+) -> (PathBuf, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let sets = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = sets.clone();
+    let mut params = json!({"max-bandwidth": 134217728, "downtime-limit": 300});
+    let mut started = false;
+    let mut pass = 0usize;
+    let mut done = false;
+    // Like QEMU, the first `completed` answer comes before total-time and downtime are set.
+    let mut completed_answers = 0;
+    let path = serve(dir, GREETING, move |cmd, id, args| {
+        let mut out = Vec::new();
+        match cmd {
+            "query-migrate" => {
+                let (_, tx, rem) = PASSES[pass.min(PASSES.len() - 1)];
+                if done {
+                    completed_answers += 1;
+                }
+                let (total, down) = if completed_answers == 1 {
+                    (0, 0)
+                } else {
+                    (4200, 30)
+                };
+                let status = if done {
+                    "completed"
+                } else if started {
+                    "active"
+                } else {
+                    "none"
+                };
+                out.push(ok(
+                    id,
+                    json!({"status": status, "total-time": total, "downtime": down,
+                           "ram": {"transferred": if done { tx + 2.5e6 } else { tx },
+                                   "remaining": if done { 0.0 } else { rem },
+                                   "total": 100e6, "brand-new-counter": 1}}),
+                ));
+                if done {
+                    out.push(event("MIGRATION", json!({"status": "completed"}), 1005.0));
+                } else if started && pass + 1 < PASSES.len() {
+                    pass += 1;
+                    out.push(event(
+                        "MIGRATION_PASS",
+                        json!({"pass": pass + 1}),
+                        PASSES[pass].0,
+                    ));
+                }
+            }
+            "query-migrate-parameters" => out.push(ok(id, params.clone())),
+            "migrate-set-parameters" => {
+                if let Ok(mut l) = log.lock() {
+                    l.push(args.clone());
+                }
+                if let (Some(p), Some(a)) = (params.as_object_mut(), args.as_object()) {
+                    for (k, v) in a {
+                        p.insert(k.clone(), v.clone());
+                    }
+                }
+                if args["downtime-limit"].as_u64().is_some_and(|d| d >= 1000) {
+                    done = true;
+                }
+                out.push(ok(id, json!({})));
+            }
+            "migrate" => {
+                started = true;
+                out.push(ok(id, json!({})));
+                match fault {
+                    Fault::None => {
+                        out.push(event("MIGRATION", json!({"status": "setup"}), 999.9));
+                        out.push(event("MIGRATION_PASS", json!({"pass": 1}), PASSES[0].0));
+                    }
+                    Fault::Garbage => out.push("<html>not qmp</html>".into()),
+                    Fault::Close => return None,
+                }
+            }
+            _ => out.push(ok(id, json!({}))),
+        }
+        Some(out)
+    });
+    (path, sets)
+}
+
+fn small_cfg() -> PolicyConfig {
+    PolicyConfig {
+        memory_bytes: 100e6,
+        max_rounds: 4,
+        stop_remaining: 1e6,
+        min_bandwidth: 1e6,
+        max_bandwidth: 1e9,
+        initial_bandwidth: Some(50e6),
+        ..PolicyConfig::default()
+    }
+}
+
+fn gcfg() -> GovernorConfig {
+    let mut g = GovernorConfig::new("tcp:127.0.0.1:1", 100e6, 1e6);
+    g.sample = None;
+    g.poll = Duration::from_millis(20);
+    g.deadline = NO_HANG;
+    g
+}
+
+#[tokio::test]
+async fn governor_turns_passes_into_rounds_and_applies_every_decision() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, sets) = fake_source(dir.path(), Fault::None);
+    let mut src = QmpClient::connect(&path, NO_HANG).await.expect("connects");
+    let policy = PolicyKind::DirtyFactor.build(small_cfg()).expect("valid");
+    let run = tokio::time::timeout(
+        NO_HANG,
+        Governor::new(gcfg()).run(&mut src, None, Control::Policy(policy)),
+    )
+    .await
+    .expect("no hang")
+    .expect("completes");
+    let r = &run.report;
+    // Round k lasts from pass k to pass k+1, sends the difference of ram.transferred and
+    // leaves ram.remaining dirty.
+    assert_eq!(r.rounds.len(), 4, "N = 4 rounds, then stop");
+    let expect = [
+        (100e6, 2.0, 10e6),
+        (10e6, 1.0, 4e6),
+        (4e6, 0.5, 3e6),
+        (3e6, 0.5, 2.5e6),
+    ];
+    for (round, (sent, dur, dirty)) in r.rounds.iter().zip(expect) {
+        assert_eq!(round.bytes_sent, sent, "round {}", round.round);
+        assert!(
+            (round.duration_s - dur).abs() < 1e-6,
+            "round {}",
+            round.round
+        );
+        assert_eq!(round.dirty_bytes, dirty, "round {}", round.round);
+    }
+    assert_eq!(r.rounds[0].cap_bytes_per_s, 50e6);
+    assert_eq!(r.summary.stop_reason, StopReason::RoundLimit);
+    // What was sent to QEMU: the first cap with the tiny downtime limit, one cap per
+    // continued round, then B_max with the large downtime limit.
+    let sets = sets.lock().expect("log").clone();
+    assert_eq!(
+        sets[0],
+        json!({"max-bandwidth": 50_000_000u64, "downtime-limit": 1})
+    );
+    for (i, round) in r.rounds.iter().enumerate() {
+        let sent = &sets[i + 1];
+        match round.decision.action {
+            Action::Continue {
+                next_cap_bytes_per_s,
+            } => {
+                assert_eq!(
+                    sent["max-bandwidth"],
+                    json!(next_cap_bytes_per_s.round() as u64)
+                );
+                assert!(sent.get("downtime-limit").is_none());
+                assert_eq!(r.rounds[i + 1].cap_bytes_per_s, next_cap_bytes_per_s);
+            }
+            Action::StopAndCopy { .. } => {
+                assert_eq!(sent["max-bandwidth"], json!(1_000_000_000u64));
+                assert_eq!(sent["downtime-limit"], json!(60_000));
+            }
+        }
+    }
+    assert_eq!(sets.len(), 5);
+    // QEMU's own times, and the bytes after the last pass as stop-and-copy.
+    assert_eq!(r.summary.downtime_s, 0.03);
+    assert_eq!(r.summary.total_time_s, 4.2);
+    assert_eq!(r.summary.total_bytes, 119.5e6);
+    assert_eq!(r.summary.stop_copy_bytes, 2.5e6);
+    assert_eq!(run.qemu.switchover, "policy");
+    let reacting = run
+        .qemu
+        .passes
+        .iter()
+        .filter(|p| p.reaction_s.is_some())
+        .count();
+    assert_eq!(reacting, 4);
+}
+
+#[tokio::test]
+async fn garbage_mid_migration_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, _) = fake_source(dir.path(), Fault::Garbage);
+    let mut src = QmpClient::connect(&path, NO_HANG).await.expect("connects");
+    let policy = PolicyKind::DirtyFactor.build(small_cfg()).expect("valid");
+    let err = tokio::time::timeout(
+        NO_HANG,
+        Governor::new(gcfg()).run(&mut src, None, Control::Policy(policy)),
+    )
+    .await
+    .expect("no hang")
+    .expect_err("garbage");
+    assert!(
+        matches!(err, GovernorError::Source(QmpError::Garbage { .. })),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn socket_closed_mid_migration_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, _) = fake_source(dir.path(), Fault::Close);
+    let mut src = QmpClient::connect(&path, NO_HANG).await.expect("connects");
+    let policy = PolicyKind::DirtyFactor.build(small_cfg()).expect("valid");
+    let err = tokio::time::timeout(
+        NO_HANG,
+        Governor::new(gcfg()).run(&mut src, None, Control::Policy(policy)),
+    )
+    .await
+    .expect("no hang")
+    .expect_err("closed");
+    assert!(
+        matches!(err, GovernorError::Source(QmpError::Closed { .. })),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("source"), "{err}");
+}
+
+#[tokio::test]
+async fn native_mode_only_watches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, sets) = fake_source(dir.path(), Fault::None);
+    let mut src = QmpClient::connect(&path, NO_HANG).await.expect("connects");
+    // Without a policy nothing raises the downtime limit, so the fake never completes: the
+    // governor must give up at its deadline, cancel, and restore nothing it did not change.
+    let mut g = gcfg();
+    g.deadline = Duration::from_secs(2);
+    let err = Governor::new(g)
+        .run(&mut src, None, Control::Native)
+        .await
+        .expect_err("never completes");
+    assert!(matches!(err, GovernorError::Deadline(_)), "{err:?}");
+    let sets = sets.lock().expect("log").clone();
+    assert!(
+        sets.iter()
+            .all(|s| s["max-bandwidth"] == json!(134217728) || s.get("max-bandwidth").is_none()),
+        "native mode never changes the cap: {sets:?}"
+    );
+}

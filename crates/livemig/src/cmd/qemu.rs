@@ -1,0 +1,295 @@
+//! `livemig qemu`: govern a real QEMU migration (`migrate`) and record a guest's dirty-rate
+//! trace (`dirty-trace`); `bench` lives in `qemu_bench.rs`.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use livemig_policy::{PolicyConfig, PolicyKind};
+use livemig_qemu::dirty;
+use livemig_qemu::governor::{Control, Governor, GovernorConfig, Progress, QemuReport};
+use livemig_qemu::types::MemorySizeSummary;
+use livemig_qemu::QmpClient;
+use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate, parse_duration};
+use tokio::sync::mpsc;
+
+use crate::cmd::qemu_bench;
+use crate::cmd::simulate::PolicyArgs;
+use crate::table;
+
+/// `livemig qemu` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Migrate a running QEMU to a destination started with `-incoming`, under a policy.
+    Migrate(Box<MigrateArgs>),
+    /// Record a guest's dirty-rate series (calc-dirty-rate) in the simulator's trace format.
+    DirtyTrace(TraceArgs),
+    /// Boot the test guest and migrate it under every policy and QEMU's defaults, side by side.
+    Bench(Box<qemu_bench::BenchArgs>),
+}
+
+/// A policy name, or `qemu-native` for QEMU's own defaults without a governor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Runner {
+    Policy(PolicyKind),
+    Native,
+}
+
+impl FromStr for Runner {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        if s == "qemu-native" {
+            return Ok(Runner::Native);
+        }
+        PolicyKind::from_str(s)
+            .map(Runner::Policy)
+            .map_err(|e| format!("{e} or qemu-native"))
+    }
+}
+
+impl Runner {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Runner::Policy(k) => k.name(),
+            Runner::Native => "qemu-native",
+        }
+    }
+
+    pub(crate) fn control(self, cfg: &PolicyConfig) -> Result<Control> {
+        Ok(match self {
+            Runner::Policy(k) => Control::Policy(k.build(cfg.clone())?),
+            Runner::Native => Control::Native,
+        })
+    }
+}
+
+/// `livemig qemu migrate` flags.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// The source QEMU's QMP socket.
+    #[arg(long)]
+    pub qmp: PathBuf,
+    /// The destination QEMU's QMP socket (checked before, and for `running` after).
+    #[arg(long)]
+    pub dest_qmp: Option<PathBuf>,
+    /// Where the destination listens, e.g. tcp:127.0.0.1:4444.
+    #[arg(long)]
+    pub uri: String,
+    /// dirty-factor (the method), xen, xen-v2, qemu, fixed, or qemu-native (QEMU decides).
+    #[arg(long, default_value = "dirty-factor")]
+    pub policy: Runner,
+    #[command(flatten)]
+    pub settings: PolicyArgs,
+    /// Guest memory M (default: QEMU's base memory size).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// calc-dirty-rate sample before migrating, whole seconds (0 = none).
+    #[arg(long, default_value = "1s")]
+    pub sample: String,
+    /// Give up (and cancel the migration) after this long.
+    #[arg(long, default_value = "10m")]
+    pub timeout: String,
+    /// Print the result as JSON (the shared report shape plus `qemu`); the live table goes to
+    /// stderr.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `livemig qemu dirty-trace` flags.
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
+    /// The guest's QMP socket.
+    #[arg(long)]
+    pub qmp: PathBuf,
+    /// Length of each measurement (whole seconds).
+    #[arg(long, default_value = "1s")]
+    pub period: String,
+    /// How long to record.
+    #[arg(long, default_value = "60s")]
+    pub duration: String,
+}
+
+/// Runs `livemig qemu ...`.
+pub fn run(cmd: Command) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        match cmd {
+            Command::Migrate(a) => migrate(*a).await,
+            Command::DirtyTrace(a) => dirty_trace(a).await,
+            Command::Bench(a) => qemu_bench::run(*a).await,
+        }
+    })
+}
+
+pub(crate) fn whole_seconds(flag: &str, s: &str) -> Result<Option<Duration>> {
+    let secs = parse_duration(s).with_context(|| format!("--{flag}"))?;
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    if secs.fract() != 0.0 {
+        bail!("--{flag} must be whole seconds (QEMU 7.2's calc-dirty-rate), got {s}");
+    }
+    Ok(Some(Duration::from_secs(secs as u64)))
+}
+
+pub(crate) fn policy_config(settings: &PolicyArgs, memory: f64) -> Result<PolicyConfig> {
+    Ok(settings.resolve(&format!("{memory}"), "idle")?.cfg)
+}
+
+/// Prints the live per-pass rows from `rx` to stdout or stderr.
+async fn live_table(mut rx: mpsc::UnboundedReceiver<Progress>, to_stderr: bool) {
+    let out = |s: String| {
+        if to_stderr {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
+    };
+    out(format!(
+        "{:>5} {:>5} {:>12} {:>11} {:>9} {:>11} {:>7} {:>7} {:>12} {:>12} {:>9}",
+        "pass",
+        "round",
+        "cap",
+        "sent",
+        "duration",
+        "dirty",
+        "factor",
+        "avg",
+        "decision",
+        "next cap",
+        "reaction"
+    ));
+    while let Some(p) = rx.recv().await {
+        match p {
+            Progress::Started { first_cap } => out(format!(
+                "migration started, round 1 cap {}",
+                fmt_rate(first_cap)
+            )),
+            Progress::Round { record, pass } => {
+                let (decision, next) = match record.decision.next_cap() {
+                    Some(c) => ("continue".to_string(), fmt_rate(c)),
+                    None => ("stop".to_string(), String::from("-")),
+                };
+                out(format!(
+                    "{:>5} {:>5} {:>12} {:>11} {:>9} {:>11} {:>7.3} {:>7.3} {:>12} {:>12} {:>9}",
+                    pass.pass,
+                    record.round,
+                    fmt_rate(record.cap_bytes_per_s),
+                    fmt_bytes(record.bytes_sent),
+                    fmt_duration(record.duration_s),
+                    fmt_bytes(record.dirty_bytes),
+                    record.factor,
+                    record.avg_factor,
+                    decision,
+                    next,
+                    pass.reaction_s
+                        .map_or("-".into(), |r| format!("{:.1} ms", r * 1e3)),
+                ));
+            }
+            Progress::Completed => out("migration completed".into()),
+            Progress::Sample { .. } => {}
+        }
+    }
+}
+
+async fn migrate(args: MigrateArgs) -> Result<()> {
+    let wait = livemig_qemu::qmp::DEFAULT_TIMEOUT;
+    let mut src = QmpClient::connect(&args.qmp, wait).await?;
+    let mut dest = match &args.dest_qmp {
+        Some(p) => Some(QmpClient::connect(p, wait).await?),
+        None => None,
+    };
+    let memory = match &args.memory {
+        Some(m) => livemig_workload::units::parse_size(m)?,
+        None => {
+            let m: MemorySizeSummary = src.execute_as("query-memory-size-summary", None).await?;
+            m.base_memory
+        }
+    };
+    let cfg = policy_config(&args.settings, memory)?;
+    let mut gcfg = GovernorConfig::new(&args.uri, cfg.memory_bytes, cfg.stop_remaining);
+    gcfg.sample = whole_seconds("sample", &args.sample)?;
+    gcfg.deadline = Duration::from_secs_f64(parse_duration(&args.timeout)?);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let printer = tokio::spawn(live_table(rx, args.json));
+    let result = Governor::new(gcfg)
+        .with_progress(tx)
+        .run(&mut src, dest.as_mut(), args.policy.control(&cfg)?)
+        .await;
+    let _ = printer.await;
+    let run = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&run)?);
+    } else {
+        println!("{}", table::rounds(&run.report));
+        println!("{}", table::summary(&run.report));
+        println!("{}", qemu_lines(&run));
+    }
+    Ok(())
+}
+
+fn qemu_lines(run: &QemuReport) -> String {
+    let q = &run.qemu;
+    let s = |v: Option<f64>| v.map_or("-".into(), fmt_duration);
+    format!(
+        "QEMU: total-time {}, downtime {}, setup {}; switch-over chosen by {}; governor reaction \
+         mean {} max {}; destination running: {}",
+        s(q.qemu_total_time_s),
+        s(q.qemu_downtime_s),
+        s(q.qemu_setup_time_s),
+        q.switchover,
+        s(q.reaction_mean_s),
+        s(q.reaction_max_s),
+        q.destination_running
+            .map_or("not checked".into(), |r| r.to_string()),
+    )
+}
+
+async fn dirty_trace(args: TraceArgs) -> Result<()> {
+    let Some(period) = whole_seconds("period", &args.period)? else {
+        bail!("--period must be at least 1s");
+    };
+    let duration = Duration::from_secs_f64(parse_duration(&args.duration)?);
+    let mut qmp = QmpClient::connect(&args.qmp, livemig_qemu::qmp::DEFAULT_TIMEOUT).await?;
+    let rows = dirty::record(&mut qmp, period, duration, |r| {
+        eprintln!("{:>7.1} s  {}", r.time_s, fmt_rate(r.rate_bytes_per_s));
+    })
+    .await?;
+    print!("{}", dirty::to_csv(&rows));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_names_include_qemu_native() {
+        assert_eq!("qemu-native".parse::<Runner>(), Ok(Runner::Native));
+        assert_eq!(
+            "dirty-factor".parse::<Runner>(),
+            Ok(Runner::Policy(PolicyKind::DirtyFactor))
+        );
+        let e = "nope".parse::<Runner>().expect_err("unknown");
+        assert!(
+            e.contains("qemu-native") && e.contains("dirty-factor"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn calc_dirty_rate_periods_are_whole_seconds() {
+        assert_eq!(whole_seconds("sample", "0").ok(), Some(None));
+        assert_eq!(
+            whole_seconds("sample", "2s").ok(),
+            Some(Some(Duration::from_secs(2)))
+        );
+        assert!(whole_seconds("period", "1.5s").is_err());
+        assert!(whole_seconds("period", "soon").is_err());
+    }
+}

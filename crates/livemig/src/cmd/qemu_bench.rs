@@ -1,0 +1,371 @@
+//! `livemig qemu bench`: boots the test guest and migrates it under every policy and QEMU's
+//! defaults, for a light and a heavy workload, and compares the simulator's prediction from a
+//! recorded trace with the real dirty-factor run.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use livemig_policy::report::MigrationReport;
+use livemig_policy::{PolicyConfig, PolicyKind};
+use livemig_qemu::dirty;
+use livemig_qemu::governor::{Governor, GovernorConfig, QemuReport};
+use livemig_qemu::heartbeat;
+use livemig_qemu::vm::{free_port, GuestImage, Vm, VmSpec, GUEST_MEMORY_BYTES};
+use livemig_sim::scenario::ScenarioSpec;
+use livemig_sim::simulate;
+use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate, parse_duration};
+
+use crate::cmd::qemu::{policy_config, Runner};
+use crate::cmd::simulate::PolicyArgs;
+
+/// `livemig qemu bench` flags.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Folder with vmlinuz and initramfs.cpio.gz (default: what scripts/build-guest.sh makes).
+    #[arg(long)]
+    pub guest_dir: Option<PathBuf>,
+    /// Workloads as NAME=SPEC (the guest program's spec); default: a light and a heavy one.
+    #[arg(long = "workload", value_name = "NAME=SPEC")]
+    pub workloads: Vec<String>,
+    /// Only these (comma-separated); default: every policy and qemu-native.
+    #[arg(long, value_delimiter = ',')]
+    pub policies: Vec<Runner>,
+    /// Round limit N.
+    #[arg(long, default_value_t = 8)]
+    pub rounds: u32,
+    /// Stop level h.
+    #[arg(long, default_value = "4MiB")]
+    pub stop_remaining: String,
+    /// B_min.
+    #[arg(long, default_value = "200Mbit/s")]
+    pub min_bandwidth: String,
+    /// B_max.
+    #[arg(long, default_value = "2Gbit/s")]
+    pub max_bandwidth: String,
+    /// Length of the dirty-rate trace recorded before the dirty-factor run.
+    #[arg(long, default_value = "5s")]
+    pub trace: String,
+    /// Print every result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the traces, consoles and JSON here (default: a temporary folder).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The default bench workloads: (name, guest load spec).
+pub const BENCH_WORKLOADS: [(&str, &str); 2] = [
+    ("light", "uniform:rate=1MiB/s,buffer=32MiB"),
+    ("heavy", "uniform:rate=32MiB/s,buffer=96MiB"),
+];
+
+/// One bench migration's outcome.
+#[derive(Debug, serde::Serialize)]
+struct BenchRun {
+    workload: String,
+    runner: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<QemuReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    /// Heartbeat continuity across the migration ("ok" or why not).
+    heartbeat: String,
+}
+
+/// The simulator's prediction for the dirty-factor run of a workload.
+#[derive(Debug, serde::Serialize)]
+struct Prediction {
+    workload: String,
+    trace: PathBuf,
+    simulated: MigrationReport,
+    real: Option<MigrationReport>,
+}
+
+fn locate_image(dir: Option<&Path>) -> Result<GuestImage> {
+    let cwd = std::env::current_dir()?;
+    let dir = dir.map_or_else(|| GuestImage::default_dir(&cwd), Path::to_path_buf);
+    match GuestImage::in_dir(&dir) {
+        Ok(img) => Ok(img),
+        Err(e) if cwd.join("scripts/build-guest.sh").is_file() => {
+            eprintln!("{e}; building it with scripts/build-guest.sh");
+            Ok(GuestImage::build(&cwd)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs `livemig qemu bench`.
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let image = locate_image(args.guest_dir.as_deref())?;
+    let tmp = tempfile::tempdir()?;
+    let out = args.out.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let workloads: Vec<(String, String)> = if args.workloads.is_empty() {
+        BENCH_WORKLOADS
+            .iter()
+            .map(|(n, s)| (n.to_string(), s.to_string()))
+            .collect()
+    } else {
+        args.workloads
+            .iter()
+            .map(|w| match w.split_once('=') {
+                Some((n, s)) => Ok((n.to_string(), s.to_string())),
+                None => bail!("--workload takes NAME=SPEC, got `{w}`"),
+            })
+            .collect::<Result<_>>()?
+    };
+    let runners: Vec<Runner> = if args.policies.is_empty() {
+        PolicyKind::ALL
+            .iter()
+            .map(|k| Runner::Policy(*k))
+            .chain([Runner::Native])
+            .collect()
+    } else {
+        args.policies.clone()
+    };
+    let settings = PolicyArgs {
+        rounds: Some(args.rounds),
+        stop_remaining: Some(args.stop_remaining.clone()),
+        min_bandwidth: Some(args.min_bandwidth.clone()),
+        max_bandwidth: Some(args.max_bandwidth.clone()),
+        initial_bandwidth: None,
+        bandwidth: None,
+        downtime_limit: None,
+        threshold: None,
+        page_size: None,
+    };
+    let cfg = policy_config(&settings, GUEST_MEMORY_BYTES)?;
+    let trace_len = parse_duration(&args.trace)?;
+    let mut runs = Vec::new();
+    let mut predictions = Vec::new();
+    for (wname, load) in &workloads {
+        for &runner in &runners {
+            eprintln!("[{wname}] {} ...", runner.name());
+            let dir = out.join(format!("{wname}-{}", runner.name()));
+            std::fs::create_dir_all(&dir)?;
+            let trace = (runner == Runner::Policy(PolicyKind::DirtyFactor) && trace_len >= 1.0)
+                .then(|| dir.join("trace.csv"));
+            let (run, hb) = bench_one(
+                &image,
+                load,
+                &dir,
+                runner,
+                &cfg,
+                trace
+                    .as_deref()
+                    .map(|t| (t, Duration::from_secs_f64(trace_len))),
+            )
+            .await;
+            let (result, error) = match run {
+                Ok(r) => (Some(r), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            };
+            if let (Some(t), Some(r)) = (&trace, &result) {
+                match predict(t, r, &settings) {
+                    Ok(sim) => predictions.push(Prediction {
+                        workload: wname.clone(),
+                        trace: t.clone(),
+                        simulated: sim,
+                        real: Some(r.report.clone()),
+                    }),
+                    Err(e) => eprintln!("[{wname}] no prediction: {e:#}"),
+                }
+            }
+            runs.push(BenchRun {
+                workload: wname.clone(),
+                runner: runner.name().to_string(),
+                result,
+                error,
+                heartbeat: hb,
+            });
+        }
+    }
+    let json = serde_json::json!({"runs": runs, "predictions": predictions});
+    std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        return Ok(());
+    }
+    for (wname, load) in &workloads {
+        println!(
+            "\n## {wname}: `{load}`, guest {}",
+            fmt_bytes(GUEST_MEMORY_BYTES)
+        );
+        println!(
+            "{}",
+            bench_table(runs.iter().filter(|r| &r.workload == wname))
+        );
+        for p in predictions.iter().filter(|p| &p.workload == wname) {
+            println!("{}", prediction_table(p));
+        }
+    }
+    println!(
+        "\nN = {}, h = {}, B_min = {}, B_max = {}; outputs in {}",
+        cfg.max_rounds,
+        fmt_bytes(cfg.stop_remaining),
+        fmt_rate(cfg.min_bandwidth),
+        fmt_rate(cfg.max_bandwidth),
+        out.display()
+    );
+    if args.out.is_none() {
+        println!("(temporary: pass --out DIR to keep them)");
+    }
+    Ok(())
+}
+
+/// Boots a fresh source and destination, optionally records a trace, migrates, checks the
+/// heartbeat. Returns the result and the heartbeat verdict.
+async fn bench_one(
+    image: &GuestImage,
+    load: &str,
+    dir: &Path,
+    runner: Runner,
+    cfg: &PolicyConfig,
+    trace: Option<(&Path, Duration)>,
+) -> (Result<QemuReport>, String) {
+    let boot = Duration::from_secs(60);
+    let mut hb = String::from("not checked");
+    let result = async {
+        let uri = format!("tcp:127.0.0.1:{}", free_port()?);
+        let spec = VmSpec::new("src", image, load, dir);
+        let src_vm = Vm::spawn(spec.clone(), boot).await?;
+        let dst_vm = Vm::spawn(spec.destination("dst", &uri), boot).await?;
+        src_vm.wait_heartbeat(10, boot).await?;
+        let mut src = src_vm.qmp().await?;
+        let mut dst = dst_vm.qmp().await?;
+        if let Some((path, length)) = trace {
+            let rows = dirty::record(&mut src, Duration::from_secs(1), length, |_| {}).await?;
+            std::fs::write(path, dirty::to_csv(&rows))?;
+        }
+        let mut g = GovernorConfig::new(&uri, cfg.memory_bytes, cfg.stop_remaining);
+        g.workload = Some(load.to_string());
+        g.deadline = Duration::from_secs(300);
+        let run = Governor::new(g)
+            .run(&mut src, Some(&mut dst), runner.control(cfg)?)
+            .await?;
+        let last = src_vm.last_heartbeat().unwrap_or(0);
+        hb = match dst_vm
+            .wait_heartbeat(last + 5, Duration::from_secs(20))
+            .await
+        {
+            Err(e) => e.to_string(),
+            Ok(_) => match heartbeat::continuity(&src_vm.console(), &dst_vm.console()) {
+                Ok(c) => format!("ok ({} -> {})", c.last_on_source, c.first_on_destination),
+                Err(e) => e.to_string(),
+            },
+        };
+        Ok::<_, anyhow::Error>(run)
+    }
+    .await;
+    (result, hb)
+}
+
+/// Replays the recorded trace in the simulator with the dirty-factor policy. The simulated
+/// memory is what QEMU really sent in round 1 (zero pages travel as markers), and T is the
+/// real run's, so both decide by the same rule.
+fn predict(trace: &Path, real: &QemuReport, settings: &PolicyArgs) -> Result<MigrationReport> {
+    let m_eff = real
+        .report
+        .rounds
+        .first()
+        .map(|r| r.bytes_sent)
+        .context("the real run has no round")?;
+    let mut spec = ScenarioSpec {
+        name: "prediction".into(),
+        memory: format!("{m_eff}"),
+        workload: format!("trace:file={}", trace.display()),
+        ..ScenarioSpec::default()
+    };
+    settings.apply(&mut spec);
+    spec.threshold = real.report.threshold;
+    let scenario = spec.resolve(None)?;
+    let mut policy = PolicyKind::DirtyFactor.build(scenario.cfg.clone())?;
+    Ok(simulate(policy.as_mut(), scenario.setup())?)
+}
+
+fn bench_table<'a>(runs: impl Iterator<Item = &'a BenchRun>) -> String {
+    let mut s = format!(
+        "{:<13} {:>6} {:>9} {:>9} {:>11} {:>12} {:>12} {:>6} {:>20} {:>16} {}\n",
+        "policy",
+        "rounds",
+        "total",
+        "downtime",
+        "bytes",
+        "peak cap",
+        "peak wire",
+        "conv",
+        "stop",
+        "reaction avg/max",
+        "heartbeat"
+    );
+    for r in runs {
+        match &r.result {
+            Some(q) => {
+                let x = &q.report.summary;
+                let react = match (q.qemu.reaction_mean_s, q.qemu.reaction_max_s) {
+                    (Some(a), Some(m)) => format!("{:.1}/{:.1} ms", a * 1e3, m * 1e3),
+                    _ => "-".into(),
+                };
+                let peak_cap = if q.report.policy == "qemu-native" {
+                    format!("{} (qemu)", fmt_rate(x.peak_cap_bytes_per_s))
+                } else {
+                    fmt_rate(x.peak_cap_bytes_per_s)
+                };
+                let _ = writeln!(
+                    s,
+                    "{:<13} {:>6} {:>9} {:>9} {:>11} {:>12} {:>12} {:>6} {:>20} {:>16} {}",
+                    r.runner,
+                    x.rounds,
+                    fmt_duration(x.total_time_s),
+                    fmt_duration(x.downtime_s),
+                    fmt_bytes(x.total_bytes),
+                    peak_cap,
+                    fmt_rate(x.peak_bytes_per_s),
+                    if x.converged { "yes" } else { "no" },
+                    x.stop_reason.label(),
+                    react,
+                    r.heartbeat
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "{:<13} failed: {}",
+                    r.runner,
+                    r.error.as_deref().unwrap_or("?")
+                );
+            }
+        }
+    }
+    s
+}
+
+fn prediction_table(p: &Prediction) -> String {
+    let mut s = String::from("dirty-factor, simulator (recorded trace) vs real:\n");
+    let _ = writeln!(
+        s,
+        "{:<10} {:>6} {:>9} {:>9} {:>11} {:>12}",
+        "", "rounds", "total", "downtime", "bytes", "peak cap"
+    );
+    let mut row = |name: &str, r: &MigrationReport| {
+        let x = &r.summary;
+        let _ = writeln!(
+            s,
+            "{:<10} {:>6} {:>9} {:>9} {:>11} {:>12}",
+            name,
+            x.rounds,
+            fmt_duration(x.total_time_s),
+            fmt_duration(x.downtime_s),
+            fmt_bytes(x.total_bytes),
+            fmt_rate(x.peak_cap_bytes_per_s)
+        );
+    };
+    row("simulated", &p.simulated);
+    if let Some(r) = &p.real {
+        row("real", r);
+    }
+    let _ = write!(s, "trace: {}", p.trace.display());
+    s
+}
