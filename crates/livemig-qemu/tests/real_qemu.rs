@@ -76,16 +76,16 @@ fn policy_cfg() -> PolicyConfig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dirty_factor_governs_a_loaded_guest_to_completion() {
-    let _one = SERIAL.lock().await;
-    let pair = boot_pair("hotcold:rate=3MiB/s,buffer=48MiB,hot=20%,share=0.9").await;
+/// Migrates `pair` under `kind` and checks what every governed migration must show: the
+/// policy's caps read back from QEMU pass by pass, completion, and the guest beating on.
+async fn governed_migration(
+    pair: &Pair,
+    kind: PolicyKind,
+    cfg: PolicyConfig,
+) -> livemig_qemu::result::QemuReport {
     let mut src = pair.src.qmp().await.expect("source QMP");
     let mut dst = pair.dst.qmp().await.expect("destination QMP");
-    let cfg = policy_cfg();
-    let policy = PolicyKind::DirtyFactor
-        .build(cfg.clone())
-        .expect("valid config");
+    let policy = kind.build(cfg.clone()).expect("valid config");
     let gcfg = GovernorConfig::new(&pair.uri, cfg.memory_bytes, cfg.stop_remaining);
     let run = Governor::new(gcfg)
         .run(&mut src, Some(&mut dst), Control::Policy(policy))
@@ -97,16 +97,10 @@ async fn dirty_factor_governs_a_loaded_guest_to_completion() {
     );
     let rep = &run.report;
     assert_eq!(rep.executor, "qemu");
-    assert_eq!(rep.policy, "dirty-factor");
-    assert!(
-        rep.rounds.len() >= 2,
-        "round 1 leaves more than h dirty, so at least one cap decision is applied"
-    );
-    assert_eq!(run.qemu.switchover, "policy", "the policy chose the stop");
+    assert_eq!(rep.policy, kind.name());
     assert!(run.qemu.sample.is_some(), "calc-dirty-rate fed the policy");
-    // Round 1 starts at the first cap; every later round runs at the cap decided after the
-    // previous one, and QEMU reports exactly that cap right after the pass.
-    assert_eq!(rep.rounds[0].cap_bytes_per_s, 40e6);
+    // Every later round runs at the cap decided after the previous one, and QEMU reports
+    // exactly that cap right after the pass.
     let acting: Vec<_> = run.qemu.passes.iter().filter(|p| p.round > 0).collect();
     assert_eq!(acting.len(), rep.rounds.len());
     for (i, (r, p)) in rep.rounds.iter().zip(&acting).enumerate() {
@@ -150,6 +144,42 @@ async fn dirty_factor_governs_a_loaded_guest_to_completion() {
     let c = heartbeat::continuity(&pair.src.console(), &pair.dst.console())
         .expect("heartbeat continues across the migration");
     assert!(c.first_on_destination <= c.last_on_source + 2, "{c:?}");
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dirty_factor_governs_a_loaded_guest_to_completion() {
+    let _one = SERIAL.lock().await;
+    let pair = boot_pair("hotcold:rate=3MiB/s,buffer=48MiB,hot=20%,share=0.9").await;
+    let run = governed_migration(&pair, PolicyKind::DirtyFactor, policy_cfg()).await;
+    assert!(
+        run.report.rounds.len() >= 2,
+        "round 1 leaves more than h dirty, so at least one cap decision is applied"
+    );
+    assert_eq!(run.qemu.switchover, "policy", "the policy chose the stop");
+    assert_eq!(run.report.rounds[0].cap_bytes_per_s, 40e6);
+}
+
+/// `predictive` on a real VM: round 1 is planned from QEMU's `calc-dirty-rate` sample instead
+/// of being configured, and the governed migration completes like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predictive_governs_a_loaded_guest_to_completion() {
+    let _one = SERIAL.lock().await;
+    let pair = boot_pair("hotcold:rate=3MiB/s,buffer=48MiB,hot=20%,share=0.9").await;
+    let cfg = PolicyConfig {
+        initial_bandwidth: None,
+        ..policy_cfg()
+    };
+    let run = governed_migration(&pair, PolicyKind::Predictive, cfg.clone()).await;
+    let mut reference = PolicyKind::Predictive.build(cfg).expect("valid config");
+    if let Some(sample) = &run.qemu.sample {
+        reference.observe_sample(sample);
+    }
+    assert_eq!(
+        run.report.rounds[0].cap_bytes_per_s,
+        reference.first_cap(),
+        "round 1 runs at the cap planned from the sample"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
