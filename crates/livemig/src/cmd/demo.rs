@@ -24,7 +24,7 @@ pub struct Args {
     pub guest: GuestArgs,
     #[command(flatten)]
     pub settings: PolicyArgs,
-    /// Policy: dirty-factor (the method), xen, xen-v2, qemu, fixed.
+    /// Policy: dirty-factor (the method), predictive, xen, xen-v2, qemu, fixed.
     #[arg(long, default_value = "dirty-factor")]
     pub policy: PolicyKind,
     /// Print the result as JSON instead of tables.

@@ -76,7 +76,7 @@ pub struct MigrateArgs {
     /// Where the destination listens, e.g. tcp:127.0.0.1:4444.
     #[arg(long)]
     pub uri: String,
-    /// dirty-factor (the method), xen, xen-v2, qemu, fixed, or qemu-native (QEMU decides).
+    /// dirty-factor (the method), predictive, xen, xen-v2, qemu, fixed, or qemu-native (QEMU decides).
     #[arg(long, default_value = "dirty-factor")]
     pub policy: Runner,
     #[command(flatten)]
