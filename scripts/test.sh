@@ -34,3 +34,6 @@ scripts/build-guest.sh
 
 say "cargo test"
 cargo test --workspace --locked
+
+say "README main command (cargo run -- demo) from the workspace root"
+cargo run --quiet --locked -- demo --json > /dev/null
