@@ -33,7 +33,12 @@ say "test guest (scripts/build-guest.sh)"
 scripts/build-guest.sh
 
 say "cargo test"
-cargo test --workspace --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
 
 say "README main command (cargo run -- demo) from the workspace root"
 cargo run --quiet --locked -- demo --json > /dev/null
+
+# One closing line for the whole run, summed over every test binary above.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
