@@ -18,6 +18,9 @@ pub const MAX_LINE: usize = 1 << 20;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events kept while nobody reads them; older ones are dropped beyond this.
 pub const MAX_QUEUED_EVENTS: usize = 4096;
+/// Bytes of queued events (their JSON size) kept while nobody reads them; older events are
+/// dropped beyond this, whatever their count.
+pub const MAX_QUEUED_EVENT_BYTES: usize = 4 << 20;
 
 /// Why a QMP exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -145,13 +148,56 @@ fn shorten(line: &str) -> String {
     }
 }
 
+/// Events that arrived while a command waited, bounded by count and by bytes.
+#[derive(Debug, Default)]
+struct EventQueue {
+    events: VecDeque<(Event, usize)>,
+    bytes: usize,
+}
+
+impl EventQueue {
+    /// Rough size of an event as QEMU sent it (its name, data and framing).
+    fn size(e: &Event) -> usize {
+        e.name.len() + e.data.to_string().len() + 64
+    }
+
+    /// Appends `e`, dropping the oldest events beyond [`MAX_QUEUED_EVENTS`] or
+    /// [`MAX_QUEUED_EVENT_BYTES`] (the newest event is always kept).
+    fn push(&mut self, e: Event) {
+        let size = Self::size(&e);
+        while !self.events.is_empty()
+            && (self.events.len() >= MAX_QUEUED_EVENTS
+                || self.bytes + size > MAX_QUEUED_EVENT_BYTES)
+        {
+            if let Some((_, old)) = self.events.pop_front() {
+                self.bytes -= old;
+            }
+        }
+        self.bytes += size;
+        self.events.push_back((e, size));
+    }
+
+    /// Removes and returns the first queued event that `pred` accepts.
+    fn take(&mut self, mut pred: impl FnMut(&Event) -> bool) -> Option<Event> {
+        let i = self.events.iter().position(|(e, _)| pred(e))?;
+        let (e, size) = self.events.remove(i)?;
+        self.bytes -= size;
+        Some(e)
+    }
+
+    fn drain(&mut self) -> Vec<Event> {
+        self.bytes = 0;
+        self.events.drain(..).map(|(e, _)| e).collect()
+    }
+}
+
 /// A connected, negotiated QMP session.
 #[derive(Debug)]
 pub struct QmpClient {
     framed: Framed<UnixStream, LinesCodec>,
     path: PathBuf,
     next_id: u64,
-    events: VecDeque<Event>,
+    events: EventQueue,
     timeout: Duration,
 }
 
@@ -179,7 +225,7 @@ impl QmpClient {
             framed: Framed::new(stream, LinesCodec::new_with_max_length(MAX_LINE)),
             path: path.to_path_buf(),
             next_id: 1,
-            events: VecDeque::new(),
+            events: EventQueue::default(),
             timeout: wait,
         };
         let deadline = Instant::now() + wait;
@@ -204,6 +250,11 @@ impl QmpClient {
     /// Sets the wait for each later command's answer.
     pub fn set_timeout(&mut self, wait: Duration) {
         self.timeout = wait;
+    }
+
+    /// The wait for each command's answer.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     async fn read_message(&mut self, deadline: Instant, what: &str) -> Result<Message, QmpError> {
@@ -241,13 +292,6 @@ impl QmpClient {
                 line: shorten(&line),
             }),
         }
-    }
-
-    fn queue(&mut self, e: Event) {
-        if self.events.len() >= MAX_QUEUED_EVENTS {
-            self.events.pop_front();
-        }
-        self.events.push_back(e);
     }
 
     /// Runs `command` with optional `arguments` and returns its `return` value. Events that
@@ -298,16 +342,18 @@ impl QmpClient {
         }
         loop {
             match self.read_message(deadline, &what).await? {
-                Message::Event(e) => self.queue(e),
+                Message::Event(e) => self.events.push(e),
                 Message::Return {
                     id: Some(got),
                     value,
                 } if got == id => return Ok(value),
+                // QEMU answers without an id when it could not read the request's id (a JSON
+                // parse error): it concerns the one command outstanding, this one.
                 Message::Error {
-                    id: Some(got),
+                    id: got,
                     class,
                     desc,
-                } if got == id => {
+                } if got.is_none_or(|g| g == id) => {
                     return Err(QmpError::Command {
                         command: command.to_string(),
                         class,
@@ -335,13 +381,24 @@ impl QmpClient {
 
     /// The next event, waiting at most `wait`; `Ok(None)` when none came in time.
     pub async fn next_event(&mut self, wait: Duration) -> Result<Option<Event>, QmpError> {
-        if let Some(e) = self.events.pop_front() {
+        self.take_event(|_| true, wait).await
+    }
+
+    /// The first event `pred` accepts, queued or arriving within `wait`; events it does not
+    /// accept stay queued in order. `Ok(None)` when none came in time.
+    pub async fn take_event(
+        &mut self,
+        mut pred: impl FnMut(&Event) -> bool,
+        wait: Duration,
+    ) -> Result<Option<Event>, QmpError> {
+        if let Some(e) = self.events.take(&mut pred) {
             return Ok(Some(e));
         }
         let deadline = Instant::now() + wait;
         loop {
             match self.read_message(deadline, "an event").await {
-                Ok(Message::Event(e)) => return Ok(Some(e)),
+                Ok(Message::Event(e)) if pred(&e) => return Ok(Some(e)),
+                Ok(Message::Event(e)) => self.events.push(e),
                 Ok(_) => {}
                 Err(QmpError::Timeout { .. }) => return Ok(None),
                 Err(e) => return Err(e),
@@ -351,7 +408,7 @@ impl QmpClient {
 
     /// Takes every queued event without waiting.
     pub fn drain_events(&mut self) -> Vec<Event> {
-        self.events.drain(..).collect()
+        self.events.drain()
     }
 }
 
@@ -402,6 +459,55 @@ mod tests {
         };
         assert_eq!(e.timestamp, None);
         assert_eq!(e.data, Value::Null);
+    }
+
+    fn ev(name: &str, data: Value) -> Event {
+        Event {
+            name: name.into(),
+            data,
+            timestamp: None,
+        }
+    }
+
+    #[test]
+    fn the_event_queue_is_bounded_by_bytes_not_only_by_count() {
+        let mut q = EventQueue::default();
+        let big = json!("x".repeat(1 << 20));
+        for i in 0..10 {
+            q.push(ev(&format!("E{i}"), big.clone()));
+            assert!(
+                q.bytes <= MAX_QUEUED_EVENT_BYTES,
+                "{} bytes queued",
+                q.bytes
+            );
+        }
+        assert!(q.events.len() < 10, "old events were dropped");
+        let names: Vec<String> = q.drain().into_iter().map(|e| e.name).collect();
+        assert_eq!(
+            names.last().map(String::as_str),
+            Some("E9"),
+            "the newest is kept"
+        );
+        assert_eq!(q.bytes, 0);
+        // Small events are bounded by count.
+        for _ in 0..MAX_QUEUED_EVENTS + 10 {
+            q.push(ev("STOP", Value::Null));
+        }
+        assert_eq!(q.events.len(), MAX_QUEUED_EVENTS);
+    }
+
+    #[test]
+    fn take_keeps_the_other_events_in_order() {
+        let mut q = EventQueue::default();
+        q.push(ev("A", Value::Null));
+        q.push(ev("MIGRATION_PASS", json!({"pass": 3})));
+        q.push(ev("B", Value::Null));
+        let e = q.take(|e| e.name == "MIGRATION_PASS").expect("found");
+        assert_eq!(e.data_u64("pass"), Some(3));
+        assert!(q.take(|e| e.name == "MIGRATION_PASS").is_none());
+        assert_eq!(q.take(|_| true).map(|e| e.name), Some("A".into()));
+        assert_eq!(q.take(|_| true).map(|e| e.name), Some("B".into()));
+        assert_eq!(q.bytes, 0);
     }
 
     #[test]
