@@ -29,6 +29,12 @@ pub const STOP_DOWNTIME_MS: u64 = 60_000;
 pub const PEAK_WINDOW_S: f64 = 0.095;
 /// How many times QEMU is asked again for total-time and downtime after `completed`.
 const TIMES_RETRIES: usize = 40;
+/// Whole budget of the best-effort cleanup after a failure (`migrate_cancel`, then the
+/// source's saved parameters), however QEMU behaves.
+pub const CLEANUP_WAIT: Duration = Duration::from_secs(3);
+/// How long a pass handler waits for a queued `MIGRATION_PASS` that `query-migrate` already
+/// counts but whose event has not been read yet.
+const QUEUED_PASS_WAIT: Duration = Duration::from_millis(500);
 
 /// Who runs the migration.
 #[derive(Debug)]
@@ -102,11 +108,12 @@ pub enum GovernorError {
         #[source]
         source: StatsError,
     },
-    #[error("the migration ended as {status:?}: {desc}; the source VM is {}", if *.source_running { "still running" } else { "NOT running" })]
+    #[error("the migration ended as {status:?}: {desc}; the source VM is {}", match .source_running { Some(true) => "still running", Some(false) => "NOT running", None => "in an unknown state (query-status failed)" })]
     Failed {
         status: MigrationStatus,
         desc: String,
-        source_running: bool,
+        /// `None` when the source did not answer `query-status`.
+        source_running: Option<bool>,
     },
     #[error("the migration did not finish within {0:?}; it was cancelled")]
     Deadline(Duration),
@@ -146,6 +153,8 @@ struct Run {
     cap: f64,
     round_start: Option<RoundStart>,
     rounds: u32,
+    /// The latest QEMU pass accounted for.
+    last_pass: u64,
     stopping: bool,
     last_round_end_transferred: f64,
     /// `qemu-native`: the last observed round, whose outcome is known at the next pass.
@@ -187,34 +196,31 @@ impl Governor {
         control: Control,
     ) -> Result<QemuReport, GovernorError> {
         let mut run = self.prepare(src, dest.as_deref_mut(), control).await?;
-        let final_info = self.watch(src, &mut run).await?;
+        let final_info = match self.watch(src, &mut run).await {
+            Ok(info) => info,
+            Err(e) => {
+                cleanup(src, &run.original, true).await;
+                return Err(e);
+            }
+        };
         if final_info.status != MigrationStatus::Completed {
-            restore(src, &run.original).await;
-            let st: StatusInfo = src
-                .execute_as("query-status", None)
-                .await
-                .unwrap_or_default();
+            cleanup(src, &run.original, false).await;
+            let running = source_running(src).await;
             return Err(GovernorError::Failed {
                 status: final_info.status,
                 desc: final_info
                     .error_desc
                     .unwrap_or_else(|| "QEMU gave no reason".into()),
-                source_running: st.running,
+                source_running: running,
             });
         }
-        // QEMU sets `completed` before it computes total-time and downtime: ask again until
-        // they are there (bounded).
-        let mut final_info = final_info;
-        for _ in 0..TIMES_RETRIES {
-            if final_info.total_time.is_some_and(|t| t > 0.0) {
-                break;
+        let final_info = match final_times(src, final_info).await {
+            Ok(info) => info,
+            Err(e) => {
+                cleanup(src, &run.original, false).await;
+                return Err(e);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            final_info = src
-                .execute_as("query-migrate", None)
-                .await
-                .map_err(GovernorError::Source)?;
-        }
+        };
         self.emit(Progress::Completed);
         let mut report = run.finish(&final_info);
         if let Some(d) = dest {
@@ -268,9 +274,10 @@ impl Governor {
         let (name, threshold, cap) = match &control {
             Control::Policy(p) => {
                 let first = p.first_cap();
-                set_params(src, Some(first), Some(cfg.precopy_downtime_ms))
-                    .await
-                    .map_err(s)?;
+                if let Err(e) = set_params(src, Some(first), Some(cfg.precopy_downtime_ms)).await {
+                    cleanup(src, &original, false).await;
+                    return Err(s(e));
+                }
                 extras.precopy_downtime_limit_ms = Some(cfg.precopy_downtime_ms);
                 (p.name(), p.threshold(), first)
             }
@@ -291,9 +298,15 @@ impl Governor {
             builder = builder.workload(w);
         }
         src.drain_events();
-        src.execute("migrate", Some(json!({ "uri": cfg.uri })))
+        if let Err(e) = src
+            .execute("migrate", Some(json!({ "uri": cfg.uri })))
             .await
-            .map_err(s)?;
+        {
+            // A `migrate` that timed out may have started: cancel it too.
+            let sent = !matches!(e, QmpError::Command { .. });
+            cleanup(src, &original, sent).await;
+            return Err(s(e));
+        }
         self.emit(Progress::Started { first_cap: cap });
         Ok(Run {
             control,
@@ -304,6 +317,7 @@ impl Governor {
             cap,
             round_start: None,
             rounds: 0,
+            last_pass: 0,
             stopping: false,
             last_round_end_transferred: 0.0,
             native_pending: None,
@@ -325,8 +339,6 @@ impl Governor {
         let mut last_poll = Instant::now();
         loop {
             if started.elapsed() > cfg.deadline {
-                let _ = src.execute("migrate_cancel", None).await;
-                restore(src, &run.original).await;
                 return Err(GovernorError::Deadline(cfg.deadline));
             }
             let wait = cfg.poll.saturating_sub(last_poll.elapsed());
@@ -381,8 +393,12 @@ impl Governor {
             return Ok(());
         }
         let s = GovernorError::Source;
-        let at = e.timestamp.unwrap_or_else(wall_now);
-        let pass = e.data_u64("pass").unwrap_or(0);
+        let mut at = e.timestamp.unwrap_or_else(wall_now);
+        let mut pass = e.data_u64("pass").unwrap_or(0);
+        if pass != 0 && pass <= run.last_pass {
+            // Already accounted for (merged into an earlier round).
+            return Ok(());
+        }
         let mut record = PassRecord {
             pass,
             round: 0,
@@ -393,8 +409,10 @@ impl Governor {
             cap_read_back_bytes_per_s: None,
             downtime_limit_read_back_ms: None,
             reaction_s: None,
+            note: None,
         };
         let Some(start) = run.round_start else {
+            run.last_pass = pass;
             run.round_start = Some(RoundStart {
                 at,
                 transferred: 0.0,
@@ -405,7 +423,70 @@ impl Governor {
         };
         let q: MigrationInfo = src.execute_as("query-migrate", None).await.map_err(s)?;
         let ram = q.ram_or_default();
+        record.transferred = ram.transferred;
+        record.remaining = ram.remaining;
+        if q.status != MigrationStatus::Active {
+            // QEMU switched over by itself (or the migration is ending): its counters now
+            // include the stop-and-copy, and a cap would only apply to nothing. The round this
+            // pass ended is not measured; its bytes count as stop-and-copy.
+            if matches!(
+                q.status,
+                MigrationStatus::Device
+                    | MigrationStatus::PreSwitchover
+                    | MigrationStatus::Completed
+            ) {
+                run.extras.switchover = "qemu".into();
+            }
+            run.stopping = true;
+            run.last_pass = pass;
+            record.note = Some(format!(
+                "QEMU's status was already {:?}: the policy was not asked",
+                q.status
+            ));
+            run.extras.passes.push(record);
+            return Ok(());
+        }
+        // Several passes may have happened since this event (the governor was slow, or QEMU
+        // synced twice in a row): `ram.dirty-sync-count` counts them. The counters belong to
+        // the latest pass, so the round ends there: the queued passes are merged into it, each
+        // recorded with a note. 0 means QEMU does not report the count.
+        let synced = ram.dirty_sync_count.max(0.0) as u64;
+        let mut merged = Vec::new();
+        while synced > pass {
+            let later = src
+                .take_event(
+                    |e| {
+                        e.name == "MIGRATION_PASS"
+                            && e.data_u64("pass").is_some_and(|p| p > pass && p <= synced)
+                    },
+                    QUEUED_PASS_WAIT,
+                )
+                .await
+                .map_err(s)?;
+            merged.push(record.clone());
+            match later {
+                Some(l) => {
+                    at = l.timestamp.unwrap_or_else(wall_now);
+                    pass = l.data_u64("pass").unwrap_or(synced);
+                }
+                None => {
+                    // The event never came: end the round now, at the counters' time.
+                    at = wall_now();
+                    pass = synced;
+                }
+            }
+            record.pass = pass;
+            record.at_s = at - run.t0;
+        }
+        run.last_pass = pass;
         run.rounds += 1;
+        for mut m in merged {
+            m.note = Some(format!(
+                "queued behind pass {pass}: merged into round {}",
+                run.rounds
+            ));
+            run.extras.passes.push(m);
+        }
         let stats = RoundStats {
             round: run.rounds,
             cap_bytes_per_s: run.cap,
@@ -414,8 +495,6 @@ impl Governor {
             dirty_bytes: ram.remaining.max(0.0),
         };
         record.round = run.rounds;
-        record.transferred = ram.transferred;
-        record.remaining = ram.remaining;
         run.round_start = Some(RoundStart {
             at,
             transferred: ram.transferred,
@@ -426,8 +505,6 @@ impl Governor {
                 let decision = match p.after_round(&stats) {
                     Ok(d) => d,
                     Err(source) => {
-                        let _ = src.execute("migrate_cancel", None).await;
-                        restore(src, &run.original).await;
                         return Err(GovernorError::Policy {
                             round: run.rounds,
                             source,
@@ -571,14 +648,61 @@ pub async fn set_params(
     .map(|_| ())
 }
 
-/// Puts the source's parameters back after a failed or cancelled migration (best effort).
-async fn restore(qmp: &mut QmpClient, original: &MigrationParameters) {
-    let _ = set_params(
-        qmp,
-        original.max_bandwidth.map(|b| b as f64),
-        original.downtime_limit,
-    )
-    .await;
+/// What is left of `until`, zero once it passed.
+fn left(until: Instant) -> Duration {
+    until.saturating_duration_since(Instant::now())
+}
+
+/// Best effort after a failure: `migrate_cancel` when a migration may be under way, then the
+/// source's saved `max-bandwidth` and `downtime-limit`. The whole takes at most
+/// [`CLEANUP_WAIT`] whatever QEMU does (silent, closed, garbage); errors are dropped because
+/// the caller returns the failure that led here.
+async fn cleanup(qmp: &mut QmpClient, original: &MigrationParameters, cancel: bool) {
+    let saved = qmp.timeout();
+    let until = Instant::now() + CLEANUP_WAIT.min(saved);
+    if cancel {
+        qmp.set_timeout(left(until));
+        let _ = qmp.execute("migrate_cancel", None).await;
+    }
+    let wait = left(until);
+    if !wait.is_zero() {
+        qmp.set_timeout(wait);
+        let _ = set_params(
+            qmp,
+            original.max_bandwidth.map(|b| b as f64),
+            original.downtime_limit,
+        )
+        .await;
+    }
+    qmp.set_timeout(saved);
+}
+
+/// Whether the source VM runs, asked within [`CLEANUP_WAIT`]; `None` when it did not answer.
+async fn source_running(qmp: &mut QmpClient) -> Option<bool> {
+    let saved = qmp.timeout();
+    qmp.set_timeout(CLEANUP_WAIT.min(saved));
+    let st = qmp.execute_as::<StatusInfo>("query-status", None).await;
+    qmp.set_timeout(saved);
+    st.ok().map(|s| s.running)
+}
+
+/// QEMU sets `completed` before it computes total-time and downtime: asks again until they
+/// are there (bounded).
+async fn final_times(
+    qmp: &mut QmpClient,
+    mut info: MigrationInfo,
+) -> Result<MigrationInfo, GovernorError> {
+    for _ in 0..TIMES_RETRIES {
+        if info.total_time.is_some_and(|t| t > 0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        info = qmp
+            .execute_as("query-migrate", None)
+            .await
+            .map_err(GovernorError::Source)?;
+    }
+    Ok(info)
 }
 
 /// Polls the destination's `query-status` until it runs or `wait` passes.
@@ -613,6 +737,7 @@ mod tests {
             cap: 0.0,
             round_start: None,
             rounds: 0,
+            last_pass: 0,
             stopping: false,
             last_round_end_transferred: 0.0,
             native_pending: None,

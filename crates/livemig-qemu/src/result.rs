@@ -26,6 +26,10 @@ pub struct PassRecord {
     pub downtime_limit_read_back_ms: Option<u64>,
     /// From QEMU's event timestamp to the parameters being applied (seconds).
     pub reaction_s: Option<f64>,
+    /// Why the governor did not act on this pass, when it did not: merged into a later
+    /// queued pass, or QEMU had already switched over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// QEMU-specific parts of the result, next to the shared report.

@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use livemig_policy::{Action, PolicyConfig, PolicyKind, StopReason};
-use livemig_qemu::governor::{Control, Governor, GovernorConfig, GovernorError};
+use livemig_qemu::governor::{Control, Governor, GovernorConfig, GovernorError, QemuReport};
 use livemig_qemu::{QmpClient, QmpError};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
+use tokio::time::Instant;
 
 const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": ["oob"]}}"#;
 /// No test may take longer than this: a hang is a failure.
@@ -166,12 +167,25 @@ async fn missing_socket_is_a_connect_error() {
 
 /// A fake source QEMU that plays a migration: each `query-migrate` answer is followed by the
 /// next `MIGRATION_PASS`, whose counters the next answer reports. Raising `downtime-limit`
-/// completes the migration. `fault` replaces the events after `migrate` with garbage or a close.
-#[derive(Clone, Copy, PartialEq)]
+/// completes the migration. `fault` changes what happens at the `query-migrate` answered right
+/// after pass 2 (inside the watch loop, once the first cap was set), or at other commands.
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Fault {
     None,
+    /// Garbage instead of pass 3's event.
     Garbage,
+    /// The socket closes instead of answering that `query-migrate`.
     Close,
+    /// That `query-migrate` is never answered; later commands are.
+    Silent,
+    /// QEMU refuses the second `migrate-set-parameters` (round 1's decision).
+    RefuseSet,
+    /// QEMU refuses `migrate`.
+    RefuseMigrate,
+    /// Passes 3 and 4 come together: the next `query-migrate` already counts 4 syncs.
+    QueuedPasses,
+    /// QEMU switches over by itself right after pass 3 (`device`, then `completed`).
+    SelfSwitch,
 }
 
 /// (event time, ram.transferred, ram.remaining) at each pass; pass 1 starts round 1.
@@ -183,23 +197,45 @@ const PASSES: [(f64, f64, f64); 5] = [
     (1004.0, 117e6, 2.5e6),
 ];
 
-fn fake_source(
-    dir: &Path,
-    fault: Fault,
-) -> (PathBuf, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
-    let sets = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = sets.clone();
+/// Every command the fake received, with its arguments, in order.
+type Log = std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>;
+
+fn fake_source(dir: &Path, fault: Fault) -> (PathBuf, Log) {
+    let log: Log = Default::default();
+    let seen = log.clone();
     let mut params = json!({"max-bandwidth": 134217728, "downtime-limit": 300});
     let mut started = false;
     let mut pass = 0usize;
     let mut done = false;
+    let mut switched = false;
+    let mut sets = 0;
     // Like QEMU, the first `completed` answer comes before total-time and downtime are set.
     let mut completed_answers = 0;
     let path = serve(dir, GREETING, move |cmd, id, args| {
+        if let Ok(mut l) = seen.lock() {
+            l.push((cmd.to_string(), args.clone()));
+        }
         let mut out = Vec::new();
         match cmd {
             "query-migrate" => {
+                let at_fault = started && !done && !switched && pass == 1;
+                match fault {
+                    Fault::Close if at_fault => return None,
+                    Fault::Silent if at_fault => return Some(out),
+                    _ => {}
+                }
                 let (_, tx, rem) = PASSES[pass.min(PASSES.len() - 1)];
+                if switched && !done {
+                    // The first answer after QEMU's own switch-over: paused, sending the rest.
+                    done = true;
+                    out.push(ok(
+                        id,
+                        json!({"status": "device",
+                               "ram": {"transferred": tx + 1e6, "remaining": 1e6,
+                                       "dirty-sync-count": pass + 1}}),
+                    ));
+                    return Some(out);
+                }
                 if done {
                     completed_answers += 1;
                 }
@@ -220,10 +256,22 @@ fn fake_source(
                     json!({"status": status, "total-time": total, "downtime": down,
                            "ram": {"transferred": if done { tx + 2.5e6 } else { tx },
                                    "remaining": if done { 0.0 } else { rem },
+                                   "dirty-sync-count": if started { pass + 1 } else { 0 },
                                    "total": 100e6, "brand-new-counter": 1}}),
                 ));
                 if done {
                     out.push(event("MIGRATION", json!({"status": "completed"}), 1005.0));
+                } else if at_fault && fault == Fault::Garbage {
+                    out.push("<html>not qmp</html>".into());
+                } else if at_fault && fault == Fault::QueuedPasses {
+                    for _ in 0..2 {
+                        pass += 1;
+                        out.push(event(
+                            "MIGRATION_PASS",
+                            json!({"pass": pass + 1}),
+                            PASSES[pass].0,
+                        ));
+                    }
                 } else if started && pass + 1 < PASSES.len() {
                     pass += 1;
                     out.push(event(
@@ -231,40 +279,83 @@ fn fake_source(
                         json!({"pass": pass + 1}),
                         PASSES[pass].0,
                     ));
+                    if at_fault && fault == Fault::SelfSwitch {
+                        switched = true;
+                    }
                 }
             }
             "query-migrate-parameters" => out.push(ok(id, params.clone())),
             "migrate-set-parameters" => {
-                if let Ok(mut l) = log.lock() {
-                    l.push(args.clone());
+                sets += 1;
+                if fault == Fault::RefuseSet && sets == 2 {
+                    out.push(
+                        json!({"error": {"class": "GenericError", "desc": "no"}, "id": id})
+                            .to_string(),
+                    );
+                    return Some(out);
                 }
                 if let (Some(p), Some(a)) = (params.as_object_mut(), args.as_object()) {
                     for (k, v) in a {
                         p.insert(k.clone(), v.clone());
                     }
                 }
-                if args["downtime-limit"].as_u64().is_some_and(|d| d >= 1000) {
+                if started && args["downtime-limit"].as_u64().is_some_and(|d| d >= 1000) {
                     done = true;
                 }
                 out.push(ok(id, json!({})));
             }
             "migrate" => {
+                if fault == Fault::RefuseMigrate {
+                    out.push(
+                        json!({"error": {"class": "GenericError", "desc": "bad uri"}, "id": id})
+                            .to_string(),
+                    );
+                    return Some(out);
+                }
                 started = true;
                 out.push(ok(id, json!({})));
-                match fault {
-                    Fault::None => {
-                        out.push(event("MIGRATION", json!({"status": "setup"}), 999.9));
-                        out.push(event("MIGRATION_PASS", json!({"pass": 1}), PASSES[0].0));
-                    }
-                    Fault::Garbage => out.push("<html>not qmp</html>".into()),
-                    Fault::Close => return None,
-                }
+                out.push(event("MIGRATION", json!({"status": "setup"}), 999.9));
+                out.push(event("MIGRATION_PASS", json!({"pass": 1}), PASSES[0].0));
             }
             _ => out.push(ok(id, json!({}))),
         }
         Some(out)
     });
-    (path, sets)
+    (path, log)
+}
+
+/// The `migrate-set-parameters` arguments the fake received.
+fn sets_of(log: &Log) -> Vec<Value> {
+    log.lock()
+        .expect("log")
+        .iter()
+        .filter(|(c, _)| c == "migrate-set-parameters")
+        .map(|(_, a)| a.clone())
+        .collect()
+}
+
+/// The fake's own parameters, which every failure must put back.
+fn original() -> Value {
+    json!({"max-bandwidth": 134217728u64, "downtime-limit": 300})
+}
+
+/// Asserts the governor cleaned up: `migrate_cancel` (when `cancel`), then the saved
+/// parameters, as the last commands it sent.
+fn assert_cleaned_up(log: &Log, cancel: bool) {
+    let log = log.lock().expect("log").clone();
+    let cmds: Vec<&str> = log.iter().map(|(c, _)| c.as_str()).collect();
+    let last = log.last().expect("commands");
+    assert_eq!(last.0, "migrate-set-parameters", "{cmds:?}");
+    assert_eq!(last.1, original(), "the saved parameters are restored");
+    if cancel {
+        assert_eq!(
+            cmds.get(cmds.len().wrapping_sub(2)),
+            Some(&"migrate_cancel"),
+            "{cmds:?}"
+        );
+    } else {
+        assert!(!cmds.contains(&"migrate_cancel"), "{cmds:?}");
+    }
 }
 
 fn small_cfg() -> PolicyConfig {
@@ -290,7 +381,7 @@ fn gcfg() -> GovernorConfig {
 #[tokio::test]
 async fn governor_turns_passes_into_rounds_and_applies_every_decision() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (path, sets) = fake_source(dir.path(), Fault::None);
+    let (path, log) = fake_source(dir.path(), Fault::None);
     let mut src = QmpClient::connect(&path, NO_HANG).await.expect("connects");
     let policy = PolicyKind::DirtyFactor.build(small_cfg()).expect("valid");
     let run = tokio::time::timeout(
@@ -323,7 +414,7 @@ async fn governor_turns_passes_into_rounds_and_applies_every_decision() {
     assert_eq!(r.summary.stop_reason, StopReason::RoundLimit);
     // What was sent to QEMU: the first cap with the tiny downtime limit, one cap per
     // continued round, then B_max with the large downtime limit.
-    let sets = sets.lock().expect("log").clone();
+    let sets = sets_of(&log);
     assert_eq!(
         sets[0],
         json!({"max-bandwidth": 50_000_000u64, "downtime-limit": 1})
@@ -363,49 +454,208 @@ async fn governor_turns_passes_into_rounds_and_applies_every_decision() {
     assert_eq!(reacting, 4);
 }
 
-#[tokio::test]
-async fn garbage_mid_migration_is_an_error_not_a_hang() {
+/// Runs the dirty-factor governor against `fake_source(fault)` with a short QMP timeout.
+async fn governed(fault: Fault, max_rounds: u32) -> (Result<QemuReport, GovernorError>, Log) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (path, _) = fake_source(dir.path(), Fault::Garbage);
+    let (path, log) = fake_source(dir.path(), fault);
     let mut src = QmpClient::connect(&path, NO_HANG).await.expect("connects");
-    let policy = PolicyKind::DirtyFactor.build(small_cfg()).expect("valid");
-    let err = tokio::time::timeout(
+    src.set_timeout(Duration::from_millis(500));
+    let cfg = PolicyConfig {
+        max_rounds,
+        ..small_cfg()
+    };
+    let policy = PolicyKind::DirtyFactor.build(cfg).expect("valid");
+    let started = Instant::now();
+    let out = tokio::time::timeout(
         NO_HANG,
         Governor::new(gcfg()).run(&mut src, None, Control::Policy(policy)),
     )
     .await
-    .expect("no hang")
-    .expect_err("garbage");
+    .expect("no hang");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failures and their cleanup are bounded: {:?}",
+        started.elapsed()
+    );
+    (out, log)
+}
+
+#[tokio::test]
+async fn garbage_mid_migration_cancels_and_restores() {
+    let (out, log) = governed(Fault::Garbage, 4).await;
+    let err = out.expect_err("garbage");
     assert!(
         matches!(err, GovernorError::Source(QmpError::Garbage { .. })),
         "{err:?}"
     );
+    assert!(sets_of(&log).len() >= 2, "the caps had been changed");
+    assert_cleaned_up(&log, true);
 }
 
 #[tokio::test]
 async fn socket_closed_mid_migration_is_an_error_not_a_hang() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (path, _) = fake_source(dir.path(), Fault::Close);
-    let mut src = QmpClient::connect(&path, NO_HANG).await.expect("connects");
-    let policy = PolicyKind::DirtyFactor.build(small_cfg()).expect("valid");
-    let err = tokio::time::timeout(
-        NO_HANG,
-        Governor::new(gcfg()).run(&mut src, None, Control::Policy(policy)),
-    )
-    .await
-    .expect("no hang")
-    .expect_err("closed");
+    let (out, log) = governed(Fault::Close, 4).await;
+    let err = out.expect_err("closed");
     assert!(
         matches!(err, GovernorError::Source(QmpError::Closed { .. })),
         "{err:?}"
     );
     assert!(err.to_string().contains("source"), "{err}");
+    // Closed inside the watch loop: the migration had started and pass 2 had come.
+    let cmds: Vec<String> = log
+        .lock()
+        .expect("log")
+        .iter()
+        .map(|c| c.0.clone())
+        .collect();
+    let migrate = cmds.iter().position(|c| c == "migrate").expect("migrate");
+    assert!(
+        cmds[migrate..]
+            .iter()
+            .filter(|c| *c == "query-migrate")
+            .count()
+            >= 2,
+        "{cmds:?}"
+    );
+    assert_eq!(
+        cmds.last().map(String::as_str),
+        Some("query-migrate"),
+        "{cmds:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_source_times_out_then_cancels_and_restores() {
+    let (out, log) = governed(Fault::Silent, 4).await;
+    let err = out.expect_err("silent");
+    assert!(
+        matches!(err, GovernorError::Source(QmpError::Timeout { .. })),
+        "{err:?}"
+    );
+    assert_cleaned_up(&log, true);
+}
+
+#[tokio::test]
+async fn a_refused_cap_cancels_and_restores() {
+    let (out, log) = governed(Fault::RefuseSet, 4).await;
+    let err = out.expect_err("refused");
+    assert!(
+        matches!(err, GovernorError::Source(QmpError::Command { .. })),
+        "{err:?}"
+    );
+    assert_cleaned_up(&log, true);
+}
+
+#[tokio::test]
+async fn a_refused_migrate_restores_without_cancelling() {
+    let (out, log) = governed(Fault::RefuseMigrate, 4).await;
+    let err = out.expect_err("refused");
+    assert!(err.to_string().contains("source"), "{err}");
+    assert_eq!(
+        sets_of(&log)[0],
+        json!({"max-bandwidth": 50_000_000u64, "downtime-limit": 1})
+    );
+    assert_cleaned_up(&log, false);
+}
+
+#[tokio::test]
+async fn queued_passes_are_merged_into_the_round_their_counters_belong_to() {
+    let (out, log) = governed(Fault::QueuedPasses, 3).await;
+    let run = out.expect("completes");
+    let r = &run.report;
+    // Pass 3 was queued behind pass 4 when the governor read the counters (sync count 4):
+    // round 2 runs from pass 2 to pass 4, with pass 4's counters.
+    let got: Vec<(f64, f64, f64)> = r
+        .rounds
+        .iter()
+        .map(|x| (x.bytes_sent, x.duration_s, x.dirty_bytes))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(100e6, 2.0, 10e6), (14e6, 1.5, 3e6), (3e6, 0.5, 2.5e6)],
+        "rounds follow the counters' passes"
+    );
+    let merged: Vec<_> = run
+        .qemu
+        .passes
+        .iter()
+        .filter(|p| p.note.is_some())
+        .collect();
+    assert_eq!(merged.len(), 1, "{:?}", run.qemu.passes);
+    assert_eq!(merged[0].pass, 3);
+    assert_eq!(merged[0].round, 0);
+    assert!(merged[0]
+        .note
+        .as_deref()
+        .is_some_and(|n| n.contains("pass 4") && n.contains("round 2")));
+    let acting: Vec<u64> = run
+        .qemu
+        .passes
+        .iter()
+        .filter(|p| p.round > 0)
+        .map(|p| p.pass)
+        .collect();
+    assert_eq!(acting, vec![2, 4, 5]);
+    // One cap per decision, each applied once: first cap + 3 decisions.
+    let sets = sets_of(&log);
+    assert_eq!(sets.len(), 4, "{sets:?}");
+    for (round, sent) in r.rounds.iter().zip(&sets[1..]) {
+        let cap = round.decision.next_cap().unwrap_or(1e9);
+        assert_eq!(sent["max-bandwidth"], json!(cap.round() as u64));
+    }
+    assert_eq!(run.qemu.switchover, "policy");
+}
+
+#[tokio::test]
+async fn a_switch_over_by_qemu_is_not_governed() {
+    let (out, log) = governed(Fault::SelfSwitch, 4).await;
+    let run = out.expect("completes");
+    // Round 1 (pass 1 to 2) was decided; at pass 3 QEMU was already in `device`.
+    assert_eq!(run.report.rounds.len(), 1);
+    assert_eq!(run.qemu.switchover, "qemu");
+    let sets = sets_of(&log);
+    assert_eq!(sets.len(), 2, "no cap after QEMU's switch-over: {sets:?}");
+    assert!(
+        sets.iter()
+            .all(|s| s.get("downtime-limit") != Some(&json!(60_000))),
+        "{sets:?}"
+    );
+    let last = run.qemu.passes.last().expect("passes");
+    assert_eq!(last.pass, 3);
+    assert!(
+        last.note.as_deref().is_some_and(|n| n.contains("Device")),
+        "{last:?}"
+    );
+    assert!(last.cap_set_bytes_per_s.is_none());
+}
+
+#[tokio::test]
+async fn an_error_without_id_fails_the_command_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = serve(dir.path(), GREETING, |cmd, id, _| {
+        Some(if cmd == "qmp_capabilities" {
+            vec![ok(id, json!({}))]
+        } else {
+            // What QEMU sends when it cannot parse a request: an error with no id.
+            vec![
+                json!({"error": {"class": "GenericError", "desc": "JSON parse error"}}).to_string(),
+            ]
+        })
+    });
+    let mut c = QmpClient::connect(&path, NO_HANG).await.expect("connects");
+    let started = Instant::now();
+    let err = c.execute("query-migrate", None).await.expect_err("refused");
+    assert!(started.elapsed() < Duration::from_secs(2), "not a timeout");
+    assert!(
+        matches!(err, QmpError::Command { ref desc, .. } if desc == "JSON parse error"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn native_mode_only_watches() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (path, sets) = fake_source(dir.path(), Fault::None);
+    let (path, log) = fake_source(dir.path(), Fault::None);
     let mut src = QmpClient::connect(&path, NO_HANG).await.expect("connects");
     // Without a policy nothing raises the downtime limit, so the fake never completes: the
     // governor must give up at its deadline, cancel, and restore nothing it did not change.
@@ -416,7 +666,8 @@ async fn native_mode_only_watches() {
         .await
         .expect_err("never completes");
     assert!(matches!(err, GovernorError::Deadline(_)), "{err:?}");
-    let sets = sets.lock().expect("log").clone();
+    assert_cleaned_up(&log, true);
+    let sets = sets_of(&log);
     assert!(
         sets.iter()
             .all(|s| s["max-bandwidth"] == json!(134217728) || s.get("max-bandwidth").is_none()),
