@@ -12,10 +12,17 @@ pub fn numbers(text: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The text up to and including its last newline: the lines a console has finished. A line
+/// still being written (or cut by the switch-over, `livemig-hb 12` of `livemig-hb 123`) is left
+/// out.
+pub fn complete_lines(text: &str) -> &str {
+    text.rfind('\n').map_or("", |i| &text[..=i])
+}
+
 /// What [`continuity`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Continuity {
-    /// The last heartbeat printed whole on the source.
+    /// The last heartbeat printed whole (newline included) on the source.
     pub last_on_source: u64,
     /// The first heartbeat that appeared on the destination.
     pub first_on_destination: u64,
@@ -37,9 +44,10 @@ pub enum HeartbeatError {
 }
 
 /// Checks that the destination's heartbeat continues the source's: joined, the two consoles
-/// count up by exactly one at every line across the switch.
+/// count up by exactly one at every line across the switch. Only the source's complete lines
+/// count as the source's; a line cut at the switch is read whole once joined.
 pub fn continuity(source: &str, destination: &str) -> Result<Continuity, HeartbeatError> {
-    let src = numbers(source);
+    let src = numbers(complete_lines(source));
     let last = *src.last().ok_or(HeartbeatError::NoneOnSource)?;
     let joined = numbers(&format!("{source}{destination}"));
     let after: Vec<u64> = joined
@@ -96,6 +104,20 @@ mod tests {
         .expect("continues");
         assert_eq!(c.last_on_source, 12);
         assert_eq!(c.first_on_destination, 14);
+    }
+
+    #[test]
+    fn a_line_cut_inside_the_number_is_not_the_source_last() {
+        // The source printed `livemig-hb 12` of `livemig-hb 123` before the switch-over.
+        let c = continuity(
+            "livemig-hb 121\nlivemig-hb 122\nlivemig-hb 12",
+            "3\nlivemig-hb 124\n",
+        )
+        .expect("continues");
+        assert_eq!(c.last_on_source, 122);
+        assert_eq!(c.first_on_destination, 124);
+        assert_eq!(complete_lines("a\nb"), "a\n");
+        assert_eq!(complete_lines("b"), "");
     }
 
     #[test]

@@ -281,9 +281,12 @@ impl Vm {
             .unwrap_or_default()
     }
 
-    /// The last heartbeat on the console, if any.
+    /// The last heartbeat on the console, if any (complete lines only: a line being written
+    /// may show a prefix of its number).
     pub fn last_heartbeat(&self) -> Option<u64> {
-        heartbeat::numbers(&self.console()).last().copied()
+        heartbeat::numbers(heartbeat::complete_lines(&self.console()))
+            .last()
+            .copied()
     }
 
     /// Waits until the console shows a heartbeat >= `want`.
