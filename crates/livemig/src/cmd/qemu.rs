@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use livemig_policy::{PolicyConfig, PolicyKind};
 use livemig_qemu::dirty;
 use livemig_qemu::governor::{Control, Governor, GovernorConfig, Progress, QemuReport};
@@ -137,6 +137,12 @@ pub(crate) fn whole_seconds(flag: &str, s: &str) -> Result<Option<Duration>> {
     Ok(Some(Duration::from_secs(secs as u64)))
 }
 
+/// A duration flag as a `Duration`; a one-line error when it is out of range (huge, negative).
+pub(crate) fn duration(flag: &str, s: &str) -> Result<Duration> {
+    let secs = parse_duration(s).with_context(|| format!("--{flag}"))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| anyhow!("--{flag} {s} is out of range"))
+}
+
 pub(crate) fn policy_config(settings: &PolicyArgs, memory: f64) -> Result<PolicyConfig> {
     Ok(settings.resolve(&format!("{memory}"), "idle")?.cfg)
 }
@@ -214,7 +220,7 @@ async fn migrate(args: MigrateArgs) -> Result<()> {
     let cfg = policy_config(&args.settings, memory)?;
     let mut gcfg = GovernorConfig::new(&args.uri, cfg.memory_bytes, cfg.stop_remaining);
     gcfg.sample = whole_seconds("sample", &args.sample)?;
-    gcfg.deadline = Duration::from_secs_f64(parse_duration(&args.timeout)?);
+    gcfg.deadline = duration("timeout", &args.timeout)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let printer = tokio::spawn(live_table(rx, args.json));
     let result = Governor::new(gcfg)
@@ -229,6 +235,18 @@ async fn migrate(args: MigrateArgs) -> Result<()> {
         println!("{}", table::rounds(&run.report));
         println!("{}", table::summary(&run.report));
         println!("{}", qemu_lines(&run));
+    }
+    destination_check(&run)
+}
+
+/// A completed migration whose destination never reported `running` is a failure: the source
+/// is paused after completion, so the VM may be running on neither host.
+fn destination_check(run: &QemuReport) -> Result<()> {
+    if run.qemu.destination_running == Some(false) {
+        bail!(
+            "the migration completed but the destination VM did not report `running`; the \
+             source is paused after completion, so the VM may be running on neither host"
+        );
     }
     Ok(())
 }
@@ -254,7 +272,7 @@ async fn dirty_trace(args: TraceArgs) -> Result<()> {
     let Some(period) = whole_seconds("period", &args.period)? else {
         bail!("--period must be at least 1s");
     };
-    let duration = Duration::from_secs_f64(parse_duration(&args.duration)?);
+    let duration = duration("duration", &args.duration)?;
     let mut qmp = QmpClient::connect(&args.qmp, livemig_qemu::qmp::DEFAULT_TIMEOUT).await?;
     let rows = dirty::record(&mut qmp, period, duration, |r| {
         eprintln!("{:>7.1} s  {}", r.time_s, fmt_rate(r.rate_bytes_per_s));
@@ -280,6 +298,40 @@ mod tests {
             e.contains("qemu-native") && e.contains("dirty-factor"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn huge_durations_are_an_error_not_a_panic() {
+        assert_eq!(
+            duration("timeout", "90s").ok(),
+            Some(Duration::from_secs(90))
+        );
+        let e = duration("timeout", "99999999999999999999999h").expect_err("out of range");
+        assert!(e.to_string().contains("--timeout"), "{e}");
+        assert!(e.to_string().contains("out of range"), "{e}");
+    }
+
+    #[test]
+    fn a_destination_that_does_not_run_is_a_failure() {
+        use livemig_policy::report::{ReportBuilder, StopCopy};
+        let report = ReportBuilder::new("x", "qemu", 1.0, 0.0, None).finish(
+            StopCopy {
+                bytes: 0.0,
+                state_bytes: 0.0,
+                downtime_s: 0.0,
+            },
+            0.0,
+        );
+        let mut run = QemuReport {
+            report,
+            qemu: Default::default(),
+        };
+        assert!(destination_check(&run).is_ok(), "not checked");
+        run.qemu.destination_running = Some(true);
+        assert!(destination_check(&run).is_ok());
+        run.qemu.destination_running = Some(false);
+        let e = destination_check(&run).expect_err("not running");
+        assert!(e.to_string().contains("neither host"), "{e}");
     }
 
     #[test]

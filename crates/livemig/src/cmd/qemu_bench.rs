@@ -15,9 +15,9 @@ use livemig_qemu::heartbeat;
 use livemig_qemu::vm::{free_port, GuestImage, Vm, VmSpec, GUEST_MEMORY_BYTES};
 use livemig_sim::scenario::ScenarioSpec;
 use livemig_sim::simulate;
-use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate, parse_duration};
+use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
-use crate::cmd::qemu::{policy_config, Runner};
+use crate::cmd::qemu::{duration, policy_config, Runner};
 use crate::cmd::simulate::PolicyArgs;
 
 /// `livemig qemu bench` flags.
@@ -137,7 +137,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         page_size: None,
     };
     let cfg = policy_config(&settings, GUEST_MEMORY_BYTES)?;
-    let trace_len = parse_duration(&args.trace)?;
+    let trace_len = duration("trace", &args.trace)?;
     let mut runs = Vec::new();
     let mut predictions = Vec::new();
     for (wname, load) in &workloads {
@@ -145,17 +145,16 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             eprintln!("[{wname}] {} ...", runner.name());
             let dir = out.join(format!("{wname}-{}", runner.name()));
             std::fs::create_dir_all(&dir)?;
-            let trace = (runner == Runner::Policy(PolicyKind::DirtyFactor) && trace_len >= 1.0)
-                .then(|| dir.join("trace.csv"));
+            let trace = (runner == Runner::Policy(PolicyKind::DirtyFactor)
+                && trace_len >= Duration::from_secs(1))
+            .then(|| dir.join("trace.csv"));
             let (run, hb) = bench_one(
                 &image,
                 load,
                 &dir,
                 runner,
                 &cfg,
-                trace
-                    .as_deref()
-                    .map(|t| (t, Duration::from_secs_f64(trace_len))),
+                trace.as_deref().map(|t| (t, trace_len)),
             )
             .await;
             let (result, error) = match run {
