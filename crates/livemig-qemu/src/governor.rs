@@ -222,9 +222,16 @@ impl Governor {
             }
         };
         self.emit(Progress::Completed);
+        let original = run.original.clone();
         let mut report = run.finish(&final_info);
         if let Some(d) = dest {
-            report.qemu.destination_running = Some(wait_running(d, self.cfg.dest_wait).await?);
+            match wait_running(d, self.cfg.dest_wait).await {
+                Ok(r) => report.qemu.destination_running = Some(r),
+                Err(e) => {
+                    cleanup(src, &original, false).await;
+                    return Err(e);
+                }
+            }
         }
         Ok(report)
     }

@@ -186,6 +186,8 @@ enum Fault {
     QueuedPasses,
     /// QEMU switches over by itself right after pass 3 (`device`, then `completed`).
     SelfSwitch,
+    /// That `query-migrate` says `failed`, and the socket closes at `query-status`.
+    FailedThenClosed,
 }
 
 /// (event time, ram.transferred, ram.remaining) at each pass; pass 1 starts round 1.
@@ -222,6 +224,13 @@ fn fake_source(dir: &Path, fault: Fault) -> (PathBuf, Log) {
                 match fault {
                     Fault::Close if at_fault => return None,
                     Fault::Silent if at_fault => return Some(out),
+                    Fault::FailedThenClosed if at_fault => {
+                        out.push(ok(
+                            id,
+                            json!({"status": "failed", "error-desc": "Unable to write to socket"}),
+                        ));
+                        return Some(out);
+                    }
                     _ => {}
                 }
                 let (_, tx, rem) = PASSES[pass.min(PASSES.len() - 1)];
@@ -285,6 +294,7 @@ fn fake_source(dir: &Path, fault: Fault) -> (PathBuf, Log) {
                 }
             }
             "query-migrate-parameters" => out.push(ok(id, params.clone())),
+            "query-status" if fault == Fault::FailedThenClosed => return None,
             "migrate-set-parameters" => {
                 sets += 1;
                 if fault == Fault::RefuseSet && sets == 2 {
@@ -627,6 +637,38 @@ async fn a_switch_over_by_qemu_is_not_governed() {
         "{last:?}"
     );
     assert!(last.cap_set_bytes_per_s.is_none());
+}
+
+#[tokio::test]
+async fn a_source_that_cannot_say_whether_it_runs_is_reported_unknown() {
+    let (out, log) = governed(Fault::FailedThenClosed, 4).await;
+    let err = out.expect_err("failed");
+    assert!(
+        matches!(
+            err,
+            GovernorError::Failed {
+                source_running: None,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("unknown") && !msg.contains("NOT running"),
+        "{msg}"
+    );
+    assert!(msg.contains("Unable to write to socket"), "{msg}");
+    // QEMU reported the failure itself: the parameters are restored, nothing is cancelled.
+    let cmds: Vec<String> = log
+        .lock()
+        .expect("log")
+        .iter()
+        .map(|c| c.0.clone())
+        .collect();
+    assert!(!cmds.iter().any(|c| c == "migrate_cancel"), "{cmds:?}");
+    let sets = sets_of(&log);
+    assert_eq!(sets.last(), Some(&original()), "{sets:?}");
 }
 
 #[tokio::test]
