@@ -130,6 +130,8 @@ pub enum SendError {
         phase: &'static str,
         got: wire::MsgType,
     },
+    #[error("the destination's confirmation does not carry a valid session tag (forged or tampered with on the way?)")]
+    Forged,
     #[error("the destination's memory digest {dest:016x} does not match the source's {source_digest:016x}")]
     Verify { source_digest: u64, dest: u64 },
     #[error("the policy refused a round")]
@@ -248,9 +250,7 @@ impl<S: Read + Write> Link<'_, S> {
             sent += u64::from(batch.len());
             let frame = batch.frame();
             let wait = bucket.take(frame.len() as f64, self.start.elapsed().as_secs_f64());
-            if wait > 0.0 {
-                std::thread::sleep(Duration::from_secs_f64(wait));
-            }
+            sleep_s(wait);
             wire::write_frame(self.stream, frame).map_err(|e| SendError::Wire {
                 phase: self.phase.name(),
                 source: e,
@@ -260,6 +260,13 @@ impl<S: Read + Write> Link<'_, S> {
             observer(&Event::Progress { round, sent, total });
         }
         Ok(())
+    }
+}
+
+/// Sleeps `s` seconds; nothing for zero, negative or NaN, and no panic for huge values.
+fn sleep_s(s: f64) {
+    if s > 0.0 {
+        std::thread::sleep(Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX));
     }
 }
 
@@ -343,6 +350,8 @@ fn run<S: Read + Write>(
         Message::Ready => {}
         m => return Err(link.unexpected(&m)),
     }
+    // The hand-over (State, Confirm, Ack) is tagged with a key only this session knows.
+    let session = key.session(&ns, &nd);
     observer(&Event::Connected);
 
     // A short dirty-log sample for policies that plan from it.
@@ -352,10 +361,7 @@ fn run<S: Read + Write>(
         let mut sample = DirtySample::default();
         for i in 1..=5 {
             let at = cfg.sample_s * f64::from(i) / 5.0;
-            let left = at - t0.elapsed().as_secs_f64();
-            if left > 0.0 {
-                std::thread::sleep(Duration::from_secs_f64(left));
-            }
+            sleep_s(at - t0.elapsed().as_secs_f64());
             let el = t0.elapsed().as_secs_f64();
             sample
                 .points
@@ -455,10 +461,24 @@ fn run<S: Read + Write>(
     let digest = mem.digest();
     let blob = guest.state();
     let state_bytes = blob.len();
-    link.send(&Message::State { digest, blob })?;
+    link.send(&session.seal(
+        round,
+        Message::State {
+            digest,
+            tag: [0; wire::TAG_LEN],
+            blob,
+        },
+    ))?;
     link.phase.advance(SenderPhase::AwaitConfirm)?;
     match link.recv()? {
-        Message::Confirm { ok, digest: d } => {
+        m @ Message::Confirm { .. } if !session.verify(round, &m) => {
+            let _ = link.send(&Message::error(
+                wire::code::AUTH,
+                "the confirmation does not carry a valid session tag",
+            ));
+            return Err(SendError::Forged);
+        }
+        Message::Confirm { ok, digest: d, .. } => {
             if !ok || d != digest {
                 return Err(SendError::Verify {
                     source_digest: digest,
@@ -468,7 +488,12 @@ fn run<S: Read + Write>(
         }
         m => return Err(link.unexpected(&m)),
     }
-    link.send(&Message::Ack)?;
+    link.send(&session.seal(
+        round,
+        Message::Ack {
+            tag: [0; wire::TAG_LEN],
+        },
+    ))?;
     let downtime = link.now() - pause_at;
     link.phase.advance(SenderPhase::HandedOver)?;
     observer(&Event::HandedOver {
