@@ -15,6 +15,15 @@ pub const WORDS_PER_PAGE: usize = PAGE_SIZE / 8;
 /// Pages per locked region (2 MiB).
 pub const PAGES_PER_REGION: u64 = 512;
 
+/// Bytes of guest memory this process has ever allocated (a diagnostic; tests check that an
+/// unauthenticated peer makes none).
+static ALLOCATED_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of guest memory allocated by this process so far (never decreases).
+pub fn allocated_total() -> u64 {
+    ALLOCATED_TOTAL.load(Relaxed)
+}
+
 /// Why guest memory could not be made or addressed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MemoryError {
@@ -49,6 +58,7 @@ impl GuestMemory {
                 Mutex::new(vec![0u8; n as usize * PAGE_SIZE])
             })
             .collect();
+        ALLOCATED_TOTAL.fetch_add(bytes, Relaxed);
         Ok(GuestMemory { regions, pages })
     }
 
