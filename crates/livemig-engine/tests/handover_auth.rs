@@ -25,10 +25,7 @@ type Rule = Box<dyn FnMut(&Message, &mut Vec<u8>) -> Verdict + Send>;
 
 /// Decodes frames from `from` and writes them (as `rule` says) to `to`; answers go to `back`.
 fn relay(mut from: TcpStream, mut to: TcpStream, mut back: TcpStream, mut rule: Rule) {
-    loop {
-        let Ok((m, _)) = Message::read_from(&mut from) else {
-            break;
-        };
+    while let Ok((m, _)) = Message::read_from(&mut from) {
         let mut f = m.encode();
         let sent = match rule(&m, &mut f) {
             Verdict::Forward => to.write_all(&f),
