@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::{self, Key, KeyError, Role, SessionKey};
 use crate::guest::{GuestError, SimGuest};
+use crate::keepalive::{self, KeepAlive};
 use crate::memory::{GuestMemory, MemoryError};
 use crate::wire::{self, code, Message, MsgType, WireError, PAGE_SIZE, VERSION};
 
@@ -118,6 +119,8 @@ pub enum RecvError {
     Restore(#[source] GuestError),
     #[error("cannot make a handshake nonce")]
     Key(#[from] KeyError),
+    #[error("the source sent {0} keep-alives in a row without progress")]
+    Stalled(u32),
     #[error("the `{msg}` message does not carry a valid session tag (tampered with on the way?)")]
     Forged { msg: &'static str },
 }
@@ -159,6 +162,7 @@ pub fn receive<S: Read + Write>(
     let mut state = ReceiverState::AwaitHello;
     let mut spare = Vec::new();
     let mut session = None;
+    let mut waits = 0u32;
     let handshake_end = Instant::now() + cfg.handshake_deadline;
     loop {
         let name = state.name();
@@ -192,6 +196,15 @@ pub fn receive<S: Read + Write>(
                 });
             }
         };
+        // After authentication a busy source may say it is still working.
+        if matches!(msg, Message::Wait) && session.is_some() {
+            waits += 1;
+            if waits > crate::keepalive::MAX_WAITS {
+                return Err(RecvError::Stalled(waits));
+            }
+            continue;
+        }
+        waits = 0;
         match step(state, msg, stream, key, cfg, &mut spare, &mut session) {
             Ok(Step::Next(s)) => state = s,
             Ok(Step::Finished(r)) => return Ok(r),
@@ -294,7 +307,13 @@ fn step<S: Read + Write>(
             }
             *session = Some(key.session(&source_nonce, &dest_nonce));
             let memory = GuestMemory::new(memory_bytes, cfg.max_memory)?;
-            memory.prefault();
+            // Prefaulting a large guest takes longer than the source's timeout: keep it posted.
+            let mut ka = KeepAlive::new(stream, keepalive::EVERY);
+            memory.prefault_with(&mut || ka.tick());
+            ka.finish().map_err(|source| RecvError::Wire {
+                state: name,
+                source,
+            })?;
             send(stream, name, &Message::Ready)?;
             St::BetweenRounds { memory, rounds: 0 }
         }
@@ -400,7 +419,12 @@ fn step<S: Read + Write>(
                     },
                 )
             };
-            let mine = memory.digest();
+            let mut ka = KeepAlive::new(stream, keepalive::EVERY);
+            let mine = memory.digest_with(&mut || ka.tick());
+            ka.finish().map_err(|source| RecvError::Wire {
+                state: name,
+                source,
+            })?;
             if mine != digest {
                 send(stream, name, &confirm(false, mine))?;
                 return Err(RecvError::Verify {

@@ -52,6 +52,7 @@ pub enum MsgType {
     Confirm = 10,
     Ack = 11,
     Error = 12,
+    Wait = 13,
 }
 
 impl MsgType {
@@ -71,6 +72,7 @@ impl MsgType {
             10 => Confirm,
             11 => Ack,
             12 => Error,
+            13 => Wait,
             _ => return None,
         })
     }
@@ -458,6 +460,9 @@ pub enum Message {
     Ack { tag: [u8; TAG_LEN] },
     /// Either side: why it gives up.
     Error { code: u16, message: String },
+    /// Either side, after authentication: still working (a long prefault or digest), keep
+    /// waiting.
+    Wait,
 }
 
 /// Error codes of [`Message::Error`].
@@ -515,6 +520,7 @@ impl Message {
             Message::Confirm { .. } => MsgType::Confirm,
             Message::Ack { .. } => MsgType::Ack,
             Message::Error { .. } => MsgType::Error,
+            Message::Wait => MsgType::Wait,
         }
     }
 
@@ -591,7 +597,7 @@ impl Message {
                 p.extend_from_slice(mac);
             }
             Message::Auth { mac } => p.extend_from_slice(mac),
-            Message::Ready => {}
+            Message::Ready | Message::Wait => {}
             Message::Ack { tag } => p.extend_from_slice(tag),
             Message::RoundStart { round, pages } | Message::RoundEnd { round, pages } => {
                 p.extend_from_slice(&round.to_le_bytes());
@@ -657,6 +663,10 @@ impl Message {
             MsgType::Ready => {
                 exact(&p, 0, "ready")?;
                 Message::Ready
+            }
+            MsgType::Wait => {
+                exact(&p, 0, "wait")?;
+                Message::Wait
             }
             MsgType::Ack => {
                 exact(&p, TAG_LEN, "ack")?;
@@ -878,6 +888,7 @@ mod tests {
             tag: [5; TAG_LEN],
         });
         round_trip(Message::Ack { tag: [6; TAG_LEN] });
+        round_trip(Message::Wait);
         round_trip(Message::error(code::AUTH, "wrong key"));
     }
 

@@ -494,3 +494,55 @@ fn a_silent_peer_times_out() {
     drop(b);
     assert_runs(&g);
 }
+
+#[test]
+fn a_destination_refusing_mid_round_is_reported_with_its_reason() {
+    // A destination that authenticates properly, reads a little of round 1, then refuses and
+    // closes with unread data in its socket.
+    let g = busy_guest();
+    let (mut a, mut b) = pair();
+    let fake = std::thread::spawn(move || {
+        let (Message::Hello { nonce: ns, .. }, _) = Message::read_from(&mut b).expect("hello")
+        else {
+            panic!("not a hello")
+        };
+        let nd = [9u8; 32];
+        let mac = key(1).prove(livemig_engine::auth::Role::Destination, &ns, &nd);
+        Message::Challenge { nonce: nd, mac }
+            .write_to(&mut b)
+            .expect("challenge");
+        let _ = Message::read_from(&mut b).expect("auth");
+        Message::Ready.write_to(&mut b).expect("ready");
+        for _ in 0..3 {
+            let _ = Message::read_from(&mut b).expect("a frame");
+        }
+        Message::error(wire::code::RESOURCES, "the destination ran out of disk")
+            .write_to(&mut b)
+            .expect("error");
+        drop(b);
+    });
+    let mut policy = PolicyKind::Fixed.build(slow_cfg()).expect("policy");
+    let e = migrate(
+        &mut a,
+        &key(1),
+        &g,
+        policy.as_mut(),
+        &sender_cfg(),
+        &mut |_| {},
+    )
+    .expect_err("refused");
+    fake.join().expect("thread");
+    assert!(
+        matches!(
+            e,
+            SendError::Refused {
+                phase: "pre-copy",
+                code: wire::code::RESOURCES,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("ran out of disk"), "{e}");
+    assert_runs(&g);
+}

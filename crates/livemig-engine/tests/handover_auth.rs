@@ -1,5 +1,6 @@
 //! The hand-over is authenticated: a man-in-the-middle that relays the handshake cannot forge
 //! or alter `State`, `Confirm` or `Ack`; the source keeps its guest. An untouched relay works.
+//! Keep-alives (`Wait`) hold a peer through long local work.
 
 mod common;
 
@@ -19,6 +20,8 @@ enum Verdict {
     Forward,
     /// Drop the frame and answer its sender with these bytes instead.
     Answer(Vec<u8>),
+    /// Write these frames instead, pausing before each.
+    Slowly(Vec<Vec<u8>>, Duration),
 }
 
 type Rule = Box<dyn FnMut(&Message, &mut Vec<u8>) -> Verdict + Send>;
@@ -30,6 +33,10 @@ fn relay(mut from: TcpStream, mut to: TcpStream, mut back: TcpStream, mut rule: 
         let sent = match rule(&m, &mut f) {
             Verdict::Forward => to.write_all(&f),
             Verdict::Answer(a) => back.write_all(&a),
+            Verdict::Slowly(frames, pause) => frames.iter().try_for_each(|f| {
+                std::thread::sleep(pause);
+                to.write_all(f)
+            }),
         };
         if sent.is_err() {
             break;
@@ -48,7 +55,21 @@ fn migrate_through_mitm(
     Result<livemig_policy::report::MigrationReport, SendError>,
     Result<livemig_engine::Received, RecvError>,
 ) {
+    migrate_through_mitm_within(g, forward, backward, Duration::from_secs(5))
+}
+
+/// [`migrate_through_mitm`] with the source's socket read timeout at `src_timeout`.
+fn migrate_through_mitm_within(
+    g: &SimGuest,
+    forward: Rule,
+    backward: Rule,
+    src_timeout: Duration,
+) -> (
+    Result<livemig_policy::report::MigrationReport, SendError>,
+    Result<livemig_engine::Received, RecvError>,
+) {
     let (mut src, p_src) = pair();
+    src.set_read_timeout(Some(src_timeout)).expect("timeout");
     let (p_dst, mut dst) = pair();
     let dest = std::thread::spawn(move || receive(&mut dst, &key(1), &ReceiverConfig::default()));
     let clone = |s: &TcpStream| s.try_clone().expect("clone");
@@ -195,4 +216,51 @@ fn a_forged_ack_does_not_resume_a_guest() {
     let (_, d) = migrate_through_mitm(&g, forge, pass());
     let d = d.expect_err("the destination refuses the ack");
     assert!(matches!(d, RecvError::Forged { msg: "ack" }), "{d}");
+}
+
+/// The destination's `Ready` comes 1.6 s late (a long prefault) with or without keep-alives
+/// every 400 ms, to a source whose socket gives up after 1 s of silence.
+fn late_ready(keepalive: bool) -> Result<livemig_policy::report::MigrationReport, SendError> {
+    let g = small_guest();
+    let slow: Rule = Box::new(move |m, f| {
+        if !matches!(m, Message::Ready) {
+            return Verdict::Forward;
+        }
+        let mut frames = vec![Message::Wait.encode(); 3];
+        if !keepalive {
+            frames = vec![Vec::new(); 3];
+        }
+        frames.push(f.clone());
+        Verdict::Slowly(frames, Duration::from_millis(400))
+    });
+    let (r, _) = migrate_through_mitm_within(&g, pass(), slow, Duration::from_secs(1));
+    if r.is_err() {
+        assert_runs(&g);
+    }
+    r
+}
+
+#[test]
+fn keep_alives_carry_the_source_through_a_long_prefault() {
+    late_ready(true).expect("the source waits for a destination that says it is working");
+    let e = late_ready(false).expect_err("silence times out");
+    assert!(
+        matches!(
+            e,
+            SendError::Wire {
+                source: wire::WireError::TimedOut,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_keep_alive_before_authentication_is_refused() {
+    let (mut a, mut b) = pair();
+    let dest = std::thread::spawn(move || receive(&mut b, &key(1), &ReceiverConfig::default()));
+    Message::Wait.write_to(&mut a).expect("write");
+    let d = dest.join().expect("thread").expect_err("refused");
+    assert!(matches!(d, RecvError::Transition { .. }), "{d}");
 }
