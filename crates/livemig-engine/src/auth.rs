@@ -1,4 +1,5 @@
-//! The shared key, nonces and the HMAC-SHA256 proofs of the handshake.
+//! The shared key, nonces, the HMAC-SHA256 proofs of the handshake and the session key that
+//! authenticates the hand-over (`State`, `Confirm`, `Ack`).
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -7,7 +8,7 @@ use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::wire::{MAC_LEN, NONCE_LEN};
+use crate::wire::{Message, MAC_LEN, NONCE_LEN};
 
 /// Bytes of a key.
 pub const KEY_LEN: usize = 32;
@@ -123,11 +124,7 @@ impl Key {
     }
 
     fn mac(&self, role: Role, source_nonce: &[u8], dest_nonce: &[u8]) -> Hmac<Sha256> {
-        // HMAC pads a short key with zeros to the block size (64 bytes for SHA-256); padding
-        // it here gives the same MAC through the infallible constructor.
-        let mut block = [0u8; 64];
-        block[..KEY_LEN].copy_from_slice(&self.0);
-        let mut m = <Hmac<Sha256> as KeyInit>::new(&block.into());
+        let mut m = hmac_with(&self.0);
         m.update(match role {
             Role::Source => b"livemig source v1",
             Role::Destination => b"livemig destination v1",
@@ -150,6 +147,69 @@ impl Key {
         self.mac(role, source_nonce, dest_nonce)
             .verify_slice(tag)
             .is_ok()
+    }
+
+    /// The session key: HMAC-SHA256(key, "livemig session v2" || nonce_S || nonce_D).
+    pub fn session(&self, source_nonce: &[u8], dest_nonce: &[u8]) -> SessionKey {
+        let mut m = hmac_with(&self.0);
+        m.update(SESSION_LABEL);
+        m.update(source_nonce);
+        m.update(dest_nonce);
+        SessionKey(m.finalize().into_bytes().into())
+    }
+}
+
+/// Label of the session key derivation.
+pub const SESSION_LABEL: &[u8] = b"livemig session v2";
+
+fn hmac_with(key: &[u8; KEY_LEN]) -> Hmac<Sha256> {
+    // HMAC pads a short key with zeros to the block size (64 bytes for SHA-256); padding it
+    // here gives the same MAC through the infallible constructor.
+    let mut block = [0u8; 64];
+    block[..KEY_LEN].copy_from_slice(key);
+    <Hmac<Sha256> as KeyInit>::new(&block.into())
+}
+
+/// The per-connection key that authenticates the hand-over messages.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKey([u8; KEY_LEN]);
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKey(..)")
+    }
+}
+
+impl SessionKey {
+    /// HMAC-SHA256(session key, type u16 || round u32 || payload without the tag), `None`
+    /// for a message that carries no tag.
+    fn mac(&self, round: u32, m: &Message) -> Option<Hmac<Sha256>> {
+        let body = m.signed_body()?;
+        let mut h = hmac_with(&self.0);
+        h.update(&(m.msg_type() as u16).to_le_bytes());
+        h.update(&round.to_le_bytes());
+        h.update(&body);
+        Some(h)
+    }
+
+    /// Sets the tag of `m` for `round` (the number of pre-copy rounds of the session); a
+    /// message without a tag is left as it is.
+    pub fn seal(&self, round: u32, mut m: Message) -> Message {
+        if let Some(h) = self.mac(round, &m) {
+            if let Some(t) = m.tag_mut() {
+                *t = h.finalize().into_bytes().into();
+            }
+        }
+        m
+    }
+
+    /// Whether the tag of `m` is right for `round`, checked in constant time; false for a
+    /// message that carries no tag.
+    pub fn verify(&self, round: u32, m: &Message) -> bool {
+        match (self.mac(round, m), m.tag()) {
+            (Some(h), Some(t)) => h.verify_slice(t).is_ok(),
+            _ => false,
+        }
     }
 }
 
@@ -178,6 +238,50 @@ mod tests {
         m.update(&[2; 32]);
         let want: [u8; MAC_LEN] = m.finalize().into_bytes().into();
         assert_eq!(k.prove(Role::Source, &[1; 32], &[2; 32]), want);
+    }
+
+    #[test]
+    fn hand_over_tags_bind_the_session_type_round_and_payload() {
+        let k = Key::from_bytes([1; KEY_LEN]);
+        let s = k.session(&[3; 32], &[4; 32]);
+        let m = s.seal(
+            5,
+            Message::Confirm {
+                ok: true,
+                digest: 42,
+                tag: [0; MAC_LEN],
+            },
+        );
+        assert!(s.verify(5, &m));
+        assert!(!s.verify(6, &m), "another round");
+        assert!(!k.session(&[4; 32], &[3; 32]).verify(5, &m), "other nonces");
+        assert!(!Key::from_bytes([2; KEY_LEN])
+            .session(&[3; 32], &[4; 32])
+            .verify(5, &m));
+        let Message::Confirm { tag, .. } = m else {
+            panic!("confirm")
+        };
+        let flipped = Message::Confirm {
+            ok: true,
+            digest: 43,
+            tag,
+        };
+        assert!(!s.verify(5, &flipped), "another payload");
+        let ack = s.seal(5, Message::Ack { tag: [0; MAC_LEN] });
+        assert!(s.verify(5, &ack));
+        let Message::Ack { tag } = ack else {
+            panic!("ack")
+        };
+        // Same tag, another type.
+        assert!(!s.verify(
+            5,
+            &Message::State {
+                digest: 0,
+                tag,
+                blob: Vec::new()
+            }
+        ));
+        assert!(!s.verify(5, &Message::Ready), "no tag");
     }
 
     #[test]

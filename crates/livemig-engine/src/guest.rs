@@ -181,8 +181,21 @@ pub fn replay_self_check(cfg: &SimGuestConfig, writes: u64) -> Result<u64, Guest
     Ok(checksum)
 }
 
+fn workload_err(spec: &str) -> impl FnOnce(livemig_workload::SpecError) -> GuestError + '_ {
+    move |source| GuestError::Workload {
+        spec: spec.to_string(),
+        source: Box::new(source),
+    }
+}
+
+/// A local spec (a `trace:` may name a local file).
 fn parse_workload(spec: &str) -> Result<Workload, GuestError> {
-    spec.parse().map_err(|source| GuestError::Workload {
+    spec.parse().map_err(workload_err(spec))
+}
+
+/// A spec from a state blob, i.e. from the peer: it must not name a file.
+fn parse_peer_workload(spec: &str) -> Result<Workload, GuestError> {
+    Workload::parse_self_contained(spec).map_err(|source| GuestError::Workload {
         spec: spec.to_string(),
         source: Box::new(source),
     })
@@ -251,8 +264,13 @@ impl SimGuest {
         let workload = parse_workload(&cfg.workload)?;
         let memory = GuestMemory::new(cfg.memory_bytes, max_memory)?;
         fill(&memory, cfg.content, cfg.seed);
+        // The state blob carries a self-contained spec (a trace becomes its phased steps): the
+        // destination never opens a file named by its peer.
+        let inline = workload
+            .inline_spec()
+            .map_err(workload_err(&cfg.workload))?;
         let state = WriterState {
-            workload: cfg.workload.clone(),
+            workload: inline,
             memory_bytes: cfg.memory_bytes,
             seed: cfg.seed,
             rng: SplitMix64::new(cfg.seed),
@@ -283,7 +301,7 @@ impl SimGuest {
                 state: state.writes,
             });
         }
-        let workload = parse_workload(&state.workload)?;
+        let workload = parse_peer_workload(&state.workload)?;
         let g = SimGuest::assemble(memory, state, true);
         g.spawn(workload);
         Ok(g)
@@ -464,5 +482,48 @@ mod tests {
         ));
         assert!("mixed:30%".parse::<InitialContent>().is_ok());
         assert!("lots".parse::<InitialContent>().is_err());
+    }
+
+    fn copy_of(g: &SimGuest) -> GuestMemory {
+        let copy = GuestMemory::new(g.memory().bytes(), u64::MAX).expect("alloc");
+        let mut buf = [0u8; PAGE_SIZE];
+        for p in 0..copy.pages() {
+            g.memory().read_page(p, &mut buf).expect("read");
+            copy.write_page(p, &buf).expect("write");
+        }
+        copy
+    }
+
+    #[test]
+    fn a_trace_workload_travels_inline_and_restore_opens_no_peer_named_file() {
+        let path = std::env::temp_dir().join(format!("livemig-guest-{}.csv", std::process::id()));
+        std::fs::write(
+            &path,
+            "time_s,dirty_rate_bytes_per_s\n0,8000000\n0.5,4000000\n",
+        )
+        .expect("trace");
+        let g = SimGuest::start(
+            &cfg(&format!("trace:file={},pattern=scan", path.display())),
+            u64::MAX,
+        )
+        .expect("start");
+        let _ = std::fs::remove_file(&path);
+        std::thread::sleep(Duration::from_millis(30));
+        g.pause();
+        let blob = g.state();
+        let mut v: serde_json::Value = serde_json::from_slice(&blob).expect("json");
+        let spec = v["workload"].as_str().expect("spec").to_string();
+        assert!(spec.starts_with("phased:steps="), "{spec}");
+        assert!(spec.contains("pattern=scan"), "{spec}");
+        // The trace file is gone: the guest is restored from the inline spec alone.
+        let r = SimGuest::restore(copy_of(&g), &blob).expect("restore");
+        drop(r);
+        // A peer naming a file is refused, before anything reads it.
+        v["workload"] = serde_json::Value::from("trace:file=/dev/zero");
+        let forged = serde_json::to_vec(&v).expect("json");
+        let e = SimGuest::restore(copy_of(&g), &forged).expect_err("refused");
+        assert!(matches!(e, GuestError::Workload { .. }), "{e}");
+        let chain = format!("{e}: {}", std::error::Error::source(&e).expect("source"));
+        assert!(chain.contains("names a file"), "{chain}");
     }
 }

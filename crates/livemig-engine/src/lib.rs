@@ -7,6 +7,7 @@
 //! - [`guest`]: the [`Guest`] trait and [`SimGuest`] (real memory, a real writer thread).
 //! - [`limiter`]: the token bucket (time as a parameter) and the live external cap.
 //! - [`meter`]: wire bytes per 10 ms, the 100 ms peak, per-window rates.
+//! - [`keepalive`]: `Wait` frames during long local work (prefault, digests).
 //! - [`net`]: connect, accept and socket timeouts: every network wait is bounded.
 //! - [`sender`]: the source's state machine: handshake, rounds driving a `Policy`,
 //!   stop-and-copy, hand-over; produces the `MigrationReport` (executor `engine`).
@@ -16,6 +17,7 @@
 
 pub mod auth;
 pub mod guest;
+pub mod keepalive;
 pub mod limiter;
 pub mod memory;
 pub mod meter;

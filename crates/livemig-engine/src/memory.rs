@@ -15,6 +15,15 @@ pub const WORDS_PER_PAGE: usize = PAGE_SIZE / 8;
 /// Pages per locked region (2 MiB).
 pub const PAGES_PER_REGION: u64 = 512;
 
+/// Bytes of guest memory this process has ever allocated (a diagnostic; tests check that an
+/// unauthenticated peer makes none).
+static ALLOCATED_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes of guest memory allocated by this process so far (never decreases).
+pub fn allocated_total() -> u64 {
+    ALLOCATED_TOTAL.load(Relaxed)
+}
+
 /// Why guest memory could not be made or addressed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MemoryError {
@@ -49,6 +58,7 @@ impl GuestMemory {
                 Mutex::new(vec![0u8; n as usize * PAGE_SIZE])
             })
             .collect();
+        ALLOCATED_TOTAL.fetch_add(bytes, Relaxed);
         Ok(GuestMemory { regions, pages })
     }
 
@@ -68,7 +78,13 @@ impl GuestMemory {
     /// Touches every page so the kernel backs it now rather than at the first write (what
     /// `-mem-prealloc` does for QEMU); the destination does this before round 1.
     pub fn prefault(&self) {
+        self.prefault_with(&mut || {});
+    }
+
+    /// [`GuestMemory::prefault`], calling `each_region` before every 2 MiB region.
+    pub fn prefault_with(&self, each_region: &mut dyn FnMut()) {
         for r in &self.regions {
+            each_region();
             let mut r = r.lock().unwrap_or_else(|e| e.into_inner());
             for b in r.iter_mut().step_by(PAGE_SIZE) {
                 *b = 0;
@@ -151,8 +167,14 @@ impl GuestMemory {
 
     /// The memory digest: xxh3 over the little-endian xxh3 of every page, in page order.
     pub fn digest(&self) -> u64 {
+        self.digest_with(&mut || {})
+    }
+
+    /// [`GuestMemory::digest`], calling `each_region` before every 2 MiB region.
+    pub fn digest_with(&self, each_region: &mut dyn FnMut()) -> u64 {
         let mut h = Xxh3::new();
         for r in &self.regions {
+            each_region();
             let r = r.lock().unwrap_or_else(|e| e.into_inner());
             for page in r.chunks_exact(PAGE_SIZE) {
                 h.update(&xxh3_64(page).to_le_bytes());

@@ -1,13 +1,17 @@
 //! The destination side: handshake, pages into fresh memory, verification, hand-over.
 //!
-//! The caller bounds every wait with socket timeouts ([`crate::net`]). Memory is allocated
-//! only after the source proved the key. Whatever fails before the
+//! The caller bounds every single wait with socket timeouts ([`crate::net`]); the receiver
+//! adds deadlines for each whole frame and for the handshake, so that a peer trickling bytes
+//! cannot hold it. Memory is allocated only after the source proved the key. `State` and
+//! `Ack` must carry the session tag, and `Confirm` carries it. Whatever fails before the
 //! source's acknowledgement drops the partial memory: nothing half-migrated survives.
 
 use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
-use crate::auth::{self, Key, KeyError, Role};
+use crate::auth::{self, Key, KeyError, Role, SessionKey};
 use crate::guest::{GuestError, SimGuest};
+use crate::keepalive::{self, KeepAlive};
 use crate::memory::{GuestMemory, MemoryError};
 use crate::wire::{self, code, Message, MsgType, WireError, PAGE_SIZE, VERSION};
 
@@ -16,15 +20,24 @@ use crate::wire::{self, code, Message, MsgType, WireError, PAGE_SIZE, VERSION};
 pub struct ReceiverConfig {
     /// The largest guest this host accepts (bytes).
     pub max_memory: u64,
+    /// From the first byte read to the source's proof of the key.
+    pub handshake_deadline: Duration,
+    /// Longest time to receive any one frame (from the start of its read).
+    pub frame_deadline: Duration,
 }
 
 impl Default for ReceiverConfig {
     fn default() -> Self {
         ReceiverConfig {
             max_memory: 64 << 30,
+            handshake_deadline: Duration::from_secs(10),
+            frame_deadline: Duration::from_secs(10),
         }
     }
 }
+
+const AWAIT_HELLO: &str = "waiting for hello";
+const AWAIT_AUTH: &str = "waiting for the source's proof";
 
 /// Where the receiver is; every message is checked against it.
 #[derive(Debug)]
@@ -61,8 +74,8 @@ pub enum ReceiverState {
 impl ReceiverState {
     fn name(&self) -> &'static str {
         match self {
-            ReceiverState::AwaitHello => "waiting for hello",
-            ReceiverState::AwaitAuth { .. } => "waiting for the source's proof",
+            ReceiverState::AwaitHello => AWAIT_HELLO,
+            ReceiverState::AwaitAuth { .. } => AWAIT_AUTH,
             ReceiverState::BetweenRounds { .. } => "between rounds",
             ReceiverState::InRound { .. } => "in a pre-copy round",
             ReceiverState::StopCopy { .. } => "in stop-and-copy",
@@ -106,6 +119,24 @@ pub enum RecvError {
     Restore(#[source] GuestError),
     #[error("cannot make a handshake nonce")]
     Key(#[from] KeyError),
+    #[error("the source sent {0} keep-alives in a row without progress")]
+    Stalled(u32),
+    #[error("the `{msg}` message does not carry a valid session tag (tampered with on the way?)")]
+    Forged { msg: &'static str },
+}
+
+impl RecvError {
+    /// Whether the peer failed before it proved the key (a stray or hostile peer, not a
+    /// source): nothing was allocated and a receiver may wait for another connection.
+    pub fn before_auth(&self) -> bool {
+        match self {
+            RecvError::Auth | RecvError::Geometry { .. } => true,
+            RecvError::Wire { state, .. }
+            | RecvError::Transition { state, .. }
+            | RecvError::Aborted { state, .. } => *state == AWAIT_HELLO || *state == AWAIT_AUTH,
+            _ => false,
+        }
+    }
 }
 
 /// A verified, acknowledged guest, paused until the caller resumes it.
@@ -130,9 +161,22 @@ pub fn receive<S: Read + Write>(
 ) -> Result<Received, RecvError> {
     let mut state = ReceiverState::AwaitHello;
     let mut spare = Vec::new();
+    let mut session = None;
+    let mut waits = 0u32;
+    let handshake_end = Instant::now() + cfg.handshake_deadline;
     loop {
         let name = state.name();
-        let msg = match Message::read_reusing(stream, &mut spare) {
+        let frame_end = Instant::now() + cfg.frame_deadline;
+        let deadline = if matches!(
+            state,
+            ReceiverState::AwaitHello | ReceiverState::AwaitAuth { .. }
+        ) && handshake_end < frame_end
+        {
+            (handshake_end, cfg.handshake_deadline)
+        } else {
+            (frame_end, cfg.frame_deadline)
+        };
+        let msg = match Message::read_within(stream, &mut spare, Some(deadline)) {
             Ok((m, _)) => m,
             Err(e) => {
                 let c = match e {
@@ -152,12 +196,21 @@ pub fn receive<S: Read + Write>(
                 });
             }
         };
-        match step(state, msg, stream, key, cfg, &mut spare) {
+        // After authentication a busy source may say it is still working.
+        if matches!(msg, Message::Wait) && session.is_some() {
+            waits += 1;
+            if waits > crate::keepalive::MAX_WAITS {
+                return Err(RecvError::Stalled(waits));
+            }
+            continue;
+        }
+        waits = 0;
+        match step(state, msg, stream, key, cfg, &mut spare, &mut session) {
             Ok(Step::Next(s)) => state = s,
             Ok(Step::Finished(r)) => return Ok(r),
             Err(e) => {
                 let c = match &e {
-                    RecvError::Auth => Some(code::AUTH),
+                    RecvError::Auth | RecvError::Forged { .. } => Some(code::AUTH),
                     RecvError::Geometry { .. } => Some(code::RESOURCES),
                     RecvError::Transition { .. } | RecvError::Count { .. } | RecvError::Page(_) => {
                         Some(code::PROTOCOL)
@@ -185,6 +238,7 @@ fn step<S: Read + Write>(
     key: &Key,
     cfg: &ReceiverConfig,
     spare: &mut Vec<u8>,
+    session: &mut Option<SessionKey>,
 ) -> Result<Step, RecvError> {
     use ReceiverState as St;
     let name = state.name();
@@ -251,8 +305,15 @@ fn step<S: Read + Write>(
             if !key.verify(Role::Source, &source_nonce, &dest_nonce, &mac) {
                 return Err(RecvError::Auth);
             }
+            *session = Some(key.session(&source_nonce, &dest_nonce));
             let memory = GuestMemory::new(memory_bytes, cfg.max_memory)?;
-            memory.prefault();
+            // Prefaulting a large guest takes longer than the source's timeout: keep it posted.
+            let mut ka = KeepAlive::new(stream, keepalive::EVERY);
+            memory.prefault_with(&mut || ka.tick());
+            ka.finish().map_err(|source| RecvError::Wire {
+                state: name,
+                source,
+            })?;
             send(stream, name, &Message::Ready)?;
             St::BetweenRounds { memory, rounds: 0 }
         }
@@ -334,21 +395,38 @@ fn step<S: Read + Write>(
                 expected,
                 got,
             },
-            Message::State { digest, blob },
+            msg @ Message::State { .. },
         ) => {
+            let Some(sk) = session.as_ref() else {
+                return Err(RecvError::Forged { msg: "state" });
+            };
+            if !sk.verify(rounds, &msg) {
+                return Err(RecvError::Forged { msg: "state" });
+            }
+            let Message::State { digest, blob, .. } = msg else {
+                return Err(RecvError::Forged { msg: "state" });
+            };
             if got != expected {
                 return Err(RecvError::Count { expected, got });
             }
-            let mine = memory.digest();
-            if mine != digest {
-                send(
-                    stream,
-                    name,
-                    &Message::Confirm {
-                        ok: false,
-                        digest: mine,
+            let confirm = |ok: bool, digest: u64| {
+                sk.seal(
+                    rounds,
+                    Message::Confirm {
+                        ok,
+                        digest,
+                        tag: [0; wire::TAG_LEN],
                     },
-                )?;
+                )
+            };
+            let mut ka = KeepAlive::new(stream, keepalive::EVERY);
+            let mine = memory.digest_with(&mut || ka.tick());
+            ka.finish().map_err(|source| RecvError::Wire {
+                state: name,
+                source,
+            })?;
+            if mine != digest {
+                send(stream, name, &confirm(false, mine))?;
                 return Err(RecvError::Verify {
                     source_digest: digest,
                     dest: mine,
@@ -357,28 +435,17 @@ fn step<S: Read + Write>(
             let guest = match SimGuest::restore(memory, &blob) {
                 Ok(g) => g,
                 Err(e) => {
-                    send(
-                        stream,
-                        name,
-                        &Message::Confirm {
-                            ok: false,
-                            digest: mine,
-                        },
-                    )?;
+                    send(stream, name, &confirm(false, mine))?;
                     return Err(RecvError::Restore(e));
                 }
             };
-            send(
-                stream,
-                name,
-                &Message::Confirm {
-                    ok: true,
-                    digest: mine,
-                },
-            )?;
+            send(stream, name, &confirm(true, mine))?;
             St::AwaitAck { guest, rounds }
         }
-        (St::AwaitAck { guest, rounds }, Message::Ack) => {
+        (St::AwaitAck { guest, rounds }, msg @ Message::Ack { .. }) => {
+            if !session.as_ref().is_some_and(|sk| sk.verify(rounds, &msg)) {
+                return Err(RecvError::Forged { msg: "ack" });
+            }
             use crate::guest::Guest;
             let digest = guest.memory().digest();
             return Ok(Step::Finished(Received {

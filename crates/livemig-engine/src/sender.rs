@@ -13,6 +13,7 @@ use livemig_policy::{Action, Decision, DirtySample, Policy, RoundStats, StatsErr
 
 use crate::auth::{self, Key, KeyError, Role};
 use crate::guest::Guest;
+use crate::keepalive::{self, KeepAlive};
 use crate::limiter::{SharedCap, TokenBucket, DEFAULT_BURST_S};
 use crate::memory::{MemoryError, PageSet};
 use crate::meter::WireMeter;
@@ -130,6 +131,10 @@ pub enum SendError {
         phase: &'static str,
         got: wire::MsgType,
     },
+    #[error("the destination sent {0} keep-alives in a row without progress")]
+    Stalled(u32),
+    #[error("the destination's confirmation does not carry a valid session tag (forged or tampered with on the way?)")]
+    Forged,
     #[error("the destination's memory digest {dest:016x} does not match the source's {source_digest:016x}")]
     Verify { source_digest: u64, dest: u64 },
     #[error("the policy refused a round")]
@@ -173,6 +178,8 @@ struct Link<'a, S: Read + Write> {
     meter: WireMeter,
     start: Instant,
     phase: SenderPhase,
+    /// The destination proved the key: its `Wait` frames are accepted.
+    authenticated: bool,
 }
 
 impl<S: Read + Write> Link<'_, S> {
@@ -182,22 +189,49 @@ impl<S: Read + Write> Link<'_, S> {
 
     fn send(&mut self, m: &Message) -> Result<(), SendError> {
         let f = m.encode();
-        wire::write_frame(self.stream, &f).map_err(|e| self.wire(e))?;
+        wire::write_frame(self.stream, &f).map_err(|e| self.write_failed(e))?;
         let t = self.now();
         self.meter.record(t, f.len() as u64);
         Ok(())
     }
 
     fn recv(&mut self) -> Result<Message, SendError> {
-        match Message::read_from(self.stream) {
-            Ok((Message::Error { code, message }, _)) => Err(SendError::Refused {
-                phase: self.phase.name(),
-                code,
-                message,
-            }),
-            Ok((m, _)) => Ok(m),
-            Err(e) => Err(self.wire(e)),
+        let mut waits = 0u32;
+        loop {
+            return match Message::read_from(self.stream) {
+                Ok((Message::Error { code, message }, _)) => Err(SendError::Refused {
+                    phase: self.phase.name(),
+                    code,
+                    message,
+                }),
+                // A busy destination (prefault, digest) says it is still working.
+                Ok((Message::Wait, _)) if self.authenticated => {
+                    waits += 1;
+                    if waits > keepalive::MAX_WAITS {
+                        return Err(SendError::Stalled(waits));
+                    }
+                    continue;
+                }
+                Ok((m, _)) => Ok(m),
+                Err(e) => Err(self.wire(e)),
+            };
         }
+    }
+
+    /// A failed write: when the destination refused and closed, its `Error` (and the reason)
+    /// is usually waiting to be read, so report that rather than "connection failed". The
+    /// read is bounded by the socket's timeout.
+    fn write_failed(&mut self, source: WireError) -> SendError {
+        if self.authenticated {
+            if let Ok((Message::Error { code, message }, _)) = Message::read_from(self.stream) {
+                return SendError::Refused {
+                    phase: self.phase.name(),
+                    code,
+                    message,
+                };
+            }
+        }
+        self.wire(source)
     }
 
     fn wire(&self, source: WireError) -> SendError {
@@ -248,18 +282,22 @@ impl<S: Read + Write> Link<'_, S> {
             sent += u64::from(batch.len());
             let frame = batch.frame();
             let wait = bucket.take(frame.len() as f64, self.start.elapsed().as_secs_f64());
-            if wait > 0.0 {
-                std::thread::sleep(Duration::from_secs_f64(wait));
+            sleep_s(wait);
+            if let Err(e) = wire::write_frame(self.stream, frame) {
+                return Err(self.write_failed(e));
             }
-            wire::write_frame(self.stream, frame).map_err(|e| SendError::Wire {
-                phase: self.phase.name(),
-                source: e,
-            })?;
             let (t, n) = (self.now(), frame.len() as u64);
             self.meter.record(t, n);
             observer(&Event::Progress { round, sent, total });
         }
         Ok(())
+    }
+}
+
+/// Sleeps `s` seconds; nothing for zero, negative or NaN, and no panic for huge values.
+fn sleep_s(s: f64) {
+    if s > 0.0 {
+        std::thread::sleep(Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX));
     }
 }
 
@@ -309,6 +347,7 @@ fn run<S: Read + Write>(
         meter: WireMeter::new(),
         start: Instant::now(),
         phase: SenderPhase::Connected,
+        authenticated: false,
     };
     let mem = guest.memory();
     let memory_bytes = mem.bytes();
@@ -332,6 +371,7 @@ fn run<S: Read + Write>(
                 ));
                 return Err(SendError::Auth);
             }
+            link.authenticated = true;
             nonce
         }
         m => return Err(link.unexpected(&m)),
@@ -343,6 +383,8 @@ fn run<S: Read + Write>(
         Message::Ready => {}
         m => return Err(link.unexpected(&m)),
     }
+    // The hand-over (State, Confirm, Ack) is tagged with a key only this session knows.
+    let session = key.session(&ns, &nd);
     observer(&Event::Connected);
 
     // A short dirty-log sample for policies that plan from it.
@@ -352,10 +394,7 @@ fn run<S: Read + Write>(
         let mut sample = DirtySample::default();
         for i in 1..=5 {
             let at = cfg.sample_s * f64::from(i) / 5.0;
-            let left = at - t0.elapsed().as_secs_f64();
-            if left > 0.0 {
-                std::thread::sleep(Duration::from_secs_f64(left));
-            }
+            sleep_s(at - t0.elapsed().as_secs_f64());
             let el = t0.elapsed().as_secs_f64();
             sample
                 .points
@@ -452,13 +491,30 @@ fn run<S: Read + Write>(
         round + 1,
         observer,
     )?;
-    let digest = mem.digest();
+    // Digesting a large guest takes longer than the destination's frame deadline.
+    let mut ka = KeepAlive::new(link.stream, keepalive::EVERY);
+    let digest = mem.digest_with(&mut || ka.tick());
+    ka.finish().map_err(|e| link.wire(e))?;
     let blob = guest.state();
     let state_bytes = blob.len();
-    link.send(&Message::State { digest, blob })?;
+    link.send(&session.seal(
+        round,
+        Message::State {
+            digest,
+            tag: [0; wire::TAG_LEN],
+            blob,
+        },
+    ))?;
     link.phase.advance(SenderPhase::AwaitConfirm)?;
     match link.recv()? {
-        Message::Confirm { ok, digest: d } => {
+        m @ Message::Confirm { .. } if !session.verify(round, &m) => {
+            let _ = link.send(&Message::error(
+                wire::code::AUTH,
+                "the confirmation does not carry a valid session tag",
+            ));
+            return Err(SendError::Forged);
+        }
+        Message::Confirm { ok, digest: d, .. } => {
             if !ok || d != digest {
                 return Err(SendError::Verify {
                     source_digest: digest,
@@ -468,7 +524,12 @@ fn run<S: Read + Write>(
         }
         m => return Err(link.unexpected(&m)),
     }
-    link.send(&Message::Ack)?;
+    link.send(&session.seal(
+        round,
+        Message::Ack {
+            tag: [0; wire::TAG_LEN],
+        },
+    ))?;
     let downtime = link.now() - pause_at;
     link.phase.advance(SenderPhase::HandedOver)?;
     observer(&Event::HandedOver {

@@ -4,11 +4,12 @@
 //! length (u32) — followed by the payload. `docs/protocol.md` describes every message.
 
 use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
 
 /// First four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"LMIG";
 /// The protocol version this build speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Bytes of a frame header.
 pub const HEADER_LEN: usize = 12;
 /// Page size the protocol moves.
@@ -31,6 +32,9 @@ pub const NONCE_LEN: usize = 32;
 /// Bytes of an HMAC-SHA256 tag.
 pub const MAC_LEN: usize = 32;
 
+/// Bytes of the session tag on `State`, `Confirm` and `Ack`.
+pub const TAG_LEN: usize = MAC_LEN;
+
 /// Message types; `Invalid = 0` is never sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
@@ -48,6 +52,7 @@ pub enum MsgType {
     Confirm = 10,
     Ack = 11,
     Error = 12,
+    Wait = 13,
 }
 
 impl MsgType {
@@ -67,6 +72,7 @@ impl MsgType {
             10 => Confirm,
             11 => Ack,
             12 => Error,
+            13 => Wait,
             _ => return None,
         })
     }
@@ -81,6 +87,8 @@ pub enum WireError {
     Truncated,
     #[error("the peer sent nothing within the timeout")]
     TimedOut,
+    #[error("the peer did not complete a frame within its deadline of {0:?}")]
+    Deadline(std::time::Duration),
     #[error("the connection failed")]
     Io(#[source] io::Error),
     #[error("the peer does not speak the livemig protocol (bad magic {0:02x?})")]
@@ -435,14 +443,26 @@ pub enum Message {
     RoundEnd { round: u32, pages: u64 },
     /// The source paused the guest; this many pages follow.
     StopCopy { pages: u64 },
-    /// The CPU/device state and the digest of the source's memory at pause.
-    State { digest: u64, blob: Vec<u8> },
-    /// Destination -> source: the digest of its memory and whether it matches.
-    Confirm { ok: bool, digest: u64 },
-    /// Source -> destination: the hand-over is complete; resume.
-    Ack,
+    /// The CPU/device state and the digest of the source's memory at pause (tagged with
+    /// the session key, see [`crate::auth::SessionKey`]).
+    State {
+        digest: u64,
+        tag: [u8; TAG_LEN],
+        blob: Vec<u8>,
+    },
+    /// Destination -> source: the digest of its memory and whether it matches (tagged).
+    Confirm {
+        ok: bool,
+        digest: u64,
+        tag: [u8; TAG_LEN],
+    },
+    /// Source -> destination: the hand-over is complete; resume (tagged).
+    Ack { tag: [u8; TAG_LEN] },
     /// Either side: why it gives up.
     Error { code: u16, message: String },
+    /// Either side, after authentication: still working (a long prefault or digest), keep
+    /// waiting.
+    Wait,
 }
 
 /// Error codes of [`Message::Error`].
@@ -498,8 +518,9 @@ impl Message {
             Message::StopCopy { .. } => MsgType::StopCopy,
             Message::State { .. } => MsgType::State,
             Message::Confirm { .. } => MsgType::Confirm,
-            Message::Ack => MsgType::Ack,
+            Message::Ack { .. } => MsgType::Ack,
             Message::Error { .. } => MsgType::Error,
+            Message::Wait => MsgType::Wait,
         }
     }
 
@@ -512,6 +533,45 @@ impl Message {
         Message::Error {
             code,
             message: text[..end].to_string(),
+        }
+    }
+
+    /// The bytes a session tag covers (the payload without the tag), `None` for messages
+    /// that carry no tag.
+    pub fn signed_body(&self) -> Option<Vec<u8>> {
+        let mut p = Vec::new();
+        match self {
+            Message::State { digest, blob, .. } => {
+                p.extend_from_slice(&digest.to_le_bytes());
+                p.extend_from_slice(blob);
+            }
+            Message::Confirm { ok, digest, .. } => {
+                p.push(u8::from(*ok));
+                p.extend_from_slice(&digest.to_le_bytes());
+            }
+            Message::Ack { .. } => {}
+            _ => return None,
+        }
+        Some(p)
+    }
+
+    /// The session tag, for `State`, `Confirm` and `Ack`.
+    pub fn tag(&self) -> Option<&[u8; TAG_LEN]> {
+        match self {
+            Message::State { tag, .. } | Message::Confirm { tag, .. } | Message::Ack { tag } => {
+                Some(tag)
+            }
+            _ => None,
+        }
+    }
+
+    /// The session tag to fill in.
+    pub fn tag_mut(&mut self) -> Option<&mut [u8; TAG_LEN]> {
+        match self {
+            Message::State { tag, .. } | Message::Confirm { tag, .. } | Message::Ack { tag } => {
+                Some(tag)
+            }
+            _ => None,
         }
     }
 
@@ -537,20 +597,23 @@ impl Message {
                 p.extend_from_slice(mac);
             }
             Message::Auth { mac } => p.extend_from_slice(mac),
-            Message::Ready | Message::Ack => {}
+            Message::Ready | Message::Wait => {}
+            Message::Ack { tag } => p.extend_from_slice(tag),
             Message::RoundStart { round, pages } | Message::RoundEnd { round, pages } => {
                 p.extend_from_slice(&round.to_le_bytes());
                 p.extend_from_slice(&pages.to_le_bytes());
             }
             Message::Pages(b) => p.extend_from_slice(&b.payload),
             Message::StopCopy { pages } => p.extend_from_slice(&pages.to_le_bytes()),
-            Message::State { digest, blob } => {
+            Message::State { digest, tag, blob } => {
                 p.extend_from_slice(&digest.to_le_bytes());
+                p.extend_from_slice(tag);
                 p.extend_from_slice(blob);
             }
-            Message::Confirm { ok, digest } => {
+            Message::Confirm { ok, digest, tag } => {
                 p.push(u8::from(*ok));
                 p.extend_from_slice(&digest.to_le_bytes());
+                p.extend_from_slice(tag);
             }
             Message::Error { code, message } => {
                 p.extend_from_slice(&code.to_le_bytes());
@@ -601,9 +664,15 @@ impl Message {
                 exact(&p, 0, "ready")?;
                 Message::Ready
             }
+            MsgType::Wait => {
+                exact(&p, 0, "wait")?;
+                Message::Wait
+            }
             MsgType::Ack => {
-                exact(&p, 0, "ack")?;
-                Message::Ack
+                exact(&p, TAG_LEN, "ack")?;
+                Message::Ack {
+                    tag: arr(&p, 0, "ack")?,
+                }
             }
             MsgType::RoundStart | MsgType::RoundEnd => {
                 exact(&p, 12, "round")?;
@@ -624,20 +693,23 @@ impl Message {
             }
             MsgType::State => {
                 let digest = u64_at(&p, 0, "state")?;
-                if p.len() - 8 > MAX_STATE {
+                let tag = arr(&p, 8, "state")?;
+                let head = 8 + TAG_LEN;
+                if p.len() - head > MAX_STATE {
                     return Err(WireError::TooLong {
                         what: "a state blob",
-                        len: (p.len() - 8) as u64,
+                        len: (p.len() - head) as u64,
                         max: MAX_STATE as u64,
                     });
                 }
                 Message::State {
                     digest,
-                    blob: p[8..].to_vec(),
+                    tag,
+                    blob: p[head..].to_vec(),
                 }
             }
             MsgType::Confirm => {
-                exact(&p, 9, "confirm")?;
+                exact(&p, 9 + TAG_LEN, "confirm")?;
                 let ok = match p[0] {
                     0 => false,
                     1 => true,
@@ -651,6 +723,7 @@ impl Message {
                 Message::Confirm {
                     ok,
                     digest: u64_at(&p, 1, "confirm")?,
+                    tag: arr(&p, 9, "confirm")?,
                 }
             }
             MsgType::Error => {
@@ -703,17 +776,24 @@ impl Message {
         r: &mut impl Read,
         spare: &mut Vec<u8>,
     ) -> Result<(Message, usize), WireError> {
+        Message::read_within(r, spare, None)
+    }
+
+    /// [`Message::read_reusing`] with a deadline for the whole frame: `Some((at, limit))`
+    /// fails with [`WireError::Deadline`]`(limit)` once `at` has passed, checked after every
+    /// read, so that a peer trickling bytes cannot hold the reader longer than the deadline
+    /// plus one socket timeout.
+    pub fn read_within(
+        r: &mut impl Read,
+        spare: &mut Vec<u8>,
+        deadline: Option<(Instant, Duration)>,
+    ) -> Result<(Message, usize), WireError> {
+        let late = || match deadline {
+            Some((at, limit)) if Instant::now() >= at => Err(WireError::Deadline(limit)),
+            _ => Ok(()),
+        };
         let mut hb = [0u8; HEADER_LEN];
-        let mut got = 0;
-        while got < HEADER_LEN {
-            match r.read(&mut hb[got..]) {
-                Ok(0) if got == 0 => return Err(WireError::Closed),
-                Ok(0) => return Err(WireError::Truncated),
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_err(e, got > 0)),
-            }
-        }
+        fill(r, &mut hb, true, &late)?;
         let (h, t) = Header::decode(&hb)?;
         let mut payload = std::mem::take(spare);
         let len = h.len as usize;
@@ -722,7 +802,7 @@ impl Message {
         } else {
             payload.resize(len, 0);
         }
-        r.read_exact(&mut payload).map_err(|e| io_err(e, true))?;
+        fill(r, &mut payload, false, &late)?;
         Ok((Message::decode(t, payload)?, HEADER_LEN + h.len as usize))
     }
 
@@ -731,6 +811,30 @@ impl Message {
         let mut r = bytes;
         Message::read_from(&mut r)
     }
+}
+
+/// Reads exactly `buf.len()` bytes, asking `late` after every read. `first`: nothing of the
+/// frame has been read before `buf` (an end of stream at its start is `Closed`).
+fn fill(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    first: bool,
+    late: &dyn Fn() -> Result<(), WireError>,
+) -> Result<(), WireError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) if got == 0 && first => return Err(WireError::Closed),
+            Ok(0) => return Err(WireError::Truncated),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err(e, got > 0 || !first)),
+        }
+        if got < buf.len() {
+            late()?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes a raw frame (used by [`BatchWriter`] callers).
@@ -775,13 +879,16 @@ mod tests {
         round_trip(Message::StopCopy { pages: 5 });
         round_trip(Message::State {
             digest: 0xdead_beef,
+            tag: [4; TAG_LEN],
             blob: b"{}".to_vec(),
         });
         round_trip(Message::Confirm {
             ok: true,
             digest: 42,
+            tag: [5; TAG_LEN],
         });
-        round_trip(Message::Ack);
+        round_trip(Message::Ack { tag: [6; TAG_LEN] });
+        round_trip(Message::Wait);
         round_trip(Message::error(code::AUTH, "wrong key"));
     }
 
@@ -830,6 +937,43 @@ mod tests {
                 vec![0, 5, 9]
             );
         }
+    }
+
+    #[test]
+    fn a_frame_must_complete_within_its_deadline() {
+        /// Hands out one byte per read, each after `pause`.
+        struct Trickle<'a> {
+            bytes: &'a [u8],
+            pause: Duration,
+        }
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                std::thread::sleep(self.pause);
+                let n = self.bytes.len().min(buf.len()).min(1);
+                buf[..n].copy_from_slice(&self.bytes[..n]);
+                self.bytes = &self.bytes[n..];
+                Ok(n)
+            }
+        }
+        let f = Message::RoundStart { round: 1, pages: 2 }.encode();
+        let mut slow = Trickle {
+            bytes: &f,
+            pause: Duration::from_millis(10),
+        };
+        let limit = Duration::from_millis(50);
+        let t0 = Instant::now();
+        let e = Message::read_within(&mut slow, &mut Vec::new(), Some((t0 + limit, limit)))
+            .expect_err("too slow");
+        assert!(matches!(e, WireError::Deadline(_)), "{e}");
+        assert!(t0.elapsed() < Duration::from_millis(500));
+        let mut fast = Trickle {
+            bytes: &f,
+            pause: Duration::ZERO,
+        };
+        let far = Instant::now() + Duration::from_secs(5);
+        let (m, _) =
+            Message::read_within(&mut fast, &mut Vec::new(), Some((far, limit))).expect("in time");
+        assert_eq!(m, Message::RoundStart { round: 1, pages: 2 });
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! Property tests of the frame decoder: garbage, mutated and truncated frames never panic and
-//! never decode to more than they hold; valid frames round-trip.
+//! never decode to more than they hold; valid frames round-trip; hostile lz4 page data never
+//! panics and never decodes to anything but exactly one page.
 
-use livemig_engine::wire::{BatchWriter, Message, HEADER_LEN, MAX_PAYLOAD, PAGE_SIZE};
+use livemig_engine::wire::{
+    BatchWriter, Message, PageEncoding, HEADER_LEN, MAX_LZ4_PAGE, MAX_PAYLOAD, PAGE_SIZE, TAG_LEN,
+    VERSION,
+};
 use proptest::prelude::*;
 
 fn valid_frames() -> Vec<Vec<u8>> {
@@ -17,6 +21,7 @@ fn valid_frames() -> Vec<Vec<u8>> {
         Message::RoundStart { round: 1, pages: 2 }.encode(),
         Message::State {
             digest: 1,
+            tag: [9; TAG_LEN],
             blob: vec![1, 2, 3],
         }
         .encode(),
@@ -37,11 +42,20 @@ proptest! {
     #[test]
     fn garbage_after_a_valid_header_never_panics(
         t in 0u16..16,
-        len in 0u32..(MAX_PAYLOAD + 10),
+        // Mostly the body's own length (so that the payload decoders see the garbage, not the
+        // end of the stream), sometimes a little off, sometimes anything up to past the cap.
+        len_kind in prop_oneof![6 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)],
+        off in -3i64..=3,
+        any_len in 0u32..(MAX_PAYLOAD + 10),
         body in proptest::collection::vec(any::<u8>(), 0..8192),
     ) {
+        let len = match len_kind {
+            0 => body.len() as u32,
+            1 => (body.len() as i64 + off).max(0) as u32,
+            _ => any_len,
+        };
         let mut f = b"LMIG".to_vec();
-        f.extend_from_slice(&1u16.to_le_bytes());
+        f.extend_from_slice(&VERSION.to_le_bytes());
         f.extend_from_slice(&t.to_le_bytes());
         f.extend_from_slice(&len.to_le_bytes());
         f.extend_from_slice(&body);
@@ -66,6 +80,52 @@ proptest! {
         let keep = cut % (f.len() + 1);
         let _ = Message::from_bytes(&f[..keep]);
         let _ = Message::from_bytes(&f);
+    }
+
+    #[test]
+    fn hostile_lz4_pages_never_panic(
+        data in prop_oneof![
+            // Raw garbage.
+            proptest::collection::vec(any::<u8>(), 1..=MAX_LZ4_PAGE),
+            // A real compressed page with bytes flipped and cut.
+            (proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6), any::<u16>())
+                .prop_map(|(flips, cut)| {
+                    let mut page = [0u8; PAGE_SIZE];
+                    for (i, b) in page.iter_mut().enumerate() {
+                        *b = (i / 64) as u8;
+                    }
+                    let mut c = lz4_flex::block::compress(&page);
+                    for (at, x) in flips {
+                        let i = at % c.len();
+                        c[i] ^= x;
+                    }
+                    c.truncate((usize::from(cut) % c.len()).max(1));
+                    c
+                }),
+        ],
+    ) {
+        let mut f = b"LMIG".to_vec();
+        let payload_len = 4 + 13 + data.len();
+        f.extend_from_slice(&VERSION.to_le_bytes());
+        f.extend_from_slice(&6u16.to_le_bytes());
+        f.extend_from_slice(&(payload_len as u32).to_le_bytes());
+        f.extend_from_slice(&1u32.to_le_bytes());
+        f.extend_from_slice(&7u64.to_le_bytes());
+        f.push(PageEncoding::Lz4 as u8);
+        f.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        f.extend_from_slice(&data);
+        let (m, _) = Message::from_bytes(&f).expect("a well-formed batch");
+        let Message::Pages(b) = m else { panic!("a batch") };
+        let e = b.entries().next().expect("one entry");
+        prop_assert_eq!(e.encoding, PageEncoding::Lz4);
+        let mut out = [0xAAu8; PAGE_SIZE];
+        // Either exactly one page or an error; never a panic, never a partial page accepted.
+        if e.decode_into(&mut out).is_ok() {
+            prop_assert_eq!(
+                lz4_flex::block::decompress(&data, PAGE_SIZE).map(|v| v.len()).ok(),
+                Some(PAGE_SIZE)
+            );
+        }
     }
 }
 

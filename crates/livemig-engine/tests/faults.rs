@@ -221,40 +221,6 @@ fn wrong_key_is_refused_by_both_ends() {
     assert_runs(&g);
 }
 
-#[test]
-fn a_source_with_a_wrong_key_gets_no_memory_allocated() {
-    // A fake source that answers the challenge with a bad proof.
-    let (mut a, mut b) = pair();
-    let dest = std::thread::spawn(move || receive(&mut b, &key(1), &ReceiverConfig::default()));
-    Message::Hello {
-        version: VERSION,
-        nonce: [5; 32],
-        memory_bytes: 1 << 30,
-        page_size: 4096,
-        compress: false,
-    }
-    .write_to(&mut a)
-    .expect("write");
-    let (m, _) = Message::read_from(&mut a).expect("challenge");
-    assert_eq!(m.msg_type(), MsgType::Challenge);
-    Message::Auth { mac: [0; 32] }
-        .write_to(&mut a)
-        .expect("write");
-    let (m, _) = Message::read_from(&mut a).expect("error reply");
-    assert!(
-        matches!(
-            m,
-            Message::Error {
-                code: wire::code::AUTH,
-                ..
-            }
-        ),
-        "{m:?}"
-    );
-    let d = dest.join().expect("thread").expect_err("refused");
-    assert!(matches!(d, RecvError::Auth), "{d}");
-}
-
 fn raw_to_receiver(bytes: Vec<u8>, close: bool) -> (RecvError, Vec<u8>) {
     let (mut a, mut b) = pair();
     let dest = std::thread::spawn(move || receive(&mut b, &key(1), &ReceiverConfig::default()));
@@ -278,13 +244,14 @@ fn version_mismatch_is_answered_and_refused() {
         compress: false,
     }
     .encode();
-    f[4..6].copy_from_slice(&2u16.to_le_bytes());
+    // An older peer (version 1 had no session tags).
+    f[4..6].copy_from_slice(&1u16.to_le_bytes());
     let (d, reply) = raw_to_receiver(f, false);
     assert!(
         matches!(
             d,
             RecvError::Wire {
-                source: WireError::Version { got: 2 },
+                source: WireError::Version { got: 1 },
                 ..
             }
         ),
@@ -437,6 +404,52 @@ fn a_garbage_speaking_destination_leaves_the_source_running() {
 }
 
 #[test]
+fn a_trickling_peer_is_cut_off_by_the_handshake_deadline() {
+    // One byte every 100 ms: each read is well within the socket timeout (5 s), but the
+    // handshake must be complete within 500 ms.
+    let (mut a, mut b) = pair();
+    let cfg = ReceiverConfig {
+        handshake_deadline: Duration::from_millis(500),
+        ..ReceiverConfig::default()
+    };
+    let dest = std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        (receive(&mut b, &key(1), &cfg), t0.elapsed())
+    });
+    let hello = Message::Hello {
+        version: VERSION,
+        nonce: [1; 32],
+        memory_bytes: 1 << 20,
+        page_size: 4096,
+        compress: false,
+    }
+    .encode();
+    for byte in hello {
+        if a.write_all(&[byte]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if dest.is_finished() {
+            break;
+        }
+    }
+    let (d, took) = dest.join().expect("no panic");
+    let d = d.expect_err("cut off");
+    assert!(
+        matches!(
+            d,
+            RecvError::Wire {
+                source: WireError::Deadline(_),
+                ..
+            }
+        ),
+        "{d}"
+    );
+    assert!(d.before_auth(), "a stray peer, not a source");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[test]
 fn a_silent_peer_times_out() {
     let (a, mut b) = pair();
     b.set_read_timeout(Some(Duration::from_millis(200)))
@@ -479,5 +492,57 @@ fn a_silent_peer_times_out() {
         "{e}"
     );
     drop(b);
+    assert_runs(&g);
+}
+
+#[test]
+fn a_destination_refusing_mid_round_is_reported_with_its_reason() {
+    // A destination that authenticates properly, reads a little of round 1, then refuses and
+    // closes with unread data in its socket.
+    let g = busy_guest();
+    let (mut a, mut b) = pair();
+    let fake = std::thread::spawn(move || {
+        let (Message::Hello { nonce: ns, .. }, _) = Message::read_from(&mut b).expect("hello")
+        else {
+            panic!("not a hello")
+        };
+        let nd = [9u8; 32];
+        let mac = key(1).prove(livemig_engine::auth::Role::Destination, &ns, &nd);
+        Message::Challenge { nonce: nd, mac }
+            .write_to(&mut b)
+            .expect("challenge");
+        let _ = Message::read_from(&mut b).expect("auth");
+        Message::Ready.write_to(&mut b).expect("ready");
+        for _ in 0..3 {
+            let _ = Message::read_from(&mut b).expect("a frame");
+        }
+        Message::error(wire::code::RESOURCES, "the destination ran out of disk")
+            .write_to(&mut b)
+            .expect("error");
+        drop(b);
+    });
+    let mut policy = PolicyKind::Fixed.build(slow_cfg()).expect("policy");
+    let e = migrate(
+        &mut a,
+        &key(1),
+        &g,
+        policy.as_mut(),
+        &sender_cfg(),
+        &mut |_| {},
+    )
+    .expect_err("refused");
+    fake.join().expect("thread");
+    assert!(
+        matches!(
+            e,
+            SendError::Refused {
+                phase: "pre-copy",
+                code: wire::code::RESOURCES,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("ran out of disk"), "{e}");
     assert_runs(&g);
 }

@@ -83,7 +83,14 @@ pub enum SpecError {
     Trace(#[from] TraceError),
     #[error("unknown pattern `{0}` (expected uniform, hotcold, zipf or scan)")]
     UnknownPattern(String),
+    #[error("workload `{0}` names a file; only self-contained specs are accepted here")]
+    FileNotAllowed(String),
+    #[error("the workload has {steps} rate steps; at most {max} can be inlined")]
+    TooManySteps { steps: usize, max: usize },
 }
+
+/// Most rate steps [`Workload::inline_spec`] writes into a `phased` spec.
+pub const MAX_INLINE_STEPS: usize = 4096;
 
 struct Params<'a> {
     kind: &'a str,
@@ -284,6 +291,41 @@ impl Workload {
     pub fn spec(&self) -> &str {
         &self.spec
     }
+
+    /// Parses a spec that must not name a file (`trace:`): for specs from a peer.
+    pub fn parse_self_contained(spec: &str) -> Result<Workload, SpecError> {
+        let (kind, _) = spec.trim().split_once(':').unwrap_or((spec.trim(), ""));
+        if kind.trim() == "trace" {
+            return Err(SpecError::FileNotAllowed(spec.trim().to_string()));
+        }
+        Workload::parse_in(spec, None)
+    }
+
+    /// A spec that needs no file and describes the same workload: the spec itself, except
+    /// that a `trace:` spec becomes `phased:steps=...` with the same rate series and pattern
+    /// (at most [`MAX_INLINE_STEPS`] steps).
+    pub fn inline_spec(&self) -> Result<String, SpecError> {
+        let (kind, _) = self.spec.split_once(':').unwrap_or((&self.spec, ""));
+        if kind.trim() != "trace" {
+            return Ok(self.spec.clone());
+        }
+        let steps = self.rate.as_steps();
+        if steps.len() > MAX_INLINE_STEPS {
+            return Err(SpecError::TooManySteps {
+                steps: steps.len(),
+                max: MAX_INLINE_STEPS,
+            });
+        }
+        // `{}` prints an f64 in plain decimal digits that parse back to the same value.
+        let list: Vec<String> = steps.iter().map(|(t, r)| format!("{r}@{t}")).collect();
+        let pattern = match self.pattern {
+            Pattern::Uniform => "pattern=uniform".to_string(),
+            Pattern::Scan => "pattern=scan".to_string(),
+            Pattern::HotCold { hot, share } => format!("pattern=hotcold,hot={hot},share={share}"),
+            Pattern::Zipf { s } => format!("pattern=zipf,s={s}"),
+        };
+        Ok(format!("phased:steps={},{pattern}", list.join(";")))
+    }
 }
 
 impl FromStr for Workload {
@@ -357,6 +399,30 @@ mod tests {
         assert!(err("zipf:rate=1,s=-2").contains("s=-2"));
         assert!(err("trace:file=/no/such/file.csv").contains("/no/such/file.csv"));
         assert!(err("phased:steps=1@0s,pattern=spiral").contains("spiral"));
+    }
+
+    #[test]
+    fn trace_specs_inline_as_phased_and_peers_cannot_name_files() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            dir.path().join("t.csv"),
+            "time_s,dirty_rate_bytes_per_s\n0,1000.5\n2.25,3000000\n7,0\n",
+        )
+        .expect("write");
+        let w = Workload::parse_in(
+            "trace:file=t.csv,scale=2,hot=5%,share=80%",
+            Some(dir.path()),
+        )
+        .expect("valid");
+        let inline = w.inline_spec().expect("inlines");
+        assert!(inline.starts_with("phased:"), "{inline}");
+        let back = Workload::parse_self_contained(&inline).expect("self-contained");
+        assert_eq!(back.rate, w.rate);
+        assert_eq!(back.pattern, w.pattern);
+        let plain: Workload = "uniform:rate=1MiB/s".parse().expect("valid");
+        assert_eq!(plain.inline_spec().expect("same"), "uniform:rate=1MiB/s");
+        let e = Workload::parse_self_contained(" trace:file=/dev/zero").expect_err("refused");
+        assert!(matches!(e, SpecError::FileNotAllowed(_)), "{e}");
     }
 
     #[test]

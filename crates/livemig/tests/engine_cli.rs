@@ -1,8 +1,9 @@
 //! `livemig receive` / `migrate` / `demo` as separate processes on 127.0.0.1: a migration, a
-//! killed destination, a wrong key.
+//! killed destination, a wrong key, stray peers, flags checked before any connection.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command as Proc, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use assert_cmd::cargo::cargo_bin;
@@ -27,6 +28,12 @@ impl Drop for Guard {
 /// Starts `livemig receive` on port 0 (it gives up after 60 s without a source) and returns it
 /// with the address it printed.
 fn receiver(key: &std::path::Path) -> (Guard, String) {
+    let (g, addr, _) = receiver_logged(key);
+    (g, addr)
+}
+
+/// [`receiver`], also collecting its stderr lines.
+fn receiver_logged(key: &std::path::Path) -> (Guard, String, Arc<Mutex<Vec<String>>>) {
     let mut child = Proc::new(cargo_bin("livemig"))
         .args([
             "receive",
@@ -43,6 +50,14 @@ fn receiver(key: &std::path::Path) -> (Guard, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("receiver starts");
+    let err = child.stderr.take().expect("stderr");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            sink.lock().expect("log").push(l);
+        }
+    });
     let out = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(out).lines();
     let first = lines.next().expect("a line").expect("text");
@@ -53,7 +68,7 @@ fn receiver(key: &std::path::Path) -> (Guard, String) {
     // Keep reading the rest in the background so the pipe never fills.
     let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     std::mem::forget(rest);
-    (Guard(child), addr)
+    (Guard(child), addr, log)
 }
 
 fn migrate(addr: &str, key: &std::path::Path, extra: &[&str]) -> Command {
@@ -146,9 +161,10 @@ fn killed_destination_leaves_the_guest_on_the_source() {
 }
 
 #[test]
-fn wrong_key_is_refused() {
+fn wrong_key_is_refused_and_the_receiver_waits_for_the_real_source() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (mut rx, addr) = receiver(&write_key(dir.path(), "a", 1));
+    let good = write_key(dir.path(), "a", 1);
+    let (mut rx, addr, log) = receiver_logged(&good);
     let out = migrate(&addr, &write_key(dir.path(), "b", 2), &[])
         .assert()
         .failure()
@@ -157,8 +173,88 @@ fn wrong_key_is_refused() {
         .clone();
     let err = String::from_utf8_lossy(&out);
     assert!(err.contains("wrong key"), "{err}");
+    // A port scan: connect and leave.
+    drop(std::net::TcpStream::connect(&addr).expect("connect"));
+    // The receiver logged both and still takes the real source.
+    migrate(&addr, &good, &["--workload", "uniform:rate=4MiB/s"])
+        .assert()
+        .success();
     let status = rx.0.wait().expect("receiver exits");
-    assert!(!status.success(), "the receiver refuses too");
+    assert!(
+        status.success(),
+        "the receiver succeeds with the real source"
+    );
+    let log = log.lock().expect("log").join("\n");
+    assert!(
+        log.matches("refused 127.0.0.1:").count() >= 2 && log.contains("key"),
+        "{log}"
+    );
+}
+
+#[test]
+fn receive_checks_every_flag_before_accepting() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = write_key(dir.path(), "k", 7);
+    for (flag, value) in [
+        ("--run-after", "soon"),
+        ("--run-after", "1e30"),
+        ("--timeout", "1e30"),
+        ("--accept-timeout", "-1s"),
+        ("--max-memory", "lots"),
+    ] {
+        let out = Command::cargo_bin("livemig")
+            .expect("binary")
+            .args([
+                "receive",
+                "--listen",
+                "127.0.0.1:0",
+                &format!("{flag}={value}"),
+                "--key",
+            ])
+            .arg(&key)
+            .timeout(Duration::from_secs(20))
+            .assert()
+            .failure()
+            .get_output()
+            .clone();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stdout.contains("listening"), "{flag} {value}: {stdout}");
+        assert!(!stderr.contains("panicked"), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(&flag[2..]), "{flag} {value}: {stderr}");
+    }
+}
+
+#[test]
+fn huge_timeouts_are_refused_without_a_panic() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = write_key(dir.path(), "k", 7);
+    for flag in ["--timeout", "--sample"] {
+        let out = Command::cargo_bin("livemig")
+            .expect("binary")
+            .args([
+                "migrate",
+                "--to",
+                "127.0.0.1:9",
+                "--memory",
+                "32MiB",
+                "--stop-remaining",
+                "2MiB",
+                flag,
+                "1e30",
+            ])
+            .arg("--key")
+            .arg(&key)
+            .timeout(Duration::from_secs(20))
+            .assert()
+            .failure()
+            .get_output()
+            .stderr
+            .clone();
+        let err = String::from_utf8_lossy(&out);
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains("too long"), "{err}");
+    }
 }
 
 #[test]

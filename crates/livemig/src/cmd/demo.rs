@@ -47,7 +47,11 @@ pub fn run(args: Args) -> Result<()> {
         Ok(livemig_engine::receive(
             &mut s,
             &dest_key,
-            &ReceiverConfig::default(),
+            &ReceiverConfig {
+                handshake_deadline: timeout,
+                frame_deadline: timeout,
+                ..ReceiverConfig::default()
+            },
         )?)
     });
     let guest = args.guest.start(&scenario)?;

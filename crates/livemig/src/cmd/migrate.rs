@@ -8,7 +8,6 @@ use anyhow::{bail, Context, Result};
 use livemig_engine::{Key, SenderConfig, SimGuest, SimGuestConfig};
 use livemig_policy::PolicyKind;
 use livemig_sim::Scenario;
-use livemig_workload::units;
 
 use crate::cmd::simulate::PolicyArgs;
 use crate::progress::Progress;
@@ -62,7 +61,7 @@ impl GuestArgs {
         Ok(SenderConfig {
             compress: self.compress,
             stop_remaining: scenario.cfg.stop_remaining,
-            sample_s: units::parse_duration(&self.sample)?,
+            sample_s: crate::cmd::receive::duration("sample", &self.sample)?.as_secs_f64(),
             workload: Some(self.workload.clone()),
             ..SenderConfig::default()
         })
@@ -70,11 +69,7 @@ impl GuestArgs {
 
     /// The network timeout.
     pub fn timeout(&self) -> Result<Duration> {
-        let t = units::parse_duration(&self.timeout)?;
-        if !(t > 0.0 && t.is_finite()) {
-            bail!("--timeout must be positive");
-        }
-        Ok(Duration::from_secs_f64(t))
+        crate::cmd::receive::positive_duration("timeout", &self.timeout)
     }
 }
 
@@ -106,6 +101,7 @@ pub fn run(args: Args) -> Result<()> {
         .resolve(&args.guest.memory, &args.guest.workload)?;
     let key = Key::load(&args.key)?;
     let timeout = args.guest.timeout()?;
+    let send_cfg = args.guest.sender(&scenario)?;
     let addr = args
         .to
         .to_socket_addrs()
@@ -121,7 +117,7 @@ pub fn run(args: Args) -> Result<()> {
         &key,
         &guest,
         policy.as_mut(),
-        &args.guest.sender(&scenario)?,
+        &send_cfg,
         &mut |e| progress.observe(e),
     );
     match result {
