@@ -76,6 +76,21 @@ fn policy_cfg() -> PolicyConfig {
     }
 }
 
+/// The stop came from the policy, or, when QEMU switched over by itself (a round left less than
+/// its 1 ms downtime limit of sending, which timing on a loaded machine can produce), the pass
+/// where that was seen says so and the policy was not asked.
+fn assert_switchover_explained(run: &livemig_qemu::result::QemuReport) {
+    match run.qemu.switchover.as_str() {
+        "policy" => {}
+        "qemu" => {
+            let last = run.qemu.passes.last().expect("passes");
+            let note = last.note.as_deref().unwrap_or("");
+            assert!(note.contains("the policy was not asked"), "{note}");
+        }
+        other => panic!("unexpected switchover {other}"),
+    }
+}
+
 /// Migrates `pair` under `kind` and checks what every governed migration must show: the
 /// policy's caps read back from QEMU pass by pass, completion, and the guest beating on.
 async fn governed_migration(
@@ -116,8 +131,12 @@ async fn governed_migration(
                     r.round
                 );
                 assert_eq!(p.downtime_limit_read_back_ms, Some(1));
-                let next = &rep.rounds[i + 1];
-                assert_eq!(next.cap_bytes_per_s, next_cap_bytes_per_s);
+                // Unless QEMU switched over by itself right after this pass (a round left
+                // less than ~1 ms of sending), the next round ran at this cap.
+                match rep.rounds.get(i + 1) {
+                    Some(next) => assert_eq!(next.cap_bytes_per_s, next_cap_bytes_per_s),
+                    None => assert_eq!(run.qemu.switchover, "qemu", "round {}", r.round),
+                }
             }
             Action::StopAndCopy { .. } => {
                 assert_eq!(i + 1, rep.rounds.len(), "stop is the last decision");
@@ -156,7 +175,7 @@ async fn dirty_factor_governs_a_loaded_guest_to_completion() {
         run.report.rounds.len() >= 2,
         "round 1 leaves more than h dirty, so at least one cap decision is applied"
     );
-    assert_eq!(run.qemu.switchover, "policy", "the policy chose the stop");
+    assert_switchover_explained(&run);
     assert_eq!(run.report.rounds[0].cap_bytes_per_s, 40e6);
 }
 

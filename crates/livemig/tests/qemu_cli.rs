@@ -149,7 +149,17 @@ async fn trace_replays_in_the_simulator_and_migrate_prints_the_shared_json() {
     }
     assert!(s["downtime_s"].as_f64().expect("downtime") > 0.0);
     assert_eq!(v["qemu"]["destination_running"], true);
-    assert_eq!(v["qemu"]["switchover"], "policy");
+    // The policy chose the stop, or QEMU switched over by itself when a round left less than
+    // its 1 ms downtime limit of sending (timing on a loaded machine); then the pass says so.
+    match v["qemu"]["switchover"].as_str() {
+        Some("policy") => {}
+        Some("qemu") => {
+            let passes = v["qemu"]["passes"].as_array().expect("passes");
+            let note = passes.last().and_then(|p| p["note"].as_str()).unwrap_or("");
+            assert!(note.contains("the policy was not asked"), "{}", v["qemu"]);
+        }
+        other => panic!("unexpected switchover {other:?}"),
+    }
     let last = src.last_heartbeat().expect("beat");
     dst.wait_heartbeat(last + 5, Duration::from_secs(30))
         .await
