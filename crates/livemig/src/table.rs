@@ -59,6 +59,11 @@ pub fn rounds(r: &MigrationReport) -> Table {
     t
 }
 
+/// The per-round table followed by the summary block, as every migrating command prints it.
+pub fn report(r: &MigrationReport) -> String {
+    format!("{}\n{}", rounds(r), summary(r))
+}
+
 /// The summary block.
 pub fn summary(r: &MigrationReport) -> String {
     let s = &r.summary;

@@ -84,8 +84,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{}", table::rounds(&report));
-        println!("{}", table::summary(&report));
+        println!("{}", table::report(&report));
         println!(
             "{}",
             show_continuation(&received, Duration::from_millis(500))

@@ -232,8 +232,7 @@ async fn migrate(args: MigrateArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&run)?);
     } else {
-        println!("{}", table::rounds(&run.report));
-        println!("{}", table::summary(&run.report));
+        println!("{}", table::report(&run.report));
         println!("{}", qemu_lines(&run));
     }
     destination_check(&run)

@@ -198,8 +198,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{}", table::rounds(&report));
-        println!("{}", table::summary(&report));
+        println!("{}", table::report(&report));
         if let Some(path) = &args.plot {
             println!("plot written to {}", path.display());
         }
