@@ -1,5 +1,5 @@
-//! The shared key, nonces, the HMAC-SHA256 proofs of the handshake and the session key that
-//! authenticates the hand-over (`State`, `Confirm`, `Ack`).
+//! The shared key, nonces, the HMAC-SHA256 proofs of the handshake (over its whole transcript)
+//! and the session [`Channel`] that tags every control message after it.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -8,7 +8,7 @@ use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::wire::{Message, MAC_LEN, NONCE_LEN};
+use crate::wire::{Frame, Message, MsgType, MAC_LEN, SESSION_ID_LEN, TAG_LEN};
 
 /// Bytes of a key.
 pub const KEY_LEN: usize = 32;
@@ -52,8 +52,8 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<(), KeyError> {
 }
 
 /// A fresh handshake nonce.
-pub fn nonce() -> Result<[u8; NONCE_LEN], KeyError> {
-    let mut n = [0u8; NONCE_LEN];
+pub fn nonce() -> Result<[u8; crate::wire::NONCE_LEN], KeyError> {
+    let mut n = [0u8; crate::wire::NONCE_LEN];
     random_bytes(&mut n)?;
     Ok(n)
 }
@@ -86,7 +86,8 @@ impl Key {
     /// Parses 64 hex digits (surrounding whitespace allowed).
     pub fn from_hex(s: &str) -> Option<Key> {
         let s = s.trim();
-        if s.len() != 2 * KEY_LEN || !s.is_ascii() {
+        // Only hex digits: `u8::from_str_radix` alone would take "+f" as 0x0f.
+        if s.len() != 2 * KEY_LEN || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut b = [0u8; KEY_LEN];
@@ -123,44 +124,50 @@ impl Key {
             })
     }
 
-    fn mac(&self, role: Role, source_nonce: &[u8], dest_nonce: &[u8]) -> Hmac<Sha256> {
+    fn mac(&self, role: Role, hello: &[u8], dest_nonce: &[u8]) -> Hmac<Sha256> {
         let mut m = hmac_with(&self.0);
         m.update(match role {
-            Role::Source => b"livemig source v1",
-            Role::Destination => b"livemig destination v1",
+            Role::Source => b"livemig v3 source",
+            Role::Destination => b"livemig v3 destination",
         });
-        m.update(source_nonce);
-        m.update(dest_nonce);
+        transcript(&mut m, hello, dest_nonce);
         m
     }
 
-    /// The proof `role` sends: HMAC-SHA256(key, role label || source nonce || dest nonce).
-    pub fn prove(&self, role: Role, source_nonce: &[u8], dest_nonce: &[u8]) -> [u8; MAC_LEN] {
-        self.mac(role, source_nonce, dest_nonce)
+    /// The proof `role` sends: HMAC-SHA256(key, role label || transcript), where the transcript
+    /// is the source's whole `Hello` payload and the destination's nonce. A peer on the path
+    /// that rewrites any field of `Hello` makes both proofs fail.
+    pub fn prove(&self, role: Role, hello: &[u8], dest_nonce: &[u8]) -> [u8; MAC_LEN] {
+        self.mac(role, hello, dest_nonce)
             .finalize()
             .into_bytes()
             .into()
     }
 
     /// Checks a proof in constant time.
-    pub fn verify(&self, role: Role, source_nonce: &[u8], dest_nonce: &[u8], tag: &[u8]) -> bool {
-        self.mac(role, source_nonce, dest_nonce)
-            .verify_slice(tag)
-            .is_ok()
+    pub fn verify(&self, role: Role, hello: &[u8], dest_nonce: &[u8], tag: &[u8]) -> bool {
+        self.mac(role, hello, dest_nonce).verify_slice(tag).is_ok()
     }
 
-    /// The session key: HMAC-SHA256(key, "livemig session v2" || nonce_S || nonce_D).
-    pub fn session(&self, source_nonce: &[u8], dest_nonce: &[u8]) -> SessionKey {
+    /// The session key: HMAC-SHA256(key, "livemig v3 session" || transcript).
+    pub fn session(&self, hello: &[u8], dest_nonce: &[u8]) -> SessionKey {
         let mut m = hmac_with(&self.0);
         m.update(SESSION_LABEL);
-        m.update(source_nonce);
-        m.update(dest_nonce);
+        transcript(&mut m, hello, dest_nonce);
         SessionKey(m.finalize().into_bytes().into())
     }
 }
 
+/// Feeds the handshake transcript, each part prefixed with its length.
+fn transcript(m: &mut Hmac<Sha256>, hello: &[u8], dest_nonce: &[u8]) {
+    m.update(&(hello.len() as u32).to_le_bytes());
+    m.update(hello);
+    m.update(&(dest_nonce.len() as u32).to_le_bytes());
+    m.update(dest_nonce);
+}
+
 /// Label of the session key derivation.
-pub const SESSION_LABEL: &[u8] = b"livemig session v2";
+pub const SESSION_LABEL: &[u8] = b"livemig v3 session";
 
 fn hmac_with(key: &[u8; KEY_LEN]) -> Hmac<Sha256> {
     // HMAC pads a short key with zeros to the block size (64 bytes for SHA-256); padding it
@@ -170,7 +177,7 @@ fn hmac_with(key: &[u8; KEY_LEN]) -> Hmac<Sha256> {
     <Hmac<Sha256> as KeyInit>::new(&block.into())
 }
 
-/// The per-connection key that authenticates the hand-over messages.
+/// The per-connection key that tags every control message after the handshake.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SessionKey([u8; KEY_LEN]);
 
@@ -181,107 +188,185 @@ impl std::fmt::Debug for SessionKey {
 }
 
 impl SessionKey {
-    /// HMAC-SHA256(session key, type u16 || round u32 || payload without the tag), `None`
-    /// for a message that carries no tag.
-    fn mac(&self, round: u32, m: &Message) -> Option<Hmac<Sha256>> {
-        let body = m.signed_body()?;
+    /// The session's public name (first bytes of HMAC(session key, "livemig v3 id")): how a
+    /// reconnecting source names the migration it settles. Knowing it grants nothing.
+    pub fn id(&self) -> [u8; SESSION_ID_LEN] {
         let mut h = hmac_with(&self.0);
-        h.update(&(m.msg_type() as u16).to_le_bytes());
-        h.update(&round.to_le_bytes());
-        h.update(&body);
-        Some(h)
+        h.update(b"livemig v3 id");
+        let full: [u8; MAC_LEN] = h.finalize().into_bytes().into();
+        let mut id = [0u8; SESSION_ID_LEN];
+        id.copy_from_slice(&full[..SESSION_ID_LEN]);
+        id
     }
 
-    /// Sets the tag of `m` for `round` (the number of pre-copy rounds of the session); a
-    /// message without a tag is left as it is.
-    pub fn seal(&self, round: u32, mut m: Message) -> Message {
-        if let Some(h) = self.mac(round, &m) {
-            if let Some(t) = m.tag_mut() {
-                *t = h.finalize().into_bytes().into();
-            }
+    /// HMAC-SHA256(session key, direction u8 || sequence u64 || type u16 || body).
+    fn mac(&self, dir: Role, seq: u64, t: MsgType, body: &[u8]) -> Hmac<Sha256> {
+        let mut h = hmac_with(&self.0);
+        h.update(&[match dir {
+            Role::Source => 1,
+            Role::Destination => 2,
+        }]);
+        h.update(&seq.to_le_bytes());
+        h.update(&(t as u16).to_le_bytes());
+        h.update(body);
+        h
+    }
+}
+
+/// Why a received control message was refused by the session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the `{msg:?}` message does not carry a valid session tag (forged, replayed, reordered or tampered with on the way?)")]
+pub struct Forged {
+    pub msg: MsgType,
+}
+
+/// One end of an authenticated session: tags what it sends and checks what it receives, each
+/// direction with its own sequence number, so that a message cannot be forged, altered,
+/// replayed, reordered, dropped unnoticed (the next one fails) or reflected back.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    key: SessionKey,
+    me: Role,
+    sent: u64,
+    received: u64,
+}
+
+impl Channel {
+    /// The channel of `me` under `key`.
+    pub fn new(key: SessionKey, me: Role) -> Channel {
+        Channel {
+            key,
+            me,
+            sent: 0,
+            received: 0,
         }
-        m
     }
 
-    /// Whether the tag of `m` is right for `round`, checked in constant time; false for a
-    /// message that carries no tag.
-    pub fn verify(&self, round: u32, m: &Message) -> bool {
-        match (self.mac(round, m), m.tag()) {
-            (Some(h), Some(t)) => h.verify_slice(t).is_ok(),
-            _ => false,
+    /// The session id.
+    pub fn id(&self) -> [u8; SESSION_ID_LEN] {
+        self.key.id()
+    }
+
+    /// The frame of `m`, tagged with the next sequence number if its type is tagged.
+    pub fn seal(&mut self, m: &Message) -> Vec<u8> {
+        let t = m.msg_type();
+        if !t.tagged() {
+            return m.encode();
         }
+        let tag: [u8; TAG_LEN] = self
+            .key
+            .mac(self.me, self.sent, t, &m.body())
+            .finalize()
+            .into_bytes()
+            .into();
+        self.sent += 1;
+        m.encode_tagged(&tag)
+    }
+
+    /// Checks a received frame: a tagged type must carry the tag of the peer's next sequence
+    /// number (constant-time check); untagged types pass as they are.
+    pub fn open(&mut self, f: Frame) -> Result<Message, Forged> {
+        let t = f.msg.msg_type();
+        if !t.tagged() {
+            return Ok(f.msg);
+        }
+        let peer = match self.me {
+            Role::Source => Role::Destination,
+            Role::Destination => Role::Source,
+        };
+        let ok = f.tag.is_some_and(|tag| {
+            self.key
+                .mac(peer, self.received, t, &f.msg.body())
+                .verify_slice(&tag)
+                .is_ok()
+        });
+        if !ok {
+            return Err(Forged { msg: t });
+        }
+        self.received += 1;
+        Ok(f.msg)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::read_within;
 
     #[test]
-    fn proofs_verify_only_with_the_same_key_role_and_nonces() {
+    fn proofs_verify_only_with_the_same_key_role_and_transcript() {
         let k = Key::from_bytes([1; KEY_LEN]);
         let other = Key::from_bytes([2; KEY_LEN]);
-        let (a, b) = ([3u8; 32], [4u8; 32]);
-        let tag = k.prove(Role::Source, &a, &b);
-        assert!(k.verify(Role::Source, &a, &b, &tag));
-        assert!(!other.verify(Role::Source, &a, &b, &tag));
-        assert!(!k.verify(Role::Destination, &a, &b, &tag));
-        assert!(!k.verify(Role::Source, &b, &a, &tag));
+        let (hello, nd) = ([3u8; 48], [4u8; 32]);
+        let tag = k.prove(Role::Source, &hello, &nd);
+        assert!(k.verify(Role::Source, &hello, &nd, &tag));
+        assert!(!other.verify(Role::Source, &hello, &nd, &tag));
+        assert!(!k.verify(Role::Destination, &hello, &nd, &tag));
+        let mut rewritten = hello;
+        rewritten[20] ^= 1;
+        assert!(
+            !k.verify(Role::Source, &rewritten, &nd, &tag),
+            "a rewritten hello"
+        );
+        assert!(!k.verify(Role::Source, &hello, &[5u8; 32], &tag));
     }
 
     #[test]
     fn the_mac_is_standard_hmac_sha256() {
         let k = Key::from_bytes([9; KEY_LEN]);
         let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&[9; KEY_LEN]).expect("any length");
-        m.update(b"livemig source v1");
-        m.update(&[1; 32]);
-        m.update(&[2; 32]);
+        m.update(b"livemig v3 source");
+        m.update(&2u32.to_le_bytes());
+        m.update(&[1; 2]);
+        m.update(&3u32.to_le_bytes());
+        m.update(&[2; 3]);
         let want: [u8; MAC_LEN] = m.finalize().into_bytes().into();
-        assert_eq!(k.prove(Role::Source, &[1; 32], &[2; 32]), want);
+        assert_eq!(k.prove(Role::Source, &[1; 2], &[2; 3]), want);
+    }
+
+    fn frame(bytes: &[u8]) -> Frame {
+        let mut r = bytes;
+        read_within(&mut r, &mut Vec::new(), None).expect("decodes")
     }
 
     #[test]
-    fn hand_over_tags_bind_the_session_type_round_and_payload() {
+    fn the_channel_binds_session_direction_order_and_payload() {
         let k = Key::from_bytes([1; KEY_LEN]);
-        let s = k.session(&[3; 32], &[4; 32]);
-        let m = s.seal(
-            5,
-            Message::Confirm {
-                ok: true,
-                digest: 42,
-                tag: [0; MAC_LEN],
-            },
+        let sk = k.session(&[3; 48], &[4; 32]);
+        let mut src = Channel::new(sk.clone(), Role::Source);
+        let mut dst = Channel::new(sk.clone(), Role::Destination);
+        let a = src.seal(&Message::StopCopy { pages: 3 });
+        let b = src.seal(&Message::State {
+            digest: 7,
+            blob: vec![1],
+        });
+        // Out of order: the second message does not carry sequence number 0.
+        assert!(dst.clone().open(frame(&b)).is_err(), "reordered");
+        assert_eq!(
+            dst.open(frame(&a)).expect("first"),
+            Message::StopCopy { pages: 3 }
         );
-        assert!(s.verify(5, &m));
-        assert!(!s.verify(6, &m), "another round");
-        assert!(!k.session(&[4; 32], &[3; 32]).verify(5, &m), "other nonces");
-        assert!(!Key::from_bytes([2; KEY_LEN])
-            .session(&[3; 32], &[4; 32])
-            .verify(5, &m));
-        let Message::Confirm { tag, .. } = m else {
-            panic!("confirm")
-        };
-        let flipped = Message::Confirm {
+        assert!(dst.clone().open(frame(&a)).is_err(), "replayed");
+        let mut flipped = b.clone();
+        let last = flipped.len() - 40;
+        flipped[last] ^= 1;
+        assert!(dst.clone().open(frame(&flipped)).is_err(), "altered");
+        assert!(dst.open(frame(&b)).is_ok());
+        // Reflected: the destination's own message back at it.
+        let c = dst.seal(&Message::Confirm {
             ok: true,
-            digest: 43,
-            tag,
-        };
-        assert!(!s.verify(5, &flipped), "another payload");
-        let ack = s.seal(5, Message::Ack { tag: [0; MAC_LEN] });
-        assert!(s.verify(5, &ack));
-        let Message::Ack { tag } = ack else {
-            panic!("ack")
-        };
-        // Same tag, another type.
-        assert!(!s.verify(
-            5,
-            &Message::State {
-                digest: 0,
-                tag,
-                blob: Vec::new()
-            }
-        ));
-        assert!(!s.verify(5, &Message::Ready), "no tag");
+            digest: 7,
+        });
+        assert!(dst.clone().open(frame(&c)).is_err(), "reflected");
+        assert!(src.open(frame(&c)).is_ok());
+        // Another session (other nonces) or another key.
+        let mut other = Channel::new(k.session(&[3; 48], &[5; 32]), Role::Destination);
+        assert!(other.open(frame(&a)).is_err());
+        // Untagged messages pass; an all-zero tag never verifies.
+        let mut fresh = Channel::new(sk, Role::Destination);
+        assert!(fresh.open(frame(&Message::Wait.encode())).is_err());
+        assert!(fresh.open(frame(&Message::error(1, "x").encode())).is_ok());
+        assert_ne!(k.session(&[1; 48], &[4; 32]).id(), fresh.id());
     }
 
     #[test]
@@ -293,6 +378,13 @@ mod tests {
         assert_eq!(Key::load(&p).expect("load"), k);
         std::fs::write(&p, "abc").expect("write");
         assert!(matches!(Key::load(&p), Err(KeyError::Format { .. })));
+        // A sign where a digit belongs is refused, not read as another key.
+        let mut hex = k.to_hex();
+        hex.replace_range(0..1, "+");
+        std::fs::write(&p, &hex).expect("write");
+        assert!(matches!(Key::load(&p), Err(KeyError::Format { .. })));
+        assert!(Key::from_hex(&"+f".repeat(32)).is_none());
+        assert!(Key::from_hex(&"0f".repeat(32)).is_some());
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -1,10 +1,12 @@
 //! Keep-alive `Wait` frames while one end does long local work (prefault, memory digests), so
-//! that the peer's timeouts measure silence, not the size of the guest.
+//! that the peer's timeouts measure silence, not the size of the guest. Every `Wait` is tagged
+//! by the session like any control message, so a peer on the path cannot forge them.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::wire::{Message, WireError};
+use crate::auth::Channel;
+use crate::wire::{write_within, Message, WireError};
 
 /// How often a busy end says it is still working (well under any sensible `--timeout`).
 pub const EVERY: Duration = Duration::from_millis(500);
@@ -12,22 +14,31 @@ pub const EVERY: Duration = Duration::from_millis(500);
 /// Most `Wait` frames in a row a reader accepts (at [`EVERY`], about half an hour of work).
 pub const MAX_WAITS: u32 = 3600;
 
-/// Sends `Wait` on `w` whenever [`EVERY`] has passed since the last frame; remembers the first
-/// write failure for [`KeepAlive::finish`].
+/// Sends a tagged `Wait` on `w` whenever [`EVERY`] has passed since the last frame; remembers
+/// the first write failure for [`KeepAlive::finish`].
 #[derive(Debug)]
 pub struct KeepAlive<'a, W: Write> {
     w: &'a mut W,
+    chan: &'a mut Channel,
     every: Duration,
+    timeout: Duration,
     last: Instant,
     failed: Option<WireError>,
 }
 
 impl<'a, W: Write> KeepAlive<'a, W> {
-    /// Starts the clock now, sending at most every `every`.
-    pub fn new(w: &'a mut W, every: Duration) -> KeepAlive<'a, W> {
+    /// Starts the clock now, sending at most every `every`, each write within `timeout`.
+    pub fn new(
+        w: &'a mut W,
+        chan: &'a mut Channel,
+        every: Duration,
+        timeout: Duration,
+    ) -> KeepAlive<'a, W> {
         KeepAlive {
             w,
+            chan,
             every,
+            timeout,
             last: Instant::now(),
             failed: None,
         }
@@ -36,7 +47,9 @@ impl<'a, W: Write> KeepAlive<'a, W> {
     /// Sends a `Wait` if it is time (nothing after a failure).
     pub fn tick(&mut self) {
         if self.failed.is_none() && self.last.elapsed() >= self.every {
-            if let Err(e) = Message::Wait.write_to(self.w) {
+            let f = self.chan.seal(&Message::Wait);
+            let deadline = Some((Instant::now() + self.timeout, self.timeout));
+            if let Err(e) = write_within(self.w, &f, deadline) {
                 self.failed = Some(e);
             }
             self.last = Instant::now();
@@ -52,16 +65,28 @@ impl<'a, W: Write> KeepAlive<'a, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::{Key, Role};
+    use crate::wire::Frame;
 
     #[test]
-    fn waits_go_out_at_most_every_interval() {
+    fn waits_go_out_at_most_every_interval_and_are_tagged() {
+        let sk = Key::from_bytes([1; 32]).session(&[2; 8], &[3; 8]);
+        let mut chan = Channel::new(sk.clone(), Role::Source);
         let mut out = Vec::new();
-        let mut k = KeepAlive::new(&mut out, Duration::from_millis(20));
+        let mut k = KeepAlive::new(
+            &mut out,
+            &mut chan,
+            Duration::from_millis(20),
+            Duration::from_secs(1),
+        );
         k.tick();
         std::thread::sleep(Duration::from_millis(30));
         k.tick();
         k.tick();
         k.finish().expect("written");
-        assert_eq!(out, Message::Wait.encode());
+        let f = Frame::from_bytes(&out).expect("one frame");
+        assert_eq!(f.wire_len, out.len(), "exactly one Wait");
+        let mut peer = Channel::new(sk, Role::Destination);
+        assert_eq!(peer.open(f).expect("tagged"), Message::Wait);
     }
 }

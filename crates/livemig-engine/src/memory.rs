@@ -31,6 +31,8 @@ pub enum MemoryError {
     Size(u64),
     #[error("guest memory of {got} bytes exceeds the limit of {max} bytes")]
     TooLarge { got: u64, max: u64 },
+    #[error("cannot allocate {bytes} bytes of guest memory (the host or a limit refused)")]
+    Alloc { bytes: u64 },
     #[error("page {page} is outside guest memory of {pages} pages")]
     Page { page: u64, pages: u64 },
 }
@@ -44,6 +46,8 @@ pub struct GuestMemory {
 
 impl GuestMemory {
     /// Zeroed memory of `bytes` bytes (a multiple of the page size), at most `max` bytes.
+    /// Allocation is fallible: a refusal (a memory limit, `ulimit -v`) is
+    /// [`MemoryError::Alloc`], never an abort.
     pub fn new(bytes: u64, max: u64) -> Result<GuestMemory, MemoryError> {
         if bytes == 0 || bytes & (PAGE_SIZE as u64 - 1) != 0 {
             return Err(MemoryError::Size(bytes));
@@ -52,12 +56,19 @@ impl GuestMemory {
             return Err(MemoryError::TooLarge { got: bytes, max });
         }
         let pages = bytes / PAGE_SIZE as u64;
-        let regions = (0..pages.div_ceil(PAGES_PER_REGION))
-            .map(|r| {
-                let n = (pages - r * PAGES_PER_REGION).min(PAGES_PER_REGION);
-                Mutex::new(vec![0u8; n as usize * PAGE_SIZE])
-            })
-            .collect();
+        let alloc = MemoryError::Alloc { bytes };
+        let count = usize::try_from(pages.div_ceil(PAGES_PER_REGION)).map_err(|_| alloc.clone())?;
+        let mut regions = Vec::new();
+        regions
+            .try_reserve_exact(count)
+            .map_err(|_| alloc.clone())?;
+        for r in 0..pages.div_ceil(PAGES_PER_REGION) {
+            let n = (pages - r * PAGES_PER_REGION).min(PAGES_PER_REGION) as usize * PAGE_SIZE;
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).map_err(|_| alloc.clone())?;
+            v.resize(n, 0u8);
+            regions.push(Mutex::new(v));
+        }
         ALLOCATED_TOTAL.fetch_add(bytes, Relaxed);
         Ok(GuestMemory { regions, pages })
     }

@@ -1,19 +1,28 @@
-//! The destination side: handshake, pages into fresh memory, verification, hand-over.
+//! The destination side of one connection: handshake, pages into fresh memory, verification,
+//! and the commit protocol (`docs/protocol.md`).
 //!
-//! The caller bounds every single wait with socket timeouts ([`crate::net`]); the receiver
-//! adds deadlines for each whole frame and for the handshake, so that a peer trickling bytes
-//! cannot hold it. Memory is allocated only after the source proved the key. `State` and
-//! `Ack` must carry the session tag, and `Confirm` carries it. Whatever fails before the
-//! source's acknowledgement drops the partial memory: nothing half-migrated survives.
+//! Every wait has a deadline (the handshake as a whole, every frame). Memory is allocated only
+//! after the source proved the key over the whole handshake transcript, and only within the
+//! destination's limit; an allocation that fails is answered with `Error`. Every control
+//! message after the handshake must carry the session tag of its place in the sequence.
+//!
+//! Once the destination has answered `Confirm{ok}` it holds a verified, paused copy that it
+//! runs only on the source's `Commit`; on `Abort` it drops it. When neither arrives (a lost
+//! message, a forged one, a cut) it neither runs nor drops the copy: the connection ends
+//! [`Landing::Held`], and the caller keeps the copy until the source reconnects to settle it
+//! ([`crate::serve`]) or an operator does.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use crate::auth::{self, Key, KeyError, Role, SessionKey};
-use crate::guest::{GuestError, SimGuest};
+use crate::auth::{self, Channel, Forged, Key, KeyError, Role};
+use crate::guest::{Guest, GuestError, SimGuest};
 use crate::keepalive::{self, KeepAlive};
 use crate::memory::{GuestMemory, MemoryError};
-use crate::wire::{self, code, Message, MsgType, WireError, PAGE_SIZE, VERSION};
+use crate::wire::{
+    self, code, read_within, write_within, Message, Mode, MsgType, ResolveDecision, ResolveStatus,
+    WireError, PAGE_SIZE, SESSION_ID_LEN, VERSION,
+};
 
 /// Receiver settings.
 #[derive(Debug, Clone)]
@@ -22,14 +31,14 @@ pub struct ReceiverConfig {
     pub max_memory: u64,
     /// From the first byte read to the source's proof of the key.
     pub handshake_deadline: Duration,
-    /// Longest time to receive any one frame (from the start of its read).
+    /// Longest time to receive or send any one frame.
     pub frame_deadline: Duration,
 }
 
 impl Default for ReceiverConfig {
     fn default() -> Self {
         ReceiverConfig {
-            max_memory: 64 << 30,
+            max_memory: crate::hostmem::holdable_bytes(),
             handshake_deadline: Duration::from_secs(10),
             frame_deadline: Duration::from_secs(10),
         }
@@ -39,52 +48,7 @@ impl Default for ReceiverConfig {
 const AWAIT_HELLO: &str = "waiting for hello";
 const AWAIT_AUTH: &str = "waiting for the source's proof";
 
-/// Where the receiver is; every message is checked against it.
-#[derive(Debug)]
-pub enum ReceiverState {
-    AwaitHello,
-    AwaitAuth {
-        source_nonce: [u8; wire::NONCE_LEN],
-        dest_nonce: [u8; wire::NONCE_LEN],
-        memory_bytes: u64,
-    },
-    /// Between rounds (after `Ready` or a `RoundEnd`).
-    BetweenRounds {
-        memory: GuestMemory,
-        rounds: u32,
-    },
-    InRound {
-        memory: GuestMemory,
-        round: u32,
-        expected: u64,
-        got: u64,
-    },
-    StopCopy {
-        memory: GuestMemory,
-        rounds: u32,
-        expected: u64,
-        got: u64,
-    },
-    AwaitAck {
-        guest: SimGuest,
-        rounds: u32,
-    },
-}
-
-impl ReceiverState {
-    fn name(&self) -> &'static str {
-        match self {
-            ReceiverState::AwaitHello => AWAIT_HELLO,
-            ReceiverState::AwaitAuth { .. } => AWAIT_AUTH,
-            ReceiverState::BetweenRounds { .. } => "between rounds",
-            ReceiverState::InRound { .. } => "in a pre-copy round",
-            ReceiverState::StopCopy { .. } => "in stop-and-copy",
-            ReceiverState::AwaitAck { .. } => "waiting for the source's acknowledgement",
-        }
-    }
-}
-
-/// Why a migration failed on the destination. Partial state is discarded.
+/// Why a connection failed on the destination. Partial state is discarded; nothing runs.
 #[derive(Debug, thiserror::Error)]
 pub enum RecvError {
     #[error("the connection failed {state}")]
@@ -101,7 +65,11 @@ pub enum RecvError {
         code: u16,
         message: String,
     },
-    #[error("the source could not prove it holds the shared key (wrong key?)")]
+    #[error(
+        "the source aborted the hand-over and runs the guest; the verified copy was discarded"
+    )]
+    SourceAborted,
+    #[error("the source could not prove it holds the shared key (wrong key, or the handshake was altered on the way)")]
     Auth,
     #[error("the source asks for {memory_bytes} bytes in pages of {page_size}; this host takes page size {PAGE_SIZE} and at most {max} bytes")]
     Geometry {
@@ -109,10 +77,14 @@ pub enum RecvError {
         page_size: u32,
         max: u64,
     },
+    #[error("this host cannot hold the guest's memory")]
+    Alloc(#[source] MemoryError),
+    #[error("this destination is busy with another migration")]
+    Busy,
     #[error("the source announced {expected} pages and sent {got}")]
     Count { expected: u64, got: u64 },
     #[error("bad page from the source")]
-    Page(#[from] MemoryError),
+    Page(#[source] MemoryError),
     #[error("the memory digest {dest:016x} does not match the source's {source_digest:016x}")]
     Verify { source_digest: u64, dest: u64 },
     #[error("cannot restore the guest from the received memory and state")]
@@ -121,8 +93,12 @@ pub enum RecvError {
     Key(#[from] KeyError),
     #[error("the source sent {0} keep-alives in a row without progress")]
     Stalled(u32),
-    #[error("the `{msg}` message does not carry a valid session tag (tampered with on the way?)")]
-    Forged { msg: &'static str },
+    #[error("{state}")]
+    Forged {
+        state: &'static str,
+        #[source]
+        source: Forged,
+    },
 }
 
 impl RecvError {
@@ -137,330 +113,462 @@ impl RecvError {
             _ => false,
         }
     }
+
+    /// The `Error` code that tells the peer why, when there is one to tell.
+    fn code(&self) -> Option<u16> {
+        match self {
+            RecvError::Auth | RecvError::Forged { .. } => Some(code::AUTH),
+            RecvError::Geometry { .. } | RecvError::Alloc(_) => Some(code::RESOURCES),
+            RecvError::Busy => Some(code::BUSY),
+            RecvError::Transition { .. } | RecvError::Count { .. } | RecvError::Page(_) => {
+                Some(code::PROTOCOL)
+            }
+            RecvError::Wire { source, .. } => match source {
+                WireError::Version { .. } => Some(code::VERSION),
+                WireError::BadMagic(_)
+                | WireError::UnknownType(_)
+                | WireError::TooLong { .. }
+                | WireError::Malformed { .. } => Some(code::PROTOCOL),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
-/// A verified, acknowledged guest, paused until the caller resumes it.
+/// A guest that runs here now: verified, committed by the source, resumed.
 #[derive(Debug)]
 pub struct Received {
     pub guest: SimGuest,
     pub rounds: u32,
+    /// xxh3 digest of the memory as received (equal to the source's at pause).
     pub digest: u64,
+    /// The guest's self-check counter when it was handed over (before it resumed here).
+    pub self_check_at_handover: u64,
+    /// The session id.
+    pub session: [u8; SESSION_ID_LEN],
+    /// Whether the source closed the connection after `Running` (it learnt the outcome);
+    /// when false it may reconnect to ask.
+    pub source_saw_running: bool,
 }
 
-fn send<S: Write>(s: &mut S, state: &'static str, m: &Message) -> Result<(), RecvError> {
-    m.write_to(s)
-        .map_err(|source| RecvError::Wire { state, source })
+/// A verified, paused copy that the source neither committed nor aborted (the last messages
+/// were lost): it must be kept, not run, until the hand-over is settled.
+#[derive(Debug)]
+pub struct Held {
+    pub guest: SimGuest,
+    pub rounds: u32,
+    pub digest: u64,
+    pub session: [u8; SESSION_ID_LEN],
+    /// Why the hand-over did not complete on the connection.
+    pub reason: RecvError,
 }
 
-/// Receives one migration from `stream`. On any error the partial memory is dropped and the
-/// source is told why when the connection still works.
+/// How one migration connection ended without an error.
+#[derive(Debug)]
+pub enum Landing {
+    /// Committed: the guest runs here.
+    Migrated(Received),
+    /// Verified but not settled: the copy is held, paused.
+    Held(Held),
+    /// A [`Mode::Resolve`] connection that settled a session of the [`Host`].
+    Settled(ResolveStatus),
+}
+
+/// What the connection needs from the process that accepts it (see [`crate::serve`]).
+pub trait Host: Sync {
+    /// Claims the one migration slot for `session` (false: busy).
+    fn claim(&self, session: &[u8; SESSION_ID_LEN]) -> bool;
+    /// Settles `session` as a reconnecting source asks.
+    fn resolve(&self, session: &[u8; SESSION_ID_LEN], decision: ResolveDecision) -> ResolveStatus;
+}
+
+/// A host for a single connection: the slot is free, no session is held.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Alone;
+
+impl Host for Alone {
+    fn claim(&self, _: &[u8; SESSION_ID_LEN]) -> bool {
+        true
+    }
+    fn resolve(&self, _: &[u8; SESSION_ID_LEN], _: ResolveDecision) -> ResolveStatus {
+        ResolveStatus::Unknown
+    }
+}
+
+/// Receives one migration from `stream` on its own (no other connection can settle it).
 pub fn receive<S: Read + Write>(
     stream: &mut S,
     key: &Key,
     cfg: &ReceiverConfig,
-) -> Result<Received, RecvError> {
-    let mut state = ReceiverState::AwaitHello;
-    let mut spare = Vec::new();
-    let mut session = None;
-    let mut waits = 0u32;
-    let handshake_end = Instant::now() + cfg.handshake_deadline;
-    loop {
-        let name = state.name();
-        let frame_end = Instant::now() + cfg.frame_deadline;
-        let deadline = if matches!(
-            state,
-            ReceiverState::AwaitHello | ReceiverState::AwaitAuth { .. }
-        ) && handshake_end < frame_end
-        {
-            (handshake_end, cfg.handshake_deadline)
+) -> Result<Landing, RecvError> {
+    receive_with(stream, key, cfg, &Alone)
+}
+
+struct Conn<'a, S: Read + Write> {
+    stream: &'a mut S,
+    cfg: &'a ReceiverConfig,
+    chan: Option<Channel>,
+    spare: Vec<u8>,
+    handshake_end: Instant,
+}
+
+impl<S: Read + Write> Conn<'_, S> {
+    fn deadline(&self) -> wire::frames::Deadline {
+        let frame = Instant::now() + self.cfg.frame_deadline;
+        if self.chan.is_none() && self.handshake_end < frame {
+            Some((self.handshake_end, self.cfg.handshake_deadline))
         } else {
-            (frame_end, cfg.frame_deadline)
-        };
-        let msg = match Message::read_within(stream, &mut spare, Some(deadline)) {
-            Ok((m, _)) => m,
-            Err(e) => {
-                let c = match e {
-                    WireError::Version { .. } => Some(code::VERSION),
-                    WireError::BadMagic(_)
-                    | WireError::UnknownType(_)
-                    | WireError::TooLong { .. }
-                    | WireError::Malformed { .. } => Some(code::PROTOCOL),
-                    _ => None,
-                };
-                if let Some(c) = c {
-                    let _ = Message::error(c, &e.to_string()).write_to(stream);
-                }
-                return Err(RecvError::Wire {
-                    state: name,
-                    source: e,
-                });
-            }
-        };
-        // After authentication a busy source may say it is still working.
-        if matches!(msg, Message::Wait) && session.is_some() {
-            waits += 1;
-            if waits > crate::keepalive::MAX_WAITS {
-                return Err(RecvError::Stalled(waits));
-            }
-            continue;
+            Some((frame, self.cfg.frame_deadline))
         }
-        waits = 0;
-        match step(state, msg, stream, key, cfg, &mut spare, &mut session) {
-            Ok(Step::Next(s)) => state = s,
-            Ok(Step::Finished(r)) => return Ok(r),
-            Err(e) => {
-                let c = match &e {
-                    RecvError::Auth | RecvError::Forged { .. } => Some(code::AUTH),
-                    RecvError::Geometry { .. } => Some(code::RESOURCES),
-                    RecvError::Transition { .. } | RecvError::Count { .. } | RecvError::Page(_) => {
-                        Some(code::PROTOCOL)
+    }
+
+    /// The next message, its tag checked; `Wait` keep-alives skipped (bounded).
+    fn recv(&mut self, state: &'static str) -> Result<Message, RecvError> {
+        let mut waits = 0u32;
+        loop {
+            let d = self.deadline();
+            let f = read_within(self.stream, &mut self.spare, d)
+                .map_err(|source| RecvError::Wire { state, source })?;
+            let m = match self.chan.as_mut() {
+                Some(c) => c
+                    .open(f)
+                    .map_err(|source| RecvError::Forged { state, source })?,
+                None => f.msg,
+            };
+            match m {
+                Message::Wait if self.chan.is_some() => {
+                    waits += 1;
+                    if waits > keepalive::MAX_WAITS {
+                        return Err(RecvError::Stalled(waits));
                     }
-                    _ => None,
-                };
-                if let Some(c) = c {
-                    let _ = Message::error(c, &e.to_string()).write_to(stream);
                 }
-                return Err(e);
+                Message::Error { code, message } => {
+                    return Err(RecvError::Aborted {
+                        state,
+                        code,
+                        message,
+                    })
+                }
+                m => return Ok(m),
             }
+        }
+    }
+
+    fn send(&mut self, state: &'static str, m: &Message) -> Result<(), RecvError> {
+        let f = match self.chan.as_mut() {
+            Some(c) => c.seal(m),
+            None => m.encode(),
+        };
+        let d = Some((
+            Instant::now() + self.cfg.frame_deadline,
+            self.cfg.frame_deadline,
+        ));
+        write_within(self.stream, &f, d).map_err(|source| RecvError::Wire { state, source })
+    }
+
+    /// Tells the peer why, when the socket still works (untagged `Error`, briefly).
+    fn refuse(&mut self, e: &RecvError) {
+        if let Some(c) = e.code() {
+            let short = Duration::from_millis(500).min(self.cfg.frame_deadline);
+            let f = Message::error(c, &e.to_string()).encode();
+            let _ = write_within(self.stream, &f, Some((Instant::now() + short, short)));
         }
     }
 }
 
-enum Step {
-    Next(ReceiverState),
-    Finished(Received),
-}
-
-fn step<S: Read + Write>(
-    state: ReceiverState,
-    msg: Message,
+/// Receives one connection from `stream` for `host`: a migration, or a reconnecting source
+/// settling a session. On any error the partial memory is dropped and the peer is told why
+/// when the connection still works.
+pub fn receive_with<S: Read + Write>(
     stream: &mut S,
     key: &Key,
     cfg: &ReceiverConfig,
-    spare: &mut Vec<u8>,
-    session: &mut Option<SessionKey>,
-) -> Result<Step, RecvError> {
-    use ReceiverState as St;
-    let name = state.name();
-    if let Message::Error { code, message } = msg {
-        return Err(RecvError::Aborted {
-            state: name,
-            code,
-            message,
-        });
+    host: &dyn Host,
+) -> Result<Landing, RecvError> {
+    let mut c = Conn {
+        stream,
+        cfg,
+        chan: None,
+        spare: Vec::new(),
+        handshake_end: Instant::now() + cfg.handshake_deadline,
+    };
+    let r = run(&mut c, key, host);
+    if let Err(e) = &r {
+        c.refuse(e);
     }
-    Ok(Step::Next(match (state, msg) {
-        (
-            St::AwaitHello,
-            Message::Hello {
-                version,
-                nonce,
-                memory_bytes,
-                page_size,
-                ..
-            },
-        ) => {
+    r
+}
+
+fn run<S: Read + Write>(
+    c: &mut Conn<'_, S>,
+    key: &Key,
+    host: &dyn Host,
+) -> Result<Landing, RecvError> {
+    // Handshake: both proofs cover the whole Hello, so nothing in it can be rewritten.
+    let (hello, memory_bytes, mode) = match c.recv(AWAIT_HELLO)? {
+        m @ Message::Hello {
+            version,
+            memory_bytes,
+            page_size,
+            mode,
+            ..
+        } => {
             if version != VERSION {
-                let e = WireError::Version { got: version };
-                let _ = Message::error(code::VERSION, &e.to_string()).write_to(stream);
                 return Err(RecvError::Wire {
-                    state: name,
-                    source: e,
+                    state: AWAIT_HELLO,
+                    source: WireError::Version { got: version },
                 });
             }
-            if page_size as usize != PAGE_SIZE
-                || memory_bytes == 0
-                || memory_bytes % PAGE_SIZE as u64 != 0
-                || memory_bytes > cfg.max_memory
+            if mode == Mode::Migrate
+                && (page_size as usize != PAGE_SIZE
+                    || memory_bytes == 0
+                    || memory_bytes % PAGE_SIZE as u64 != 0
+                    || memory_bytes > c.cfg.max_memory)
             {
                 return Err(RecvError::Geometry {
                     memory_bytes,
                     page_size,
-                    max: cfg.max_memory,
+                    max: c.cfg.max_memory,
                 });
             }
-            let dest_nonce = auth::nonce()?;
-            send(
-                stream,
-                name,
-                &Message::Challenge {
-                    nonce: dest_nonce,
-                    mac: key.prove(Role::Destination, &nonce, &dest_nonce),
-                },
-            )?;
-            St::AwaitAuth {
-                source_nonce: nonce,
-                dest_nonce,
-                memory_bytes,
-            }
+            (m.body(), memory_bytes, mode)
         }
-        (
-            St::AwaitAuth {
-                source_nonce,
-                dest_nonce,
-                memory_bytes,
-            },
-            Message::Auth { mac },
-        ) => {
-            if !key.verify(Role::Source, &source_nonce, &dest_nonce, &mac) {
-                return Err(RecvError::Auth);
-            }
-            *session = Some(key.session(&source_nonce, &dest_nonce));
-            let memory = GuestMemory::new(memory_bytes, cfg.max_memory)?;
-            // Prefaulting a large guest takes longer than the source's timeout: keep it posted.
-            let mut ka = KeepAlive::new(stream, keepalive::EVERY);
-            memory.prefault_with(&mut || ka.tick());
-            ka.finish().map_err(|source| RecvError::Wire {
-                state: name,
-                source,
-            })?;
-            send(stream, name, &Message::Ready)?;
-            St::BetweenRounds { memory, rounds: 0 }
-        }
-        (St::BetweenRounds { memory, rounds }, Message::RoundStart { round, pages })
-            if round == rounds + 1 =>
-        {
-            St::InRound {
-                memory,
-                round,
-                expected: pages,
-                got: 0,
-            }
-        }
-        (
-            St::InRound {
-                memory,
-                round,
-                expected,
-                got,
-            },
-            Message::Pages(batch),
-        ) => {
-            let got = got + store(&memory, &batch)?;
-            *spare = batch.into_payload();
-            St::InRound {
-                memory,
-                round,
-                expected,
-                got,
-            }
-        }
-        (
-            St::InRound {
-                memory,
-                round,
-                expected,
-                got,
-            },
-            Message::RoundEnd { round: r, pages },
-        ) if r == round => {
-            if got != expected || pages != expected {
-                return Err(RecvError::Count { expected, got });
-            }
-            St::BetweenRounds {
-                memory,
-                rounds: round,
-            }
-        }
-        (St::BetweenRounds { memory, rounds }, Message::StopCopy { pages }) if rounds > 0 => {
-            St::StopCopy {
-                memory,
-                rounds,
-                expected: pages,
-                got: 0,
-            }
-        }
-        (
-            St::StopCopy {
-                memory,
-                rounds,
-                expected,
-                got,
-            },
-            Message::Pages(batch),
-        ) => {
-            let got = got + store(&memory, &batch)?;
-            *spare = batch.into_payload();
-            St::StopCopy {
-                memory,
-                rounds,
-                expected,
-                got,
-            }
-        }
-        (
-            St::StopCopy {
-                memory,
-                rounds,
-                expected,
-                got,
-            },
-            msg @ Message::State { .. },
-        ) => {
-            let Some(sk) = session.as_ref() else {
-                return Err(RecvError::Forged { msg: "state" });
-            };
-            if !sk.verify(rounds, &msg) {
-                return Err(RecvError::Forged { msg: "state" });
-            }
-            let Message::State { digest, blob, .. } = msg else {
-                return Err(RecvError::Forged { msg: "state" });
-            };
-            if got != expected {
-                return Err(RecvError::Count { expected, got });
-            }
-            let confirm = |ok: bool, digest: u64| {
-                sk.seal(
-                    rounds,
-                    Message::Confirm {
-                        ok,
-                        digest,
-                        tag: [0; wire::TAG_LEN],
-                    },
-                )
-            };
-            let mut ka = KeepAlive::new(stream, keepalive::EVERY);
-            let mine = memory.digest_with(&mut || ka.tick());
-            ka.finish().map_err(|source| RecvError::Wire {
-                state: name,
-                source,
-            })?;
-            if mine != digest {
-                send(stream, name, &confirm(false, mine))?;
-                return Err(RecvError::Verify {
-                    source_digest: digest,
-                    dest: mine,
-                });
-            }
-            let guest = match SimGuest::restore(memory, &blob) {
-                Ok(g) => g,
-                Err(e) => {
-                    send(stream, name, &confirm(false, mine))?;
-                    return Err(RecvError::Restore(e));
-                }
-            };
-            send(stream, name, &confirm(true, mine))?;
-            St::AwaitAck { guest, rounds }
-        }
-        (St::AwaitAck { guest, rounds }, msg @ Message::Ack { .. }) => {
-            if !session.as_ref().is_some_and(|sk| sk.verify(rounds, &msg)) {
-                return Err(RecvError::Forged { msg: "ack" });
-            }
-            use crate::guest::Guest;
-            let digest = guest.memory().digest();
-            return Ok(Step::Finished(Received {
-                guest,
-                rounds,
-                digest,
-            }));
-        }
-        (_, m) => {
+        m => {
             return Err(RecvError::Transition {
-                state: name,
+                state: AWAIT_HELLO,
                 got: m.msg_type(),
             })
         }
-    }))
+    };
+    let nd = auth::nonce()?;
+    c.send(
+        AWAIT_HELLO,
+        &Message::Challenge {
+            nonce: nd,
+            mac: key.prove(Role::Destination, &hello, &nd),
+        },
+    )?;
+    match c.recv(AWAIT_AUTH)? {
+        Message::Auth { mac } if key.verify(Role::Source, &hello, &nd, &mac) => {}
+        Message::Auth { .. } => return Err(RecvError::Auth),
+        m => {
+            return Err(RecvError::Transition {
+                state: AWAIT_AUTH,
+                got: m.msg_type(),
+            })
+        }
+    }
+    let chan = Channel::new(key.session(&hello, &nd), Role::Destination);
+    let session = chan.id();
+    c.chan = Some(chan);
+
+    if mode == Mode::Resolve {
+        const STATE: &str = "settling a hand-over";
+        return match c.recv(STATE)? {
+            Message::Resolve { session, decision } => {
+                let status = host.resolve(&session, decision);
+                c.send(STATE, &Message::Resolved { status })?;
+                Ok(Landing::Settled(status))
+            }
+            m => Err(RecvError::Transition {
+                state: STATE,
+                got: m.msg_type(),
+            }),
+        };
+    }
+
+    if !host.claim(&session) {
+        return Err(RecvError::Busy);
+    }
+    let memory = GuestMemory::new(memory_bytes, c.cfg.max_memory).map_err(RecvError::Alloc)?;
+    // Prefaulting a large guest takes longer than the source's timeout: keep it posted.
+    {
+        let Some(chan) = c.chan.as_mut() else {
+            return Err(RecvError::Auth);
+        };
+        let mut ka = KeepAlive::new(c.stream, chan, keepalive::EVERY, c.cfg.frame_deadline);
+        memory.prefault_with(&mut || ka.tick());
+        ka.finish().map_err(|source| RecvError::Wire {
+            state: "preparing memory",
+            source,
+        })?;
+    }
+    c.send("preparing memory", &Message::Ready)?;
+
+    // Pre-copy rounds, then stop-and-copy.
+    let mut rounds = 0u32;
+    let state_msg = loop {
+        const BETWEEN: &str = "between rounds";
+        match c.recv(BETWEEN)? {
+            Message::RoundStart { round, pages } if round == rounds.wrapping_add(1) => {
+                let got = receive_pages(c, &memory, "in a pre-copy round", |m| match m {
+                    Message::RoundEnd { round: r, pages: p } if *r == round => Some(*p),
+                    _ => None,
+                })?;
+                if got.0 != pages || got.1 != pages {
+                    return Err(RecvError::Count {
+                        expected: pages,
+                        got: got.0,
+                    });
+                }
+                rounds = round;
+            }
+            Message::StopCopy { pages } if rounds > 0 => {
+                let mut state = None;
+                let (got, _) = receive_pages(c, &memory, "in stop-and-copy", |m| match m {
+                    Message::State { digest, blob } => {
+                        state = Some((*digest, blob.clone()));
+                        Some(0)
+                    }
+                    _ => None,
+                })?;
+                if got != pages {
+                    return Err(RecvError::Count {
+                        expected: pages,
+                        got,
+                    });
+                }
+                break state;
+            }
+            m => {
+                return Err(RecvError::Transition {
+                    state: BETWEEN,
+                    got: m.msg_type(),
+                })
+            }
+        }
+    };
+    let Some((digest, blob)) = state_msg else {
+        return Err(RecvError::Transition {
+            state: "in stop-and-copy",
+            got: MsgType::State,
+        });
+    };
+
+    // Verify, rebuild paused, confirm.
+    const VERIFY: &str = "verifying the guest";
+    let mine = {
+        let Some(chan) = c.chan.as_mut() else {
+            return Err(RecvError::Auth);
+        };
+        let mut ka = KeepAlive::new(c.stream, chan, keepalive::EVERY, c.cfg.frame_deadline);
+        let d = memory.digest_with(&mut || ka.tick());
+        ka.finish().map_err(|source| RecvError::Wire {
+            state: VERIFY,
+            source,
+        })?;
+        d
+    };
+    if mine != digest {
+        c.send(
+            VERIFY,
+            &Message::Confirm {
+                ok: false,
+                digest: mine,
+            },
+        )?;
+        return Err(RecvError::Verify {
+            source_digest: digest,
+            dest: mine,
+        });
+    }
+    let guest = match SimGuest::restore(memory, &blob) {
+        Ok(g) => g,
+        Err(e) => {
+            c.send(
+                VERIFY,
+                &Message::Confirm {
+                    ok: false,
+                    digest: mine,
+                },
+            )?;
+            return Err(RecvError::Restore(e));
+        }
+    };
+    // From here the copy is kept whatever happens, until Commit runs it or Abort drops it.
+    const PREPARED: &str = "holding a verified copy, waiting for the source's commit";
+    let decision = match c.send(
+        PREPARED,
+        &Message::Confirm {
+            ok: true,
+            digest: mine,
+        },
+    ) {
+        Ok(()) => c.recv(PREPARED),
+        Err(e) => Err(e),
+    };
+    match decision {
+        Ok(Message::Commit) => {
+            let (at_handover, _) = guest.self_check();
+            guest.resume();
+            let sent = c.send("running the guest", &Message::Running).is_ok();
+            // The source closes after reading `Running`: its end of stream says it knows.
+            let saw = sent
+                && matches!(
+                    read_within(
+                        c.stream,
+                        &mut Vec::new(),
+                        Some((Instant::now() + c.cfg.frame_deadline, c.cfg.frame_deadline))
+                    ),
+                    Err(WireError::Closed)
+                );
+            Ok(Landing::Migrated(Received {
+                guest,
+                rounds,
+                digest: mine,
+                self_check_at_handover: at_handover,
+                session,
+                source_saw_running: saw,
+            }))
+        }
+        Ok(Message::Abort) => Err(RecvError::SourceAborted),
+        Ok(m) => Ok(Landing::Held(Held {
+            guest,
+            rounds,
+            digest: mine,
+            session,
+            reason: RecvError::Transition {
+                state: PREPARED,
+                got: m.msg_type(),
+            },
+        })),
+        Err(reason) => Ok(Landing::Held(Held {
+            guest,
+            rounds,
+            digest: mine,
+            session,
+            reason,
+        })),
+    }
+}
+
+/// Receives `Pages` into `memory` until `end` recognises the closing message (returning its
+/// page count); returns the pages stored and that count.
+fn receive_pages<S: Read + Write>(
+    c: &mut Conn<'_, S>,
+    memory: &GuestMemory,
+    state: &'static str,
+    mut end: impl FnMut(&Message) -> Option<u64>,
+) -> Result<(u64, u64), RecvError> {
+    let mut got = 0u64;
+    loop {
+        match c.recv(state)? {
+            Message::Pages(batch) => {
+                got += store(memory, &batch)?;
+                c.spare = batch.into_payload();
+            }
+            m => {
+                return match end(&m) {
+                    Some(n) => Ok((got, n)),
+                    None => Err(RecvError::Transition {
+                        state,
+                        got: m.msg_type(),
+                    }),
+                }
+            }
+        }
+    }
 }
 
 fn store(memory: &GuestMemory, batch: &wire::PageBatch) -> Result<u64, RecvError> {
@@ -468,13 +576,15 @@ fn store(memory: &GuestMemory, batch: &wire::PageBatch) -> Result<u64, RecvError
     let mut n = 0;
     for e in batch.entries() {
         match <&[u8; PAGE_SIZE]>::try_from(e.data) {
-            Ok(raw) if e.encoding == wire::PageEncoding::Raw => memory.write_page(e.index, raw)?,
+            Ok(raw) if e.encoding == wire::PageEncoding::Raw => {
+                memory.write_page(e.index, raw).map_err(RecvError::Page)?
+            }
             _ => {
                 e.decode_into(&mut buf).map_err(|source| RecvError::Wire {
                     state: "in a page batch",
                     source,
                 })?;
-                memory.write_page(e.index, &buf)?;
+                memory.write_page(e.index, &buf).map_err(RecvError::Page)?;
             }
         }
         n += 1;

@@ -1,28 +1,42 @@
-//! The source side: handshake, pre-copy rounds under the policy's caps, stop-and-copy, hand-over.
+//! The source side: handshake, pre-copy rounds under the policy's caps, stop-and-copy, and the
+//! commit protocol that never loses the guest (`docs/protocol.md`).
+//!
+//! The source keeps its paused copy until it holds authenticated proof (`Running`) that the
+//! destination runs the guest. Before it sends `Commit` any failure resumes its guest (the
+//! destination never runs without `Commit`); after it, a lost answer is settled by reconnecting
+//! ([`resolve`]), and when that cannot happen within `resolve_timeout` the outcome is
+//! [`SendError::InDoubt`]: the guest stays paused here, for an operator to settle.
 //!
 //! The sender never holds a copy of guest memory: it encodes one page at a time, straight
-//! from guest memory (under the page's region lock), into one frame buffer of at most [`crate::wire::MAX_BATCH_PAGES`]
-//! pages (about 1 MiB); the in-flight bound on the source is that frame plus the kernel's
-//! socket send buffer.
+//! from guest memory (under the page's region lock), into one frame buffer of at most
+//! [`crate::wire::MAX_BATCH_PAGES`] pages (about 1 MiB); the in-flight bound on the source is
+//! that frame plus the kernel's socket send buffer.
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use livemig_policy::report::{MigrationReport, ReportBuilder, StopCopy};
 use livemig_policy::{Action, Decision, DirtySample, Policy, RoundStats, StatsError};
 
-use crate::auth::{self, Key, KeyError, Role};
+use crate::auth::{self, Channel, Forged, Key, KeyError, Role};
 use crate::guest::Guest;
 use crate::keepalive::{self, KeepAlive};
 use crate::limiter::{SharedCap, TokenBucket, DEFAULT_BURST_S};
 use crate::memory::{MemoryError, PageSet};
 use crate::meter::WireMeter;
-use crate::wire::{self, BatchWriter, Message, WireError, MAX_BATCH_PAGES, PAGE_SIZE, VERSION};
+use crate::net::NetError;
+use crate::wire::{
+    self, read_within, write_within, BatchWriter, Message, Mode, ResolveDecision, ResolveStatus,
+    WireError, MAX_BATCH_PAGES, ONE_PAGE_FRAME, PAGE_SIZE, SESSION_ID_LEN, VERSION,
+};
 
 /// A policy that never chooses stop-and-copy is cut off here.
 pub const MAX_ROUNDS: u32 = 10_000;
 /// Window of the wire-peak measurement (method.md section 8).
 pub const PEAK_WINDOW_S: f64 = 0.1;
+/// Pause between two attempts to reach the destination while settling a hand-over.
+pub const REDIAL_EVERY: Duration = Duration::from_millis(200);
 
 /// Sender settings.
 #[derive(Debug, Clone)]
@@ -37,6 +51,14 @@ pub struct SenderConfig {
     pub workload: Option<String>,
     /// An external cap applied on top of the policy's (changeable while rounds run).
     pub external_cap: SharedCap,
+    /// Deadline of the handshake, of every frame read or written, and of every keep-alive gap.
+    pub timeout: Duration,
+    /// Longest pause of the guest before the source has committed: past it, the source aborts
+    /// the hand-over and resumes its guest.
+    pub max_pause: Duration,
+    /// After `Commit`, how long the source keeps trying to learn the destination's outcome
+    /// (reconnecting) before it reports the outcome unknown.
+    pub resolve_timeout: Duration,
 }
 
 impl Default for SenderConfig {
@@ -47,7 +69,63 @@ impl Default for SenderConfig {
             sample_s: 0.5,
             workload: None,
             external_cap: SharedCap::new(),
+            timeout: Duration::from_secs(10),
+            max_pause: Duration::from_secs(30),
+            resolve_timeout: Duration::from_secs(60),
         }
+    }
+}
+
+/// Why sender settings cannot work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("a cap of {cap:.0} bytes/s cannot move one page frame ({ONE_PAGE_FRAME} bytes) within the timeout of {timeout:?}; raise the cap to at least {need:.0} bytes/s or the timeout")]
+    CapTooLow {
+        cap: f64,
+        timeout: Duration,
+        need: f64,
+    },
+    #[error("the {what} must be positive")]
+    Zero { what: &'static str },
+    #[error("the maximum pause ({max_pause:?}) must be longer than the timeout ({timeout:?}): the destination's digest and answer must fit in it")]
+    PauseTooShort {
+        max_pause: Duration,
+        timeout: Duration,
+    },
+}
+
+impl SenderConfig {
+    /// The lowest cap at which one frame of one page arrives within `timeout`.
+    pub fn min_cap(timeout: Duration) -> f64 {
+        ONE_PAGE_FRAME as f64 / timeout.as_secs_f64().max(1e-9)
+    }
+
+    /// Checks the settings against the lowest cap the policy may set.
+    pub fn check(&self, lowest_cap: f64) -> Result<(), ConfigError> {
+        for (what, d) in [
+            ("timeout", self.timeout),
+            ("maximum pause", self.max_pause),
+            ("resolve timeout", self.resolve_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Zero { what });
+            }
+        }
+        if self.max_pause <= self.timeout {
+            return Err(ConfigError::PauseTooShort {
+                max_pause: self.max_pause,
+                timeout: self.timeout,
+            });
+        }
+        let need = SenderConfig::min_cap(self.timeout);
+        if !(lowest_cap >= need) {
+            return Err(ConfigError::CapTooLow {
+                cap: lowest_cap,
+                timeout: self.timeout,
+                need,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -59,6 +137,7 @@ pub enum SenderPhase {
     PreCopy { round: u32 },
     StopCopy,
     AwaitConfirm,
+    Committed,
     HandedOver,
     Failed,
 }
@@ -71,6 +150,7 @@ impl SenderPhase {
             SenderPhase::PreCopy { .. } => "pre-copy",
             SenderPhase::StopCopy => "stop-and-copy",
             SenderPhase::AwaitConfirm => "waiting for the destination's confirmation",
+            SenderPhase::Committed => "waiting for the destination to run the guest",
             SenderPhase::HandedOver => "handed over",
             SenderPhase::Failed => "failed",
         }
@@ -80,13 +160,14 @@ impl SenderPhase {
     pub fn advance(&mut self, next: SenderPhase) -> Result<(), TransitionError> {
         use SenderPhase::*;
         let ok = match (*self, next) {
-            (_, Failed) => !matches!(*self, HandedOver),
+            (_, Failed) => !matches!(*self, HandedOver | Committed),
             (Connected, Handshake) => true,
             (Handshake, PreCopy { round: 1 }) => true,
             (PreCopy { round: a }, PreCopy { round: b }) => b == a + 1,
             (PreCopy { .. }, StopCopy) => true,
             (StopCopy, AwaitConfirm) => true,
-            (AwaitConfirm, HandedOver) => true,
+            (AwaitConfirm, Committed) => true,
+            (Committed, HandedOver) => true,
             _ => false,
         };
         if ok {
@@ -109,7 +190,8 @@ pub struct TransitionError {
     pub to: &'static str,
 }
 
-/// Why a migration failed on the source. The guest keeps (or resumes) running on the source.
+/// Why a migration did not hand over. Every variant but [`SendError::InDoubt`] leaves the guest
+/// running on the source.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("the connection failed during {phase}")]
@@ -124,7 +206,7 @@ pub enum SendError {
         code: u16,
         message: String,
     },
-    #[error("the destination could not prove it holds the shared key (wrong key?)")]
+    #[error("the destination could not prove it holds the shared key (wrong key, or the handshake was altered on the way)")]
     Auth,
     #[error("the destination sent `{got:?}` during {phase}")]
     Unexpected {
@@ -133,10 +215,27 @@ pub enum SendError {
     },
     #[error("the destination sent {0} keep-alives in a row without progress")]
     Stalled(u32),
-    #[error("the destination's confirmation does not carry a valid session tag (forged or tampered with on the way?)")]
-    Forged,
+    #[error("during {phase}")]
+    Forged {
+        phase: &'static str,
+        #[source]
+        source: Forged,
+    },
     #[error("the destination's memory digest {dest:016x} does not match the source's {source_digest:016x}")]
     Verify { source_digest: u64, dest: u64 },
+    #[error("the guest stayed paused for the maximum pause of {0:?} without the destination's confirmation; the source aborted the hand-over")]
+    PauseExceeded(Duration),
+    #[error("the cap fell to {cap:.0} bytes/s, too low to move one frame within the timeout of {timeout:?}")]
+    CapTooLow { cap: f64, timeout: Duration },
+    #[error("the destination says it will not run the guest (session {status:?})")]
+    NotRunning { status: ResolveStatus },
+    #[error("outcome unknown: the source committed the hand-over but could not learn within {resolve_timeout:?} whether the destination runs the guest; the guest stays paused here (session {session})")]
+    InDoubt {
+        session: String,
+        resolve_timeout: Duration,
+        #[source]
+        cause: Box<SendError>,
+    },
     #[error("the policy refused a round")]
     Policy(#[from] StatsError),
     #[error("the policy ran {MAX_ROUNDS} rounds without choosing stop-and-copy")]
@@ -149,6 +248,16 @@ pub enum SendError {
     Key(#[from] KeyError),
     #[error("the policy set an invalid cap")]
     Limiter(#[from] crate::limiter::LimiterError),
+    #[error("cannot reach the destination")]
+    Dial(#[from] NetError),
+}
+
+impl SendError {
+    /// Whether the outcome is unknown: the guest is paused on the source and may or may not
+    /// run on the destination. Every other error leaves the guest running on the source.
+    pub fn in_doubt(&self) -> bool {
+        matches!(self, SendError::InDoubt { .. })
+    }
 }
 
 /// What the sender tells its observer (progress lines, tests).
@@ -169,17 +278,27 @@ pub enum Event<'a> {
     },
     /// The guest is paused; this many pages remain.
     Paused { pages: u64 },
-    /// The destination verified its memory; the source acknowledged.
+    /// The destination holds a verified copy; the source commits.
+    Committed,
+    /// The answer to `Commit` was lost; the source reconnects to learn the outcome.
+    Resolving { cause: String },
+    /// The destination runs the guest; the source's copy may go.
     HandedOver { downtime_s: f64 },
 }
+
+/// Reconnects to the destination (a fresh TCP connection, timeouts set) to settle a hand-over.
+pub type Redial<'a> = dyn FnMut() -> Result<TcpStream, NetError> + 'a;
 
 struct Link<'a, S: Read + Write> {
     stream: &'a mut S,
     meter: WireMeter,
     start: Instant,
     phase: SenderPhase,
-    /// The destination proved the key: its `Wait` frames are accepted.
-    authenticated: bool,
+    chan: Option<Channel>,
+    timeout: Duration,
+    /// While paused and not committed: when the source gives up and resumes.
+    pause_deadline: Option<(Instant, Duration)>,
+    spare: Vec<u8>,
 }
 
 impl<S: Read + Write> Link<'_, S> {
@@ -187,9 +306,33 @@ impl<S: Read + Write> Link<'_, S> {
         self.start.elapsed().as_secs_f64()
     }
 
+    /// The deadline of the next frame: the timeout, or the pause deadline if earlier.
+    fn deadline(&self) -> wire::frames::Deadline {
+        let frame = (Instant::now() + self.timeout, self.timeout);
+        Some(match self.pause_deadline {
+            Some(p) if p.0 < frame.0 => p,
+            _ => frame,
+        })
+    }
+
+    fn pause_over(&self) -> Result<(), SendError> {
+        match self.pause_deadline {
+            Some((at, limit)) if Instant::now() >= at => Err(SendError::PauseExceeded(limit)),
+            _ => Ok(()),
+        }
+    }
+
     fn send(&mut self, m: &Message) -> Result<(), SendError> {
-        let f = m.encode();
-        wire::write_frame(self.stream, &f).map_err(|e| self.write_failed(e))?;
+        let f = match self.chan.as_mut() {
+            Some(c) => c.seal(m),
+            None => m.encode(),
+        };
+        self.send_raw(&f)
+    }
+
+    fn send_raw(&mut self, f: &[u8]) -> Result<(), SendError> {
+        let d = self.deadline();
+        write_within(self.stream, f, d).map_err(|e| self.write_failed(e))?;
         let t = self.now();
         self.meter.record(t, f.len() as u64);
         Ok(())
@@ -198,37 +341,53 @@ impl<S: Read + Write> Link<'_, S> {
     fn recv(&mut self) -> Result<Message, SendError> {
         let mut waits = 0u32;
         loop {
-            return match Message::read_from(self.stream) {
-                Ok((Message::Error { code, message }, _)) => Err(SendError::Refused {
+            let d = self.deadline();
+            let f = read_within(self.stream, &mut self.spare, d).map_err(|e| self.wire(e))?;
+            let m = match self.chan.as_mut() {
+                Some(c) => c.open(f).map_err(|source| SendError::Forged {
+                    phase: self.phase.name(),
+                    source,
+                })?,
+                None => f.msg,
+            };
+            return match m {
+                Message::Error { code, message } => Err(SendError::Refused {
                     phase: self.phase.name(),
                     code,
                     message,
                 }),
-                // A busy destination (prefault, digest) says it is still working.
-                Ok((Message::Wait, _)) if self.authenticated => {
+                // A busy destination (prefault, digest) says it is still working; each Wait is
+                // tagged, and the pause deadline bounds them while the guest is paused.
+                Message::Wait if self.chan.is_some() => {
                     waits += 1;
                     if waits > keepalive::MAX_WAITS {
                         return Err(SendError::Stalled(waits));
                     }
                     continue;
                 }
-                Ok((m, _)) => Ok(m),
-                Err(e) => Err(self.wire(e)),
+                m => Ok(m),
             };
         }
     }
 
     /// A failed write: when the destination refused and closed, its `Error` (and the reason)
     /// is usually waiting to be read, so report that rather than "connection failed". The
-    /// read is bounded by the socket's timeout.
+    /// read is bounded by one short deadline.
     fn write_failed(&mut self, source: WireError) -> SendError {
-        if self.authenticated {
-            if let Ok((Message::Error { code, message }, _)) = Message::read_from(self.stream) {
-                return SendError::Refused {
-                    phase: self.phase.name(),
-                    code,
-                    message,
-                };
+        if self.chan.is_some() {
+            let short = Duration::from_millis(500).min(self.timeout);
+            if let Ok(f) = read_within(
+                self.stream,
+                &mut Vec::new(),
+                Some((Instant::now() + short, short)),
+            ) {
+                if let Message::Error { code, message } = f.msg {
+                    return SendError::Refused {
+                        phase: self.phase.name(),
+                        code,
+                        message,
+                    };
+                }
             }
         }
         self.wire(source)
@@ -266,7 +425,14 @@ impl<S: Read + Write> Link<'_, S> {
         let mut sent = 0u64;
         let mut it = pages.iter().peekable();
         while it.peek().is_some() {
+            self.pause_over()?;
             let rate = ext.get().map_or(cap, |e| e.min(cap));
+            if !(rate >= SenderConfig::min_cap(self.timeout)) {
+                return Err(SendError::CapTooLow {
+                    cap: rate,
+                    timeout: self.timeout,
+                });
+            }
             if rate != bucket.rate() {
                 let now = self.now();
                 bucket.set_rate(rate, now)?;
@@ -282,8 +448,11 @@ impl<S: Read + Write> Link<'_, S> {
             sent += u64::from(batch.len());
             let frame = batch.frame();
             let wait = bucket.take(frame.len() as f64, self.start.elapsed().as_secs_f64());
-            sleep_s(wait);
-            if let Err(e) = wire::write_frame(self.stream, frame) {
+            // Never sleep past the timeout (the peer would give up) or the pause deadline.
+            sleep_s(wait.min(self.timeout.as_secs_f64()));
+            self.pause_over()?;
+            let d = self.deadline();
+            if let Err(e) = write_within(self.stream, frame, d) {
                 return Err(self.write_failed(e));
             }
             let (t, n) = (self.now(), frame.len() as u64);
@@ -301,9 +470,53 @@ fn sleep_s(s: f64) {
     }
 }
 
+/// The source's half of the handshake on `link`: `Hello` in `mode`, the destination's proof
+/// over the transcript, ours. Returns the session channel.
+fn handshake<S: Read + Write>(
+    link: &mut Link<'_, S>,
+    key: &Key,
+    memory_bytes: u64,
+    compress: bool,
+    mode: Mode,
+) -> Result<Channel, SendError> {
+    let hello = Message::Hello {
+        version: VERSION,
+        nonce: auth::nonce()?,
+        memory_bytes,
+        page_size: PAGE_SIZE as u32,
+        compress,
+        mode,
+    };
+    let transcript = hello.body();
+    // The whole handshake, however the destination trickles it, within one timeout.
+    let end = Instant::now() + link.timeout;
+    link.pause_deadline = Some((end, link.timeout));
+    link.send(&hello)?;
+    let nd = match link.recv()? {
+        Message::Challenge { nonce, mac } => {
+            if !key.verify(Role::Destination, &transcript, &nonce, &mac) {
+                let _ = link.send(&Message::error(
+                    wire::code::AUTH,
+                    "the destination's proof of the key does not verify",
+                ));
+                return Err(SendError::Auth);
+            }
+            nonce
+        }
+        m => return Err(link.unexpected(&m)),
+    };
+    link.send(&Message::Auth {
+        mac: key.prove(Role::Source, &transcript, &nd),
+    })?;
+    link.pause_deadline = None;
+    Ok(Channel::new(key.session(&transcript, &nd), Role::Source))
+}
+
 /// Migrates `guest` over `stream` under `policy` (bound the stream's waits with
-/// [`crate::net::prepare`] or equivalent). On success the guest is paused for good
-/// (handed over: the caller destroys it); on failure it is running again.
+/// [`crate::net::prepare`] or equivalent), without reconnecting: a lost answer to `Commit`
+/// ends in [`SendError::InDoubt`]. On success the guest is paused for good (handed over: the
+/// caller destroys it); on [`SendError::InDoubt`] it is paused and must be kept; on any other
+/// failure it is running again.
 pub fn migrate<S: Read + Write>(
     stream: &mut S,
     key: &Key,
@@ -312,11 +525,11 @@ pub fn migrate<S: Read + Write>(
     cfg: &SenderConfig,
     observer: &mut dyn FnMut(&Event<'_>),
 ) -> Result<MigrationReport, SendError> {
-    migrate_measured(stream, key, guest, policy, cfg, observer).map(|(r, _)| r)
+    migrate_measured(stream, key, guest, policy, cfg, observer, None).map(|(r, _)| r)
 }
 
-/// [`migrate`], also returning the wire meter (10 ms bins from the start of round 1), for
-/// benchmarks of cap accuracy.
+/// [`migrate`] that settles a lost hand-over by reconnecting with `redial`, also returning
+/// the wire meter (10 ms bins from the start of round 1), for benchmarks of cap accuracy.
 pub fn migrate_measured<S: Read + Write>(
     stream: &mut S,
     key: &Key,
@@ -324,15 +537,41 @@ pub fn migrate_measured<S: Read + Write>(
     policy: &mut dyn Policy,
     cfg: &SenderConfig,
     observer: &mut dyn FnMut(&Event<'_>),
+    mut redial: Option<&mut Redial<'_>>,
 ) -> Result<(MigrationReport, WireMeter), SendError> {
     let mut paused = false;
-    let r = run(stream, key, guest, policy, cfg, observer, &mut paused);
-    if r.is_err() && paused {
-        guest.resume();
+    let mut session = None;
+    let r = run(
+        stream,
+        key,
+        guest,
+        policy,
+        cfg,
+        observer,
+        &mut paused,
+        &mut session,
+        redial.as_deref_mut(),
+    );
+    match r {
+        Err(e) if !e.in_doubt() => {
+            if paused {
+                guest.resume();
+            }
+            // The destination may hold a verified copy waiting for our word (its connection
+            // broke before our `Abort`): tell it, best effort, now that the guest runs here.
+            if let (Some(id), Some(dial)) = (session, redial) {
+                if paused {
+                    let until = Instant::now() + cfg.resolve_timeout.min(cfg.timeout * 3);
+                    let _ = resolve(dial, key, &id, ResolveDecision::Abort, cfg.timeout, until);
+                }
+            }
+            Err(e)
+        }
+        r => r,
     }
-    r
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run<S: Read + Write>(
     stream: &mut S,
     key: &Key,
@@ -341,50 +580,30 @@ fn run<S: Read + Write>(
     cfg: &SenderConfig,
     observer: &mut dyn FnMut(&Event<'_>),
     paused: &mut bool,
+    session: &mut Option<[u8; SESSION_ID_LEN]>,
+    redial: Option<&mut Redial<'_>>,
 ) -> Result<(MigrationReport, WireMeter), SendError> {
     let mut link = Link {
         stream,
         meter: WireMeter::new(),
         start: Instant::now(),
         phase: SenderPhase::Connected,
-        authenticated: false,
+        chan: None,
+        timeout: cfg.timeout,
+        pause_deadline: None,
+        spare: Vec::new(),
     };
     let mem = guest.memory();
     let memory_bytes = mem.bytes();
 
-    // Handshake: version and nonce first; the destination proves the key, then we do.
     link.phase.advance(SenderPhase::Handshake)?;
-    let ns = auth::nonce()?;
-    link.send(&Message::Hello {
-        version: VERSION,
-        nonce: ns,
-        memory_bytes,
-        page_size: PAGE_SIZE as u32,
-        compress: cfg.compress,
-    })?;
-    let nd = match link.recv()? {
-        Message::Challenge { nonce, mac } => {
-            if !key.verify(Role::Destination, &ns, &nonce, &mac) {
-                let _ = link.send(&Message::error(
-                    wire::code::AUTH,
-                    "the destination's proof of the key does not verify",
-                ));
-                return Err(SendError::Auth);
-            }
-            link.authenticated = true;
-            nonce
-        }
-        m => return Err(link.unexpected(&m)),
-    };
-    link.send(&Message::Auth {
-        mac: key.prove(Role::Source, &ns, &nd),
-    })?;
+    let chan = handshake(&mut link, key, memory_bytes, cfg.compress, Mode::Migrate)?;
+    *session = Some(chan.id());
+    link.chan = Some(chan);
     match link.recv()? {
         Message::Ready => {}
         m => return Err(link.unexpected(&m)),
     }
-    // The hand-over (State, Confirm, Ack) is tagged with a key only this session knows.
-    let session = key.session(&ns, &nd);
     observer(&Event::Connected);
 
     // A short dirty-log sample for policies that plan from it.
@@ -469,11 +688,13 @@ fn run<S: Read + Write>(
         }
     };
 
-    // Stop-and-copy: pause, send what remains and the state, wait for the verified answer.
+    // Stop-and-copy: pause, send what remains and the state, wait for the verified answer,
+    // all within the maximum pause.
     link.phase.advance(SenderPhase::StopCopy)?;
     let pause_at = link.now();
     guest.pause();
     *paused = true;
+    link.pause_deadline = Some((Instant::now() + cfg.max_pause, cfg.max_pause));
     let mut remaining = remaining;
     remaining.union_with(&guest.fetch_and_clear_dirty());
     let pages = remaining.count();
@@ -492,44 +713,92 @@ fn run<S: Read + Write>(
         observer,
     )?;
     // Digesting a large guest takes longer than the destination's frame deadline.
-    let mut ka = KeepAlive::new(link.stream, keepalive::EVERY);
-    let digest = mem.digest_with(&mut || ka.tick());
-    ka.finish().map_err(|e| link.wire(e))?;
+    let digest = {
+        let Some(chan) = link.chan.as_mut() else {
+            return Err(SendError::Auth);
+        };
+        let mut ka = KeepAlive::new(link.stream, chan, keepalive::EVERY, link.timeout);
+        let d = mem.digest_with(&mut || ka.tick());
+        ka.finish().map_err(|e| SendError::Wire {
+            phase: "stop-and-copy",
+            source: e,
+        })?;
+        d
+    };
+    link.pause_over()?;
     let blob = guest.state();
     let state_bytes = blob.len();
-    link.send(&session.seal(
-        round,
-        Message::State {
-            digest,
-            tag: [0; wire::TAG_LEN],
-            blob,
-        },
-    ))?;
+    link.send(&Message::State { digest, blob })?;
     link.phase.advance(SenderPhase::AwaitConfirm)?;
-    match link.recv()? {
-        m @ Message::Confirm { .. } if !session.verify(round, &m) => {
-            let _ = link.send(&Message::error(
-                wire::code::AUTH,
-                "the confirmation does not carry a valid session tag",
-            ));
-            return Err(SendError::Forged);
-        }
-        Message::Confirm { ok, digest: d, .. } => {
-            if !ok || d != digest {
-                return Err(SendError::Verify {
-                    source_digest: digest,
-                    dest: d,
+    let verdict = match link.recv() {
+        Ok(Message::Confirm {
+            ok: true,
+            digest: d,
+        }) if d == digest => Ok(()),
+        Ok(Message::Confirm { digest: d, .. }) => Err(SendError::Verify {
+            source_digest: digest,
+            dest: d,
+        }),
+        Ok(m) => Err(link.unexpected(&m)),
+        Err(SendError::Wire {
+            source: WireError::Deadline(_),
+            ..
+        }) if link.pause_over().is_err() => Err(SendError::PauseExceeded(cfg.max_pause)),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = verdict {
+        // Not committed: the destination must discard what it holds. Best effort on this
+        // connection, briefly; the caller also tells it by reconnecting.
+        link.timeout = link.timeout.min(Duration::from_millis(500));
+        link.pause_deadline = None;
+        let _ = link.send(&Message::Abort);
+        return Err(e);
+    }
+
+    // The commit point: from here the source never resumes its copy on its own.
+    link.phase.advance(SenderPhase::Committed)?;
+    link.pause_deadline = None;
+    observer(&Event::Committed);
+    let answer = match link.send(&Message::Commit) {
+        Ok(()) => match link.recv() {
+            Ok(Message::Running) => Ok(()),
+            Ok(m) => Err(link.unexpected(&m)),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    if let Err(cause) = answer {
+        observer(&Event::Resolving {
+            cause: error_chain(&cause),
+        });
+        let id = session.unwrap_or_default();
+        let until = Instant::now() + cfg.resolve_timeout;
+        let status = match redial {
+            Some(dial) => resolve(dial, key, &id, ResolveDecision::Commit, cfg.timeout, until),
+            None => Err(cause),
+        };
+        match status {
+            Ok(ResolveStatus::Running) => {}
+            Ok(status @ (ResolveStatus::Discarded | ResolveStatus::Unknown)) => {
+                // The destination does not run the guest and never will: ours is the copy.
+                *paused = true;
+                return Err(SendError::NotRunning { status });
+            }
+            Ok(ResolveStatus::Pending) | Err(_) => {
+                let cause = match status {
+                    Err(e) => e,
+                    Ok(_) => SendError::NotRunning {
+                        status: ResolveStatus::Pending,
+                    },
+                };
+                return Err(SendError::InDoubt {
+                    session: hex(&id),
+                    resolve_timeout: cfg.resolve_timeout,
+                    cause: Box::new(cause),
                 });
             }
         }
-        m => return Err(link.unexpected(&m)),
     }
-    link.send(&session.seal(
-        round,
-        Message::Ack {
-            tag: [0; wire::TAG_LEN],
-        },
-    ))?;
     let downtime = link.now() - pause_at;
     link.phase.advance(SenderPhase::HandedOver)?;
     observer(&Event::HandedOver {
@@ -547,6 +816,76 @@ fn run<S: Read + Write>(
     Ok((report, link.meter))
 }
 
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A session id as hex.
+pub fn hex(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Settles session `id` with the destination: reconnects with `dial` (an authenticated
+/// [`Mode::Resolve`] handshake), tells it `decision` and returns what it did, retrying until
+/// `until` while the destination is unreachable or still has the session's connection open.
+pub fn resolve(
+    dial: &mut Redial<'_>,
+    key: &Key,
+    id: &[u8; SESSION_ID_LEN],
+    decision: ResolveDecision,
+    timeout: Duration,
+    until: Instant,
+) -> Result<ResolveStatus, SendError> {
+    loop {
+        let r = dial()
+            .map_err(SendError::from)
+            .and_then(|mut s| resolve_once(&mut s, key, id, decision, timeout));
+        match r {
+            Ok(ResolveStatus::Pending) | Err(_) if Instant::now() + REDIAL_EVERY < until => {
+                std::thread::sleep(REDIAL_EVERY);
+            }
+            r => return r,
+        }
+    }
+}
+
+fn resolve_once(
+    stream: &mut TcpStream,
+    key: &Key,
+    id: &[u8; SESSION_ID_LEN],
+    decision: ResolveDecision,
+    timeout: Duration,
+) -> Result<ResolveStatus, SendError> {
+    let mut link = Link {
+        stream,
+        meter: WireMeter::new(),
+        start: Instant::now(),
+        phase: SenderPhase::Handshake,
+        chan: None,
+        timeout,
+        pause_deadline: None,
+        spare: Vec::new(),
+    };
+    let chan = handshake(&mut link, key, 0, false, Mode::Resolve)?;
+    link.chan = Some(chan);
+    link.send(&Message::Resolve {
+        session: *id,
+        decision,
+    })?;
+    match link.recv()? {
+        Message::Resolved { status } => Ok(status),
+        m => Err(link.unexpected(&m)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,10 +901,38 @@ mod tests {
         assert!(p.advance(SenderPhase::HandedOver).is_err());
         p.advance(SenderPhase::StopCopy).expect("ok");
         p.advance(SenderPhase::AwaitConfirm).expect("ok");
+        assert!(p.advance(SenderPhase::HandedOver).is_err(), "commit first");
+        p.advance(SenderPhase::Committed).expect("ok");
+        assert!(
+            p.advance(SenderPhase::Failed).is_err(),
+            "no failing (resuming) after the commit point"
+        );
         p.advance(SenderPhase::HandedOver).expect("ok");
         assert!(
             p.advance(SenderPhase::Failed).is_err(),
             "no failing after hand-over"
         );
+    }
+
+    #[test]
+    fn caps_too_low_for_one_frame_are_refused() {
+        let cfg = SenderConfig {
+            timeout: Duration::from_secs(10),
+            ..SenderConfig::default()
+        };
+        assert!(matches!(cfg.check(1.0), Err(ConfigError::CapTooLow { .. })));
+        assert!(matches!(
+            cfg.check(f64::NAN),
+            Err(ConfigError::CapTooLow { .. })
+        ));
+        assert!(cfg.check(SenderConfig::min_cap(cfg.timeout)).is_ok());
+        let short = SenderConfig {
+            max_pause: Duration::from_secs(5),
+            ..cfg.clone()
+        };
+        assert!(matches!(
+            short.check(1e9),
+            Err(ConfigError::PauseTooShort { .. })
+        ));
     }
 }

@@ -1,0 +1,347 @@
+//! The destination's accept loop: connections served concurrently (a small bound), one
+//! migration at a time, a held copy kept until its source settles it.
+//!
+//! Peers that fail before proving the key (port scans, wrong keys, junk, silent sockets) are
+//! logged at a bounded rate and never end the loop; a real source is served while they are
+//! pending. After a migration the loop ends with its [`Served`] outcome; a copy held after a
+//! lost hand-over is kept for `hold_timeout`, during which the source may reconnect
+//! ([`crate::wire::Mode::Resolve`]) to commit or abort it.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::auth::Key;
+use crate::guest::Guest;
+use crate::net::{self, NetError};
+use crate::receiver::{receive_with, Held, Host, Landing, Received, ReceiverConfig, RecvError};
+use crate::wire::{ResolveDecision, ResolveStatus, SESSION_ID_LEN};
+
+/// Accept-loop settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub receiver: ReceiverConfig,
+    /// Socket poll timeout of every accepted connection.
+    pub timeout: Duration,
+    /// Longest wait for a source to start a migration (over all connections).
+    pub accept_timeout: Duration,
+    /// Connections served at once; more are closed at once (and logged).
+    pub max_connections: usize,
+    /// How long a copy held after a lost hand-over waits for its source to settle it.
+    pub hold_timeout: Duration,
+    /// Refusals logged per second at most (the rest are counted).
+    pub log_per_s: u32,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            receiver: ReceiverConfig::default(),
+            timeout: Duration::from_secs(10),
+            accept_timeout: Duration::from_secs(600),
+            max_connections: 8,
+            hold_timeout: Duration::from_secs(300),
+            log_per_s: 5,
+        }
+    }
+}
+
+/// How the accept loop ended.
+#[derive(Debug)]
+pub enum Served {
+    /// The guest runs here.
+    Migrated(Received),
+    /// The migration failed; nothing is kept here and the guest runs on the source.
+    Failed(RecvError),
+    /// A verified copy is held, paused, and its source did not settle it within the hold
+    /// timeout: neither side may run the guest until someone settles it.
+    Unknown(Held),
+}
+
+/// Why the accept loop could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("no source started a migration within {0:?}")]
+    NoSource(Duration),
+    #[error("the listener failed")]
+    Net(#[from] NetError),
+    #[error("stopped before a migration started")]
+    Stopped,
+}
+
+/// What the loop tells its logger (refused peers, held copies, settlements).
+#[derive(Debug)]
+pub enum ServeEvent<'a> {
+    /// A peer failed before proving the key (or was turned away); `suppressed` more were not
+    /// logged since the last one.
+    Refused {
+        peer: &'a str,
+        error: &'a RecvError,
+        suppressed: u64,
+    },
+    /// More connections than the bound: closed at once.
+    TooMany { peer: &'a str },
+    /// The hand-over was interrupted; the verified copy is held.
+    Holding { reason: &'a RecvError },
+    /// A reconnecting source settled a session.
+    Settled { status: ResolveStatus },
+}
+
+enum Slot {
+    Idle,
+    Busy([u8; SESSION_ID_LEN]),
+    Held(Held, Instant),
+    Done(Result<Received, RecvError>),
+}
+
+struct Shared {
+    slot: Mutex<Slot>,
+    /// Sessions settled here and what became of them (answers to later questions).
+    settled: Mutex<HashMap<[u8; SESSION_ID_LEN], ResolveStatus>>,
+    hold_timeout: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Host for Shared {
+    fn claim(&self, session: &[u8; SESSION_ID_LEN]) -> bool {
+        let mut s = lock(&self.slot);
+        if matches!(*s, Slot::Idle) {
+            *s = Slot::Busy(*session);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn resolve(&self, session: &[u8; SESSION_ID_LEN], decision: ResolveDecision) -> ResolveStatus {
+        let mut s = lock(&self.slot);
+        let status = match &*s {
+            // Its connection is still open here: it may yet get the Commit or Abort itself.
+            Slot::Busy(id) if id == session => return ResolveStatus::Pending,
+            Slot::Held(h, _) if &h.session == session => match decision {
+                ResolveDecision::Commit => {
+                    let old = std::mem::replace(&mut *s, Slot::Idle);
+                    let Slot::Held(h, _) = old else {
+                        return ResolveStatus::Pending;
+                    };
+                    let (at, _) = h.guest.self_check();
+                    h.guest.resume();
+                    *s = Slot::Done(Ok(Received {
+                        guest: h.guest,
+                        rounds: h.rounds,
+                        digest: h.digest,
+                        self_check_at_handover: at,
+                        session: h.session,
+                        source_saw_running: true,
+                    }));
+                    ResolveStatus::Running
+                }
+                ResolveDecision::Abort => {
+                    *s = Slot::Done(Err(RecvError::SourceAborted));
+                    ResolveStatus::Discarded
+                }
+            },
+            Slot::Done(Ok(r)) if &r.session == session => {
+                // It asks after a success whose `Running` it did not see: now it knows.
+                if let Slot::Done(Ok(r)) = &mut *s {
+                    r.source_saw_running = true;
+                }
+                return ResolveStatus::Running;
+            }
+            _ => {
+                return lock(&self.settled)
+                    .get(session)
+                    .copied()
+                    .unwrap_or(ResolveStatus::Unknown)
+            }
+        };
+        lock(&self.settled).insert(*session, status);
+        status
+    }
+}
+
+/// Refusal log with a rate bound.
+struct Limiter {
+    per_s: u32,
+    window: Instant,
+    in_window: u32,
+    suppressed: u64,
+}
+
+impl Limiter {
+    fn allow(&mut self) -> Option<u64> {
+        if self.window.elapsed() >= Duration::from_secs(1) {
+            self.window = Instant::now();
+            self.in_window = 0;
+        }
+        if self.in_window < self.per_s {
+            self.in_window += 1;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+/// Serves `listener` until one migration ends (see [`Served`]), `accept_timeout` passes
+/// without one, or `stop` is set before one starts. `log` hears about refusals (rate-bounded)
+/// and held copies; it is called from the connections' threads, so it must be `Sync`.
+pub fn serve(
+    listener: &TcpListener,
+    key: &Key,
+    cfg: &ServeConfig,
+    stop: &AtomicBool,
+    log: &(dyn Fn(&ServeEvent<'_>) + Sync),
+) -> Result<Served, ServeError> {
+    listener.set_nonblocking(true).map_err(NetError::Io)?;
+    let shared = Arc::new(Shared {
+        slot: Mutex::new(Slot::Idle),
+        settled: Mutex::new(HashMap::new()),
+        hold_timeout: cfg.hold_timeout,
+    });
+    let active = Arc::new(AtomicUsize::new(0));
+    let limiter = Mutex::new(Limiter {
+        per_s: cfg.log_per_s,
+        window: Instant::now(),
+        in_window: 0,
+        suppressed: 0,
+    });
+    let start = Instant::now();
+    // After a success whose `Running` the source may not have seen: answer its questions
+    // for a while before ending.
+    let mut linger_until: Option<Instant> = None;
+    std::thread::scope(|scope| loop {
+        // Has the migration ended?
+        if let Some(end) = outcome(&mut lock(&shared.slot), &mut linger_until, cfg, start, stop) {
+            return end;
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A connection that died in the queue (ECONNABORTED) or a transient shortage of
+            // descriptors: not fatal, try again shortly.
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "an unknown peer".to_string(), |a| a.to_string());
+        if active.load(Ordering::Relaxed) >= cfg.max_connections {
+            log(&ServeEvent::TooMany { peer: &peer });
+            drop(stream);
+            continue;
+        }
+        if stream.set_nonblocking(false).is_err()
+            || net::prepare(&stream, poll(cfg.timeout)).is_err()
+        {
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let (shared, active, limiter) = (Arc::clone(&shared), Arc::clone(&active), &limiter);
+        scope.spawn(move || {
+            let mut stream = stream;
+            let host = ConnHost {
+                shared: shared.as_ref(),
+                claimed: AtomicBool::new(false),
+            };
+            let r = receive_with(&mut stream, key, &cfg.receiver, &host);
+            let claimed = host.claimed.load(Ordering::Relaxed);
+            drop(stream);
+            match r {
+                Ok(Landing::Migrated(rx)) => {
+                    let mut s = lock(&shared.slot);
+                    lock(&shared.settled).insert(rx.session, ResolveStatus::Running);
+                    *s = Slot::Done(Ok(rx));
+                }
+                Ok(Landing::Held(h)) => {
+                    log(&ServeEvent::Holding { reason: &h.reason });
+                    let until = Instant::now() + shared.hold_timeout;
+                    *lock(&shared.slot) = Slot::Held(h, until);
+                }
+                Ok(Landing::Settled(status)) => log(&ServeEvent::Settled { status }),
+                // Only the connection that claimed the slot ends the migration.
+                Err(e) if claimed => *lock(&shared.slot) = Slot::Done(Err(e)),
+                Err(e) => {
+                    if let Some(suppressed) = lock(limiter).allow() {
+                        log(&ServeEvent::Refused {
+                            peer: &peer,
+                            error: &e,
+                            suppressed,
+                        });
+                    }
+                }
+            }
+            active.fetch_sub(1, Ordering::Relaxed);
+        });
+    })
+}
+
+/// The loop's result once the migration has ended (or cannot start); `None` to go on.
+fn outcome(
+    slot: &mut Slot,
+    linger_until: &mut Option<Instant>,
+    cfg: &ServeConfig,
+    start: Instant,
+    stop: &AtomicBool,
+) -> Option<Result<Served, ServeError>> {
+    let now = Instant::now();
+    let end = match &*slot {
+        Slot::Done(Ok(r)) => {
+            let until = *linger_until.get_or_insert(now + cfg.hold_timeout.min(cfg.timeout * 6));
+            r.source_saw_running || now >= until
+        }
+        Slot::Done(Err(_)) => true,
+        Slot::Held(_, until) => now >= *until,
+        Slot::Idle if stop.load(Ordering::Relaxed) => return Some(Err(ServeError::Stopped)),
+        Slot::Idle if start.elapsed() >= cfg.accept_timeout => {
+            return Some(Err(ServeError::NoSource(cfg.accept_timeout)))
+        }
+        Slot::Idle | Slot::Busy(_) => false,
+    };
+    if !end {
+        return None;
+    }
+    match std::mem::replace(slot, Slot::Idle) {
+        Slot::Done(Ok(r)) => Some(Ok(Served::Migrated(r))),
+        Slot::Done(Err(e)) => Some(Ok(Served::Failed(e))),
+        Slot::Held(h, _) => Some(Ok(Served::Unknown(h))),
+        other => {
+            *slot = other;
+            None
+        }
+    }
+}
+
+/// One connection's view of the shared host: remembers whether it claimed the slot.
+struct ConnHost<'a> {
+    shared: &'a Shared,
+    claimed: AtomicBool,
+}
+
+impl Host for ConnHost<'_> {
+    fn claim(&self, session: &[u8; SESSION_ID_LEN]) -> bool {
+        let ok = self.shared.claim(session);
+        self.claimed.store(ok, Ordering::Relaxed);
+        ok
+    }
+    fn resolve(&self, session: &[u8; SESSION_ID_LEN], decision: ResolveDecision) -> ResolveStatus {
+        self.shared.resolve(session, decision)
+    }
+}
+
+/// The socket poll of a connection: short, so that deadlines (not socket timeouts) decide.
+fn poll(timeout: Duration) -> Duration {
+    timeout.min(Duration::from_millis(250))
+}
