@@ -10,6 +10,7 @@
 //! - [`table`]: human tables; [`plot`]: SVG/PNG plots; [`progress`]: live round progress.
 
 mod cmd;
+mod outcome;
 mod plot;
 mod progress;
 mod table;
@@ -37,6 +38,8 @@ enum Command {
     Receive(cmd::receive::Args),
     /// Migrate a simulated guest to a `livemig receive` over TCP (the source).
     Migrate(Box<cmd::migrate::Args>),
+    /// Settle a hand-over whose outcome was unknown (exit 3), from its hold file.
+    Resolve(cmd::resolve::Args),
     /// Both ends on loopback with a generated key: live progress, the round table, the summary.
     Demo(Box<cmd::demo::Args>),
     /// Benchmark the data path: throughput against a plain loopback copy, cap accuracy.
@@ -54,12 +57,19 @@ fn main() {
         Command::Receive(a) => cmd::receive::run(a),
         Command::Migrate(a) => cmd::migrate::run(*a),
         Command::Demo(a) => cmd::demo::run(*a),
+        Command::Resolve(a) => cmd::resolve::run(a),
         Command::BenchEngine(a) => cmd::bench_engine::run(a),
         Command::Qemu(c) => cmd::qemu::run(c),
     };
     if let Err(e) = result {
-        let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-        eprintln!("livemig: error: {}", chain.join(": "));
-        std::process::exit(2);
+        // Exit codes: 0 migrated / done, 1 failed with the guest on the source, 2 usage or
+        // any other error before a migration started, 3 outcome unknown (`outcome.rs`).
+        let chain: Vec<String> = e
+            .chain()
+            .filter(|c| c.downcast_ref::<outcome::Ended>().is_none())
+            .map(|c| c.to_string())
+            .collect();
+        outcome::note(&format!("livemig: error: {}", chain.join(": ")));
+        std::process::exit(outcome::exit_code(&e));
     }
 }

@@ -34,6 +34,13 @@ impl Progress {
         }
         match e {
             Event::Connected => self.line("connected; both ends proved the shared key".into()),
+            Event::Committed => self.line(
+                "the destination verified its copy; committed (the source keeps its paused copy until the destination runs the guest)"
+                    .into(),
+            ),
+            Event::Resolving { cause } => self.line(format!(
+                "the destination's answer to the commit was lost ({cause}); reconnecting to settle the hand-over"
+            )),
             Event::Sampled(s) => {
                 if let Some(&(t, d)) = s.points.last() {
                     self.line(format!(

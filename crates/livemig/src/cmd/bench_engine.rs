@@ -130,6 +130,7 @@ fn engine_once(memory: u64, cap: f64) -> Result<(MigrationReport, WireMeter)> {
         policy.as_mut(),
         &send_cfg,
         &mut |_| {},
+        None,
     );
     drop(a);
     dest.join()

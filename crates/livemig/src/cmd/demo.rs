@@ -1,15 +1,18 @@
 //! `livemig demo`: both ends on loopback with a generated key, live progress, the round table.
 
 use std::net::TcpListener;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use livemig_engine::serve::{ServeConfig, Served};
 use livemig_engine::{net, Key, ReceiverConfig};
 use livemig_policy::PolicyKind;
 
 use crate::cmd::migrate::GuestArgs;
 use crate::cmd::receive::show_continuation;
 use crate::cmd::simulate::PolicyArgs;
+use crate::outcome::{self, Handover, Outcome};
 use crate::progress::Progress;
 use crate::table;
 
@@ -38,57 +41,103 @@ pub fn run(args: Args) -> Result<()> {
         .settings
         .resolve(&args.guest.memory, &args.guest.workload)?;
     let timeout = args.guest.timeout()?;
+    let send_cfg = args.guest.sender(&scenario)?;
+    let mut policy = args.policy.build(scenario.cfg.clone())?;
     let key = Key::generate()?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let dest_key = key.clone();
-    let dest = std::thread::spawn(move || -> Result<livemig_engine::Received> {
-        let mut s = net::accept(&listener, timeout, timeout)?;
-        Ok(livemig_engine::receive(
-            &mut s,
+    let serve_cfg = ServeConfig {
+        receiver: ReceiverConfig {
+            handshake_deadline: timeout,
+            frame_deadline: timeout,
+            ..ReceiverConfig::default()
+        },
+        timeout,
+        accept_timeout: timeout,
+        hold_timeout: send_cfg.resolve_timeout * 2,
+        ..ServeConfig::default()
+    };
+    let dest = std::thread::spawn(move || {
+        livemig_engine::serve(
+            &listener,
             &dest_key,
-            &ReceiverConfig {
-                handshake_deadline: timeout,
-                frame_deadline: timeout,
-                ..ReceiverConfig::default()
-            },
-        )?)
+            &serve_cfg,
+            &AtomicBool::new(false),
+            &|_| {},
+        )
     });
     let guest = args.guest.start(&scenario)?;
     if !args.json {
-        eprintln!(
+        outcome::note(&format!(
             "demo: {} guest, workload {}, policy {}, destination on {addr}",
             livemig_workload::units::fmt_bytes(scenario.cfg.memory_bytes),
             args.guest.workload,
             args.policy
-        );
+        ));
     }
     let mut stream = net::connect(addr, timeout)?;
-    let mut policy = args.policy.build(scenario.cfg.clone())?;
     let mut progress = Progress::new(args.json);
-    let sent = livemig_engine::migrate(
+    let mut redial = || net::connect(addr, timeout);
+    let sent = livemig_engine::migrate_measured(
         &mut stream,
         &key,
         &guest,
         policy.as_mut(),
-        &args.guest.sender(&scenario)?,
+        &send_cfg,
         &mut |e| progress.observe(e),
+        Some(&mut redial),
     );
     drop(stream);
-    let received = dest
+    let served = dest
         .join()
         .map_err(|_| anyhow::anyhow!("the destination thread panicked"))?;
-    let report = sent.context("migration failed; the guest keeps running on the source")?;
-    let received = received.context("the destination failed")?;
+    let (report, _) = match sent {
+        Ok(r) => r,
+        Err(e) if e.in_doubt() => {
+            return Err(outcome::ended(
+                Outcome::Unknown,
+                format!("{:#}", anyhow::Error::new(e)),
+            ))
+        }
+        Err(e) => {
+            return Err(outcome::ended(
+                Outcome::FailedSourceRunning,
+                format!(
+                    "migration failed; the guest keeps running on the source: {:#}",
+                    anyhow::Error::new(e)
+                ),
+            ))
+        }
+    };
+    let received = match served {
+        Ok(Served::Migrated(r)) => r,
+        Ok(other) => {
+            return Err(outcome::ended(
+                Outcome::Unknown,
+                format!("the source handed over but the destination reports {other:?}"),
+            ))
+        }
+        Err(e) => {
+            return Err(outcome::ended(
+                Outcome::Unknown,
+                format!(
+                    "the source handed over but the destination failed: {:#}",
+                    anyhow::Error::new(e)
+                ),
+            ))
+        }
+    };
     drop(guest);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outcome::say(&outcome::json_result(
+            &report,
+            Outcome::Migrated,
+            &Handover::migrated(),
+        ));
     } else {
-        println!("{}", table::report(&report));
-        println!(
-            "{}",
-            show_continuation(&received, Duration::from_millis(500))
-        );
+        outcome::say(&table::report(&report));
+        outcome::say(&show_continuation(&received, Duration::from_millis(500)));
     }
     Ok(())
 }

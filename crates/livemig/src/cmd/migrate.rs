@@ -10,6 +10,7 @@ use livemig_policy::PolicyKind;
 use livemig_sim::Scenario;
 
 use crate::cmd::simulate::PolicyArgs;
+use crate::outcome::{self, Ended, Handover, Outcome};
 use crate::progress::Progress;
 use crate::table;
 
@@ -36,9 +37,17 @@ pub struct GuestArgs {
     /// none; `predictive` plans from it).
     #[arg(long, default_value = "1s")]
     pub sample: String,
-    /// Longest wait for the peer on any network operation.
+    /// Deadline of the handshake, of every frame and of every keep-alive gap.
     #[arg(long, default_value = "10s")]
     pub timeout: String,
+    /// Longest pause of the guest before the destination confirms a verified copy; past it the
+    /// source aborts the hand-over and resumes its guest. Must exceed --timeout.
+    #[arg(long, default_value = "30s")]
+    pub max_pause: String,
+    /// After committing, how long the source keeps reconnecting to learn whether the
+    /// destination runs the guest before it reports the outcome unknown (exit 3).
+    #[arg(long, default_value = "60s")]
+    pub resolve_timeout: String,
 }
 
 impl GuestArgs {
@@ -56,15 +65,25 @@ impl GuestArgs {
         Ok(SimGuest::start(&cfg, u64::MAX)?)
     }
 
-    /// Sender settings for `scenario`.
+    /// Sender settings for `scenario`, checked against its lowest cap (one frame must move
+    /// within the timeout at every cap the policy may set).
     pub fn sender(&self, scenario: &Scenario) -> Result<SenderConfig> {
-        Ok(SenderConfig {
+        let cfg = SenderConfig {
             compress: self.compress,
             stop_remaining: scenario.cfg.stop_remaining,
             sample_s: crate::cmd::receive::duration("sample", &self.sample)?.as_secs_f64(),
             workload: Some(self.workload.clone()),
+            timeout: self.timeout()?,
+            max_pause: crate::cmd::receive::positive_duration("max-pause", &self.max_pause)?,
+            resolve_timeout: crate::cmd::receive::positive_duration(
+                "resolve-timeout",
+                &self.resolve_timeout,
+            )?,
             ..SenderConfig::default()
-        })
+        };
+        cfg.check(scenario.cfg.min_bandwidth)
+            .context("--min-bandwidth, --timeout or --max-pause")?;
+        Ok(cfg)
     }
 
     /// The network timeout.
@@ -89,12 +108,16 @@ pub struct Args {
     /// Policy: dirty-factor (the method), predictive, xen, xen-v2, qemu, fixed.
     #[arg(long, default_value = "dirty-factor")]
     pub policy: PolicyKind,
+    /// Where to save the paused guest if the outcome is unknown (exit 3).
+    #[arg(long, default_value = ".")]
+    pub hold_dir: PathBuf,
     /// Print the result as JSON (bytes and bytes/s) instead of tables.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Runs `livemig migrate`.
+/// Runs `livemig migrate`. Exit codes: 0 migrated, 1 failed (the guest runs on the source),
+/// 2 usage, 3 unknown (the paused guest is saved to a hold file).
 pub fn run(args: Args) -> Result<()> {
     let scenario = args
         .settings
@@ -102,40 +125,121 @@ pub fn run(args: Args) -> Result<()> {
     let key = Key::load(&args.key)?;
     let timeout = args.guest.timeout()?;
     let send_cfg = args.guest.sender(&scenario)?;
+    if !args.hold_dir.is_dir() {
+        bail!("--hold-dir {} is not a directory", args.hold_dir.display());
+    }
     let addr = args
         .to
         .to_socket_addrs()
         .with_context(|| format!("cannot resolve {}", args.to))?
         .next()
         .with_context(|| format!("{} resolves to no address", args.to))?;
-    let guest = args.guest.start(&scenario)?;
-    let mut stream = livemig_engine::net::connect(addr, timeout)?;
     let mut policy = args.policy.build(scenario.cfg.clone())?;
+    let guest = args.guest.start(&scenario)?;
+    let failed = |e: anyhow::Error, guest: &SimGuest| {
+        let (n, _) = guest.self_check();
+        let line = format!(
+            "migration failed; the guest keeps running on the source (self-check counter {n})"
+        );
+        if args.json {
+            outcome::say(&outcome::json_failure(
+                Outcome::FailedSourceRunning,
+                &format!("{e:#}"),
+                None,
+            ));
+        }
+        e.context(Ended {
+            outcome: Outcome::FailedSourceRunning,
+        })
+        .context(line)
+    };
+    let mut stream = match livemig_engine::net::connect(addr, timeout) {
+        Ok(s) => s,
+        Err(e) => return Err(failed(e.into(), &guest)),
+    };
     let mut progress = Progress::new(args.json);
-    let result = livemig_engine::migrate(
+    let mut redial = || livemig_engine::net::connect(addr, timeout);
+    let result = livemig_engine::migrate_measured(
         &mut stream,
         &key,
         &guest,
         policy.as_mut(),
         &send_cfg,
         &mut |e| progress.observe(e),
+        Some(&mut redial),
     );
+    drop(stream);
     match result {
-        Ok(report) => {
-            // Handed over: the source's copy is destroyed.
+        Ok((report, _)) => {
+            // Handed over: the destination runs the guest; the source's copy is destroyed.
             drop(guest);
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outcome::say(&outcome::json_result(
+                    &report,
+                    Outcome::Migrated,
+                    &Handover::migrated(),
+                ));
             } else {
-                println!("{}", table::report(&report));
+                outcome::say(&table::report(&report));
             }
             Ok(())
         }
-        Err(e) => {
-            let (n, _) = guest.self_check();
-            Err(anyhow::Error::new(e).context(format!(
-                "migration failed; the guest keeps running on the source (self-check counter {n})"
-            )))
+        Err(e) if e.in_doubt() => {
+            let session = e.session().unwrap_or("unknown").to_string();
+            let why = format!("{:#}", anyhow::Error::new(e));
+            let saved = save_hold(&args.hold_dir, &guest, &session, &why, &args.to);
+            let (line, file) = match &saved {
+                Ok(p) => (
+                    format!(
+                        "the paused guest is saved in {p}; settle it with `livemig resolve {p} --ask {} --key KEYFILE` once the destination answers, or see docs/protocol.md",
+                        args.to
+                    ),
+                    Some(p.as_str()),
+                ),
+                Err(err) => (
+                    format!(
+                        "cannot save the paused guest ({err:#}); this process keeps it paused: do not kill it, settle the destination's side first"
+                    ),
+                    None,
+                ),
+            };
+            if args.json {
+                outcome::say(&outcome::json_failure(Outcome::Unknown, &why, file));
+            }
+            if saved.is_err() {
+                // The only intact copy may be this one: keep it until someone decides.
+                outcome::note(&format!("livemig: {why}"));
+                outcome::note(&line);
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                }
+            }
+            Err(outcome::ended(Outcome::Unknown, format!("{why}\n{line}")))
         }
+        Err(e) => Err(failed(e.into(), &guest)),
     }
+}
+
+/// Saves the paused source guest of an unknown outcome; returns the file's path.
+fn save_hold(
+    dir: &std::path::Path,
+    guest: &SimGuest,
+    session: &str,
+    why: &str,
+    peer: &str,
+) -> Result<String> {
+    use livemig_engine::Guest as _;
+    let info = livemig_engine::hold::HoldInfo {
+        role: "source".into(),
+        session: session.to_string(),
+        peer: Some(peer.to_string()),
+        memory_bytes: guest.memory().bytes(),
+        digest: guest.memory().digest(),
+        self_check: guest.self_check().0,
+        reason: why.to_string(),
+        saved_at_unix_s: livemig_engine::hold::now_unix_s(),
+    };
+    let path = dir.join(format!("livemig-{session}.source.lmhold"));
+    livemig_engine::hold::save(&path, guest, &info)?;
+    Ok(path.display().to_string())
 }

@@ -7,4 +7,5 @@ pub mod migrate;
 pub mod qemu;
 pub mod qemu_bench;
 pub mod receive;
+pub mod resolve;
 pub mod simulate;

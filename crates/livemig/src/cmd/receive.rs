@@ -1,18 +1,24 @@
-//! `livemig receive`: accept migrations until one succeeds, verify it, resume the guest.
+//! `livemig receive`: serve a migration, verify it, run the guest once the source commits.
 //!
 //! Every flag is parsed before the socket is bound, so that nothing can fail after a source
-//! has handed its guest over. Peers that fail before proving the key (port scans, wrong keys,
-//! stray or slow clients) are logged and the receiver waits for the next one, up to
-//! `--max-refused` of them.
+//! has handed its guest over. Connections are served concurrently (a small bound); peers that
+//! fail before proving the key are logged at a bounded rate and never end the receiver. Exit
+//! codes: 0 migrated, 1 failed (nothing kept here; the guest runs on the source), 2 usage,
+//! 3 unknown (the verified copy is held, saved to a hold file).
 
-use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use livemig_engine::hold::{self, HoldInfo};
+use livemig_engine::sender::hex;
+use livemig_engine::serve::{ServeConfig, ServeEvent, Served};
 use livemig_engine::{Guest, Key, Received, ReceiverConfig};
 use livemig_workload::units;
+
+use crate::outcome::{self, Outcome};
 
 /// `livemig receive` flags.
 #[derive(Debug, clap::Args)]
@@ -23,22 +29,32 @@ pub struct Args {
     /// Shared key file (64 hex digits), the same as the source's.
     #[arg(long)]
     pub key: PathBuf,
-    /// The largest guest this host accepts.
-    #[arg(long, default_value = "64GiB")]
+    /// The largest guest this host accepts; `host` is what the host can hold now (available
+    /// memory, cgroup limit and address-space limit, the smallest).
+    #[arg(long, default_value = "host")]
     pub max_memory: String,
-    /// Longest wait for the peer on any network operation once connected; also the deadline
-    /// for the handshake and for any one frame.
+    /// Deadline of the handshake, of every frame and of every keep-alive gap.
     #[arg(long, default_value = "10s")]
     pub timeout: String,
-    /// Longest wait for a source to connect (over all connection attempts).
+    /// Longest wait for a source to start a migration (over all connections).
     #[arg(long, default_value = "600s")]
     pub accept_timeout: String,
-    /// How many peers may fail before proving the key (each is logged) before giving up.
-    #[arg(long, default_value_t = 16)]
-    pub max_refused: u32,
+    /// Connections served at once (more are closed at once and logged).
+    #[arg(long, default_value_t = 8)]
+    pub max_connections: usize,
+    /// How long a verified copy whose hand-over was interrupted waits for its source to
+    /// reconnect and settle it, before the outcome is unknown (exit 3).
+    #[arg(long, default_value = "300s")]
+    pub hold_timeout: String,
+    /// Where to save the held copy if the outcome is unknown.
+    #[arg(long, default_value = ".")]
+    pub hold_dir: PathBuf,
     /// How long to let the resumed guest run before exiting (to show it continues).
     #[arg(long, default_value = "1s")]
     pub run_after: String,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses a non-negative duration flag into a `Duration`, refusing values it cannot hold.
@@ -60,14 +76,15 @@ pub fn positive_duration(flag: &str, v: &str) -> Result<Duration> {
     Ok(d)
 }
 
-/// Shows that a received guest continues: its self-check counter before and after running.
+/// Shows that a received guest continues: its self-check counter at the hand-over and after
+/// running (it already runs: the source committed).
 pub fn show_continuation(r: &Received, run_for: Duration) -> String {
-    let (before, _) = r.guest.self_check();
+    let before = r.self_check_at_handover;
     r.guest.resume();
     std::thread::sleep(run_for);
     let (after, _) = r.guest.self_check();
     format!(
-        "guest resumed on the destination: self-check counter {before} at hand-over, {after} after {} ({})",
+        "guest runs on the destination: self-check counter {before} at hand-over, {after} after {} ({})",
         units::fmt_duration(run_for.as_secs_f64()),
         if after > before || run_for.is_zero() {
             "it continues"
@@ -77,94 +94,170 @@ pub fn show_continuation(r: &Received, run_for: Duration) -> String {
     )
 }
 
+/// The destination's memory limit from `--max-memory`.
+pub fn max_memory(v: &str) -> Result<u64> {
+    if v == "host" {
+        return Ok(livemig_engine::hostmem::holdable_bytes());
+    }
+    let m = units::parse_size(v).context("--max-memory")?;
+    if !(m >= 4096.0 && m < u64::MAX as f64) {
+        bail!("--max-memory must be at least one page (4KiB)");
+    }
+    Ok(m as u64)
+}
+
 /// Runs `livemig receive`.
 pub fn run(args: Args) -> Result<()> {
     // Everything the user gave is checked here, before any source can connect.
     let key = Key::load(&args.key)?;
-    let max_memory = units::parse_size(&args.max_memory).context("--max-memory")?;
-    if !(max_memory >= 1.0 && max_memory < u64::MAX as f64) {
-        bail!("--max-memory must be a positive size");
-    }
+    let max_memory = max_memory(&args.max_memory)?;
     let timeout = positive_duration("timeout", &args.timeout)?;
     let accept_timeout = duration("accept-timeout", &args.accept_timeout)?;
+    let hold_timeout = positive_duration("hold-timeout", &args.hold_timeout)?;
     let run_after = duration("run-after", &args.run_after)?;
-    if args.max_refused == 0 {
-        bail!("--max-refused must be at least 1");
+    if args.max_connections == 0 || args.max_connections > 1024 {
+        bail!("--max-connections must be between 1 and 1024");
     }
-    let cfg = ReceiverConfig {
-        max_memory: max_memory as u64,
-        handshake_deadline: timeout,
-        frame_deadline: timeout,
+    if !args.hold_dir.is_dir() {
+        bail!("--hold-dir {} is not a directory", args.hold_dir.display());
+    }
+    let cfg = ServeConfig {
+        receiver: ReceiverConfig {
+            max_memory,
+            handshake_deadline: timeout,
+            frame_deadline: timeout,
+        },
+        timeout,
+        accept_timeout,
+        max_connections: args.max_connections,
+        hold_timeout,
+        ..ServeConfig::default()
     };
     let listener = TcpListener::bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let mut out = std::io::stdout();
-    writeln!(out, "listening on {}", listener.local_addr()?)?;
-    out.flush()?;
-    let received = accept_one(
-        &listener,
-        &key,
-        &cfg,
-        accept_timeout,
-        timeout,
-        args.max_refused,
-    )?;
-    // Handed over: the source's copy is gone. Nothing here may fail or panic any more (a
-    // closed stdout included), so write errors are ignored.
-    let _ = writeln!(
-        out,
-        "received {} of guest memory over {} pre-copy rounds; memory digest verified (xxh3 {:016x})",
-        units::fmt_bytes(received.guest.memory().bytes() as f64),
-        received.rounds,
-        received.digest
-    );
-    let _ = out.flush();
-    let line = show_continuation(&received, run_after);
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-    Ok(())
+    outcome::say(&format!("listening on {}", listener.local_addr()?));
+    let stop = AtomicBool::new(false);
+    let served = livemig_engine::serve(&listener, &key, &cfg, &stop, &log_event).map_err(|e| {
+        outcome::ended(
+            Outcome::FailedSourceRunning,
+            format!("{:#}", anyhow::Error::new(e)),
+        )
+    })?;
+    match served {
+        Served::Migrated(received) => {
+            // The guest runs here now. Nothing may fail or panic any more (a closed stdout
+            // included): output errors are ignored.
+            let line = format!(
+                "received {} of guest memory over {} pre-copy rounds; memory digest verified (xxh3 {:016x}); the source committed",
+                units::fmt_bytes(received.guest.memory().bytes() as f64),
+                received.rounds,
+                received.digest
+            );
+            if args.json {
+                outcome::say(
+                    &serde_json::json!({
+                        "outcome": Outcome::Migrated,
+                        "session": hex(&received.session),
+                        "memory_bytes": received.guest.memory().bytes(),
+                        "rounds": received.rounds,
+                        "digest": format!("{:016x}", received.digest),
+                        "handover": crate::outcome::Handover::migrated(),
+                    })
+                    .to_string(),
+                );
+            } else {
+                outcome::say(&line);
+            }
+            let cont = show_continuation(&received, run_after);
+            if !args.json {
+                outcome::say(&cont);
+            }
+            Ok(())
+        }
+        Served::Failed(e) => {
+            let why = format!("{:#}", anyhow::Error::new(e));
+            if args.json {
+                outcome::say(&outcome::json_failure(
+                    Outcome::FailedSourceRunning,
+                    &why,
+                    None,
+                ));
+            }
+            Err(outcome::ended(
+                Outcome::FailedSourceRunning,
+                format!("migration failed; nothing is kept here and the guest runs on the source: {why}"),
+            ))
+        }
+        Served::Unknown(held) => {
+            let session = hex(&held.session);
+            let why = format!("{:#}", anyhow::Error::new(held.reason));
+            let info = HoldInfo {
+                role: "destination".into(),
+                session: session.clone(),
+                peer: None,
+                memory_bytes: held.guest.memory().bytes(),
+                digest: held.digest,
+                self_check: held.guest.self_check().0,
+                reason: why.clone(),
+                saved_at_unix_s: hold::now_unix_s(),
+            };
+            let path = args
+                .hold_dir
+                .join(format!("livemig-{session}.destination.lmhold"));
+            let saved = hold::save(&path, &held.guest, &info);
+            let shown = path.display().to_string();
+            if args.json {
+                outcome::say(&outcome::json_failure(
+                    Outcome::Unknown,
+                    &why,
+                    saved.is_ok().then_some(shown.as_str()),
+                ));
+            }
+            if let Err(e) = saved {
+                outcome::note(&format!(
+                    "livemig: outcome unknown and the held copy cannot be saved ({:#}); this process keeps it paused: do not kill it",
+                    anyhow::Error::new(e)
+                ));
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            Err(outcome::ended(
+                Outcome::Unknown,
+                format!(
+                    "outcome unknown: a verified copy of session {session} is held paused in {shown} and its source did not settle it within --hold-timeout ({why}); see `livemig resolve {shown}`"
+                ),
+            ))
+        }
+    }
 }
 
-/// Accepts connections one at a time until a migration succeeds. A peer that fails before
-/// proving the key is logged and the next one awaited (at most `max_refused` such peers); a
-/// failure after authentication ends the receiver.
-fn accept_one(
-    listener: &TcpListener,
-    key: &Key,
-    cfg: &ReceiverConfig,
-    accept_timeout: Duration,
-    timeout: Duration,
-    max_refused: u32,
-) -> Result<Received> {
-    let end = Instant::now().checked_add(accept_timeout);
-    let mut refused = 0u32;
-    loop {
-        let left = end.map_or(accept_timeout, |e| {
-            e.saturating_duration_since(Instant::now())
-        });
-        let mut stream = livemig_engine::net::accept(listener, left, timeout)?;
-        let peer = stream
-            .peer_addr()
-            .map_or_else(|_| "an unknown peer".to_string(), |a| a.to_string());
-        match livemig_engine::receive(&mut stream, key, cfg) {
-            Ok(r) => return Ok(r),
-            Err(e) if e.before_auth() => {
-                refused += 1;
-                let why = anyhow::Error::new(e);
-                if refused >= max_refused {
-                    return Err(why.context(format!(
-                        "refused {peer}; {refused} peers failed before proving the key, giving up"
-                    )));
-                }
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "refused {peer}: {why:#} ({refused} of at most {max_refused}); waiting for another source"
-                );
-            }
-            Err(e) => {
-                return Err(anyhow::Error::new(e)
-                    .context("migration failed; partial guest state discarded"))
-            }
+/// Logs the accept loop's events on stderr (peer text is escaped by the wire decoder).
+fn log_event(e: &ServeEvent<'_>) {
+    match e {
+        ServeEvent::Refused {
+            peer,
+            error,
+            suppressed,
+        } => {
+            let more = if *suppressed > 0 {
+                format!(" ({suppressed} more refusals not shown)")
+            } else {
+                String::new()
+            };
+            outcome::note(&format!(
+                "refused {peer}: {:#}{more}; still waiting for a source",
+                anyhow::anyhow!("{error}")
+            ));
+        }
+        ServeEvent::TooMany { peer } => {
+            outcome::note(&format!("closed {peer}: too many connections at once"));
+        }
+        ServeEvent::Holding { reason } => outcome::note(&format!(
+            "the hand-over was interrupted after the copy verified ({reason}); holding it paused until the source settles it"
+        )),
+        ServeEvent::Settled { status } => {
+            outcome::note(&format!("a reconnecting source settled the hand-over: {status:?}"))
         }
     }
 }

@@ -1,0 +1,155 @@
+//! Where the guest is after a real migration, the exit code that says so, the JSON that says
+//! so, and output that can never change either (a closed stdout or a full disk is ignored once
+//! a migration has ended).
+//!
+//! Exit codes: 0 migrated (the guest runs on the destination), 1 failed (the guest runs on the
+//! source; nothing is kept on the destination), 2 usage error (nothing was started), 3 unknown
+//! (neither side runs the guest; both keep an intact paused copy; `livemig resolve` settles it).
+
+use std::io::Write;
+
+use livemig_policy::report::MigrationReport;
+use serde::Serialize;
+
+/// Where the guest ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The guest runs on the destination; the source's copy is gone.
+    Migrated,
+    /// The guest runs on the source; the destination keeps nothing.
+    FailedSourceRunning,
+    /// Neither side runs the guest; each keeps an intact paused copy.
+    Unknown,
+}
+
+impl Outcome {
+    /// The process exit code of this outcome.
+    pub fn code(self) -> i32 {
+        match self {
+            Outcome::Migrated => 0,
+            Outcome::FailedSourceRunning => 1,
+            Outcome::Unknown => 3,
+        }
+    }
+}
+
+/// A migration that ended other than migrated: the message for stderr and its exit code.
+#[derive(Debug)]
+pub struct Ended {
+    pub outcome: Outcome,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.outcome {
+            Outcome::Migrated => "migrated",
+            Outcome::FailedSourceRunning => "the guest runs on the source",
+            Outcome::Unknown => "outcome unknown: neither side runs the guest",
+        })
+    }
+}
+
+impl std::error::Error for Ended {}
+
+/// An error that ends a command with `outcome`'s exit code; `context` goes first on the line.
+pub fn ended(outcome: Outcome, context: String) -> anyhow::Error {
+    anyhow::Error::new(Ended { outcome }).context(context)
+}
+
+/// The exit code of a command's error: the outcome's, or 2 (usage; nothing started).
+pub fn exit_code(e: &anyhow::Error) -> i32 {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<Ended>())
+        .map_or(2, |x| x.outcome.code())
+}
+
+/// Writes `text` and a newline to stdout; failures are ignored (a migration's outcome never
+/// depends on whether anyone reads its report).
+pub fn say(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}
+
+/// Writes a line to stderr, failures ignored.
+pub fn note(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
+/// What was checked at the hand-over, and how.
+#[derive(Debug, Clone, Serialize)]
+pub struct Handover {
+    /// What the destination verified: "memory digest (xxh3-64 of every page) and state".
+    pub verified: &'static str,
+    /// The destination confirmed a verified copy (authenticated `Confirm{ok}`).
+    pub destination_confirmed: bool,
+    /// The source committed (sent `Commit`).
+    pub source_committed: bool,
+    /// The destination said it runs the guest (authenticated `Running`, directly or when the
+    /// source reconnected to settle the hand-over).
+    pub destination_running: bool,
+    /// Where the guest runs now: "destination", "source" or "nowhere".
+    pub guest_runs_on: &'static str,
+}
+
+impl Handover {
+    /// The hand-over of a migrated guest.
+    pub fn migrated() -> Handover {
+        Handover {
+            verified: "memory digest (xxh3-64 of every page) and guest state, on the destination",
+            destination_confirmed: true,
+            source_committed: true,
+            destination_running: true,
+            guest_runs_on: "destination",
+        }
+    }
+}
+
+/// The `--json` result of a migrated guest: the report with `outcome` and `handover`.
+pub fn json_result(report: &MigrationReport, outcome: Outcome, handover: &Handover) -> String {
+    let mut v = serde_json::to_value(report).unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(m) = &mut v {
+        m.insert(
+            "outcome".into(),
+            serde_json::to_value(outcome).unwrap_or_default(),
+        );
+        m.insert(
+            "handover".into(),
+            serde_json::to_value(handover).unwrap_or_default(),
+        );
+    }
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+/// The `--json` line of a migration that did not hand over.
+pub fn json_failure(outcome: Outcome, error: &str, hold_file: Option<&str>) -> String {
+    serde_json::json!({
+        "outcome": outcome,
+        "error": error,
+        "hold_file": hold_file,
+        "handover": {
+            "guest_runs_on": match outcome {
+                Outcome::Migrated => "destination",
+                Outcome::FailedSourceRunning => "source",
+                Outcome::Unknown => "nowhere",
+            }
+        }
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_outcome_and_usage_is_2() {
+        assert_eq!(exit_code(&ended(Outcome::Unknown, "x".into())), 3);
+        assert_eq!(
+            exit_code(&ended(Outcome::FailedSourceRunning, "x".into()).context("more")),
+            1
+        );
+        assert_eq!(exit_code(&anyhow::anyhow!("--memory: bad size")), 2);
+    }
+}
