@@ -8,8 +8,10 @@
 //! - [`cmd::qemu`]: `livemig qemu migrate | dirty-trace`, real QEMU migrations;
 //!   [`cmd::qemu_bench`]: `livemig qemu bench`.
 //! - [`table`]: human tables; [`plot`]: SVG/PNG plots; [`progress`]: live round progress.
+//! - [`out`]: fallible output; a closed pipe or a full disk is an error, never a panic.
 
 mod cmd;
+mod out;
 mod plot;
 mod progress;
 mod table;
@@ -58,8 +60,12 @@ fn main() {
         Command::Qemu(c) => cmd::qemu::run(c),
     };
     if let Err(e) = result {
+        // The reader of our output went away (`livemig bench | head`): nothing to report.
+        if out::reader_went_away(&e) {
+            return;
+        }
         let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-        eprintln!("livemig: error: {}", chain.join(": "));
+        out::note(&format!("livemig: error: {}", chain.join(": ")));
         std::process::exit(2);
     }
 }

@@ -269,3 +269,72 @@ fn threshold_flag_reaches_the_policy() {
     let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
     assert_eq!(v["threshold"], 0.9);
 }
+
+/// `livemig ARGS` with stdout on `/dev/full` (every write fails with ENOSPC).
+fn stdout_full(args: &[&str]) -> std::process::Output {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("livemig"))
+        .args(args)
+        .stdout(full)
+        .output()
+        .expect("livemig runs")
+}
+
+/// `livemig ARGS` with stdout on a pipe whose reader is gone before the first write (EPIPE),
+/// as `livemig ... | head` ends once `head` has read enough.
+fn stdout_closed(args: &[&str]) -> std::process::Output {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("livemig"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("livemig runs");
+    drop(child.stdout.take());
+    child.wait_with_output().expect("livemig ends")
+}
+
+/// Regression (issue 8): `println!` panicked on a full disk and on a closed pipe. A failed
+/// write is one error line and status 2; a reader that went away ends the command quietly
+/// with status 0.
+#[test]
+fn output_errors_are_one_line_or_quiet_never_a_panic() {
+    let engine = [
+        "bench-engine",
+        "--memory",
+        "1MiB",
+        "--repeat",
+        "1",
+        "--cap",
+        "16MiB/s",
+        "--cap-duration",
+        "1s",
+    ];
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["simulate", "--memory", "1GiB"],
+        vec!["simulate", "--memory", "1GiB", "--json"],
+        vec!["bench", "--policies", "fixed"],
+        vec!["bench", "--policies", "fixed", "--json"],
+        engine.to_vec(),
+        [&engine[..], &["--json"]].concat(),
+    ];
+    for args in cases {
+        let out = stdout_full(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?} > /dev/full: {err}");
+        assert_eq!(out.status.code(), Some(2), "{args:?} > /dev/full: {err}");
+        let last = err.trim_end().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("livemig: error: cannot write to standard output"),
+            "{args:?} > /dev/full: {err}"
+        );
+
+        let out = stdout_closed(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?} | closed: {err}");
+        assert!(!err.contains("livemig: error"), "{args:?} | closed: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?} | closed: {err}");
+    }
+}

@@ -10,7 +10,7 @@ use livemig_sim::bench::{run_suite, PolicyResult, ScenarioResult, DEFAULT_SUITE}
 use livemig_sim::scenario::{load_suite, parse_suite};
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
-use crate::{plot, table};
+use crate::{out, plot, table};
 
 /// `livemig bench` flags.
 #[derive(Debug, clap::Args)]
@@ -43,31 +43,40 @@ pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let n = suite.len();
     let results = run_suite(&suite, &policies, |i, r| {
-        eprintln!("[{}/{n}] {} done", i + 1, r.scenario);
+        out::note(&format!("[{}/{n}] {} done", i + 1, r.scenario));
     })?;
     let elapsed = started.elapsed().as_secs_f64();
     if let Some(dir) = &args.report {
         write_report(dir, &results)?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
-        for r in &results {
-            println!("\n## {} — {}", r.scenario, r.description);
-            println!("   {} | {}", fmt_bytes(r.memory_bytes), r.workload);
-            println!("{}", table::bench_scenario(r));
-            if r.oracle.is_none() {
-                println!("   oracle: no constant bandwidth <= B_max converges");
-            }
-        }
-        println!("\n## Summary over {n} scenarios ({elapsed:.2} s)");
-        println!("{}", table::bench_summary(&results));
-        println!("\n## Targets (scenarios where some constant bandwidth <= B_max converges)");
-        println!("{}", table::bench_targets(&results));
-        if let Some(dir) = &args.report {
-            println!("report written to {}", dir.join("report.md").display());
+        out::emit_line(&serde_json::to_string_pretty(&results)?)?;
+        return Ok(());
+    }
+    let mut text = String::new();
+    for r in &results {
+        let _ = writeln!(text, "\n## {} — {}", r.scenario, r.description);
+        let _ = writeln!(text, "   {} | {}", fmt_bytes(r.memory_bytes), r.workload);
+        let _ = writeln!(text, "{}", table::bench_scenario(r));
+        if r.oracle.is_none() {
+            let _ = writeln!(text, "   oracle: no constant bandwidth <= B_max converges");
         }
     }
+    let _ = writeln!(text, "\n## Summary over {n} scenarios ({elapsed:.2} s)");
+    let _ = writeln!(text, "{}", table::bench_summary(&results));
+    let _ = writeln!(
+        text,
+        "\n## Targets (scenarios where some constant bandwidth <= B_max converges)"
+    );
+    let _ = writeln!(text, "{}", table::bench_targets(&results));
+    if let Some(dir) = &args.report {
+        let _ = writeln!(
+            text,
+            "report written to {}",
+            dir.join("report.md").display()
+        );
+    }
+    out::emit(&text)?;
     Ok(())
 }
 

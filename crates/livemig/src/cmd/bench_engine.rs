@@ -1,6 +1,7 @@
 //! `livemig bench-engine`: the data path's throughput with no cap against a plain loopback
 //! socket copy measured in the same run, and cap accuracy per 100 ms window.
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -15,6 +16,8 @@ use livemig_engine::{
 use livemig_policy::report::MigrationReport;
 use livemig_policy::{PolicyConfig, PolicyKind};
 use livemig_workload::units::{self, fmt_bytes, fmt_rate};
+
+use crate::out;
 
 /// `livemig bench-engine` flags.
 #[derive(Debug, clap::Args)]
@@ -171,13 +174,13 @@ pub fn run(args: Args) -> Result<()> {
         let round = r.rounds.first().context("no round ran")?;
         let e = round.bytes_sent / round.duration_s;
         if !args.json {
-            eprintln!(
+            out::note(&format!(
                 "run {}: socket copy, 1 MiB buffers {}; socket copy, memory to memory {}; engine (no cap, random pages) {}",
                 i + 1,
                 fmt_rate(h),
                 fmt_rate(p),
                 fmt_rate(e)
-            );
+            ));
         }
         hot.push(h);
         plain.push(p);
@@ -224,43 +227,52 @@ pub fn run(args: Args) -> Result<()> {
             "cap_worst_deviation": worst,
             "sender_frame_bytes_max": frame,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        out::emit_line(&serde_json::to_string_pretty(&v)?)?;
     } else {
-        println!(
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
             "throughput, no cap, {} of random pages, {} runs:",
             fmt_bytes(memory as f64),
             engine.len()
         );
-        println!(
+        let _ = writeln!(
+            text,
             "  socket copy, 1 MiB buffers (cache-resident)  median {}",
             fmt_rate(h)
         );
-        println!(
+        let _ = writeln!(
+            text,
             "  socket copy, memory to memory               median {}",
             fmt_rate(p)
         );
-        println!(
+        let _ = writeln!(
+            text,
             "  engine round 1 (guest memory to guest memory) median {}",
             fmt_rate(e)
         );
-        println!(
+        let _ = writeln!(
+            text,
             "  engine / memory-to-memory copy {:.1} %; engine / 1 MiB-buffer copy {:.1} %",
             100.0 * e / p,
             100.0 * e / h
         );
-        println!(
+        let _ = writeln!(
+            text,
             "cap accuracy at {} over {} windows of 100 ms after the first:",
             fmt_rate(cap),
             ratios.len()
         );
-        println!(
+        let _ = writeln!(
+            text,
             "  median achieved/cap {:.3}, worst deviation {:.1} %, within +-5 %: {}/{}",
             median(ratios.clone()),
             100.0 * worst,
             within,
             ratios.len()
         );
-        println!("{in_flight}");
+        let _ = writeln!(text, "{in_flight}");
+        out::emit(&text)?;
     }
     Ok(())
 }
