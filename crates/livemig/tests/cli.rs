@@ -338,3 +338,64 @@ fn output_errors_are_one_line_or_quiet_never_a_panic() {
         assert_eq!(out.status.code(), Some(0), "{args:?} | closed: {err}");
     }
 }
+
+/// Regression (issue 8): `bench --report` checked its directory only after the whole run.
+#[test]
+fn bench_report_directory_is_checked_before_the_run() {
+    let out = livemig()
+        .args([
+            "bench",
+            "--policies",
+            "fixed",
+            "--report",
+            "/dev/null/report",
+        ])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot create the report directory /dev/null/report"),
+        "{err}"
+    );
+    assert!(!err.contains("done"), "the suite ran first: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+/// Regression (issue 8): a report that fails half-way left the files written so far. Every
+/// file is now written under a temporary name and renamed into place once all are written.
+#[test]
+fn a_failed_bench_report_leaves_no_partial_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let suite = dir.path().join("suite.toml");
+    // The second scenario's plot cannot be written (its name points into a missing folder).
+    std::fs::write(
+        &suite,
+        "[[scenario]]\nname = \"first\"\nmemory = \"1GiB\"\nworkload = \"idle\"\n\n\
+         [[scenario]]\nname = \"missing/second\"\nmemory = \"1GiB\"\nworkload = \"idle\"\n",
+    )
+    .expect("suite");
+    let report = dir.path().join("report");
+    std::fs::create_dir(&report).expect("report dir");
+    std::fs::write(report.join("report.md"), "old").expect("old report");
+    livemig()
+        .args(["bench", "--policies", "fixed", "--suite"])
+        .arg(&suite)
+        .arg("--report")
+        .arg(&report)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("missing/second.svg"));
+    let mut left: Vec<String> = std::fs::read_dir(&report)
+        .expect("read")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["report.md"], "partial or temporary files left");
+    let md = std::fs::read_to_string(report.join("report.md")).expect("report.md");
+    assert_eq!(
+        md, "old",
+        "the previous report was replaced by a partial one"
+    );
+}
