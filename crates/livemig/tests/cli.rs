@@ -399,3 +399,75 @@ fn a_failed_bench_report_leaves_no_partial_files() {
         "the previous report was replaced by a partial one"
     );
 }
+
+/// Regression (issue 8): `simulate --memory 1e308` printed `inf` and JSON nulls. Sizes, rates
+/// and durations beyond the documented bounds are one error line, in `simulate` and, through
+/// the same scenario resolution, in `demo` and `migrate` before they start anything.
+#[test]
+fn quantities_beyond_the_bounds_are_one_line_errors() {
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["simulate", "--memory", "1e308"],
+            "memory size must be a positive number of bytes up to 64 TiB, got 1e308",
+        ),
+        (
+            vec!["simulate", "--memory", "1GiB", "--max-bandwidth", "1e308"],
+            "up to 10 Tbit/s",
+        ),
+        (
+            vec![
+                "simulate",
+                "--memory",
+                "1GiB",
+                "--workload",
+                "uniform:rate=1e308",
+            ],
+            "rate 1e308 must be between 0 and 10 Tbit/s",
+        ),
+        (
+            vec!["simulate", "--memory", "1GiB", "--link-capacity", "1e308"],
+            "link_capacity must be positive and at most 10 Tbit/s",
+        ),
+        (
+            vec!["simulate", "--memory", "1GiB", "--resume-latency", "1e308"],
+            "resume_latency must be at most 3 days",
+        ),
+        (
+            vec!["simulate", "--memory", "1GiB", "--downtime-limit", "100h"],
+            "at most 3 days",
+        ),
+        (vec!["demo", "--memory", "1e308"], "up to 64 TiB"),
+        (
+            vec![
+                "migrate",
+                "--to",
+                "127.0.0.1:9",
+                "--key",
+                "/no/such/key",
+                "--memory",
+                "1e308",
+            ],
+            "up to 64 TiB",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = livemig()
+            .args(&args)
+            .timeout(std::time::Duration::from_secs(60))
+            .assert()
+            .code(2)
+            .get_output()
+            .clone();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(needle),
+            "{args:?}: `{err}` should contain `{needle}`"
+        );
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: one line: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: printed a result");
+    }
+}
