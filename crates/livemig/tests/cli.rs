@@ -471,3 +471,43 @@ fn quantities_beyond_the_bounds_are_one_line_errors() {
         assert!(out.stdout.is_empty(), "{args:?}: printed a result");
     }
 }
+
+/// Regression (issue 8): `bench-engine --cap 1e308` aborted, `--memory 4GiB` divided by zero
+/// (where the host holds it), `--cap 1bit/s` and `--memory 1e308` hung. Every flag is checked
+/// before any work: one line, status 2, no run started.
+#[test]
+fn bench_engine_checks_every_flag_before_any_work() {
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--cap", "1e308"], "--cap must be between 1 MiB/s"),
+        (vec!["--cap", "1bit/s"], "--cap must be between 1 MiB/s"),
+        (
+            vec!["--memory", "1e308"],
+            "--memory 1e308: the guest must be",
+        ),
+        (vec!["--memory", "65GiB"], "64 GiB"),
+        (vec!["--memory", "1000"], "one page"),
+        (vec!["--repeat", "0"], "--repeat must be between 1 and 100"),
+        (vec!["--cap-duration", "1e308"], "--cap-duration must be"),
+        (
+            vec!["--cap", "100Gbit/s", "--cap-duration", "10m"],
+            "--cap 100Gbit/s x --cap-duration 10m",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let out = livemig()
+            .arg("bench-engine")
+            .args(&extra)
+            .timeout(std::time::Duration::from_secs(60))
+            .assert()
+            .code(2)
+            .get_output()
+            .clone();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(needle),
+            "{extra:?}: `{err}` should contain `{needle}`"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{extra:?}: {err}");
+        assert!(!err.contains("run 1"), "{extra:?}: work started: {err}");
+    }
+}
