@@ -121,6 +121,13 @@ fn bad_input_gets_one_line_errors() {
             "/no/such/trace.csv",
         ),
         (vec!["--plot", "/tmp/x.gif"], ".svg or .png"),
+        (
+            vec![
+                "--workload",
+                "hotcold:rate=1MiB/s,rate=2MiB/s,hot=5%,share=90%",
+            ],
+            "gives `rate` twice",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = base.to_vec();
