@@ -258,6 +258,14 @@ impl SendError {
     pub fn in_doubt(&self) -> bool {
         matches!(self, SendError::InDoubt { .. })
     }
+
+    /// The session id (hex) of an outcome in doubt.
+    pub fn session(&self) -> Option<&str> {
+        match self {
+            SendError::InDoubt { session, .. } => Some(session),
+            _ => None,
+        }
+    }
 }
 
 /// What the sender tells its observer (progress lines, tests).

@@ -36,6 +36,8 @@ pub enum SpecError {
     Pair(String),
     #[error("unknown key `{0}` (expected rate, buffer, hot, share, heartbeat)")]
     Key(String),
+    #[error("key `{0}` is given twice")]
+    Duplicate(String),
     #[error("bad value for `{key}`: {message}")]
     Value { key: String, message: String },
     #[error("the buffer must be at least one page, got {0} bytes")]
@@ -55,10 +57,15 @@ impl LoadSpec {
         let mut heartbeat_s = 0.1;
         let mut hot = 0.1;
         let mut share = 0.9;
+        let mut seen: Vec<&str> = Vec::new();
         for pair in rest.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = pair
                 .split_once('=')
                 .ok_or_else(|| SpecError::Pair(pair.to_string()))?;
+            if seen.contains(&k) {
+                return Err(SpecError::Duplicate(k.to_string()));
+            }
+            seen.push(k);
             let bad = |e: livemig_workload::units::UnitError| SpecError::Value {
                 key: k.to_string(),
                 message: e.to_string(),
@@ -165,6 +172,19 @@ mod tests {
             LoadSpec::parse("uniform:buffer=100"),
             Err(SpecError::Buffer(100))
         ));
+    }
+
+    /// Regression (issue 8): a key given twice was silently last-wins.
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        assert_eq!(
+            LoadSpec::parse("uniform:rate=1MiB/s,buffer=32MiB,rate=2MiB/s"),
+            Err(SpecError::Duplicate("rate".into()))
+        );
+        assert_eq!(
+            LoadSpec::parse("hotcold:hot=5%,hot=10%"),
+            Err(SpecError::Duplicate("hot".into()))
+        );
     }
 
     #[test]

@@ -9,6 +9,29 @@ pub const QEMU_DEFAULT_DOWNTIME_LIMIT_S: f64 = 0.3;
 /// Round-count safety limit of the `qemu` baseline (QEMU itself has none; a timeout aborts).
 pub const QEMU_DEFAULT_SAFETY_ROUNDS: u32 = 200;
 
+/// The largest memory size any setting may name: 64 TiB (far beyond any guest today, small
+/// enough that every derived time and byte count stays finite).
+pub const MAX_MEMORY_BYTES: f64 = 64.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0;
+/// The fastest rate any setting may name: 10 Tbit/s (1.25e12 bytes/s).
+pub const MAX_RATE_BYTES_PER_S: f64 = 10e12 / 8.0;
+/// The longest duration any setting may name: 3 days.
+pub const MAX_DURATION_S: f64 = 3.0 * 24.0 * 3600.0;
+
+/// A number as an error shows it: plain below 1e15, in exponent form above (`1e308`, not
+/// 309 digits).
+#[derive(Debug, Clone, Copy)]
+struct Shown(f64);
+
+impl std::fmt::Display for Shown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.abs() < 1e15 {
+            write!(f, "{}", self.0)
+        } else {
+            write!(f, "{:e}", self.0)
+        }
+    }
+}
+
 /// The operator's settings: M, S, N, h, bandwidth bounds and per-policy knobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyConfig {
@@ -60,7 +83,7 @@ impl Default for PolicyConfig {
 /// Why a [`PolicyConfig`] was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("memory size must be a positive number of bytes, got {0}")]
+    #[error("memory size must be a positive number of bytes up to 64 TiB, got {}", Shown(*.0))]
     Memory(f64),
     #[error("page size must be positive and at most the memory size, got {0}")]
     PageSize(f64),
@@ -68,7 +91,10 @@ pub enum ConfigError {
     Rounds(u32),
     #[error("the stop level h must be between 0 and the memory size M ({memory}), got {value}")]
     StopRemaining { value: f64, memory: f64 },
-    #[error("{name} must be a positive, finite rate in bytes/s, got {value}")]
+    #[error(
+        "{name} must be a positive rate in bytes/s up to 10 Tbit/s (1.25e12), got {}",
+        Shown(*.value)
+    )]
     Rate { name: &'static str, value: f64 },
     #[error("the minimum bandwidth ({min}) is above the maximum bandwidth ({max})")]
     Bounds { min: f64, max: f64 },
@@ -76,14 +102,14 @@ pub enum ConfigError {
     Initial { value: f64, min: f64, max: f64 },
     #[error("the threshold T must be positive and finite, got {0}")]
     Threshold(f64),
-    #[error("the downtime limit must be positive and finite, got {0} s")]
+    #[error("the downtime limit must be positive and at most 3 days, got {} s", Shown(*.0))]
     Downtime(f64),
     #[error("the safety round limit must be at least 1, got {0}")]
     Safety(u32),
 }
 
 fn positive_rate(name: &'static str, value: f64) -> Result<(), ConfigError> {
-    if value.is_finite() && value > 0.0 {
+    if value.is_finite() && value > 0.0 && value <= MAX_RATE_BYTES_PER_S {
         Ok(())
     } else {
         Err(ConfigError::Rate { name, value })
@@ -93,7 +119,10 @@ fn positive_rate(name: &'static str, value: f64) -> Result<(), ConfigError> {
 impl PolicyConfig {
     /// Checks every setting; policies assume a validated config.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.memory_bytes.is_finite() && self.memory_bytes > 0.0) {
+        if !(self.memory_bytes.is_finite()
+            && self.memory_bytes > 0.0
+            && self.memory_bytes <= MAX_MEMORY_BYTES)
+        {
             return Err(ConfigError::Memory(self.memory_bytes));
         }
         if !(self.page_size.is_finite()
@@ -143,7 +172,10 @@ impl PolicyConfig {
         if let Some(b) = self.stop_bandwidth {
             positive_rate("the stop-and-copy bandwidth", b)?;
         }
-        if !(self.downtime_limit_s.is_finite() && self.downtime_limit_s > 0.0) {
+        if !(self.downtime_limit_s.is_finite()
+            && self.downtime_limit_s > 0.0
+            && self.downtime_limit_s <= MAX_DURATION_S)
+        {
             return Err(ConfigError::Downtime(self.downtime_limit_s));
         }
         if self.safety_rounds == 0 {
@@ -227,6 +259,71 @@ mod tests {
                     ..base.clone()
                 },
                 "memory size",
+            ),
+        ];
+        for (cfg, needle) in cases {
+            let err = cfg.validate().expect_err("must be refused");
+            assert!(
+                err.to_string().contains(needle),
+                "{err} should mention {needle}"
+            );
+        }
+    }
+
+    /// Regression (issue 8): `simulate --memory 1e308` ran and printed `inf` and JSON nulls.
+    #[test]
+    fn refuses_sizes_rates_and_durations_beyond_the_bounds() {
+        let base = PolicyConfig::default();
+        let at_bounds = PolicyConfig {
+            memory_bytes: MAX_MEMORY_BYTES,
+            max_bandwidth: MAX_RATE_BYTES_PER_S,
+            fixed_bandwidth: Some(MAX_RATE_BYTES_PER_S),
+            downtime_limit_s: MAX_DURATION_S,
+            ..base.clone()
+        };
+        assert_eq!(at_bounds.validate(), Ok(()));
+        let cases: Vec<(PolicyConfig, &str)> = vec![
+            (
+                PolicyConfig {
+                    memory_bytes: 1e308,
+                    ..base.clone()
+                },
+                "up to 64 TiB, got 1e308",
+            ),
+            (
+                PolicyConfig {
+                    memory_bytes: MAX_MEMORY_BYTES * 2.0,
+                    ..base.clone()
+                },
+                "up to 64 TiB",
+            ),
+            (
+                PolicyConfig {
+                    max_bandwidth: 1e308,
+                    ..base.clone()
+                },
+                "maximum bandwidth must be a positive rate in bytes/s up to 10 Tbit/s",
+            ),
+            (
+                PolicyConfig {
+                    fixed_bandwidth: Some(MAX_RATE_BYTES_PER_S * 1.01),
+                    ..base.clone()
+                },
+                "fixed bandwidth",
+            ),
+            (
+                PolicyConfig {
+                    stop_bandwidth: Some(f64::INFINITY),
+                    ..base.clone()
+                },
+                "got inf",
+            ),
+            (
+                PolicyConfig {
+                    downtime_limit_s: MAX_DURATION_S + 1.0,
+                    ..base.clone()
+                },
+                "at most 3 days",
             ),
         ];
         for (cfg, needle) in cases {

@@ -25,7 +25,9 @@ pub mod report;
 pub mod stats;
 pub mod threshold;
 
-pub use config::{ConfigError, PolicyConfig};
+pub use config::{
+    ConfigError, PolicyConfig, MAX_DURATION_S, MAX_MEMORY_BYTES, MAX_RATE_BYTES_PER_S,
+};
 pub use decision::{Action, Audit, Branch, Decision, StopReason};
 pub use kind::{PolicyKind, UnknownPolicy};
 pub use stats::{DirtySample, RoundStats, StatsError};

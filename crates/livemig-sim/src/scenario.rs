@@ -19,7 +19,9 @@
 
 use std::path::Path;
 
-use livemig_policy::{ConfigError, PolicyConfig};
+use livemig_policy::{
+    ConfigError, PolicyConfig, MAX_DURATION_S, MAX_MEMORY_BYTES, MAX_RATE_BYTES_PER_S,
+};
 use livemig_workload::units::{self, UnitError};
 use livemig_workload::{DirtyModel, SpecError, Workload};
 use serde::{Deserialize, Serialize};
@@ -112,7 +114,10 @@ pub enum ScenarioError {
         #[source]
         source: ConfigError,
     },
-    #[error("scenario `{scenario}`: {field} must be {expected}, got {value}")]
+    #[error(
+        "scenario `{scenario}`: {field} must be {expected}, got {}",
+        units::fmt_number(*.value)
+    )]
     Range {
         scenario: String,
         field: &'static str,
@@ -181,38 +186,68 @@ impl ScenarioSpec {
                 spec: self.workload.clone(),
                 source: Box::new(source),
             })?;
-        let capacity = opt("link_capacity", &self.link_capacity, units::parse_rate)?;
-        if let Some(c) = capacity {
-            if c <= 0.0 {
-                return Err(ScenarioError::Range {
-                    scenario: name,
-                    field: "link_capacity",
-                    expected: "positive",
-                    value: c,
-                });
+        let range = |field: &'static str, value: f64, ok: bool, expected: &'static str| {
+            if ok && value.is_finite() {
+                Ok(value)
+            } else {
+                Err(ScenarioError::Range {
+                    scenario: name.clone(),
+                    field,
+                    expected,
+                    value,
+                })
             }
-        }
+        };
+        let capacity = opt("link_capacity", &self.link_capacity, units::parse_rate)?
+            .map(|c| {
+                range(
+                    "link_capacity",
+                    c,
+                    c > 0.0 && c <= MAX_RATE_BYTES_PER_S,
+                    "positive and at most 10 Tbit/s (1.25e12 bytes/s)",
+                )
+            })
+            .transpose()?;
         let noise = self.noise.unwrap_or(0.0);
-        if !(noise.is_finite() && (0.0..=1.0).contains(&noise)) {
-            return Err(ScenarioError::Range {
-                scenario: name,
-                field: "noise",
-                expected: "between 0 and 1",
-                value: noise,
-            });
-        }
+        range(
+            "noise",
+            noise,
+            (0.0..=1.0).contains(&noise),
+            "between 0 and 1",
+        )?;
+        let state_bytes = opt("state_size", &self.state_size, units::parse_size)?.unwrap_or(0.0);
+        range(
+            "state_size",
+            state_bytes,
+            state_bytes <= MAX_MEMORY_BYTES,
+            "at most 64 TiB",
+        )?;
+        let resume_latency_s = opt(
+            "resume_latency",
+            &self.resume_latency,
+            units::parse_duration,
+        )?
+        .unwrap_or(0.0);
+        range(
+            "resume_latency",
+            resume_latency_s,
+            resume_latency_s <= MAX_DURATION_S,
+            "at most 3 days",
+        )?;
+        let sample_s = opt("sample", &self.sample, units::parse_duration)?.unwrap_or(1.0);
+        range(
+            "sample",
+            sample_s,
+            sample_s <= MAX_DURATION_S,
+            "at most 3 days",
+        )?;
         let link = Link {
             capacity,
-            state_bytes: opt("state_size", &self.state_size, units::parse_size)?.unwrap_or(0.0),
-            resume_latency_s: opt(
-                "resume_latency",
-                &self.resume_latency,
-                units::parse_duration,
-            )?
-            .unwrap_or(0.0),
+            state_bytes,
+            resume_latency_s,
             noise,
             seed: self.seed.unwrap_or(1),
-            sample_s: opt("sample", &self.sample, units::parse_duration)?.unwrap_or(1.0),
+            sample_s,
         };
         let model = DirtyModel::new(&workload, cfg.memory_bytes, cfg.page_size);
         Ok(Scenario {
@@ -340,6 +375,111 @@ mod tests {
         .resolve(None)
         .expect_err("bad");
         assert!(chain(&e).contains("above the maximum"), "{e}");
+    }
+
+    /// Regression (issue 8): `simulate --memory 1e308` printed `inf` and JSON nulls; every
+    /// size, rate and duration of a scenario now has a finite upper bound.
+    #[test]
+    fn quantities_beyond_the_bounds_are_refused() {
+        let cases: Vec<(ScenarioSpec, &str)> = vec![
+            (
+                ScenarioSpec {
+                    memory: "1e308".into(),
+                    ..spec()
+                },
+                "memory size must be a positive number of bytes up to 64 TiB, got 1e308",
+            ),
+            (
+                ScenarioSpec {
+                    memory: "65TiB".into(),
+                    ..spec()
+                },
+                "up to 64 TiB",
+            ),
+            (
+                ScenarioSpec {
+                    max_bandwidth: Some("1e308".into()),
+                    ..spec()
+                },
+                "up to 10 Tbit/s",
+            ),
+            (
+                ScenarioSpec {
+                    downtime_limit: Some("1e308s".into()),
+                    ..spec()
+                },
+                "at most 3 days",
+            ),
+            (
+                ScenarioSpec {
+                    workload: "uniform:rate=1e308".into(),
+                    ..spec()
+                },
+                "rate 1e308 must be between 0 and 10 Tbit/s",
+            ),
+            (
+                ScenarioSpec {
+                    workload: "phased:steps=1MiB/s@0s;20000Gbit/s@5s".into(),
+                    ..spec()
+                },
+                "10 Tbit/s",
+            ),
+            (
+                ScenarioSpec {
+                    link_capacity: Some("1e308".into()),
+                    ..spec()
+                },
+                "link_capacity must be positive and at most 10 Tbit/s (1.25e12 bytes/s), got 1e308",
+            ),
+            (
+                ScenarioSpec {
+                    state_size: Some("1e308".into()),
+                    ..spec()
+                },
+                "state_size must be at most 64 TiB",
+            ),
+            (
+                ScenarioSpec {
+                    resume_latency: Some("1e308".into()),
+                    ..spec()
+                },
+                "resume_latency must be at most 3 days",
+            ),
+            (
+                ScenarioSpec {
+                    sample: Some("73h".into()),
+                    ..spec()
+                },
+                "sample must be at most 3 days",
+            ),
+        ];
+        for (s, needle) in cases {
+            let e = s.resolve(None).expect_err("out of bounds");
+            assert!(
+                chain(&e).contains(needle),
+                "`{}` should contain `{needle}`",
+                chain(&e)
+            );
+        }
+        let at_bounds = ScenarioSpec {
+            memory: "64TiB".into(),
+            max_bandwidth: Some("10000Gbit/s".into()),
+            link_capacity: Some("10000Gbit/s".into()),
+            state_size: Some("64TiB".into()),
+            resume_latency: Some("72h".into()),
+            sample: Some("72h".into()),
+            workload: "uniform:rate=10000Gbit/s".into(),
+            ..spec()
+        };
+        at_bounds
+            .resolve(None)
+            .expect("the bounds themselves are accepted");
+    }
+
+    /// The workload's rates (checked by `RateSeries`) and the policy's share one bound.
+    #[test]
+    fn the_workload_and_the_policy_share_one_rate_bound() {
+        assert_eq!(livemig_workload::rate::MAX_RATE, MAX_RATE_BYTES_PER_S);
     }
 
     #[test]

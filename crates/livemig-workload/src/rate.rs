@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::units::fmt_number;
+
 /// Write rate (bytes/s) as steps: `steps[i] = (start_s, rate)`, each holding until the next
 /// step starts; the first rate also holds before its start, the last one forever after.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -9,12 +11,19 @@ pub struct RateSeries {
     steps: Vec<(f64, f64)>,
 }
 
+/// The fastest write rate a series may hold: 10 Tbit/s (1.25e12 bytes/s), the bound the
+/// policy settings have too (`livemig_policy::MAX_RATE_BYTES_PER_S`).
+pub const MAX_RATE: f64 = 10e12 / 8.0;
+
 /// Why a series was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RateError {
     #[error("a rate series needs at least one step")]
     Empty,
-    #[error("step {index}: rate {rate} must be finite and non-negative")]
+    #[error(
+        "step {index}: rate {} must be between 0 and 10 Tbit/s (1.25e12 bytes/s)",
+        fmt_number(*.rate)
+    )]
     Rate { index: usize, rate: f64 },
     #[error("step {index}: start time {start} s must be finite, non-negative and after the previous step")]
     Start { index: usize, start: f64 },
@@ -33,7 +42,7 @@ impl RateSeries {
         }
         let mut prev = f64::NEG_INFINITY;
         for (index, &(start, rate)) in steps.iter().enumerate() {
-            if !(rate.is_finite() && rate >= 0.0) {
+            if !(rate.is_finite() && (0.0..=MAX_RATE).contains(&rate)) {
                 return Err(RateError::Rate { index, rate });
             }
             if !(start.is_finite() && start >= 0.0 && start > prev) {
@@ -104,6 +113,17 @@ mod tests {
             RateSeries::steps(vec![(0.0, -1.0)]),
             Err(RateError::Rate { .. })
         ));
+        // Regression (issue 8): rates that overflow every derived quantity.
+        let e = RateSeries::constant(1e308).expect_err("too fast");
+        assert_eq!(
+            e,
+            RateError::Rate {
+                index: 0,
+                rate: 1e308
+            }
+        );
+        assert!(e.to_string().contains("rate 1e308 must be"), "{e}");
+        assert!(RateSeries::constant(MAX_RATE).is_ok());
         assert!(matches!(
             RateSeries::steps(vec![(5.0, 1.0), (5.0, 2.0)]),
             Err(RateError::Start { index: 1, .. })

@@ -62,6 +62,8 @@ pub enum SpecError {
     },
     #[error("`{0}` is not `key=value`")]
     NotKeyValue(String),
+    #[error("workload `{kind}` gives `{key}` twice")]
+    DuplicateKey { kind: String, key: String },
     #[error("{key}={value}")]
     Value {
         key: String,
@@ -112,17 +114,19 @@ impl<'a> Params<'a> {
                     allowed,
                 });
             }
+            if pairs.iter().any(|(seen, _)| *seen == k) {
+                return Err(SpecError::DuplicateKey {
+                    kind: kind.to_string(),
+                    key: k.to_string(),
+                });
+            }
             pairs.push((k, v.trim()));
         }
         Ok(Params { kind, pairs })
     }
 
     fn get(&self, key: &str) -> Option<&'a str> {
-        self.pairs
-            .iter()
-            .rev()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| *v)
+        self.pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
     }
 
     fn need(&self, key: &'static str) -> Result<&'a str, SpecError> {
@@ -399,6 +403,25 @@ mod tests {
         assert!(err("zipf:rate=1,s=-2").contains("s=-2"));
         assert!(err("trace:file=/no/such/file.csv").contains("/no/such/file.csv"));
         assert!(err("phased:steps=1@0s,pattern=spiral").contains("spiral"));
+    }
+
+    /// Regression (issue 8): a key given twice was silently last-wins.
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        for spec in [
+            "hotcold:rate=1MiB/s,rate=2MiB/s,hot=5%",
+            "hotcold:rate=1MiB/s,hot=5%,share=90%,hot=10%",
+            "uniform:rate=1MiB/s, rate = 1MiB/s",
+            "phased:steps=1MiB/s@0s,pattern=zipf,s=1.1,s=1.2",
+            "trace:file=a.csv,file=b.csv",
+        ] {
+            let e = spec.parse::<Workload>().expect_err(spec);
+            assert!(matches!(e, SpecError::DuplicateKey { .. }), "{spec}: {e}");
+        }
+        assert_eq!(
+            err("hotcold:rate=1MiB/s,rate=2MiB/s,hot=5%"),
+            "workload `hotcold` gives `rate` twice"
+        );
     }
 
     #[test]

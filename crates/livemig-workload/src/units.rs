@@ -127,6 +127,16 @@ pub fn parse_fraction(s: &str) -> Result<f64, UnitError> {
     }
 }
 
+/// A number as an error message shows it: plain below 1e15, in exponent form from there
+/// (`1e308` rather than 309 digits).
+pub fn fmt_number(x: f64) -> String {
+    if x.abs() < 1e15 {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
+    }
+}
+
 /// `1.50 GiB`, `64.0 MiB`, `512 B`.
 pub fn fmt_bytes(b: f64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -202,5 +212,8 @@ mod tests {
         assert_eq!(fmt_bytes(64.0 * 1024.0 * 1024.0), "64.00 MiB");
         assert_eq!(fmt_rate(128.0 * 1024.0 * 1024.0), "128.0 MiB/s");
         assert_eq!(fmt_duration(0.3), "300 ms");
+        assert_eq!(fmt_number(1.5), "1.5");
+        assert_eq!(fmt_number(1e308), "1e308");
+        assert_eq!(fmt_number(f64::INFINITY), "inf");
     }
 }

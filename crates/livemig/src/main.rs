@@ -8,8 +8,11 @@
 //! - [`cmd::qemu`]: `livemig qemu migrate | dirty-trace`, real QEMU migrations;
 //!   [`cmd::qemu_bench`]: `livemig qemu bench`.
 //! - [`table`]: human tables; [`plot`]: SVG/PNG plots; [`progress`]: live round progress.
+//! - [`out`]: fallible output; a closed pipe or a full disk is an error, never a panic.
+//! - [`outcome`]: where the guest is after a real migration, exit codes 0/1/2/3, JSON results.
 
 mod cmd;
+mod out;
 mod outcome;
 mod plot;
 mod progress;
@@ -62,6 +65,10 @@ fn main() {
         Command::Qemu(c) => cmd::qemu::run(c),
     };
     if let Err(e) = result {
+        // The reader of our output went away (`livemig bench | head`): nothing to report.
+        if out::reader_went_away(&e) {
+            return;
+        }
         // Exit codes: 0 migrated / done, 1 failed with the guest on the source, 2 usage or
         // any other error before a migration started, 3 outcome unknown (`outcome.rs`).
         let chain: Vec<String> = e
@@ -69,7 +76,7 @@ fn main() {
             .filter(|c| c.downcast_ref::<outcome::Ended>().is_none())
             .map(|c| c.to_string())
             .collect();
-        outcome::note(&format!("livemig: error: {}", chain.join(": ")));
+        out::note(&format!("livemig: error: {}", chain.join(": ")));
         std::process::exit(outcome::exit_code(&e));
     }
 }

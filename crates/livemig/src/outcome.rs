@@ -6,8 +6,6 @@
 //! source; nothing is kept on the destination), 2 usage error (nothing was started), 3 unknown
 //! (neither side runs the guest; both keep an intact paused copy; `livemig resolve` settles it).
 
-use std::io::Write;
-
 use livemig_policy::report::MigrationReport;
 use serde::Serialize;
 
@@ -67,14 +65,12 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
 /// Writes `text` and a newline to stdout; failures are ignored (a migration's outcome never
 /// depends on whether anyone reads its report).
 pub fn say(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{text}");
-    let _ = out.flush();
+    let _ = crate::out::emit_line(text);
 }
 
 /// Writes a line to stderr, failures ignored.
 pub fn note(text: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "{text}");
+    crate::out::note(text);
 }
 
 /// What was checked at the hand-over, and how.

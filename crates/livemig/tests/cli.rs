@@ -121,6 +121,13 @@ fn bad_input_gets_one_line_errors() {
             "/no/such/trace.csv",
         ),
         (vec!["--plot", "/tmp/x.gif"], ".svg or .png"),
+        (
+            vec![
+                "--workload",
+                "hotcold:rate=1MiB/s,rate=2MiB/s,hot=5%,share=90%",
+            ],
+            "gives `rate` twice",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = base.to_vec();
@@ -268,4 +275,246 @@ fn threshold_flag_reaches_the_policy() {
         .clone();
     let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
     assert_eq!(v["threshold"], 0.9);
+}
+
+/// `livemig ARGS` with stdout on `/dev/full` (every write fails with ENOSPC).
+fn stdout_full(args: &[&str]) -> std::process::Output {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("livemig"))
+        .args(args)
+        .stdout(full)
+        .output()
+        .expect("livemig runs")
+}
+
+/// `livemig ARGS` with stdout on a pipe whose reader is gone before the first write (EPIPE),
+/// as `livemig ... | head` ends once `head` has read enough.
+fn stdout_closed(args: &[&str]) -> std::process::Output {
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("livemig"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("livemig runs");
+    drop(child.stdout.take());
+    child.wait_with_output().expect("livemig ends")
+}
+
+/// Regression (issue 8): `println!` panicked on a full disk and on a closed pipe. A failed
+/// write is one error line and status 2; a reader that went away ends the command quietly
+/// with status 0.
+#[test]
+fn output_errors_are_one_line_or_quiet_never_a_panic() {
+    let engine = [
+        "bench-engine",
+        "--memory",
+        "1MiB",
+        "--repeat",
+        "1",
+        "--cap",
+        "16MiB/s",
+        "--cap-duration",
+        "1s",
+    ];
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["simulate", "--memory", "1GiB"],
+        vec!["simulate", "--memory", "1GiB", "--json"],
+        vec!["bench", "--policies", "fixed"],
+        vec!["bench", "--policies", "fixed", "--json"],
+        engine.to_vec(),
+        [&engine[..], &["--json"]].concat(),
+    ];
+    for args in cases {
+        let out = stdout_full(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?} > /dev/full: {err}");
+        assert_eq!(out.status.code(), Some(2), "{args:?} > /dev/full: {err}");
+        let last = err.trim_end().lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("livemig: error: cannot write to standard output"),
+            "{args:?} > /dev/full: {err}"
+        );
+
+        let out = stdout_closed(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?} | closed: {err}");
+        assert!(!err.contains("livemig: error"), "{args:?} | closed: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?} | closed: {err}");
+    }
+}
+
+/// Regression (issue 8): `bench --report` checked its directory only after the whole run.
+#[test]
+fn bench_report_directory_is_checked_before_the_run() {
+    let out = livemig()
+        .args([
+            "bench",
+            "--policies",
+            "fixed",
+            "--report",
+            "/dev/null/report",
+        ])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot create the report directory /dev/null/report"),
+        "{err}"
+    );
+    assert!(!err.contains("done"), "the suite ran first: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+/// Regression (issue 8): a report that fails half-way left the files written so far. Every
+/// file is now written under a temporary name and renamed into place once all are written.
+#[test]
+fn a_failed_bench_report_leaves_no_partial_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let suite = dir.path().join("suite.toml");
+    // The second scenario's plot cannot be written (its name points into a missing folder).
+    std::fs::write(
+        &suite,
+        "[[scenario]]\nname = \"first\"\nmemory = \"1GiB\"\nworkload = \"idle\"\n\n\
+         [[scenario]]\nname = \"missing/second\"\nmemory = \"1GiB\"\nworkload = \"idle\"\n",
+    )
+    .expect("suite");
+    let report = dir.path().join("report");
+    std::fs::create_dir(&report).expect("report dir");
+    std::fs::write(report.join("report.md"), "old").expect("old report");
+    livemig()
+        .args(["bench", "--policies", "fixed", "--suite"])
+        .arg(&suite)
+        .arg("--report")
+        .arg(&report)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("missing/second.svg"));
+    let mut left: Vec<String> = std::fs::read_dir(&report)
+        .expect("read")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["report.md"], "partial or temporary files left");
+    let md = std::fs::read_to_string(report.join("report.md")).expect("report.md");
+    assert_eq!(
+        md, "old",
+        "the previous report was replaced by a partial one"
+    );
+}
+
+/// Regression (issue 8): `simulate --memory 1e308` printed `inf` and JSON nulls. Sizes, rates
+/// and durations beyond the documented bounds are one error line, in `simulate` and, through
+/// the same scenario resolution, in `demo` and `migrate` before they start anything.
+#[test]
+fn quantities_beyond_the_bounds_are_one_line_errors() {
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["simulate", "--memory", "1e308"],
+            "memory size must be a positive number of bytes up to 64 TiB, got 1e308",
+        ),
+        (
+            vec!["simulate", "--memory", "1GiB", "--max-bandwidth", "1e308"],
+            "up to 10 Tbit/s",
+        ),
+        (
+            vec![
+                "simulate",
+                "--memory",
+                "1GiB",
+                "--workload",
+                "uniform:rate=1e308",
+            ],
+            "rate 1e308 must be between 0 and 10 Tbit/s",
+        ),
+        (
+            vec!["simulate", "--memory", "1GiB", "--link-capacity", "1e308"],
+            "link_capacity must be positive and at most 10 Tbit/s",
+        ),
+        (
+            vec!["simulate", "--memory", "1GiB", "--resume-latency", "1e308"],
+            "resume_latency must be at most 3 days",
+        ),
+        (
+            vec!["simulate", "--memory", "1GiB", "--downtime-limit", "100h"],
+            "at most 3 days",
+        ),
+        (vec!["demo", "--memory", "1e308"], "up to 64 TiB"),
+        (
+            vec![
+                "migrate",
+                "--to",
+                "127.0.0.1:9",
+                "--key",
+                "/no/such/key",
+                "--memory",
+                "1e308",
+            ],
+            "up to 64 TiB",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = livemig()
+            .args(&args)
+            .timeout(std::time::Duration::from_secs(60))
+            .assert()
+            .code(2)
+            .get_output()
+            .clone();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(needle),
+            "{args:?}: `{err}` should contain `{needle}`"
+        );
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{args:?}: one line: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: printed a result");
+    }
+}
+
+/// Regression (issue 8): `bench-engine --cap 1e308` aborted, `--memory 4GiB` divided by zero
+/// (where the host holds it), `--cap 1bit/s` and `--memory 1e308` hung. Every flag is checked
+/// before any work: one line, status 2, no run started.
+#[test]
+fn bench_engine_checks_every_flag_before_any_work() {
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--cap", "1e308"], "--cap must be between 1 MiB/s"),
+        (vec!["--cap", "1bit/s"], "--cap must be between 1 MiB/s"),
+        (
+            vec!["--memory", "1e308"],
+            "--memory 1e308: the guest must be",
+        ),
+        (vec!["--memory", "65GiB"], "64 GiB"),
+        (vec!["--memory", "1000"], "one page"),
+        (vec!["--repeat", "0"], "--repeat must be between 1 and 100"),
+        (vec!["--cap-duration", "1e308"], "--cap-duration must be"),
+        (
+            vec!["--cap", "100Gbit/s", "--cap-duration", "10m"],
+            "--cap 100Gbit/s x --cap-duration 10m",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let out = livemig()
+            .arg("bench-engine")
+            .args(&extra)
+            .timeout(std::time::Duration::from_secs(60))
+            .assert()
+            .code(2)
+            .get_output()
+            .clone();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(needle),
+            "{extra:?}: `{err}` should contain `{needle}`"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{extra:?}: {err}");
+        assert!(!err.contains("run 1"), "{extra:?}: work started: {err}");
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -10,7 +11,7 @@ use livemig_sim::bench::{run_suite, PolicyResult, ScenarioResult, DEFAULT_SUITE}
 use livemig_sim::scenario::{load_suite, parse_suite};
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
-use crate::{plot, table};
+use crate::{out, plot, table};
 
 /// `livemig bench` flags.
 #[derive(Debug, clap::Args)]
@@ -40,39 +41,122 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         args.policies.clone()
     };
+    if let Some(dir) = &args.report {
+        check_report_dir(dir)?;
+    }
     let started = Instant::now();
     let n = suite.len();
     let results = run_suite(&suite, &policies, |i, r| {
-        eprintln!("[{}/{n}] {} done", i + 1, r.scenario);
+        out::note(&format!("[{}/{n}] {} done", i + 1, r.scenario));
     })?;
     let elapsed = started.elapsed().as_secs_f64();
     if let Some(dir) = &args.report {
         write_report(dir, &results)?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
-        for r in &results {
-            println!("\n## {} — {}", r.scenario, r.description);
-            println!("   {} | {}", fmt_bytes(r.memory_bytes), r.workload);
-            println!("{}", table::bench_scenario(r));
-            if r.oracle.is_none() {
-                println!("   oracle: no constant bandwidth <= B_max converges");
-            }
-        }
-        println!("\n## Summary over {n} scenarios ({elapsed:.2} s)");
-        println!("{}", table::bench_summary(&results));
-        println!("\n## Targets (scenarios where some constant bandwidth <= B_max converges)");
-        println!("{}", table::bench_targets(&results));
-        if let Some(dir) = &args.report {
-            println!("report written to {}", dir.join("report.md").display());
+        out::emit_line(&serde_json::to_string_pretty(&results)?)?;
+        return Ok(());
+    }
+    let mut text = String::new();
+    for r in &results {
+        let _ = writeln!(text, "\n## {} — {}", r.scenario, r.description);
+        let _ = writeln!(text, "   {} | {}", fmt_bytes(r.memory_bytes), r.workload);
+        let _ = writeln!(text, "{}", table::bench_scenario(r));
+        if r.oracle.is_none() {
+            let _ = writeln!(text, "   oracle: no constant bandwidth <= B_max converges");
         }
     }
+    let _ = writeln!(text, "\n## Summary over {n} scenarios ({elapsed:.2} s)");
+    let _ = writeln!(text, "{}", table::bench_summary(&results));
+    let _ = writeln!(
+        text,
+        "\n## Targets (scenarios where some constant bandwidth <= B_max converges)"
+    );
+    let _ = writeln!(text, "{}", table::bench_targets(&results));
+    if let Some(dir) = &args.report {
+        let _ = writeln!(
+            text,
+            "report written to {}",
+            dir.join("report.md").display()
+        );
+    }
+    out::emit(&text)?;
     Ok(())
 }
 
+/// Makes sure the report can be written before the suite runs: `dir` exists (or is created)
+/// and a file can be created in it.
+fn check_report_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the report directory {}", dir.display()))?;
+    let probe = Staged::new(dir, "probe");
+    std::fs::write(&probe.temp, "")
+        .with_context(|| format!("cannot write in the report directory {}", dir.display()))?;
+    Ok(())
+}
+
+/// A report file written under a temporary name in its final directory; [`Staged::commit`]
+/// renames it into place. Dropped uncommitted, the temporary file is removed.
+///
+/// The temporary file is created like any other (mode 0666 less the umask, not the 0600 of a
+/// `tempfile`), so the renamed report keeps the permissions it always had.
+struct Staged {
+    temp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// A temporary name beside `dir/name`, ending in `name`'s extension (the plots pick
+    /// their format by it): `.report.<pid>-<n>.tmp.md` for `report.md`.
+    fn new(dir: &Path, name: &str) -> Staged {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(name);
+        let stem = path
+            .file_stem()
+            .map_or("report".into(), |s| s.to_string_lossy());
+        let ext = path
+            .extension()
+            .map_or(String::new(), |e| format!(".{}", e.to_string_lossy()));
+        let temp = path.with_file_name(format!(".{stem}.{}-{n}.tmp{ext}", std::process::id()));
+        Staged {
+            temp,
+            path,
+            committed: false,
+        }
+    }
+
+    fn write(dir: &Path, name: &str, contents: &str) -> Result<Staged> {
+        let staged = Staged::new(dir, name);
+        std::fs::write(&staged.temp, contents)
+            .with_context(|| format!("cannot write {}", staged.path.display()))?;
+        Ok(staged)
+    }
+
+    fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.temp, &self.path)
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Writes report.md, bench.json and one plot per scenario into `dir`. Every file is first
+/// written whole under a temporary name; only when all are written are they renamed into
+/// place, so a failure leaves no partial file (and no new file at all if it comes before the
+/// renames).
 fn write_report(dir: &Path, results: &[ScenarioResult]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut staged = Vec::new();
     let mut md = String::from("# livemig bench report\n\n");
     md.push_str(
         "Every policy on every scenario of the suite, simulated. Ratios are to the oracle: the \
@@ -85,7 +169,10 @@ fn write_report(dir: &Path, results: &[ScenarioResult]) -> Result<()> {
     ));
     for r in results {
         let file = format!("{}.svg", r.scenario);
-        plot::bench_caps(&dir.join(&file), r)?;
+        let plot = Staged::new(dir, &file);
+        plot::bench_caps(&plot.temp, r)
+            .with_context(|| format!("cannot write {}", plot.path.display()))?;
+        staged.push(plot);
         let _ = write!(
             md,
             "## {}\n\n{} — `{}`, {}\n\n",
@@ -112,12 +199,13 @@ fn write_report(dir: &Path, results: &[ScenarioResult]) -> Result<()> {
         }
         let _ = write!(md, "![caps]({file})\n\n");
     }
-    let path = dir.join("report.md");
-    std::fs::write(&path, md).with_context(|| format!("cannot write {}", path.display()))?;
-    let json = dir.join("bench.json");
-    std::fs::write(&json, serde_json::to_string_pretty(results)?)
-        .with_context(|| format!("cannot write {}", json.display()))?;
-    Ok(())
+    staged.push(Staged::write(
+        dir,
+        "bench.json",
+        &serde_json::to_string_pretty(results)?,
+    )?);
+    staged.push(Staged::write(dir, "report.md", &md)?);
+    staged.into_iter().try_for_each(Staged::commit)
 }
 
 fn describe(p: &PolicyResult) -> String {

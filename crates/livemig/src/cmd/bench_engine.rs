@@ -1,11 +1,12 @@
 //! `livemig bench-engine`: the data path's throughput with no cap against a plain loopback
 //! socket copy measured in the same run, and cap accuracy per 100 ms window.
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use livemig_engine::meter::WireMeter;
 use livemig_engine::wire::{HEADER_LEN, MAX_BATCH_PAGES, PAGE_SIZE};
 use livemig_engine::{
@@ -16,19 +17,24 @@ use livemig_policy::report::MigrationReport;
 use livemig_policy::{PolicyConfig, PolicyKind};
 use livemig_workload::units::{self, fmt_bytes, fmt_rate};
 
+use crate::out;
+
 /// `livemig bench-engine` flags.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Guest memory moved by each uncapped run (and by each plain socket copy).
+    /// Guest memory moved by each uncapped run (and by each plain socket copy), rounded down
+    /// to whole 4 KiB pages: from one page to 64 GiB, and at most half the host's available
+    /// memory (a run holds two copies at once).
     #[arg(long, default_value = "512MiB")]
     pub memory: String,
-    /// Runs of each measurement; medians are reported.
+    /// Runs of each measurement (1 to 100); medians are reported.
     #[arg(long, default_value_t = 3)]
     pub repeat: u32,
-    /// The cap of the accuracy run.
+    /// The cap of the accuracy run, from 1 MiB/s to 100 Gbit/s.
     #[arg(long, default_value = "200MiB/s")]
     pub cap: String,
-    /// Length of the accuracy run's round (its guest is cap x this long).
+    /// Length of the accuracy run's round, from 1s to 10m (its guest is cap x this long,
+    /// bounded like --memory).
     #[arg(long, default_value = "3s")]
     pub cap_duration: String,
     /// Print the results as JSON.
@@ -37,6 +43,96 @@ pub struct Args {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
+
+const PAGE: u64 = PAGE_SIZE as u64;
+/// The largest guest: what a receiver accepts by default (`ReceiverConfig::max_memory`).
+const MAX_MEMORY: u64 = 64 << 30;
+/// The slowest cap: a frame of the largest size (about 1 MiB) then crosses in about 1 s, well
+/// within the receiver's frame deadline (10 s), and a run of 1 s still has 10 windows.
+const MIN_CAP: f64 = 1024.0 * 1024.0;
+/// The fastest cap: 100 Gbit/s, beyond any loopback this runs on.
+const MAX_CAP: f64 = 100e9 / 8.0;
+/// The accuracy run's length: at least 1 s (10 windows of 100 ms), at most 10 minutes.
+const CAP_DURATION_S: (f64, f64) = (1.0, 600.0);
+const MAX_REPEAT: u32 = 100;
+
+/// What `bench-engine` will run, every flag checked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Plan {
+    /// Guest memory of the uncapped runs and socket copies (whole pages).
+    memory: u64,
+    repeat: u32,
+    /// The accuracy run's cap (bytes/s) and guest memory (whole pages).
+    cap: f64,
+    cap_memory: u64,
+}
+
+/// Checks the flags before any work. `available` is the host's available memory, when known:
+/// a run holds two copies of its guest at once (source and destination buffers, or the guest
+/// and the receiver's memory).
+fn plan(args: &Args, available: Option<u64>) -> Result<Plan> {
+    let size = units::parse_size(&args.memory).context("--memory")?;
+    let memory = guest_memory("--memory", &args.memory, size, available)?;
+    if !(1..=MAX_REPEAT).contains(&args.repeat) {
+        bail!(
+            "--repeat must be between 1 and {MAX_REPEAT}, got {}",
+            args.repeat
+        );
+    }
+    let cap = units::parse_rate(&args.cap).context("--cap")?;
+    if !(MIN_CAP..=MAX_CAP).contains(&cap) {
+        bail!(
+            "--cap must be between 1 MiB/s (a frame of about 1 MiB per second) and 100 Gbit/s, \
+             got {}",
+            args.cap
+        );
+    }
+    let cap_s = units::parse_duration(&args.cap_duration).context("--cap-duration")?;
+    if !(CAP_DURATION_S.0..=CAP_DURATION_S.1).contains(&cap_s) {
+        bail!(
+            "--cap-duration must be between 1s and 10m, got {}",
+            args.cap_duration
+        );
+    }
+    let what = format!("--cap {} x --cap-duration {}", args.cap, args.cap_duration);
+    let bytes = cap * cap_s;
+    let cap_memory = guest_memory(&what, &format!("= {}", fmt_bytes(bytes)), bytes, available)?;
+    Ok(Plan {
+        memory,
+        repeat: args.repeat,
+        cap,
+        cap_memory,
+    })
+}
+
+/// `bytes` (finite, from a flag shown as `flag value`) as whole pages, between one page and
+/// [`MAX_MEMORY`], of which two copies fit in `available`.
+fn guest_memory(flag: &str, value: &str, bytes: f64, available: Option<u64>) -> Result<u64> {
+    if !(bytes >= PAGE as f64 && bytes <= MAX_MEMORY as f64) {
+        bail!("{flag} {value}: the guest must be between one page (4 KiB) and 64 GiB");
+    }
+    // In range, so the conversion is exact up to the rounding to whole pages.
+    let memory = bytes as u64 / PAGE * PAGE;
+    if let Some(avail) = available {
+        if memory.saturating_mul(2) > avail {
+            bail!(
+                "{flag} {value}: a run holds two copies of the guest ({}), more than this host's \
+                 available memory ({})",
+                fmt_bytes(2.0 * memory as f64),
+                fmt_bytes(avail as f64)
+            );
+        }
+    }
+    Ok(memory)
+}
+
+/// `MemAvailable` of /proc/meminfo in bytes, when there is one.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
 
 fn loopback_pair() -> Result<(TcpStream, TcpStream)> {
     let l = TcpListener::bind("127.0.0.1:0")?;
@@ -58,9 +154,7 @@ fn socket_copy(bytes: u64, memory_to_memory: bool) -> Result<f64> {
     } else {
         CHUNK
     };
-    let src: Vec<u8> = (0..size as u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
-        .collect();
+    let src: Vec<u8> = source_bytes(size).collect();
     let mut dst = vec![0u8; size];
     for b in dst.iter_mut().step_by(4096) {
         *b = 1;
@@ -91,6 +185,13 @@ fn socket_copy(bytes: u64, memory_to_memory: bool) -> Result<f64> {
         .join()
         .map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
     Ok(bytes as f64 / end.duration_since(start).as_secs_f64())
+}
+
+/// The socket copy's `size` source bytes (a multiplicative hash of the index). The index
+/// runs over the whole size: it once ran over `size as u32`, so a 4 GiB copy had an empty
+/// source and divided by its length.
+fn source_bytes(size: usize) -> impl ExactSizeIterator<Item = u8> {
+    (0..size).map(|i| ((i as u64).wrapping_mul(2654435761) >> 11) as u8)
 }
 
 /// One engine migration of an idle guest with random content, one round at `cap`.
@@ -159,26 +260,29 @@ fn wmem_max() -> Option<u64> {
 
 /// Runs `livemig bench-engine`.
 pub fn run(args: Args) -> Result<()> {
-    let memory = units::parse_size(&args.memory)? as u64 / PAGE_SIZE as u64 * PAGE_SIZE as u64;
-    let cap = units::parse_rate(&args.cap)?;
-    let cap_s = units::parse_duration(&args.cap_duration)?;
+    let Plan {
+        memory,
+        repeat,
+        cap,
+        cap_memory,
+    } = plan(&args, available_memory())?;
     let mut hot = Vec::new();
     let mut plain = Vec::new();
     let mut engine = Vec::new();
-    for i in 0..args.repeat.max(1) {
+    for i in 0..repeat {
         let h = socket_copy(memory, false)?;
         let p = socket_copy(memory, true)?;
         let (r, _) = engine_once(memory, 1e12)?;
         let round = r.rounds.first().context("no round ran")?;
         let e = round.bytes_sent / round.duration_s;
         if !args.json {
-            eprintln!(
+            out::note(&format!(
                 "run {}: socket copy, 1 MiB buffers {}; socket copy, memory to memory {}; engine (no cap, random pages) {}",
                 i + 1,
                 fmt_rate(h),
                 fmt_rate(p),
                 fmt_rate(e)
-            );
+            ));
         }
         hot.push(h);
         plain.push(p);
@@ -190,7 +294,6 @@ pub fn run(args: Args) -> Result<()> {
         median(engine.clone()),
     );
 
-    let cap_memory = ((cap * cap_s) as u64 / PAGE_SIZE as u64).max(1) * PAGE_SIZE as u64;
     let (r, meter) = engine_once(cap_memory, cap)?;
     let d = r.rounds.first().map_or(0.0, |x| x.duration_s);
     let ratios: Vec<f64> = meter
@@ -225,43 +328,204 @@ pub fn run(args: Args) -> Result<()> {
             "cap_worst_deviation": worst,
             "sender_frame_bytes_max": frame,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        out::emit_line(&serde_json::to_string_pretty(&v)?)?;
     } else {
-        println!(
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
             "throughput, no cap, {} of random pages, {} runs:",
             fmt_bytes(memory as f64),
             engine.len()
         );
-        println!(
+        let _ = writeln!(
+            text,
             "  socket copy, 1 MiB buffers (cache-resident)  median {}",
             fmt_rate(h)
         );
-        println!(
+        let _ = writeln!(
+            text,
             "  socket copy, memory to memory               median {}",
             fmt_rate(p)
         );
-        println!(
+        let _ = writeln!(
+            text,
             "  engine round 1 (guest memory to guest memory) median {}",
             fmt_rate(e)
         );
-        println!(
+        let _ = writeln!(
+            text,
             "  engine / memory-to-memory copy {:.1} %; engine / 1 MiB-buffer copy {:.1} %",
             100.0 * e / p,
             100.0 * e / h
         );
-        println!(
+        let _ = writeln!(
+            text,
             "cap accuracy at {} over {} windows of 100 ms after the first:",
             fmt_rate(cap),
             ratios.len()
         );
-        println!(
+        let _ = writeln!(
+            text,
             "  median achieved/cap {:.3}, worst deviation {:.1} %, within +-5 %: {}/{}",
             median(ratios.clone()),
             100.0 * worst,
             within,
             ratios.len()
         );
-        println!("{in_flight}");
+        let _ = writeln!(text, "{in_flight}");
+        out::emit(&text)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn args(memory: &str, repeat: u32, cap: &str, cap_duration: &str) -> Args {
+        Args {
+            memory: memory.into(),
+            repeat,
+            cap: cap.into(),
+            cap_duration: cap_duration.into(),
+            json: false,
+        }
+    }
+
+    fn refused(a: &Args, available: Option<u64>) -> String {
+        format!("{:#}", plan(a, available).expect_err("refused"))
+    }
+
+    /// Regression (issue 8): a 4 GiB copy's source was `size as u32` = 0 bytes long, and the
+    /// copy divided by that length.
+    #[test]
+    fn the_socket_copy_source_has_the_whole_size() {
+        assert_eq!(source_bytes(4 * GIB as usize).len(), 4 * GIB as usize);
+        assert_eq!(
+            source_bytes((4 * GIB + 4096) as usize).len(),
+            (4 * GIB + 4096) as usize
+        );
+        assert_eq!(source_bytes(3).collect::<Vec<_>>().len(), 3);
+    }
+
+    #[test]
+    fn the_defaults_and_the_bounds_are_accepted() {
+        let p = plan(&args("512MiB", 3, "200MiB/s", "3s"), Some(16 * GIB)).expect("defaults");
+        assert_eq!(p.memory, 512 << 20);
+        assert_eq!(p.cap_memory, 600 << 20);
+        let p = plan(&args("4KiB", 1, "1MiB/s", "1s"), None).expect("lower bounds");
+        assert_eq!((p.memory, p.cap_memory), (4096, 1 << 20));
+        let p = plan(&args("64GiB", 100, "100Gbit/s", "5s"), None).expect("upper bounds");
+        assert_eq!(p.memory, 64 * GIB);
+        // Rounded down to whole pages.
+        let p = plan(&args("1GB", 1, "200MiB/s", "3s"), None).expect("decimal size");
+        assert_eq!(p.memory, 1_000_000_000 / 4096 * 4096);
+    }
+
+    /// Regression (issue 8): `--cap 1e308` aborted on a huge allocation, `--memory 1e308` and
+    /// `--cap 1bit/s` ran (nearly) forever; every flag is now checked before any work.
+    #[test]
+    fn every_flag_is_bounded() {
+        let ok = || args("512MiB", 3, "200MiB/s", "3s");
+        let cases: Vec<(Args, &str)> = vec![
+            (
+                Args {
+                    memory: "1e308".into(),
+                    ..ok()
+                },
+                "--memory 1e308: the guest must be",
+            ),
+            (
+                Args {
+                    memory: "65GiB".into(),
+                    ..ok()
+                },
+                "64 GiB",
+            ),
+            (
+                Args {
+                    memory: "4095".into(),
+                    ..ok()
+                },
+                "one page",
+            ),
+            (
+                Args {
+                    memory: "lots".into(),
+                    ..ok()
+                },
+                "`lots`",
+            ),
+            (
+                Args { repeat: 0, ..ok() },
+                "--repeat must be between 1 and 100, got 0",
+            ),
+            (
+                Args {
+                    repeat: 101,
+                    ..ok()
+                },
+                "--repeat",
+            ),
+            (
+                Args {
+                    cap: "1e308".into(),
+                    ..ok()
+                },
+                "--cap must be between 1 MiB/s",
+            ),
+            (
+                Args {
+                    cap: "1bit/s".into(),
+                    ..ok()
+                },
+                "got 1bit/s",
+            ),
+            (
+                Args {
+                    cap: "0".into(),
+                    ..ok()
+                },
+                "--cap must be",
+            ),
+            (
+                Args {
+                    cap_duration: "1e308".into(),
+                    ..ok()
+                },
+                "--cap-duration must be",
+            ),
+            (
+                Args {
+                    cap_duration: "10ms".into(),
+                    ..ok()
+                },
+                "--cap-duration must be",
+            ),
+            (
+                Args {
+                    cap: "100Gbit/s".into(),
+                    cap_duration: "10m".into(),
+                    ..ok()
+                },
+                "--cap 100Gbit/s x --cap-duration 10m",
+            ),
+        ];
+        for (a, needle) in cases {
+            let e = refused(&a, None);
+            assert!(e.contains(needle), "{a:?}: `{e}` should contain `{needle}`");
+        }
+    }
+
+    #[test]
+    fn two_copies_must_fit_in_the_host() {
+        let e = refused(&args("4GiB", 1, "200MiB/s", "3s"), Some(6 * GIB));
+        assert!(e.contains("two copies of the guest (8.00 GiB)"), "{e}");
+        assert!(e.contains("available memory (6.00 GiB)"), "{e}");
+        let e = refused(&args("1GiB", 1, "1GiB/s", "10s"), Some(6 * GIB));
+        assert!(e.contains("--cap 1GiB/s x --cap-duration 10s"), "{e}");
+        assert!(plan(&args("3GiB", 1, "200MiB/s", "3s"), Some(6 * GIB)).is_ok());
+    }
 }

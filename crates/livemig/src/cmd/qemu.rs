@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::cmd::qemu_bench;
 use crate::cmd::simulate::PolicyArgs;
-use crate::table;
+use crate::{out, table};
 
 /// `livemig qemu` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -147,16 +147,36 @@ pub(crate) fn policy_config(settings: &PolicyArgs, memory: f64) -> Result<Policy
     Ok(settings.resolve(&format!("{memory}"), "idle")?.cfg)
 }
 
-/// Prints the live per-pass rows from `rx` to stdout or stderr.
-async fn live_table(mut rx: mpsc::UnboundedReceiver<Progress>, to_stderr: bool) {
-    let out = |s: String| {
-        if to_stderr {
-            eprintln!("{s}");
-        } else {
-            println!("{s}");
+/// Prints the live per-pass rows from `rx` to stdout, or with `to_stderr` to stderr.
+async fn live_table(
+    rx: mpsc::UnboundedReceiver<Progress>,
+    to_stderr: bool,
+) -> Result<(), out::OutputError> {
+    if to_stderr {
+        live_rows(rx, |s| {
+            out::note(s);
+            Ok(())
+        })
+        .await
+    } else {
+        live_rows(rx, out::emit_line).await
+    }
+}
+
+/// Hands the live per-pass rows from `rx` to `line`. It drains `rx` to the end whatever
+/// happens, so the migration never notices its reader; after the first error of `line` it
+/// prints nothing more and returns that error once the migration is over.
+async fn live_rows(
+    mut rx: mpsc::UnboundedReceiver<Progress>,
+    mut line: impl FnMut(&str) -> Result<(), out::OutputError>,
+) -> Result<(), out::OutputError> {
+    let mut failed = None;
+    let mut show = |s: String| {
+        if failed.is_none() {
+            failed = line(&s).err();
         }
     };
-    out(format!(
+    show(format!(
         "{:>5} {:>5} {:>12} {:>11} {:>9} {:>11} {:>7} {:>7} {:>12} {:>12} {:>9}",
         "pass",
         "round",
@@ -172,7 +192,7 @@ async fn live_table(mut rx: mpsc::UnboundedReceiver<Progress>, to_stderr: bool) 
     ));
     while let Some(p) = rx.recv().await {
         match p {
-            Progress::Started { first_cap } => out(format!(
+            Progress::Started { first_cap } => show(format!(
                 "migration started, round 1 cap {}",
                 fmt_rate(first_cap)
             )),
@@ -181,7 +201,7 @@ async fn live_table(mut rx: mpsc::UnboundedReceiver<Progress>, to_stderr: bool) 
                     Some(c) => ("continue".to_string(), fmt_rate(c)),
                     None => ("stop".to_string(), String::from("-")),
                 };
-                out(format!(
+                show(format!(
                     "{:>5} {:>5} {:>12} {:>11} {:>9} {:>11} {:>7.3} {:>7.3} {:>12} {:>12} {:>9}",
                     pass.pass,
                     record.round,
@@ -197,10 +217,11 @@ async fn live_table(mut rx: mpsc::UnboundedReceiver<Progress>, to_stderr: bool) 
                         .map_or("-".into(), |r| format!("{:.1} ms", r * 1e3)),
                 ));
             }
-            Progress::Completed => out("migration completed".into()),
+            Progress::Completed => show("migration completed".into()),
             Progress::Sample { .. } => {}
         }
     }
+    failed.map_or(Ok(()), Err)
 }
 
 async fn migrate(args: MigrateArgs) -> Result<()> {
@@ -227,15 +248,18 @@ async fn migrate(args: MigrateArgs) -> Result<()> {
         .with_progress(tx)
         .run(&mut src, dest.as_mut(), args.policy.control(&cfg)?)
         .await;
-    let _ = printer.await;
+    // A printer that panicked has printed what it could; the migration's result counts.
+    let printed = printer.await.unwrap_or(Ok(()));
     let run = result?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&run)?);
+    let text = if args.json {
+        serde_json::to_string_pretty(&run)?
     } else {
-        println!("{}", table::report(&run.report));
-        println!("{}", qemu_lines(&run));
-    }
-    destination_check(&run)
+        format!("{}\n{}", table::report(&run.report), qemu_lines(&run))
+    };
+    let shown = printed.and_then(|()| out::emit_line(&text));
+    // Where the VM ended up matters more than a lost table: report that first.
+    destination_check(&run)?;
+    Ok(shown?)
 }
 
 /// A completed migration whose destination never reported `running` is a failure: the source
@@ -274,10 +298,14 @@ async fn dirty_trace(args: TraceArgs) -> Result<()> {
     let duration = duration("duration", &args.duration)?;
     let mut qmp = QmpClient::connect(&args.qmp, livemig_qemu::qmp::DEFAULT_TIMEOUT).await?;
     let rows = dirty::record(&mut qmp, period, duration, |r| {
-        eprintln!("{:>7.1} s  {}", r.time_s, fmt_rate(r.rate_bytes_per_s));
+        out::note(&format!(
+            "{:>7.1} s  {}",
+            r.time_s,
+            fmt_rate(r.rate_bytes_per_s)
+        ));
     })
     .await?;
-    print!("{}", dirty::to_csv(&rows));
+    out::emit(&dirty::to_csv(&rows))?;
     Ok(())
 }
 
@@ -331,6 +359,26 @@ mod tests {
         run.qemu.destination_running = Some(false);
         let e = destination_check(&run).expect_err("not running");
         assert!(e.to_string().contains("neither host"), "{e}");
+    }
+
+    /// Regression (issue 8): a closed or full stdout during a QEMU migration must neither
+    /// panic nor stop draining the governor's progress.
+    #[tokio::test]
+    async fn the_live_table_drains_progress_after_a_write_error() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for _ in 0..3 {
+            tx.send(Progress::Started { first_cap: 1e6 }).expect("open");
+        }
+        tx.send(Progress::Completed).expect("open");
+        drop(tx);
+        let mut calls = 0;
+        let r = live_rows(rx, |_| {
+            calls += 1;
+            Err(out::OutputError::Closed)
+        })
+        .await;
+        assert!(matches!(r, Err(out::OutputError::Closed)), "{r:?}");
+        assert_eq!(calls, 1, "nothing is printed after the first failure");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
 use crate::cmd::qemu::{duration, policy_config, Runner};
 use crate::cmd::simulate::PolicyArgs;
+use crate::out;
 
 /// `livemig qemu bench` flags.
 #[derive(Debug, clap::Args)]
@@ -89,7 +90,7 @@ fn locate_image(dir: Option<&Path>) -> Result<GuestImage> {
     match GuestImage::in_dir(&dir) {
         Ok(img) => Ok(img),
         Err(e) if cwd.join("scripts/build-guest.sh").is_file() => {
-            eprintln!("{e}; building it with scripts/build-guest.sh");
+            out::note(&format!("{e}; building it with scripts/build-guest.sh"));
             Ok(GuestImage::build(&cwd)?)
         }
         Err(e) => Err(e.into()),
@@ -142,7 +143,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let mut predictions = Vec::new();
     for (wname, load) in &workloads {
         for &runner in &runners {
-            eprintln!("[{wname}] {} ...", runner.name());
+            out::note(&format!("[{wname}] {} ...", runner.name()));
             let dir = out.join(format!("{wname}-{}", runner.name()));
             std::fs::create_dir_all(&dir)?;
             let trace = (runner == Runner::Policy(PolicyKind::DirtyFactor)
@@ -169,7 +170,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                         simulated: sim,
                         real: Some(r.report.clone()),
                     }),
-                    Err(e) => eprintln!("[{wname}] no prediction: {e:#}"),
+                    Err(e) => out::note(&format!("[{wname}] no prediction: {e:#}")),
                 }
             }
             runs.push(BenchRun {
@@ -184,23 +185,27 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let json = serde_json::json!({"runs": runs, "predictions": predictions});
     std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        out::emit_line(&serde_json::to_string_pretty(&json)?)?;
         return Ok(());
     }
+    let mut text = String::new();
     for (wname, load) in &workloads {
-        println!(
+        let _ = writeln!(
+            text,
             "\n## {wname}: `{load}`, guest {}",
             fmt_bytes(GUEST_MEMORY_BYTES)
         );
-        println!(
+        let _ = writeln!(
+            text,
             "{}",
             bench_table(runs.iter().filter(|r| &r.workload == wname))
         );
         for p in predictions.iter().filter(|p| &p.workload == wname) {
-            println!("{}", prediction_table(p));
+            let _ = writeln!(text, "{}", prediction_table(p));
         }
     }
-    println!(
+    let _ = writeln!(
+        text,
         "\nN = {}, h = {}, B_min = {}, B_max = {}; outputs in {}",
         cfg.max_rounds,
         fmt_bytes(cfg.stop_remaining),
@@ -209,8 +214,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         out.display()
     );
     if args.out.is_none() {
-        println!("(temporary: pass --out DIR to keep them)");
+        let _ = writeln!(text, "(temporary: pass --out DIR to keep them)");
     }
+    out::emit(&text)?;
     Ok(())
 }
 

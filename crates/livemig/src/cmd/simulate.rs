@@ -7,7 +7,7 @@ use livemig_policy::PolicyKind;
 use livemig_sim::scenario::{read_specs, Scenario, ScenarioSpec};
 use livemig_sim::simulate;
 
-use crate::{plot, table};
+use crate::{out, plot, table};
 
 /// The operator's policy settings (N, h, bounds, per-policy knobs), shared by `simulate`,
 /// `migrate` and `demo`. Unset flags keep the scenario file's value or the defaults shown.
@@ -195,13 +195,15 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.plot {
         plot::rounds(path, &report)?;
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)?
     } else {
-        println!("{}", table::report(&report));
+        let mut text = table::report(&report);
         if let Some(path) = &args.plot {
-            println!("plot written to {}", path.display());
+            text.push_str(&format!("\nplot written to {}", path.display()));
         }
-    }
+        text
+    };
+    out::emit_line(&text)?;
     Ok(())
 }
