@@ -181,6 +181,9 @@ pub trait Host: Sync {
     fn claim(&self, session: &[u8; SESSION_ID_LEN]) -> bool;
     /// Settles `session` as a reconnecting source asks.
     fn resolve(&self, session: &[u8; SESSION_ID_LEN], decision: ResolveDecision) -> ResolveStatus;
+    /// Called with the verified guest, still paused, just before the commit resumes it (a
+    /// place for tests to look at the memory as it was handed over).
+    fn before_resume(&self, _guest: &SimGuest) {}
 }
 
 /// A host for a single connection: the slot is free, no session is held.
@@ -501,6 +504,7 @@ fn run<S: Read + Write>(
     match decision {
         Ok(Message::Commit) => {
             let (at_handover, _) = guest.self_check();
+            host.before_resume(&guest);
             guest.resume();
             let sent = c.send("running the guest", &Message::Running).is_ok();
             // The source closes after reading `Running`: its end of stream says it knows.

@@ -60,11 +60,13 @@ fn migrate_through_proxy(
         let _ = back_w.shutdown(Shutdown::Both);
     });
     let proxy = std::thread::spawn(move || loop {
-        let Ok((m, _)) = Message::read_from(&mut p_src) else {
+        let Ok((_, mut f)) = wire::read_raw_within(&mut p_src, None) else {
             let _ = p_dst.shutdown(Shutdown::Both);
             return;
         };
-        let mut f = m.encode();
+        let Ok((m, _)) = msg_from_bytes(&f) else {
+            return;
+        };
         match rule(&m, &mut f) {
             Verdict::Forward => {
                 if p_dst.write_all(&f).is_err() {
@@ -242,6 +244,7 @@ fn version_mismatch_is_answered_and_refused() {
         memory_bytes: 1 << 20,
         page_size: 4096,
         compress: false,
+        mode: wire::Mode::Migrate,
     }
     .encode();
     // An older peer (version 1 had no session tags).
@@ -259,7 +262,7 @@ fn version_mismatch_is_answered_and_refused() {
     );
     let why = d.source().map(|s| s.to_string()).unwrap_or_default();
     assert!(why.contains("version mismatch"), "{why}");
-    let (m, _) = Message::from_bytes(&reply).expect("an error frame");
+    let (m, _) = msg_from_bytes(&reply).expect("an error frame");
     assert!(
         matches!(
             m,
@@ -278,6 +281,7 @@ fn version_mismatch_is_answered_and_refused() {
         memory_bytes: 1 << 20,
         page_size: 4096,
         compress: false,
+        mode: wire::Mode::Migrate,
     }
     .encode();
     let (d, _) = raw_to_receiver(f, false);
@@ -301,6 +305,7 @@ fn truncated_oversized_and_garbage_frames_are_refused() {
         memory_bytes: 1 << 20,
         page_size: 4096,
         compress: false,
+        mode: wire::Mode::Migrate,
     }
     .encode();
     let (d, _) = raw_to_receiver(f[..20].to_vec(), true);
@@ -331,10 +336,7 @@ fn truncated_oversized_and_garbage_frames_are_refused() {
         ),
         "{d}"
     );
-    assert!(
-        Message::from_bytes(&reply).is_ok(),
-        "the source is told why"
-    );
+    assert!(msg_from_bytes(&reply).is_ok(), "the source is told why");
 
     let garbage: Vec<u8> = (0..4096u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
@@ -358,6 +360,7 @@ fn truncated_oversized_and_garbage_frames_are_refused() {
         memory_bytes: 1 << 50,
         page_size: 4096,
         compress: false,
+        mode: wire::Mode::Migrate,
     }
     .encode();
     let (d, _) = raw_to_receiver(f, false);
@@ -422,6 +425,7 @@ fn a_trickling_peer_is_cut_off_by_the_handshake_deadline() {
         memory_bytes: 1 << 20,
         page_size: 4096,
         compress: false,
+        mode: wire::Mode::Migrate,
     }
     .encode();
     for byte in hello {
@@ -454,12 +458,17 @@ fn a_silent_peer_times_out() {
     let (a, mut b) = pair();
     b.set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
-    let d = receive(&mut b, &key(1), &ReceiverConfig::default()).expect_err("times out");
+    let short = ReceiverConfig {
+        handshake_deadline: Duration::from_millis(300),
+        frame_deadline: Duration::from_millis(300),
+        ..ReceiverConfig::default()
+    };
+    let d = receive(&mut b, &key(1), &short).expect_err("times out");
     assert!(
         matches!(
             d,
             RecvError::Wire {
-                source: WireError::TimedOut,
+                source: WireError::Deadline(_),
                 ..
             }
         ),
@@ -477,7 +486,11 @@ fn a_silent_peer_times_out() {
         &key(1),
         &g,
         policy.as_mut(),
-        &sender_cfg(),
+        &SenderConfig {
+            timeout: Duration::from_millis(300),
+            max_pause: Duration::from_secs(1),
+            ..sender_cfg()
+        },
         &mut |_| {},
     )
     .expect_err("times out");
@@ -485,7 +498,7 @@ fn a_silent_peer_times_out() {
         matches!(
             e,
             SendError::Wire {
-                source: WireError::TimedOut,
+                source: WireError::Deadline(_),
                 ..
             }
         ),
@@ -502,19 +515,22 @@ fn a_destination_refusing_mid_round_is_reported_with_its_reason() {
     let g = busy_guest();
     let (mut a, mut b) = pair();
     let fake = std::thread::spawn(move || {
-        let (Message::Hello { nonce: ns, .. }, _) = Message::read_from(&mut b).expect("hello")
-        else {
+        let (hello @ Message::Hello { .. }, _) = read_msg(&mut b).expect("hello") else {
             panic!("not a hello")
         };
         let nd = [9u8; 32];
-        let mac = key(1).prove(livemig_engine::auth::Role::Destination, &ns, &nd);
+        let mac = key(1).prove(livemig_engine::auth::Role::Destination, &hello.body(), &nd);
         Message::Challenge { nonce: nd, mac }
             .write_to(&mut b)
             .expect("challenge");
-        let _ = Message::read_from(&mut b).expect("auth");
-        Message::Ready.write_to(&mut b).expect("ready");
+        let _ = read_msg(&mut b).expect("auth");
+        let mut chan = livemig_engine::auth::Channel::new(
+            key(1).session(&hello.body(), &nd),
+            livemig_engine::auth::Role::Destination,
+        );
+        b.write_all(&chan.seal(&Message::Ready)).expect("ready");
         for _ in 0..3 {
-            let _ = Message::read_from(&mut b).expect("a frame");
+            let _ = read_msg(&mut b).expect("a frame");
         }
         Message::error(wire::code::RESOURCES, "the destination ran out of disk")
             .write_to(&mut b)

@@ -6,7 +6,17 @@ mod common;
 use common::*;
 use livemig_engine::memory::allocated_total;
 use livemig_engine::receiver::{receive, ReceiverConfig, RecvError};
-use livemig_engine::wire::{self, Message, MsgType, VERSION};
+use livemig_engine::wire::{self, Frame, Message, MsgType, VERSION};
+
+trait Read1 {
+    fn from_reader(r: &mut std::net::TcpStream) -> Frame;
+}
+
+impl Read1 for Frame {
+    fn from_reader(r: &mut std::net::TcpStream) -> Frame {
+        wire::read_within(r, &mut Vec::new(), None).expect("a frame")
+    }
+}
 use livemig_engine::Key;
 
 /// A fake source: hello for `memory_bytes`, then the given proof (or the right one).
@@ -15,26 +25,25 @@ fn handshake(proof_key: &Key, memory_bytes: u64) -> (Result<(), RecvError>, Mess
     let dest = std::thread::spawn(move || {
         receive(&mut b, &key(1), &ReceiverConfig::default()).map(|_| ())
     });
-    let nonce = [5; 32];
-    Message::Hello {
+    let hello = Message::Hello {
         version: VERSION,
-        nonce,
+        nonce: [5; 32],
         memory_bytes,
         page_size: 4096,
         compress: false,
-    }
-    .write_to(&mut a)
-    .expect("write");
-    let (m, _) = Message::read_from(&mut a).expect("challenge");
+        mode: wire::Mode::Migrate,
+    };
+    hello.write_to(&mut a).expect("write");
+    let m = Frame::from_reader(&mut a).msg;
     let Message::Challenge { nonce: nd, .. } = m else {
         panic!("expected a challenge, got {m:?}")
     };
     Message::Auth {
-        mac: proof_key.prove(livemig_engine::auth::Role::Source, &nonce, &nd),
+        mac: proof_key.prove(livemig_engine::auth::Role::Source, &hello.body(), &nd),
     }
     .write_to(&mut a)
     .expect("write");
-    let (reply, _) = Message::read_from(&mut a).expect("a reply");
+    let reply = Frame::from_reader(&mut a).msg;
     drop(a);
     (dest.join().expect("thread"), reply)
 }
