@@ -33,6 +33,8 @@ pub struct ReceiverConfig {
     pub handshake_deadline: Duration,
     /// Longest time to receive or send any one frame.
     pub frame_deadline: Duration,
+    /// How often to send `Wait` during long local work (prefault, digest).
+    pub keepalive: Duration,
 }
 
 impl Default for ReceiverConfig {
@@ -41,6 +43,7 @@ impl Default for ReceiverConfig {
             max_memory: crate::hostmem::holdable_bytes(),
             handshake_deadline: Duration::from_secs(10),
             frame_deadline: Duration::from_secs(10),
+            keepalive: keepalive::EVERY,
         }
     }
 }
@@ -147,8 +150,8 @@ pub struct Received {
     pub self_check_at_handover: u64,
     /// The session id.
     pub session: [u8; SESSION_ID_LEN],
-    /// Whether the source closed the connection after `Running` (it learnt the outcome);
-    /// when false it may reconnect to ask.
+    /// Whether the source said `Done` after `Running` (it learnt the outcome); when false
+    /// it may reconnect to ask.
     pub source_saw_running: bool,
 }
 
@@ -390,7 +393,7 @@ fn run<S: Read + Write>(
         let Some(chan) = c.chan.as_mut() else {
             return Err(RecvError::Auth);
         };
-        let mut ka = KeepAlive::new(c.stream, chan, keepalive::EVERY, c.cfg.frame_deadline);
+        let mut ka = KeepAlive::new(c.stream, chan, c.cfg.keepalive, c.cfg.frame_deadline);
         memory.prefault_with(&mut || ka.tick());
         ka.finish().map_err(|source| RecvError::Wire {
             state: "preparing memory",
@@ -455,7 +458,7 @@ fn run<S: Read + Write>(
         let Some(chan) = c.chan.as_mut() else {
             return Err(RecvError::Auth);
         };
-        let mut ka = KeepAlive::new(c.stream, chan, keepalive::EVERY, c.cfg.frame_deadline);
+        let mut ka = KeepAlive::new(c.stream, chan, c.cfg.keepalive, c.cfg.frame_deadline);
         let d = memory.digest_with(&mut || ka.tick());
         ka.finish().map_err(|source| RecvError::Wire {
             state: VERIFY,
@@ -507,16 +510,9 @@ fn run<S: Read + Write>(
             host.before_resume(&guest);
             guest.resume();
             let sent = c.send("running the guest", &Message::Running).is_ok();
-            // The source closes after reading `Running`: its end of stream says it knows.
-            let saw = sent
-                && matches!(
-                    read_within(
-                        c.stream,
-                        &mut Vec::new(),
-                        Some((Instant::now() + c.cfg.frame_deadline, c.cfg.frame_deadline))
-                    ),
-                    Err(WireError::Closed)
-                );
+            // The source says `Done` once it read `Running`; without it (lost, or the source
+            // never saw `Running`) the caller keeps answering its questions for a while.
+            let saw = sent && matches!(c.recv("running the guest"), Ok(Message::Done));
             Ok(Landing::Migrated(Received {
                 guest,
                 rounds,

@@ -59,6 +59,8 @@ pub struct SenderConfig {
     /// After `Commit`, how long the source keeps trying to learn the destination's outcome
     /// (reconnecting) before it reports the outcome unknown.
     pub resolve_timeout: Duration,
+    /// How often to send `Wait` during long local work (the digest at pause).
+    pub keepalive: Duration,
 }
 
 impl Default for SenderConfig {
@@ -72,6 +74,7 @@ impl Default for SenderConfig {
             timeout: Duration::from_secs(10),
             max_pause: Duration::from_secs(30),
             resolve_timeout: Duration::from_secs(60),
+            keepalive: keepalive::EVERY,
         }
     }
 }
@@ -118,7 +121,7 @@ impl SenderConfig {
             });
         }
         let need = SenderConfig::min_cap(self.timeout);
-        if !(lowest_cap >= need) {
+        if lowest_cap.is_nan() || lowest_cap < need {
             return Err(ConfigError::CapTooLow {
                 cap: lowest_cap,
                 timeout: self.timeout,
@@ -435,7 +438,7 @@ impl<S: Read + Write> Link<'_, S> {
         while it.peek().is_some() {
             self.pause_over()?;
             let rate = ext.get().map_or(cap, |e| e.min(cap));
-            if !(rate >= SenderConfig::min_cap(self.timeout)) {
+            if rate.is_nan() || rate < SenderConfig::min_cap(self.timeout) {
                 return Err(SendError::CapTooLow {
                     cap: rate,
                     timeout: self.timeout,
@@ -725,7 +728,7 @@ fn run<S: Read + Write>(
         let Some(chan) = link.chan.as_mut() else {
             return Err(SendError::Auth);
         };
-        let mut ka = KeepAlive::new(link.stream, chan, keepalive::EVERY, link.timeout);
+        let mut ka = KeepAlive::new(link.stream, chan, cfg.keepalive, link.timeout);
         let d = mem.digest_with(&mut || ka.tick());
         ka.finish().map_err(|e| SendError::Wire {
             phase: "stop-and-copy",
@@ -769,7 +772,12 @@ fn run<S: Read + Write>(
     observer(&Event::Committed);
     let answer = match link.send(&Message::Commit) {
         Ok(()) => match link.recv() {
-            Ok(Message::Running) => Ok(()),
+            Ok(Message::Running) => {
+                // Tell the destination we know, so it need not wait for our questions (best
+                // effort: if this is lost it waits a little longer, nothing else).
+                let _ = link.send(&Message::Done);
+                Ok(())
+            }
             Ok(m) => Err(link.unexpected(&m)),
             Err(e) => Err(e),
         },

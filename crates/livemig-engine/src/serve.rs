@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::auth::Key;
-use crate::guest::Guest;
+use crate::guest::{Guest, SimGuest};
 use crate::net::{self, NetError};
 use crate::receiver::{receive_with, Held, Host, Landing, Received, ReceiverConfig, RecvError};
 use crate::wire::{ResolveDecision, ResolveStatus, SESSION_ID_LEN};
@@ -85,6 +85,8 @@ pub enum ServeEvent<'a> {
     TooMany { peer: &'a str },
     /// The hand-over was interrupted; the verified copy is held.
     Holding { reason: &'a RecvError },
+    /// The source committed: the verified guest, still paused, is about to resume here.
+    Resuming { guest: &'a SimGuest },
     /// A reconnecting source settled a session.
     Settled { status: ResolveStatus },
 }
@@ -96,7 +98,11 @@ enum Slot {
     Done(Result<Received, RecvError>),
 }
 
-struct Shared {
+/// The loop's logger.
+type Log<'a> = &'a (dyn Fn(&ServeEvent<'_>) + Sync);
+
+struct Shared<'l> {
+    log: Log<'l>,
     slot: Mutex<Slot>,
     /// Sessions settled here and what became of them (answers to later questions).
     settled: Mutex<HashMap<[u8; SESSION_ID_LEN], ResolveStatus>>,
@@ -107,7 +113,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Host for Shared {
+impl Host for Shared<'_> {
     fn claim(&self, session: &[u8; SESSION_ID_LEN]) -> bool {
         let mut s = lock(&self.slot);
         if matches!(*s, Slot::Idle) {
@@ -130,6 +136,7 @@ impl Host for Shared {
                         return ResolveStatus::Pending;
                     };
                     let (at, _) = h.guest.self_check();
+                    (self.log)(&ServeEvent::Resuming { guest: &h.guest });
                     h.guest.resume();
                     *s = Slot::Done(Ok(Received {
                         guest: h.guest,
@@ -201,6 +208,7 @@ pub fn serve(
 ) -> Result<Served, ServeError> {
     listener.set_nonblocking(true).map_err(NetError::Io)?;
     let shared = Arc::new(Shared {
+        log,
         slot: Mutex::new(Slot::Idle),
         settled: Mutex::new(HashMap::new()),
         hold_timeout: cfg.hold_timeout,
@@ -325,12 +333,12 @@ fn outcome(
 }
 
 /// One connection's view of the shared host: remembers whether it claimed the slot.
-struct ConnHost<'a> {
-    shared: &'a Shared,
+struct ConnHost<'a, 'l> {
+    shared: &'a Shared<'l>,
     claimed: AtomicBool,
 }
 
-impl Host for ConnHost<'_> {
+impl Host for ConnHost<'_, '_> {
     fn claim(&self, session: &[u8; SESSION_ID_LEN]) -> bool {
         let ok = self.shared.claim(session);
         self.claimed.store(ok, Ordering::Relaxed);
@@ -338,6 +346,9 @@ impl Host for ConnHost<'_> {
     }
     fn resolve(&self, session: &[u8; SESSION_ID_LEN], decision: ResolveDecision) -> ResolveStatus {
         self.shared.resolve(session, decision)
+    }
+    fn before_resume(&self, guest: &SimGuest) {
+        (self.shared.log)(&ServeEvent::Resuming { guest });
     }
 }
 

@@ -84,6 +84,9 @@ pub enum Message {
     Running,
     /// Source -> destination: the source runs the guest again; discard what you hold.
     Abort,
+    /// Source -> destination: the source read `Running` and destroyed its copy; the
+    /// destination need not wait for questions about this session.
+    Done,
     /// Source -> destination on a [`Mode::Resolve`] connection: what it decided for a session.
     Resolve {
         session: [u8; SESSION_ID_LEN],
@@ -162,6 +165,7 @@ impl Message {
             Message::Commit => MsgType::Commit,
             Message::Running => MsgType::Running,
             Message::Abort => MsgType::Abort,
+            Message::Done => MsgType::Done,
             Message::Resolve { .. } => MsgType::Resolve,
             Message::Resolved { .. } => MsgType::Resolved,
             Message::Error { .. } => MsgType::Error,
@@ -209,7 +213,8 @@ impl Message {
             | Message::Wait
             | Message::Commit
             | Message::Running
-            | Message::Abort => {}
+            | Message::Abort
+            | Message::Done => {}
             Message::RoundStart { round, pages } | Message::RoundEnd { round, pages } => {
                 p.extend_from_slice(&round.to_le_bytes());
                 p.extend_from_slice(&pages.to_le_bytes());
@@ -301,13 +306,15 @@ impl Message {
             | MsgType::Wait
             | MsgType::Commit
             | MsgType::Running
-            | MsgType::Abort => {
+            | MsgType::Abort
+            | MsgType::Done => {
                 exact(&p, 0, "empty")?;
                 match t {
                     MsgType::Ready => Message::Ready,
                     MsgType::Wait => Message::Wait,
                     MsgType::Commit => Message::Commit,
                     MsgType::Running => Message::Running,
+                    MsgType::Done => Message::Done,
                     _ => Message::Abort,
                 }
             }

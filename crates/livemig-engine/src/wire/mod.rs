@@ -77,11 +77,12 @@ pub enum MsgType {
     Abort = 15,
     Resolve = 16,
     Resolved = 17,
+    Done = 18,
 }
 
 impl MsgType {
     /// Every type that is sent, in wire order.
-    pub const ALL: [MsgType; 17] = [
+    pub const ALL: [MsgType; 18] = [
         MsgType::Hello,
         MsgType::Challenge,
         MsgType::Auth,
@@ -99,6 +100,7 @@ impl MsgType {
         MsgType::Abort,
         MsgType::Resolve,
         MsgType::Resolved,
+        MsgType::Done,
     ];
 
     /// The type of a wire value, `None` for unknown values and `Invalid`.
@@ -218,6 +220,7 @@ mod tests {
         round_trip(Message::Commit);
         round_trip(Message::Running);
         round_trip(Message::Abort);
+        round_trip(Message::Done);
         round_trip(Message::Resolve {
             session: [3; SESSION_ID_LEN],
             decision: ResolveDecision::Abort,
@@ -318,7 +321,7 @@ mod tests {
             assert_eq!(MsgType::from_u16(t as u16), Some(t));
         }
         assert_eq!(MsgType::from_u16(0), None);
-        assert_eq!(MsgType::from_u16(18), None);
+        assert_eq!(MsgType::from_u16(19), None);
         let untagged = [
             MsgType::Hello,
             MsgType::Challenge,

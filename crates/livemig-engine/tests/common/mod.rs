@@ -72,7 +72,10 @@ pub struct Arrived {
 
 /// A single-connection host that snapshots the guest before the commit resumes it.
 #[derive(Default)]
-pub struct Snapshot(pub Mutex<Option<(Vec<u8>, (u64, u64))>>);
+pub struct Snapshot(pub Mutex<Option<Taken>>);
+
+/// Memory and self-check of a guest at one moment.
+pub type Taken = (Vec<u8>, (u64, u64));
 
 impl Host for Snapshot {
     fn claim(&self, _: &[u8; SESSION_ID_LEN]) -> bool {

@@ -126,6 +126,7 @@ pub fn run(args: Args) -> Result<()> {
             max_memory,
             handshake_deadline: timeout,
             frame_deadline: timeout,
+            ..ReceiverConfig::default()
         },
         timeout,
         accept_timeout,
@@ -256,6 +257,7 @@ fn log_event(e: &ServeEvent<'_>) {
         ServeEvent::Holding { reason } => outcome::note(&format!(
             "the hand-over was interrupted after the copy verified ({reason}); holding it paused until the source settles it"
         )),
+        ServeEvent::Resuming { .. } => {}
         ServeEvent::Settled { status } => {
             outcome::note(&format!("a reconnecting source settled the hand-over: {status:?}"))
         }
