@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,8 @@ pub struct ServeConfig {
     pub timeout: Duration,
     /// Longest wait for a source to start a migration (over all connections).
     pub accept_timeout: Duration,
-    /// Connections served at once; more are closed at once (and logged).
+    /// Connections that have not proved the key yet, served at once; a new one closes the
+    /// oldest (logged).
     pub max_connections: usize,
     /// How long a copy held after a lost hand-over waits for its source to settle it.
     pub hold_timeout: Duration,
@@ -81,7 +82,7 @@ pub enum ServeEvent<'a> {
         error: &'a RecvError,
         suppressed: u64,
     },
-    /// More connections than the bound: closed at once.
+    /// More unauthenticated connections than the bound: the oldest, this one, was closed.
     TooMany { peer: &'a str },
     /// The hand-over was interrupted; the verified copy is held.
     Holding { reason: &'a RecvError },
@@ -213,7 +214,7 @@ pub fn serve(
         settled: Mutex::new(HashMap::new()),
         hold_timeout: cfg.hold_timeout,
     });
-    let active = Arc::new(AtomicUsize::new(0));
+    let waiting = Mutex::new(PreAuth::default());
     let limiter = Mutex::new(Limiter {
         per_s: cfg.log_per_s,
         window: Instant::now(),
@@ -246,23 +247,40 @@ pub fn serve(
         let peer = stream
             .peer_addr()
             .map_or_else(|_| "an unknown peer".to_string(), |a| a.to_string());
-        if active.load(Ordering::Relaxed) >= cfg.max_connections {
-            log(&ServeEvent::TooMany { peer: &peer });
-            drop(stream);
-            continue;
-        }
         if stream.set_nonblocking(false).is_err()
             || net::prepare(&stream, poll(cfg.timeout)).is_err()
         {
             continue;
         }
-        active.fetch_add(1, Ordering::Relaxed);
-        let (shared, active, limiter) = (Arc::clone(&shared), Arc::clone(&active), &limiter);
+        // At most `max_connections` peers that have not proved the key: the oldest gives way
+        // to the newest (a real source finishes its handshake in milliseconds; junk that
+        // holds sockets open cannot keep it out).
+        let id = {
+            let mut w = lock(&waiting);
+            while w.conns.len() >= cfg.max_connections.max(1) {
+                let Some((_, old, old_peer)) = w.conns.pop_front() else {
+                    break;
+                };
+                let _ = old.shutdown(std::net::Shutdown::Both);
+                if lock(&limiter).allow().is_some() {
+                    log(&ServeEvent::TooMany { peer: &old_peer });
+                }
+            }
+            w.next += 1;
+            let id = w.next;
+            if let Ok(c) = stream.try_clone() {
+                w.conns.push_back((id, c, peer.clone()));
+            }
+            id
+        };
+        let (shared, waiting, limiter) = (Arc::clone(&shared), &waiting, &limiter);
         scope.spawn(move || {
             let mut stream = stream;
             let host = ConnHost {
                 shared: shared.as_ref(),
                 claimed: AtomicBool::new(false),
+                id,
+                waiting,
             };
             let r = receive_with(&mut stream, key, &cfg.receiver, &host);
             let claimed = host.claimed.load(Ordering::Relaxed);
@@ -291,7 +309,7 @@ pub fn serve(
                     }
                 }
             }
-            active.fetch_sub(1, Ordering::Relaxed);
+            host.proved();
         });
     })
 }
@@ -336,10 +354,28 @@ fn outcome(
 struct ConnHost<'a, 'l> {
     shared: &'a Shared<'l>,
     claimed: AtomicBool,
+    id: u64,
+    waiting: &'a Mutex<PreAuth>,
+}
+
+impl ConnHost<'_, '_> {
+    /// The peer proved the key (or the connection ended): it no longer counts against the
+    /// bound on unauthenticated peers.
+    fn proved(&self) {
+        lock(self.waiting).conns.retain(|(i, _, _)| *i != self.id);
+    }
+}
+
+/// Connections that have not proved the key yet, oldest first.
+#[derive(Default)]
+struct PreAuth {
+    next: u64,
+    conns: std::collections::VecDeque<(u64, std::net::TcpStream, String)>,
 }
 
 impl Host for ConnHost<'_, '_> {
     fn claim(&self, session: &[u8; SESSION_ID_LEN]) -> bool {
+        self.proved();
         let ok = self.shared.claim(session);
         self.claimed.store(ok, Ordering::Relaxed);
         ok

@@ -161,18 +161,11 @@ struct Run {
     src: SimGuest,
 }
 
-fn run_case(
-    rule: Option<Rule>,
-    extra: Option<Inject>,
-) -> Run {
+fn run_case(rule: Option<Rule>, extra: Option<Inject>) -> Run {
     run_case_with(rule, extra, false)
 }
 
-fn run_case_with(
-    rule: Option<Rule>,
-    extra: Option<Inject>,
-    partition: bool,
-) -> Run {
+fn run_case_with(rule: Option<Rule>, extra: Option<Inject>, partition: bool) -> Run {
     let dl = TcpListener::bind("127.0.0.1:0").expect("bind");
     let daddr = dl.local_addr().expect("addr");
     let pl = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -410,16 +403,15 @@ fn an_untouched_proxy_migrates() {
 fn forged_keep_alives_do_not_hold_a_paused_guest() {
     // When the source sends `State`, the proxy answers it with a stream of untagged `Wait`
     // frames, as v2 accepted 3600 of them.
-    let inject: Inject =
-        Arc::new(|t, _from, to| {
-            // Runs on the destination->source relay: before the destination's first answer
-            // after `State` (its `Confirm`), flood the source with forged keep-alives.
-            if t == MsgType::Confirm {
-                for _ in 0..50 {
-                    let _ = to.write_all(&Message::Wait.encode());
-                }
+    let inject: Inject = Arc::new(|t, _from, to| {
+        // Runs on the destination->source relay: before the destination's first answer
+        // after `State` (its `Confirm`), flood the source with forged keep-alives.
+        if t == MsgType::Confirm {
+            for _ in 0..50 {
+                let _ = to.write_all(&Message::Wait.encode());
             }
-        });
+        }
+    });
     let t0 = Instant::now();
     let run = run_case(None, Some(inject));
     let o = check("forged waits", run);

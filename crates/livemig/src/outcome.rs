@@ -57,9 +57,7 @@ pub fn ended(outcome: Outcome, context: String) -> anyhow::Error {
 
 /// The exit code of a command's error: the outcome's, or 2 (usage; nothing started).
 pub fn exit_code(e: &anyhow::Error) -> i32 {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<Ended>())
-        .map_or(2, |x| x.outcome.code())
+    e.downcast_ref::<Ended>().map_or(2, |x| x.outcome.code())
 }
 
 /// Writes `text` and a newline to stdout; failures are ignored (a migration's outcome never

@@ -10,7 +10,7 @@ use livemig_policy::PolicyKind;
 use livemig_sim::Scenario;
 
 use crate::cmd::simulate::PolicyArgs;
-use crate::outcome::{self, Ended, Handover, Outcome};
+use crate::outcome::{self, Handover, Outcome};
 use crate::progress::Progress;
 use crate::table;
 
@@ -148,10 +148,7 @@ pub fn run(args: Args) -> Result<()> {
                 None,
             ));
         }
-        e.context(Ended {
-            outcome: Outcome::FailedSourceRunning,
-        })
-        .context(line)
+        outcome::ended(Outcome::FailedSourceRunning, format!("{line}: {e:#}"))
     };
     let mut stream = match livemig_engine::net::connect(addr, timeout) {
         Ok(s) => s,

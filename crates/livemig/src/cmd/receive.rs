@@ -39,7 +39,8 @@ pub struct Args {
     /// Longest wait for a source to start a migration (over all connections).
     #[arg(long, default_value = "600s")]
     pub accept_timeout: String,
-    /// Connections served at once (more are closed at once and logged).
+    /// Peers that have not proved the key yet, served at once; a new one closes the oldest
+    /// (a real source proves the key in milliseconds, so junk cannot keep it out).
     #[arg(long, default_value_t = 8)]
     pub max_connections: usize,
     /// How long a verified copy whose hand-over was interrupted waits for its source to
