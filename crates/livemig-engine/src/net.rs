@@ -26,11 +26,17 @@ pub fn prepare(s: &TcpStream, timeout: Duration) -> Result<(), NetError> {
     Ok(())
 }
 
-/// Connects within `timeout` and prepares the socket.
+/// The socket timeout under a deadline of `timeout`: short, so that the protocol's deadlines
+/// (checked after every socket call), not the socket, decide when a peer is too slow.
+pub fn poll(timeout: Duration) -> Duration {
+    timeout.min(Duration::from_millis(250))
+}
+
+/// Connects within `timeout` and prepares the socket (timeouts of [`poll`]`(timeout)`).
 pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, NetError> {
     let s = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|source| NetError::Connect { addr, source })?;
-    prepare(&s, timeout)?;
+    prepare(&s, poll(timeout))?;
     Ok(s)
 }
 
@@ -73,7 +79,10 @@ mod tests {
         let addr = l.local_addr().expect("addr");
         let a = connect(addr, Duration::from_secs(3)).expect("connect");
         let b = accept(&l, Duration::from_secs(3), Duration::from_secs(2)).expect("accept");
-        assert_eq!(a.read_timeout().expect("get"), Some(Duration::from_secs(3)));
+        // The kernel rounds socket timeouts to its tick (250 ms may read back as 252 ms).
+        let t = a.read_timeout().expect("get").expect("set");
+        let want = poll(Duration::from_secs(3));
+        assert!(t >= want && t < want + Duration::from_millis(20), "{t:?}");
         assert_eq!(
             b.write_timeout().expect("get"),
             Some(Duration::from_secs(2))

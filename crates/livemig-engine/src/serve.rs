@@ -248,7 +248,7 @@ pub fn serve(
             .peer_addr()
             .map_or_else(|_| "an unknown peer".to_string(), |a| a.to_string());
         if stream.set_nonblocking(false).is_err()
-            || net::prepare(&stream, poll(cfg.timeout)).is_err()
+            || net::prepare(&stream, net::poll(cfg.timeout)).is_err()
         {
             continue;
         }
@@ -386,9 +386,4 @@ impl Host for ConnHost<'_, '_> {
     fn before_resume(&self, guest: &SimGuest) {
         (self.shared.log)(&ServeEvent::Resuming { guest });
     }
-}
-
-/// The socket poll of a connection: short, so that deadlines (not socket timeouts) decide.
-fn poll(timeout: Duration) -> Duration {
-    timeout.min(Duration::from_millis(250))
 }

@@ -22,7 +22,7 @@ impl Progress {
         if !self.quiet {
             match &self.bar {
                 Some(b) => b.println(s),
-                None => eprintln!("{s}"),
+                None => crate::out::note(&s),
             }
         }
     }
