@@ -322,3 +322,136 @@ fn bad_input_gets_one_clear_line_and_status_2() {
         assert!(out.stdout.is_empty(), "{args:?}: nothing started");
     }
 }
+
+/// A paused guest saved as a hold file, as a side with an unknown outcome leaves it.
+fn hold_file(dir: &Path, role: &str) -> (PathBuf, u64) {
+    use livemig_engine::hold::{self, HoldInfo};
+    use livemig_engine::{Guest, InitialContent, SimGuest, SimGuestConfig};
+    let g = SimGuest::start(
+        &SimGuestConfig {
+            memory_bytes: 4 << 20,
+            workload: "uniform:rate=4MiB/s".into(),
+            content: InitialContent::Random,
+            seed: 5,
+        },
+        u64::MAX,
+    )
+    .expect("guest");
+    std::thread::sleep(Duration::from_millis(50));
+    g.pause();
+    let n = g.self_check().0;
+    let info = HoldInfo {
+        role: role.into(),
+        session: "00112233445566778899aabbccddeeff".into(),
+        peer: None,
+        memory_bytes: g.memory().bytes(),
+        digest: g.memory().digest(),
+        self_check: n,
+        reason: "a test\u{1b}[31m".into(),
+        saved_at_unix_s: 0,
+    };
+    let p = dir.join(format!("g.{role}.lmhold"));
+    hold::save(&p, &g, &info).expect("save");
+    (p, n)
+}
+
+#[test]
+fn resolve_shows_resumes_discards_and_asks() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = write_key(dir.path(), "k", 7);
+    let (file, n) = hold_file(dir.path(), "source");
+    // Without an action: what it holds and what to do; nothing changes; peer-given text is
+    // escaped.
+    let out = Command::cargo_bin("livemig")
+        .expect("binary")
+        .args(["resolve"])
+        .arg(&file)
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("source") && text.contains(&format!("counter {n}")),
+        "{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "escaped: {text}");
+    assert!(file.exists());
+    // --ask a destination that does not know the session: it will never run it, so the
+    // source's copy resumes here (exit 1: the guest runs on the source) and the file goes.
+    let (_rx, addr, _) = receiver(&key, &[], None);
+    let out = Command::cargo_bin("livemig")
+        .expect("binary")
+        .args([
+            "resolve",
+            "--timeout",
+            "2s",
+            "--run-after",
+            "100ms",
+            "--ask",
+            &addr,
+            "--key",
+        ])
+        .arg(&key)
+        .arg(&file)
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("resuming the source's copy"), "{text}");
+    assert!(!file.exists(), "the resumed copy's file is gone");
+    // --ask nobody: still unknown (3), the file is kept.
+    let (file, n) = hold_file(dir.path(), "source");
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nobody = l.local_addr().expect("addr").to_string();
+    drop(l);
+    Command::cargo_bin("livemig")
+        .expect("binary")
+        .args(["resolve", "--timeout", "300ms", "--ask", &nobody, "--key"])
+        .arg(&key)
+        .arg(&file)
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .code(3);
+    assert!(file.exists(), "an unknown outcome keeps the copy");
+    // --resume by hand: the guest continues from its counter.
+    let out = Command::cargo_bin("livemig")
+        .expect("binary")
+        .args(["resolve", "--resume", "--run-after", "200ms"])
+        .arg(&file)
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8_lossy(&out);
+    let after: u64 = text
+        .split_once(&format!("self-check counter {n} when held, "))
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(after > n, "the resumed guest writes on: {text}");
+    assert!(!file.exists());
+    // --discard: a destination's copy when the source runs the guest.
+    let (file, _) = hold_file(dir.path(), "destination");
+    Command::cargo_bin("livemig")
+        .expect("binary")
+        .args(["resolve", "--discard"])
+        .arg(&file)
+        .assert()
+        .code(0);
+    assert!(!file.exists());
+    // --ask on a destination's file is refused (usage).
+    let (file, _) = hold_file(dir.path(), "destination");
+    Command::cargo_bin("livemig")
+        .expect("binary")
+        .args(["resolve", "--ask", "127.0.0.1:9", "--key"])
+        .arg(&key)
+        .arg(&file)
+        .assert()
+        .code(2);
+    assert!(file.exists());
+}
