@@ -864,7 +864,15 @@ pub fn resolve(
         let r = dial()
             .map_err(SendError::from)
             .and_then(|mut s| resolve_once(&mut s, key, id, decision, timeout));
+        // Telling a destination to discard: if nothing listens there any more, no process
+        // holds a copy to discard (a hold file it may have saved is for an operator).
+        let gone = matches!(
+            &r,
+            Err(SendError::Dial(NetError::Connect { source, .. }))
+                if source.kind() == std::io::ErrorKind::ConnectionRefused
+        );
         match r {
+            Err(_) if gone && decision == ResolveDecision::Abort => return r,
             Ok(ResolveStatus::Pending) | Err(_) if Instant::now() + REDIAL_EVERY < until => {
                 std::thread::sleep(REDIAL_EVERY);
             }
