@@ -109,6 +109,12 @@ pub fn save(path: &Path, guest: &dyn Guest, info: &HoldInfo) -> Result<(), HoldE
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
+        // The rename itself must survive a power loss before anyone is told the copy is safe.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()?;
         Ok(())
     };
     write().map_err(|e| {

@@ -187,6 +187,10 @@ pub trait Host: Sync {
     /// Called with the verified guest, still paused, just before the commit resumes it (a
     /// place for tests to look at the memory as it was handed over).
     fn before_resume(&self, _guest: &SimGuest) {}
+    /// The peer proved the key (it no longer counts as a stranger).
+    fn authenticated(&self) {}
+    /// A reconnecting source said `Done` after learning that `session` runs here.
+    fn source_done(&self, _session: &[u8; SESSION_ID_LEN]) {}
 }
 
 /// A host for a single connection: the slot is free, no session is held.
@@ -368,6 +372,7 @@ fn run<S: Read + Write>(
     let chan = Channel::new(key.session(&hello, &nd), Role::Destination);
     let session = chan.id();
     c.chan = Some(chan);
+    host.authenticated();
 
     if mode == Mode::Resolve {
         const STATE: &str = "settling a hand-over";
@@ -375,6 +380,10 @@ fn run<S: Read + Write>(
             Message::Resolve { session, decision } => {
                 let status = host.resolve(&session, decision);
                 c.send(STATE, &Message::Resolved { status })?;
+                // A source told `Running` says `Done`: this end need not wait for it any more.
+                if status == ResolveStatus::Running && matches!(c.recv(STATE), Ok(Message::Done)) {
+                    host.source_done(&session);
+                }
                 Ok(Landing::Settled(status))
             }
             m => Err(RecvError::Transition {

@@ -82,7 +82,7 @@ impl Default for SenderConfig {
 /// Why sender settings cannot work.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("a cap of {cap:.0} bytes/s cannot move one page frame ({ONE_PAGE_FRAME} bytes) within the timeout of {timeout:?}; raise the cap to at least {need:.0} bytes/s or the timeout")]
+    #[error("a cap of {cap:.0} bytes/s cannot move one page frame ({ONE_PAGE_FRAME} bytes) within half the timeout of {timeout:?}; raise the cap to at least {need:.0} bytes/s or the timeout")]
     CapTooLow {
         cap: f64,
         timeout: Duration,
@@ -98,9 +98,10 @@ pub enum ConfigError {
 }
 
 impl SenderConfig {
-    /// The lowest cap at which one frame of one page arrives within `timeout`.
+    /// The lowest cap accepted: one frame of one page in half the timeout (the other half is
+    /// margin for the token bucket's burst and the peer's deadline).
     pub fn min_cap(timeout: Duration) -> f64 {
-        ONE_PAGE_FRAME as f64 / timeout.as_secs_f64().max(1e-9)
+        2.0 * ONE_PAGE_FRAME as f64 / timeout.as_secs_f64().max(1e-9)
     }
 
     /// Checks the settings against the lowest cap the policy may set.
@@ -230,7 +231,7 @@ pub enum SendError {
     PauseExceeded(Duration),
     #[error("the cap fell to {cap:.0} bytes/s, too low to move one frame within the timeout of {timeout:?}")]
     CapTooLow { cap: f64, timeout: Duration },
-    #[error("the destination says it will not run the guest (session {status:?})")]
+    #[error("the destination answered {status:?}, not that it runs the guest")]
     NotRunning { status: ResolveStatus },
     #[error("outcome unknown: the source committed the hand-over but could not learn within {resolve_timeout:?} whether the destination runs the guest; the guest stays paused here (session {session})")]
     InDoubt {
@@ -457,10 +458,16 @@ impl<S: Read + Write> Link<'_, S> {
                 guest.memory().with_page(p, |page| batch.push(p, page))?;
             }
             sent += u64::from(batch.len());
-            let frame = batch.frame();
+            let Some(chan) = self.chan.as_mut() else {
+                return Err(SendError::Auth);
+            };
+            let frame = batch.frame_with_tag(|body| chan.tag_next(wire::MsgType::Pages, body));
             let wait = bucket.take(frame.len() as f64, self.start.elapsed().as_secs_f64());
             // Never sleep past the timeout (the peer would give up) or the pause deadline.
-            sleep_s(wait.min(self.timeout.as_secs_f64()));
+            let pause_left = self.pause_deadline.map_or(f64::INFINITY, |(at, _)| {
+                at.saturating_duration_since(Instant::now()).as_secs_f64()
+            });
+            sleep_s(wait.min(self.timeout.as_secs_f64()).min(pause_left));
             self.pause_over()?;
             let d = self.deadline();
             if let Err(e) = write_within(self.stream, frame, d) {
@@ -795,17 +802,15 @@ fn run<S: Read + Write>(
         };
         match status {
             Ok(ResolveStatus::Running) => {}
-            Ok(status @ (ResolveStatus::Discarded | ResolveStatus::Unknown)) => {
-                // The destination does not run the guest and never will: ours is the copy.
-                *paused = true;
-                return Err(SendError::NotRunning { status });
-            }
-            Ok(ResolveStatus::Pending) | Err(_) => {
-                let cause = match status {
+            // After `Commit`, only `Running` settles anything. `Discarded` cannot answer a
+            // commit (only our `Abort` discards, and we never sent one), and `Unknown` comes
+            // from a process that never held this session — a restarted or different receiver,
+            // whose predecessor may well run the guest. Resuming here could run it twice: the
+            // outcome stays unknown and the paused copy is kept.
+            other => {
+                let cause = match other {
                     Err(e) => e,
-                    Ok(_) => SendError::NotRunning {
-                        status: ResolveStatus::Pending,
-                    },
+                    Ok(status) => SendError::NotRunning { status },
                 };
                 return Err(SendError::InDoubt {
                     session: hex(&id),
@@ -905,7 +910,13 @@ fn resolve_once(
         decision,
     })?;
     match link.recv()? {
-        Message::Resolved { status } => Ok(status),
+        Message::Resolved { status } => {
+            if status == ResolveStatus::Running {
+                // Best effort: the destination stops waiting for our questions.
+                let _ = link.send(&Message::Done);
+            }
+            Ok(status)
+        }
         m => Err(link.unexpected(&m)),
     }
 }

@@ -97,6 +97,9 @@ enum Slot {
     Busy([u8; SESSION_ID_LEN]),
     Held(Held, Instant),
     Done(Result<Received, RecvError>),
+    /// The loop has decided its outcome: no connection may claim the slot any more; the
+    /// session being saved to a hold file, if any, is answered `Pending`.
+    Closed(Option<[u8; SESSION_ID_LEN]>),
 }
 
 /// The loop's logger.
@@ -139,13 +142,14 @@ impl Host for Shared<'_> {
                     let (at, _) = h.guest.self_check();
                     (self.log)(&ServeEvent::Resuming { guest: &h.guest });
                     h.guest.resume();
+                    // The source knows once it says `Done` on its resolve connection.
                     *s = Slot::Done(Ok(Received {
                         guest: h.guest,
                         rounds: h.rounds,
                         digest: h.digest,
                         self_check_at_handover: at,
                         session: h.session,
-                        source_saw_running: true,
+                        source_saw_running: false,
                     }));
                     ResolveStatus::Running
                 }
@@ -154,13 +158,9 @@ impl Host for Shared<'_> {
                     ResolveStatus::Discarded
                 }
             },
-            Slot::Done(Ok(r)) if &r.session == session => {
-                // It asks after a success whose `Running` it did not see: now it knows.
-                if let Slot::Done(Ok(r)) = &mut *s {
-                    r.source_saw_running = true;
-                }
-                return ResolveStatus::Running;
-            }
+            Slot::Done(Ok(r)) if &r.session == session => return ResolveStatus::Running,
+            // Being saved to a hold file as the loop ends: it is neither run nor dropped here.
+            Slot::Closed(Some(id)) if id == session => return ResolveStatus::Pending,
             _ => {
                 return lock(&self.settled)
                     .get(session)
@@ -170,6 +170,14 @@ impl Host for Shared<'_> {
         };
         lock(&self.settled).insert(*session, status);
         status
+    }
+
+    fn source_done(&self, session: &[u8; SESSION_ID_LEN]) {
+        if let Slot::Done(Ok(r)) = &mut *lock(&self.slot) {
+            if &r.session == session {
+                r.source_saw_running = true;
+            }
+        }
     }
 }
 
@@ -255,24 +263,30 @@ pub fn serve(
         // At most `max_connections` peers that have not proved the key: the oldest gives way
         // to the newest (a real source finishes its handshake in milliseconds; junk that
         // holds sockets open cannot keep it out).
-        let id = {
+        let (id, evicted) = {
             let mut w = lock(&waiting);
+            let mut evicted = Vec::new();
             while w.conns.len() >= cfg.max_connections.max(1) {
                 let Some((_, old, old_peer)) = w.conns.pop_front() else {
                     break;
                 };
                 let _ = old.shutdown(std::net::Shutdown::Both);
-                if lock(&limiter).allow().is_some() {
-                    log(&ServeEvent::TooMany { peer: &old_peer });
-                }
+                evicted.push(old_peer);
             }
             w.next += 1;
             let id = w.next;
             if let Ok(c) = stream.try_clone() {
                 w.conns.push_back((id, c, peer.clone()));
             }
-            id
+            (id, evicted)
         };
+        // Logged with no lock held: a slow log must not stall the loop.
+        for old_peer in evicted {
+            let allowed = lock(&limiter).allow();
+            if allowed.is_some() {
+                log(&ServeEvent::TooMany { peer: &old_peer });
+            }
+        }
         let (shared, waiting, limiter) = (Arc::clone(&shared), &waiting, &limiter);
         scope.spawn(move || {
             let mut stream = stream;
@@ -300,7 +314,8 @@ pub fn serve(
                 // Only the connection that claimed the slot ends the migration.
                 Err(e) if claimed => *lock(&shared.slot) = Slot::Done(Err(e)),
                 Err(e) => {
-                    if let Some(suppressed) = lock(limiter).allow() {
+                    let allowed = lock(limiter).allow();
+                    if let Some(suppressed) = allowed {
                         log(&ServeEvent::Refused {
                             peer: &peer,
                             error: &e,
@@ -324,22 +339,33 @@ fn outcome(
 ) -> Option<Result<Served, ServeError>> {
     let now = Instant::now();
     let end = match &*slot {
+        // A source that missed `Running` may ask for as long as a copy would be held.
         Slot::Done(Ok(r)) => {
-            let until = *linger_until.get_or_insert(now + cfg.hold_timeout.min(cfg.timeout * 6));
+            let until = *linger_until.get_or_insert(now + cfg.hold_timeout);
             r.source_saw_running || now >= until
         }
         Slot::Done(Err(_)) => true,
         Slot::Held(_, until) => now >= *until,
-        Slot::Idle if stop.load(Ordering::Relaxed) => return Some(Err(ServeError::Stopped)),
-        Slot::Idle if start.elapsed() >= cfg.accept_timeout => {
-            return Some(Err(ServeError::NoSource(cfg.accept_timeout)))
+        Slot::Idle if stop.load(Ordering::Relaxed) => {
+            *slot = Slot::Closed(None);
+            return Some(Err(ServeError::Stopped));
         }
-        Slot::Idle | Slot::Busy(_) => false,
+        Slot::Idle if start.elapsed() >= cfg.accept_timeout => {
+            *slot = Slot::Closed(None);
+            return Some(Err(ServeError::NoSource(cfg.accept_timeout)));
+        }
+        Slot::Idle | Slot::Busy(_) | Slot::Closed(_) => false,
     };
     if !end {
         return None;
     }
-    match std::mem::replace(slot, Slot::Idle) {
+    // Decided under the slot's lock: from now on nothing claims it (a source finishing its
+    // handshake meanwhile is refused as busy) and a held session is answered `Pending`.
+    let held = match &*slot {
+        Slot::Held(h, _) => Some(h.session),
+        _ => None,
+    };
+    match std::mem::replace(slot, Slot::Closed(held)) {
         Slot::Done(Ok(r)) => Some(Ok(Served::Migrated(r))),
         Slot::Done(Err(e)) => Some(Ok(Served::Failed(e))),
         Slot::Held(h, _) => Some(Ok(Served::Unknown(h))),
@@ -385,5 +411,11 @@ impl Host for ConnHost<'_, '_> {
     }
     fn before_resume(&self, guest: &SimGuest) {
         (self.shared.log)(&ServeEvent::Resuming { guest });
+    }
+    fn authenticated(&self) {
+        self.proved();
+    }
+    fn source_done(&self, session: &[u8; SESSION_ID_LEN]) {
+        self.shared.source_done(session);
     }
 }

@@ -166,7 +166,7 @@ fn connection_cut_during_stop_and_copy_resumes_the_source() {
 }
 
 #[test]
-fn corrupted_page_fails_verification_and_resumes_the_source() {
+fn a_corrupted_page_fails_its_tag_and_the_source_resumes() {
     let g = guest(16, "idle", InitialContent::Random);
     let mut done = false;
     let (r, d) = migrate_through_proxy(&g, slow_cfg_16(), move |m, f| {
@@ -177,10 +177,20 @@ fn corrupted_page_fails_verification_and_resumes_the_source() {
         }
         Verdict::Forward
     });
+    // Pages are tagged: the altered batch is refused where it arrives, long before the digest.
     let e = r.expect_err("the source refuses the hand-over");
-    assert!(matches!(e, SendError::Verify { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            SendError::Refused {
+                code: wire::code::AUTH,
+                ..
+            }
+        ),
+        "{e}"
+    );
     let d = d.expect_err("the destination fails");
-    assert!(matches!(d, RecvError::Verify { .. }), "{d}");
+    assert!(matches!(d, RecvError::Forged { .. }), "{d}");
     assert!(g.is_running(), "the source guest runs again");
 }
 

@@ -67,7 +67,7 @@ pub enum Message {
     Ready,
     /// A pre-copy round begins with this many pages.
     RoundStart { round: u32, pages: u64 },
-    /// Pages (not tagged: the tagged digest in `State` covers the memory they build).
+    /// Pages.
     Pages(PageBatch),
     /// The round ended after this many pages.
     RoundEnd { round: u32, pages: u64 },
@@ -182,6 +182,14 @@ impl Message {
         Message::Error {
             code,
             message: text[..end].to_string(),
+        }
+    }
+
+    /// The payload's bytes without a tag (what a session tag covers), borrowed for `Pages`.
+    pub fn body_ref(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            Message::Pages(b) => std::borrow::Cow::Borrowed(b.as_bytes()),
+            m => std::borrow::Cow::Owned(m.body()),
         }
     }
 

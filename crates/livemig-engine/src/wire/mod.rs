@@ -37,8 +37,9 @@ pub const ENTRY_HEADER_LEN: usize = 13;
 /// Longest lz4 encoding of a page accepted: the sender uses lz4 only when it is shorter than
 /// the raw page.
 pub const MAX_LZ4_PAGE: usize = PAGE_SIZE - 1;
-/// Largest payload of any frame.
-pub const MAX_PAYLOAD: u32 = 4 + MAX_BATCH_PAGES * (ENTRY_HEADER_LEN + PAGE_SIZE) as u32;
+/// Largest payload of any frame (a full `Pages` batch and its tag).
+pub const MAX_PAYLOAD: u32 =
+    4 + MAX_BATCH_PAGES * (ENTRY_HEADER_LEN + PAGE_SIZE) as u32 + TAG_LEN as u32;
 /// Largest CPU/device state blob.
 pub const MAX_STATE: usize = 1 << 20;
 /// Longest error text.
@@ -51,9 +52,9 @@ pub const MAC_LEN: usize = 32;
 pub const TAG_LEN: usize = MAC_LEN;
 /// Bytes of a session id (names a migration when a source reconnects to resolve it).
 pub const SESSION_ID_LEN: usize = 16;
-/// Bytes of the largest frame of one page (header, count, one raw entry): what a cap must
-/// move within one frame deadline.
-pub const ONE_PAGE_FRAME: usize = HEADER_LEN + 4 + ENTRY_HEADER_LEN + PAGE_SIZE;
+/// Bytes of the largest frame of one page (header, count, one raw entry, tag): what a cap
+/// must move within one frame deadline.
+pub const ONE_PAGE_FRAME: usize = HEADER_LEN + 4 + ENTRY_HEADER_LEN + PAGE_SIZE + TAG_LEN;
 
 /// Message types; `Invalid = 0` is never sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,18 +109,14 @@ impl MsgType {
         MsgType::ALL.into_iter().find(|t| *t as u16 == v)
     }
 
-    /// Whether the payload ends with a session tag. The handshake precedes the session key;
-    /// pages are covered by the tagged memory digest in `State`; `Error` can only make a
-    /// migration fail where failing is safe (see `docs/protocol.md`).
+    /// Whether the payload ends with a session tag: every message after the handshake but
+    /// `Error`. The handshake precedes the session key; `Error` can only make a migration fail
+    /// where failing is safe (see `docs/protocol.md`). `Pages` are tagged so that guest memory
+    /// never rests on the (non-cryptographic) xxh3 digest alone.
     pub fn tagged(self) -> bool {
         !matches!(
             self,
-            MsgType::Invalid
-                | MsgType::Hello
-                | MsgType::Challenge
-                | MsgType::Auth
-                | MsgType::Pages
-                | MsgType::Error
+            MsgType::Invalid | MsgType::Hello | MsgType::Challenge | MsgType::Auth | MsgType::Error
         )
     }
 }
@@ -326,7 +323,6 @@ mod tests {
             MsgType::Hello,
             MsgType::Challenge,
             MsgType::Auth,
-            MsgType::Pages,
             MsgType::Error,
         ];
         for t in MsgType::ALL {

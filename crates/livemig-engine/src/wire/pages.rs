@@ -3,7 +3,7 @@
 
 use super::{
     Header, MsgType, WireError, ENTRY_HEADER_LEN, HEADER_LEN, MAX_BATCH_PAGES, MAX_LZ4_PAGE,
-    MAX_PAYLOAD, PAGE_SIZE, VERSION,
+    MAX_PAYLOAD, PAGE_SIZE, TAG_LEN, VERSION,
 };
 
 /// How a page travels.
@@ -170,6 +170,8 @@ impl PageBatch {
 #[derive(Debug)]
 pub struct BatchWriter {
     frame: Vec<u8>,
+    /// Where the entries end (a finished frame's tag follows).
+    body_end: usize,
     count: u32,
     compress: bool,
 }
@@ -177,10 +179,12 @@ pub struct BatchWriter {
 impl BatchWriter {
     /// An empty batch; `compress` tries lz4 on every non-zero page.
     pub fn new(compress: bool) -> BatchWriter {
-        let mut frame = Vec::with_capacity(HEADER_LEN + MAX_PAYLOAD as usize + 2 * PAGE_SIZE);
+        let mut frame =
+            Vec::with_capacity(HEADER_LEN + MAX_PAYLOAD as usize + 2 * PAGE_SIZE + TAG_LEN);
         frame.extend_from_slice(&[0u8; HEADER_LEN + 4]);
         BatchWriter {
             frame,
+            body_end: HEADER_LEN + 4,
             count: 0,
             compress,
         }
@@ -204,6 +208,7 @@ impl BatchWriter {
     /// Adds a page (zero pages are elided, lz4 used when it is smaller). Returns whether it
     /// fitted (false when the batch already holds [`MAX_BATCH_PAGES`]).
     pub fn push(&mut self, index: u64, page: &[u8; PAGE_SIZE]) -> bool {
+        self.frame.truncate(self.body_end);
         if self.is_full() {
             return false;
         }
@@ -237,12 +242,20 @@ impl BatchWriter {
             }
         }
         self.count += 1;
+        self.body_end = self.frame.len();
         true
     }
 
-    /// The finished frame's bytes.
+    /// The finished frame's bytes with an all-zero tag (for tests; no session accepts it).
     pub fn frame(&mut self) -> &[u8] {
-        let len = (self.frame.len() - HEADER_LEN) as u32;
+        self.frame_with_tag(|_| [0; TAG_LEN])
+    }
+
+    /// The finished frame's bytes, its session tag computed by `tag` over the payload (count
+    /// and entries) and appended.
+    pub fn frame_with_tag(&mut self, tag: impl FnOnce(&[u8]) -> [u8; TAG_LEN]) -> &[u8] {
+        self.frame.truncate(self.body_end);
+        let len = (self.frame.len() - HEADER_LEN + TAG_LEN) as u32;
         let h = Header {
             version: VERSION,
             msg_type: MsgType::Pages as u16,
@@ -250,12 +263,15 @@ impl BatchWriter {
         };
         self.frame[..HEADER_LEN].copy_from_slice(&h.encode());
         self.frame[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&self.count.to_le_bytes());
+        let t = tag(&self.frame[HEADER_LEN..]);
+        self.frame.extend_from_slice(&t);
         &self.frame
     }
 
     /// Empties the batch for reuse.
     pub fn clear(&mut self) {
         self.frame.truncate(HEADER_LEN + 4);
+        self.body_end = HEADER_LEN + 4;
         self.count = 0;
     }
 }

@@ -76,7 +76,15 @@ pub fn run(args: Args) -> Result<()> {
             args.policy
         ));
     }
-    let mut stream = net::connect(addr, timeout)?;
+    let mut stream = net::connect(addr, timeout).map_err(|e| {
+        outcome::ended(
+            Outcome::FailedSourceRunning,
+            format!(
+                "cannot reach the demo's destination; the guest keeps running on the source: {:#}",
+                anyhow::Error::new(e)
+            ),
+        )
+    })?;
     let mut progress = Progress::new(args.json);
     let mut redial = || net::connect(addr, timeout);
     let sent = livemig_engine::migrate_measured(

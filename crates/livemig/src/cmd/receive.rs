@@ -64,9 +64,17 @@ pub fn duration(flag: &str, v: &str) -> Result<Duration> {
     if !(t >= 0.0 && t.is_finite()) {
         bail!("--{flag} must be a non-negative duration");
     }
+    // Far beyond any sensible wait, and small enough that every deadline computed from it
+    // (an instant plus a few of them) stays representable.
+    if t > MAX_DURATION_S {
+        bail!("--{flag} {v} is too long (at most 7 days)");
+    }
     Duration::try_from_secs_f64(t)
         .map_err(|_| anyhow::anyhow!("--{flag} {v} is too long to represent"))
 }
+
+/// The longest duration any flag takes (7 days).
+pub const MAX_DURATION_S: f64 = 7.0 * 86400.0;
 
 /// [`duration`], also refusing zero.
 pub fn positive_duration(flag: &str, v: &str) -> Result<Duration> {

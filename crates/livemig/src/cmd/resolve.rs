@@ -2,10 +2,11 @@
 //!
 //! A hold file is an intact paused copy that one end saved when it could not learn the other's
 //! outcome. Without an action it prints what the file holds and what to do. `--ask` (on the
-//! source's file) reconnects to the destination and settles the session as the protocol would
-//! have: if the destination runs the guest the source's copy is deleted; if it does not and
-//! never will, the source's copy is resumed here. `--resume` and `--discard` are the
-//! operator's manual decisions: resume exactly one copy, discard the other.
+//! source's file) reconnects to the destination and commits the session as the protocol would
+//! have: if the destination runs the guest (or resumes the copy it still holds) the source's
+//! copy is deleted; any other answer leaves the outcome unknown and the file in place. `--resume`
+//! and `--discard` are the operator's manual decisions: resume exactly one copy, discard the
+//! other.
 
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
@@ -29,7 +30,8 @@ pub struct Args {
     /// The hold file.
     pub file: PathBuf,
     /// Ask the destination at this address (HOST:PORT, a `livemig receive` still holding the
-    /// session) and settle as it answers (source's hold file only).
+    /// session) to run the guest; the source's copy is deleted when it does (source's hold
+    /// file only).
     #[arg(long, conflicts_with_all = ["resume", "discard"], requires = "key")]
     pub ask: Option<String>,
     /// The shared key file, for --ask.
@@ -81,33 +83,32 @@ pub fn run(args: Args) -> Result<()> {
             Instant::now() + timeout * 3,
         );
         return match status {
-            Ok(ResolveStatus::Running) => {
-                std::fs::remove_file(&args.file).with_context(|| {
-                    format!("the destination runs the guest, but {shown} cannot be deleted")
-                })?;
-                outcome::say(&format!(
-                    "the destination runs the guest (session {}); the source's copy {shown} is deleted",
-                    info.session
-                ));
-                Ok(())
-            }
-            Ok(s @ (ResolveStatus::Discarded | ResolveStatus::Unknown)) => {
-                outcome::say(&format!(
-                    "the destination does not run the guest and never will ({s:?}); resuming the source's copy"
-                ));
-                resume(&args.file, run_after)?;
-                Err(outcome::ended(
-                    Outcome::FailedSourceRunning,
-                    "the migration did not complete; the guest runs on the source".into(),
-                ))
-            }
-            Ok(ResolveStatus::Pending) | Err(_) => Err(outcome::ended(
+            Ok(ResolveStatus::Running) => match std::fs::remove_file(&args.file) {
+                Ok(()) => {
+                    outcome::say(&format!(
+                        "the destination runs the guest (session {}); the source's copy {shown} is deleted",
+                        info.session
+                    ));
+                    Ok(())
+                }
+                // The guest runs on the destination (exit 0), but the file must not be resumed.
+                Err(e) => Err(outcome::ended(
+                    Outcome::Migrated,
+                    format!(
+                        "the destination runs the guest, but {shown} cannot be deleted ({e}); delete it by hand and never resume it"
+                    ),
+                )),
+            },
+            // Only `Running` settles a committed hand-over: `Unknown` comes from a process that
+            // never held the session (a restarted receiver, whose predecessor may run the
+            // guest), and `Discarded` cannot answer a commit. The copy is kept.
+            other => Err(outcome::ended(
                 Outcome::Unknown,
                 format!(
-                    "still unknown: the destination did not answer ({}); {shown} is kept",
-                    status.map_or_else(
+                    "still unknown: the destination did not say it runs the guest ({}); {shown} is kept. If you know the destination does not run it and holds no copy, `livemig resolve {shown} --resume`",
+                    other.map_or_else(
                         |e| format!("{:#}", anyhow::Error::new(e)),
-                        |s| format!("{s:?}")
+                        |s| format!("answered {s:?}")
                     )
                 ),
             )),
