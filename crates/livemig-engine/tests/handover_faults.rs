@@ -125,8 +125,8 @@ fn proxy(
     stop: Arc<AtomicBool>,
     extra: Option<Inject>,
     partition: bool,
+    state: Arc<Mutex<ProxyState>>,
 ) -> std::thread::JoinHandle<()> {
-    let state = Arc::new(Mutex::new(ProxyState::default()));
     listener.set_nonblocking(true).expect("nonblocking");
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
@@ -153,6 +153,8 @@ fn proxy(
 }
 
 struct Run {
+    /// Whether the fault was applied (the target frame appeared).
+    fired: bool,
     source: Result<(), SendError>,
     dest: Result<Served, ServeError>,
     pause: Option<Duration>,
@@ -171,7 +173,16 @@ fn run_case_with(rule: Option<Rule>, extra: Option<Inject>, partition: bool) -> 
     let pl = TcpListener::bind("127.0.0.1:0").expect("bind");
     let paddr = pl.local_addr().expect("addr");
     let stop = Arc::new(AtomicBool::new(false));
-    let px = proxy(pl, daddr, rule, Arc::clone(&stop), extra, partition);
+    let state = Arc::new(Mutex::new(ProxyState::default()));
+    let px = proxy(
+        pl,
+        daddr,
+        rule,
+        Arc::clone(&stop),
+        extra,
+        partition,
+        Arc::clone(&state),
+    );
 
     let snap: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
     let snap2 = Arc::clone(&snap);
@@ -237,7 +248,9 @@ fn run_case_with(rule: Option<Rule>, extra: Option<Inject>, partition: bool) -> 
     stop.store(true, Ordering::Relaxed);
     let _ = px.join();
     let dest_at_handover = snap.lock().expect("lock").take();
+    let fired = state.lock().expect("lock").fired;
     Run {
+        fired,
         source: r,
         dest,
         pause,
@@ -350,12 +363,37 @@ fn rule(target: MsgType, fault: Fault) -> Rule {
     }
 }
 
+/// What each cell must end in, "source/destination" (`none`: the destination never saw an
+/// authenticated source and is still waiting at its accept deadline).
+fn expected(target: MsgType, fault: Fault) -> &'static str {
+    use Fault::*;
+    use MsgType::*;
+    match (target, fault) {
+        // Before authentication: the source fails; the destination keeps waiting.
+        (Hello | Challenge, _) | (Auth, Drop | Flip | Delay) => "failed/none",
+        (Auth, CutAfter) => "failed/failed",
+        // Before the destination holds a verified copy: both fail, the source runs the guest.
+        (Ready | RoundStart | Pages | RoundEnd | StopCopy | State | Wait | Abort | Error, _) => {
+            "failed/failed"
+        }
+        // The verdict lost, forged or late: the source never commits.
+        (Confirm, Drop | Flip | Delay) => "failed/failed",
+        // The verdict arrived, then the cut: the source commits by reconnecting.
+        (Confirm, CutAfter) => "migrated/migrated",
+        // After the commit point every single fault is settled by reconnecting.
+        (Commit | Running | Done | Resolve | Resolved, _) => "migrated/migrated",
+        (Invalid, _) => "failed/failed",
+    }
+}
+
 fn matrix(target: MsgType) {
     let mut outcomes = Vec::new();
     for fault in [Fault::Drop, Fault::Flip, Fault::Delay, Fault::CutAfter] {
         let name = format!("{fault:?} {target:?}");
         let run = run_case(Some(rule(target, fault)), None);
+        assert!(run.fired, "{name}: the fault never applied (no such frame)");
         let o = check(&name, run);
+        assert_eq!(o, expected(target, fault), "{name}");
         outcomes.push(format!("{name}: {o}"));
     }
     eprintln!("{}", outcomes.join("\n"));
