@@ -4,7 +4,8 @@
 //!
 //! Exit codes: 0 migrated (the guest runs on the destination), 1 failed (the guest runs on the
 //! source; nothing is kept on the destination), 2 usage error (nothing was started), 3 unknown
-//! (neither side runs the guest; both keep an intact paused copy; `livemig resolve` settles it).
+//! (this side does not run the guest and keeps an intact paused copy; whether the other side
+//! runs it is not known here; `livemig resolve` settles it).
 
 use livemig_policy::report::MigrationReport;
 use serde::Serialize;
@@ -17,7 +18,8 @@ pub enum Outcome {
     Migrated,
     /// The guest runs on the source; the destination keeps nothing.
     FailedSourceRunning,
-    /// Neither side runs the guest; each keeps an intact paused copy.
+    /// This side does not run the guest and keeps an intact paused copy; the other side's
+    /// state is not known here.
     Unknown,
 }
 
@@ -43,7 +45,9 @@ impl std::fmt::Display for Ended {
         f.write_str(match self.outcome {
             Outcome::Migrated => "migrated",
             Outcome::FailedSourceRunning => "the guest runs on the source",
-            Outcome::Unknown => "outcome unknown: neither side runs the guest",
+            Outcome::Unknown => {
+                "outcome unknown: the guest does not run here; this side keeps a paused copy"
+            }
         })
     }
 }
@@ -83,7 +87,7 @@ pub struct Handover {
     /// The destination said it runs the guest (authenticated `Running`, directly or when the
     /// source reconnected to settle the hand-over).
     pub destination_running: bool,
-    /// Where the guest runs now: "destination", "source" or "nowhere".
+    /// Where the guest runs now: "destination", "source" or "unknown".
     pub guest_runs_on: &'static str,
 }
 
@@ -126,7 +130,7 @@ pub fn json_failure(outcome: Outcome, error: &str, hold_file: Option<&str>) -> S
             "guest_runs_on": match outcome {
                 Outcome::Migrated => "destination",
                 Outcome::FailedSourceRunning => "source",
-                Outcome::Unknown => "nowhere",
+                Outcome::Unknown => "unknown",
             }
         }
     })
