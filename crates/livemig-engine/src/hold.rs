@@ -132,7 +132,7 @@ fn tmp_name(path: &Path) -> PathBuf {
 /// Reads the metadata of a hold file without its memory.
 pub fn info(path: &Path) -> Result<HoldInfo, HoldError> {
     let mut f = open(path)?;
-    read_info(&mut f, path)
+    read_info(&mut f, path).map(|(i, _)| i)
 }
 
 fn open(path: &Path) -> Result<std::io::BufReader<std::fs::File>, HoldError> {
@@ -144,7 +144,7 @@ fn open(path: &Path) -> Result<std::io::BufReader<std::fs::File>, HoldError> {
         })
 }
 
-fn read_info(r: &mut impl Read, path: &Path) -> Result<HoldInfo, HoldError> {
+fn read_info(r: &mut impl Read, path: &Path) -> Result<(HoldInfo, usize), HoldError> {
     let shown = path.display().to_string();
     let bad = |reason| HoldError::Format {
         path: shown.clone(),
@@ -161,7 +161,8 @@ fn read_info(r: &mut impl Read, path: &Path) -> Result<HoldInfo, HoldError> {
     }
     let mut json = vec![0u8; len];
     r.read_exact(&mut json).map_err(|_| bad("too short"))?;
-    serde_json::from_slice(&json).map_err(|_| bad("metadata is not valid JSON"))
+    let info = serde_json::from_slice(&json).map_err(|_| bad("metadata is not valid JSON"))?;
+    Ok((info, len))
 }
 
 fn read_u32(r: &mut impl Read) -> Option<u32> {
@@ -175,7 +176,7 @@ fn read_u32(r: &mut impl Read) -> Option<u32> {
 pub fn load(path: &Path, max_memory: u64) -> Result<(HoldInfo, SimGuest), HoldError> {
     let shown = path.display().to_string();
     let mut r = open(path)?;
-    let info = read_info(&mut r, path)?;
+    let (info, json_len) = read_info(&mut r, path)?;
     let bad = |reason| HoldError::Format {
         path: shown.clone(),
         reason,
@@ -186,6 +187,20 @@ pub fn load(path: &Path, max_memory: u64) -> Result<(HoldInfo, SimGuest), HoldEr
     }
     let mut blob = vec![0u8; len];
     r.read_exact(&mut blob).map_err(|_| bad("too short"))?;
+    // The file must hold all the memory it claims before any of it is allocated.
+    let file_len = std::fs::metadata(path)
+        .map_err(|source| HoldError::Read {
+            path: shown.clone(),
+            source,
+        })?
+        .len();
+    let header = (MAGIC.len() + 4 + json_len + 4 + len) as u64;
+    if file_len
+        .checked_sub(header)
+        .is_none_or(|rest| rest < info.memory_bytes)
+    {
+        return Err(bad("shorter than the memory it claims"));
+    }
     let memory =
         GuestMemory::new(info.memory_bytes, max_memory).map_err(|source| HoldError::Memory {
             path: shown.clone(),
@@ -267,6 +282,9 @@ mod tests {
         bytes[at] ^= 1;
         std::fs::write(&p, &bytes).expect("write");
         assert!(matches!(load(&p, u64::MAX), Err(HoldError::Digest { .. })));
+        // Cut short: refused before its memory is allocated.
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).expect("write");
+        assert!(matches!(load(&p, u64::MAX), Err(HoldError::Format { .. })));
         std::fs::write(&p, b"nonsense").expect("write");
         assert!(matches!(load(&p, u64::MAX), Err(HoldError::Format { .. })));
         let _ = std::fs::remove_dir_all(dir);

@@ -22,6 +22,7 @@ pub struct KeepAlive<'a, W: Write> {
     chan: &'a mut Channel,
     every: Duration,
     timeout: Duration,
+    until: Option<Instant>,
     last: Instant,
     failed: Option<WireError>,
 }
@@ -39,16 +40,27 @@ impl<'a, W: Write> KeepAlive<'a, W> {
             chan,
             every,
             timeout,
+            until: None,
             last: Instant::now(),
             failed: None,
         }
+    }
+
+    /// Bounds every write by `until` too (the source's pause deadline).
+    pub fn until(mut self, until: Option<Instant>) -> Self {
+        self.until = until;
+        self
     }
 
     /// Sends a `Wait` if it is time (nothing after a failure).
     pub fn tick(&mut self) {
         if self.failed.is_none() && self.last.elapsed() >= self.every {
             let f = self.chan.seal(&Message::Wait);
-            let deadline = Some((Instant::now() + self.timeout, self.timeout));
+            let mut at = Instant::now() + self.timeout;
+            if let Some(u) = self.until {
+                at = at.min(u);
+            }
+            let deadline = Some((at, self.timeout));
             if let Err(e) = write_within(self.w, &f, deadline) {
                 self.failed = Some(e);
             }

@@ -1,6 +1,7 @@
 //! TCP helpers that bound every wait: connect, accept, and read/write timeouts on the socket.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 /// Why a connection could not be made.
@@ -16,6 +17,19 @@ pub enum NetError {
     AcceptTimeout(Duration),
     #[error("the socket failed")]
     Io(#[from] std::io::Error),
+}
+
+/// A byte stream a migration runs over: reads, writes, and ending this side's writing.
+pub trait Transport: Read + Write {
+    /// Ends this side's writing: the peer reads what was written, then the end of the stream,
+    /// at once — rather than waiting for its deadline on a connection we no longer use.
+    fn close_write(&mut self) {}
+}
+
+impl Transport for TcpStream {
+    fn close_write(&mut self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
 }
 
 /// Sets read and write timeouts (every later wait is bounded by `timeout`) and no-delay.

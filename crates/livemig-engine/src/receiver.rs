@@ -84,6 +84,10 @@ pub enum RecvError {
     Alloc(#[source] MemoryError),
     #[error("this destination is busy with another migration")]
     Busy,
+    #[error(
+        "the connection was closed before the peer proved the key, to make room for newer peers"
+    )]
+    Evicted,
     #[error("the source announced {expected} pages and sent {got}")]
     Count { expected: u64, got: u64 },
     #[error("bad page from the source")]
@@ -109,7 +113,7 @@ impl RecvError {
     /// source): nothing was allocated and a receiver may wait for another connection.
     pub fn before_auth(&self) -> bool {
         match self {
-            RecvError::Auth | RecvError::Geometry { .. } => true,
+            RecvError::Auth | RecvError::Geometry { .. } | RecvError::Evicted => true,
             RecvError::Wire { state, .. }
             | RecvError::Transition { state, .. }
             | RecvError::Aborted { state, .. } => *state == AWAIT_HELLO || *state == AWAIT_AUTH,
@@ -187,8 +191,11 @@ pub trait Host: Sync {
     /// Called with the verified guest, still paused, just before the commit resumes it (a
     /// place for tests to look at the memory as it was handed over).
     fn before_resume(&self, _guest: &SimGuest) {}
-    /// The peer proved the key (it no longer counts as a stranger).
-    fn authenticated(&self) {}
+    /// The peer proved the key (it no longer counts as a stranger). False when the connection
+    /// was already closed to make room for newer peers: it must end here.
+    fn authenticated(&self) -> bool {
+        true
+    }
     /// A reconnecting source said `Done` after learning that `session` runs here.
     fn source_done(&self, _session: &[u8; SESSION_ID_LEN]) {}
 }
@@ -372,7 +379,9 @@ fn run<S: Read + Write>(
     let chan = Channel::new(key.session(&hello, &nd), Role::Destination);
     let session = chan.id();
     c.chan = Some(chan);
-    host.authenticated();
+    if !host.authenticated() {
+        return Err(RecvError::Evicted);
+    }
 
     if mode == Mode::Resolve {
         const STATE: &str = "settling a hand-over";

@@ -12,7 +12,6 @@
 //! [`crate::wire::MAX_BATCH_PAGES`] pages (about 1 MiB); the in-flight bound on the source is
 //! that frame plus the kernel's socket send buffer.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ use crate::keepalive::{self, KeepAlive};
 use crate::limiter::{SharedCap, TokenBucket, DEFAULT_BURST_S};
 use crate::memory::{MemoryError, PageSet};
 use crate::meter::WireMeter;
-use crate::net::NetError;
+use crate::net::{NetError, Transport};
 use crate::wire::{
     self, read_within, write_within, BatchWriter, Message, Mode, ResolveDecision, ResolveStatus,
     WireError, MAX_BATCH_PAGES, ONE_PAGE_FRAME, PAGE_SIZE, SESSION_ID_LEN, VERSION,
@@ -95,6 +94,13 @@ pub enum ConfigError {
         max_pause: Duration,
         timeout: Duration,
     },
+    #[error("the resolve timeout ({resolve_timeout:?}) must be longer than the timeout ({timeout:?}): a destination may take that long to notice a lost commit")]
+    ResolveTooShort {
+        resolve_timeout: Duration,
+        timeout: Duration,
+    },
+    #[error("the dirty-log sample ({sample_s} s) must be shorter than half the timeout ({timeout:?}): the destination hears nothing while it runs")]
+    SampleTooLong { sample_s: f64, timeout: Duration },
 }
 
 impl SenderConfig {
@@ -118,6 +124,20 @@ impl SenderConfig {
         if self.max_pause <= self.timeout {
             return Err(ConfigError::PauseTooShort {
                 max_pause: self.max_pause,
+                timeout: self.timeout,
+            });
+        }
+        if self.resolve_timeout <= self.timeout {
+            return Err(ConfigError::ResolveTooShort {
+                resolve_timeout: self.resolve_timeout,
+                timeout: self.timeout,
+            });
+        }
+        // The destination hears nothing during the sample: it must end well within its
+        // frame deadline (taken to be ours).
+        if self.sample_s >= self.timeout.as_secs_f64() / 2.0 {
+            return Err(ConfigError::SampleTooLong {
+                sample_s: self.sample_s,
                 timeout: self.timeout,
             });
         }
@@ -301,7 +321,7 @@ pub enum Event<'a> {
 /// Reconnects to the destination (a fresh TCP connection, timeouts set) to settle a hand-over.
 pub type Redial<'a> = dyn FnMut() -> Result<TcpStream, NetError> + 'a;
 
-struct Link<'a, S: Read + Write> {
+struct Link<'a, S: Transport> {
     stream: &'a mut S,
     meter: WireMeter,
     start: Instant,
@@ -310,21 +330,25 @@ struct Link<'a, S: Read + Write> {
     timeout: Duration,
     /// While paused and not committed: when the source gives up and resumes.
     pause_deadline: Option<(Instant, Duration)>,
+    /// A bound on everything this link does (a resolve attempt's share of its window).
+    outer: Option<(Instant, Duration)>,
     spare: Vec<u8>,
 }
 
-impl<S: Read + Write> Link<'_, S> {
+impl<S: Transport> Link<'_, S> {
     fn now(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
     }
 
     /// The deadline of the next frame: the timeout, or the pause deadline if earlier.
     fn deadline(&self) -> wire::frames::Deadline {
-        let frame = (Instant::now() + self.timeout, self.timeout);
-        Some(match self.pause_deadline {
-            Some(p) if p.0 < frame.0 => p,
-            _ => frame,
-        })
+        let mut d = (Instant::now() + self.timeout, self.timeout);
+        for bound in [self.pause_deadline, self.outer].into_iter().flatten() {
+            if bound.0 < d.0 {
+                d = bound;
+            }
+        }
+        Some(d)
     }
 
     fn pause_over(&self) -> Result<(), SendError> {
@@ -490,7 +514,7 @@ fn sleep_s(s: f64) {
 
 /// The source's half of the handshake on `link`: `Hello` in `mode`, the destination's proof
 /// over the transcript, ours. Returns the session channel.
-fn handshake<S: Read + Write>(
+fn handshake<S: Transport>(
     link: &mut Link<'_, S>,
     key: &Key,
     memory_bytes: u64,
@@ -535,7 +559,7 @@ fn handshake<S: Read + Write>(
 /// ends in [`SendError::InDoubt`]. On success the guest is paused for good (handed over: the
 /// caller destroys it); on [`SendError::InDoubt`] it is paused and must be kept; on any other
 /// failure it is running again.
-pub fn migrate<S: Read + Write>(
+pub fn migrate<S: Transport>(
     stream: &mut S,
     key: &Key,
     guest: &dyn Guest,
@@ -548,7 +572,7 @@ pub fn migrate<S: Read + Write>(
 
 /// [`migrate`] that settles a lost hand-over by reconnecting with `redial`, also returning
 /// the wire meter (10 ms bins from the start of round 1), for benchmarks of cap accuracy.
-pub fn migrate_measured<S: Read + Write>(
+pub fn migrate_measured<S: Transport>(
     stream: &mut S,
     key: &Key,
     guest: &dyn Guest,
@@ -590,7 +614,7 @@ pub fn migrate_measured<S: Read + Write>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run<S: Read + Write>(
+fn run<S: Transport>(
     stream: &mut S,
     key: &Key,
     guest: &dyn Guest,
@@ -609,6 +633,7 @@ fn run<S: Read + Write>(
         chan: None,
         timeout: cfg.timeout,
         pause_deadline: None,
+        outer: None,
         spare: Vec::new(),
     };
     let mem = guest.memory();
@@ -735,7 +760,8 @@ fn run<S: Read + Write>(
         let Some(chan) = link.chan.as_mut() else {
             return Err(SendError::Auth);
         };
-        let mut ka = KeepAlive::new(link.stream, chan, cfg.keepalive, link.timeout);
+        let mut ka = KeepAlive::new(link.stream, chan, cfg.keepalive, link.timeout)
+            .until(link.pause_deadline.map(|(at, _)| at));
         let d = mem.digest_with(&mut || ka.tick());
         ka.finish().map_err(|e| SendError::Wire {
             phase: "stop-and-copy",
@@ -770,6 +796,9 @@ fn run<S: Read + Write>(
         link.timeout = link.timeout.min(Duration::from_millis(500));
         link.pause_deadline = None;
         let _ = link.send(&Message::Abort);
+        // The destination reads the Abort (if it arrives), then the end: it stops waiting for
+        // us at once and holds what it has for our `Resolve{Abort}` to settle.
+        link.stream.close_write();
         return Err(e);
     }
 
@@ -791,6 +820,9 @@ fn run<S: Read + Write>(
         Err(e) => Err(e),
     };
     if let Err(cause) = answer {
+        // Whatever the destination got of this connection, it now sees its end at once and
+        // holds its copy for our `Resolve{Commit}` rather than waiting out its deadline.
+        link.stream.close_write();
         observer(&Event::Resolving {
             cause: error_chain(&cause),
         });
@@ -868,7 +900,7 @@ pub fn resolve(
     loop {
         let r = dial()
             .map_err(SendError::from)
-            .and_then(|mut s| resolve_once(&mut s, key, id, decision, timeout));
+            .and_then(|mut s| resolve_once(&mut s, key, id, decision, timeout, until));
         // Telling a destination to discard: if nothing listens there any more, no process
         // holds a copy to discard (a hold file it may have saved is for an operator).
         let gone = matches!(
@@ -892,6 +924,7 @@ fn resolve_once(
     id: &[u8; SESSION_ID_LEN],
     decision: ResolveDecision,
     timeout: Duration,
+    until: Instant,
 ) -> Result<ResolveStatus, SendError> {
     let mut link = Link {
         stream,
@@ -901,6 +934,7 @@ fn resolve_once(
         chan: None,
         timeout,
         pause_deadline: None,
+        outer: Some((until, timeout)),
         spare: Vec::new(),
     };
     let chan = handshake(&mut link, key, 0, false, Mode::Resolve)?;
@@ -968,6 +1002,22 @@ mod tests {
         assert!(matches!(
             short.check(1e9),
             Err(ConfigError::PauseTooShort { .. })
+        ));
+        let resolve = SenderConfig {
+            resolve_timeout: Duration::from_secs(10),
+            ..cfg.clone()
+        };
+        assert!(matches!(
+            resolve.check(1e9),
+            Err(ConfigError::ResolveTooShort { .. })
+        ));
+        let sample = SenderConfig {
+            sample_s: 5.0,
+            ..cfg.clone()
+        };
+        assert!(matches!(
+            sample.check(1e9),
+            Err(ConfigError::SampleTooLong { .. })
         ));
     }
 }

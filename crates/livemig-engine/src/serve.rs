@@ -135,7 +135,10 @@ impl Host for Shared<'_> {
             Slot::Busy(id) if id == session => return ResolveStatus::Pending,
             Slot::Held(h, _) if &h.session == session => match decision {
                 ResolveDecision::Commit => {
-                    let old = std::mem::replace(&mut *s, Slot::Idle);
+                    // Taken out of the slot (which says `Busy` meanwhile, so no one claims it
+                    // and a repeated question gets `Pending`); resumed with no lock held.
+                    let old = std::mem::replace(&mut *s, Slot::Busy(*session));
+                    drop(s);
                     let Slot::Held(h, _) = old else {
                         return ResolveStatus::Pending;
                     };
@@ -143,7 +146,8 @@ impl Host for Shared<'_> {
                     (self.log)(&ServeEvent::Resuming { guest: &h.guest });
                     h.guest.resume();
                     // The source knows once it says `Done` on its resolve connection.
-                    *s = Slot::Done(Ok(Received {
+                    lock(&self.settled).insert(*session, ResolveStatus::Running);
+                    *lock(&self.slot) = Slot::Done(Ok(Received {
                         guest: h.guest,
                         rounds: h.rounds,
                         digest: h.digest,
@@ -151,7 +155,7 @@ impl Host for Shared<'_> {
                         session: h.session,
                         source_saw_running: false,
                     }));
-                    ResolveStatus::Running
+                    return ResolveStatus::Running;
                 }
                 ResolveDecision::Abort => {
                     *s = Slot::Done(Err(RecvError::SourceAborted));
@@ -235,7 +239,13 @@ pub fn serve(
     let mut linger_until: Option<Instant> = None;
     std::thread::scope(|scope| loop {
         // Has the migration ended?
-        if let Some(end) = outcome(&mut lock(&shared.slot), &mut linger_until, cfg, start, stop) {
+        let end = outcome(&mut lock(&shared.slot), &mut linger_until, cfg, start, stop);
+        if let Some(end) = end {
+            // Peers that never proved the key are cut off now, so that ending the loop (which
+            // joins every connection's thread) does not wait for their deadlines.
+            for (_, c, _) in lock(&waiting).conns.drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
             return end;
         }
         let stream = match listener.accept() {
@@ -275,10 +285,15 @@ pub fn serve(
             }
             w.next += 1;
             let id = w.next;
-            if let Ok(c) = stream.try_clone() {
-                w.conns.push_back((id, c, peer.clone()));
-            }
-            (id, evicted)
+            // A connection that cannot be registered (and so cannot be evicted) is not served.
+            let registered = match stream.try_clone() {
+                Ok(c) => {
+                    w.conns.push_back((id, c, peer.clone()));
+                    true
+                }
+                Err(_) => false,
+            };
+            (registered.then_some(id), evicted)
         };
         // Logged with no lock held: a slow log must not stall the loop.
         for old_peer in evicted {
@@ -287,6 +302,9 @@ pub fn serve(
                 log(&ServeEvent::TooMany { peer: &old_peer });
             }
         }
+        let Some(id) = id else {
+            continue;
+        };
         let (shared, waiting, limiter) = (Arc::clone(&shared), &waiting, &limiter);
         scope.spawn(move || {
             let mut stream = stream;
@@ -324,7 +342,7 @@ pub fn serve(
                     }
                 }
             }
-            host.proved();
+            let _ = host.proved();
         });
     })
 }
@@ -387,8 +405,12 @@ struct ConnHost<'a, 'l> {
 impl ConnHost<'_, '_> {
     /// The peer proved the key (or the connection ended): it no longer counts against the
     /// bound on unauthenticated peers.
-    fn proved(&self) {
-        lock(self.waiting).conns.retain(|(i, _, _)| *i != self.id);
+    /// Returns whether it was still registered (false: it was evicted meanwhile).
+    fn proved(&self) -> bool {
+        let mut w = lock(self.waiting);
+        let before = w.conns.len();
+        w.conns.retain(|(i, _, _)| *i != self.id);
+        w.conns.len() < before
     }
 }
 
@@ -401,7 +423,6 @@ struct PreAuth {
 
 impl Host for ConnHost<'_, '_> {
     fn claim(&self, session: &[u8; SESSION_ID_LEN]) -> bool {
-        self.proved();
         let ok = self.shared.claim(session);
         self.claimed.store(ok, Ordering::Relaxed);
         ok
@@ -412,8 +433,8 @@ impl Host for ConnHost<'_, '_> {
     fn before_resume(&self, guest: &SimGuest) {
         (self.shared.log)(&ServeEvent::Resuming { guest });
     }
-    fn authenticated(&self) {
-        self.proved();
+    fn authenticated(&self) -> bool {
+        self.proved()
     }
     fn source_done(&self, session: &[u8; SESSION_ID_LEN]) {
         self.shared.source_done(session);

@@ -207,9 +207,17 @@ pub fn run(args: Args) -> Result<()> {
                 // The only intact copy may be this one: keep it until someone decides.
                 outcome::note(&format!("livemig: {why}"));
                 outcome::note(&line);
-                loop {
-                    std::thread::sleep(std::time::Duration::from_secs(3600));
-                }
+                // Try again every 10 s (space freed, a directory fixed) until it is saved.
+                let path = loop {
+                    std::thread::sleep(std::time::Duration::from_secs(10));
+                    if let Ok(p) = save_hold(&args.hold_dir, &guest, &session, &why, &args.to) {
+                        break p;
+                    }
+                };
+                return Err(outcome::ended(
+                    Outcome::Unknown,
+                    format!("{why}\nthe paused guest is now saved in {path}; see `livemig resolve {path}`"),
+                ));
             }
             Err(outcome::ended(Outcome::Unknown, format!("{why}\n{line}")))
         }

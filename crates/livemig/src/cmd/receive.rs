@@ -225,11 +225,11 @@ pub fn run(args: Args) -> Result<()> {
             }
             if let Err(e) = saved {
                 outcome::note(&format!(
-                    "livemig: outcome unknown and the held copy cannot be saved ({:#}); this process keeps it paused: do not kill it",
+                    "livemig: outcome unknown and the held copy cannot be saved ({:#}); this process keeps it paused and tries again every 10 s: do not kill it",
                     anyhow::Error::new(e)
                 ));
-                loop {
-                    std::thread::sleep(Duration::from_secs(3600));
+                while hold::save(&path, &held.guest, &info).is_err() {
+                    std::thread::sleep(Duration::from_secs(10));
                 }
             }
             Err(outcome::ended(

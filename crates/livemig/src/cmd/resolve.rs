@@ -146,21 +146,43 @@ fn session_bytes(hex: &str) -> Option<[u8; SESSION_ID_LEN]> {
     Some(id)
 }
 
-/// Loads the copy, resumes it, lets it run, deletes the file.
+/// Loads the copy (checked against its digest), takes the file out of the way, resumes the
+/// guest, lets it run, deletes the file. The file is renamed *before* the guest resumes, so that
+/// a failure can never leave a resumable file behind a guest that ran: if the rename fails,
+/// nothing is started (exit 2).
 fn resume(file: &std::path::Path, run_after: Duration) -> Result<()> {
     let (info, guest) = hold::load(file, livemig_engine::hostmem::holdable_bytes())?;
+    let mut taken = file.as_os_str().to_owned();
+    taken.push(".resumed");
+    let taken = PathBuf::from(taken);
+    std::fs::rename(file, &taken).with_context(|| {
+        format!(
+            "cannot move {} out of the way before resuming; nothing was started",
+            file.display()
+        )
+    })?;
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}; nothing was started", dir.display()))?;
     guest.resume();
-    std::fs::remove_file(file)
-        .with_context(|| format!("the guest runs, but {} cannot be deleted", file.display()))?;
     std::thread::sleep(run_after);
     let (after, _) = guest.self_check();
+    let gone = match std::fs::remove_file(&taken) {
+        Ok(()) => format!("{} deleted", file.display()),
+        Err(e) => format!(
+            "{} could not be deleted ({e}); it is not a hold file any more, delete it",
+            taken.display()
+        ),
+    };
     outcome::say(&format!(
-        "resumed session {}: self-check counter {} when held, {after} after {}; {} deleted",
+        "resumed session {}: self-check counter {} when held, {after} after {}; {gone}",
         info.session,
         info.self_check,
         livemig_workload::units::fmt_duration(run_after.as_secs_f64()),
-        file.display()
     ));
-    let _ = guest.is_running();
     Ok(())
 }
