@@ -7,7 +7,7 @@
 //!   [`auth::Channel`] that tags every control message.
 //! - [`memory`]: guest memory in locked 2 MiB regions, the atomic dirty bitmap, page sets.
 //! - [`guest`]: the [`Guest`] trait and [`SimGuest`] (real memory, a real writer thread).
-//! - [`limiter`]: the token bucket (time as a parameter) and the live external cap.
+//! - [`limiter`]: the token bucket (time as a parameter).
 //! - [`meter`]: wire bytes per 10 ms, the 100 ms peak, per-window rates.
 //! - [`keepalive`]: `Wait` frames during long local work (prefault, digests).
 //! - [`net`]: connect, accept and socket timeouts: every network wait is bounded.
@@ -39,6 +39,7 @@ pub mod wire;
 
 pub use auth::Key;
 pub use guest::{Guest, InitialContent, SimGuest, SimGuestConfig};
+pub use livemig_policy::Control;
 pub use receiver::{receive, Held, Landing, Received, ReceiverConfig, RecvError};
 pub use sender::{migrate, migrate_measured, Event, Redial, SendError, SenderConfig};
 pub use serve::{serve, ServeConfig, ServeError, ServeEvent, Served};

@@ -1,7 +1,5 @@
-//! A token-bucket rate limiter with time as a parameter, and a cap others can change live.
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+//! A token-bucket rate limiter with time as a parameter (the cap others may change live is
+//! `livemig_policy::Control`).
 
 /// Seconds of traffic the bucket may save up (the burst), at the current rate.
 pub const DEFAULT_BURST_S: f64 = 0.005;
@@ -84,32 +82,6 @@ impl TokenBucket {
     }
 }
 
-/// An external cap (bytes/s) that another thread (later the RMS) can set or lift while a
-/// migration runs; the sender applies `min(policy cap, external cap)` before every frame.
-#[derive(Debug, Clone, Default)]
-pub struct SharedCap(Arc<AtomicU64>);
-
-impl SharedCap {
-    /// No external cap.
-    pub fn new() -> SharedCap {
-        SharedCap::default()
-    }
-
-    /// Sets (`Some`) or lifts (`None`) the cap. Non-positive values lift it.
-    pub fn set(&self, cap: Option<f64>) {
-        let bits = cap.filter(|c| *c > 0.0).map_or(0, f64::to_bits);
-        self.0.store(bits, Ordering::Relaxed);
-    }
-
-    /// The cap in force, if any.
-    pub fn get(&self) -> Option<f64> {
-        match self.0.load(Ordering::Relaxed) {
-            0 => None,
-            b => Some(f64::from_bits(b)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,19 +122,5 @@ mod tests {
         // After 100 s idle only 10 ms worth (10 kB) may go without waiting.
         assert_eq!(b.take(10_000.0, 100.0), 0.0);
         assert!(b.take(10_000.0, 100.0) > 0.009);
-    }
-
-    #[test]
-    fn unlimited_never_waits_and_bad_rates_are_refused() {
-        let mut b = TokenBucket::new(f64::INFINITY, 0.01, 0.0).expect("valid");
-        assert_eq!(b.take(1e12, 0.0), 0.0);
-        assert!(TokenBucket::new(0.0, 0.01, 0.0).is_err());
-        assert!(b.set_rate(f64::NAN, 1.0).is_err());
-        let c = SharedCap::new();
-        assert_eq!(c.get(), None);
-        c.set(Some(5.0));
-        assert_eq!(c.get(), Some(5.0));
-        c.set(None);
-        assert_eq!(c.get(), None);
     }
 }

@@ -16,12 +16,12 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use livemig_policy::report::{MigrationReport, ReportBuilder, StopCopy};
-use livemig_policy::{Action, Decision, DirtySample, Policy, RoundStats, StatsError};
+use livemig_policy::{Action, Control, Decision, DirtySample, Policy, RoundStats, StatsError};
 
 use crate::auth::{self, Channel, Forged, Key, KeyError, Role};
 use crate::guest::Guest;
 use crate::keepalive::{self, KeepAlive};
-use crate::limiter::{SharedCap, TokenBucket, DEFAULT_BURST_S};
+use crate::limiter::{TokenBucket, DEFAULT_BURST_S};
 use crate::memory::{MemoryError, PageSet};
 use crate::meter::WireMeter;
 use crate::net::{NetError, Transport};
@@ -48,8 +48,6 @@ pub struct SenderConfig {
     pub sample_s: f64,
     /// The workload spec, for the report.
     pub workload: Option<String>,
-    /// An external cap applied on top of the policy's (changeable while rounds run).
-    pub external_cap: SharedCap,
     /// Deadline of the handshake, of every frame read or written, and of every keep-alive gap.
     pub timeout: Duration,
     /// Longest pause of the guest before the source has committed: past it, the source aborts
@@ -69,7 +67,6 @@ impl Default for SenderConfig {
             stop_remaining: 0.0,
             sample_s: 0.5,
             workload: None,
-            external_cap: SharedCap::new(),
             timeout: Duration::from_secs(10),
             max_pause: Duration::from_secs(30),
             resolve_timeout: Duration::from_secs(60),
@@ -249,6 +246,8 @@ pub enum SendError {
     Verify { source_digest: u64, dest: u64 },
     #[error("the guest stayed paused for the maximum pause of {0:?} without the destination's confirmation; the source aborted the hand-over")]
     PauseExceeded(Duration),
+    #[error("cancelled during {phase}; the guest keeps running on the source")]
+    Cancelled { phase: &'static str },
     #[error("the cap fell to {cap:.0} bytes/s, too low to move one frame within the timeout of {timeout:?}")]
     CapTooLow { cap: f64, timeout: Duration },
     #[error("the destination answered {status:?}, not that it runs the guest")]
@@ -429,6 +428,16 @@ impl<S: Transport> Link<'_, S> {
         self.wire(source)
     }
 
+    /// Cancelled from outside: tell the destination why (best effort, briefly) and fail.
+    fn cancelled(&mut self) -> SendError {
+        let short = Duration::from_millis(500).min(self.timeout);
+        let f = Message::error(wire::code::CANCELLED, "the source was cancelled").encode();
+        let _ = write_within(self.stream, &f, Some((Instant::now() + short, short)));
+        SendError::Cancelled {
+            phase: self.phase.name(),
+        }
+    }
+
     fn wire(&self, source: WireError) -> SendError {
         SendError::Wire {
             phase: self.phase.name(),
@@ -451,7 +460,7 @@ impl<S: Transport> Link<'_, S> {
         pages: &PageSet,
         bucket: &mut TokenBucket,
         cap: f64,
-        ext: &SharedCap,
+        control: &Control,
         compress: bool,
         round: u32,
         observer: &mut dyn FnMut(&Event<'_>),
@@ -462,7 +471,10 @@ impl<S: Transport> Link<'_, S> {
         let mut it = pages.iter().peekable();
         while it.peek().is_some() {
             self.pause_over()?;
-            let rate = ext.get().map_or(cap, |e| e.min(cap));
+            if control.is_cancelled() {
+                return Err(self.cancelled());
+            }
+            let rate = control.effective(cap);
             if rate.is_nan() || rate < SenderConfig::min_cap(self.timeout) {
                 return Err(SendError::CapTooLow {
                     cap: rate,
@@ -565,19 +577,22 @@ pub fn migrate<S: Transport>(
     guest: &dyn Guest,
     policy: &mut dyn Policy,
     cfg: &SenderConfig,
+    control: &Control,
     observer: &mut dyn FnMut(&Event<'_>),
 ) -> Result<MigrationReport, SendError> {
-    migrate_measured(stream, key, guest, policy, cfg, observer, None).map(|(r, _)| r)
+    migrate_measured(stream, key, guest, policy, cfg, control, observer, None).map(|(r, _)| r)
 }
 
 /// [`migrate`] that settles a lost hand-over by reconnecting with `redial`, also returning
 /// the wire meter (10 ms bins from the start of round 1), for benchmarks of cap accuracy.
+#[allow(clippy::too_many_arguments)]
 pub fn migrate_measured<S: Transport>(
     stream: &mut S,
     key: &Key,
     guest: &dyn Guest,
     policy: &mut dyn Policy,
     cfg: &SenderConfig,
+    control: &Control,
     observer: &mut dyn FnMut(&Event<'_>),
     mut redial: Option<&mut Redial<'_>>,
 ) -> Result<(MigrationReport, WireMeter), SendError> {
@@ -589,6 +604,7 @@ pub fn migrate_measured<S: Transport>(
         guest,
         policy,
         cfg,
+        control,
         observer,
         &mut paused,
         &mut session,
@@ -620,6 +636,7 @@ fn run<S: Transport>(
     guest: &dyn Guest,
     policy: &mut dyn Policy,
     cfg: &SenderConfig,
+    control: &Control,
     observer: &mut dyn FnMut(&Event<'_>),
     paused: &mut bool,
     session: &mut Option<[u8; SESSION_ID_LEN]>,
@@ -655,6 +672,9 @@ fn run<S: Transport>(
         let t0 = Instant::now();
         let mut sample = DirtySample::default();
         for i in 1..=5 {
+            if control.is_cancelled() {
+                return Err(link.cancelled());
+            }
             let at = cfg.sample_s * f64::from(i) / 5.0;
             sleep_s(at - t0.elapsed().as_secs_f64());
             let el = t0.elapsed().as_secs_f64();
@@ -688,6 +708,9 @@ fn run<S: Transport>(
         if round > MAX_ROUNDS {
             return Err(SendError::Endless);
         }
+        if control.is_cancelled() {
+            return Err(link.cancelled());
+        }
         link.phase.advance(SenderPhase::PreCopy { round })?;
         let pages = to_send.count();
         observer(&Event::RoundStarted { round, cap, pages });
@@ -699,7 +722,7 @@ fn run<S: Transport>(
             &to_send,
             &mut bucket,
             cap,
-            &cfg.external_cap,
+            control,
             cfg.compress,
             round,
             observer,
@@ -750,7 +773,7 @@ fn run<S: Transport>(
         &remaining,
         &mut bucket,
         stop_cap,
-        &cfg.external_cap,
+        control,
         cfg.compress,
         round + 1,
         observer,
@@ -789,6 +812,13 @@ fn run<S: Transport>(
             ..
         }) if link.pause_over().is_err() => Err(SendError::PauseExceeded(cfg.max_pause)),
         Err(e) => Err(e),
+    };
+    // The last moment a cancellation can stop the hand-over: past it, it is ignored.
+    let verdict = match verdict {
+        Ok(()) if control.is_cancelled() => Err(SendError::Cancelled {
+            phase: link.phase.name(),
+        }),
+        v => v,
     };
     if let Err(e) = verdict {
         // Not committed: the destination must discard what it holds. Best effort on this

@@ -107,6 +107,8 @@ type Log<'a> = &'a (dyn Fn(&ServeEvent<'_>) + Sync);
 
 struct Shared<'l> {
     log: Log<'l>,
+    /// The socket of the connection that claimed the slot, to cut it when the loop is stopped.
+    claimant: Mutex<Option<std::net::TcpStream>>,
     slot: Mutex<Slot>,
     /// Sessions settled here and what became of them (answers to later questions).
     settled: Mutex<HashMap<[u8; SESSION_ID_LEN], ResolveStatus>>,
@@ -210,7 +212,10 @@ impl Limiter {
 }
 
 /// Serves `listener` until one migration ends (see [`Served`]), `accept_timeout` passes
-/// without one, or `stop` is set before one starts. `log` hears about refusals (rate-bounded)
+/// without one, or `stop` is set: before a migration starts that ends the loop
+/// ([`ServeError::Stopped`]); during one it cuts the migrating connection, which fails it
+/// (nothing kept) — unless the destination already holds a verified copy, which is then held
+/// and returned as [`Served::Unknown`] at once; after a success it ends the linger. `log` hears about refusals (rate-bounded)
 /// and held copies; it is called from the connections' threads, so it must be `Sync`.
 pub fn serve(
     listener: &TcpListener,
@@ -222,6 +227,7 @@ pub fn serve(
     listener.set_nonblocking(true).map_err(NetError::Io)?;
     let shared = Arc::new(Shared {
         log,
+        claimant: Mutex::new(None),
         slot: Mutex::new(Slot::Idle),
         settled: Mutex::new(HashMap::new()),
         hold_timeout: cfg.hold_timeout,
@@ -239,6 +245,13 @@ pub fn serve(
     let mut linger_until: Option<Instant> = None;
     std::thread::scope(|scope| loop {
         // Has the migration ended?
+        // Stopped mid-migration: cut the migrating connection. Before the destination holds a
+        // verified copy that fails it (nothing kept); after, the copy is held and saved.
+        if stop.load(Ordering::Relaxed) {
+            if let Some(c) = lock(&shared.claimant).take() {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
         let end = outcome(&mut lock(&shared.slot), &mut linger_until, cfg, start, stop);
         if let Some(end) = end {
             // Peers that never proved the key are cut off now, so that ending the loop (which
@@ -311,6 +324,7 @@ pub fn serve(
             let host = ConnHost {
                 shared: shared.as_ref(),
                 claimed: AtomicBool::new(false),
+                socket: Mutex::new(stream.try_clone().ok()),
                 id,
                 waiting,
             };
@@ -356,14 +370,16 @@ fn outcome(
     stop: &AtomicBool,
 ) -> Option<Result<Served, ServeError>> {
     let now = Instant::now();
+    let stopping = stop.load(Ordering::Relaxed);
     let end = match &*slot {
         // A source that missed `Running` may ask for as long as a copy would be held.
         Slot::Done(Ok(r)) => {
             let until = *linger_until.get_or_insert(now + cfg.hold_timeout);
-            r.source_saw_running || now >= until
+            r.source_saw_running || now >= until || stopping
         }
         Slot::Done(Err(_)) => true,
-        Slot::Held(_, until) => now >= *until,
+        // Stopped while holding: the copy is saved now rather than at the hold deadline.
+        Slot::Held(_, until) => now >= *until || stopping,
         Slot::Idle if stop.load(Ordering::Relaxed) => {
             *slot = Slot::Closed(None);
             return Some(Err(ServeError::Stopped));
@@ -398,6 +414,8 @@ fn outcome(
 struct ConnHost<'a, 'l> {
     shared: &'a Shared<'l>,
     claimed: AtomicBool,
+    /// This connection's socket, handed to the shared state if it claims the slot.
+    socket: Mutex<Option<std::net::TcpStream>>,
     id: u64,
     waiting: &'a Mutex<PreAuth>,
 }
@@ -425,6 +443,9 @@ impl Host for ConnHost<'_, '_> {
     fn claim(&self, session: &[u8; SESSION_ID_LEN]) -> bool {
         let ok = self.shared.claim(session);
         self.claimed.store(ok, Ordering::Relaxed);
+        if ok {
+            *lock(&self.shared.claimant) = lock(&self.socket).take();
+        }
         ok
     }
     fn resolve(&self, session: &[u8; SESSION_ID_LEN], decision: ResolveDecision) -> ResolveStatus {

@@ -132,28 +132,28 @@ fn idle() {
     check_workload("idle", InitialContent::Random, false);
 }
 
-/// An external cap (the RMS's, later) below the policy's slows the round down: the limiter
-/// cannot send 16 MiB at 32 MiB/s in less than about half a second, whatever the policy says.
+/// A grant (the RMS's, later) below the policy's cap slows the round down: the limiter cannot
+/// send 16 MiB at 32 MiB/s in less than about half a second, whatever the policy says.
 #[test]
-fn external_cap_limits_a_round() {
+fn a_granted_cap_limits_a_round() {
     let src = common::guest(16, "idle", InitialContent::Random);
-    let ext = livemig_engine::limiter::SharedCap::new();
-    ext.set(Some(32.0 * MIB));
+    let control = livemig_engine::Control::new();
+    control.grant(Some(32.0 * MIB));
     let cfg = livemig_policy::PolicyConfig {
         fixed_bandwidth: Some(1024.0 * MIB),
         max_bandwidth: 1024.0 * MIB,
         max_rounds: 1,
         ..policy_cfg(16)
     };
-    let (sent, got) = migrate_pair(
+    let (sent, got) = migrate_pair_with(
         &src,
         PolicyKind::Fixed,
         cfg,
         SenderConfig {
             sample_s: 0.0,
-            external_cap: ext,
             ..SenderConfig::default()
         },
+        &control,
     );
     let r = sent.expect("migration succeeds");
     got.expect("destination receives");

@@ -88,6 +88,7 @@ fn migrate_through_proxy(
         g,
         policy.as_mut(),
         &sender_cfg(),
+        &livemig_engine::Control::new(),
         &mut |_| {},
     )
     .map(|_| ());
@@ -214,6 +215,7 @@ fn wrong_key_is_refused_by_both_ends() {
         &g,
         policy.as_mut(),
         &sender_cfg(),
+        &livemig_engine::Control::new(),
         &mut |_| {},
     )
     .expect_err("refused");
@@ -399,6 +401,7 @@ fn a_garbage_speaking_destination_leaves_the_source_running() {
         &g,
         policy.as_mut(),
         &sender_cfg(),
+        &livemig_engine::Control::new(),
         &mut |_| {},
     )
     .expect_err("refused");
@@ -501,6 +504,7 @@ fn a_silent_peer_times_out() {
             max_pause: Duration::from_secs(1),
             ..sender_cfg()
         },
+        &livemig_engine::Control::new(),
         &mut |_| {},
     )
     .expect_err("times out");
@@ -554,6 +558,7 @@ fn a_destination_refusing_mid_round_is_reported_with_its_reason() {
         &g,
         policy.as_mut(),
         &sender_cfg(),
+        &livemig_engine::Control::new(),
         &mut |_| {},
     )
     .expect_err("refused");
@@ -570,5 +575,42 @@ fn a_destination_refusing_mid_round_is_reported_with_its_reason() {
         "{e}"
     );
     assert!(e.to_string().contains("ran out of disk"), "{e}");
+    assert_runs(&g);
+}
+
+#[test]
+fn a_cancelled_migration_leaves_the_guest_running_and_the_destination_empty() {
+    let g = busy_guest();
+    let control = livemig_engine::Control::new();
+    let later = control.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        later.cancel();
+    });
+    // 32 MiB at 8 MiB/s: round 1 alone takes about 4 s, so the cancel lands mid-round.
+    let cfg = livemig_policy::PolicyConfig {
+        fixed_bandwidth: Some(8.0 * MIB),
+        ..policy_cfg(32)
+    };
+    let t0 = std::time::Instant::now();
+    let (r, d) = migrate_pair_with(&g, PolicyKind::Fixed, cfg, sender_cfg(), &control);
+    t.join().expect("canceller");
+    let e = r.expect_err("cancelled");
+    assert!(matches!(e, SendError::Cancelled { .. }), "{e}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "stopped within a frame or so"
+    );
+    let d = d.err().expect("the destination keeps nothing");
+    assert!(
+        matches!(
+            d,
+            RecvError::Aborted {
+                code: wire::code::CANCELLED,
+                ..
+            }
+        ),
+        "{d}"
+    );
     assert_runs(&g);
 }

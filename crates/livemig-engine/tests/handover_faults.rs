@@ -233,6 +233,7 @@ fn run_case_with(rule: Option<Rule>, extra: Option<Inject>, partition: bool) -> 
         &src,
         policy.as_mut(),
         &send_cfg,
+        &livemig_engine::Control::new(),
         &mut |e| {
             if let livemig_engine::Event::Paused { .. } = e {
                 paused_at = Some(Instant::now());
@@ -506,6 +507,7 @@ fn a_rewritten_hello_is_refused_and_nothing_is_allocated() {
             max_pause: MAX_PAUSE,
             ..SenderConfig::default()
         },
+        &livemig_engine::Control::new(),
         &mut |_| {},
     )
     .expect_err("refused");

@@ -12,11 +12,13 @@
 //! - [`predictive`]: the method's structure with a fitted growth model and an exact planner.
 //! - [`PolicyKind`]: names and construction of every policy.
 //! - [`report`]: the one JSON result shape every executor produces.
+//! - [`control`]: [`Control`], the live handle on a running migration (granted cap, cancel).
 //!
 //! Pure code: no I/O and no clock. Time arrives as numbers in [`RoundStats`].
 
 pub mod baselines;
 pub mod config;
+pub mod control;
 pub mod decision;
 pub mod dirty_factor;
 pub mod kind;
@@ -28,6 +30,7 @@ pub mod threshold;
 pub use config::{
     ConfigError, PolicyConfig, MAX_DURATION_S, MAX_MEMORY_BYTES, MAX_RATE_BYTES_PER_S,
 };
+pub use control::Control;
 pub use decision::{Action, Audit, Branch, Decision, StopReason};
 pub use kind::{PolicyKind, UnknownPolicy};
 pub use stats::{DirtySample, RoundStats, StatsError};

@@ -10,12 +10,14 @@
 //! - [`table`]: human tables; [`plot`]: SVG/PNG plots; [`progress`]: live round progress.
 //! - [`out`]: fallible output; a closed pipe or a full disk is an error, never a panic.
 //! - [`outcome`]: where the guest is after a real migration, exit codes 0/1/2/3, JSON results.
+//! - [`signals`]: SIGINT and SIGTERM as a clean stop.
 
 mod cmd;
 mod out;
 mod outcome;
 mod plot;
 mod progress;
+mod signals;
 mod table;
 
 use clap::{Parser, Subcommand};

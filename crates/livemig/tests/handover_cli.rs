@@ -451,3 +451,85 @@ fn resolve_shows_resumes_discards_and_asks() {
         .code(2);
     assert!(file.exists());
 }
+
+fn sigterm(pid: u32) {
+    let st = Proc::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+}
+
+/// Starts a migration source and returns once it has connected (its handlers are installed
+/// by then), with its stderr lines collected as they come.
+fn source_connected(addr: &str, key: &Path) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut src = Proc::new(cargo_bin("livemig"))
+        .args(migrate_args(addr, key, "64MiB"))
+        .args(["--policy", "fixed", "--bandwidth", "8MiB/s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("source starts");
+    let err = src.stderr.take().expect("stderr");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&log);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            if l.contains("connected") {
+                let _ = tx.send(());
+            }
+            sink.lock().expect("log").push(l);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the source connects");
+    // Well into round 1 (64 MiB at 8 MiB/s takes 8 s).
+    std::thread::sleep(Duration::from_millis(500));
+    (src, log)
+}
+
+#[test]
+fn sigterm_mid_round_leaves_the_guest_on_the_source_and_nothing_on_the_destination() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = write_key(dir.path(), "k", 7);
+    // SIGTERM to the source: it cancels; the guest keeps running there (1); the destination
+    // keeps nothing (1).
+    let (mut rx, addr, log) = receiver(&key, &[], None);
+    let (mut src, src_log) = source_connected(&addr, &key);
+    sigterm(src.id());
+    let status = src.wait().expect("source exits");
+    std::thread::sleep(Duration::from_millis(100));
+    let err = src_log.lock().expect("log").join("\n");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("SIGTERM")
+            && err.contains("cancelled")
+            && err.contains("keeps running on the source"),
+        "{err}"
+    );
+    assert_eq!(rx.0.wait().expect("exits").code(), Some(1));
+    let log = log.lock().expect("log").join("\n");
+    assert!(log.contains("cancelled"), "{log}");
+
+    // SIGTERM to the destination mid-round: it stops and keeps nothing (1); the source fails
+    // and its guest keeps running (1).
+    let (mut rx, addr, _) = receiver(&key, &[], None);
+    let (mut src, src_log) = source_connected(&addr, &key);
+    sigterm(rx.0.id());
+    let status = rx.0.wait().expect("receiver exits");
+    assert_eq!(status.code(), Some(1), "nothing kept on the destination");
+    let st = src.wait().expect("source exits");
+    std::thread::sleep(Duration::from_millis(100));
+    let err = src_log.lock().expect("log").join("\n");
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("keeps running on the source"), "{err}");
+
+    // SIGTERM to a receiver nobody came to: it stops at once (1). Its "listening" line is
+    // printed after its handlers are installed.
+    let (mut rx, _addr, _) = receiver(&key, &[], None);
+    let t0 = std::time::Instant::now();
+    sigterm(rx.0.id());
+    assert_eq!(rx.0.wait().expect("exits").code(), Some(1));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+}

@@ -108,6 +108,7 @@ pub mod code {
     pub const RESOURCES: u16 = 4;
     pub const VERIFY: u16 = 5;
     pub const BUSY: u16 = 6;
+    pub const CANCELLED: u16 = 7;
 }
 
 fn arr<const N: usize>(b: &[u8], at: usize, msg: &'static str) -> Result<[u8; N], WireError> {

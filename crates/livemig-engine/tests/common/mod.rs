@@ -10,7 +10,7 @@ use livemig_engine::sender::{migrate, SendError, SenderConfig};
 use livemig_engine::wire::{
     self, Frame, Message, ResolveDecision, ResolveStatus, WireError, PAGE_SIZE, SESSION_ID_LEN,
 };
-use livemig_engine::Guest;
+use livemig_engine::{Control, Guest};
 use livemig_engine::{InitialContent, Key, SimGuest, SimGuestConfig};
 use livemig_policy::report::MigrationReport;
 use livemig_policy::{PolicyConfig, PolicyKind};
@@ -132,6 +132,20 @@ pub fn migrate_pair(
     Result<MigrationReport, SendError>,
     Result<Arrived, RecvError>,
 ) {
+    migrate_pair_with(g, kind, cfg, send_cfg, &Control::new())
+}
+
+/// [`migrate_pair`] steered by `control`.
+pub fn migrate_pair_with(
+    g: &SimGuest,
+    kind: PolicyKind,
+    cfg: PolicyConfig,
+    send_cfg: SenderConfig,
+    control: &Control,
+) -> (
+    Result<MigrationReport, SendError>,
+    Result<Arrived, RecvError>,
+) {
     let (mut a, mut b) = pair();
     let dest = std::thread::spawn(move || receive_snapshot(&mut b, &ReceiverConfig::default()));
     let mut policy = kind.build(cfg.clone()).expect("policy");
@@ -139,7 +153,15 @@ pub fn migrate_pair(
         stop_remaining: cfg.stop_remaining,
         ..send_cfg
     };
-    let r = migrate(&mut a, &key(1), g, policy.as_mut(), &send_cfg, &mut |_| {});
+    let r = migrate(
+        &mut a,
+        &key(1),
+        g,
+        policy.as_mut(),
+        &send_cfg,
+        control,
+        &mut |_| {},
+    );
     drop(a);
     (r, dest.join().expect("receiver thread"))
 }

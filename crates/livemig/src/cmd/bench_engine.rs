@@ -230,6 +230,7 @@ fn engine_once(memory: u64, cap: f64) -> Result<(MigrationReport, WireMeter)> {
         &guest,
         policy.as_mut(),
         &send_cfg,
+        &livemig_engine::Control::new(),
         &mut |_| {},
         None,
     );

@@ -1,12 +1,13 @@
 //! `livemig demo`: both ends on loopback with a generated key, live progress, the round table.
 
 use std::net::TcpListener;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use livemig_engine::serve::{ServeConfig, Served};
-use livemig_engine::{net, Key, ReceiverConfig};
+use livemig_engine::{net, Control, Key, ReceiverConfig};
 use livemig_policy::PolicyKind;
 
 use crate::cmd::migrate::GuestArgs;
@@ -58,14 +59,17 @@ pub fn run(args: Args) -> Result<()> {
         hold_timeout: send_cfg.resolve_timeout * 2,
         ..ServeConfig::default()
     };
+    // Ctrl-C or SIGTERM stops both ends cleanly: the source cancels (the guest keeps running
+    // there unless the hand-over was already committed) and the destination stops serving.
+    let control = Control::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (on_cancel, on_stop) = (control.clone(), Arc::clone(&stop));
+    crate::signals::on_interrupt(move || {
+        on_cancel.cancel();
+        on_stop.store(true, Ordering::Relaxed);
+    })?;
     let dest = std::thread::spawn(move || {
-        livemig_engine::serve(
-            &listener,
-            &dest_key,
-            &serve_cfg,
-            &AtomicBool::new(false),
-            &|_| {},
-        )
+        livemig_engine::serve(&listener, &dest_key, &serve_cfg, &stop, &|_| {})
     });
     let guest = args.guest.start(&scenario)?;
     if !args.json {
@@ -93,6 +97,7 @@ pub fn run(args: Args) -> Result<()> {
         &guest,
         policy.as_mut(),
         &send_cfg,
+        &control,
         &mut |e| progress.observe(e),
         Some(&mut redial),
     );

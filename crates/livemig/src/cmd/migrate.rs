@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use livemig_engine::{Key, SenderConfig, SimGuest, SimGuestConfig};
+use livemig_engine::{Control, Key, SenderConfig, SimGuest, SimGuestConfig};
 use livemig_policy::PolicyKind;
 use livemig_sim::Scenario;
 
@@ -135,6 +135,11 @@ pub fn run(args: Args) -> Result<()> {
         .next()
         .with_context(|| format!("{} resolves to no address", args.to))?;
     let mut policy = args.policy.build(scenario.cfg.clone())?;
+    // Ctrl-C or SIGTERM cancels the migration: before its commit point the guest keeps
+    // running here (exit 1); after it, the hand-over completes.
+    let control = Control::new();
+    let on_signal = control.clone();
+    crate::signals::on_interrupt(move || on_signal.cancel())?;
     let guest = args.guest.start(&scenario)?;
     let failed = |e: anyhow::Error, guest: &SimGuest| {
         let (n, _) = guest.self_check();
@@ -162,6 +167,7 @@ pub fn run(args: Args) -> Result<()> {
         &guest,
         policy.as_mut(),
         &send_cfg,
+        &control,
         &mut |e| progress.observe(e),
         Some(&mut redial),
     );

@@ -143,16 +143,24 @@ pub fn run(args: Args) -> Result<()> {
         hold_timeout,
         ..ServeConfig::default()
     };
+    // Ctrl-C or SIGTERM stops the receiver cleanly: before a migration, or during one before
+    // the copy is verified, nothing is kept (exit 1); a verified copy awaiting its source's
+    // word is saved to a hold file at once (exit 3); a guest already running here stays (0).
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let on_stop = std::sync::Arc::clone(&stop);
+    crate::signals::on_interrupt(move || {
+        on_stop.store(true, std::sync::atomic::Ordering::Relaxed)
+    })?;
     let listener = TcpListener::bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     outcome::say(&format!("listening on {}", listener.local_addr()?));
-    let stop = AtomicBool::new(false);
-    let served = livemig_engine::serve(&listener, &key, &cfg, &stop, &log_event).map_err(|e| {
-        outcome::ended(
-            Outcome::FailedSourceRunning,
-            format!("{:#}", anyhow::Error::new(e)),
-        )
-    })?;
+    let served =
+        livemig_engine::serve(&listener, &key, &cfg, stop.as_ref(), &log_event).map_err(|e| {
+            outcome::ended(
+                Outcome::FailedSourceRunning,
+                format!("{:#}", anyhow::Error::new(e)),
+            )
+        })?;
     match served {
         Served::Migrated(received) => {
             // The guest runs here now. Nothing may fail or panic any more (a closed stdout
