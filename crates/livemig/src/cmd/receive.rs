@@ -263,9 +263,16 @@ fn log_event(e: &ServeEvent<'_>) {
             } else {
                 String::new()
             };
+            // The error and its causes on one line.
+            let mut why = error.to_string();
+            let mut cause = std::error::Error::source(*error);
+            while let Some(c) = cause {
+                why.push_str(": ");
+                why.push_str(&c.to_string());
+                cause = c.source();
+            }
             outcome::note(&format!(
-                "refused {peer}: {:#}{more}; still waiting for a source",
-                anyhow::anyhow!("{error}")
+                "refused {peer}: {why}{more}; still waiting for a source"
             ));
         }
         ServeEvent::TooMany { peer } => {
