@@ -518,3 +518,27 @@ fn bench_engine_checks_every_flag_before_any_work() {
         assert!(!err.contains("run 1"), "{extra:?}: work started: {err}");
     }
 }
+
+#[test]
+fn demo_help_names_one_default_per_flag() {
+    let out = assert_cmd::Command::cargo_bin("livemig")
+        .expect("binary")
+        .args(["demo", "--help"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let help = String::from_utf8_lossy(&out);
+    for (flag, want) in [
+        ("--stop-remaining", "[default: 8MiB]"),
+        ("--min-bandwidth", "[default: 400Mbit/s]"),
+    ] {
+        let at = help.find(&format!("{flag} <")).expect("the flag is listed");
+        let text = &help[at..];
+        let end = text[2..].find("\n      --").map_or(text.len(), |e| e + 2);
+        let entry = &text[..end];
+        assert_eq!(entry.matches("[default:").count(), 1, "{entry}");
+        assert!(entry.contains(want), "{entry}");
+    }
+}

@@ -20,8 +20,11 @@ use crate::table;
 /// `livemig demo` flags (defaults finish in seconds on a small machine).
 #[derive(Debug, clap::Args)]
 #[command(
-    mut_arg("min_bandwidth", |a| a.default_value("400Mbit/s")),
-    mut_arg("stop_remaining", |a| a.default_value("8MiB"))
+    // The shared flags name their defaults in their help; the demo's own defaults replace both.
+    mut_arg("min_bandwidth", |a| a.default_value("400Mbit/s").help("B_min.")),
+    mut_arg("stop_remaining", |a| a
+        .default_value("8MiB")
+        .help("Stop level h: pre-copy ends when at most this much remains dirty."))
 )]
 pub struct Args {
     #[command(flatten)]
