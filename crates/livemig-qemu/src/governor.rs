@@ -4,11 +4,20 @@
 //! Pre-copy runs with a tiny `downtime-limit` so that QEMU never switches over by itself
 //! while the guest still dirties memory; when the policy chooses stop-and-copy the limit is
 //! raised and QEMU completes at once. `docs/qemu.md` maps each quantity to QEMU's counters.
+//!
+//! A [`Steering`] handle (`livemig_policy::Control`) steers a running migration: a granted cap
+//! bounds every cap set in QEMU (a lowered grant is applied within one poll), and a
+//! cancellation before the switch-over is forced cancels the migration, the source VM
+//! running. The source's own settings are saved before anything changes and put back on every
+//! exit, success included.
 
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use livemig_policy::report::{ReportBuilder, StopCopy};
 use livemig_policy::stats::FactorTracker;
+/// The live handle on a migration: the granted cap and cancellation.
+pub use livemig_policy::Control as Steering;
 use livemig_policy::{Action, Audit, Branch, Decision, Policy, RoundStats, StatsError, StopReason};
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedSender;
@@ -17,6 +26,7 @@ use tokio::time::Instant;
 use crate::dirty::{self, DirtyError};
 use crate::qmp::{Event, QmpClient, QmpError};
 pub use crate::result::{PassRecord, Progress, QemuExtras, QemuReport};
+use crate::saved::{SavedSettings, StateFileError};
 use crate::types::{MigrationInfo, MigrationParameters, MigrationStatus, StatusInfo};
 
 /// `downtime-limit` during pre-copy (ms): QEMU's switch-over test `remaining < bandwidth x
@@ -29,12 +39,15 @@ pub const STOP_DOWNTIME_MS: u64 = 60_000;
 pub const PEAK_WINDOW_S: f64 = 0.095;
 /// How many times QEMU is asked again for total-time and downtime after `completed`.
 const TIMES_RETRIES: usize = 40;
-/// Whole budget of the best-effort cleanup after a failure (`migrate_cancel`, then the
-/// source's saved parameters), however QEMU behaves.
+/// Longest wait for each command of the restore at the end (`migrate_cancel`, the source's
+/// saved capabilities and parameters), however QEMU behaves.
 pub const CLEANUP_WAIT: Duration = Duration::from_secs(3);
 /// How long a pass handler waits for a queued `MIGRATION_PASS` that `query-migrate` already
 /// counts but whose event has not been read yet.
 const QUEUED_PASS_WAIT: Duration = Duration::from_millis(500);
+/// How long the governor waits for QEMU to report a cancelled migration as ended after
+/// `migrate_cancel` (QEMU 7.2 takes well under a second).
+pub const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
 /// Who runs the migration.
 #[derive(Debug)]
@@ -69,6 +82,9 @@ pub struct GovernorConfig {
     pub sample: Option<Duration>,
     /// How long to wait for the destination to run after completion.
     pub dest_wait: Duration,
+    /// Where to save the source's own settings before changing them (removed once they are
+    /// put back); `None` keeps them in memory only.
+    pub state_file: Option<PathBuf>,
 }
 
 impl GovernorConfig {
@@ -85,6 +101,7 @@ impl GovernorConfig {
             deadline: Duration::from_secs(600),
             sample: Some(Duration::from_secs(1)),
             dest_wait: Duration::from_secs(15),
+            state_file: None,
         }
     }
 }
@@ -117,6 +134,13 @@ pub enum GovernorError {
     },
     #[error("the migration did not finish within {0:?}; it was cancelled")]
     Deadline(Duration),
+    #[error("the migration was cancelled before the switch-over; the source VM is {}", match .source_running { Some(true) => "still running", Some(false) => "NOT running", None => "in an unknown state (query-status failed)" })]
+    Cancelled {
+        /// `None` when the source did not answer `query-status`.
+        source_running: Option<bool>,
+    },
+    #[error("cannot save the source's settings before changing them; nothing was changed")]
+    StateFile(#[source] StateFileError),
 }
 
 fn wall_now() -> f64 {
@@ -138,6 +162,7 @@ struct RoundStart {
 pub struct Governor {
     cfg: GovernorConfig,
     progress: Option<UnboundedSender<Progress>>,
+    steering: Steering,
 }
 
 /// The mutable state of one governed migration.
@@ -146,11 +171,14 @@ struct Run {
     control: Control,
     builder: ReportBuilder,
     extras: QemuExtras,
-    original: MigrationParameters,
     /// Wall time `migrate` was issued.
     t0: f64,
-    /// The cap of the running round.
+    /// The cap in force in QEMU: the steering's effective cap of `wish`.
     cap: f64,
+    /// The cap the policy asked for last (QEMU's own for `qemu-native`).
+    wish: f64,
+    /// When `migrate_cancel` was sent after a cancellation.
+    cancelled_at: Option<Instant>,
     round_start: Option<RoundStart>,
     rounds: u32,
     /// The latest QEMU pass accounted for.
@@ -172,7 +200,16 @@ impl Governor {
         Governor {
             cfg,
             progress: None,
+            steering: Steering::new(),
         }
+    }
+
+    /// Steers the migration with `steering` (a clone of the caller's handle): its granted cap
+    /// bounds every cap set in QEMU, and cancelling it before the switch-over is forced stops
+    /// the migration with the source VM running.
+    pub fn with_steering(mut self, steering: Steering) -> Governor {
+        self.steering = steering;
+        self
     }
 
     /// Sends live [`Progress`] to `tx`.
@@ -187,70 +224,23 @@ impl Governor {
         }
     }
 
-    /// Migrates: checks both sides, samples the dirty rate, starts the migration and governs it
-    /// pass by pass until QEMU reports completion; then checks the destination runs.
+    /// Migrates: checks both sides, saves the source's settings (and the state file), samples
+    /// the dirty rate, starts the migration and governs it pass by pass until QEMU reports
+    /// completion; then checks the destination runs. On every exit once the settings were
+    /// saved (success, failure, cancellation) they are put back, and the state file is removed
+    /// when that worked.
     pub async fn run(
         &self,
         src: &mut QmpClient,
         mut dest: Option<&mut QmpClient>,
         control: Control,
     ) -> Result<QemuReport, GovernorError> {
-        let mut run = self.prepare(src, dest.as_deref_mut(), control).await?;
-        let final_info = match self.watch(src, &mut run).await {
-            Ok(info) => info,
-            Err(e) => {
-                cleanup(src, &run.original, true).await;
-                return Err(e);
-            }
-        };
-        if final_info.status != MigrationStatus::Completed {
-            cleanup(src, &run.original, false).await;
-            let running = source_running(src).await;
-            return Err(GovernorError::Failed {
-                status: final_info.status,
-                desc: final_info
-                    .error_desc
-                    .unwrap_or_else(|| "QEMU gave no reason".into()),
-                source_running: running,
-            });
-        }
-        let final_info = match final_times(src, final_info).await {
-            Ok(info) => info,
-            Err(e) => {
-                cleanup(src, &run.original, false).await;
-                return Err(e);
-            }
-        };
-        self.emit(Progress::Completed);
-        let original = run.original.clone();
-        let mut report = run.finish(&final_info);
-        if let Some(d) = dest {
-            match wait_running(d, self.cfg.dest_wait).await {
-                Ok(r) => report.qemu.destination_running = Some(r),
-                Err(e) => {
-                    cleanup(src, &original, false).await;
-                    return Err(e);
-                }
-            }
-        }
-        Ok(report)
-    }
-
-    /// Checks both sides, enables events, samples the dirty rate, sets the first cap and
-    /// issues `migrate`.
-    async fn prepare(
-        &self,
-        src: &mut QmpClient,
-        dest: Option<&mut QmpClient>,
-        mut control: Control,
-    ) -> Result<Run, GovernorError> {
-        let cfg = &self.cfg;
         let s = GovernorError::Source;
         let info: MigrationInfo = src.execute_as("query-migrate", None).await.map_err(s)?;
         if info.status.is_running() {
             return Err(GovernorError::Busy(info.status));
         }
-        if let Some(d) = dest {
+        if let Some(d) = dest.as_deref_mut() {
             let st: StatusInfo = d
                 .execute_as("query-status", None)
                 .await
@@ -259,6 +249,95 @@ impl Governor {
                 return Err(GovernorError::NotIncoming(st.status));
             }
         }
+        if self.steering.is_cancelled() {
+            return Err(GovernorError::Cancelled {
+                source_running: source_running(src).await,
+            });
+        }
+        let saved = SavedSettings::read(src).await.map_err(s)?;
+        if let Some(path) = &self.cfg.state_file {
+            saved
+                .write(path, src.path())
+                .map_err(GovernorError::StateFile)?;
+        }
+        let mut under_way = false;
+        let result = self.govern(src, dest, control, &mut under_way).await;
+        let restored = restore(src, &saved, under_way).await;
+        if restored {
+            if let Some(path) = &self.cfg.state_file {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        match result {
+            Ok(mut report) => {
+                report.qemu.settings_restored = Some(restored);
+                Ok(report)
+            }
+            // Where the source VM is, asked once the settings are back.
+            Err(GovernorError::Failed {
+                status,
+                desc,
+                source_running: None,
+            }) => Err(GovernorError::Failed {
+                status,
+                desc,
+                source_running: source_running(src).await,
+            }),
+            Err(GovernorError::Cancelled {
+                source_running: None,
+            }) => Err(GovernorError::Cancelled {
+                source_running: source_running(src).await,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Everything after the settings were saved. `under_way` says whether a migration may be
+    /// running in QEMU when this returns (then the caller cancels it before restoring).
+    async fn govern(
+        &self,
+        src: &mut QmpClient,
+        dest: Option<&mut QmpClient>,
+        control: Control,
+        under_way: &mut bool,
+    ) -> Result<QemuReport, GovernorError> {
+        let mut run = self.prepare(src, control, under_way).await?;
+        let final_info = self.watch(src, &mut run).await?;
+        *under_way = false;
+        if final_info.status != MigrationStatus::Completed {
+            // `source_running` is asked by `run` once the settings are back.
+            if final_info.status == MigrationStatus::Cancelled && run.cancelled_at.is_some() {
+                return Err(GovernorError::Cancelled {
+                    source_running: None,
+                });
+            }
+            return Err(GovernorError::Failed {
+                status: final_info.status,
+                desc: final_info
+                    .error_desc
+                    .unwrap_or_else(|| "QEMU gave no reason".into()),
+                source_running: None,
+            });
+        }
+        let final_info = final_times(src, final_info).await?;
+        self.emit(Progress::Completed);
+        let mut report = run.finish(&final_info);
+        if let Some(d) = dest {
+            report.qemu.destination_running = Some(wait_running(d, self.cfg.dest_wait).await?);
+        }
+        Ok(report)
+    }
+
+    /// Enables events, samples the dirty rate, sets the first cap and issues `migrate`
+    /// (unless the steering was cancelled meanwhile).
+    async fn prepare(
+        &self,
+        src: &mut QmpClient,
+        mut control: Control,
+        under_way: &mut bool,
+    ) -> Result<Run, GovernorError> {
+        let cfg = &self.cfg;
+        let s = GovernorError::Source;
         let original: MigrationParameters = src
             .execute_as("query-migrate-parameters", None)
             .await
@@ -278,22 +357,29 @@ impl Governor {
             p.observe_sample(&sample);
             extras.sample = Some(sample);
         }
-        let (name, threshold, cap) = match &control {
-            Control::Policy(p) => {
-                let first = p.first_cap();
-                if let Err(e) = set_params(src, Some(first), Some(cfg.precopy_downtime_ms)).await {
-                    cleanup(src, &original, false).await;
-                    return Err(s(e));
-                }
-                extras.precopy_downtime_limit_ms = Some(cfg.precopy_downtime_ms);
-                (p.name(), p.threshold(), first)
-            }
+        let (name, threshold, wish) = match &control {
+            Control::Policy(p) => (p.name(), p.threshold(), p.first_cap()),
             Control::Native => (
                 "qemu-native",
                 None,
                 original.max_bandwidth.map_or(0.0, |b| b as f64),
             ),
         };
+        let mut cap = wish;
+        match &control {
+            Control::Policy(_) => {
+                cap = self.steering.effective(wish);
+                set_params(src, Some(cap), Some(cfg.precopy_downtime_ms))
+                    .await
+                    .map_err(s)?;
+                extras.precopy_downtime_limit_ms = Some(cfg.precopy_downtime_ms);
+            }
+            Control::Native if wish > 0.0 && self.steering.effective(wish) < wish => {
+                cap = self.steering.effective(wish);
+                set_params(src, Some(cap), None).await.map_err(s)?;
+            }
+            Control::Native => {}
+        }
         let mut builder = ReportBuilder::new(
             name,
             "qemu",
@@ -304,24 +390,30 @@ impl Governor {
         if let Some(w) = &cfg.workload {
             builder = builder.workload(w);
         }
+        if self.steering.is_cancelled() {
+            return Err(GovernorError::Cancelled {
+                source_running: None,
+            });
+        }
         src.drain_events();
         if let Err(e) = src
             .execute("migrate", Some(json!({ "uri": cfg.uri })))
             .await
         {
             // A `migrate` that timed out may have started: cancel it too.
-            let sent = !matches!(e, QmpError::Command { .. });
-            cleanup(src, &original, sent).await;
+            *under_way = !matches!(e, QmpError::Command { .. });
             return Err(s(e));
         }
+        *under_way = true;
         self.emit(Progress::Started { first_cap: cap });
         Ok(Run {
             control,
             builder,
             extras,
-            original,
             t0: wall_now(),
             cap,
+            wish,
+            cancelled_at: None,
             round_start: None,
             rounds: 0,
             last_pass: 0,
@@ -333,6 +425,29 @@ impl Governor {
             window: None,
             peak: 0.0,
         })
+    }
+
+    /// Before the switch-over is forced: a cancelled steering sends `migrate_cancel` (once),
+    /// and a grant below the cap in force lowers QEMU's `max-bandwidth` at once.
+    async fn steer(&self, src: &mut QmpClient, run: &mut Run) -> Result<(), GovernorError> {
+        if run.stopping || run.cancelled_at.is_some() {
+            return Ok(());
+        }
+        if self.steering.is_cancelled() {
+            run.cancelled_at = Some(Instant::now());
+            src.execute("migrate_cancel", None)
+                .await
+                .map_err(GovernorError::Source)?;
+            return Ok(());
+        }
+        let eff = self.steering.effective(run.wish);
+        if run.wish > 0.0 && eff < run.cap {
+            set_params(src, Some(eff), None)
+                .await
+                .map_err(GovernorError::Source)?;
+            run.cap = eff;
+        }
+        Ok(())
     }
 
     /// Handles events and polls until QEMU reports a final status; returns that answer.
@@ -347,6 +462,13 @@ impl Governor {
         loop {
             if started.elapsed() > cfg.deadline {
                 return Err(GovernorError::Deadline(cfg.deadline));
+            }
+            self.steer(src, run).await?;
+            if run.cancelled_at.is_some_and(|t| t.elapsed() > CANCEL_WAIT) {
+                // QEMU did not end the migration in time; the caller cancels once more.
+                return Err(GovernorError::Cancelled {
+                    source_running: None,
+                });
             }
             let wait = cfg.poll.saturating_sub(last_poll.elapsed());
             let event = src.next_event(wait).await.map_err(GovernorError::Source)?;
@@ -395,8 +517,9 @@ impl Governor {
         run: &mut Run,
         e: &Event,
     ) -> Result<(), GovernorError> {
-        if run.stopping {
-            // The sync QEMU makes right before the pause; pre-copy is over.
+        if run.stopping || run.cancelled_at.is_some() {
+            // The sync QEMU makes right before the pause (pre-copy is over), or one made
+            // while the migration is being cancelled.
             return Ok(());
         }
         let s = GovernorError::Source;
@@ -519,7 +642,7 @@ impl Governor {
                     }
                 };
                 run.builder.round(&stats, &decision);
-                let (bw, limit) = match decision.action {
+                let (wish, limit) = match decision.action {
                     Action::Continue {
                         next_cap_bytes_per_s,
                     } => (next_cap_bytes_per_s, None),
@@ -530,9 +653,12 @@ impl Governor {
                         (p.stop_copy_cap(), Some(self.cfg.stop_downtime_ms))
                     }
                 };
+                // The granted cap bounds every cap, the stop-and-copy's included.
+                let bw = self.steering.effective(wish);
                 set_params(src, Some(bw), limit).await.map_err(s)?;
                 let reaction = wall_now() - at;
                 run.reactions.push(reaction);
+                run.wish = wish;
                 run.cap = bw;
                 let back: MigrationParameters = src
                     .execute_as("query-migrate-parameters", None)
@@ -550,6 +676,12 @@ impl Governor {
                 }
             }
             Control::Native => {
+                // A grant lifted or raised since the last pass: back up to QEMU's own cap.
+                let eff = self.steering.effective(run.wish);
+                if run.wish > 0.0 && eff > run.cap {
+                    set_params(src, Some(eff), None).await.map_err(s)?;
+                    run.cap = eff;
+                }
                 // The previous observed round went on: QEMU synced again instead of stopping.
                 if let Some((st, audit)) = run.native_pending.take() {
                     let d = Decision::next(st.cap_bytes_per_s, Branch::Constant, audit);
@@ -655,33 +787,31 @@ pub async fn set_params(
     .map(|_| ())
 }
 
-/// What is left of `until`, zero once it passed.
-fn left(until: Instant) -> Duration {
-    until.saturating_duration_since(Instant::now())
-}
-
-/// Best effort after a failure: `migrate_cancel` when a migration may be under way, then the
-/// source's saved `max-bandwidth` and `downtime-limit`. The whole takes at most
-/// [`CLEANUP_WAIT`] whatever QEMU does (silent, closed, garbage); errors are dropped because
-/// the caller returns the failure that led here.
-async fn cleanup(qmp: &mut QmpClient, original: &MigrationParameters, cancel: bool) {
-    let saved = qmp.timeout();
-    let until = Instant::now() + CLEANUP_WAIT.min(saved);
-    if cancel {
-        qmp.set_timeout(left(until));
-        let _ = qmp.execute("migrate_cancel", None).await;
+/// Puts the source's saved settings back, on every exit once they were saved. When a
+/// migration may still be under way (`cancel`) it is cancelled first and QEMU is given
+/// [`CANCEL_WAIT`] to end it (QEMU refuses capabilities while a migration runs). Bounded
+/// whatever QEMU does (silent, closed, garbage); errors are dropped because the caller
+/// returns the outcome that led here. Returns whether everything was put back.
+async fn restore(qmp: &mut QmpClient, saved: &SavedSettings, cancel: bool) -> bool {
+    let saved_timeout = qmp.timeout();
+    let each = CLEANUP_WAIT.min(saved_timeout);
+    qmp.set_timeout(each);
+    if cancel && qmp.execute("migrate_cancel", None).await.is_ok() {
+        let until = Instant::now() + CANCEL_WAIT;
+        loop {
+            match qmp.execute_as::<MigrationInfo>("query-migrate", None).await {
+                Ok(q) if q.status.is_running() && Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ => break,
+            }
+        }
     }
-    let wait = left(until);
-    if !wait.is_zero() {
-        qmp.set_timeout(wait);
-        let _ = set_params(
-            qmp,
-            original.max_bandwidth.map(|b| b as f64),
-            original.downtime_limit,
-        )
-        .await;
-    }
-    qmp.set_timeout(saved);
+    let done = tokio::time::timeout(CLEANUP_WAIT, saved.apply(qmp))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    qmp.set_timeout(saved_timeout);
+    done
 }
 
 /// Whether the source VM runs, asked within [`CLEANUP_WAIT`]; `None` when it did not answer.
@@ -739,9 +869,10 @@ mod tests {
             control: Control::Native,
             builder: ReportBuilder::new("x", "qemu", 1.0, 0.0, None),
             extras: QemuExtras::default(),
-            original: MigrationParameters::default(),
             t0: 0.0,
             cap: 0.0,
+            wish: 0.0,
+            cancelled_at: None,
             round_start: None,
             rounds: 0,
             last_pass: 0,

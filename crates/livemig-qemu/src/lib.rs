@@ -11,6 +11,8 @@
 //!   `MIGRATION_PASS`, measures the round, asks the policy and applies its decision.
 //! - [`result`]: [`QemuReport`], the shared report plus QEMU's figures and per-pass records,
 //!   and the live [`governor::Progress`].
+//! - [`saved`]: the source's own settings that the governor changes, saved before (also to
+//!   a state file) and put back after every migration.
 //! - [`vm`]: starting QEMU processes of the test guest (source and `-incoming` destination),
 //!   reading their serial consoles.
 //! - [`heartbeat`]: the guest's `livemig-hb N` lines and the continuity check across a
@@ -23,6 +25,7 @@ pub mod governor;
 pub mod heartbeat;
 pub mod qmp;
 pub mod result;
+pub mod saved;
 pub mod types;
 pub mod vm;
 

@@ -53,6 +53,9 @@ pub struct QemuExtras {
     pub destination_running: Option<bool>,
     pub precopy_downtime_limit_ms: Option<u64>,
     pub stop_downtime_limit_ms: Option<u64>,
+    /// Whether the source's own `max-bandwidth`, `downtime-limit` and capabilities were put
+    /// back after the migration (None: not attempted yet).
+    pub settings_restored: Option<bool>,
 }
 
 /// The shared report plus the QEMU extras; serialises as the report's fields and `qemu`.

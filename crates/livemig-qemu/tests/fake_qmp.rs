@@ -1,12 +1,15 @@
 //! The QMP client and the governor against a scripted fake QEMU on a unix socket: exact
 //! round arithmetic from QEMU's counters, caps applied per decision, and every fault (garbage,
-//! closed socket, silence) ending in a clear error instead of a hang.
+//! closed socket, silence) ending in a clear error instead of a hang; cancellation, a granted
+//! cap and the source's settings put back on every exit.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use livemig_policy::{Action, PolicyConfig, PolicyKind, StopReason};
-use livemig_qemu::governor::{Control, Governor, GovernorConfig, GovernorError, QemuReport};
+use livemig_qemu::governor::{
+    Control, Governor, GovernorConfig, GovernorError, QemuReport, Steering,
+};
 use livemig_qemu::{QmpClient, QmpError};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -188,6 +191,10 @@ enum Fault {
     SelfSwitch,
     /// That `query-migrate` says `failed`, and the socket closes at `query-status`.
     FailedThenClosed,
+    /// The steering is cancelled at that `query-migrate`.
+    Cancel,
+    /// A cap of 2 MB/s is granted right after round 1's decision was set.
+    Grant,
 }
 
 /// (event time, ram.transferred, ram.remaining) at each pass; pass 1 starts round 1.
@@ -203,6 +210,12 @@ const PASSES: [(f64, f64, f64); 5] = [
 type Log = std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>;
 
 fn fake_source(dir: &Path, fault: Fault) -> (PathBuf, Log) {
+    fake_source_steered(dir, fault, Steering::new())
+}
+
+/// [`fake_source`] that cancels or grants through `steering` for [`Fault::Cancel`] and
+/// [`Fault::Grant`].
+fn fake_source_steered(dir: &Path, fault: Fault, steering: Steering) -> (PathBuf, Log) {
     let log: Log = Default::default();
     let seen = log.clone();
     let mut params = json!({"max-bandwidth": 134217728, "downtime-limit": 300});
@@ -210,6 +223,8 @@ fn fake_source(dir: &Path, fault: Fault) -> (PathBuf, Log) {
     let mut pass = 0usize;
     let mut done = false;
     let mut switched = false;
+    let mut cancelled = false;
+    let mut events_on = false;
     let mut sets = 0;
     // Like QEMU, the first `completed` answer comes before total-time and downtime are set.
     let mut completed_answers = 0;
@@ -219,11 +234,38 @@ fn fake_source(dir: &Path, fault: Fault) -> (PathBuf, Log) {
         }
         let mut out = Vec::new();
         match cmd {
+            "query-migrate" if cancelled => {
+                out.push(ok(id, json!({"status": "cancelled"})));
+            }
+            "query-status" if fault != Fault::FailedThenClosed => out.push(ok(
+                id,
+                json!({"running": !done || cancelled, "status": if done && !cancelled { "postmigrate" } else { "running" }}),
+            )),
+            "migrate_cancel" => {
+                cancelled = started && !done;
+                out.push(ok(id, json!({})));
+            }
+            "query-migrate-capabilities" => out.push(ok(
+                id,
+                json!([{"capability": "xbzrle", "state": false},
+                       {"capability": "events", "state": events_on}]),
+            )),
+            "migrate-set-capabilities" => {
+                if let Some(caps) = args["capabilities"].as_array() {
+                    for c in caps {
+                        if c["capability"] == "events" {
+                            events_on = c["state"].as_bool().unwrap_or(false);
+                        }
+                    }
+                }
+                out.push(ok(id, json!({})));
+            }
             "query-migrate" => {
                 let at_fault = started && !done && !switched && pass == 1;
                 match fault {
                     Fault::Close if at_fault => return None,
                     Fault::Silent if at_fault => return Some(out),
+                    Fault::Cancel if at_fault => steering.cancel(),
                     Fault::FailedThenClosed if at_fault => {
                         out.push(ok(
                             id,
@@ -297,6 +339,9 @@ fn fake_source(dir: &Path, fault: Fault) -> (PathBuf, Log) {
             "query-status" if fault == Fault::FailedThenClosed => return None,
             "migrate-set-parameters" => {
                 sets += 1;
+                if fault == Fault::Grant && sets == 2 {
+                    steering.grant(Some(2e6));
+                }
                 if fault == Fault::RefuseSet && sets == 2 {
                     out.push(
                         json!({"error": {"class": "GenericError", "desc": "no"}, "id": id})
@@ -349,19 +394,34 @@ fn original() -> Value {
     json!({"max-bandwidth": 134217728u64, "downtime-limit": 300})
 }
 
-/// Asserts the governor cleaned up: `migrate_cancel` (when `cancel`), then the saved
-/// parameters, as the last commands it sent.
+/// Asserts the governor cleaned up: `migrate_cancel` (when `cancel`) and `query-migrate`
+/// until it ended, then the saved capability and parameters, as the last commands it sent.
 fn assert_cleaned_up(log: &Log, cancel: bool) {
-    let log = log.lock().expect("log").clone();
+    let mut log = log.lock().expect("log").clone();
+    // Where the source VM runs is asked after the restore.
+    while log.last().is_some_and(|(c, _)| c == "query-status") {
+        log.pop();
+    }
     let cmds: Vec<&str> = log.iter().map(|(c, _)| c.as_str()).collect();
     let last = log.last().expect("commands");
     assert_eq!(last.0, "migrate-set-parameters", "{cmds:?}");
     assert_eq!(last.1, original(), "the saved parameters are restored");
+    let caps = &log[log.len() - 2];
+    assert_eq!(caps.0, "migrate-set-capabilities", "{cmds:?}");
+    assert_eq!(
+        caps.1,
+        json!({"capabilities": [{"capability": "events", "state": false}]}),
+        "the saved capability is restored"
+    );
+    let before = &cmds[..cmds.len() - 2];
     if cancel {
-        assert_eq!(
-            cmds.get(cmds.len().wrapping_sub(2)),
-            Some(&"migrate_cancel"),
-            "{cmds:?}"
+        let at = before
+            .iter()
+            .rposition(|c| *c == "migrate_cancel")
+            .unwrap_or_else(|| panic!("no migrate_cancel: {cmds:?}"));
+        assert!(
+            before[at + 1..].iter().all(|c| *c == "query-migrate") && at + 1 < before.len(),
+            "restored only once QEMU said the migration ended: {cmds:?}"
         );
     } else {
         assert!(!cmds.contains(&"migrate_cancel"), "{cmds:?}");
@@ -448,7 +508,13 @@ async fn governor_turns_passes_into_rounds_and_applies_every_decision() {
             }
         }
     }
-    assert_eq!(sets.len(), 5);
+    assert_eq!(sets.len(), 6);
+    assert_eq!(
+        sets[5],
+        original(),
+        "the source's settings are back after success"
+    );
+    assert_eq!(run.qemu.settings_restored, Some(true));
     // QEMU's own times, and the bytes after the last pass as stop-and-copy.
     assert_eq!(r.summary.downtime_s, 0.03);
     assert_eq!(r.summary.total_time_s, 4.2);
@@ -467,7 +533,18 @@ async fn governor_turns_passes_into_rounds_and_applies_every_decision() {
 /// Runs the dirty-factor governor against `fake_source(fault)` with a short QMP timeout.
 async fn governed(fault: Fault, max_rounds: u32) -> (Result<QemuReport, GovernorError>, Log) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (path, log) = fake_source(dir.path(), fault);
+    governed_with(fault, max_rounds, Steering::new(), gcfg(), dir.path()).await
+}
+
+/// [`governed`] with a steering handle and settings of the caller's, in `dir`.
+async fn governed_with(
+    fault: Fault,
+    max_rounds: u32,
+    steering: Steering,
+    g: GovernorConfig,
+    dir: &Path,
+) -> (Result<QemuReport, GovernorError>, Log) {
+    let (path, log) = fake_source_steered(dir, fault, steering.clone());
     let mut src = QmpClient::connect(&path, NO_HANG).await.expect("connects");
     src.set_timeout(Duration::from_millis(500));
     let cfg = PolicyConfig {
@@ -478,7 +555,9 @@ async fn governed(fault: Fault, max_rounds: u32) -> (Result<QemuReport, Governor
     let started = Instant::now();
     let out = tokio::time::timeout(
         NO_HANG,
-        Governor::new(gcfg()).run(&mut src, None, Control::Policy(policy)),
+        Governor::new(g)
+            .with_steering(steering)
+            .run(&mut src, None, Control::Policy(policy)),
     )
     .await
     .expect("no hang");
@@ -608,8 +687,9 @@ async fn queued_passes_are_merged_into_the_round_their_counters_belong_to() {
     assert_eq!(acting, vec![2, 4, 5]);
     // One cap per decision, each applied once: first cap + 3 decisions.
     let sets = sets_of(&log);
-    assert_eq!(sets.len(), 4, "{sets:?}");
-    for (round, sent) in r.rounds.iter().zip(&sets[1..]) {
+    assert_eq!(sets.len(), 5, "{sets:?}");
+    assert_eq!(sets[4], original(), "restored after success");
+    for (round, sent) in r.rounds.iter().zip(&sets[1..4]) {
         let cap = round.decision.next_cap().unwrap_or(1e9);
         assert_eq!(sent["max-bandwidth"], json!(cap.round() as u64));
     }
@@ -624,7 +704,8 @@ async fn a_switch_over_by_qemu_is_not_governed() {
     assert_eq!(run.report.rounds.len(), 1);
     assert_eq!(run.qemu.switchover, "qemu");
     let sets = sets_of(&log);
-    assert_eq!(sets.len(), 2, "no cap after QEMU's switch-over: {sets:?}");
+    assert_eq!(sets.len(), 3, "no cap after QEMU's switch-over: {sets:?}");
+    assert_eq!(sets[2], original(), "restored after success");
     assert!(
         sets.iter()
             .all(|s| s.get("downtime-limit") != Some(&json!(60_000))),
@@ -715,4 +796,99 @@ async fn native_mode_only_watches() {
             .all(|s| s["max-bandwidth"] == json!(134217728) || s.get("max-bandwidth").is_none()),
         "native mode never changes the cap: {sets:?}"
     );
+}
+
+/// Regression (SIGTERM left QEMU migrating with nobody in control): a cancellation mid-pass
+/// sends `migrate_cancel`, waits for QEMU to say `cancelled`, and puts every setting back.
+#[tokio::test]
+async fn a_cancel_mid_pass_cancels_waits_and_restores() {
+    let (out, log) = governed(Fault::Cancel, 4).await;
+    let err = out.expect_err("cancelled");
+    assert!(
+        matches!(
+            err,
+            GovernorError::Cancelled {
+                source_running: Some(true)
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("still running"), "{err}");
+    assert_cleaned_up(&log, true);
+    let sets = sets_of(&log);
+    assert!(
+        sets.iter().all(|s| s["downtime-limit"] != json!(60_000)),
+        "no switch-over was forced: {sets:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_before_the_start_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let steering = Steering::new();
+    steering.cancel();
+    let (out, log) = governed_with(Fault::None, 4, steering, gcfg(), dir.path()).await;
+    assert!(
+        matches!(out, Err(GovernorError::Cancelled { .. })),
+        "{out:?}"
+    );
+    let cmds: Vec<String> = log
+        .lock()
+        .expect("log")
+        .iter()
+        .map(|c| c.0.clone())
+        .collect();
+    for c in [
+        "migrate",
+        "migrate-set-parameters",
+        "migrate-set-capabilities",
+    ] {
+        assert!(!cmds.iter().any(|x| x == c), "{c} sent: {cmds:?}");
+    }
+}
+
+/// A grant below the policy's cap reaches QEMU before the next pass, and bounds every later
+/// cap, the stop-and-copy's included.
+#[tokio::test]
+async fn a_lowered_grant_is_applied_at_once() {
+    let (out, log) = governed(Fault::Grant, 4).await;
+    let run = out.expect("completes");
+    let sets = sets_of(&log);
+    assert!(
+        sets[1]["max-bandwidth"].as_u64().expect("cap") > 2_000_000,
+        "{sets:?}"
+    );
+    assert_eq!(sets[2], json!({"max-bandwidth": 2_000_000u64}), "{sets:?}");
+    let last = sets.len() - 1;
+    assert_eq!(sets[last], original(), "{sets:?}");
+    for s in &sets[2..last] {
+        assert!(
+            s["max-bandwidth"].as_u64().expect("cap") <= 2_000_000,
+            "{sets:?}"
+        );
+    }
+    for r in &run.report.rounds[1..] {
+        assert!(r.cap_bytes_per_s <= 2e6, "round {}", r.round);
+    }
+}
+
+/// The state file holds the originals while the settings are changed; it is removed once
+/// they are back, and kept when they could not be put back.
+#[tokio::test]
+async fn the_state_file_is_removed_after_a_restore_and_kept_otherwise() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("state.json");
+    let mut g = gcfg();
+    g.state_file = Some(file.clone());
+    let (out, _) = governed_with(Fault::None, 4, Steering::new(), g.clone(), dir.path()).await;
+    out.expect("completes");
+    assert!(!file.exists(), "removed after the restore");
+
+    let dir2 = tempfile::tempdir().expect("tempdir");
+    let (out, _) = governed_with(Fault::Close, 4, Steering::new(), g, dir2.path()).await;
+    out.expect_err("closed");
+    let (saved, _) = livemig_qemu::saved::SavedSettings::load(&file).expect("kept");
+    assert_eq!(saved.max_bandwidth, Some(134_217_728));
+    assert_eq!(saved.downtime_limit, Some(300));
+    assert_eq!(saved.capabilities.get("events"), Some(&false));
 }

@@ -5,7 +5,7 @@
 //! - [`cmd::receive`], [`cmd::migrate`]: the two ends of a real migration over TCP.
 //! - [`cmd::demo`]: both ends on loopback with live progress.
 //! - [`cmd::bench_engine`]: `livemig bench-engine`, the data path's throughput and cap accuracy.
-//! - [`cmd::qemu`]: `livemig qemu migrate | dirty-trace`, real QEMU migrations;
+//! - [`cmd::qemu`]: `livemig qemu migrate | restore | dirty-trace`, real QEMU migrations;
 //!   [`cmd::qemu_bench`]: `livemig qemu bench`.
 //! - [`table`]: human tables; [`plot`]: SVG/PNG plots; [`progress`]: live round progress.
 //! - [`out`]: fallible output; a closed pipe or a full disk is an error, never a panic.

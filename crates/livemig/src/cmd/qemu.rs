@@ -1,5 +1,6 @@
-//! `livemig qemu`: govern a real QEMU migration (`migrate`) and record a guest's dirty-rate
-//! trace (`dirty-trace`); `bench` lives in `qemu_bench.rs`.
+//! `livemig qemu`: govern a real QEMU migration (`migrate`), put a source's settings back
+//! after a governing process died (`restore`) and record a guest's dirty-rate trace
+//! (`dirty-trace`); `bench` lives in `qemu_bench.rs`.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -8,14 +9,18 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use livemig_policy::{PolicyConfig, PolicyKind};
 use livemig_qemu::dirty;
-use livemig_qemu::governor::{Control, Governor, GovernorConfig, Progress, QemuReport};
-use livemig_qemu::types::MemorySizeSummary;
+use livemig_qemu::governor::{
+    Control, Governor, GovernorConfig, GovernorError, Progress, QemuReport, Steering, CANCEL_WAIT,
+};
+use livemig_qemu::saved::{default_state_file, SavedSettings};
+use livemig_qemu::types::{MemorySizeSummary, MigrationInfo, StatusInfo};
 use livemig_qemu::QmpClient;
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate, parse_duration};
 use tokio::sync::mpsc;
 
 use crate::cmd::qemu_bench;
 use crate::cmd::simulate::PolicyArgs;
+use crate::outcome::{self, Outcome};
 use crate::{out, table};
 
 /// `livemig qemu` subcommands.
@@ -23,6 +28,9 @@ use crate::{out, table};
 pub enum Command {
     /// Migrate a running QEMU to a destination started with `-incoming`, under a policy.
     Migrate(Box<MigrateArgs>),
+    /// Put back the source's settings saved by a `livemig qemu migrate` that did not end by
+    /// itself (killed), and cancel its migration if it still runs with the VM on the source.
+    Restore(RestoreArgs),
     /// Record a guest's dirty-rate series (calc-dirty-rate) in the simulator's trace format.
     DirtyTrace(TraceArgs),
     /// Boot the test guest and migrate it under every policy and QEMU's defaults, side by side.
@@ -94,6 +102,21 @@ pub struct MigrateArgs {
     /// stderr.
     #[arg(long)]
     pub json: bool,
+    /// Where the source's own max-bandwidth, downtime-limit and capabilities are saved while
+    /// they are changed (default: <qmp>.livemig-params.json); removed once they are back.
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
+}
+
+/// `livemig qemu restore` flags.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The source QEMU's QMP socket.
+    #[arg(long)]
+    pub qmp: PathBuf,
+    /// The state file `livemig qemu migrate` wrote (default: <qmp>.livemig-params.json).
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
 }
 
 /// `livemig qemu dirty-trace` flags.
@@ -112,6 +135,14 @@ pub struct TraceArgs {
 
 /// Runs `livemig qemu ...`.
 pub fn run(cmd: Command) -> Result<()> {
+    // Ctrl-C or SIGTERM cancels a migration: before the switch-over is forced the VM keeps
+    // running on the source with its own settings back (exit 1); after it, the hand-over
+    // completes. Installed first (outside the async runtime), before anything starts.
+    let steering = Steering::new();
+    if matches!(cmd, Command::Migrate(_)) {
+        let on_signal = steering.clone();
+        crate::signals::on_interrupt(move || on_signal.cancel())?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -119,7 +150,8 @@ pub fn run(cmd: Command) -> Result<()> {
         .context("cannot start the async runtime")?;
     rt.block_on(async {
         match cmd {
-            Command::Migrate(a) => migrate(*a).await,
+            Command::Migrate(a) => migrate(*a, steering).await,
+            Command::Restore(a) => restore(a).await,
             Command::DirtyTrace(a) => dirty_trace(a).await,
             Command::Bench(a) => qemu_bench::run(*a).await,
         }
@@ -224,7 +256,7 @@ async fn live_rows(
     failed.map_or(Ok(()), Err)
 }
 
-async fn migrate(args: MigrateArgs) -> Result<()> {
+async fn migrate(args: MigrateArgs, steering: Steering) -> Result<()> {
     let wait = livemig_qemu::qmp::DEFAULT_TIMEOUT;
     let mut src = QmpClient::connect(&args.qmp, wait).await?;
     let mut dest = match &args.dest_qmp {
@@ -242,34 +274,174 @@ async fn migrate(args: MigrateArgs) -> Result<()> {
     let mut gcfg = GovernorConfig::new(&args.uri, cfg.memory_bytes, cfg.stop_remaining);
     gcfg.sample = whole_seconds("sample", &args.sample)?;
     gcfg.deadline = duration("timeout", &args.timeout)?;
+    let state_file = args
+        .state_file
+        .clone()
+        .unwrap_or_else(|| default_state_file(&args.qmp));
+    gcfg.state_file = Some(state_file.clone());
+    let control = args.policy.control(&cfg)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let printer = tokio::spawn(live_table(rx, args.json));
     let result = Governor::new(gcfg)
         .with_progress(tx)
-        .run(&mut src, dest.as_mut(), args.policy.control(&cfg)?)
+        .with_steering(steering)
+        .run(&mut src, dest.as_mut(), control)
         .await;
     // A printer that panicked has printed what it could; the migration's result counts.
     let printed = printer.await.unwrap_or(Ok(()));
-    let run = result?;
+    // QEMU serves one QMP client at a time: let go of ours before anyone else asks.
+    drop(src);
+    drop(dest);
+    let run = match result {
+        Ok(run) => run,
+        Err(e) => return Err(failed(e, &args, &state_file).await),
+    };
+    if run.qemu.settings_restored == Some(false) {
+        outcome::note(&restore_hint(&args.qmp, &state_file));
+    }
     let text = if args.json {
         serde_json::to_string_pretty(&run)?
     } else {
         format!("{}\n{}", table::report(&run.report), qemu_lines(&run))
     };
-    let shown = printed.and_then(|()| out::emit_line(&text));
-    // Where the VM ended up matters more than a lost table: report that first.
-    destination_check(&run)?;
-    Ok(shown?)
+    // Whether anyone reads the report changes neither where the VM is nor the exit code.
+    if printed.is_ok() {
+        outcome::say(&text);
+    }
+    destination_check(&run)
+}
+
+fn restore_hint(qmp: &std::path::Path, state_file: &std::path::Path) -> String {
+    format!(
+        "livemig: the source's own settings could not all be put back; they are saved in {}: \
+         run `livemig qemu restore --qmp {} --state-file {}`",
+        state_file.display(),
+        qmp.display(),
+        state_file.display()
+    )
+}
+
+/// A governed migration that did not complete: the message, and the exit code of where the
+/// VM is (1 when it runs on the source, 3 when that cannot be told). Errors that stopped it
+/// before anything was started or changed stay usage errors (2).
+async fn failed(
+    e: GovernorError,
+    args: &MigrateArgs,
+    state_file: &std::path::Path,
+) -> anyhow::Error {
+    let outcome = match &e {
+        GovernorError::Busy(_) | GovernorError::NotIncoming(_) | GovernorError::StateFile(_) => {
+            return anyhow::Error::new(e);
+        }
+        GovernorError::Cancelled { source_running }
+        | GovernorError::Failed { source_running, .. } => where_is(*source_running),
+        _ => where_is(source_state(&args.qmp).await),
+    };
+    let msg = format!("{:#}", anyhow::Error::new(e));
+    if state_file.exists() {
+        outcome::note(&restore_hint(&args.qmp, state_file));
+    }
+    if args.json {
+        outcome::say(&outcome::json_failure(outcome, &msg, None));
+    }
+    let line = match outcome {
+        Outcome::FailedSourceRunning => "migration stopped; the VM keeps running on the source",
+        _ => "migration stopped; it is not known whether the VM runs on the source",
+    };
+    outcome::ended(outcome, format!("{line}: {msg}"))
+}
+
+/// The outcome of a source that runs (`Some(true)`) or not, or could not say.
+fn where_is(source_running: Option<bool>) -> Outcome {
+    match source_running {
+        Some(true) => Outcome::FailedSourceRunning,
+        _ => Outcome::Unknown,
+    }
+}
+
+/// Asks the source on a fresh QMP session whether its VM runs with no migration under way;
+/// `None` when it does not answer (within a few seconds).
+async fn source_state(qmp: &std::path::Path) -> Option<bool> {
+    let wait = Duration::from_secs(3);
+    let mut c = QmpClient::connect(qmp, wait).await.ok()?;
+    let info: MigrationInfo = c.execute_as("query-migrate", None).await.ok()?;
+    let st: StatusInfo = c.execute_as("query-status", None).await.ok()?;
+    Some(st.running && !info.status.is_running())
+}
+
+/// `livemig qemu restore`: puts back the settings a killed `livemig qemu migrate` saved, after
+/// cancelling its migration if it still runs with the VM on the source.
+async fn restore(args: RestoreArgs) -> Result<()> {
+    let path = args
+        .state_file
+        .clone()
+        .unwrap_or_else(|| default_state_file(&args.qmp));
+    if !path.exists() {
+        bail!(
+            "no state file at {}: nothing to restore (livemig removes it once the source's \
+             settings are back)",
+            path.display()
+        );
+    }
+    let (saved, _) = SavedSettings::load(&path)?;
+    let mut qmp = QmpClient::connect(&args.qmp, livemig_qemu::qmp::DEFAULT_TIMEOUT).await?;
+    let info: MigrationInfo = qmp.execute_as("query-migrate", None).await?;
+    let mut cancelled = "";
+    if info.status.is_running() {
+        let st: StatusInfo = qmp.execute_as("query-status", None).await?;
+        if !st.running {
+            bail!(
+                "a migration is under way (status {:?}) and the VM is paused on the source \
+                 (status `{}`): it is switching over, so nothing was touched; run this again \
+                 once it has ended",
+                info.status,
+                st.status
+            );
+        }
+        qmp.execute("migrate_cancel", None).await?;
+        let until = tokio::time::Instant::now() + CANCEL_WAIT;
+        loop {
+            let q: MigrationInfo = qmp.execute_as("query-migrate", None).await?;
+            if !q.status.is_running() {
+                break;
+            }
+            if tokio::time::Instant::now() >= until {
+                bail!(
+                    "sent migrate_cancel, but the migration is still {:?} after {CANCEL_WAIT:?}; \
+                     the settings were not restored (run this again)",
+                    q.status
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cancelled = "cancelled the migration still under way, ";
+    }
+    saved
+        .apply(&mut qmp)
+        .await
+        .context("QEMU refused the saved settings; the state file is kept")?;
+    let removed = match std::fs::remove_file(&path) {
+        Ok(()) => format!("removed {}", path.display()),
+        Err(e) => format!("could not remove {}: {e}", path.display()),
+    };
+    outcome::say(&format!(
+        "{}: {cancelled}restored {}; {removed}",
+        args.qmp.display(),
+        saved.describe()
+    ));
+    Ok(())
 }
 
 /// A completed migration whose destination never reported `running` is a failure: the source
 /// is paused after completion, so the VM may be running on neither host.
 fn destination_check(run: &QemuReport) -> Result<()> {
     if run.qemu.destination_running == Some(false) {
-        bail!(
+        return Err(outcome::ended(
+            Outcome::Unknown,
             "the migration completed but the destination VM did not report `running`; the \
              source is paused after completion, so the VM may be running on neither host"
-        );
+                .into(),
+        ));
     }
     Ok(())
 }
@@ -359,6 +531,7 @@ mod tests {
         run.qemu.destination_running = Some(false);
         let e = destination_check(&run).expect_err("not running");
         assert!(e.to_string().contains("neither host"), "{e}");
+        assert_eq!(outcome::exit_code(&e), 3);
     }
 
     /// Regression (issue 8): a closed or full stdout during a QEMU migration must neither
