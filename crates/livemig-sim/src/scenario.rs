@@ -156,21 +156,29 @@ impl ScenarioSpec {
             max_rounds: self.rounds.unwrap_or(d.max_rounds),
             stop_remaining: opt("stop_remaining", &self.stop_remaining, units::parse_size)?
                 .unwrap_or(d.stop_remaining),
-            min_bandwidth: opt("min_bandwidth", &self.min_bandwidth, units::parse_rate)?
-                .unwrap_or(d.min_bandwidth),
-            max_bandwidth: opt("max_bandwidth", &self.max_bandwidth, units::parse_rate)?
-                .unwrap_or(d.max_bandwidth),
+            min_bandwidth: opt(
+                "min_bandwidth",
+                &self.min_bandwidth,
+                units::parse_rate_with_unit,
+            )?
+            .unwrap_or(d.min_bandwidth),
+            max_bandwidth: opt(
+                "max_bandwidth",
+                &self.max_bandwidth,
+                units::parse_rate_with_unit,
+            )?
+            .unwrap_or(d.max_bandwidth),
             initial_bandwidth: opt(
                 "initial_bandwidth",
                 &self.initial_bandwidth,
-                units::parse_rate,
+                units::parse_rate_with_unit,
             )?,
             threshold: self.threshold,
-            fixed_bandwidth: opt("bandwidth", &self.bandwidth, units::parse_rate)?,
+            fixed_bandwidth: opt("bandwidth", &self.bandwidth, units::parse_rate_with_unit)?,
             downtime_limit_s: opt(
                 "downtime_limit",
                 &self.downtime_limit,
-                units::parse_duration,
+                units::parse_downtime,
             )?
             .unwrap_or(d.downtime_limit_s),
             safety_rounds: d.safety_rounds,
@@ -198,16 +206,20 @@ impl ScenarioSpec {
                 })
             }
         };
-        let capacity = opt("link_capacity", &self.link_capacity, units::parse_rate)?
-            .map(|c| {
-                range(
-                    "link_capacity",
-                    c,
-                    c > 0.0 && c <= MAX_RATE_BYTES_PER_S,
-                    "positive and at most 10 Tbit/s (1.25e12 bytes/s)",
-                )
-            })
-            .transpose()?;
+        let capacity = opt(
+            "link_capacity",
+            &self.link_capacity,
+            units::parse_rate_with_unit,
+        )?
+        .map(|c| {
+            range(
+                "link_capacity",
+                c,
+                c > 0.0 && c <= MAX_RATE_BYTES_PER_S,
+                "positive and at most 10 Tbit/s (1.25e12 bytes/s)",
+            )
+        })
+        .transpose()?;
         let noise = self.noise.unwrap_or(0.0);
         range(
             "noise",
@@ -225,7 +237,7 @@ impl ScenarioSpec {
         let resume_latency_s = opt(
             "resume_latency",
             &self.resume_latency,
-            units::parse_duration,
+            units::parse_duration_with_unit,
         )?
         .unwrap_or(0.0);
         range(
@@ -234,7 +246,7 @@ impl ScenarioSpec {
             resume_latency_s <= MAX_DURATION_S,
             "at most 3 days",
         )?;
-        let sample_s = opt("sample", &self.sample, units::parse_duration)?.unwrap_or(1.0);
+        let sample_s = opt("sample", &self.sample, units::parse_duration_with_unit)?.unwrap_or(1.0);
         range(
             "sample",
             sample_s,
@@ -398,7 +410,7 @@ mod tests {
             ),
             (
                 ScenarioSpec {
-                    max_bandwidth: Some("1e308".into()),
+                    max_bandwidth: Some("1e308B/s".into()),
                     ..spec()
                 },
                 "up to 10 Tbit/s",
@@ -426,7 +438,7 @@ mod tests {
             ),
             (
                 ScenarioSpec {
-                    link_capacity: Some("1e308".into()),
+                    link_capacity: Some("1e308B/s".into()),
                     ..spec()
                 },
                 "link_capacity must be positive and at most 10 Tbit/s (1.25e12 bytes/s), got 1e308",
@@ -440,7 +452,7 @@ mod tests {
             ),
             (
                 ScenarioSpec {
-                    resume_latency: Some("1e308".into()),
+                    resume_latency: Some("1e308s".into()),
                     ..spec()
                 },
                 "resume_latency must be at most 3 days",

@@ -112,6 +112,45 @@ pub fn parse_duration(s: &str) -> Result<f64, UnitError> {
     Ok(v * mult)
 }
 
+/// Whether `s` is a plain number other than zero (zero needs no unit).
+fn unitless(s: &str) -> bool {
+    split_number(s).is_some_and(|(v, u)| u.is_empty() && v != 0.0)
+}
+
+/// [`parse_rate`] for what an operator types (flags, scenario files): a plain number is refused,
+/// since `--min-bandwidth 100` read as 100 bytes/s is never what was meant.
+pub fn parse_rate_with_unit(s: &str) -> Result<f64, UnitError> {
+    if unitless(s) {
+        return Err(UnitError {
+            value: s.to_string(),
+            kind: "rate with a unit",
+            examples: "100Mbit/s, 10Gbit/s, 125MB/s, 300MiB/s",
+        });
+    }
+    parse_rate(s)
+}
+
+/// [`parse_duration`] for what an operator types: a plain number is refused.
+pub fn parse_duration_with_unit(s: &str) -> Result<f64, UnitError> {
+    if unitless(s) {
+        return Err(UnitError {
+            value: s.to_string(),
+            kind: "duration with a unit",
+            examples: "300ms, 1.5s, 2m, 1h",
+        });
+    }
+    parse_duration(s)
+}
+
+/// A downtime limit in seconds: a plain number is milliseconds, as QEMU, libvirt and every
+/// tool an operator knows read it (`300` = 300 ms); with a unit, that unit (`0.3s`, `300ms`).
+pub fn parse_downtime(s: &str) -> Result<f64, UnitError> {
+    if unitless(s) {
+        return parse_duration(s).map(|ms| ms * 1e-3);
+    }
+    parse_duration(s)
+}
+
 /// Parses a fraction: `10%` or `0.1`. Does not check the range.
 pub fn parse_fraction(s: &str) -> Result<f64, UnitError> {
     let err = || UnitError {
@@ -215,5 +254,17 @@ mod tests {
         assert_eq!(fmt_number(1.5), "1.5");
         assert_eq!(fmt_number(1e308), "1e308");
         assert_eq!(fmt_number(f64::INFINITY), "inf");
+    }
+
+    #[test]
+    fn operator_values_need_units_and_downtime_reads_ms() {
+        assert!(parse_rate_with_unit("100").is_err());
+        assert_eq!(parse_rate_with_unit("0"), Ok(0.0), "zero needs no unit");
+        assert_eq!(parse_rate_with_unit("100Mbit/s"), Ok(12.5e6));
+        assert!(parse_duration_with_unit("10").is_err());
+        assert_eq!(parse_duration_with_unit("300ms"), Ok(0.3));
+        assert!((parse_downtime("300").expect("ms") - 0.3).abs() < 1e-12);
+        assert_eq!(parse_downtime("2s"), Ok(2.0));
+        assert!(parse_downtime("soon").is_err());
     }
 }

@@ -418,7 +418,13 @@ fn quantities_beyond_the_bounds_are_one_line_errors() {
             "memory size must be a positive number of bytes up to 64 TiB, got 1e308",
         ),
         (
-            vec!["simulate", "--memory", "1GiB", "--max-bandwidth", "1e308"],
+            vec![
+                "simulate",
+                "--memory",
+                "1GiB",
+                "--max-bandwidth",
+                "1e308B/s",
+            ],
             "up to 10 Tbit/s",
         ),
         (
@@ -432,11 +438,17 @@ fn quantities_beyond_the_bounds_are_one_line_errors() {
             "rate 1e308 must be between 0 and 10 Tbit/s",
         ),
         (
-            vec!["simulate", "--memory", "1GiB", "--link-capacity", "1e308"],
+            vec![
+                "simulate",
+                "--memory",
+                "1GiB",
+                "--link-capacity",
+                "1e308B/s",
+            ],
             "link_capacity must be positive and at most 10 Tbit/s",
         ),
         (
-            vec!["simulate", "--memory", "1GiB", "--resume-latency", "1e308"],
+            vec!["simulate", "--memory", "1GiB", "--resume-latency", "1e308s"],
             "resume_latency must be at most 3 days",
         ),
         (
@@ -485,7 +497,7 @@ fn quantities_beyond_the_bounds_are_one_line_errors() {
 #[test]
 fn bench_engine_checks_every_flag_before_any_work() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--cap", "1e308"], "--cap must be between 1 MiB/s"),
+        (vec!["--cap", "1e308B/s"], "--cap must be between 1 MiB/s"),
         (vec!["--cap", "1bit/s"], "--cap must be between 1 MiB/s"),
         (
             vec!["--memory", "1e308"],
@@ -494,7 +506,7 @@ fn bench_engine_checks_every_flag_before_any_work() {
         (vec!["--memory", "65GiB"], "64 GiB"),
         (vec!["--memory", "1000"], "one page"),
         (vec!["--repeat", "0"], "--repeat must be between 1 and 100"),
-        (vec!["--cap-duration", "1e308"], "--cap-duration must be"),
+        (vec!["--cap-duration", "1e308s"], "--cap-duration must be"),
         (
             vec!["--cap", "100Gbit/s", "--cap-duration", "10m"],
             "--cap 100Gbit/s x --cap-duration 10m",
@@ -541,4 +553,51 @@ fn demo_help_names_one_default_per_flag() {
         assert_eq!(entry.matches("[default:").count(), 1, "{entry}");
         assert!(entry.contains(want), "{entry}");
     }
+}
+
+#[test]
+fn a_rate_or_duration_without_a_unit_is_refused_and_downtime_reads_ms() {
+    for (flag, value, want) in [
+        ("--min-bandwidth", "100", "rate with a unit"),
+        ("--max-bandwidth", "1000", "rate with a unit"),
+        ("--resume-latency", "5", "duration with a unit"),
+    ] {
+        let out = assert_cmd::Command::cargo_bin("livemig")
+            .expect("binary")
+            .args(["simulate", "--memory", "1GiB", flag, value])
+            .assert()
+            .code(2)
+            .get_output()
+            .stderr
+            .clone();
+        let err = String::from_utf8_lossy(&out);
+        assert!(
+            err.contains(want) && err.contains("100Mbit/s") || err.contains("300ms"),
+            "{flag} {value}: {err}"
+        );
+    }
+    // A plain downtime limit is milliseconds: the same run as with `300ms`.
+    let run = |v: &str| {
+        let out = assert_cmd::Command::cargo_bin("livemig")
+            .expect("binary")
+            .args([
+                "simulate",
+                "--memory",
+                "1GiB",
+                "--policy",
+                "qemu",
+                "--downtime-limit",
+                v,
+                "--json",
+            ])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        v["summary"]["total_bytes"].as_f64().expect("bytes")
+    };
+    assert_eq!(run("300"), run("300ms"));
+    assert_ne!(run("300"), run("300s"));
 }

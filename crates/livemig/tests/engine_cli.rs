@@ -197,8 +197,8 @@ fn receive_checks_every_flag_before_accepting() {
     let key = write_key(dir.path(), "k", 7);
     for (flag, value) in [
         ("--run-after", "soon"),
-        ("--run-after", "1e30"),
-        ("--timeout", "1e30"),
+        ("--run-after", "1e30s"),
+        ("--timeout", "1e30s"),
         ("--accept-timeout", "-1s"),
         ("--max-memory", "lots"),
     ] {
@@ -241,7 +241,7 @@ fn huge_timeouts_are_refused_without_a_panic() {
                 "--stop-remaining",
                 "2MiB",
                 flag,
-                "1e30",
+                "1e30s",
             ])
             .arg("--key")
             .arg(&key)

@@ -79,7 +79,7 @@ fn plan(args: &Args, available: Option<u64>) -> Result<Plan> {
             args.repeat
         );
     }
-    let cap = units::parse_rate(&args.cap).context("--cap")?;
+    let cap = units::parse_rate_with_unit(&args.cap).context("--cap")?;
     if !(MIN_CAP..=MAX_CAP).contains(&cap) {
         bail!(
             "--cap must be between 1 MiB/s (a frame of about 1 MiB per second) and 100 Gbit/s, \
@@ -87,7 +87,7 @@ fn plan(args: &Args, available: Option<u64>) -> Result<Plan> {
             args.cap
         );
     }
-    let cap_s = units::parse_duration(&args.cap_duration).context("--cap-duration")?;
+    let cap_s = units::parse_duration_with_unit(&args.cap_duration).context("--cap-duration")?;
     if !(CAP_DURATION_S.0..=CAP_DURATION_S.1).contains(&cap_s) {
         bail!(
             "--cap-duration must be between 1s and 10m, got {}",
@@ -472,7 +472,7 @@ mod tests {
             ),
             (
                 Args {
-                    cap: "1e308".into(),
+                    cap: "1e308B/s".into(),
                     ..ok()
                 },
                 "--cap must be between 1 MiB/s",
@@ -493,7 +493,7 @@ mod tests {
             ),
             (
                 Args {
-                    cap_duration: "1e308".into(),
+                    cap_duration: "1e308s".into(),
                     ..ok()
                 },
                 "--cap-duration must be",

@@ -15,7 +15,7 @@ use livemig_qemu::governor::{
 use livemig_qemu::saved::{default_state_file, SavedSettings};
 use livemig_qemu::types::{MemorySizeSummary, MigrationInfo, StatusInfo};
 use livemig_qemu::QmpClient;
-use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate, parse_duration};
+use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate, parse_duration_with_unit};
 use tokio::sync::mpsc;
 
 use crate::cmd::qemu_bench;
@@ -159,7 +159,7 @@ pub fn run(cmd: Command) -> Result<()> {
 }
 
 pub(crate) fn whole_seconds(flag: &str, s: &str) -> Result<Option<Duration>> {
-    let secs = parse_duration(s).with_context(|| format!("--{flag}"))?;
+    let secs = parse_duration_with_unit(s).with_context(|| format!("--{flag}"))?;
     if secs == 0.0 {
         return Ok(None);
     }
@@ -171,7 +171,7 @@ pub(crate) fn whole_seconds(flag: &str, s: &str) -> Result<Option<Duration>> {
 
 /// A duration flag as a `Duration`; a one-line error when it is out of range (huge, negative).
 pub(crate) fn duration(flag: &str, s: &str) -> Result<Duration> {
-    let secs = parse_duration(s).with_context(|| format!("--{flag}"))?;
+    let secs = parse_duration_with_unit(s).with_context(|| format!("--{flag}"))?;
     Duration::try_from_secs_f64(secs).map_err(|_| anyhow!("--{flag} {s} is out of range"))
 }
 

@@ -60,7 +60,7 @@ pub struct Args {
 
 /// Parses a non-negative duration flag into a `Duration`, refusing values it cannot hold.
 pub fn duration(flag: &str, v: &str) -> Result<Duration> {
-    let t = units::parse_duration(v).with_context(|| format!("--{flag}"))?;
+    let t = units::parse_duration_with_unit(v).with_context(|| format!("--{flag}"))?;
     if !(t >= 0.0 && t.is_finite()) {
         bail!("--{flag} must be a non-negative duration");
     }

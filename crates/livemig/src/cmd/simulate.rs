@@ -31,7 +31,8 @@ pub struct PolicyArgs {
     /// The constant cap of `fixed` (default B_max) and `qemu` (default 128MiB/s).
     #[arg(long)]
     pub bandwidth: Option<String>,
-    /// `qemu`: downtime limit. [default: 300ms]
+    /// `qemu`: downtime limit; a plain number is milliseconds, as in QEMU and libvirt
+    /// (`300` = `300ms`). [default: 300ms]
     #[arg(long)]
     pub downtime_limit: Option<String>,
     /// Threshold T set by hand. [default: (h/M)^(1/N)]
