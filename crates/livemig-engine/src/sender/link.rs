@@ -1,0 +1,267 @@
+//! One connection as the source sees it: deadlines (frame, pause, outer), tagged sends and
+//! checked receives, page frames under the token bucket, and the source's half of the
+//! handshake.
+
+use std::time::{Duration, Instant};
+
+use livemig_policy::Control;
+
+use crate::auth::{self, Channel, Key, Role};
+use crate::guest::Guest;
+use crate::keepalive;
+use crate::limiter::TokenBucket;
+use crate::memory::PageSet;
+use crate::meter::WireMeter;
+use crate::net::Transport;
+use crate::wire::{
+    self, read_within, write_within, BatchWriter, Message, Mode, WireError, MAX_BATCH_PAGES,
+    PAGE_SIZE, VERSION,
+};
+
+use super::{Event, SendError, SenderConfig, SenderPhase};
+
+pub(super) struct Link<'a, S: Transport> {
+    pub(super) stream: &'a mut S,
+    pub(super) meter: WireMeter,
+    pub(super) start: Instant,
+    pub(super) phase: SenderPhase,
+    pub(super) chan: Option<Channel>,
+    pub(super) timeout: Duration,
+    /// While paused and not committed: when the source gives up and resumes.
+    pub(super) pause_deadline: Option<(Instant, Duration)>,
+    /// A bound on everything this link does (a resolve attempt's share of its window).
+    pub(super) outer: Option<(Instant, Duration)>,
+    pub(super) spare: Vec<u8>,
+}
+
+impl<S: Transport> Link<'_, S> {
+    pub(super) fn now(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// The deadline of the next frame: the timeout, or the pause deadline if earlier.
+    pub(super) fn deadline(&self) -> wire::frames::Deadline {
+        let mut d = (Instant::now() + self.timeout, self.timeout);
+        for bound in [self.pause_deadline, self.outer].into_iter().flatten() {
+            if bound.0 < d.0 {
+                d = bound;
+            }
+        }
+        Some(d)
+    }
+
+    pub(super) fn pause_over(&self) -> Result<(), SendError> {
+        match self.pause_deadline {
+            Some((at, limit)) if Instant::now() >= at => Err(SendError::PauseExceeded(limit)),
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn send(&mut self, m: &Message) -> Result<(), SendError> {
+        let f = match self.chan.as_mut() {
+            Some(c) => c.seal(m),
+            None => m.encode(),
+        };
+        self.send_raw(&f)
+    }
+
+    pub(super) fn send_raw(&mut self, f: &[u8]) -> Result<(), SendError> {
+        let d = self.deadline();
+        write_within(self.stream, f, d).map_err(|e| self.write_failed(e))?;
+        let t = self.now();
+        self.meter.record(t, f.len() as u64);
+        Ok(())
+    }
+
+    pub(super) fn recv(&mut self) -> Result<Message, SendError> {
+        let mut waits = 0u32;
+        loop {
+            let d = self.deadline();
+            let f = read_within(self.stream, &mut self.spare, d).map_err(|e| self.wire(e))?;
+            let m = match self.chan.as_mut() {
+                Some(c) => c.open(f).map_err(|source| SendError::Forged {
+                    phase: self.phase.name(),
+                    source,
+                })?,
+                None => f.msg,
+            };
+            return match m {
+                Message::Error { code, message } => Err(SendError::Refused {
+                    phase: self.phase.name(),
+                    code,
+                    message,
+                }),
+                // A busy destination (prefault, digest) says it is still working; each Wait is
+                // tagged, and the pause deadline bounds them while the guest is paused.
+                Message::Wait if self.chan.is_some() => {
+                    waits += 1;
+                    if waits > keepalive::MAX_WAITS {
+                        return Err(SendError::Stalled(waits));
+                    }
+                    continue;
+                }
+                m => Ok(m),
+            };
+        }
+    }
+
+    /// A failed write: when the destination refused and closed, its `Error` (and the reason)
+    /// is usually waiting to be read, so report that rather than "connection failed". The
+    /// read is bounded by one short deadline.
+    pub(super) fn write_failed(&mut self, source: WireError) -> SendError {
+        if self.chan.is_some() {
+            let short = Duration::from_millis(500).min(self.timeout);
+            if let Ok(f) = read_within(
+                self.stream,
+                &mut Vec::new(),
+                Some((Instant::now() + short, short)),
+            ) {
+                if let Message::Error { code, message } = f.msg {
+                    return SendError::Refused {
+                        phase: self.phase.name(),
+                        code,
+                        message,
+                    };
+                }
+            }
+        }
+        self.wire(source)
+    }
+
+    /// Cancelled from outside: tell the destination why (best effort, briefly) and fail.
+    pub(super) fn cancelled(&mut self) -> SendError {
+        let short = Duration::from_millis(500).min(self.timeout);
+        let f = Message::error(wire::code::CANCELLED, "the source was cancelled").encode();
+        let _ = write_within(self.stream, &f, Some((Instant::now() + short, short)));
+        SendError::Cancelled {
+            phase: self.phase.name(),
+        }
+    }
+
+    pub(super) fn wire(&self, source: WireError) -> SendError {
+        SendError::Wire {
+            phase: self.phase.name(),
+            source,
+        }
+    }
+
+    pub(super) fn unexpected(&self, m: &Message) -> SendError {
+        SendError::Unexpected {
+            phase: self.phase.name(),
+            got: m.msg_type(),
+        }
+    }
+
+    /// Sends `pages` under `bucket`, re-reading the external cap before every frame.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_pages(
+        &mut self,
+        guest: &dyn Guest,
+        pages: &PageSet,
+        bucket: &mut TokenBucket,
+        cap: f64,
+        control: &Control,
+        compress: bool,
+        round: u32,
+        observer: &mut dyn FnMut(&Event<'_>),
+    ) -> Result<(), SendError> {
+        let total = pages.count();
+        let mut batch = BatchWriter::new(compress);
+        let mut sent = 0u64;
+        let mut it = pages.iter().peekable();
+        while it.peek().is_some() {
+            self.pause_over()?;
+            if control.is_cancelled() {
+                return Err(self.cancelled());
+            }
+            let rate = control.effective(cap);
+            if rate.is_nan() || rate < SenderConfig::min_cap(self.timeout) {
+                return Err(SendError::CapTooLow {
+                    cap: rate,
+                    timeout: self.timeout,
+                });
+            }
+            if rate != bucket.rate() {
+                let now = self.now();
+                bucket.set_rate(rate, now)?;
+            }
+            // About 2 ms of traffic per frame: a 100 ms window holds ~50 frames, so the window
+            // edges cut at most ~2 % off or on at low caps.
+            let want = (rate * 0.002 / PAGE_SIZE as f64).clamp(1.0, f64::from(MAX_BATCH_PAGES));
+            batch.clear();
+            while batch.len() < want as u32 {
+                let Some(p) = it.next() else { break };
+                guest.memory().with_page(p, |page| batch.push(p, page))?;
+            }
+            sent += u64::from(batch.len());
+            let Some(chan) = self.chan.as_mut() else {
+                return Err(SendError::Auth);
+            };
+            let frame = batch.frame_with_tag(|body| chan.tag_next(wire::MsgType::Pages, body));
+            let wait = bucket.take(frame.len() as f64, self.start.elapsed().as_secs_f64());
+            // Never sleep past the timeout (the peer would give up) or the pause deadline.
+            let pause_left = self.pause_deadline.map_or(f64::INFINITY, |(at, _)| {
+                at.saturating_duration_since(Instant::now()).as_secs_f64()
+            });
+            sleep_s(wait.min(self.timeout.as_secs_f64()).min(pause_left));
+            self.pause_over()?;
+            let d = self.deadline();
+            if let Err(e) = write_within(self.stream, frame, d) {
+                return Err(self.write_failed(e));
+            }
+            let (t, n) = (self.now(), frame.len() as u64);
+            self.meter.record(t, n);
+            observer(&Event::Progress { round, sent, total });
+        }
+        Ok(())
+    }
+}
+
+/// Sleeps `s` seconds; nothing for zero, negative or NaN, and no panic for huge values.
+pub(super) fn sleep_s(s: f64) {
+    if s > 0.0 {
+        std::thread::sleep(Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX));
+    }
+}
+
+/// The source's half of the handshake on `link`: `Hello` in `mode`, the destination's proof
+/// over the transcript, ours. Returns the session channel.
+pub(super) fn handshake<S: Transport>(
+    link: &mut Link<'_, S>,
+    key: &Key,
+    memory_bytes: u64,
+    compress: bool,
+    mode: Mode,
+) -> Result<Channel, SendError> {
+    let hello = Message::Hello {
+        version: VERSION,
+        nonce: auth::nonce()?,
+        memory_bytes,
+        page_size: PAGE_SIZE as u32,
+        compress,
+        mode,
+    };
+    let transcript = hello.body();
+    // The whole handshake, however the destination trickles it, within one timeout.
+    let end = Instant::now() + link.timeout;
+    link.pause_deadline = Some((end, link.timeout));
+    link.send(&hello)?;
+    let nd = match link.recv()? {
+        Message::Challenge { nonce, mac } => {
+            if !key.verify(Role::Destination, &transcript, &nonce, &mac) {
+                let _ = link.send(&Message::error(
+                    wire::code::AUTH,
+                    "the destination's proof of the key does not verify",
+                ));
+                return Err(SendError::Auth);
+            }
+            nonce
+        }
+        m => return Err(link.unexpected(&m)),
+    };
+    link.send(&Message::Auth {
+        mac: key.prove(Role::Source, &transcript, &nd),
+    })?;
+    link.pause_deadline = None;
+    Ok(Channel::new(key.session(&transcript, &nd), Role::Source))
+}
