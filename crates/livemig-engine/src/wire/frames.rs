@@ -105,13 +105,7 @@ fn fill(
             Ok(0) if got == 0 && first => return Err(WireError::Closed),
             Ok(0) => return Err(WireError::Truncated),
             Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if deadline.is_some()
-                    && matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
+            Err(e) if try_again(&e, deadline) => {}
             Err(e) => return Err(io_err(e, got > 0 || !first)),
         }
         if got < buf.len() {
@@ -119,6 +113,16 @@ fn fill(
         }
     }
     Ok(())
+}
+
+/// Whether a failed socket call is only a pause: interrupted, or (under a deadline, which
+/// then decides) a socket timeout, which is a poll.
+fn try_again(e: &io::Error, deadline: Deadline) -> bool {
+    match e.kind() {
+        io::ErrorKind::Interrupted => true,
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => deadline.is_some(),
+        _ => false,
+    }
 }
 
 /// Writes a raw frame; each write is bounded by the socket's timeout only.
@@ -134,13 +138,7 @@ pub fn write_within(w: &mut impl Write, frame: &[u8], deadline: Deadline) -> Res
         match w.write(&frame[done..]) {
             Ok(0) => return Err(WireError::Closed),
             Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e)
-                if deadline.is_some()
-                    && matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
+            Err(e) if try_again(&e, deadline) => {}
             Err(e) => return Err(io_err(e, true)),
         }
         if done < frame.len() {

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod migrate;
 pub mod qemu;
 pub mod qemu_bench;
+pub mod qemu_common;
 pub mod receive;
 pub mod resolve;
 pub mod simulate;

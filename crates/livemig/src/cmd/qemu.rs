@@ -3,14 +3,12 @@
 //! (`dirty-trace`); `bench` lives in `qemu_bench.rs`.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use livemig_policy::{PolicyConfig, PolicyKind};
+use anyhow::{bail, Context, Result};
 use livemig_qemu::dirty;
 use livemig_qemu::governor::{
-    Control, Governor, GovernorConfig, GovernorError, Progress, QemuReport, Steering, CANCEL_WAIT,
+    Governor, GovernorConfig, GovernorError, Progress, QemuReport, Steering, CANCEL_WAIT,
 };
 use livemig_qemu::saved::{default_state_file, SavedSettings};
 use livemig_qemu::types::{MemorySizeSummary, MigrationInfo, StatusInfo};
@@ -19,6 +17,7 @@ use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate, parse_duration_
 use tokio::sync::mpsc;
 
 use crate::cmd::qemu_bench;
+use crate::cmd::qemu_common::{duration, policy_config, Runner};
 use crate::cmd::simulate::PolicyArgs;
 use crate::outcome::{self, Outcome};
 use crate::{out, table};
@@ -35,41 +34,6 @@ pub enum Command {
     DirtyTrace(TraceArgs),
     /// Boot the test guest and migrate it under every policy and QEMU's defaults, side by side.
     Bench(Box<qemu_bench::BenchArgs>),
-}
-
-/// A policy name, or `qemu-native` for QEMU's own defaults without a governor.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Runner {
-    Policy(PolicyKind),
-    Native,
-}
-
-impl FromStr for Runner {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        if s == "qemu-native" {
-            return Ok(Runner::Native);
-        }
-        PolicyKind::from_str(s)
-            .map(Runner::Policy)
-            .map_err(|e| format!("{e} or qemu-native"))
-    }
-}
-
-impl Runner {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Runner::Policy(k) => k.name(),
-            Runner::Native => "qemu-native",
-        }
-    }
-
-    pub(crate) fn control(self, cfg: &PolicyConfig) -> Result<Control> {
-        Ok(match self {
-            Runner::Policy(k) => Control::Policy(k.build(cfg.clone())?),
-            Runner::Native => Control::Native,
-        })
-    }
 }
 
 /// `livemig qemu migrate` flags.
@@ -167,16 +131,6 @@ pub(crate) fn whole_seconds(flag: &str, s: &str) -> Result<Option<Duration>> {
         bail!("--{flag} must be whole seconds (QEMU 7.2's calc-dirty-rate), got {s}");
     }
     Ok(Some(Duration::from_secs(secs as u64)))
-}
-
-/// A duration flag as a `Duration`; a one-line error when it is out of range (huge, negative).
-pub(crate) fn duration(flag: &str, s: &str) -> Result<Duration> {
-    let secs = parse_duration_with_unit(s).with_context(|| format!("--{flag}"))?;
-    Duration::try_from_secs_f64(secs).map_err(|_| anyhow!("--{flag} {s} is out of range"))
-}
-
-pub(crate) fn policy_config(settings: &PolicyArgs, memory: f64) -> Result<PolicyConfig> {
-    Ok(settings.resolve(&format!("{memory}"), "idle")?.cfg)
 }
 
 /// Prints the live per-pass rows from `rx` to stdout, or with `to_stderr` to stderr.
@@ -484,20 +438,6 @@ async fn dirty_trace(args: TraceArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn runner_names_include_qemu_native() {
-        assert_eq!("qemu-native".parse::<Runner>(), Ok(Runner::Native));
-        assert_eq!(
-            "dirty-factor".parse::<Runner>(),
-            Ok(Runner::Policy(PolicyKind::DirtyFactor))
-        );
-        let e = "nope".parse::<Runner>().expect_err("unknown");
-        assert!(
-            e.contains("qemu-native") && e.contains("dirty-factor"),
-            "{e}"
-        );
-    }
 
     #[test]
     fn huge_durations_are_an_error_not_a_panic() {

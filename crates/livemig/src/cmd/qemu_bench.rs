@@ -17,7 +17,7 @@ use livemig_sim::scenario::ScenarioSpec;
 use livemig_sim::simulate;
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
-use crate::cmd::qemu::{duration, policy_config, Runner};
+use crate::cmd::qemu_common::{duration, policy_config, Runner};
 use crate::cmd::simulate::PolicyArgs;
 use crate::out;
 
