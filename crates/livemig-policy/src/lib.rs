@@ -12,7 +12,10 @@
 //! - [`predictive`]: the method's structure with a fitted growth model and an exact planner.
 //! - [`PolicyKind`]: names and construction of every policy.
 //! - [`report`]: the one JSON result shape every executor produces.
+//! - [`event`]: [`Event`], the one progress vocabulary every executor (and `receive`) emits.
 //! - [`control`]: [`Control`], the live handle on a running migration (granted cap, cancel).
+//! - [`pilot`]: [`Pilot`], the round sequencer every executor drives (rounds, grant, timeouts,
+//!   the runaway guard, the report).
 //!
 //! Pure code: no I/O and no clock. Time arrives as numbers in [`RoundStats`].
 
@@ -21,7 +24,9 @@ pub mod config;
 pub mod control;
 pub mod decision;
 pub mod dirty_factor;
+pub mod event;
 pub mod kind;
+pub mod pilot;
 pub mod predictive;
 pub mod report;
 pub mod stats;
@@ -32,7 +37,9 @@ pub use config::{
 };
 pub use control::Control;
 pub use decision::{Action, Audit, Branch, Decision, StopReason};
+pub use event::{Event, Stamped};
 pub use kind::{PolicyKind, UnknownPolicy};
+pub use pilot::{Executor, Next, Pilot, PilotError, Setup, TimeoutAction, Timeouts};
 pub use stats::{DirtySample, RoundStats, StatsError};
 
 /// One bandwidth policy: the executor asks it for round 1's cap, reports every finished round
@@ -52,5 +59,27 @@ pub trait Policy: Send + std::fmt::Debug {
     /// (call it before [`Policy::first_cap`]). Policies that do not use it ignore it.
     fn observe_sample(&mut self, sample: &DirtySample) {
         let _ = sample;
+    }
+}
+
+/// A borrowed policy is a policy (the executors that borrow theirs hand it to a [`Pilot`]).
+impl<P: Policy + ?Sized> Policy for &mut P {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn threshold(&self) -> Option<f64> {
+        (**self).threshold()
+    }
+    fn first_cap(&self) -> f64 {
+        (**self).first_cap()
+    }
+    fn stop_copy_cap(&self) -> f64 {
+        (**self).stop_copy_cap()
+    }
+    fn after_round(&mut self, stats: &RoundStats) -> Result<Decision, StatsError> {
+        (**self).after_round(stats)
+    }
+    fn observe_sample(&mut self, sample: &DirtySample) {
+        (**self).observe_sample(sample)
     }
 }

@@ -9,7 +9,12 @@ use crate::stats::RoundStats;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
     pub round: u32,
+    /// The cap the round ran under: the policy's wish bounded by the grant (time-weighted when
+    /// the grant moved during the round). The policy's next decision starts from it.
     pub cap_bytes_per_s: f64,
+    /// The cap the policy asked for (equal to `cap_bytes_per_s` unless a grant bounded it).
+    #[serde(default)]
+    pub wish_bytes_per_s: f64,
     pub bytes_sent: f64,
     pub duration_s: f64,
     pub effective_bytes_per_s: f64,
@@ -130,8 +135,15 @@ impl ReportBuilder {
         self
     }
 
-    /// Records a finished round and the policy's decision on it.
+    /// Records a finished round and the policy's decision on it (no grant: the policy's wish
+    /// is the cap the round ran under).
     pub fn round(&mut self, s: &RoundStats, decision: &Decision) {
+        self.round_wished(s, s.cap_bytes_per_s, decision);
+    }
+
+    /// Records a finished round that ran under `s.cap_bytes_per_s` where the policy wished
+    /// `wish`, and the policy's decision on it.
+    pub fn round_wished(&mut self, s: &RoundStats, wish: f64, decision: &Decision) {
         self.precopy_time_s += s.duration_s;
         if let Some(r) = decision.stop_reason() {
             self.stop_reason = Some(r);
@@ -139,6 +151,7 @@ impl ReportBuilder {
         self.report.rounds.push(RoundRecord {
             round: s.round,
             cap_bytes_per_s: s.cap_bytes_per_s,
+            wish_bytes_per_s: wish,
             bytes_sent: s.bytes_sent,
             duration_s: s.duration_s,
             effective_bytes_per_s: s.effective_bytes_per_s(),

@@ -1,24 +1,19 @@
 //! The round loop: send, let the guest dirty, ask the policy, repeat; then stop-and-copy.
 
-use livemig_policy::report::{peak_window, MigrationReport, ReportBuilder, StopCopy};
-use livemig_policy::{Action, DirtySample, Policy, RoundStats, StatsError};
+use livemig_policy::pilot::{Executor, Next, Pilot, PilotError, Setup as PilotSetup, Timeouts};
+pub use livemig_policy::pilot::{MAX_ROUNDS, PEAK_WINDOW_S};
+use livemig_policy::report::{peak_window, MigrationReport, StopCopy};
+use livemig_policy::{DirtySample, Policy, RoundStats};
 use livemig_workload::{DirtyModel, Workload};
 
 use crate::link::{Link, SAMPLE_POINTS};
 use crate::noise::Noise;
 
-/// Window of the wire-peak measurement (method.md section 8).
-pub const PEAK_WINDOW_S: f64 = 0.1;
-/// A policy that never chooses stop-and-copy is cut off here.
-pub const MAX_SIM_ROUNDS: u32 = 100_000;
-
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    #[error("the policy refused a round")]
-    Policy(#[from] StatsError),
-    #[error("the policy ran {MAX_SIM_ROUNDS} rounds without choosing stop-and-copy")]
-    Endless,
+    #[error("the round sequence stopped")]
+    Pilot(#[from] PilotError),
     #[error("round {round} has a zero transfer rate (cap {cap} bytes/s)")]
     ZeroRate { round: u32, cap: f64 },
 }
@@ -57,34 +52,57 @@ fn sample(setup: Setup<'_>, noise: &mut Noise) -> DirtySample {
 
 /// Simulates one migration under `policy`.
 pub fn simulate(policy: &mut dyn Policy, setup: Setup<'_>) -> Result<MigrationReport, SimError> {
-    let mut report = ReportBuilder::new(
-        policy.name(),
-        "sim",
-        setup.memory_bytes,
-        setup.stop_remaining,
-        policy.threshold(),
-    )
-    .workload(setup.workload.spec());
+    simulate_granted(policy, setup, None)
+}
+
+/// [`simulate`] with every cap bounded by `grant` (bytes/s), as a budget would.
+pub fn simulate_granted(
+    policy: &mut dyn Policy,
+    setup: Setup<'_>,
+    grant: Option<f64>,
+) -> Result<MigrationReport, SimError> {
     let mut noise = Noise::new(setup.link.seed);
-    if setup.link.sample_s > 0.0 {
-        policy.observe_sample(&sample(setup, &mut noise));
+    let sample = (setup.link.sample_s > 0.0).then(|| sample(setup, &mut noise));
+    let mut pilot = Pilot::new(
+        Box::new(policy),
+        PilotSetup {
+            executor: Executor::Sim,
+            memory_bytes: setup.memory_bytes,
+            stop_remaining: setup.stop_remaining,
+            workload: Some(setup.workload.spec().to_string()),
+            timeouts: Timeouts::none(),
+        },
+    );
+    if let Some(s) = &sample {
+        pilot.sample(s);
     }
     let mut segments = Vec::new();
     let mut now = 0.0;
-    let mut cap = policy.first_cap();
+    let mut next = pilot.start(now, grant)?;
     let mut to_send = setup.memory_bytes;
-    for round in 1..=MAX_SIM_ROUNDS {
+    loop {
+        let (round, cap) = match next {
+            Next::Round { round, cap, .. } => (round, cap),
+            Next::StopAndCopy { cap, .. } => {
+                let stop_rate = setup.link.rate(cap);
+                let bytes = to_send + setup.link.state_bytes;
+                let transfer = if bytes > 0.0 { bytes / stop_rate } else { 0.0 };
+                segments.push((now, transfer, bytes));
+                let stop = StopCopy {
+                    bytes: to_send,
+                    state_bytes: setup.link.state_bytes,
+                    downtime_s: transfer + setup.link.resume_latency_s,
+                };
+                return Ok(pilot.finish(stop, peak_window(&segments, PEAK_WINDOW_S)));
+            }
+        };
         let rate = setup.link.rate(cap);
         if rate <= 0.0 {
             return Err(SimError::ZeroRate { round, cap });
         }
         let duration = to_send / rate;
         let written = setup.workload.rate.written(now, now + duration);
-        let mut dirty = setup.model.distinct(written);
-        if setup.link.noise > 0.0 {
-            dirty =
-                (dirty * (1.0 + setup.link.noise * noise.normal())).clamp(0.0, setup.memory_bytes);
-        }
+        let dirty = measured(setup, &mut noise, setup.model.distinct(written));
         let stats = RoundStats {
             round,
             cap_bytes_per_s: cap,
@@ -92,30 +110,9 @@ pub fn simulate(policy: &mut dyn Policy, setup: Setup<'_>) -> Result<MigrationRe
             duration_s: duration,
             dirty_bytes: dirty,
         };
-        let decision = policy.after_round(&stats)?;
-        report.round(&stats, &decision);
+        next = pilot.end_measured(stats, grant)?.0;
         segments.push((now, duration, to_send));
         now += duration;
-        match decision.action {
-            Action::Continue {
-                next_cap_bytes_per_s,
-            } => {
-                cap = next_cap_bytes_per_s;
-                to_send = dirty;
-            }
-            Action::StopAndCopy { .. } => {
-                let stop_rate = setup.link.rate(policy.stop_copy_cap());
-                let bytes = dirty + setup.link.state_bytes;
-                let transfer = if bytes > 0.0 { bytes / stop_rate } else { 0.0 };
-                segments.push((now, transfer, bytes));
-                let stop = StopCopy {
-                    bytes: dirty,
-                    state_bytes: setup.link.state_bytes,
-                    downtime_s: transfer + setup.link.resume_latency_s,
-                };
-                return Ok(report.finish(stop, peak_window(&segments, PEAK_WINDOW_S)));
-            }
-        }
+        to_send = dirty;
     }
-    Err(SimError::Endless)
 }

@@ -1,0 +1,598 @@
+//! The round sequencer every executor drives: sample → first cap → rounds → stop-and-copy →
+//! report. Sans-IO: the executor moves the bytes and reads its clock; the [`Pilot`] numbers
+//! the rounds, asks the policy, bounds every cap by the grant, guards against a policy that
+//! never stops, watches the per-GiB completion and no-progress timeouts, and builds the one
+//! report. Time arrives as seconds since the start of round 1.
+//!
+//! ```text
+//! let mut p = Pilot::new(policy, setup);
+//! p.sample(&sample);                       // optional, before start
+//! let mut next = p.start(0.0, grant);      // round 1's cap
+//! loop {
+//!     // send the round under next's cap; on a new grant: p.steer(now, grant)
+//!     next = p.end_round(now, bytes_sent, dirty_bytes)?.0;
+//!     if let Next::StopAndCopy { .. } = next { break }
+//! }
+//! let report = p.finish(stop_copy, peak);
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::decision::{Action, Decision, StopReason};
+use crate::report::{MigrationReport, ReportBuilder, RoundRecord, StopCopy};
+use crate::stats::{DirtySample, RoundStats, StatsError};
+use crate::Policy;
+
+/// A policy that never chooses stop-and-copy is cut off after this many rounds.
+pub const MAX_ROUNDS: u32 = 10_000;
+/// Window of the wire-peak measurement (method.md section 8).
+pub const PEAK_WINDOW_S: f64 = 0.1;
+/// One GiB, the unit of the completion timeout.
+pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// Which executor ran a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Executor {
+    /// The simulator (`livemig-sim`).
+    Sim,
+    /// The data path over TCP (`livemig-engine`).
+    Engine,
+    /// A real QEMU migration under the governor (`livemig-qemu`).
+    Qemu,
+}
+
+impl Executor {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Executor::Sim => "sim",
+            Executor::Engine => "engine",
+            Executor::Qemu => "qemu",
+        }
+    }
+}
+
+/// What to do when a timeout fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutAction {
+    /// Cancel: the guest keeps running on the source.
+    Abort,
+    /// Stop-and-copy now, whatever remains (downtime grows, the migration finishes).
+    Force,
+}
+
+/// The completion and no-progress timeouts (`docs/decisions.md`): the completion deadline
+/// scales with the guest's memory, as in KubeVirt and Nova; progress means the bytes left to
+/// send reached a new low.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// Seconds allowed per GiB of guest memory (at least one GiB is counted); `None` for none.
+    pub completion_per_gib_s: Option<f64>,
+    /// Seconds allowed without a new low of the bytes left to send; `None` for none.
+    pub progress_s: Option<f64>,
+    /// What happens when one fires.
+    pub action: TimeoutAction,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            completion_per_gib_s: Some(300.0),
+            progress_s: Some(150.0),
+            action: TimeoutAction::Abort,
+        }
+    }
+}
+
+impl Timeouts {
+    /// No timeouts (the simulator, and tests).
+    pub fn none() -> Timeouts {
+        Timeouts {
+            completion_per_gib_s: None,
+            progress_s: None,
+            action: TimeoutAction::Abort,
+        }
+    }
+
+    /// The completion deadline for a guest of `memory_bytes`, in seconds.
+    pub fn completion_s(&self, memory_bytes: f64) -> Option<f64> {
+        self.completion_per_gib_s
+            .map(|per| per * (memory_bytes / GIB).max(1.0))
+    }
+}
+
+/// Which timeout fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutKind {
+    /// The whole pre-copy took longer than the per-GiB completion timeout.
+    Completion,
+    /// The bytes left to send reached no new low for the progress timeout.
+    Progress,
+}
+
+/// A fired timeout: what and what to do.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Overdue {
+    pub kind: TimeoutKind,
+    pub action: TimeoutAction,
+    /// The limit that was passed (seconds).
+    pub limit_s: f64,
+}
+
+impl std::fmt::Display for Overdue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            TimeoutKind::Completion => write!(
+                f,
+                "pre-copy did not finish within the completion timeout of {:.0} s",
+                self.limit_s
+            ),
+            TimeoutKind::Progress => write!(
+                f,
+                "no progress (the bytes left to send reached no new low) for {:.0} s",
+                self.limit_s
+            ),
+        }
+    }
+}
+
+/// What the executor does next.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Next {
+    /// Run pre-copy round `round` under `cap` (the policy's `wish` bounded by the grant).
+    Round { round: u32, wish: f64, cap: f64 },
+    /// Pause the guest and send what remains under `cap`.
+    StopAndCopy {
+        reason: StopReason,
+        wish: f64,
+        cap: f64,
+    },
+}
+
+impl Next {
+    /// The cap the executor runs under now.
+    pub fn cap(&self) -> f64 {
+        match *self {
+            Next::Round { cap, .. } | Next::StopAndCopy { cap, .. } => cap,
+        }
+    }
+}
+
+/// Why the sequence cannot go on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PilotError {
+    #[error("the policy refused a round")]
+    Policy(#[from] StatsError),
+    #[error("the policy ran {MAX_ROUNDS} rounds without choosing stop-and-copy")]
+    Endless,
+    #[error("the policy asked for an invalid cap of {0} bytes/s")]
+    BadCap(f64),
+    #[error("a round was reported before the pilot started, or after stop-and-copy")]
+    NotInRound,
+}
+
+/// What the pilot needs to know of the migration besides the policy.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub executor: Executor,
+    /// M (bytes).
+    pub memory_bytes: f64,
+    /// h (bytes), for the report's `converged`.
+    pub stop_remaining: f64,
+    /// The workload spec, when known, for the report.
+    pub workload: Option<String>,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stage {
+    Before,
+    Round { round: u32, started_s: f64 },
+    Stopped,
+}
+
+/// The round sequencer of one migration.
+#[derive(Debug)]
+pub struct Pilot<'p> {
+    policy: Box<dyn Policy + 'p>,
+    setup: Setup,
+    builder: ReportBuilder,
+    stage: Stage,
+    /// The policy's cap for the current round (or stop-and-copy).
+    wish: f64,
+    /// The cap in force: `wish` bounded by the grant.
+    cap: f64,
+    /// Time-weighted cap of the current round: the integral so far and when the cap last
+    /// changed.
+    cap_area: f64,
+    cap_since_s: f64,
+    /// Lowest bytes-left-to-send seen, and when.
+    low: Option<(f64, f64)>,
+}
+
+impl<'p> Pilot<'p> {
+    /// A pilot for one migration under `policy`.
+    pub fn new(policy: Box<dyn Policy + 'p>, setup: Setup) -> Pilot<'p> {
+        let mut builder = ReportBuilder::new(
+            policy.name(),
+            setup.executor.name(),
+            setup.memory_bytes,
+            setup.stop_remaining,
+            policy.threshold(),
+        );
+        if let Some(w) = &setup.workload {
+            builder = builder.workload(w);
+        }
+        Pilot {
+            policy,
+            setup,
+            builder,
+            stage: Stage::Before,
+            wish: 0.0,
+            cap: 0.0,
+            cap_area: 0.0,
+            cap_since_s: 0.0,
+            low: None,
+        }
+    }
+
+    /// The policy's name.
+    pub fn policy_name(&self) -> &'static str {
+        self.policy.name()
+    }
+
+    /// The policy's threshold T, when it has one.
+    pub fn threshold(&self) -> Option<f64> {
+        self.policy.threshold()
+    }
+
+    /// The executor this pilot reports for.
+    pub fn executor(&self) -> Executor {
+        self.setup.executor
+    }
+
+    /// Offers the dirty-log sample taken before round 1 to the policy (call before
+    /// [`Pilot::start`]; ignored after).
+    pub fn sample(&mut self, sample: &DirtySample) {
+        if self.stage == Stage::Before {
+            self.policy.observe_sample(sample);
+        }
+    }
+
+    /// Round 1 starts at `now_s` under the policy's first cap bounded by `grant`.
+    pub fn start(&mut self, now_s: f64, grant: Option<f64>) -> Result<Next, PilotError> {
+        if self.stage != Stage::Before {
+            return Err(PilotError::NotInRound);
+        }
+        let wish = checked(self.policy.first_cap())?;
+        self.enter_round(1, now_s, wish, grant);
+        Ok(self.next())
+    }
+
+    fn enter_round(&mut self, round: u32, now_s: f64, wish: f64, grant: Option<f64>) {
+        self.stage = Stage::Round {
+            round,
+            started_s: now_s,
+        };
+        self.wish = wish;
+        self.cap = bounded(wish, grant);
+        self.cap_area = 0.0;
+        self.cap_since_s = now_s;
+    }
+
+    /// What the executor does now.
+    pub fn next(&self) -> Next {
+        match self.stage {
+            Stage::Before => Next::Round {
+                round: 0,
+                wish: self.wish,
+                cap: self.cap,
+            },
+            Stage::Round { round, .. } => Next::Round {
+                round,
+                wish: self.wish,
+                cap: self.cap,
+            },
+            Stage::Stopped => Next::StopAndCopy {
+                reason: self
+                    .builder
+                    .last_round()
+                    .and_then(|r| r.decision.stop_reason())
+                    .unwrap_or(StopReason::RoundLimit),
+                wish: self.wish,
+                cap: self.cap,
+            },
+        }
+    }
+
+    /// The cap in force now.
+    pub fn cap(&self) -> f64 {
+        self.cap
+    }
+
+    /// The round under way (0 before round 1 and during stop-and-copy).
+    pub fn round(&self) -> u32 {
+        match self.stage {
+            Stage::Round { round, .. } => round,
+            _ => 0,
+        }
+    }
+
+    /// Applies `grant` at `now_s`: returns the new cap when it changed (lowered or raised, never
+    /// above the policy's wish nor the grant), for the executor to apply at once.
+    pub fn steer(&mut self, now_s: f64, grant: Option<f64>) -> Option<f64> {
+        let cap = bounded(self.wish, grant);
+        if self.stage == Stage::Before || cap == self.cap {
+            return None;
+        }
+        self.cap_area += self.cap * (now_s - self.cap_since_s).max(0.0);
+        self.cap_since_s = now_s;
+        self.cap = cap;
+        Some(cap)
+    }
+
+    /// Reports `remaining` bytes left to send at `now_s` and checks the timeouts.
+    pub fn progress(&mut self, now_s: f64, remaining: f64) -> Option<Overdue> {
+        if !matches!(self.stage, Stage::Round { .. }) {
+            return None;
+        }
+        match self.low {
+            Some((low, _)) if remaining >= low => {}
+            _ => self.low = Some((remaining, now_s)),
+        }
+        let t = self.setup.timeouts;
+        if let Some(limit_s) = t.completion_s(self.setup.memory_bytes) {
+            if now_s > limit_s {
+                return Some(Overdue {
+                    kind: TimeoutKind::Completion,
+                    action: t.action,
+                    limit_s,
+                });
+            }
+        }
+        if let (Some(limit_s), Some((_, at))) = (t.progress_s, self.low) {
+            if now_s - at > limit_s {
+                return Some(Overdue {
+                    kind: TimeoutKind::Progress,
+                    action: t.action,
+                    limit_s,
+                });
+            }
+        }
+        None
+    }
+
+    /// The round under way ended at `now_s` having sent `bytes_sent`, while the guest dirtied
+    /// `dirty_bytes` of distinct pages: the policy decides, and the next step's cap is bounded
+    /// by `grant`. Returns what comes next and the round's record.
+    pub fn end_round(
+        &mut self,
+        now_s: f64,
+        bytes_sent: f64,
+        dirty_bytes: f64,
+        grant: Option<f64>,
+    ) -> Result<(Next, &RoundRecord), PilotError> {
+        let Stage::Round { round, started_s } = self.stage else {
+            return Err(PilotError::NotInRound);
+        };
+        let duration_s = (now_s - started_s).max(0.0);
+        // The cap the round ran under: time-weighted when the grant moved it.
+        self.cap_area += self.cap * (now_s - self.cap_since_s).max(0.0);
+        let ran_under = if duration_s > 0.0 && self.cap_area > 0.0 {
+            self.cap_area / duration_s
+        } else {
+            self.cap
+        };
+        self.end_measured(
+            RoundStats {
+                round,
+                cap_bytes_per_s: ran_under,
+                bytes_sent,
+                duration_s,
+                dirty_bytes,
+            },
+            grant,
+        )
+    }
+
+    /// [`Pilot::end_round`] with the statistics measured by the executor itself (the
+    /// simulator's exact durations and caps; a replay), and the grant for the next step.
+    pub fn end_measured(
+        &mut self,
+        stats: RoundStats,
+        grant: Option<f64>,
+    ) -> Result<(Next, &RoundRecord), PilotError> {
+        let Stage::Round { round, started_s } = self.stage else {
+            return Err(PilotError::NotInRound);
+        };
+        if stats.round != round {
+            return Err(StatsError::OutOfOrder {
+                expected: round,
+                got: stats.round,
+            }
+            .into());
+        }
+        let decision = self.policy.after_round(&stats)?;
+        self.builder.round_wished(&stats, self.wish, &decision);
+        let now_s = started_s + stats.duration_s;
+        match decision.action {
+            Action::Continue {
+                next_cap_bytes_per_s,
+            } => {
+                if round >= MAX_ROUNDS {
+                    return Err(PilotError::Endless);
+                }
+                let wish = checked(next_cap_bytes_per_s)?;
+                self.enter_round(round + 1, now_s, wish, grant);
+            }
+            Action::StopAndCopy { .. } => {
+                let wish = checked(self.policy.stop_copy_cap())?;
+                self.stage = Stage::Stopped;
+                self.wish = wish;
+                self.cap = bounded(wish, grant);
+            }
+        }
+        let next = self.next();
+        match self.builder.last_round() {
+            Some(r) => Ok((next, r)),
+            None => Err(PilotError::NotInRound),
+        }
+    }
+
+    /// The executor switched over by itself after the round under way (QEMU's own test
+    /// passed): that round is not measured, pre-copy is over. Returns the stop-and-copy step.
+    pub fn switched_over(&mut self) -> Next {
+        self.stage = Stage::Stopped;
+        self.next()
+    }
+
+    /// Forces stop-and-copy now (a timeout whose action is `force`): the round under way is not
+    /// measured.
+    pub fn force_stop(&mut self, grant: Option<f64>) -> Next {
+        let wish = checked(self.policy.stop_copy_cap()).unwrap_or(self.wish);
+        self.stage = Stage::Stopped;
+        self.wish = wish;
+        self.cap = bounded(wish, grant);
+        self.next()
+    }
+
+    /// The last round recorded.
+    pub fn last_round(&self) -> Option<&RoundRecord> {
+        self.builder.last_round()
+    }
+
+    /// Pre-copy time so far (the recorded rounds).
+    pub fn precopy_time_s(&self) -> f64 {
+        self.builder.precopy_time_s()
+    }
+
+    /// Closes the report with the stop-and-copy figures and the wire peak measured by the
+    /// executor.
+    pub fn finish(self, stop: StopCopy, peak_wire_bytes_per_s: f64) -> MigrationReport {
+        self.builder.finish(stop, peak_wire_bytes_per_s)
+    }
+
+    /// Records a round the executor observed without asking the policy (QEMU's own defaults
+    /// decide), with `decision` made up by the executor.
+    pub fn record_observed(&mut self, stats: &RoundStats, decision: &Decision) {
+        self.builder.round_wished(stats, stats.cap_bytes_per_s, decision);
+    }
+}
+
+/// `wish` bounded by `grant`.
+fn bounded(wish: f64, grant: Option<f64>) -> f64 {
+    grant
+        .filter(|g| *g > 0.0 && g.is_finite())
+        .map_or(wish, |g| g.min(wish))
+}
+
+fn checked(cap: f64) -> Result<f64, PilotError> {
+    if cap.is_finite() && cap > 0.0 {
+        Ok(cap)
+    } else {
+        Err(PilotError::BadCap(cap))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PolicyConfig, PolicyKind};
+
+    fn pilot(kind: PolicyKind, timeouts: Timeouts) -> Pilot<'static> {
+        let cfg = PolicyConfig {
+            memory_bytes: 1024.0 * 1024.0 * 1024.0,
+            max_rounds: 5,
+            stop_remaining: 64.0 * 1024.0 * 1024.0,
+            min_bandwidth: 1e6,
+            max_bandwidth: 1e9,
+            ..PolicyConfig::default()
+        };
+        let policy = kind.build(cfg).expect("policy");
+        Pilot::new(
+            policy,
+            Setup {
+                executor: Executor::Sim,
+                memory_bytes: 1024.0 * 1024.0 * 1024.0,
+                stop_remaining: 64.0 * 1024.0 * 1024.0,
+                workload: None,
+                timeouts,
+            },
+        )
+    }
+
+    #[test]
+    fn a_lowered_grant_applies_at_once_and_the_round_records_the_time_weighted_cap() {
+        let mut p = pilot(PolicyKind::Fixed, Timeouts::none());
+        let next = p.start(0.0, None).expect("start");
+        let wish = next.cap();
+        assert_eq!(p.steer(1.0, None), None, "nothing changed");
+        assert_eq!(p.steer(1.0, Some(wish / 4.0)), Some(wish / 4.0));
+        assert_eq!(p.steer(3.0, Some(wish * 10.0)), Some(wish), "never above the wish");
+        let (_, rec) = p.end_round(4.0, 1e6, 1e3, None).expect("round");
+        // 1 s at wish, 2 s at wish/4, 1 s at wish: (1 + 0.5 + 1) / 4 of the wish.
+        assert!((rec.cap_bytes_per_s - wish * 2.5 / 4.0).abs() < 1e-6 * wish);
+        assert_eq!(rec.wish_bytes_per_s, wish);
+        assert_eq!(rec.duration_s, 4.0);
+    }
+
+    #[test]
+    fn a_grant_in_force_bounds_the_next_round_and_the_stop_and_copy() {
+        let mut p = pilot(PolicyKind::DirtyFactor, Timeouts::none());
+        let first = p.start(0.0, Some(2e6)).expect("start");
+        assert_eq!(first.cap(), 1e6, "B_min below the grant");
+        let mut now = 0.0;
+        let mut next = first;
+        for _ in 0..10 {
+            now += 10.0;
+            p.steer(now - 5.0, Some(2e6));
+            next = p.end_round(now, 1e7, 5e8, Some(2e6)).expect("round").0;
+            assert!(next.cap() <= 2e6, "{next:?}");
+            if let Next::StopAndCopy { wish, cap, .. } = next {
+                assert_eq!(wish, 1e9, "stop-and-copy wishes B_max");
+                assert_eq!(cap, 2e6);
+                break;
+            }
+        }
+        assert!(matches!(next, Next::StopAndCopy { .. }), "N = 5 rounds");
+        assert!(p.end_round(now + 1.0, 1.0, 1.0, None).is_err(), "no round after the stop");
+    }
+
+    #[test]
+    fn the_progress_timeout_fires_without_a_new_low_and_the_completion_one_per_gib() {
+        let t = Timeouts {
+            completion_per_gib_s: Some(100.0),
+            progress_s: Some(10.0),
+            action: TimeoutAction::Force,
+        };
+        let mut p = pilot(PolicyKind::Fixed, t);
+        assert_eq!(p.progress(0.0, 1e9), None, "not started");
+        p.start(0.0, None).expect("start");
+        assert_eq!(p.progress(1.0, 1e9), None);
+        assert_eq!(p.progress(5.0, 5e8), None, "a new low at 5 s");
+        assert_eq!(p.progress(14.0, 6e8), None);
+        let o = p.progress(15.5, 6e8).expect("no new low for 10.5 s");
+        assert_eq!(o.kind, TimeoutKind::Progress);
+        assert_eq!(o.action, TimeoutAction::Force);
+        let mut p = pilot(PolicyKind::Fixed, t);
+        p.start(0.0, None).expect("start");
+        for i in 1..=100 {
+            assert_eq!(p.progress(f64::from(i), 1e9 - f64::from(i)), None);
+        }
+        let o = p.progress(100.5, 1.0).expect("1 GiB at 100 s per GiB");
+        assert_eq!(o.kind, TimeoutKind::Completion);
+        assert_eq!(t.completion_s(1.0), Some(100.0), "at least one GiB counts");
+    }
+
+    #[test]
+    fn a_force_stop_skips_the_round_under_way() {
+        let mut p = pilot(PolicyKind::Fixed, Timeouts::none());
+        p.start(0.0, None).expect("start");
+        let next = p.force_stop(Some(5e6));
+        assert!(matches!(next, Next::StopAndCopy { cap, .. } if cap == 5e6));
+        assert!(p.last_round().is_none());
+    }
+}
