@@ -9,7 +9,7 @@ mod common;
 
 use common::*;
 use livemig_engine::{InitialContent, SenderConfig};
-use livemig_policy::PolicyKind;
+use livemig_policy::{PolicyKind, PolicySpec};
 use livemig_sim::ScenarioSpec;
 
 fn compare(workload: &str, kind: PolicyKind, spec: ScenarioSpec) {
@@ -90,10 +90,13 @@ fn dirty_factor_uniform_matches_the_simulator() {
         "uniform:rate=24MiB/s",
         PolicyKind::DirtyFactor,
         ScenarioSpec {
-            rounds: Some(30),
-            stop_remaining: Some("2400KiB".into()),
-            min_bandwidth: Some("32MiB/s".into()),
-            max_bandwidth: Some("40MiB/s".into()),
+            policy: PolicySpec {
+                rounds: Some(30),
+                stop_remaining: Some("2400KiB".into()),
+                min_bandwidth: Some("32MiB/s".into()),
+                max_bandwidth: Some("40MiB/s".into()),
+                ..PolicySpec::default()
+            },
             ..ScenarioSpec::default()
         },
     );
@@ -105,9 +108,12 @@ fn fixed_hotcold_matches_the_simulator() {
         "hotcold:rate=26MiB/s,hot=25%,share=80%",
         PolicyKind::Fixed,
         ScenarioSpec {
-            rounds: Some(30),
-            stop_remaining: Some("1.9MiB".into()),
-            bandwidth: Some("32MiB/s".into()),
+            policy: PolicySpec {
+                rounds: Some(30),
+                stop_remaining: Some("1.9MiB".into()),
+                bandwidth: Some("32MiB/s".into()),
+                ..PolicySpec::default()
+            },
             ..ScenarioSpec::default()
         },
     );

@@ -58,6 +58,28 @@ impl PolicyKind {
         }
     }
 
+    /// One line on what the policy does (command-line help lists it beside the name).
+    pub fn summary(self) -> &'static str {
+        match self {
+            PolicyKind::DirtyFactor => {
+                "the method: caps follow the average dirty-page factor against the threshold T"
+            }
+            PolicyKind::Predictive => {
+                "the method's structure with a fitted growth model and an exact round planner"
+            }
+            PolicyKind::Xen => {
+                "legacy Xen: from B_min, raised to the dirty rate + 50 Mbit/s when outpaced"
+            }
+            PolicyKind::XenV2 => {
+                "Xen 4.6+: unlimited (B_max); stops under 50 dirty pages or after 5 rounds"
+            }
+            PolicyKind::Qemu => {
+                "QEMU's defaults: 128MiB/s until what remains fits the downtime limit"
+            }
+            PolicyKind::Fixed => "one constant cap (--bandwidth, default B_max)",
+        }
+    }
+
     /// Validates `cfg` and builds the policy.
     pub fn build(self, cfg: PolicyConfig) -> Result<Box<dyn Policy>, ConfigError> {
         cfg.validate()?;

@@ -3,6 +3,8 @@
 //!
 //! Map of the crate:
 //! - [`config`]: the operator's settings (M, N, h, bandwidth bounds) and their validation.
+//! - [`settings`]: [`PolicySpec`], the same settings as written (units, every field optional),
+//!   resolved into a [`PolicyConfig`]; scenario files and the command line both use it.
 //! - [`stats`]: [`RoundStats`], what an executor measured in one round, and the running
 //!   [`stats::FactorTracker`] (P_k, rho_k, rhobar_k, Phat).
 //! - [`threshold`]: T = (h / M)^(1 / N).
@@ -29,6 +31,7 @@ pub mod kind;
 pub mod pilot;
 pub mod predictive;
 pub mod report;
+pub mod settings;
 pub mod stats;
 pub mod threshold;
 
@@ -40,6 +43,7 @@ pub use decision::{Action, Audit, Branch, Decision, StopReason};
 pub use event::{Event, Stamped};
 pub use kind::{PolicyKind, UnknownPolicy};
 pub use pilot::{Executor, Next, Pilot, PilotError, Setup, TimeoutAction, Timeouts};
+pub use settings::{PolicySpec, SettingsError};
 pub use stats::{DirtySample, RoundStats, StatsError};
 
 /// One bandwidth policy: the executor asks it for round 1's cap, reports every finished round

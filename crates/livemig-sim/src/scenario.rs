@@ -20,7 +20,8 @@
 use std::path::Path;
 
 use livemig_policy::{
-    ConfigError, PolicyConfig, MAX_DURATION_S, MAX_MEMORY_BYTES, MAX_RATE_BYTES_PER_S,
+    ConfigError, PolicyConfig, PolicySpec, SettingsError, MAX_DURATION_S, MAX_MEMORY_BYTES,
+    MAX_RATE_BYTES_PER_S,
 };
 use livemig_workload::units::{self, UnitError};
 use livemig_workload::{DirtyModel, SpecError, Workload};
@@ -37,24 +38,10 @@ pub struct ScenarioSpec {
     pub description: Option<String>,
     pub memory: String,
     pub workload: String,
-    #[serde(default)]
-    pub rounds: Option<u32>,
-    #[serde(default)]
-    pub stop_remaining: Option<String>,
-    #[serde(default)]
-    pub min_bandwidth: Option<String>,
-    #[serde(default)]
-    pub max_bandwidth: Option<String>,
-    #[serde(default)]
-    pub initial_bandwidth: Option<String>,
-    #[serde(default)]
-    pub threshold: Option<f64>,
-    #[serde(default)]
-    pub bandwidth: Option<String>,
-    #[serde(default)]
-    pub downtime_limit: Option<String>,
-    #[serde(default)]
-    pub page_size: Option<String>,
+    /// The policy settings (N, h, bandwidth bounds, per-policy knobs), as keys of the scenario
+    /// table itself.
+    #[serde(flatten)]
+    pub policy: PolicySpec,
     #[serde(default)]
     pub link_capacity: Option<String>,
     #[serde(default)]
@@ -149,44 +136,17 @@ impl ScenarioSpec {
          -> Result<Option<f64>, ScenarioError> {
             v.as_deref().map(|v| unit(field, v, f)).transpose()
         };
-        let d = PolicyConfig::default();
-        let cfg = PolicyConfig {
-            memory_bytes: unit("memory", &self.memory, units::parse_size)?,
-            page_size: opt("page_size", &self.page_size, units::parse_size)?.unwrap_or(d.page_size),
-            max_rounds: self.rounds.unwrap_or(d.max_rounds),
-            stop_remaining: opt("stop_remaining", &self.stop_remaining, units::parse_size)?
-                .unwrap_or(d.stop_remaining),
-            min_bandwidth: opt(
-                "min_bandwidth",
-                &self.min_bandwidth,
-                units::parse_rate_with_unit,
-            )?
-            .unwrap_or(d.min_bandwidth),
-            max_bandwidth: opt(
-                "max_bandwidth",
-                &self.max_bandwidth,
-                units::parse_rate_with_unit,
-            )?
-            .unwrap_or(d.max_bandwidth),
-            initial_bandwidth: opt(
-                "initial_bandwidth",
-                &self.initial_bandwidth,
-                units::parse_rate_with_unit,
-            )?,
-            threshold: self.threshold,
-            fixed_bandwidth: opt("bandwidth", &self.bandwidth, units::parse_rate_with_unit)?,
-            downtime_limit_s: opt(
-                "downtime_limit",
-                &self.downtime_limit,
-                units::parse_downtime,
-            )?
-            .unwrap_or(d.downtime_limit_s),
-            safety_rounds: d.safety_rounds,
-            stop_bandwidth: None,
-        };
-        cfg.validate().map_err(|source| ScenarioError::Config {
-            scenario: name.clone(),
-            source,
+        let memory_bytes = unit("memory", &self.memory, units::parse_size)?;
+        let cfg = self.policy.resolve(memory_bytes).map_err(|e| match e {
+            SettingsError::Unit { field, source } => ScenarioError::Unit {
+                scenario: name.clone(),
+                field,
+                source,
+            },
+            SettingsError::Config(source) => ScenarioError::Config {
+                scenario: name.clone(),
+                source,
+            },
         })?;
         let workload =
             Workload::parse_in(&self.workload, base).map_err(|source| ScenarioError::Workload {
@@ -336,6 +296,35 @@ mod tests {
         }
     }
 
+    /// The policy settings are flattened: they stay keys of the `[[scenario]]` table, and an
+    /// unknown key is still refused.
+    #[test]
+    fn policy_keys_stay_in_the_scenario_table() {
+        let text = r#"
+[[scenario]]
+name = "f"
+memory = "1GiB"
+workload = "idle"
+rounds = 7
+stop_remaining = "8MiB"
+threshold = 1
+downtime_limit = "300"
+"#;
+        let specs = parse_specs(Path::new("t.toml"), text).expect("parses");
+        assert_eq!(specs[0].policy.rounds, Some(7));
+        assert_eq!(specs[0].policy.threshold, Some(1.0));
+        let s = specs[0].resolve(None).expect("valid");
+        assert_eq!(s.cfg.max_rounds, 7);
+        assert_eq!(s.cfg.stop_remaining, 8.0 * 1024.0 * 1024.0);
+        assert!((s.cfg.downtime_limit_s - 0.3).abs() < 1e-12);
+        let e = parse_specs(
+            Path::new("t.toml"),
+            "[[scenario]]\nname = \"f\"\nmemory = \"1GiB\"\nworkload = \"idle\"\nrouns = 7\n",
+        )
+        .expect_err("unknown key");
+        assert!(e.to_string().contains("rouns"), "{e}");
+    }
+
     #[test]
     fn defaults_resolve() {
         let s = spec().resolve(None).expect("valid");
@@ -366,22 +355,31 @@ mod tests {
         .expect_err("bad");
         assert!(chain(&e).contains("`lots`"), "{e}");
         let e = ScenarioSpec {
-            rounds: Some(0),
+            policy: PolicySpec {
+                rounds: Some(0),
+                ..PolicySpec::default()
+            },
             ..spec()
         }
         .resolve(None)
         .expect_err("bad");
         assert!(chain(&e).contains("N must be at least 1"), "{e}");
         let e = ScenarioSpec {
-            stop_remaining: Some("8GiB".into()),
+            policy: PolicySpec {
+                stop_remaining: Some("8GiB".into()),
+                ..PolicySpec::default()
+            },
             ..spec()
         }
         .resolve(None)
         .expect_err("bad");
         assert!(chain(&e).contains("stop level h"), "{e}");
         let e = ScenarioSpec {
-            min_bandwidth: Some("10Gbit/s".into()),
-            max_bandwidth: Some("1Gbit/s".into()),
+            policy: PolicySpec {
+                min_bandwidth: Some("10Gbit/s".into()),
+                max_bandwidth: Some("1Gbit/s".into()),
+                ..PolicySpec::default()
+            },
             ..spec()
         }
         .resolve(None)
@@ -410,14 +408,20 @@ mod tests {
             ),
             (
                 ScenarioSpec {
-                    max_bandwidth: Some("1e308B/s".into()),
+                    policy: PolicySpec {
+                        max_bandwidth: Some("1e308B/s".into()),
+                        ..PolicySpec::default()
+                    },
                     ..spec()
                 },
                 "up to 10 Tbit/s",
             ),
             (
                 ScenarioSpec {
-                    downtime_limit: Some("1e308s".into()),
+                    policy: PolicySpec {
+                        downtime_limit: Some("1e308s".into()),
+                        ..PolicySpec::default()
+                    },
                     ..spec()
                 },
                 "at most 3 days",
@@ -474,8 +478,11 @@ mod tests {
             );
         }
         let at_bounds = ScenarioSpec {
+            policy: PolicySpec {
+                max_bandwidth: Some("10000Gbit/s".into()),
+                ..PolicySpec::default()
+            },
             memory: "64TiB".into(),
-            max_bandwidth: Some("10000Gbit/s".into()),
             link_capacity: Some("10000Gbit/s".into()),
             state_size: Some("64TiB".into()),
             resume_latency: Some("72h".into()),

@@ -1,7 +1,7 @@
 //! The simulator against closed forms, and the oracle against its definition.
 
 use livemig_policy::baselines::Constant;
-use livemig_policy::{PolicyConfig, PolicyKind};
+use livemig_policy::{PolicyConfig, PolicyKind, PolicySpec};
 use livemig_sim::oracle;
 use livemig_sim::scenario::{parse_suite, ScenarioSpec};
 use livemig_sim::simulate;
@@ -29,14 +29,17 @@ fn scan_under_fixed_matches_the_geometric_series() {
             stop_mib * MIB,
         );
         let spec = ScenarioSpec {
+            policy: PolicySpec {
+                rounds: Some(n),
+                stop_remaining: Some(format!("{h_mib}MiB")),
+                min_bandwidth: Some("1MiB/s".into()),
+                max_bandwidth: Some(format!("{stop_mib}MiB/s")),
+                bandwidth: Some(format!("{b_mib}MiB/s")),
+                ..PolicySpec::default()
+            },
             name: "closed-form".into(),
             memory: format!("{m_mib}MiB"),
             workload: format!("scan:rate={rate_mib}MiB/s"),
-            rounds: Some(n),
-            stop_remaining: Some(format!("{h_mib}MiB")),
-            min_bandwidth: Some("1MiB/s".into()),
-            max_bandwidth: Some(format!("{stop_mib}MiB/s")),
-            bandwidth: Some(format!("{b_mib}MiB/s")),
             ..ScenarioSpec::default()
         };
         let s = spec.resolve(None).expect("valid scenario");
@@ -149,11 +152,14 @@ fn noise_is_reproducible_by_seed() {
 #[test]
 fn link_capacity_bounds_the_rate_and_state_adds_to_downtime() {
     let spec = ScenarioSpec {
+        policy: PolicySpec {
+            bandwidth: Some("1GiB/s".into()),
+            max_bandwidth: Some("10Gbit/s".into()),
+            ..PolicySpec::default()
+        },
         name: "l".into(),
         memory: "1GiB".into(),
         workload: "idle".into(),
-        bandwidth: Some("1GiB/s".into()),
-        max_bandwidth: Some("10Gbit/s".into()),
         link_capacity: Some("100MiB/s".into()),
         state_size: Some("10MiB".into()),
         resume_latency: Some("50ms".into()),

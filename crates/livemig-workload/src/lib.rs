@@ -17,7 +17,10 @@ pub mod rate;
 pub mod sampler;
 pub mod spec;
 pub mod trace;
-pub mod units;
+
+/// Quantities with units, re-exported from `livemig-units` (their own crate so that the policy
+/// crate can read settings without depending on workloads).
+pub use livemig_units as units;
 
 pub use model::DirtyModel;
 pub use rate::RateSeries;

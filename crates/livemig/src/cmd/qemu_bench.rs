@@ -284,7 +284,7 @@ fn predict(trace: &Path, real: &QemuReport, settings: &PolicyArgs) -> Result<Mig
         ..ScenarioSpec::default()
     };
     settings.apply(&mut spec);
-    spec.threshold = real.report.threshold;
+    spec.policy.threshold = real.report.threshold;
     let scenario = spec.resolve(None)?;
     let mut policy = PolicyKind::DirtyFactor.build(scenario.cfg.clone())?;
     Ok(simulate(policy.as_mut(), scenario.setup())?)

@@ -52,15 +52,16 @@ fn set(field: &mut Option<String>, flag: &Option<String>) {
 impl PolicyArgs {
     /// Overrides `spec`'s policy settings with the flags that were given.
     pub fn apply(&self, spec: &mut ScenarioSpec) {
-        spec.rounds = self.rounds.or(spec.rounds);
-        spec.threshold = self.threshold.or(spec.threshold);
-        set(&mut spec.stop_remaining, &self.stop_remaining);
-        set(&mut spec.min_bandwidth, &self.min_bandwidth);
-        set(&mut spec.max_bandwidth, &self.max_bandwidth);
-        set(&mut spec.initial_bandwidth, &self.initial_bandwidth);
-        set(&mut spec.bandwidth, &self.bandwidth);
-        set(&mut spec.downtime_limit, &self.downtime_limit);
-        set(&mut spec.page_size, &self.page_size);
+        let p = &mut spec.policy;
+        p.rounds = self.rounds.or(p.rounds);
+        p.threshold = self.threshold.or(p.threshold);
+        set(&mut p.stop_remaining, &self.stop_remaining);
+        set(&mut p.min_bandwidth, &self.min_bandwidth);
+        set(&mut p.max_bandwidth, &self.max_bandwidth);
+        set(&mut p.initial_bandwidth, &self.initial_bandwidth);
+        set(&mut p.bandwidth, &self.bandwidth);
+        set(&mut p.downtime_limit, &self.downtime_limit);
+        set(&mut p.page_size, &self.page_size);
     }
 
     /// Resolves and validates `memory`, `workload` and these settings (the simulator's link

@@ -1,4 +1,7 @@
 //! Quantities with units: parsing (`4GiB`, `100Mbit/s`, `300ms`, `10%`) and human printing.
+//!
+//! A leaf crate: the policy crate reads its settings with it and the workload crate re-exports
+//! it as `livemig_workload::units`.
 
 /// A value that could not be read as a quantity of the expected kind.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
