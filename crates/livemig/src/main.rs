@@ -1,22 +1,26 @@
 //! `livemig`: the one binary. Thin: parses arguments and calls the crates.
 //!
+//! - [`args`]: the flag groups several commands share (policy name and settings, the simulated
+//!   guest, `--progress`, timeouts) and duration flags; no command imports another.
 //! - [`cmd::simulate`]: `livemig simulate`, one simulated migration.
 //! - [`cmd::bench`]: `livemig bench`, every policy over a scenario suite.
 //! - [`cmd::receive`], [`cmd::migrate`]: the two ends of a real migration over TCP.
 //! - [`cmd::demo`]: both ends on loopback with live progress.
 //! - [`cmd::bench_engine`]: `livemig bench-engine`, the data path's throughput and cap accuracy.
 //! - [`cmd::qemu`]: `livemig qemu migrate | restore | dirty-trace`, real QEMU migrations;
-//!   [`cmd::qemu_bench`]: `livemig qemu bench`.
+//!   [`cmd::qemu_bench`]: `livemig qemu bench`; [`rt`]: their async runtime.
 //! - [`table`]: human tables; [`plot`]: SVG/PNG plots; [`progress`]: live round progress.
 //! - [`out`]: fallible output; a closed pipe or a full disk is an error, never a panic.
 //! - [`outcome`]: where the guest is after a real migration, exit codes 0/1/2/3, JSON results.
 //! - [`signals`]: SIGINT and SIGTERM as a clean stop.
 
+mod args;
 mod cmd;
 mod out;
 mod outcome;
 mod plot;
 mod progress;
+mod rt;
 mod signals;
 mod table;
 
@@ -27,7 +31,16 @@ use clap::{Parser, Subcommand};
 ///
 /// Sizes and rates take units: 4GiB, 512MiB, 100Mbit/s, 125MB/s, 300MiB/s.
 #[derive(Debug, Parser)]
-#[command(name = "livemig", version, propagate_version = true)]
+#[command(
+    name = "livemig",
+    version,
+    propagate_version = true,
+    after_long_help = "Examples:
+  livemig demo                                   # both ends on loopback, in seconds
+  livemig simulate --memory 4GiB --policy predictive
+  livemig receive --listen 0.0.0.0:7700 --key mig.key
+  livemig migrate --to 198.18.0.2:7700 --key mig.key --memory 1GiB"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,7 +53,7 @@ enum Command {
     /// Run every policy over a suite of scenarios, side by side with the oracle.
     Bench(cmd::bench::Args),
     /// Receive one migration over TCP (the destination), verify it and resume the guest.
-    Receive(cmd::receive::Args),
+    Receive(Box<cmd::receive::Args>),
     /// Migrate a simulated guest to a `livemig receive` over TCP (the source).
     Migrate(Box<cmd::migrate::Args>),
     /// Settle a hand-over whose outcome was unknown (exit 3), from its hold file.
@@ -50,21 +63,59 @@ enum Command {
     /// Benchmark the data path: throughput against a plain loopback copy, cap accuracy.
     BenchEngine(cmd::bench_engine::Args),
     /// Drive real QEMU live migrations with a policy (QMP), record dirty traces, benchmark.
-    #[command(subcommand)]
-    Qemu(cmd::qemu::Command),
+    #[command(
+        subcommand,
+        after_long_help = "Examples:
+  livemig qemu migrate --qmp /run/src.qmp --dest-qmp /run/dst.qmp --uri tcp:127.0.0.1:4444
+  livemig qemu restore --qmp /run/src.qmp
+  livemig qemu dirty-trace --qmp /run/src.qmp --duration 30s > trace.csv
+  livemig qemu bench --policies predictive,dirty-factor,qemu-native"
+    )]
+    Qemu(Qemu),
+}
+
+/// `livemig qemu` subcommands: `migrate`, `restore` and `dirty-trace` from `cmd::qemu`, `bench`
+/// from `cmd::qemu_bench` (joined here, so that neither module imports the other).
+#[derive(Debug, Subcommand)]
+enum Qemu {
+    #[command(flatten)]
+    Run(cmd::qemu::Command),
+    /// Boot the test guest and migrate it under every policy and QEMU's defaults, side by side.
+    Bench(Box<cmd::qemu_bench::BenchArgs>),
+}
+
+/// Parses the command line. A value clap refuses (`--policy nope`) is one line with the
+/// values it takes, exit 2; help, version and other usage errors are clap's own.
+fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.kind() == clap::error::ErrorKind::InvalidValue => {
+            let text = e.render().to_string();
+            let line: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+                .collect();
+            // "livemig: error: invalid value 'nope' for '--policy <POLICY>' [possible values: ...]"
+            out::note(&format!("livemig: {}", line.join(" ")));
+            std::process::exit(2);
+        }
+        Err(e) => e.exit(),
+    }
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse();
     let result = match cli.command {
         Command::Simulate(a) => cmd::simulate::run(*a),
         Command::Bench(a) => cmd::bench::run(a),
-        Command::Receive(a) => cmd::receive::run(a),
+        Command::Receive(a) => cmd::receive::run(*a),
         Command::Migrate(a) => cmd::migrate::run(*a),
         Command::Demo(a) => cmd::demo::run(*a),
         Command::Resolve(a) => cmd::resolve::run(a),
         Command::BenchEngine(a) => cmd::bench_engine::run(a),
-        Command::Qemu(c) => cmd::qemu::run(c),
+        Command::Qemu(Qemu::Run(c)) => cmd::qemu::run(c),
+        Command::Qemu(Qemu::Bench(a)) => cmd::qemu_bench::run(*a),
     };
     if let Err(e) = result {
         // The reader of our output went away (`livemig bench | head`): nothing to report.
@@ -73,12 +124,13 @@ fn main() {
         }
         // Exit codes: 0 migrated / done, 1 failed with the guest on the source, 2 usage or
         // any other error before a migration started, 3 outcome unknown (`outcome.rs`).
+        let code = outcome::exit_code(&e);
         let chain: Vec<String> = e
             .chain()
             .filter(|c| c.downcast_ref::<outcome::Ended>().is_none())
             .map(|c| c.to_string())
             .collect();
         out::note(&format!("livemig: error: {}", chain.join(": ")));
-        std::process::exit(outcome::exit_code(&e));
+        std::process::exit(code);
     }
 }

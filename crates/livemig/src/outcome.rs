@@ -6,9 +6,33 @@
 //! source; nothing is kept on the destination), 2 usage error (nothing was started), 3 unknown
 //! (this side does not run the guest and keeps an intact paused copy; whether the other side
 //! runs it is not known here; `livemig resolve` settles it).
+//!
+//! Also [`show_continuation`], the line that shows a received guest goes on running.
 
+use std::time::Duration;
+
+use livemig_engine::{Guest, Received};
 use livemig_policy::report::MigrationReport;
+use livemig_workload::units;
 use serde::Serialize;
+
+/// Shows that a received guest continues: its self-check counter at the hand-over and after
+/// running (it already runs: the source committed).
+pub fn show_continuation(r: &Received, run_for: Duration) -> String {
+    let before = r.self_check_at_handover;
+    r.guest.resume();
+    std::thread::sleep(run_for);
+    let (after, _) = r.guest.self_check();
+    format!(
+        "guest runs on the destination: self-check counter {before} at hand-over, {after} after {} ({})",
+        units::fmt_duration(run_for.as_secs_f64()),
+        if after > before || run_for.is_zero() {
+            "it continues"
+        } else {
+            "no writes: idle workload"
+        }
+    )
+}
 
 /// Where the guest ended up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

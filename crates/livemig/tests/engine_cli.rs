@@ -281,6 +281,7 @@ fn demo_runs_both_ends_and_reports_json() {
         .clone();
     let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
     assert_eq!(v["executor"], "engine");
-    assert_eq!(v["policy"], "dirty-factor");
+    // Real migrations run `predictive` unless told otherwise.
+    assert_eq!(v["policy"], "predictive");
     assert!(v["summary"]["downtime_s"].as_f64().expect("downtime") > 0.0);
 }

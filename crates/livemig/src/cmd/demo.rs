@@ -8,12 +8,11 @@ use std::time::Duration;
 use anyhow::Result;
 use livemig_engine::serve::{ServeConfig, Served};
 use livemig_engine::{net, Control, Key, ReceiverConfig};
-use livemig_policy::PolicyKind;
 
-use crate::cmd::migrate::GuestArgs;
-use crate::cmd::receive::show_continuation;
-use crate::cmd::simulate::PolicyArgs;
-use crate::outcome::{self, Handover, Outcome};
+use crate::args::{
+    help, GuestArgs, PolicyArgs, PolicyName, ProgressArgs, TimeoutArgs, REAL_DEFAULT_POLICY,
+};
+use crate::outcome::{self, show_continuation, Handover, Outcome};
 use crate::progress::Progress;
 use crate::table;
 
@@ -21,19 +20,21 @@ use crate::table;
 #[derive(Debug, clap::Args)]
 #[command(
     // The shared flags name their defaults in their help; the demo's own defaults replace both.
-    mut_arg("min_bandwidth", |a| a.default_value("400Mbit/s").help("B_min.")),
-    mut_arg("stop_remaining", |a| a
-        .default_value("8MiB")
-        .help("Stop level h: pre-copy ends when at most this much remains dirty."))
+    mut_arg("min_bandwidth", |a| a.default_value("400Mbit/s").help(help::MIN_BANDWIDTH)),
+    mut_arg("stop_remaining", |a| a.default_value("8MiB").help(help::STOP_REMAINING))
 )]
 pub struct Args {
     #[command(flatten)]
     pub guest: GuestArgs,
     #[command(flatten)]
     pub settings: PolicyArgs,
-    /// Policy: dirty-factor (the method), predictive, xen, xen-v2, qemu, fixed.
-    #[arg(long, default_value = "dirty-factor")]
-    pub policy: PolicyKind,
+    /// The bandwidth policy.
+    #[arg(long, value_enum, default_value_t = REAL_DEFAULT_POLICY)]
+    pub policy: PolicyName,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
     /// Print the result as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -41,12 +42,13 @@ pub struct Args {
 
 /// Runs `livemig demo`.
 pub fn run(args: Args) -> Result<()> {
-    let scenario = args
-        .settings
-        .resolve(&args.guest.memory, &args.guest.workload)?;
+    let cfg = args.guest.policy_config(&args.settings)?;
+    // Checked before anything starts; the sender and the renderer take them next.
+    let _timeouts = args.timeouts.timeouts()?;
+    let _progress_format = args.progress.format(args.json);
     let timeout = args.guest.timeout()?;
-    let send_cfg = args.guest.sender(&scenario)?;
-    let mut policy = args.policy.build(scenario.cfg.clone())?;
+    let send_cfg = args.guest.sender(&cfg)?;
+    let mut policy = args.policy.0.build(cfg.clone())?;
     let key = Key::generate()?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -74,13 +76,13 @@ pub fn run(args: Args) -> Result<()> {
     let dest = std::thread::spawn(move || {
         livemig_engine::serve(&listener, &dest_key, &serve_cfg, &stop, &|_| {})
     });
-    let guest = args.guest.start(&scenario)?;
+    let guest = args.guest.start(&cfg)?;
     if !args.json {
         outcome::note(&format!(
             "demo: {} guest, workload {}, policy {}, destination on {addr}",
-            livemig_workload::units::fmt_bytes(scenario.cfg.memory_bytes),
+            livemig_workload::units::fmt_bytes(cfg.memory_bytes),
             args.guest.workload,
-            args.policy
+            args.policy.0
         ));
     }
     let mut stream = net::connect(addr, timeout).map_err(|e| {

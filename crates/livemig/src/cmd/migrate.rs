@@ -2,95 +2,16 @@
 
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use livemig_engine::{Control, Key, SenderConfig, SimGuest, SimGuestConfig};
-use livemig_policy::PolicyKind;
-use livemig_sim::Scenario;
+use livemig_engine::{Control, Key, SimGuest};
 
-use crate::cmd::simulate::PolicyArgs;
+use crate::args::{
+    GuestArgs, PolicyArgs, PolicyName, ProgressArgs, TimeoutArgs, REAL_DEFAULT_POLICY,
+};
 use crate::outcome::{self, Handover, Outcome};
 use crate::progress::Progress;
 use crate::table;
-
-/// The simulated guest: size, workload, content (shared by `migrate` and `demo`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct GuestArgs {
-    /// Guest memory size M (a multiple of 4 KiB).
-    #[arg(long, default_value = "256MiB")]
-    pub memory: String,
-    /// Workload the guest's writer thread follows (same specs as `simulate`).
-    #[arg(long, default_value = "hotcold:rate=128MiB/s,hot=5%,share=95%")]
-    pub workload: String,
-    /// Initial memory content: random (incompressible), zero, or mixed:P (a share P of zero
-    /// pages, the rest random).
-    #[arg(long, default_value = "random")]
-    pub content: String,
-    /// Seed of the guest's content and writer.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Try lz4 on every non-zero page (zero pages are always elided).
-    #[arg(long)]
-    pub compress: bool,
-    /// Length of the dirty-log sample taken before round 1 and offered to the policy (0s for
-    /// none; `predictive` plans from it).
-    #[arg(long, default_value = "1s")]
-    pub sample: String,
-    /// Deadline of the handshake, of every frame and of every keep-alive gap.
-    #[arg(long, default_value = "10s")]
-    pub timeout: String,
-    /// Longest pause of the guest before the destination confirms a verified copy; past it the
-    /// source aborts the hand-over and resumes its guest. Must exceed --timeout.
-    #[arg(long, default_value = "30s")]
-    pub max_pause: String,
-    /// After committing, how long the source keeps reconnecting to learn whether the
-    /// destination runs the guest before it reports the outcome unknown (exit 3).
-    #[arg(long, default_value = "60s")]
-    pub resolve_timeout: String,
-}
-
-impl GuestArgs {
-    /// Starts the guest of `scenario` (page size 4 KiB).
-    pub fn start(&self, scenario: &Scenario) -> Result<SimGuest> {
-        if scenario.cfg.page_size != 4096.0 {
-            bail!("the engine moves 4 KiB pages; --page-size must be 4096");
-        }
-        let cfg = SimGuestConfig {
-            memory_bytes: scenario.cfg.memory_bytes as u64,
-            workload: self.workload.clone(),
-            content: self.content.parse()?,
-            seed: self.seed,
-        };
-        Ok(SimGuest::start(&cfg, u64::MAX)?)
-    }
-
-    /// Sender settings for `scenario`, checked against its lowest cap (one frame must move
-    /// within the timeout at every cap the policy may set).
-    pub fn sender(&self, scenario: &Scenario) -> Result<SenderConfig> {
-        let cfg = SenderConfig {
-            compress: self.compress,
-            stop_remaining: scenario.cfg.stop_remaining,
-            sample_s: crate::cmd::receive::duration("sample", &self.sample)?.as_secs_f64(),
-            workload: Some(self.workload.clone()),
-            timeout: self.timeout()?,
-            max_pause: crate::cmd::receive::positive_duration("max-pause", &self.max_pause)?,
-            resolve_timeout: crate::cmd::receive::positive_duration(
-                "resolve-timeout",
-                &self.resolve_timeout,
-            )?,
-            ..SenderConfig::default()
-        };
-        cfg.check(scenario.cfg.min_bandwidth)
-            .context("--min-bandwidth, --timeout or --max-pause")?;
-        Ok(cfg)
-    }
-
-    /// The network timeout.
-    pub fn timeout(&self) -> Result<Duration> {
-        crate::cmd::receive::positive_duration("timeout", &self.timeout)
-    }
-}
 
 /// `livemig migrate` flags.
 #[derive(Debug, clap::Args)]
@@ -105,9 +26,13 @@ pub struct Args {
     pub guest: GuestArgs,
     #[command(flatten)]
     pub settings: PolicyArgs,
-    /// Policy: dirty-factor (the method), predictive, xen, xen-v2, qemu, fixed.
-    #[arg(long, default_value = "dirty-factor")]
-    pub policy: PolicyKind,
+    /// The bandwidth policy.
+    #[arg(long, value_enum, default_value_t = REAL_DEFAULT_POLICY)]
+    pub policy: PolicyName,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
     /// Where to save the paused guest if the outcome is unknown (exit 3).
     #[arg(long, default_value = ".")]
     pub hold_dir: PathBuf,
@@ -119,12 +44,13 @@ pub struct Args {
 /// Runs `livemig migrate`. Exit codes: 0 migrated, 1 failed (the guest runs on the source),
 /// 2 usage, 3 unknown (the paused guest is saved to a hold file).
 pub fn run(args: Args) -> Result<()> {
-    let scenario = args
-        .settings
-        .resolve(&args.guest.memory, &args.guest.workload)?;
+    let cfg = args.guest.policy_config(&args.settings)?;
+    // Checked before anything starts; the sender and the renderer take them next.
+    let _timeouts = args.timeouts.timeouts()?;
+    let _progress_format = args.progress.format(args.json);
     let key = Key::load(&args.key)?;
     let timeout = args.guest.timeout()?;
-    let send_cfg = args.guest.sender(&scenario)?;
+    let send_cfg = args.guest.sender(&cfg)?;
     if !args.hold_dir.is_dir() {
         bail!("--hold-dir {} is not a directory", args.hold_dir.display());
     }
@@ -134,13 +60,13 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("cannot resolve {}", args.to))?
         .next()
         .with_context(|| format!("{} resolves to no address", args.to))?;
-    let mut policy = args.policy.build(scenario.cfg.clone())?;
+    let mut policy = args.policy.0.build(cfg.clone())?;
     // Ctrl-C or SIGTERM cancels the migration: before its commit point the guest keeps
     // running here (exit 1); after it, the hand-over completes.
     let control = Control::new();
     let on_signal = control.clone();
     crate::signals::on_interrupt(move || on_signal.cancel())?;
-    let guest = args.guest.start(&scenario)?;
+    let guest = args.guest.start(&cfg)?;
     let failed = |e: anyhow::Error, guest: &SimGuest| {
         let (n, _) = guest.self_check();
         let line = format!(

@@ -1,4 +1,4 @@
-//! One module per subcommand.
+//! One module per subcommand; none imports another (shared flags live in `args.rs`).
 
 pub mod bench;
 pub mod bench_engine;
@@ -6,7 +6,6 @@ pub mod demo;
 pub mod migrate;
 pub mod qemu;
 pub mod qemu_bench;
-pub mod qemu_common;
 pub mod receive;
 pub mod resolve;
 pub mod simulate;

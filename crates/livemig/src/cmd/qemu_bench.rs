@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use livemig_policy::report::MigrationReport;
-use livemig_policy::{PolicyConfig, PolicyKind};
+use livemig_policy::{PolicyConfig, PolicyKind, PolicySpec};
 use livemig_qemu::dirty;
 use livemig_qemu::governor::{Governor, GovernorConfig, QemuReport};
 use livemig_qemu::heartbeat;
@@ -17,8 +17,7 @@ use livemig_sim::scenario::ScenarioSpec;
 use livemig_sim::simulate;
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
-use crate::cmd::qemu_common::{duration, policy_config, Runner};
-use crate::cmd::simulate::PolicyArgs;
+use crate::args::{duration, resolve_spec, Runner};
 use crate::out;
 
 /// `livemig qemu bench` flags.
@@ -31,7 +30,7 @@ pub struct BenchArgs {
     #[arg(long = "workload", value_name = "NAME=SPEC")]
     pub workloads: Vec<String>,
     /// Only these (comma-separated); default: every policy and qemu-native.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_enum, value_delimiter = ',')]
     pub policies: Vec<Runner>,
     /// Round limit N.
     #[arg(long, default_value_t = 8)]
@@ -98,7 +97,11 @@ fn locate_image(dir: Option<&Path>) -> Result<GuestImage> {
 }
 
 /// Runs `livemig qemu bench`.
-pub async fn run(args: BenchArgs) -> Result<()> {
+pub fn run(args: BenchArgs) -> Result<()> {
+    crate::rt::runtime()?.block_on(bench(args))
+}
+
+async fn bench(args: BenchArgs) -> Result<()> {
     let image = locate_image(args.guest_dir.as_deref())?;
     let tmp = tempfile::tempdir()?;
     let out = args.out.clone().unwrap_or_else(|| tmp.path().to_path_buf());
@@ -126,18 +129,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     } else {
         args.policies.clone()
     };
-    let settings = PolicyArgs {
+    let settings = PolicySpec {
         rounds: Some(args.rounds),
         stop_remaining: Some(args.stop_remaining.clone()),
         min_bandwidth: Some(args.min_bandwidth.clone()),
         max_bandwidth: Some(args.max_bandwidth.clone()),
-        initial_bandwidth: None,
-        bandwidth: None,
-        downtime_limit: None,
-        threshold: None,
-        page_size: None,
+        ..PolicySpec::default()
     };
-    let cfg = policy_config(&settings, GUEST_MEMORY_BYTES)?;
+    let cfg = resolve_spec(&settings, GUEST_MEMORY_BYTES)?;
     let trace_len = duration("trace", &args.trace)?;
     let mut runs = Vec::new();
     let mut predictions = Vec::new();
@@ -270,7 +269,7 @@ async fn bench_one(
 /// Replays the recorded trace in the simulator with the dirty-factor policy. The simulated
 /// memory is what QEMU really sent in round 1 (zero pages travel as markers), and T is the
 /// real run's, so both decide by the same rule.
-fn predict(trace: &Path, real: &QemuReport, settings: &PolicyArgs) -> Result<MigrationReport> {
+fn predict(trace: &Path, real: &QemuReport, settings: &PolicySpec) -> Result<MigrationReport> {
     let m_eff = real
         .report
         .rounds
@@ -283,7 +282,7 @@ fn predict(trace: &Path, real: &QemuReport, settings: &PolicyArgs) -> Result<Mig
         workload: format!("trace:file={}", trace.display()),
         ..ScenarioSpec::default()
     };
-    settings.apply(&mut spec);
+    spec.policy = settings.clone();
     spec.policy.threshold = real.report.threshold;
     let scenario = spec.resolve(None)?;
     let mut policy = PolicyKind::DirtyFactor.build(scenario.cfg.clone())?;

@@ -15,10 +15,11 @@ use anyhow::{bail, Context, Result};
 use livemig_engine::hold::{self, HoldInfo};
 use livemig_engine::sender::hex;
 use livemig_engine::serve::{ServeConfig, ServeEvent, Served};
-use livemig_engine::{Guest, Key, Received, ReceiverConfig};
+use livemig_engine::{Guest, Key, ReceiverConfig};
 use livemig_workload::units;
 
-use crate::outcome::{self, Outcome};
+use crate::args::{duration, positive_duration, ProgressArgs};
+use crate::outcome::{self, show_continuation, Outcome};
 
 /// `livemig receive` flags.
 #[derive(Debug, clap::Args)]
@@ -56,51 +57,8 @@ pub struct Args {
     /// Print the outcome as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Parses a non-negative duration flag into a `Duration`, refusing values it cannot hold.
-pub fn duration(flag: &str, v: &str) -> Result<Duration> {
-    let t = units::parse_duration_with_unit(v).with_context(|| format!("--{flag}"))?;
-    if !(t >= 0.0 && t.is_finite()) {
-        bail!("--{flag} must be a non-negative duration");
-    }
-    // Far beyond any sensible wait, and small enough that every deadline computed from it
-    // (an instant plus a few of them) stays representable.
-    if t > MAX_DURATION_S {
-        bail!("--{flag} {v} is too long (at most 7 days)");
-    }
-    Duration::try_from_secs_f64(t)
-        .map_err(|_| anyhow::anyhow!("--{flag} {v} is too long to represent"))
-}
-
-/// The longest duration any flag takes (7 days).
-pub const MAX_DURATION_S: f64 = 7.0 * 86400.0;
-
-/// [`duration`], also refusing zero.
-pub fn positive_duration(flag: &str, v: &str) -> Result<Duration> {
-    let d = duration(flag, v)?;
-    if d.is_zero() {
-        bail!("--{flag} must be positive");
-    }
-    Ok(d)
-}
-
-/// Shows that a received guest continues: its self-check counter at the hand-over and after
-/// running (it already runs: the source committed).
-pub fn show_continuation(r: &Received, run_for: Duration) -> String {
-    let before = r.self_check_at_handover;
-    r.guest.resume();
-    std::thread::sleep(run_for);
-    let (after, _) = r.guest.self_check();
-    format!(
-        "guest runs on the destination: self-check counter {before} at hand-over, {after} after {} ({})",
-        units::fmt_duration(run_for.as_secs_f64()),
-        if after > before || run_for.is_zero() {
-            "it continues"
-        } else {
-            "no writes: idle workload"
-        }
-    )
+    #[command(flatten)]
+    pub progress: ProgressArgs,
 }
 
 /// The destination's memory limit from `--max-memory`.
@@ -130,6 +88,8 @@ pub fn run(args: Args) -> Result<()> {
     if !args.hold_dir.is_dir() {
         bail!("--hold-dir {} is not a directory", args.hold_dir.display());
     }
+    // Parsed now; the renderer takes it next.
+    let _progress_format = args.progress.format(args.json);
     let cfg = ServeConfig {
         receiver: ReceiverConfig {
             max_memory,

@@ -53,8 +53,8 @@ pub struct Args {
 
 /// Runs `livemig resolve`.
 pub fn run(args: Args) -> Result<()> {
-    let timeout = crate::cmd::receive::positive_duration("timeout", &args.timeout)?;
-    let run_after = crate::cmd::receive::duration("run-after", &args.run_after)?;
+    let timeout = crate::args::positive_duration("timeout", &args.timeout)?;
+    let run_after = crate::args::duration("run-after", &args.run_after)?;
     let info = hold::info(&args.file)?;
     let shown = args.file.display().to_string();
     if let Some(addr) = &args.ask {

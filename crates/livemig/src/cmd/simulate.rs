@@ -7,74 +7,12 @@ use livemig_policy::PolicyKind;
 use livemig_sim::scenario::{read_specs, Scenario, ScenarioSpec};
 use livemig_sim::simulate;
 
+use crate::args::{PolicyArgs, PolicyName};
 use crate::{out, plot, table};
-
-/// The operator's policy settings (N, h, bounds, per-policy knobs), shared by `simulate`,
-/// `migrate` and `demo`. Unset flags keep the scenario file's value or the defaults shown.
-#[derive(Debug, Clone, clap::Args)]
-pub struct PolicyArgs {
-    /// Round limit N. [default: 10]
-    #[arg(long)]
-    pub rounds: Option<u32>,
-    /// Stop level h: pre-copy ends when at most this much remains dirty. [default: 64MiB]
-    #[arg(long)]
-    pub stop_remaining: Option<String>,
-    /// B_min. [default: 100Mbit/s]
-    #[arg(long)]
-    pub min_bandwidth: Option<String>,
-    /// B_max, also the stop-and-copy bandwidth. [default: 10Gbit/s]
-    #[arg(long)]
-    pub max_bandwidth: Option<String>,
-    /// Round 1's bandwidth. [default: B_min; `predictive` plans it from the sample]
-    #[arg(long)]
-    pub initial_bandwidth: Option<String>,
-    /// The constant cap of `fixed` (default B_max) and `qemu` (default 128MiB/s).
-    #[arg(long)]
-    pub bandwidth: Option<String>,
-    /// `qemu`: downtime limit; a plain number is milliseconds, as in QEMU and libvirt
-    /// (`300` = `300ms`). [default: 300ms]
-    #[arg(long)]
-    pub downtime_limit: Option<String>,
-    /// Threshold T set by hand. [default: (h/M)^(1/N)]
-    #[arg(long)]
-    pub threshold: Option<f64>,
-    /// Page size. [default: 4096]
-    #[arg(long)]
-    pub page_size: Option<String>,
-}
 
 fn set(field: &mut Option<String>, flag: &Option<String>) {
     if flag.is_some() {
         field.clone_from(flag);
-    }
-}
-
-impl PolicyArgs {
-    /// Overrides `spec`'s policy settings with the flags that were given.
-    pub fn apply(&self, spec: &mut ScenarioSpec) {
-        let p = &mut spec.policy;
-        p.rounds = self.rounds.or(p.rounds);
-        p.threshold = self.threshold.or(p.threshold);
-        set(&mut p.stop_remaining, &self.stop_remaining);
-        set(&mut p.min_bandwidth, &self.min_bandwidth);
-        set(&mut p.max_bandwidth, &self.max_bandwidth);
-        set(&mut p.initial_bandwidth, &self.initial_bandwidth);
-        set(&mut p.bandwidth, &self.bandwidth);
-        set(&mut p.downtime_limit, &self.downtime_limit);
-        set(&mut p.page_size, &self.page_size);
-    }
-
-    /// Resolves and validates `memory`, `workload` and these settings (the simulator's link
-    /// settings at their defaults): what `migrate` and `demo` run.
-    pub fn resolve(&self, memory: &str, workload: &str) -> Result<Scenario> {
-        let mut spec = ScenarioSpec {
-            name: "cli".into(),
-            memory: memory.to_string(),
-            workload: workload.to_string(),
-            ..ScenarioSpec::default()
-        };
-        self.apply(&mut spec);
-        Ok(spec.resolve(std::env::current_dir().ok().as_deref())?)
     }
 }
 
@@ -158,7 +96,7 @@ impl ScenarioArgs {
         if let Some(w) = &self.workload {
             spec.workload.clone_from(w);
         }
-        self.policy.apply(&mut spec);
+        spec.policy.apply(&self.policy.spec());
         set(&mut spec.link_capacity, &self.link_capacity);
         set(&mut spec.state_size, &self.state_size);
         set(&mut spec.resume_latency, &self.resume_latency);
@@ -178,9 +116,9 @@ impl ScenarioArgs {
 pub struct Args {
     #[command(flatten)]
     pub scenario: ScenarioArgs,
-    /// Policy: dirty-factor (the method), predictive, xen, xen-v2, qemu, fixed.
-    #[arg(long, default_value = "dirty-factor")]
-    pub policy: PolicyKind,
+    /// The bandwidth policy. The simulator studies the method, so it is the default here.
+    #[arg(long, value_enum, default_value_t = PolicyName(PolicyKind::DirtyFactor))]
+    pub policy: PolicyName,
     /// Print the result as JSON (bytes and bytes/s) instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -192,7 +130,7 @@ pub struct Args {
 /// Runs `livemig simulate`.
 pub fn run(args: Args) -> Result<()> {
     let scenario = args.scenario.resolve()?;
-    let mut policy = args.policy.build(scenario.cfg.clone())?;
+    let mut policy = args.policy.0.build(scenario.cfg.clone())?;
     let report = simulate(policy.as_mut(), scenario.setup())?;
     if let Some(path) = &args.plot {
         plot::rounds(path, &report)?;
