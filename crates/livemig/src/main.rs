@@ -9,10 +9,15 @@
 //! - [`cmd::bench_engine`]: `livemig bench-engine`, the data path's throughput and cap accuracy.
 //! - [`cmd::qemu`]: `livemig qemu migrate | restore | dirty-trace`, real QEMU migrations;
 //!   [`cmd::qemu_bench`]: `livemig qemu bench`; [`rt`]: their async runtime.
+//! - [`cmd::completions`], [`cmd::man`]: shell completions and manual pages, generated from
+//!   these definitions.
 //! - [`table`]: human tables; [`plot`]: SVG/PNG plots; [`progress`]: live round progress.
 //! - [`out`]: fallible output; a closed pipe or a full disk is an error, never a panic.
 //! - [`outcome`]: where the guest is after a real migration, exit codes 0/1/2/3, JSON results.
 //! - [`signals`]: SIGINT and SIGTERM as a clean stop.
+//!
+//! Diagnostics go through `tracing` to stderr, at `warn` unless `RUST_LOG` says otherwise
+//! (`RUST_LOG=livemig=debug`); the user-facing output does not depend on it.
 
 mod args;
 mod cmd;
@@ -24,7 +29,7 @@ mod rt;
 mod signals;
 mod table;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Network-aware live migration of virtual machines: adaptive pre-copy bandwidth by average
 /// dirty-page factor (CN103365704A), its simulator and its benchmarks.
@@ -39,7 +44,9 @@ use clap::{Parser, Subcommand};
   livemig demo                                   # both ends on loopback, in seconds
   livemig simulate --memory 4GiB --policy predictive
   livemig receive --listen 0.0.0.0:7700 --key mig.key
-  livemig migrate --to 198.18.0.2:7700 --key mig.key --memory 1GiB"
+  livemig migrate --to 198.18.0.2:7700 --key mig.key --memory 1GiB
+
+Logging: RUST_LOG=livemig=debug livemig ... (diagnostics on stderr; default level warn)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -72,6 +79,10 @@ enum Command {
   livemig qemu bench --policies predictive,dirty-factor,qemu-native"
     )]
     Qemu(Qemu),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::completions::Args),
+    /// Print the manual page, or write one page per command into a directory.
+    Man(cmd::man::Args),
 }
 
 /// `livemig qemu` subcommands: `migrate`, `restore` and `dirty-trace` from `cmd::qemu`, `bench`
@@ -82,6 +93,18 @@ enum Qemu {
     Run(cmd::qemu::Command),
     /// Boot the test guest and migrate it under every policy and QEMU's defaults, side by side.
     Bench(Box<cmd::qemu_bench::BenchArgs>),
+}
+
+/// Diagnostics to stderr: `RUST_LOG` filters (default `warn`); colour only on a terminal.
+fn init_tracing() {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
 /// Parses the command line. A value clap refuses (`--policy nope`) is one line with the
@@ -106,6 +129,8 @@ fn parse() -> Cli {
 
 fn main() {
     let cli = parse();
+    init_tracing();
+    tracing::debug!(command = ?cli.command, "parsed arguments");
     let result = match cli.command {
         Command::Simulate(a) => cmd::simulate::run(*a),
         Command::Bench(a) => cmd::bench::run(a),
@@ -116,6 +141,8 @@ fn main() {
         Command::BenchEngine(a) => cmd::bench_engine::run(a),
         Command::Qemu(Qemu::Run(c)) => cmd::qemu::run(c),
         Command::Qemu(Qemu::Bench(a)) => cmd::qemu_bench::run(*a),
+        Command::Completions(a) => cmd::completions::run(a, Cli::command()),
+        Command::Man(a) => cmd::man::run(a, Cli::command()),
     };
     if let Err(e) = result {
         // The reader of our output went away (`livemig bench | head`): nothing to report.
@@ -125,6 +152,7 @@ fn main() {
         // Exit codes: 0 migrated / done, 1 failed with the guest on the source, 2 usage or
         // any other error before a migration started, 3 outcome unknown (`outcome.rs`).
         let code = outcome::exit_code(&e);
+        tracing::debug!(code, error = %format!("{e:#}"), "command failed");
         let chain: Vec<String> = e
             .chain()
             .filter(|c| c.downcast_ref::<outcome::Ended>().is_none())
@@ -133,4 +161,5 @@ fn main() {
         out::note(&format!("livemig: error: {}", chain.join(": ")));
         std::process::exit(code);
     }
+    tracing::debug!("command done");
 }

@@ -43,12 +43,18 @@ pub struct Args {
 /// Runs `livemig demo`.
 pub fn run(args: Args) -> Result<()> {
     let cfg = args.guest.policy_config(&args.settings)?;
-    // Checked before anything starts; the sender and the renderer take them next.
-    let _timeouts = args.timeouts.timeouts()?;
-    let _progress_format = args.progress.format(args.json);
+    let timeouts = args.timeouts.timeouts()?;
+    let progress_format = args.progress.format(args.json);
     let timeout = args.guest.timeout()?;
     let send_cfg = args.guest.sender(&cfg)?;
     let mut policy = args.policy.0.build(cfg.clone())?;
+    tracing::debug!(
+        ?cfg,
+        ?send_cfg,
+        ?timeouts,
+        ?progress_format,
+        "demo settings"
+    );
     let key = Key::generate()?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -147,6 +153,12 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
     drop(guest);
+    tracing::info!(
+        rounds = report.summary.rounds,
+        total_time_s = report.summary.total_time_s,
+        downtime_s = report.summary.downtime_s,
+        "migrated"
+    );
     if args.json {
         outcome::say(&outcome::json_result(
             &report,

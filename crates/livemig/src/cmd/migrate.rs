@@ -45,9 +45,8 @@ pub struct Args {
 /// 2 usage, 3 unknown (the paused guest is saved to a hold file).
 pub fn run(args: Args) -> Result<()> {
     let cfg = args.guest.policy_config(&args.settings)?;
-    // Checked before anything starts; the sender and the renderer take them next.
-    let _timeouts = args.timeouts.timeouts()?;
-    let _progress_format = args.progress.format(args.json);
+    let timeouts = args.timeouts.timeouts()?;
+    let progress_format = args.progress.format(args.json);
     let key = Key::load(&args.key)?;
     let timeout = args.guest.timeout()?;
     let send_cfg = args.guest.sender(&cfg)?;
@@ -61,6 +60,13 @@ pub fn run(args: Args) -> Result<()> {
         .next()
         .with_context(|| format!("{} resolves to no address", args.to))?;
     let mut policy = args.policy.0.build(cfg.clone())?;
+    tracing::info!(
+        policy = %args.policy.0,
+        memory_bytes = cfg.memory_bytes,
+        to = %addr,
+        "migration starts"
+    );
+    tracing::debug!(?cfg, ?send_cfg, ?timeouts, ?progress_format, "settings");
     // Ctrl-C or SIGTERM cancels the migration: before its commit point the guest keeps
     // running here (exit 1); after it, the hand-over completes.
     let control = Control::new();
@@ -100,6 +106,12 @@ pub fn run(args: Args) -> Result<()> {
     drop(stream);
     match result {
         Ok((report, _)) => {
+            tracing::info!(
+                rounds = report.summary.rounds,
+                total_time_s = report.summary.total_time_s,
+                downtime_s = report.summary.downtime_s,
+                "migrated"
+            );
             // Handed over: the destination runs the guest; the source's copy is destroyed.
             drop(guest);
             if args.json {
@@ -114,6 +126,7 @@ pub fn run(args: Args) -> Result<()> {
             Ok(())
         }
         Err(e) if e.in_doubt() => {
+            tracing::info!(error = %e, "outcome unknown");
             let session = e.session().unwrap_or("unknown").to_string();
             let why = format!("{:#}", anyhow::Error::new(e));
             let saved = save_hold(&args.hold_dir, &guest, &session, &why, &args.to);

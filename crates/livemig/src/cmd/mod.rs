@@ -2,7 +2,9 @@
 
 pub mod bench;
 pub mod bench_engine;
+pub mod completions;
 pub mod demo;
+pub mod man;
 pub mod migrate;
 pub mod qemu;
 pub mod qemu_bench;

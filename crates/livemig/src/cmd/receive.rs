@@ -88,8 +88,15 @@ pub fn run(args: Args) -> Result<()> {
     if !args.hold_dir.is_dir() {
         bail!("--hold-dir {} is not a directory", args.hold_dir.display());
     }
-    // Parsed now; the renderer takes it next.
-    let _progress_format = args.progress.format(args.json);
+    tracing::debug!(
+        listen = %args.listen,
+        max_memory,
+        ?timeout,
+        ?accept_timeout,
+        ?hold_timeout,
+        progress = ?args.progress.format(args.json),
+        "receiver settings"
+    );
     let cfg = ServeConfig {
         receiver: ReceiverConfig {
             max_memory,
