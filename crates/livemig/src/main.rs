@@ -163,3 +163,50 @@ fn main() {
     }
     tracing::debug!("command done");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command and subcommand shows examples, and every example parses.
+    #[test]
+    fn every_command_has_examples_that_parse() {
+        fn walk(cmd: &clap::Command, path: &str, seen: &mut usize) {
+            if cmd.get_name() == "help" {
+                return;
+            }
+            let path = format!("{path} {}", cmd.get_name());
+            let examples = cmd
+                .get_after_long_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            let lines: Vec<&str> = examples
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("livemig "))
+                .collect();
+            assert!((2..=4).contains(&lines.len()), "{path}: {examples}");
+            for line in lines {
+                // The command itself: without a comment, a redirection or a pipe.
+                let cut = ["#", ">", "|", "&&"]
+                    .iter()
+                    .filter_map(|m| line.find(m))
+                    .min()
+                    .unwrap_or(line.len());
+                let words: Vec<&str> = line[..cut].split_whitespace().collect();
+                if let Err(e) = Cli::try_parse_from(&words) {
+                    panic!("{path}: `{line}` does not parse: {e}");
+                }
+                *seen += 1;
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, seen);
+            }
+        }
+        let mut seen = 0;
+        let mut cli = Cli::command();
+        cli.build();
+        walk(&cli, "", &mut seen);
+        assert!(seen > 30, "{seen}");
+    }
+}

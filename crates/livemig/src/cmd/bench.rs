@@ -15,6 +15,10 @@ use crate::{out, plot, table};
 
 /// `livemig bench` flags.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = "Examples:
+  livemig bench                                   # the built-in suite, every policy
+  livemig bench --policies dirty-factor,predictive --report bench-report
+  livemig bench --suite scenarios/holdout.toml --json > holdout.json")]
 pub struct Args {
     /// Scenario file ([[scenario]] tables); default: the built-in suite (scenarios/suite.toml).
     #[arg(long)]

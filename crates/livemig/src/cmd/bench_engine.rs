@@ -21,6 +21,10 @@ use crate::out;
 
 /// `livemig bench-engine` flags.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = "Examples:
+  livemig bench-engine
+  livemig bench-engine --memory 512MiB --repeat 5
+  livemig bench-engine --cap 100Mbit/s --cap-duration 5s --json")]
 pub struct Args {
     /// Guest memory moved by each uncapped run (and by each plain socket copy), rounded down
     /// to whole 4 KiB pages: from one page to 64 GiB, and at most half the host's available

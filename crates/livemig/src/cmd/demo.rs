@@ -23,6 +23,10 @@ use crate::table;
     mut_arg("min_bandwidth", |a| a.default_value("400Mbit/s").help(help::MIN_BANDWIDTH)),
     mut_arg("stop_remaining", |a| a.default_value("8MiB").help(help::STOP_REMAINING))
 )]
+#[command(after_long_help = "Examples:
+  livemig demo
+  livemig demo --policy dirty-factor --memory 512MiB
+  livemig demo --workload uniform:rate=64MiB/s --compress --json")]
 pub struct Args {
     #[command(flatten)]
     pub guest: GuestArgs,

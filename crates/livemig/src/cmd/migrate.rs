@@ -15,6 +15,11 @@ use crate::table;
 
 /// `livemig migrate` flags.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = "Examples:
+  livemig migrate --to 198.18.0.2:7700 --key mig.key --memory 1GiB
+  livemig migrate --to 198.18.0.2:7700 --key mig.key --policy dirty-factor --max-bandwidth 1Gbit/s
+  livemig migrate --to dest:7700 --key mig.key --progress-timeout none --on-timeout force
+  livemig migrate --to dest:7700 --key mig.key --workload idle --content mixed:80% --compress --json")]
 pub struct Args {
     /// Address of the destination's `livemig receive` (HOST:PORT).
     #[arg(long)]

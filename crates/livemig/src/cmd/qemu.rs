@@ -34,6 +34,10 @@ pub enum Command {
 
 /// `livemig qemu migrate` flags.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = "Examples:
+  livemig qemu migrate --qmp /run/src.qmp --dest-qmp /run/dst.qmp --uri tcp:127.0.0.1:4444
+  livemig qemu migrate --qmp /run/src.qmp --uri tcp:198.18.0.2:4444 --policy dirty-factor --max-bandwidth 1Gbit/s
+  livemig qemu migrate --qmp /run/src.qmp --uri tcp:198.18.0.2:4444 --policy qemu-native --json")]
 pub struct MigrateArgs {
     /// The source QEMU's QMP socket.
     #[arg(long)]
@@ -70,6 +74,9 @@ pub struct MigrateArgs {
 
 /// `livemig qemu restore` flags.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = "Examples:
+  livemig qemu restore --qmp /run/src.qmp
+  livemig qemu restore --qmp /run/src.qmp --state-file /run/src.qmp.livemig-params.json")]
 pub struct RestoreArgs {
     /// The source QEMU's QMP socket.
     #[arg(long)]
@@ -81,6 +88,10 @@ pub struct RestoreArgs {
 
 /// `livemig qemu dirty-trace` flags.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = "Examples:
+  livemig qemu dirty-trace --qmp /run/src.qmp > trace.csv
+  livemig qemu dirty-trace --qmp /run/src.qmp --period 2s --duration 5m > trace.csv
+  livemig simulate --memory 4GiB --workload trace:file=trace.csv   # replay it")]
 pub struct TraceArgs {
     /// The guest's QMP socket.
     #[arg(long)]

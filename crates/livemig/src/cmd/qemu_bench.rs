@@ -22,6 +22,10 @@ use crate::out;
 
 /// `livemig qemu bench` flags.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = "Examples:
+  livemig qemu bench
+  livemig qemu bench --policies predictive,dirty-factor,qemu-native --out qemu-bench
+  livemig qemu bench --workload busy=uniform:rate=64MiB/s,buffer=96MiB --json")]
 pub struct BenchArgs {
     /// Folder with vmlinuz and initramfs.cpio.gz (default: what scripts/build-guest.sh makes).
     #[arg(long)]

@@ -113,6 +113,11 @@ impl ScenarioArgs {
 
 /// `livemig simulate` flags.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = "Examples:
+  livemig simulate --memory 4GiB --workload hotcold:rate=300MiB/s,hot=10%,share=90%
+  livemig simulate --memory 8GiB --policy predictive --max-bandwidth 1Gbit/s --json
+  livemig simulate --scenario scenarios/suite.toml --name hotcold-4g --plot rounds.svg
+  livemig simulate --memory 2GiB --workload trace:file=trace.csv --policy qemu --downtime-limit 300")]
 pub struct Args {
     #[command(flatten)]
     pub scenario: ScenarioArgs,
