@@ -601,3 +601,217 @@ fn a_rate_or_duration_without_a_unit_is_refused_and_downtime_reads_ms() {
     assert_eq!(run("300"), run("300ms"));
     assert_ne!(run("300"), run("300s"));
 }
+
+/// The long help of `args`, split into one entry per option.
+fn help_entries(args: &[&str]) -> Vec<String> {
+    let out = livemig()
+        .args(args)
+        .arg("--help")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let help = String::from_utf8_lossy(&out).to_string();
+    let mut entries: Vec<String> = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        let indent = line.len() - t.len();
+        if t.starts_with('-') && indent <= 6 {
+            entries.push(String::new());
+        } else if indent <= 6 && !t.is_empty() {
+            // A section heading or the examples: not an option.
+            entries.push(String::new());
+            continue;
+        }
+        if let Some(e) = entries.last_mut() {
+            e.push_str(line);
+            e.push('\n');
+        }
+    }
+    entries.retain(|e| !e.is_empty());
+    entries
+}
+
+fn entry<'a>(entries: &'a [String], flag: &str) -> &'a str {
+    entries
+        .iter()
+        .find(|e| e.trim_start().starts_with(&format!("{flag} <")))
+        .unwrap_or_else(|| panic!("{flag} is listed"))
+}
+
+/// One set of defaults: every option of every command that runs a policy names its default at
+/// most once, and the shared settings show the same defaults everywhere (demo's own aside).
+#[test]
+fn help_names_each_default_once() {
+    let commands: [&[&str]; 5] = [
+        &["simulate"],
+        &["migrate"],
+        &["demo"],
+        &["receive"],
+        &["qemu", "migrate"],
+    ];
+    for args in commands {
+        let entries = help_entries(args);
+        for e in &entries {
+            assert!(e.matches("[default:").count() <= 1, "{args:?}: {e}");
+        }
+        if args != ["receive"] {
+            let h = entry(&entries, "--rounds");
+            assert!(h.contains("[default: 10]"), "{args:?}: {h}");
+            let h = entry(&entries, "--max-bandwidth");
+            assert!(h.contains("[default: 10Gbit/s]"), "{args:?}: {h}");
+            let (stop, min) = if args == ["demo"] {
+                ("8MiB", "400Mbit/s")
+            } else {
+                ("64MiB", "100Mbit/s")
+            };
+            let h = entry(&entries, "--stop-remaining");
+            assert!(h.contains(&format!("[default: {stop}]")), "{args:?}: {h}");
+            let h = entry(&entries, "--min-bandwidth");
+            assert!(h.contains(&format!("[default: {min}]")), "{args:?}: {h}");
+        }
+    }
+}
+
+/// `--policy` lists every policy with a line on what it does; real migrations default to
+/// `predictive`, the simulator to the method.
+#[test]
+fn policy_help_lists_the_policies_and_the_defaults() {
+    for (args, default) in [
+        (&["migrate"][..], "predictive"),
+        (&["demo"][..], "predictive"),
+        (&["qemu", "migrate"][..], "predictive"),
+        (&["simulate"][..], "dirty-factor"),
+    ] {
+        let entries = help_entries(args);
+        let h = entry(&entries, "--policy");
+        for p in [
+            "dirty-factor",
+            "predictive",
+            "xen",
+            "xen-v2",
+            "qemu",
+            "fixed",
+        ] {
+            assert!(h.contains(&format!("- {p}:")), "{args:?} lists {p}: {h}");
+        }
+        assert!(
+            h.contains(&format!("[default: {default}]")),
+            "{args:?}: {h}"
+        );
+        assert_eq!(
+            h.contains("qemu-native"),
+            args == ["qemu", "migrate"],
+            "{args:?}: {h}"
+        );
+    }
+}
+
+/// A value clap refuses is one line naming it and what is allowed, exit 2, nothing started.
+#[test]
+fn bad_choices_are_one_line_and_exit_2() {
+    for (args, needles) in [
+        (
+            &["demo", "--policy", "nope"][..],
+            &["'nope'", "--policy", "predictive", "dirty-factor"][..],
+        ),
+        (
+            &["simulate", "--memory", "1GiB", "--policy", "nope"][..],
+            &["'nope'", "xen-v2"][..],
+        ),
+        (
+            &[
+                "migrate",
+                "--to",
+                "127.0.0.1:9",
+                "--key",
+                "k",
+                "--on-timeout",
+                "bogus",
+            ][..],
+            &["'bogus'", "--on-timeout", "abort", "force"][..],
+        ),
+        (
+            &["demo", "--progress", "loud"][..],
+            &["'loud'", "human"][..],
+        ),
+    ] {
+        let out = livemig().args(args).assert().code(2).get_output().clone();
+        let err = String::from_utf8_lossy(&out.stderr);
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: `{err}` should contain {n}");
+        }
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    // Bad timeouts are refused before anything starts.
+    let out = livemig()
+        .args(["demo", "--progress-timeout", "soon"])
+        .assert()
+        .code(2)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--progress-timeout"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = livemig()
+            .args(["completions", shell])
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("stop-remaining"), "{shell}: {text}");
+        assert!(text.contains("predictive"), "{shell}");
+    }
+    let out = livemig()
+        .arg("man")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let page = String::from_utf8_lossy(&out);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH livemig"),
+        "{page}"
+    );
+    assert!(page.contains("migrate"), "{page}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    livemig()
+        .args(["man", "--out"])
+        .arg(dir.path())
+        .assert()
+        .success();
+    let page = std::fs::read_to_string(dir.path().join("livemig-migrate.1")).expect("page");
+    assert!(page.contains("\\-\\-on\\-timeout"), "{page}");
+    assert!(dir.path().join("livemig-qemu-migrate.1").is_file());
+}
+
+/// `RUST_LOG` turns on diagnostics on stderr without touching stdout.
+#[test]
+fn rust_log_writes_diagnostics_to_stderr_only() {
+    let quiet = simulate(&["--json"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    assert!(quiet.stderr.is_empty(), "{:?}", quiet.stderr);
+    let loud = simulate(&["--json"])
+        .env("RUST_LOG", "livemig=debug")
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    assert_eq!(loud.stdout, quiet.stdout);
+    let err = String::from_utf8_lossy(&loud.stderr);
+    assert!(err.contains("parsed arguments"), "{err}");
+    assert!(!err.contains('\u{1b}'), "no colour off a terminal: {err}");
+}

@@ -36,7 +36,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "Examples:
   livemig qemu migrate --qmp /run/src.qmp --dest-qmp /run/dst.qmp --uri tcp:127.0.0.1:4444
-  livemig qemu migrate --qmp /run/src.qmp --uri tcp:198.18.0.2:4444 --policy dirty-factor --max-bandwidth 1Gbit/s
+  livemig qemu migrate --qmp /run/src.qmp --uri tcp:198.18.0.2:4444 --policy dirty-factor --rounds 8
   livemig qemu migrate --qmp /run/src.qmp --uri tcp:198.18.0.2:4444 --policy qemu-native --json")]
 pub struct MigrateArgs {
     /// The source QEMU's QMP socket.

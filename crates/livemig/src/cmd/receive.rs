@@ -25,7 +25,7 @@ use crate::outcome::{self, show_continuation, Outcome};
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "Examples:
   livemig receive --listen 0.0.0.0:7700 --key mig.key
-  livemig receive --listen 198.18.0.2:7700 --key mig.key --max-memory 8GiB --hold-dir /var/lib/livemig
+  livemig receive --listen 198.18.0.2:7700 --key mig.key --max-memory 8GiB --hold-dir /srv
   livemig receive --listen 127.0.0.1:0 --key mig.key --json   # port 0: prints the one it took")]
 pub struct Args {
     /// Address to listen on (HOST:PORT; port 0 picks one and prints it).
