@@ -656,6 +656,10 @@ fn help_names_each_default_once() {
         for e in &entries {
             assert!(e.matches("[default:").count() <= 1, "{args:?}: {e}");
         }
+        if args != ["simulate"] {
+            let h = entry(&entries, "--progress");
+            assert!(h.contains("[default: human; with --json: none]"), "{args:?}: {h}");
+        }
         if args != ["receive"] {
             let h = entry(&entries, "--rounds");
             assert!(h.contains("[default: 10]"), "{args:?}: {h}");

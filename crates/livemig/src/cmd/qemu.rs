@@ -16,7 +16,7 @@ use livemig_qemu::QmpClient;
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate, parse_duration_with_unit};
 use tokio::sync::mpsc;
 
-use crate::args::{duration, PolicyArgs, Runner};
+use crate::args::{duration, PolicyArgs, ProgressArgs, Runner};
 use crate::outcome::{self, Outcome};
 use crate::{out, table};
 
@@ -66,6 +66,10 @@ pub struct MigrateArgs {
     /// stderr.
     #[arg(long)]
     pub json: bool,
+    // Parsed and kept for the live renderer, which does not read it yet.
+    #[allow(dead_code)]
+    #[command(flatten)]
+    pub progress: ProgressArgs,
     /// Where the source's own max-bandwidth, downtime-limit and capabilities are saved while
     /// they are changed (default: <qmp>.livemig-params.json); removed once they are back.
     #[arg(long)]
