@@ -658,7 +658,10 @@ fn help_names_each_default_once() {
         }
         if args != ["simulate"] {
             let h = entry(&entries, "--progress");
-            assert!(h.contains("[default: human; with --json: none]"), "{args:?}: {h}");
+            assert!(
+                h.contains("[default: human; with --json: none]"),
+                "{args:?}: {h}"
+            );
         }
         if args != ["receive"] {
             let h = entry(&entries, "--rounds");
