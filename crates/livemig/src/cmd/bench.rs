@@ -11,6 +11,7 @@ use livemig_sim::bench::{run_suite, PolicyResult, ScenarioResult, DEFAULT_SUITE}
 use livemig_sim::scenario::{load_suite, parse_suite};
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
+use crate::args::PolicyName;
 use crate::{out, plot, table};
 
 /// `livemig bench` flags.
@@ -24,8 +25,8 @@ pub struct Args {
     #[arg(long)]
     pub suite: Option<PathBuf>,
     /// Only these policies (comma-separated); default: all.
-    #[arg(long, value_delimiter = ',')]
-    pub policies: Vec<PolicyKind>,
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub policies: Vec<PolicyName>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -43,7 +44,7 @@ pub fn run(args: Args) -> Result<()> {
     let policies = if args.policies.is_empty() {
         PolicyKind::ALL.to_vec()
     } else {
-        args.policies.clone()
+        args.policies.iter().map(|p| p.0).collect()
     };
     if let Some(dir) = &args.report {
         check_report_dir(dir)?;
