@@ -198,6 +198,8 @@ pub trait Host: Sync {
     }
     /// A reconnecting source said `Done` after learning that `session` runs here.
     fn source_done(&self, _session: &[u8; SESSION_ID_LEN]) {}
+    /// A whole round came in (`round` 0: the stop-and-copy), for progress reports.
+    fn round_received(&self, _round: u32, _pages: u64) {}
 }
 
 /// A host for a single connection: the slot is free, no session is held.
@@ -430,13 +432,16 @@ fn run<S: Read + Write>(
                     Message::RoundEnd { round: r, pages: p } if *r == round => Some(*p),
                     _ => None,
                 })?;
-                if got.0 != pages || got.1 != pages {
+                // A round may end early (the source's timeout forced stop-and-copy): its
+                // `RoundEnd` then counts fewer pages than announced, and they must have come.
+                if got.0 != got.1 || got.1 > pages {
                     return Err(RecvError::Count {
-                        expected: pages,
+                        expected: got.1.min(pages),
                         got: got.0,
                     });
                 }
                 rounds = round;
+                host.round_received(round, got.0);
             }
             Message::StopCopy { pages } if rounds > 0 => {
                 let mut state = None;
@@ -453,6 +458,7 @@ fn run<S: Read + Write>(
                         got,
                     });
                 }
+                host.round_received(0, got);
                 break state;
             }
             m => {

@@ -235,7 +235,7 @@ fn run_case_with(rule: Option<Rule>, extra: Option<Inject>, partition: bool) -> 
         &send_cfg,
         &livemig_engine::Control::new(),
         &mut |e| {
-            if let livemig_engine::Event::Paused { .. } = e {
+            if let livemig_engine::Event::StopAndCopy { .. } = e {
                 paused_at = Some(Instant::now());
                 at_pause = Some(memory_bytes(src_ref));
             }

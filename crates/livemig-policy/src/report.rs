@@ -168,6 +168,11 @@ impl ReportBuilder {
         self.report.rounds.last()
     }
 
+    /// The rounds recorded so far.
+    pub fn report_rounds(&self) -> &[RoundRecord] {
+        &self.report.rounds
+    }
+
     /// Pre-copy time so far.
     pub fn precopy_time_s(&self) -> f64 {
         self.precopy_time_s

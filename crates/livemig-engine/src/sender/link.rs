@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use livemig_policy::Control;
+use livemig_policy::pilot::Pilot;
+use livemig_policy::TimeoutAction;
 
 use crate::auth::{self, Channel, Key, Role};
-use crate::guest::Guest;
 use crate::keepalive;
 use crate::limiter::TokenBucket;
 use crate::memory::PageSet;
@@ -18,7 +18,7 @@ use crate::wire::{
     PAGE_SIZE, VERSION,
 };
 
-use super::{Event, SendError, SenderConfig, SenderPhase};
+use super::{Ctx, Event, SendError, SenderConfig, SenderPhase};
 
 pub(super) struct Link<'a, S: Transport> {
     pub(super) stream: &'a mut S,
@@ -34,7 +34,22 @@ pub(super) struct Link<'a, S: Transport> {
     pub(super) spare: Vec<u8>,
 }
 
-impl<S: Transport> Link<'_, S> {
+impl<'a, S: Transport> Link<'a, S> {
+    /// A fresh link on `stream`, frames bounded by `timeout`.
+    pub(super) fn new(stream: &'a mut S, timeout: Duration) -> Link<'a, S> {
+        Link {
+            stream,
+            meter: WireMeter::new(),
+            start: Instant::now(),
+            phase: SenderPhase::Connected,
+            chan: None,
+            timeout,
+            pause_deadline: None,
+            outer: None,
+            spare: Vec::new(),
+        }
+    }
+
     pub(super) fn now(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
     }
@@ -152,29 +167,56 @@ impl<S: Transport> Link<'_, S> {
         }
     }
 
-    /// Sends `pages` under `bucket`, re-reading the external cap before every frame.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends `pages` under `bucket` for `round` (0: stop-and-copy). Before every frame it
+    /// applies the grant through the pilot (a lowered grant is on the wire within one frame,
+    /// about 2 ms of traffic) and checks cancellation and the pilot's timeouts; at most every
+    /// [`PROGRESS_EVERY_S`] it reports progress.
     pub(super) fn send_pages(
         &mut self,
-        guest: &dyn Guest,
+        cx: &mut Ctx<'_, '_>,
+        pilot: &mut Pilot<'_>,
         pages: &PageSet,
         bucket: &mut TokenBucket,
-        cap: f64,
-        control: &Control,
-        compress: bool,
         round: u32,
-        observer: &mut dyn FnMut(&Event<'_>),
-    ) -> Result<(), SendError> {
+    ) -> Result<Sent, SendError> {
+        let (guest, control, compress) = (cx.guest, cx.control, cx.cfg.compress);
         let total = pages.count();
         let mut batch = BatchWriter::new(compress);
         let mut sent = 0u64;
+        let mut last_report = f64::NEG_INFINITY;
         let mut it = pages.iter().peekable();
         while it.peek().is_some() {
             self.pause_over()?;
             if control.is_cancelled() {
                 return Err(self.cancelled());
             }
-            let rate = control.effective(cap);
+            let now = self.now();
+            let granted = control.granted();
+            if let Some(cap) = pilot.steer(now, granted) {
+                cx.emit(Event::CapGranted {
+                    granted_bytes_per_s: granted,
+                    cap_bytes_per_s: cap,
+                });
+            }
+            let left = ((total - sent) * PAGE_SIZE as u64) as f64;
+            if let Some(overdue) = pilot.progress(now, left) {
+                cx.emit(Event::TimedOut { overdue });
+                match overdue.action {
+                    TimeoutAction::Abort => {
+                        let _ = self.cancelled();
+                        return Err(SendError::TimedOut(overdue));
+                    }
+                    TimeoutAction::Force => {
+                        pilot.force_stop(overdue, granted);
+                        let mut unsent = PageSet::empty(pages.len());
+                        for p in it {
+                            unsent.insert(p);
+                        }
+                        return Ok(Sent::Cut { sent, unsent });
+                    }
+                }
+            }
+            let rate = pilot.cap();
             if rate.is_nan() || rate < SenderConfig::min_cap(self.timeout) {
                 return Err(SendError::CapTooLow {
                     cap: rate,
@@ -182,7 +224,6 @@ impl<S: Transport> Link<'_, S> {
                 });
             }
             if rate != bucket.rate() {
-                let now = self.now();
                 bucket.set_rate(rate, now)?;
             }
             // About 2 ms of traffic per frame: a 100 ms window holds ~50 frames, so the window
@@ -211,11 +252,31 @@ impl<S: Transport> Link<'_, S> {
             }
             let (t, n) = (self.now(), frame.len() as u64);
             self.meter.record(t, n);
-            observer(&Event::Progress { round, sent, total });
+            if t - last_report >= PROGRESS_EVERY_S || sent == total {
+                last_report = t;
+                cx.emit(Event::Progress {
+                    round,
+                    bytes_sent: (sent * PAGE_SIZE as u64) as f64,
+                    bytes_remaining: ((total - sent) * PAGE_SIZE as u64) as f64,
+                });
+            }
         }
-        Ok(())
+        Ok(Sent::All)
     }
 }
+
+/// How a page set went out.
+pub(super) enum Sent {
+    All,
+    /// A timeout forced stop-and-copy: `sent` pages went out, `unsent` did not.
+    Cut {
+        sent: u64,
+        unsent: PageSet,
+    },
+}
+
+/// Longest gap between two progress events while pages move (seconds).
+pub const PROGRESS_EVERY_S: f64 = 0.25;
 
 /// Sleeps `s` seconds; nothing for zero, negative or NaN, and no panic for huge values.
 pub(super) fn sleep_s(s: f64) {

@@ -14,7 +14,7 @@ use crate::cmd::migrate::GuestArgs;
 use crate::cmd::receive::show_continuation;
 use crate::cmd::simulate::PolicyArgs;
 use crate::outcome::{self, Handover, Outcome};
-use crate::progress::Progress;
+use crate::progress::{Progress, ProgressFormat};
 use crate::table;
 
 /// `livemig demo` flags (defaults finish in seconds on a small machine).
@@ -37,6 +37,10 @@ pub struct Args {
     /// Print the result as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Live progress on stderr: `human` (bars and lines), `json` (one JSON event per line,
+    /// NDJSON, for scripts) or `none`. [default: human; none with --json]
+    #[arg(long, value_enum)]
+    pub progress: Option<ProgressFormat>,
 }
 
 /// Runs `livemig demo`.
@@ -92,7 +96,11 @@ pub fn run(args: Args) -> Result<()> {
             ),
         )
     })?;
-    let mut progress = Progress::new(args.json);
+    let mut progress = Progress::new(args.progress.unwrap_or(if args.json {
+        ProgressFormat::None
+    } else {
+        ProgressFormat::Human
+    }));
     let mut redial = || net::connect(addr, timeout);
     let sent = livemig_engine::migrate_measured(
         &mut stream,

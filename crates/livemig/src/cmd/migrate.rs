@@ -11,7 +11,7 @@ use livemig_sim::Scenario;
 
 use crate::cmd::simulate::PolicyArgs;
 use crate::outcome::{self, Handover, Outcome};
-use crate::progress::Progress;
+use crate::progress::{Progress, ProgressFormat};
 use crate::table;
 
 /// The simulated guest: size, workload, content (shared by `migrate` and `demo`).
@@ -114,6 +114,10 @@ pub struct Args {
     /// Print the result as JSON (bytes and bytes/s) instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Live progress on stderr: `human` (bars and lines), `json` (one JSON event per line,
+    /// NDJSON, for scripts) or `none`. [default: human; none with --json]
+    #[arg(long, value_enum)]
+    pub progress: Option<ProgressFormat>,
 }
 
 /// Runs `livemig migrate`. Exit codes: 0 migrated, 1 failed (the guest runs on the source),
@@ -159,7 +163,11 @@ pub fn run(args: Args) -> Result<()> {
         Ok(s) => s,
         Err(e) => return Err(failed(e.into(), &guest)),
     };
-    let mut progress = Progress::new(args.json);
+    let mut progress = Progress::new(args.progress.unwrap_or(if args.json {
+        ProgressFormat::None
+    } else {
+        ProgressFormat::Human
+    }));
     let mut redial = || livemig_engine::net::connect(addr, timeout);
     let result = livemig_engine::migrate_measured(
         &mut stream,
@@ -172,6 +180,9 @@ pub fn run(args: Args) -> Result<()> {
         Some(&mut redial),
     );
     drop(stream);
+    if let Err(e) = &result {
+        progress.observe(&ended_event(e));
+    }
     match result {
         Ok((report, _)) => {
             // Handed over: the destination runs the guest; the source's copy is destroyed.
@@ -253,4 +264,24 @@ fn save_hold(
     let path = dir.join(format!("livemig-{session}.source.lmhold"));
     livemig_engine::hold::save(&path, guest, &info)?;
     Ok(path.display().to_string())
+}
+
+/// The last event of a migration that did not hand over.
+fn ended_event(e: &livemig_engine::SendError) -> livemig_policy::Event {
+    use livemig_policy::Event;
+    match e {
+        livemig_engine::SendError::Cancelled { phase } => Event::Cancelled {
+            phase: phase.to_string(),
+        },
+        e => Event::Failed {
+            error: crate::out::error_chain(e),
+            outcome: if e.in_doubt() {
+                Outcome::Unknown
+            } else {
+                Outcome::FailedSourceRunning
+            }
+            .name()
+            .to_string(),
+        },
+    }
 }

@@ -15,6 +15,9 @@ use anyhow::{bail, Context, Result};
 use livemig_engine::hold::{self, HoldInfo};
 use livemig_engine::sender::hex;
 use livemig_engine::serve::{ServeConfig, ServeEvent, Served};
+use livemig_policy::Event;
+
+use crate::progress::{Progress, ProgressFormat};
 use livemig_engine::{Guest, Key, Received, ReceiverConfig};
 use livemig_workload::units;
 
@@ -56,6 +59,10 @@ pub struct Args {
     /// Print the outcome as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Live progress on stderr: `human`, `json` (one JSON event per line, NDJSON, for
+    /// scripts) or `none` (refusals are still reported). [default: human; none with --json]
+    #[arg(long, value_enum)]
+    pub progress: Option<ProgressFormat>,
 }
 
 /// Parses a non-negative duration flag into a `Duration`, refusing values it cannot hold.
@@ -153,9 +160,32 @@ pub fn run(args: Args) -> Result<()> {
     })?;
     let listener = TcpListener::bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    outcome::say(&format!("listening on {}", listener.local_addr()?));
+    let address = listener.local_addr()?.to_string();
+    outcome::say(&format!("listening on {address}"));
+    let progress = std::sync::Mutex::new(Progress::new(args.progress.unwrap_or(if args.json {
+        ProgressFormat::None
+    } else {
+        ProgressFormat::Human
+    })));
+    let show = |e: &Event| {
+        if let Ok(mut p) = progress.lock() {
+            p.observe(e);
+        }
+    };
+    show(&Event::Listening { address });
+    let log = |e: &ServeEvent<'_>| {
+        let json = progress
+            .lock()
+            .map(|p| p.format() == ProgressFormat::Json)
+            .unwrap_or(false);
+        if json {
+            show(&event_of(e));
+        } else {
+            log_event(e, &show);
+        }
+    };
     let served =
-        livemig_engine::serve(&listener, &key, &cfg, stop.as_ref(), &log_event).map_err(|e| {
+        livemig_engine::serve(&listener, &key, &cfg, stop.as_ref(), &log).map_err(|e| {
             outcome::ended(
                 Outcome::FailedSourceRunning,
                 format!("{:#}", anyhow::Error::new(e)),
@@ -250,8 +280,39 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-/// Logs the accept loop's events on stderr (peer text is escaped by the wire decoder).
-fn log_event(e: &ServeEvent<'_>) {
+/// The accept loop's event as the one event type (`--progress json`).
+fn event_of(e: &ServeEvent<'_>) -> Event {
+    match e {
+        ServeEvent::Refused { peer, error, .. } => Event::Discarded {
+            peer: peer.to_string(),
+            reason: format!("refused: {}", crate::out::error_chain(*error)),
+        },
+        ServeEvent::TooMany { peer } => Event::Discarded {
+            peer: peer.to_string(),
+            reason: "closed: too many connections at once".into(),
+        },
+        ServeEvent::Holding { reason } => Event::Held {
+            reason: crate::out::error_chain(*reason),
+        },
+        ServeEvent::Resuming { .. } => Event::Verified {
+            how: "every page's xxh3 digest matched the source's, and the source committed".into(),
+        },
+        ServeEvent::Settled { status } => Event::Settled {
+            status: format!("{status:?}"),
+        },
+        ServeEvent::Claimed { peer } => Event::Accepted {
+            peer: peer.to_string(),
+        },
+        ServeEvent::Received { round, pages, .. } => Event::Received {
+            round: *round,
+            pages: *pages,
+        },
+    }
+}
+
+/// Logs the accept loop's events on stderr for people (peer text is escaped by the wire
+/// decoder); refusals are reported whatever the progress format, the rest through `show`.
+fn log_event(e: &ServeEvent<'_>, show: &dyn Fn(&Event)) {
     match e {
         ServeEvent::Refused {
             peer,
@@ -263,16 +324,9 @@ fn log_event(e: &ServeEvent<'_>) {
             } else {
                 String::new()
             };
-            // The error and its causes on one line.
-            let mut why = error.to_string();
-            let mut cause = std::error::Error::source(*error);
-            while let Some(c) = cause {
-                why.push_str(": ");
-                why.push_str(&c.to_string());
-                cause = c.source();
-            }
             outcome::note(&format!(
-                "refused {peer}: {why}{more}; still waiting for a source"
+                "refused {peer}: {}{more}; still waiting for a source",
+                crate::out::error_chain(*error)
             ));
         }
         ServeEvent::TooMany { peer } => {
@@ -281,9 +335,11 @@ fn log_event(e: &ServeEvent<'_>) {
         ServeEvent::Holding { reason } => outcome::note(&format!(
             "the hand-over was interrupted after the copy verified ({reason}); holding it paused until the source settles it"
         )),
-        ServeEvent::Resuming { .. } => {}
         ServeEvent::Settled { status } => {
             outcome::note(&format!("a reconnecting source settled the hand-over: {status:?}"))
+        }
+        ServeEvent::Resuming { .. } | ServeEvent::Claimed { .. } | ServeEvent::Received { .. } => {
+            show(&event_of(e))
         }
     }
 }
