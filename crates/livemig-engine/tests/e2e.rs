@@ -311,3 +311,69 @@ fn predictive_plans_round_one_from_the_sample_and_converges() {
     assert_eq!(got.digest, src.memory().digest());
     assert_eq!(got.self_check_at_handover, src.self_check());
 }
+
+/// The completion timeout (per GiB; a 32 MiB guest counts as one GiB) fires in round 1.
+/// `force`: the round is cut short and stop-and-copy sends the rest, the hand-over verifies.
+/// `abort`: the source stops with `TimedOut`, its guest running, and the destination keeps
+/// nothing.
+#[test]
+fn a_completion_timeout_forces_stop_and_copy_or_aborts() {
+    use livemig_policy::{StopReason, TimeoutAction, Timeouts};
+    let cfg = livemig_policy::PolicyConfig {
+        fixed_bandwidth: Some(32.0 * MIB),
+        max_bandwidth: 1024.0 * MIB,
+        max_rounds: 5,
+        ..policy_cfg(32)
+    };
+    let timeouts = |action| Timeouts {
+        completion_per_gib_s: Some(0.3),
+        progress_s: None,
+        action,
+    };
+    let src = common::guest(32, "uniform:rate=2MiB/s", InitialContent::Random);
+    let (sent, got) = migrate_pair(
+        &src,
+        PolicyKind::Fixed,
+        cfg.clone(),
+        SenderConfig {
+            sample_s: 0.0,
+            timeouts: timeouts(TimeoutAction::Force),
+            ..SenderConfig::default()
+        },
+    );
+    let r = sent.expect("a forced stop still hands over");
+    let got = got.expect("destination receives");
+    assert_eq!(r.summary.stop_reason, StopReason::TimedOut);
+    assert_eq!(r.rounds.len(), 1, "cut in round 1");
+    assert!(
+        r.rounds[0].bytes_sent < 30.0 * MIB,
+        "round 1 was cut: {} MiB sent",
+        r.rounds[0].bytes_sent / MIB
+    );
+    assert!(
+        r.summary.stop_copy_bytes > 1.0 * MIB,
+        "the rest went in stop-and-copy"
+    );
+    assert_eq!(got.self_check_at_handover, src.self_check());
+
+    let src = common::guest(32, "uniform:rate=2MiB/s", InitialContent::Random);
+    let (sent, got) = migrate_pair(
+        &src,
+        PolicyKind::Fixed,
+        cfg,
+        SenderConfig {
+            sample_s: 0.0,
+            timeouts: timeouts(TimeoutAction::Abort),
+            ..SenderConfig::default()
+        },
+    );
+    let e = sent.expect_err("the timeout aborts");
+    assert!(matches!(e, livemig_engine::SendError::TimedOut(_)), "{e:?}");
+    assert!(got.is_err(), "the destination keeps nothing");
+    let before = src.self_check().0;
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        src.self_check().0 > before,
+        "the source guest keeps running"
+    );
+}

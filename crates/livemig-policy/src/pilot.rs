@@ -65,7 +65,8 @@ pub enum TimeoutAction {
 
 /// The completion and no-progress timeouts (`docs/decisions.md`): the completion deadline
 /// scales with the guest's memory, as in KubeVirt and Nova; progress means the bytes left to
-/// send reached a new low.
+/// send in the round under way reached a new low (a stall detector: a guest that never
+/// converges still makes progress within each round, and the completion timeout bounds it).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Timeouts {
     /// Seconds allowed per GiB of guest memory (at least one GiB is counted); `None` for none.
@@ -284,6 +285,8 @@ impl<'p> Pilot<'p> {
         self.cap = bounded(wish, grant);
         self.cap_area = 0.0;
         self.cap_since_s = now_s;
+        // Progress is judged within a round: its bytes left to send fall while bytes move.
+        self.low = None;
     }
 
     /// What the executor does now.
@@ -337,7 +340,8 @@ impl<'p> Pilot<'p> {
         Some(cap)
     }
 
-    /// Reports `remaining` bytes left to send at `now_s` and checks the timeouts.
+    /// Reports `remaining` bytes left to send in the round under way at `now_s` and checks the
+    /// timeouts (only during pre-copy rounds).
     pub fn progress(&mut self, now_s: f64, remaining: f64) -> Option<Overdue> {
         if !matches!(self.stage, Stage::Round { .. }) {
             return None;
@@ -661,6 +665,14 @@ mod tests {
         }
         let o = p.progress(100.5, 1.0).expect("1 GiB at 100 s per GiB");
         assert_eq!(o.kind, TimeoutKind::Completion);
+        // A new round starts its own lows: its first report is progress.
+        let mut p = pilot(PolicyKind::Fixed, t);
+        p.start(0.0, None).expect("start");
+        assert_eq!(p.progress(1.0, 10.0), None);
+        p.end_round(5.0, 1e9, 5e8, None).expect("round");
+        assert_eq!(p.progress(14.0, 5e8), None, "round 2's first report");
+        let o = p.progress(24.5, 5e8).expect("stalled in round 2");
+        assert_eq!(o.kind, TimeoutKind::Progress);
         assert_eq!(t.completion_s(1.0), Some(100.0), "at least one GiB counts");
     }
 
