@@ -217,8 +217,8 @@ impl Progress {
             } else {
                 format!("round {round} received: {}", fmt_bytes((*pages * 4096) as f64))
             }),
-            Event::Resumed { peer } => self.line(format!(
-                "{peer}: the guest runs here (verified, committed)"
+            Event::Resumed { session } => self.line(format!(
+                "session {session}: the guest runs here (verified, committed)"
             )),
             Event::Discarded { peer, reason } => self.line(format!("{peer}: {reason}")),
             Event::Held { reason } => self.line(format!(

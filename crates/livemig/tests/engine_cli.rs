@@ -371,7 +371,7 @@ fn progress_json_streams_every_round_record_as_ndjson() {
         .iter()
         .filter_map(|e| e["event"].as_str())
         .collect();
-    for k in ["listening", "accepted", "received", "verified"] {
+    for k in ["listening", "accepted", "received", "verified", "resumed"] {
         assert!(rx_kinds.contains(&k), "{k} missing from {rx_kinds:?}");
     }
     let received = rx_events

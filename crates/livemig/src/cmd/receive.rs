@@ -193,6 +193,9 @@ pub fn run(args: Args) -> Result<()> {
         })?;
     match served {
         Served::Migrated(received) => {
+            show(&Event::Resumed {
+                session: hex(&received.session),
+            });
             // The guest runs here now. Nothing may fail or panic any more (a closed stdout
             // included): output errors are ignored.
             let line = format!(
