@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 use livemig_policy::pilot::Pilot;
 use livemig_policy::TimeoutAction;
 
-use crate::auth::{self, Channel, Key, Role};
+use crate::auth::{self, Channel, Key, Role, Transcript};
 use crate::keepalive;
 use crate::limiter::TokenBucket;
 use crate::memory::PageSet;
 use crate::meter::WireMeter;
 use crate::net::Transport;
 use crate::wire::{
-    self, read_within, write_within, BatchWriter, Message, Mode, WireError, MAX_BATCH_PAGES,
-    PAGE_SIZE, VERSION,
+    self, read_within, write_within, BatchWriter, Message, Mode, NoCommonVersion, Versions,
+    WireError, MAX_BATCH_PAGES, PAGE_SIZE,
 };
 
 use super::{Ctx, Event, SendError, SenderConfig, SenderPhase};
@@ -238,7 +238,7 @@ impl<'a, S: Transport> Link<'a, S> {
             let Some(chan) = self.chan.as_mut() else {
                 return Err(SendError::Auth);
             };
-            let frame = batch.frame_with_tag(|body| chan.tag_next(wire::MsgType::Pages, body));
+            let frame = chan.seal_pages(&mut batch);
             let wait = bucket.take(frame.len() as f64, self.start.elapsed().as_secs_f64());
             // Never sleep past the timeout (the peer would give up) or the pause deadline.
             let pause_left = self.pause_deadline.map_or(f64::INFINITY, |(at, _)| {
@@ -285,8 +285,9 @@ pub(super) fn sleep_s(s: f64) {
     }
 }
 
-/// The source's half of the handshake on `link`: `Hello` in `mode`, the destination's proof
-/// over the transcript, ours. Returns the session channel.
+/// The source's half of the handshake on `link`: `Hello` in `mode` offering this build's
+/// versions, the destination's choice and proof over the transcript, ours. Returns the session
+/// channel, in the chosen version.
 pub(super) fn handshake<S: Transport>(
     link: &mut Link<'_, S>,
     key: &Key,
@@ -294,35 +295,61 @@ pub(super) fn handshake<S: Transport>(
     compress: bool,
     mode: Mode,
 ) -> Result<Channel, SendError> {
+    let ours = Versions::THIS_BUILD;
     let hello = Message::Hello {
-        version: VERSION,
+        versions: ours,
         nonce: auth::nonce()?,
         memory_bytes,
         page_size: PAGE_SIZE as u32,
         compress,
         mode,
     };
-    let transcript = hello.body();
+    let hello_body = hello.body();
     // The whole handshake, however the destination trickles it, within one timeout.
     let end = Instant::now() + link.timeout;
     link.pause_deadline = Some((end, link.timeout));
     link.send(&hello)?;
-    let nd = match link.recv()? {
-        Message::Challenge { nonce, mac } => {
-            if !key.verify(Role::Destination, &transcript, &nonce, &mac) {
+    let (version, nd) = match link.recv()? {
+        Message::Challenge {
+            version,
+            nonce,
+            mac,
+        } => {
+            if !ours.contains(version) {
+                let _ = link.send(&Message::error(
+                    wire::code::VERSION,
+                    "the destination chose a version the source did not offer",
+                ));
+                return Err(link.wire(WireError::VersionNotOffered { chosen: version }));
+            }
+            let t = Transcript {
+                hello: &hello_body,
+                version,
+                dest_nonce: &nonce,
+            };
+            if !key.verify(Role::Destination, &t, &mac) {
                 let _ = link.send(&Message::error(
                     wire::code::AUTH,
                     "the destination's proof of the key does not verify",
                 ));
                 return Err(SendError::Auth);
             }
-            nonce
+            (version, nonce)
+        }
+        Message::Versions(peer) => {
+            return Err(link.wire(NoCommonVersion { peer, ours }.into()));
         }
         m => return Err(link.unexpected(&m)),
     };
-    link.send(&Message::Auth {
-        mac: key.prove(Role::Source, &transcript, &nd),
-    })?;
+    let t = Transcript {
+        hello: &hello_body,
+        version,
+        dest_nonce: &nd,
+    };
+    let auth = Message::Auth {
+        mac: key.prove(Role::Source, &t),
+    };
+    link.send_raw(&auth.encode_as(version))?;
     link.pause_deadline = None;
-    Ok(Channel::new(key.session(&transcript, &nd), Role::Source))
+    Ok(Channel::new(key.session(&t), Role::Source))
 }
