@@ -1,53 +1,64 @@
-//! The governor: starts a QEMU migration and, at every `MIGRATION_PASS`, measures the round
-//! that ended, asks the policy and applies its decision through `migrate-set-parameters`.
+//! The governor: runs a QEMU migration under the [`Pilot`], the round sequencer every executor
+//! drives. At every `MIGRATION_PASS` it measures the round that ended, hands it to the Pilot
+//! and applies the next cap (or forces stop-and-copy) through `migrate-set-parameters`.
+//!
+//! Layers: this module is the driver (checks, the watch loop, steering, timeouts, events);
+//! [`passes`] turns passes into measured rounds; [`ops`] holds the QMP operations; [`native`]
+//! stands in for a policy when QEMU's own defaults decide (`qemu-native`).
 //!
 //! Pre-copy runs with a tiny `downtime-limit` so that QEMU never switches over by itself
 //! while the guest still dirties memory; when the policy chooses stop-and-copy the limit is
 //! raised and QEMU completes at once. `docs/qemu.md` maps each quantity to QEMU's counters.
 //!
-//! A [`Steering`] handle (`livemig_policy::Control`) steers a running migration: a granted cap
-//! bounds every cap set in QEMU (a lowered grant is applied within one poll), and a
-//! cancellation before the switch-over is forced cancels the migration, the source VM
-//! running. The source's own settings are saved before anything changes and put back on every
-//! exit, success included.
+//! A [`Steering`] handle (`livemig_policy::Control`) steers a running migration: it is read at
+//! least every [`STEER_TICK`], and a changed grant is applied at once (never above the grant
+//! nor the policy's wish); a cancellation before the switch-over is forced cancels the
+//! migration, the source VM running. The completion and no-progress timeouts
+//! ([`Timeouts`]) are checked at every poll. The source's own settings are saved before
+//! anything changes and put back on every exit, success included.
+
+mod native;
+mod ops;
+mod passes;
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
-use livemig_policy::report::{ReportBuilder, StopCopy};
-use livemig_policy::stats::FactorTracker;
+use livemig_policy::pilot::{Executor, Next, Overdue, Pilot, PilotError, Setup, TimeoutAction};
+use livemig_policy::report::StopCopy;
 /// The live handle on a migration: the granted cap and cancellation.
 pub use livemig_policy::Control as Steering;
-use livemig_policy::{Action, Audit, Branch, Decision, Policy, RoundStats, StatsError, StopReason};
+pub use livemig_policy::Timeouts;
+use livemig_policy::{Event, Policy};
 use serde_json::json;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
 use crate::dirty::{self, DirtyError};
-use crate::qmp::{Event, QmpClient, QmpError};
-pub use crate::result::{PassRecord, Progress, QemuExtras, QemuReport};
+use crate::qmp::{Event as QmpEvent, QmpClient, QmpError};
+pub use crate::result::{PassRecord, QemuExtras, QemuReport, SteerRecord};
 use crate::saved::{SavedSettings, StateFileError};
-use crate::types::{MigrationInfo, MigrationParameters, MigrationStatus, StatusInfo};
+use crate::types::{MigrationInfo, MigrationStatus, StatusInfo};
+use native::Observed;
+pub use native::OBSERVED_NOTE;
+pub use ops::{read_params, set_params, CANCEL_WAIT, CLEANUP_WAIT};
+pub use passes::MIN_WIRE_WINDOW_S;
+use passes::{wall_now, Measured, Pass, Passes};
 
 /// `downtime-limit` during pre-copy (ms): QEMU's switch-over test `remaining < bandwidth x
 /// limit` then only passes when (almost) nothing is left, so it never preempts the policy.
 pub const PRECOPY_DOWNTIME_MS: u64 = 1;
 /// `downtime-limit` that forces the switch-over once the policy chose stop-and-copy (ms).
 pub const STOP_DOWNTIME_MS: u64 = 60_000;
-/// Shortest window of the wire-peak measurement (seconds); method.md asks for 100 ms, polls
-/// drift by a few ms.
-pub const PEAK_WINDOW_S: f64 = 0.095;
-/// How many times QEMU is asked again for total-time and downtime after `completed`.
-const TIMES_RETRIES: usize = 40;
-/// Longest wait for each command of the restore at the end (`migrate_cancel`, the source's
-/// saved capabilities and parameters), however QEMU behaves.
-pub const CLEANUP_WAIT: Duration = Duration::from_secs(3);
-/// How long a pass handler waits for a queued `MIGRATION_PASS` that `query-migrate` already
-/// counts but whose event has not been read yet.
-const QUEUED_PASS_WAIT: Duration = Duration::from_millis(500);
-/// How long the governor waits for QEMU to report a cancelled migration as ended after
-/// `migrate_cancel` (QEMU 7.2 takes well under a second).
-pub const CANCEL_WAIT: Duration = Duration::from_secs(10);
+/// Longest time between two readings of the steering: a changed grant reaches QEMU within
+/// this plus one `migrate-set-parameters` (well under 100 ms).
+pub const STEER_TICK: Duration = Duration::from_millis(20);
+/// Period of the [`Event::Progress`] events (from the `query-migrate` polls).
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// QEMU's default `max-bandwidth` (128 MiB/s), for a QEMU that does not report its own.
+const QEMU_DEFAULT_MAX_BANDWIDTH: f64 = 134_217_728.0;
 
 /// Who runs the migration.
 #[derive(Debug)]
@@ -73,10 +84,10 @@ pub struct GovernorConfig {
     pub precopy_downtime_ms: u64,
     /// `downtime-limit` set to force stop-and-copy (ms).
     pub stop_downtime_ms: u64,
-    /// `query-migrate` polling period while no event comes (wire peak, progress).
+    /// `query-migrate` polling period while no event comes (wire peak, progress, timeouts).
     pub poll: Duration,
-    /// The whole migration's deadline; past it the migration is cancelled.
-    pub deadline: Duration,
+    /// The per-GiB completion and no-progress timeouts, and what to do when one fires.
+    pub timeouts: Timeouts,
     /// `calc-dirty-rate` period before the migration (whole seconds), for
     /// `Policy::observe_sample`; `None` skips it.
     pub sample: Option<Duration>,
@@ -98,11 +109,20 @@ impl GovernorConfig {
             precopy_downtime_ms: PRECOPY_DOWNTIME_MS,
             stop_downtime_ms: STOP_DOWNTIME_MS,
             poll: Duration::from_millis(100),
-            deadline: Duration::from_secs(600),
+            timeouts: Timeouts::default(),
             sample: Some(Duration::from_secs(1)),
             dest_wait: Duration::from_secs(15),
             state_file: None,
         }
+    }
+}
+
+/// Where the source VM is, in words.
+fn source_is(running: &Option<bool>) -> &'static str {
+    match running {
+        Some(true) => "still running",
+        Some(false) => "NOT running",
+        None => "in an unknown state (query-status failed)",
     }
 }
 
@@ -119,22 +139,26 @@ pub enum GovernorError {
     Busy(MigrationStatus),
     #[error("the pre-migration dirty-rate sample failed")]
     Sample(#[source] DirtyError),
-    #[error("the policy refused round {round}; the migration was cancelled")]
+    #[error("the round sequence stopped at round {round}; the migration was cancelled")]
     Policy {
         round: u32,
         #[source]
-        source: StatsError,
+        source: PilotError,
     },
-    #[error("the migration ended as {status:?}: {desc}; the source VM is {}", match .source_running { Some(true) => "still running", Some(false) => "NOT running", None => "in an unknown state (query-status failed)" })]
+    #[error("the migration ended as {status:?}: {desc}; the source VM is {}", source_is(.source_running))]
     Failed {
         status: MigrationStatus,
         desc: String,
         /// `None` when the source did not answer `query-status`.
         source_running: Option<bool>,
     },
-    #[error("the migration did not finish within {0:?}; it was cancelled")]
-    Deadline(Duration),
-    #[error("the migration was cancelled before the switch-over; the source VM is {}", match .source_running { Some(true) => "still running", Some(false) => "NOT running", None => "in an unknown state (query-status failed)" })]
+    #[error("{overdue}; the migration was cancelled and the source VM is {}", source_is(.source_running))]
+    TimedOut {
+        overdue: Overdue,
+        /// `None` when the source did not answer `query-status`.
+        source_running: Option<bool>,
+    },
+    #[error("the migration was cancelled before the switch-over; the source VM is {}", source_is(.source_running))]
     Cancelled {
         /// `None` when the source did not answer `query-status`.
         source_running: Option<bool>,
@@ -143,55 +167,47 @@ pub enum GovernorError {
     StateFile(#[source] StateFileError),
 }
 
-fn wall_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-/// Where the current round started: its pass event's time and `ram.transferred` then.
-#[derive(Debug, Clone, Copy)]
-struct RoundStart {
-    at: f64,
-    transferred: f64,
+impl GovernorError {
+    /// Whether the source VM runs, where the error says.
+    fn source_running(&self) -> Option<bool> {
+        match self {
+            GovernorError::Failed { source_running, .. }
+            | GovernorError::TimedOut { source_running, .. }
+            | GovernorError::Cancelled { source_running } => *source_running,
+            _ => None,
+        }
+    }
 }
 
 /// Runs one migration from `src` to the destination at `cfg.uri`.
 #[derive(Debug)]
 pub struct Governor {
     cfg: GovernorConfig,
-    progress: Option<UnboundedSender<Progress>>,
+    events: Option<UnboundedSender<Event>>,
     steering: Steering,
 }
 
 /// The mutable state of one governed migration.
 #[derive(Debug)]
 struct Run {
-    control: Control,
-    builder: ReportBuilder,
-    extras: QemuExtras,
-    /// Wall time `migrate` was issued.
-    t0: f64,
-    /// The cap in force in QEMU: the steering's effective cap of `wish`.
-    cap: f64,
-    /// The cap the policy asked for last (QEMU's own for `qemu-native`).
-    wish: f64,
-    /// When `migrate_cancel` was sent after a cancellation.
-    cancelled_at: Option<Instant>,
-    round_start: Option<RoundStart>,
-    rounds: u32,
-    /// The latest QEMU pass accounted for.
-    last_pass: u64,
-    stopping: bool,
-    last_round_end_transferred: f64,
+    pilot: Pilot<'static>,
+    /// `qemu-native`: set before the last observed round is recorded as followed by QEMU's
+    /// switch-over.
+    switched: Option<Arc<AtomicBool>>,
     /// `qemu-native`: the last observed round, whose outcome is known at the next pass.
-    native_pending: Option<(RoundStats, Audit)>,
-    tracker: FactorTracker,
+    pending: Option<Measured>,
+    passes: Passes,
+    extras: QemuExtras,
+    /// The `max-bandwidth` in force in QEMU.
+    qemu_cap: f64,
+    /// When `migrate_cancel` was sent after a cancellation or a timeout.
+    cancelled_at: Option<Instant>,
+    /// The timeout whose abort cancelled the migration.
+    timed_out: Option<Overdue>,
+    /// Pre-copy is over (stop-and-copy chosen or forced, or QEMU switched over).
+    stopping: bool,
     reactions: Vec<f64>,
-    /// Wire peak: the last window start (elapsed s, transferred) and the best rate so far.
-    window: Option<(f64, f64)>,
-    peak: f64,
+    last_progress: Option<Instant>,
 }
 
 impl Governor {
@@ -199,7 +215,7 @@ impl Governor {
     pub fn new(cfg: GovernorConfig) -> Governor {
         Governor {
             cfg,
-            progress: None,
+            events: None,
             steering: Steering::new(),
         }
     }
@@ -212,24 +228,45 @@ impl Governor {
         self
     }
 
-    /// Sends live [`Progress`] to `tx`.
-    pub fn with_progress(mut self, tx: UnboundedSender<Progress>) -> Governor {
-        self.progress = Some(tx);
+    /// Sends the migration's [`Event`]s to `tx`.
+    pub fn with_events(mut self, tx: UnboundedSender<Event>) -> Governor {
+        self.events = Some(tx);
         self
     }
 
-    fn emit(&self, p: Progress) {
-        if let Some(tx) = &self.progress {
-            let _ = tx.send(p);
+    fn emit(&self, e: Event) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(e);
         }
     }
 
     /// Migrates: checks both sides, saves the source's settings (and the state file), samples
     /// the dirty rate, starts the migration and governs it pass by pass until QEMU reports
     /// completion; then checks the destination runs. On every exit once the settings were
-    /// saved (success, failure, cancellation) they are put back, and the state file is removed
-    /// when that worked.
+    /// saved (success, failure, cancellation, timeout) they are put back, and the state file
+    /// is removed when that worked.
     pub async fn run(
+        &self,
+        src: &mut QmpClient,
+        dest: Option<&mut QmpClient>,
+        control: Control,
+    ) -> Result<QemuReport, GovernorError> {
+        let result = self.checked_run(src, dest, control).await;
+        if let Err(e) = &result {
+            match e {
+                GovernorError::Cancelled { source_running } => self.emit(Event::Cancelled {
+                    phase: format!("pre-copy; the source VM is {}", source_is(source_running)),
+                }),
+                _ => self.emit(Event::Failed {
+                    error: ErrorChain(e).to_string(),
+                    outcome: format!("the source VM is {}", source_is(&e.source_running())),
+                }),
+            }
+        }
+        result
+    }
+
+    async fn checked_run(
         &self,
         src: &mut QmpClient,
         mut dest: Option<&mut QmpClient>,
@@ -251,7 +288,7 @@ impl Governor {
         }
         if self.steering.is_cancelled() {
             return Err(GovernorError::Cancelled {
-                source_running: source_running(src).await,
+                source_running: ops::source_running(src).await,
             });
         }
         let saved = SavedSettings::read(src).await.map_err(s)?;
@@ -262,18 +299,18 @@ impl Governor {
         }
         let mut under_way = false;
         let result = self.govern(src, dest, control, &mut under_way).await;
-        let restored = restore(src, &saved, under_way).await;
+        let restored = ops::restore(src, &saved, under_way).await;
         if restored {
             if let Some(path) = &self.cfg.state_file {
                 let _ = std::fs::remove_file(path);
             }
         }
+        // Where the source VM is, asked once the settings are back.
         match result {
             Ok(mut report) => {
                 report.qemu.settings_restored = Some(restored);
                 Ok(report)
             }
-            // Where the source VM is, asked once the settings are back.
             Err(GovernorError::Failed {
                 status,
                 desc,
@@ -281,12 +318,19 @@ impl Governor {
             }) => Err(GovernorError::Failed {
                 status,
                 desc,
-                source_running: source_running(src).await,
+                source_running: ops::source_running(src).await,
+            }),
+            Err(GovernorError::TimedOut {
+                overdue,
+                source_running: None,
+            }) => Err(GovernorError::TimedOut {
+                overdue,
+                source_running: ops::source_running(src).await,
             }),
             Err(GovernorError::Cancelled {
                 source_running: None,
             }) => Err(GovernorError::Cancelled {
-                source_running: source_running(src).await,
+                source_running: ops::source_running(src).await,
             }),
             Err(e) => Err(e),
         }
@@ -306,10 +350,18 @@ impl Governor {
         *under_way = false;
         if final_info.status != MigrationStatus::Completed {
             // `source_running` is asked by `run` once the settings are back.
-            if final_info.status == MigrationStatus::Cancelled && run.cancelled_at.is_some() {
-                return Err(GovernorError::Cancelled {
-                    source_running: None,
-                });
+            if final_info.status == MigrationStatus::Cancelled {
+                if let Some(overdue) = run.timed_out {
+                    return Err(GovernorError::TimedOut {
+                        overdue,
+                        source_running: None,
+                    });
+                }
+                if run.cancelled_at.is_some() {
+                    return Err(GovernorError::Cancelled {
+                        source_running: None,
+                    });
+                }
             }
             return Err(GovernorError::Failed {
                 status: final_info.status,
@@ -319,76 +371,112 @@ impl Governor {
                 source_running: None,
             });
         }
-        let final_info = final_times(src, final_info).await?;
-        self.emit(Progress::Completed);
-        let mut report = run.finish(&final_info);
-        if let Some(d) = dest {
-            report.qemu.destination_running = Some(wait_running(d, self.cfg.dest_wait).await?);
+        let final_info = ops::final_times(src, final_info)
+            .await
+            .map_err(GovernorError::Source)?;
+        let mut report = self.finish(src, run, &final_info).await?;
+        let downtime_s = report.report.summary.downtime_s;
+        match dest {
+            Some(d) => {
+                let running = ops::wait_running(d, self.cfg.dest_wait)
+                    .await
+                    .map_err(GovernorError::Destination)?;
+                report.qemu.destination_running = Some(running);
+                if running {
+                    self.emit(Event::Verified {
+                        how: "QEMU reported `completed`; the destination runs".into(),
+                    });
+                    self.emit(Event::HandedOver { downtime_s });
+                } else {
+                    self.emit(Event::Failed {
+                        error: "the migration completed but the destination did not report \
+                                `running`"
+                            .into(),
+                        outcome: "unknown: the source is paused after completion".into(),
+                    });
+                }
+            }
+            None => {
+                self.emit(Event::Verified {
+                    how: "QEMU reported `completed` (the destination was not asked)".into(),
+                });
+                self.emit(Event::HandedOver { downtime_s });
+            }
         }
         Ok(report)
     }
 
-    /// Enables events, samples the dirty rate, sets the first cap and issues `migrate`
-    /// (unless the steering was cancelled meanwhile).
+    /// Enables events, samples the dirty rate, starts the Pilot, sets the first cap and issues
+    /// `migrate` (unless the steering was cancelled meanwhile).
     async fn prepare(
         &self,
         src: &mut QmpClient,
-        mut control: Control,
+        control: Control,
         under_way: &mut bool,
     ) -> Result<Run, GovernorError> {
         let cfg = &self.cfg;
         let s = GovernorError::Source;
-        let original: MigrationParameters = src
-            .execute_as("query-migrate-parameters", None)
-            .await
-            .map_err(s)?;
+        let original = ops::read_params(src).await.map_err(s)?;
         src.execute(
             "migrate-set-capabilities",
             Some(json!({"capabilities": [{"capability": "events", "state": true}]})),
         )
         .await
         .map_err(s)?;
+        let (policy, switched): (Box<dyn Policy>, _) = match control {
+            Control::Policy(p) => (p, None),
+            Control::Native => {
+                let own = original
+                    .max_bandwidth
+                    .map_or(QEMU_DEFAULT_MAX_BANDWIDTH, |b| b as f64);
+                let (o, switched) = Observed::new(own);
+                (Box::new(o), Some(switched))
+            }
+        };
+        let mut pilot = Pilot::new(
+            policy,
+            Setup {
+                executor: Executor::Qemu,
+                memory_bytes: cfg.memory_bytes,
+                stop_remaining: cfg.stop_remaining,
+                workload: cfg.workload.clone(),
+                timeouts: cfg.timeouts,
+            },
+        );
+        self.emit(Event::Started {
+            executor: Executor::Qemu,
+            policy: pilot.policy_name().into(),
+            memory_bytes: cfg.memory_bytes,
+            threshold: pilot.threshold(),
+        });
         let mut extras = QemuExtras::default();
-        if let (Some(period), Control::Policy(p)) = (cfg.sample, &mut control) {
+        if let (Some(period), None) = (cfg.sample, &switched) {
             let m = dirty::measure(src, period)
                 .await
                 .map_err(GovernorError::Sample)?;
             let sample = m.sample();
-            p.observe_sample(&sample);
+            pilot.sample(&sample);
+            self.emit(Event::Sampled {
+                sample: sample.clone(),
+            });
             extras.sample = Some(sample);
         }
-        let (name, threshold, wish) = match &control {
-            Control::Policy(p) => (p.name(), p.threshold(), p.first_cap()),
-            Control::Native => (
-                "qemu-native",
-                None,
-                original.max_bandwidth.map_or(0.0, |b| b as f64),
-            ),
-        };
-        let mut cap = wish;
-        match &control {
-            Control::Policy(_) => {
-                cap = self.steering.effective(wish);
-                set_params(src, Some(cap), Some(cfg.precopy_downtime_ms))
-                    .await
-                    .map_err(s)?;
-                extras.precopy_downtime_limit_ms = Some(cfg.precopy_downtime_ms);
-            }
-            Control::Native if wish > 0.0 && self.steering.effective(wish) < wish => {
-                cap = self.steering.effective(wish);
-                set_params(src, Some(cap), None).await.map_err(s)?;
-            }
-            Control::Native => {}
-        }
-        let mut builder = ReportBuilder::new(
-            name,
-            "qemu",
-            cfg.memory_bytes,
-            cfg.stop_remaining,
-            threshold,
-        );
-        if let Some(w) = &cfg.workload {
-            builder = builder.workload(w);
+        let first = pilot
+            .start(0.0, self.steering.granted())
+            .map_err(|source| GovernorError::Policy { round: 1, source })?;
+        let mut qemu_cap = original
+            .max_bandwidth
+            .map_or(QEMU_DEFAULT_MAX_BANDWIDTH, |b| b as f64);
+        if switched.is_none() {
+            set_params(src, Some(first.cap()), Some(cfg.precopy_downtime_ms))
+                .await
+                .map_err(s)?;
+            extras.precopy_downtime_limit_ms = Some(cfg.precopy_downtime_ms);
+            qemu_cap = first.cap();
+        } else if first.cap() != qemu_cap {
+            // QEMU's own cap, bounded by a grant already in force.
+            set_params(src, Some(first.cap()), None).await.map_err(s)?;
+            qemu_cap = first.cap();
         }
         if self.steering.is_cancelled() {
             return Err(GovernorError::Cancelled {
@@ -405,52 +493,63 @@ impl Governor {
             return Err(s(e));
         }
         *under_way = true;
-        self.emit(Progress::Started { first_cap: cap });
+        let passes = Passes::new(cfg.memory_bytes);
+        extras.migrate_unix_s = Some(passes.t0);
+        self.emit(Event::Connected {
+            peer: Some(cfg.uri.clone()),
+        });
         Ok(Run {
-            control,
-            builder,
+            pilot,
+            switched,
+            pending: None,
+            passes,
             extras,
-            t0: wall_now(),
-            cap,
-            wish,
+            qemu_cap,
             cancelled_at: None,
-            round_start: None,
-            rounds: 0,
-            last_pass: 0,
+            timed_out: None,
             stopping: false,
-            last_round_end_transferred: 0.0,
-            native_pending: None,
-            tracker: FactorTracker::default(),
             reactions: Vec::new(),
-            window: None,
-            peak: 0.0,
+            last_progress: None,
         })
     }
 
-    /// Before the switch-over is forced: a cancelled steering sends `migrate_cancel` (once),
-    /// and a grant below the cap in force lowers QEMU's `max-bandwidth` at once.
+    /// Before pre-copy is over: a cancelled steering sends `migrate_cancel` (once), and a
+    /// changed grant changes QEMU's `max-bandwidth` at once, never above the grant nor the
+    /// policy's wish; the value QEMU reports right after is recorded.
     async fn steer(&self, src: &mut QmpClient, run: &mut Run) -> Result<(), GovernorError> {
         if run.stopping || run.cancelled_at.is_some() {
             return Ok(());
         }
+        let s = GovernorError::Source;
         if self.steering.is_cancelled() {
             run.cancelled_at = Some(Instant::now());
-            src.execute("migrate_cancel", None)
-                .await
-                .map_err(GovernorError::Source)?;
+            src.execute("migrate_cancel", None).await.map_err(s)?;
             return Ok(());
         }
-        let eff = self.steering.effective(run.wish);
-        if run.wish > 0.0 && eff < run.cap {
-            set_params(src, Some(eff), None)
-                .await
-                .map_err(GovernorError::Source)?;
-            run.cap = eff;
-        }
+        let granted = self.steering.granted();
+        let Some(cap) = run.pilot.steer(run.passes.clock.now(), granted) else {
+            return Ok(());
+        };
+        let seen = wall_now();
+        set_params(src, Some(cap), None).await.map_err(s)?;
+        run.qemu_cap = cap;
+        let back = ops::read_params(src).await.map_err(s)?;
+        run.extras.steers.push(SteerRecord {
+            at_s: seen - run.passes.t0,
+            granted_bytes_per_s: granted,
+            cap_set_bytes_per_s: cap,
+            cap_read_back_bytes_per_s: back.max_bandwidth.map(|b| b as f64),
+            read_back_at_s: wall_now() - run.passes.t0,
+        });
+        self.emit(Event::CapGranted {
+            granted_bytes_per_s: granted,
+            cap_bytes_per_s: cap,
+        });
         Ok(())
     }
 
-    /// Handles events and polls until QEMU reports a final status; returns that answer.
+    /// Handles events, steering and polls until QEMU reports a final status; returns that
+    /// answer.
     async fn watch(
         &self,
         src: &mut QmpClient,
@@ -460,17 +559,20 @@ impl Governor {
         let started = Instant::now();
         let mut last_poll = Instant::now();
         loop {
-            if started.elapsed() > cfg.deadline {
-                return Err(GovernorError::Deadline(cfg.deadline));
-            }
             self.steer(src, run).await?;
             if run.cancelled_at.is_some_and(|t| t.elapsed() > CANCEL_WAIT) {
                 // QEMU did not end the migration in time; the caller cancels once more.
-                return Err(GovernorError::Cancelled {
-                    source_running: None,
+                return Err(match run.timed_out {
+                    Some(overdue) => GovernorError::TimedOut {
+                        overdue,
+                        source_running: None,
+                    },
+                    None => GovernorError::Cancelled {
+                        source_running: None,
+                    },
                 });
             }
-            let wait = cfg.poll.saturating_sub(last_poll.elapsed());
+            let wait = STEER_TICK.min(cfg.poll.saturating_sub(last_poll.elapsed()));
             let event = src.next_event(wait).await.map_err(GovernorError::Source)?;
             let mut final_event = false;
             if let Some(e) = event {
@@ -493,264 +595,281 @@ impl Governor {
                     .execute_as("query-migrate", None)
                     .await
                     .map_err(GovernorError::Source)?;
-                let ram = q.ram_or_default();
-                let now = started.elapsed().as_secs_f64();
-                run.sample_wire(now, ram.transferred);
-                self.emit(Progress::Sample {
-                    elapsed_s: now,
-                    transferred: ram.transferred,
-                    remaining: ram.remaining,
-                });
                 if q.status.is_final() {
                     src.drain_events();
                     return Ok(q);
                 }
+                self.poll(src, run, &q, started.elapsed().as_secs_f64())
+                    .await?;
             }
         }
     }
 
-    /// One `MIGRATION_PASS`: pass 1 starts round 1; pass k+1 ends round k, which is measured,
-    /// decided and applied.
+    /// One `query-migrate` poll of a migration under way: the wire peak, a progress event
+    /// now and then, and the timeouts.
+    async fn poll(
+        &self,
+        src: &mut QmpClient,
+        run: &mut Run,
+        q: &MigrationInfo,
+        elapsed_s: f64,
+    ) -> Result<(), GovernorError> {
+        let Some(ram) = &q.ram else {
+            return Ok(());
+        };
+        run.passes.wire.sample(elapsed_s, ram.transferred);
+        if run.cancelled_at.is_some() || !run.passes.started() {
+            return Ok(());
+        }
+        if run
+            .last_progress
+            .is_none_or(|t| t.elapsed() >= PROGRESS_EVERY)
+        {
+            run.last_progress = Some(Instant::now());
+            self.emit(Event::Progress {
+                round: run.pilot.round(),
+                bytes_sent: run.passes.sent_in_round(ram.transferred),
+                bytes_remaining: ram.remaining,
+            });
+        }
+        if run.stopping || q.status != MigrationStatus::Active {
+            return Ok(());
+        }
+        match run.pilot.progress(run.passes.clock.now(), ram.remaining) {
+            Some(overdue) => self.overdue(src, run, overdue, ram.remaining).await,
+            None => Ok(()),
+        }
+    }
+
+    /// A timeout fired: abort cancels the migration (the source VM runs on), force raises the
+    /// downtime limit so that QEMU stops and copies now.
+    async fn overdue(
+        &self,
+        src: &mut QmpClient,
+        run: &mut Run,
+        overdue: Overdue,
+        remaining: f64,
+    ) -> Result<(), GovernorError> {
+        let s = GovernorError::Source;
+        self.emit(Event::TimedOut { overdue });
+        match overdue.action {
+            TimeoutAction::Abort => {
+                run.timed_out = Some(overdue);
+                run.cancelled_at = Some(Instant::now());
+                src.execute("migrate_cancel", None).await.map_err(s)?;
+            }
+            TimeoutAction::Force => {
+                // QEMU went on after the last observed round: it did not stop by itself.
+                self.resolve_pending(src, run, false).await?;
+                let next = run.pilot.force_stop(self.steering.granted());
+                set_params(src, Some(next.cap()), Some(self.cfg.stop_downtime_ms))
+                    .await
+                    .map_err(s)?;
+                run.qemu_cap = next.cap();
+                run.stopping = true;
+                run.extras.switchover = "forced".into();
+                run.extras.forced = Some(overdue.to_string());
+                run.extras.stop_downtime_limit_ms = Some(self.cfg.stop_downtime_ms);
+                self.emit_next(next, remaining);
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits what comes next: a round starting with `bytes` to send, or the stop-and-copy.
+    fn emit_next(&self, next: Next, bytes: f64) {
+        self.emit(match next {
+            Next::Round { round, wish, cap } => Event::RoundStarted {
+                round,
+                wish_bytes_per_s: wish,
+                cap_bytes_per_s: cap,
+                bytes,
+            },
+            Next::StopAndCopy { reason, cap, .. } => Event::StopAndCopy {
+                reason,
+                bytes,
+                cap_bytes_per_s: cap,
+            },
+        });
+    }
+
+    /// One `MIGRATION_PASS`: pass 1 starts round 1; pass k+1 ends round k, which is measured
+    /// and handed to the Pilot.
     async fn on_pass(
         &self,
         src: &mut QmpClient,
         run: &mut Run,
-        e: &Event,
+        e: &QmpEvent,
     ) -> Result<(), GovernorError> {
         if run.stopping || run.cancelled_at.is_some() {
             // The sync QEMU makes right before the pause (pre-copy is over), or one made
             // while the migration is being cancelled.
             return Ok(());
         }
-        let s = GovernorError::Source;
-        let mut at = e.timestamp.unwrap_or_else(wall_now);
-        let mut pass = e.data_u64("pass").unwrap_or(0);
-        if pass != 0 && pass <= run.last_pass {
-            // Already accounted for (merged into an earlier round).
-            return Ok(());
-        }
-        let mut record = PassRecord {
-            pass,
-            round: 0,
-            at_s: at - run.t0,
-            transferred: 0.0,
-            remaining: self.cfg.memory_bytes,
-            cap_set_bytes_per_s: None,
-            cap_read_back_bytes_per_s: None,
-            downtime_limit_read_back_ms: None,
-            reaction_s: None,
-            note: None,
-        };
-        let Some(start) = run.round_start else {
-            run.last_pass = pass;
-            run.round_start = Some(RoundStart {
-                at,
-                transferred: 0.0,
-            });
-            record.cap_set_bytes_per_s = Some(run.cap);
-            run.extras.passes.push(record);
-            return Ok(());
-        };
-        let q: MigrationInfo = src.execute_as("query-migrate", None).await.map_err(s)?;
-        let ram = q.ram_or_default();
-        record.transferred = ram.transferred;
-        record.remaining = ram.remaining;
-        if q.status != MigrationStatus::Active {
-            // QEMU switched over by itself (or the migration is ending): its counters now
-            // include the stop-and-copy, and a cap would only apply to nothing. The round this
-            // pass ended is not measured; its bytes count as stop-and-copy.
-            if matches!(
-                q.status,
-                MigrationStatus::Device
-                    | MigrationStatus::PreSwitchover
-                    | MigrationStatus::Completed
-            ) {
-                run.extras.switchover = "qemu".into();
+        let under_way = run.pilot.round() + u32::from(run.pending.is_some());
+        let pass = run
+            .passes
+            .on_pass(src, e, under_way)
+            .await
+            .map_err(GovernorError::Source)?;
+        match pass {
+            Pass::Ignored => {}
+            Pass::First(mut record) => {
+                record.cap_set_bytes_per_s = Some(run.pilot.cap());
+                let bytes = record.remaining;
+                run.passes.records.push(record);
+                self.emit_next(run.pilot.next(), bytes);
             }
-            run.stopping = true;
-            run.last_pass = pass;
-            record.note = Some(format!(
-                "QEMU's status was already {:?}: the policy was not asked",
-                q.status
-            ));
-            run.extras.passes.push(record);
-            return Ok(());
-        }
-        // Several passes may have happened since this event (the governor was slow, or QEMU
-        // synced twice in a row): `ram.dirty-sync-count` counts them. The counters belong to
-        // the latest pass, so the round ends there: the queued passes are merged into it, each
-        // recorded with a note. 0 means QEMU does not report the count.
-        let synced = ram.dirty_sync_count.max(0.0) as u64;
-        let mut merged = Vec::new();
-        while synced > pass {
-            let later = src
-                .take_event(
-                    |e| {
-                        e.name == "MIGRATION_PASS"
-                            && e.data_u64("pass").is_some_and(|p| p > pass && p <= synced)
-                    },
-                    QUEUED_PASS_WAIT,
-                )
-                .await
-                .map_err(s)?;
-            merged.push(record.clone());
-            match later {
-                Some(l) => {
-                    at = l.timestamp.unwrap_or_else(wall_now);
-                    pass = l.data_u64("pass").unwrap_or(synced);
+            Pass::NotActive { status, record } => {
+                // QEMU switched over by itself (or the migration is ending): a cap would
+                // only apply to nothing.
+                if matches!(
+                    status,
+                    MigrationStatus::Device
+                        | MigrationStatus::PreSwitchover
+                        | MigrationStatus::Completed
+                ) {
+                    run.extras.switchover = "qemu".into();
                 }
-                None => {
-                    // The event never came: end the round now, at the counters' time.
-                    at = wall_now();
-                    pass = synced;
+                let remaining = record.remaining;
+                run.passes.records.push(record);
+                self.resolve_pending(src, run, true).await?;
+                run.stopping = true;
+                if run.pilot.round() > 0 {
+                    self.emit_next(run.pilot.switched_over(), remaining);
                 }
             }
-            record.pass = pass;
-            record.at_s = at - run.t0;
-        }
-        run.last_pass = pass;
-        run.rounds += 1;
-        for mut m in merged {
-            m.note = Some(format!(
-                "queued behind pass {pass}: merged into round {}",
-                run.rounds
-            ));
-            run.extras.passes.push(m);
-        }
-        let stats = RoundStats {
-            round: run.rounds,
-            cap_bytes_per_s: run.cap,
-            bytes_sent: (ram.transferred - start.transferred).max(0.0),
-            duration_s: (at - start.at).max(0.0),
-            dirty_bytes: ram.remaining.max(0.0),
-        };
-        record.round = run.rounds;
-        run.round_start = Some(RoundStart {
-            at,
-            transferred: ram.transferred,
-        });
-        run.last_round_end_transferred = ram.transferred;
-        match &mut run.control {
-            Control::Policy(p) => {
-                let decision = match p.after_round(&stats) {
-                    Ok(d) => d,
-                    Err(source) => {
-                        return Err(GovernorError::Policy {
-                            round: run.rounds,
-                            source,
-                        });
-                    }
-                };
-                run.builder.round(&stats, &decision);
-                let (wish, limit) = match decision.action {
-                    Action::Continue {
-                        next_cap_bytes_per_s,
-                    } => (next_cap_bytes_per_s, None),
-                    Action::StopAndCopy { .. } => {
-                        run.stopping = true;
-                        run.extras.switchover = "policy".into();
-                        run.extras.stop_downtime_limit_ms = Some(self.cfg.stop_downtime_ms);
-                        (p.stop_copy_cap(), Some(self.cfg.stop_downtime_ms))
-                    }
-                };
-                // The granted cap bounds every cap, the stop-and-copy's included.
-                let bw = self.steering.effective(wish);
-                set_params(src, Some(bw), limit).await.map_err(s)?;
-                let reaction = wall_now() - at;
-                run.reactions.push(reaction);
-                run.wish = wish;
-                run.cap = bw;
-                let back: MigrationParameters = src
-                    .execute_as("query-migrate-parameters", None)
-                    .await
-                    .map_err(s)?;
-                record.cap_set_bytes_per_s = Some(bw);
-                record.cap_read_back_bytes_per_s = back.max_bandwidth.map(|b| b as f64);
-                record.downtime_limit_read_back_ms = back.downtime_limit;
-                record.reaction_s = Some(reaction);
-                if let Some(r) = run.builder.last_round() {
-                    self.emit(Progress::Round {
-                        record: Box::new(r.clone()),
-                        pass: record.clone(),
-                    });
-                }
-            }
-            Control::Native => {
-                // A grant lifted or raised since the last pass: back up to QEMU's own cap.
-                let eff = self.steering.effective(run.wish);
-                if run.wish > 0.0 && eff > run.cap {
-                    set_params(src, Some(eff), None).await.map_err(s)?;
-                    run.cap = eff;
-                }
+            Pass::Ended(m) if run.switched.is_some() => {
                 // The previous observed round went on: QEMU synced again instead of stopping.
-                if let Some((st, audit)) = run.native_pending.take() {
-                    let d = Decision::next(st.cap_bytes_per_s, Branch::Constant, audit);
-                    run.builder.round(&st, &d);
-                    if let Some(r) = run.builder.last_round() {
-                        self.emit(Progress::Round {
-                            record: Box::new(r.clone()),
-                            pass: record.clone(),
-                        });
-                    }
-                }
-                let f = run
-                    .tracker
-                    .push(&stats)
-                    .map_err(|source| GovernorError::Policy {
-                        round: run.rounds,
-                        source,
-                    })?;
-                let mut audit = Audit::measured(&f, run.cap, stats.dirty_bytes, None);
-                audit.note = Some("observed only: QEMU's own defaults decide".into());
-                run.native_pending = Some((stats, audit));
+                self.resolve_pending(src, run, false).await?;
+                let mut m = m;
+                m.record.round = run.pilot.round();
+                run.passes.records.push(m.record.clone());
+                run.pending = Some(m);
             }
+            Pass::Ended(m) => self.decided(src, run, m).await?,
         }
-        run.extras.passes.push(record);
         Ok(())
     }
-}
 
-impl Run {
-    /// Folds one `ram.transferred` poll into the wire peak (windows >= [`PEAK_WINDOW_S`]).
-    fn sample_wire(&mut self, now: f64, transferred: f64) {
-        match self.window {
-            Some((t, b)) if now - t >= PEAK_WINDOW_S => {
-                self.peak = self.peak.max((transferred - b) / (now - t));
-                self.window = Some((now, transferred));
+    /// The policy path: the Pilot decides on the measured round, and the next cap (or the
+    /// stop-and-copy) is applied and read back.
+    async fn decided(
+        &self,
+        src: &mut QmpClient,
+        run: &mut Run,
+        m: Measured,
+    ) -> Result<(), GovernorError> {
+        let s = GovernorError::Source;
+        let round = run.pilot.round();
+        let (next, rec) = run
+            .pilot
+            .end_round(
+                m.end_s,
+                m.bytes_sent,
+                m.dirty_bytes,
+                self.steering.granted(),
+            )
+            .map_err(|source| GovernorError::Policy { round, source })?;
+        self.emit(Event::RoundEnded {
+            record: Box::new(rec.clone()),
+        });
+        let limit = match next {
+            Next::Round { .. } => None,
+            Next::StopAndCopy { .. } => {
+                run.stopping = true;
+                run.extras.switchover = "policy".into();
+                run.extras.stop_downtime_limit_ms = Some(self.cfg.stop_downtime_ms);
+                Some(self.cfg.stop_downtime_ms)
             }
-            Some(_) => {}
-            None => self.window = Some((now, transferred)),
+        };
+        set_params(src, Some(next.cap()), limit).await.map_err(s)?;
+        run.qemu_cap = next.cap();
+        let reaction = wall_now() - m.event_ts;
+        run.reactions.push(reaction);
+        let back = ops::read_params(src).await.map_err(s)?;
+        let mut record = m.record;
+        record.cap_set_bytes_per_s = Some(next.cap());
+        record.cap_read_back_bytes_per_s = back.max_bandwidth.map(|b| b as f64);
+        record.downtime_limit_read_back_ms = back.downtime_limit;
+        record.reaction_s = Some(reaction);
+        run.passes.records.push(record);
+        self.emit_next(next, m.dirty_bytes);
+        Ok(())
+    }
+
+    /// `qemu-native`: records the pending observed round now that QEMU's choice is known
+    /// (`switched`: it switched over after it; otherwise it went on).
+    async fn resolve_pending(
+        &self,
+        src: &mut QmpClient,
+        run: &mut Run,
+        switched: bool,
+    ) -> Result<(), GovernorError> {
+        let (Some(p), Some(flag)) = (run.pending.take(), &run.switched) else {
+            return Ok(());
+        };
+        flag.store(switched, Ordering::Release);
+        let round = run.pilot.round();
+        let (next, rec) = run
+            .pilot
+            .end_round(
+                p.end_s,
+                p.bytes_sent,
+                p.dirty_bytes,
+                self.steering.granted(),
+            )
+            .map_err(|source| GovernorError::Policy { round, source })?;
+        self.emit(Event::RoundEnded {
+            record: Box::new(rec.clone()),
+        });
+        if matches!(next, Next::Round { .. }) && next.cap() != run.qemu_cap {
+            // The grant moved since the cap was last set.
+            set_params(src, Some(next.cap()), None)
+                .await
+                .map_err(GovernorError::Source)?;
+            run.qemu_cap = next.cap();
         }
+        self.emit_next(next, p.dirty_bytes);
+        Ok(())
     }
 
     /// The report of a completed migration from QEMU's final `query-migrate`.
-    fn finish(mut self, info: &MigrationInfo) -> QemuReport {
-        if let Some((st, audit)) = self.native_pending.take() {
-            // QEMU's last sync was followed by the switch-over.
-            self.builder
-                .round(&st, &Decision::stop(StopReason::DowntimeFits, audit));
+    async fn finish(
+        &self,
+        src: &mut QmpClient,
+        mut run: Run,
+        info: &MigrationInfo,
+    ) -> Result<QemuReport, GovernorError> {
+        let ram = info.ram_or_default();
+        // QEMU's last sync was followed by the switch-over.
+        self.resolve_pending(src, &mut run, true).await?;
+        if run.pilot.round() > 0 {
+            // QEMU switched over by itself without a pass the governor saw.
+            let next = run.pilot.switched_over();
+            self.emit_next(next, ram.downtime_bytes.unwrap_or(0.0));
         }
-        let mut extras = self.extras;
+        let mut extras = run.extras;
         if extras.switchover.is_empty() {
             extras.switchover = "qemu".into();
         }
-        let ram = info.ram_or_default();
+        extras.passes = run.passes.records;
         let secs = |v: Option<f64>| v.map(|x| x / 1000.0);
         extras.qemu_total_time_s = secs(info.total_time);
         extras.qemu_downtime_s = secs(info.downtime);
         extras.qemu_setup_time_s = secs(info.setup_time);
         extras.downtime_bytes = ram.downtime_bytes;
-        if !self.reactions.is_empty() {
-            let n = self.reactions.len() as f64;
-            extras.reaction_mean_s = Some(self.reactions.iter().sum::<f64>() / n);
-            extras.reaction_max_s = Some(self.reactions.iter().copied().fold(0.0, f64::max));
+        if !run.reactions.is_empty() {
+            let n = run.reactions.len() as f64;
+            extras.reaction_mean_s = Some(run.reactions.iter().sum::<f64>() / n);
+            extras.reaction_max_s = Some(run.reactions.iter().copied().fold(0.0, f64::max));
         }
         let stop = StopCopy {
-            bytes: (ram.transferred - self.last_round_end_transferred).max(0.0),
+            bytes: (ram.transferred - run.passes.measured_transferred).max(0.0),
             state_bytes: 0.0,
             downtime_s: extras.qemu_downtime_s.unwrap_or(0.0),
         };
-        let mut report = self.builder.finish(stop, self.peak);
+        let mut report = run.pilot.finish(stop, run.passes.wire.peak);
         if let Some(total) = extras.qemu_total_time_s {
             report.summary.total_time_s = total;
             report.summary.mean_bytes_per_s = if total > 0.0 {
@@ -759,146 +878,24 @@ impl Run {
                 0.0
             };
         }
-        QemuReport {
+        Ok(QemuReport {
             report,
             qemu: extras,
-        }
+        })
     }
 }
 
-/// Sets `max-bandwidth` (bytes/s) and `downtime-limit` (ms) where given.
-pub async fn set_params(
-    qmp: &mut QmpClient,
-    max_bandwidth: Option<f64>,
-    downtime_limit_ms: Option<u64>,
-) -> Result<(), QmpError> {
-    let mut args = serde_json::Map::new();
-    if let Some(b) = max_bandwidth {
-        args.insert("max-bandwidth".into(), json!(b.round().max(1.0) as u64));
-    }
-    if let Some(d) = downtime_limit_ms {
-        args.insert("downtime-limit".into(), json!(d));
-    }
-    qmp.execute(
-        "migrate-set-parameters",
-        Some(serde_json::Value::Object(args)),
-    )
-    .await
-    .map(|_| ())
-}
+/// An error with its sources, `: `-joined, for [`Event::Failed`].
+struct ErrorChain<'a>(&'a GovernorError);
 
-/// Puts the source's saved settings back, on every exit once they were saved. When a
-/// migration may still be under way (`cancel`) it is cancelled first and QEMU is given
-/// [`CANCEL_WAIT`] to end it (QEMU refuses capabilities while a migration runs). Bounded
-/// whatever QEMU does (silent, closed, garbage); errors are dropped because the caller
-/// returns the outcome that led here. Returns whether everything was put back.
-async fn restore(qmp: &mut QmpClient, saved: &SavedSettings, cancel: bool) -> bool {
-    let saved_timeout = qmp.timeout();
-    let each = CLEANUP_WAIT.min(saved_timeout);
-    qmp.set_timeout(each);
-    if cancel && qmp.execute("migrate_cancel", None).await.is_ok() {
-        let until = Instant::now() + CANCEL_WAIT;
-        loop {
-            match qmp.execute_as::<MigrationInfo>("query-migrate", None).await {
-                Ok(q) if q.status.is_running() && Instant::now() < until => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                _ => break,
-            }
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(self.0);
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
         }
-    }
-    let done = tokio::time::timeout(CLEANUP_WAIT, saved.apply(qmp))
-        .await
-        .is_ok_and(|r| r.is_ok());
-    qmp.set_timeout(saved_timeout);
-    done
-}
-
-/// Whether the source VM runs, asked within [`CLEANUP_WAIT`]; `None` when it did not answer.
-async fn source_running(qmp: &mut QmpClient) -> Option<bool> {
-    let saved = qmp.timeout();
-    qmp.set_timeout(CLEANUP_WAIT.min(saved));
-    let st = qmp.execute_as::<StatusInfo>("query-status", None).await;
-    qmp.set_timeout(saved);
-    st.ok().map(|s| s.running)
-}
-
-/// QEMU sets `completed` before it computes total-time and downtime: asks again until they
-/// are there (bounded).
-async fn final_times(
-    qmp: &mut QmpClient,
-    mut info: MigrationInfo,
-) -> Result<MigrationInfo, GovernorError> {
-    for _ in 0..TIMES_RETRIES {
-        if info.total_time.is_some_and(|t| t > 0.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        info = qmp
-            .execute_as("query-migrate", None)
-            .await
-            .map_err(GovernorError::Source)?;
-    }
-    Ok(info)
-}
-
-/// Polls the destination's `query-status` until it runs or `wait` passes.
-async fn wait_running(qmp: &mut QmpClient, wait: Duration) -> Result<bool, GovernorError> {
-    let until = Instant::now() + wait;
-    loop {
-        let st: StatusInfo = qmp
-            .execute_as("query-status", None)
-            .await
-            .map_err(GovernorError::Destination)?;
-        if st.running {
-            return Ok(true);
-        }
-        if Instant::now() >= until {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn run() -> Run {
-        Run {
-            control: Control::Native,
-            builder: ReportBuilder::new("x", "qemu", 1.0, 0.0, None),
-            extras: QemuExtras::default(),
-            t0: 0.0,
-            cap: 0.0,
-            wish: 0.0,
-            cancelled_at: None,
-            round_start: None,
-            rounds: 0,
-            last_pass: 0,
-            stopping: false,
-            last_round_end_transferred: 0.0,
-            native_pending: None,
-            tracker: FactorTracker::default(),
-            reactions: Vec::new(),
-            window: None,
-            peak: 0.0,
-        }
-    }
-
-    #[test]
-    fn wire_peak_uses_windows_of_at_least_95_ms() {
-        let mut r = run();
-        r.sample_wire(0.0, 0.0);
-        // 20 ms later: too short a window, ignored (it would read 50 MB/s).
-        r.sample_wire(0.02, 1e6);
-        assert_eq!(r.peak, 0.0);
-        r.sample_wire(0.1, 2e6);
-        assert!((r.peak - 2e7).abs() < 1.0, "{}", r.peak);
-        r.sample_wire(0.3, 3e6);
-        assert!(
-            (r.peak - 2e7).abs() < 1.0,
-            "a slower window does not lower the peak"
-        );
+        Ok(())
     }
 }
