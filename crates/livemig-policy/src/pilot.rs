@@ -478,7 +478,8 @@ impl<'p> Pilot<'p> {
     /// Records a round the executor observed without asking the policy (QEMU's own defaults
     /// decide), with `decision` made up by the executor.
     pub fn record_observed(&mut self, stats: &RoundStats, decision: &Decision) {
-        self.builder.round_wished(stats, stats.cap_bytes_per_s, decision);
+        self.builder
+            .round_wished(stats, stats.cap_bytes_per_s, decision);
     }
 }
 
@@ -531,7 +532,11 @@ mod tests {
         let wish = next.cap();
         assert_eq!(p.steer(1.0, None), None, "nothing changed");
         assert_eq!(p.steer(1.0, Some(wish / 4.0)), Some(wish / 4.0));
-        assert_eq!(p.steer(3.0, Some(wish * 10.0)), Some(wish), "never above the wish");
+        assert_eq!(
+            p.steer(3.0, Some(wish * 10.0)),
+            Some(wish),
+            "never above the wish"
+        );
         let (_, rec) = p.end_round(4.0, 1e6, 1e3, None).expect("round");
         // 1 s at wish, 2 s at wish/4, 1 s at wish: (1 + 0.5 + 1) / 4 of the wish.
         assert!((rec.cap_bytes_per_s - wish * 2.5 / 4.0).abs() < 1e-6 * wish);
@@ -592,7 +597,10 @@ mod tests {
             }
         }
         assert!(matches!(next, Next::StopAndCopy { .. }), "N = 5 rounds");
-        assert!(p.end_round(now + 1.0, 1.0, 1.0, None).is_err(), "no round after the stop");
+        assert!(
+            p.end_round(now + 1.0, 1.0, 1.0, None).is_err(),
+            "no round after the stop"
+        );
     }
 
     #[test]
