@@ -2,9 +2,11 @@
 //! drives. At every `MIGRATION_PASS` it measures the round that ended, hands it to the Pilot
 //! and applies the next cap (or forces stop-and-copy) through `migrate-set-parameters`.
 //!
-//! Layers: this module is the driver (checks, the watch loop, steering, timeouts, events);
-//! [`passes`] turns passes into measured rounds; [`ops`] holds the QMP operations; [`native`]
-//! stands in for a policy when QEMU's own defaults decide (`qemu-native`).
+//! Layers: this module is the driver (checks, the watch loop, steering, polls); `rounds`
+//! hands each pass to the Pilot and applies what comes next (timeouts included); `passes`
+//! turns passes into measured rounds; `ops` holds the QMP operations; `native` stands in for
+//! a policy when QEMU's own defaults decide (`qemu-native`); `config` holds the settings and
+//! the errors.
 //!
 //! Pre-copy runs with a tiny `downtime-limit` so that QEMU never switches over by itself
 //! while the guest still dirties memory; when the policy chooses stop-and-copy the limit is
@@ -17,17 +19,17 @@
 //! ([`Timeouts`]) are checked at every poll. The source's own settings are saved before
 //! anything changes and put back on every exit, success included.
 
+mod config;
 mod native;
 mod ops;
 mod passes;
+mod rounds;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use livemig_policy::pilot::{Executor, Next, Overdue, Pilot, PilotError, Setup, TimeoutAction};
-use livemig_policy::report::StopCopy;
+use livemig_policy::pilot::{Executor, Overdue, Pilot, Setup};
 /// The live handle on a migration: the granted cap and cancellation.
 pub use livemig_policy::Control as Steering;
 pub use livemig_policy::Timeouts;
@@ -36,16 +38,18 @@ use serde_json::json;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
-use crate::dirty::{self, DirtyError};
-use crate::qmp::{Event as QmpEvent, QmpClient, QmpError};
+use crate::dirty;
+use crate::qmp::{QmpClient, QmpError};
 pub use crate::result::{PassRecord, QemuExtras, QemuReport, SteerRecord};
-use crate::saved::{SavedSettings, StateFileError};
+use crate::saved::SavedSettings;
 use crate::types::{MigrationInfo, MigrationStatus, StatusInfo};
+use config::{source_is, ErrorChain};
+pub use config::{Control, GovernorConfig, GovernorError};
 use native::Observed;
 pub use native::OBSERVED_NOTE;
 pub use ops::{read_params, set_params, CANCEL_WAIT, CLEANUP_WAIT};
 pub use passes::MIN_WIRE_WINDOW_S;
-use passes::{wall_now, Measured, Pass, Passes};
+use passes::{wall_now, Measured, Passes};
 
 /// `downtime-limit` during pre-copy (ms): QEMU's switch-over test `remaining < bandwidth x
 /// limit` then only passes when (almost) nothing is left, so it never preempts the policy.
@@ -59,125 +63,6 @@ pub const STEER_TICK: Duration = Duration::from_millis(20);
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// QEMU's default `max-bandwidth` (128 MiB/s), for a QEMU that does not report its own.
 const QEMU_DEFAULT_MAX_BANDWIDTH: f64 = 134_217_728.0;
-
-/// Who runs the migration.
-#[derive(Debug)]
-pub enum Control {
-    /// A livemig policy decides each round's cap and the stop.
-    Policy(Box<dyn Policy>),
-    /// QEMU's own defaults; the governor only watches (the `qemu-native` row of the bench).
-    Native,
-}
-
-/// Settings of one governed migration.
-#[derive(Debug, Clone)]
-pub struct GovernorConfig {
-    /// Where the destination listens (`tcp:127.0.0.1:PORT`).
-    pub uri: String,
-    /// M, for the report (bytes).
-    pub memory_bytes: f64,
-    /// h, for the report's `converged` (bytes).
-    pub stop_remaining: f64,
-    /// The workload, when known, for the report.
-    pub workload: Option<String>,
-    /// `downtime-limit` during pre-copy (ms).
-    pub precopy_downtime_ms: u64,
-    /// `downtime-limit` set to force stop-and-copy (ms).
-    pub stop_downtime_ms: u64,
-    /// `query-migrate` polling period while no event comes (wire peak, progress, timeouts).
-    pub poll: Duration,
-    /// The per-GiB completion and no-progress timeouts, and what to do when one fires.
-    pub timeouts: Timeouts,
-    /// `calc-dirty-rate` period before the migration (whole seconds), for
-    /// `Policy::observe_sample`; `None` skips it.
-    pub sample: Option<Duration>,
-    /// How long to wait for the destination to run after completion.
-    pub dest_wait: Duration,
-    /// Where to save the source's own settings before changing them (removed once they are
-    /// put back); `None` keeps them in memory only.
-    pub state_file: Option<PathBuf>,
-}
-
-impl GovernorConfig {
-    /// Defaults for a migration to `uri`.
-    pub fn new(uri: &str, memory_bytes: f64, stop_remaining: f64) -> GovernorConfig {
-        GovernorConfig {
-            uri: uri.to_string(),
-            memory_bytes,
-            stop_remaining,
-            workload: None,
-            precopy_downtime_ms: PRECOPY_DOWNTIME_MS,
-            stop_downtime_ms: STOP_DOWNTIME_MS,
-            poll: Duration::from_millis(100),
-            timeouts: Timeouts::default(),
-            sample: Some(Duration::from_secs(1)),
-            dest_wait: Duration::from_secs(15),
-            state_file: None,
-        }
-    }
-}
-
-/// Where the source VM is, in words.
-fn source_is(running: &Option<bool>) -> &'static str {
-    match running {
-        Some(true) => "still running",
-        Some(false) => "NOT running",
-        None => "in an unknown state (query-status failed)",
-    }
-}
-
-/// Why a governed migration failed.
-#[derive(Debug, thiserror::Error)]
-pub enum GovernorError {
-    #[error("the QMP exchange with the source failed")]
-    Source(#[source] QmpError),
-    #[error("the QMP exchange with the destination failed")]
-    Destination(#[source] QmpError),
-    #[error("the destination is not waiting for an incoming migration (its status is `{0}`)")]
-    NotIncoming(String),
-    #[error("a migration is already under way on the source (status {0:?})")]
-    Busy(MigrationStatus),
-    #[error("the pre-migration dirty-rate sample failed")]
-    Sample(#[source] DirtyError),
-    #[error("the round sequence stopped at round {round}; the migration was cancelled")]
-    Policy {
-        round: u32,
-        #[source]
-        source: PilotError,
-    },
-    #[error("the migration ended as {status:?}: {desc}; the source VM is {}", source_is(.source_running))]
-    Failed {
-        status: MigrationStatus,
-        desc: String,
-        /// `None` when the source did not answer `query-status`.
-        source_running: Option<bool>,
-    },
-    #[error("{overdue}; the migration was cancelled and the source VM is {}", source_is(.source_running))]
-    TimedOut {
-        overdue: Overdue,
-        /// `None` when the source did not answer `query-status`.
-        source_running: Option<bool>,
-    },
-    #[error("the migration was cancelled before the switch-over; the source VM is {}", source_is(.source_running))]
-    Cancelled {
-        /// `None` when the source did not answer `query-status`.
-        source_running: Option<bool>,
-    },
-    #[error("cannot save the source's settings before changing them; nothing was changed")]
-    StateFile(#[source] StateFileError),
-}
-
-impl GovernorError {
-    /// Whether the source VM runs, where the error says.
-    fn source_running(&self) -> Option<bool> {
-        match self {
-            GovernorError::Failed { source_running, .. }
-            | GovernorError::TimedOut { source_running, .. }
-            | GovernorError::Cancelled { source_running } => *source_running,
-            _ => None,
-        }
-    }
-}
 
 /// Runs one migration from `src` to the destination at `cfg.uri`.
 #[derive(Debug)]
@@ -639,263 +524,5 @@ impl Governor {
             Some(overdue) => self.overdue(src, run, overdue, ram.remaining).await,
             None => Ok(()),
         }
-    }
-
-    /// A timeout fired: abort cancels the migration (the source VM runs on), force raises the
-    /// downtime limit so that QEMU stops and copies now.
-    async fn overdue(
-        &self,
-        src: &mut QmpClient,
-        run: &mut Run,
-        overdue: Overdue,
-        remaining: f64,
-    ) -> Result<(), GovernorError> {
-        let s = GovernorError::Source;
-        self.emit(Event::TimedOut { overdue });
-        match overdue.action {
-            TimeoutAction::Abort => {
-                run.timed_out = Some(overdue);
-                run.cancelled_at = Some(Instant::now());
-                src.execute("migrate_cancel", None).await.map_err(s)?;
-            }
-            TimeoutAction::Force => {
-                // QEMU went on after the last observed round: it did not stop by itself.
-                self.resolve_pending(src, run, false).await?;
-                let next = run.pilot.force_stop(self.steering.granted());
-                set_params(src, Some(next.cap()), Some(self.cfg.stop_downtime_ms))
-                    .await
-                    .map_err(s)?;
-                run.qemu_cap = next.cap();
-                run.stopping = true;
-                run.extras.switchover = "forced".into();
-                run.extras.forced = Some(overdue.to_string());
-                run.extras.stop_downtime_limit_ms = Some(self.cfg.stop_downtime_ms);
-                self.emit_next(next, remaining);
-            }
-        }
-        Ok(())
-    }
-
-    /// Emits what comes next: a round starting with `bytes` to send, or the stop-and-copy.
-    fn emit_next(&self, next: Next, bytes: f64) {
-        self.emit(match next {
-            Next::Round { round, wish, cap } => Event::RoundStarted {
-                round,
-                wish_bytes_per_s: wish,
-                cap_bytes_per_s: cap,
-                bytes,
-            },
-            Next::StopAndCopy { reason, cap, .. } => Event::StopAndCopy {
-                reason,
-                bytes,
-                cap_bytes_per_s: cap,
-            },
-        });
-    }
-
-    /// One `MIGRATION_PASS`: pass 1 starts round 1; pass k+1 ends round k, which is measured
-    /// and handed to the Pilot.
-    async fn on_pass(
-        &self,
-        src: &mut QmpClient,
-        run: &mut Run,
-        e: &QmpEvent,
-    ) -> Result<(), GovernorError> {
-        if run.stopping || run.cancelled_at.is_some() {
-            // The sync QEMU makes right before the pause (pre-copy is over), or one made
-            // while the migration is being cancelled.
-            return Ok(());
-        }
-        let under_way = run.pilot.round() + u32::from(run.pending.is_some());
-        let pass = run
-            .passes
-            .on_pass(src, e, under_way)
-            .await
-            .map_err(GovernorError::Source)?;
-        match pass {
-            Pass::Ignored => {}
-            Pass::First(mut record) => {
-                record.cap_set_bytes_per_s = Some(run.pilot.cap());
-                let bytes = record.remaining;
-                run.passes.records.push(record);
-                self.emit_next(run.pilot.next(), bytes);
-            }
-            Pass::NotActive { status, record } => {
-                // QEMU switched over by itself (or the migration is ending): a cap would
-                // only apply to nothing.
-                if matches!(
-                    status,
-                    MigrationStatus::Device
-                        | MigrationStatus::PreSwitchover
-                        | MigrationStatus::Completed
-                ) {
-                    run.extras.switchover = "qemu".into();
-                }
-                let remaining = record.remaining;
-                run.passes.records.push(record);
-                self.resolve_pending(src, run, true).await?;
-                run.stopping = true;
-                if run.pilot.round() > 0 {
-                    self.emit_next(run.pilot.switched_over(), remaining);
-                }
-            }
-            Pass::Ended(m) if run.switched.is_some() => {
-                // The previous observed round went on: QEMU synced again instead of stopping.
-                self.resolve_pending(src, run, false).await?;
-                let mut m = m;
-                m.record.round = run.pilot.round();
-                run.passes.records.push(m.record.clone());
-                run.pending = Some(m);
-            }
-            Pass::Ended(m) => self.decided(src, run, m).await?,
-        }
-        Ok(())
-    }
-
-    /// The policy path: the Pilot decides on the measured round, and the next cap (or the
-    /// stop-and-copy) is applied and read back.
-    async fn decided(
-        &self,
-        src: &mut QmpClient,
-        run: &mut Run,
-        m: Measured,
-    ) -> Result<(), GovernorError> {
-        let s = GovernorError::Source;
-        let round = run.pilot.round();
-        let (next, rec) = run
-            .pilot
-            .end_round(
-                m.end_s,
-                m.bytes_sent,
-                m.dirty_bytes,
-                self.steering.granted(),
-            )
-            .map_err(|source| GovernorError::Policy { round, source })?;
-        self.emit(Event::RoundEnded {
-            record: Box::new(rec.clone()),
-        });
-        let limit = match next {
-            Next::Round { .. } => None,
-            Next::StopAndCopy { .. } => {
-                run.stopping = true;
-                run.extras.switchover = "policy".into();
-                run.extras.stop_downtime_limit_ms = Some(self.cfg.stop_downtime_ms);
-                Some(self.cfg.stop_downtime_ms)
-            }
-        };
-        set_params(src, Some(next.cap()), limit).await.map_err(s)?;
-        run.qemu_cap = next.cap();
-        let reaction = wall_now() - m.event_ts;
-        run.reactions.push(reaction);
-        let back = ops::read_params(src).await.map_err(s)?;
-        let mut record = m.record;
-        record.cap_set_bytes_per_s = Some(next.cap());
-        record.cap_read_back_bytes_per_s = back.max_bandwidth.map(|b| b as f64);
-        record.downtime_limit_read_back_ms = back.downtime_limit;
-        record.reaction_s = Some(reaction);
-        run.passes.records.push(record);
-        self.emit_next(next, m.dirty_bytes);
-        Ok(())
-    }
-
-    /// `qemu-native`: records the pending observed round now that QEMU's choice is known
-    /// (`switched`: it switched over after it; otherwise it went on).
-    async fn resolve_pending(
-        &self,
-        src: &mut QmpClient,
-        run: &mut Run,
-        switched: bool,
-    ) -> Result<(), GovernorError> {
-        let (Some(p), Some(flag)) = (run.pending.take(), &run.switched) else {
-            return Ok(());
-        };
-        flag.store(switched, Ordering::Release);
-        let round = run.pilot.round();
-        let (next, rec) = run
-            .pilot
-            .end_round(
-                p.end_s,
-                p.bytes_sent,
-                p.dirty_bytes,
-                self.steering.granted(),
-            )
-            .map_err(|source| GovernorError::Policy { round, source })?;
-        self.emit(Event::RoundEnded {
-            record: Box::new(rec.clone()),
-        });
-        if matches!(next, Next::Round { .. }) && next.cap() != run.qemu_cap {
-            // The grant moved since the cap was last set.
-            set_params(src, Some(next.cap()), None)
-                .await
-                .map_err(GovernorError::Source)?;
-            run.qemu_cap = next.cap();
-        }
-        self.emit_next(next, p.dirty_bytes);
-        Ok(())
-    }
-
-    /// The report of a completed migration from QEMU's final `query-migrate`.
-    async fn finish(
-        &self,
-        src: &mut QmpClient,
-        mut run: Run,
-        info: &MigrationInfo,
-    ) -> Result<QemuReport, GovernorError> {
-        let ram = info.ram_or_default();
-        // QEMU's last sync was followed by the switch-over.
-        self.resolve_pending(src, &mut run, true).await?;
-        if run.pilot.round() > 0 {
-            // QEMU switched over by itself without a pass the governor saw.
-            let next = run.pilot.switched_over();
-            self.emit_next(next, ram.downtime_bytes.unwrap_or(0.0));
-        }
-        let mut extras = run.extras;
-        if extras.switchover.is_empty() {
-            extras.switchover = "qemu".into();
-        }
-        extras.passes = run.passes.records;
-        let secs = |v: Option<f64>| v.map(|x| x / 1000.0);
-        extras.qemu_total_time_s = secs(info.total_time);
-        extras.qemu_downtime_s = secs(info.downtime);
-        extras.qemu_setup_time_s = secs(info.setup_time);
-        extras.downtime_bytes = ram.downtime_bytes;
-        if !run.reactions.is_empty() {
-            let n = run.reactions.len() as f64;
-            extras.reaction_mean_s = Some(run.reactions.iter().sum::<f64>() / n);
-            extras.reaction_max_s = Some(run.reactions.iter().copied().fold(0.0, f64::max));
-        }
-        let stop = StopCopy {
-            bytes: (ram.transferred - run.passes.measured_transferred).max(0.0),
-            state_bytes: 0.0,
-            downtime_s: extras.qemu_downtime_s.unwrap_or(0.0),
-        };
-        let mut report = run.pilot.finish(stop, run.passes.wire.peak);
-        if let Some(total) = extras.qemu_total_time_s {
-            report.summary.total_time_s = total;
-            report.summary.mean_bytes_per_s = if total > 0.0 {
-                report.summary.total_bytes / total
-            } else {
-                0.0
-            };
-        }
-        Ok(QemuReport {
-            report,
-            qemu: extras,
-        })
-    }
-}
-
-/// An error with its sources, `: `-joined, for [`Event::Failed`].
-struct ErrorChain<'a>(&'a GovernorError);
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = std::error::Error::source(self.0);
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
     }
 }
