@@ -386,10 +386,10 @@ impl<'p> Pilot<'p> {
             return Err(PilotError::NotInRound);
         };
         let duration_s = (now_s - started_s).max(0.0);
-        // The cap the round ran under: time-weighted when the grant moved it.
-        self.cap_area += self.cap * (now_s - self.cap_since_s).max(0.0);
+        // The cap the round ran under: time-weighted when the grant moved it during the round,
+        // else exactly the cap in force (cap x d / d is not always the cap in floating point).
         let ran_under = if duration_s > 0.0 && self.cap_area > 0.0 {
-            self.cap_area / duration_s
+            (self.cap_area + self.cap * (now_s - self.cap_since_s).max(0.0)) / duration_s
         } else {
             self.cap
         };
@@ -615,6 +615,40 @@ mod tests {
         assert!((rec.cap_bytes_per_s - wish * 2.5 / 4.0).abs() < 1e-6 * wish);
         assert_eq!(rec.wish_bytes_per_s, wish);
         assert_eq!(rec.duration_s, 4.0);
+    }
+
+    /// Regression: a round whose cap never moved recorded cap x d / d, which is not the cap
+    /// for some durations (16e6 x 0.7 / 0.7), so a round did not report the cap it ran under.
+    #[test]
+    fn a_round_without_a_grant_change_reports_its_cap_exactly() {
+        let cfg = PolicyConfig {
+            memory_bytes: 1e9,
+            max_rounds: 10,
+            stop_remaining: 1.0,
+            fixed_bandwidth: Some(16e6),
+            ..PolicyConfig::default()
+        };
+        let policy = PolicyKind::Fixed.build(cfg).expect("policy");
+        let mut p = Pilot::new(
+            policy,
+            Setup {
+                executor: Executor::Qemu,
+                memory_bytes: 1e9,
+                stop_remaining: 1.0,
+                workload: None,
+                timeouts: Timeouts::none(),
+            },
+        );
+        assert_eq!(p.start(0.0, None).expect("start").cap(), 16e6);
+        assert_ne!(16e6 * 0.7 / 0.7, 16e6, "the case this guards against");
+        let (_, rec) = p.end_round(0.7, 1e7, 1e6, None).expect("round");
+        assert_eq!(rec.cap_bytes_per_s, 16e6);
+        // A grant that changed the cap at the very start: the whole round ran under it.
+        let mut now = 0.7;
+        p.steer(now, Some(4e6));
+        now += 1.1;
+        let (_, rec) = p.end_round(now, 1e7, 1e6, None).expect("round");
+        assert_eq!(rec.cap_bytes_per_s, 4e6);
     }
 
     #[test]

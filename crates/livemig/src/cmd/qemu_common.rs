@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use livemig_policy::{PolicyConfig, PolicyKind};
+use livemig_policy::{PolicyConfig, PolicyKind, TimeoutAction, Timeouts};
 use livemig_qemu::governor::Control;
 use livemig_workload::units::parse_duration_with_unit;
 
@@ -46,6 +46,52 @@ impl Runner {
     }
 }
 
+/// What happens when a timeout fires (`--on-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnTimeout {
+    /// Cancel the migration: the VM keeps running on the source.
+    Abort,
+    /// Stop and copy now, whatever remains (longer downtime; the migration finishes).
+    Force,
+}
+
+/// The completion and no-progress timeouts of a QEMU migration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TimeoutArgs {
+    /// Time allowed per GiB of guest memory (at least one GiB counts) before the timeout
+    /// fires; 0 for none.
+    #[arg(long, default_value = "300s")]
+    pub completion_timeout_per_gib: String,
+    /// Time allowed without progress (the bytes left to send reaching a new low); 0 for none.
+    #[arg(long, default_value = "150s")]
+    pub progress_timeout: String,
+    /// What a fired timeout does: abort (the VM stays on the source) or force (stop-and-copy
+    /// now).
+    #[arg(long, value_enum, default_value = "abort")]
+    pub on_timeout: OnTimeout,
+}
+
+impl TimeoutArgs {
+    /// The timeouts for the governor.
+    pub(crate) fn timeouts(&self) -> Result<Timeouts> {
+        let secs = |flag: &str, s: &str| -> Result<Option<f64>> {
+            let d = duration(flag, s)?.as_secs_f64();
+            Ok((d > 0.0).then_some(d))
+        };
+        Ok(Timeouts {
+            completion_per_gib_s: secs(
+                "completion-timeout-per-gib",
+                &self.completion_timeout_per_gib,
+            )?,
+            progress_s: secs("progress-timeout", &self.progress_timeout)?,
+            action: match self.on_timeout {
+                OnTimeout::Abort => TimeoutAction::Abort,
+                OnTimeout::Force => TimeoutAction::Force,
+            },
+        })
+    }
+}
+
 /// A duration flag as a `Duration`; a one-line error when it is out of range (huge, negative).
 pub(crate) fn duration(flag: &str, s: &str) -> Result<Duration> {
     let secs = parse_duration_with_unit(s).with_context(|| format!("--{flag}"))?;
@@ -59,6 +105,25 @@ pub(crate) fn policy_config(settings: &PolicyArgs, memory: f64) -> Result<Policy
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeout_flags_become_the_governors_timeouts() {
+        let t = TimeoutArgs {
+            completion_timeout_per_gib: "5m".into(),
+            progress_timeout: "0".into(),
+            on_timeout: OnTimeout::Force,
+        };
+        let got = t.timeouts().expect("valid");
+        assert_eq!(got.completion_per_gib_s, Some(300.0));
+        assert_eq!(got.progress_s, None, "0 means none");
+        assert_eq!(got.action, TimeoutAction::Force);
+        let bad = TimeoutArgs {
+            progress_timeout: "soon".into(),
+            ..t
+        };
+        let e = bad.timeouts().expect_err("not a duration");
+        assert!(format!("{e:#}").contains("--progress-timeout"), "{e:#}");
+    }
 
     #[test]
     fn runner_names_include_qemu_native() {
