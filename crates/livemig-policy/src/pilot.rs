@@ -303,11 +303,7 @@ impl<'p> Pilot<'p> {
                 cap: self.cap,
             },
             Stage::Stopped => Next::StopAndCopy {
-                reason: self
-                    .builder
-                    .last_round()
-                    .and_then(|r| r.decision.stop_reason())
-                    .unwrap_or(StopReason::RoundLimit),
+                reason: self.stop_reason(),
                 wish: self.wish,
                 cap: self.cap,
             },
@@ -484,6 +480,19 @@ impl<'p> Pilot<'p> {
         }
     }
 
+    /// Why pre-copy ended (or will end): a forced stop's timeout, else the last decision's
+    /// reason.
+    pub fn stop_reason(&self) -> StopReason {
+        match self.forced {
+            Some(_) => StopReason::TimedOut,
+            None => self
+                .builder
+                .last_round()
+                .and_then(|r| r.decision.stop_reason())
+                .unwrap_or(StopReason::RoundLimit),
+        }
+    }
+
     /// Whether a timeout forced stop-and-copy.
     pub fn forced(&self) -> Option<Overdue> {
         self.forced
@@ -501,7 +510,11 @@ impl<'p> Pilot<'p> {
 
     /// Closes the report with the stop-and-copy figures and the wire peak measured by the
     /// executor.
-    pub fn finish(self, stop: StopCopy, peak_wire_bytes_per_s: f64) -> MigrationReport {
+    pub fn finish(mut self, stop: StopCopy, peak_wire_bytes_per_s: f64) -> MigrationReport {
+        if self.forced.is_some() {
+            // Also when the forced round could not be measured (QEMU switched over first).
+            self.builder.set_stop_reason(StopReason::TimedOut);
+        }
         self.builder.finish(stop, peak_wire_bytes_per_s)
     }
 

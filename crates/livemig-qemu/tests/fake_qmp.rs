@@ -1136,6 +1136,11 @@ async fn a_force_timeout_raises_the_downtime_limit_and_completes() {
     assert_eq!(run.report.rounds.len(), 1, "round 2 was cut, not measured");
     // Everything after round 1 (the fake sends 2.5 MB once the limit is raised).
     assert_eq!(run.report.summary.stop_copy_bytes, 2.5e6);
+    assert_eq!(
+        run.report.summary.stop_reason,
+        livemig_policy::StopReason::TimedOut,
+        "the summary says the timeout ended pre-copy"
+    );
     let at = |f: fn(&Event) -> bool| events.iter().position(f);
     let timed_out = at(|e| matches!(e, Event::TimedOut { .. })).expect("TimedOut");
     let stop = at(|e| matches!(e, Event::StopAndCopy { .. })).expect("StopAndCopy");

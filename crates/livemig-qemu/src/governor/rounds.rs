@@ -35,7 +35,11 @@ impl Governor {
             TimeoutAction::Force => {
                 // QEMU went on after the last observed round: it did not stop by itself.
                 self.resolve_pending(src, run, false).await?;
-                let next = run.pilot.force_stop(self.steering.granted());
+                // The round under way cannot be measured (QEMU switches over before its pass
+                // ends): pre-copy is over as it stands.
+                let granted = self.steering.granted();
+                run.pilot.force_stop(overdue, granted);
+                let next = run.pilot.switched_over(granted);
                 set_params(src, Some(next.cap()), Some(self.cfg.stop_downtime_ms))
                     .await
                     .map_err(s)?;
@@ -110,7 +114,8 @@ impl Governor {
                 self.resolve_pending(src, run, true).await?;
                 run.stopping = true;
                 if run.pilot.round() > 0 {
-                    self.emit_next(run.pilot.switched_over(), remaining);
+                    let next = run.pilot.switched_over(self.steering.granted());
+                    self.emit_next(next, remaining);
                 }
             }
             Pass::Ended(m) if run.switched.is_some() => {
@@ -220,7 +225,7 @@ impl Governor {
         self.resolve_pending(src, &mut run, true).await?;
         if run.pilot.round() > 0 {
             // QEMU switched over by itself without a pass the governor saw.
-            let next = run.pilot.switched_over();
+            let next = run.pilot.switched_over(self.steering.granted());
             self.emit_next(next, ram.downtime_bytes.unwrap_or(0.0));
         }
         let mut extras = run.extras;
