@@ -1,5 +1,6 @@
-//! The shared key, nonces, the HMAC-SHA256 proofs of the handshake (over its whole transcript)
-//! and the session [`Channel`] that tags every message after it (keyed BLAKE3).
+//! The shared key, nonces, the HMAC-SHA256 proofs of the handshake (over its whole
+//! [`Transcript`], the negotiated version included) and the session [`Channel`] that tags every
+//! message after it (keyed BLAKE3).
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -8,7 +9,9 @@ use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::wire::{Frame, Message, MsgType, MAC_LEN, SESSION_ID_LEN, TAG_LEN};
+use crate::wire::{
+    BatchWriter, Frame, Message, MsgType, MAC_LEN, NONCE_LEN, SESSION_ID_LEN, TAG_LEN,
+};
 
 /// Bytes of a key.
 pub const KEY_LEN: usize = 32;
@@ -56,6 +59,33 @@ pub fn nonce() -> Result<[u8; crate::wire::NONCE_LEN], KeyError> {
     let mut n = [0u8; crate::wire::NONCE_LEN];
     random_bytes(&mut n)?;
     Ok(n)
+}
+
+/// What the handshake's proofs and the session key cover: the source's whole `Hello` payload
+/// (its version range, nonce, geometry, compression, mode) and the destination's answer to it
+/// (the version it chose and its nonce: the `Challenge` payload without the proof). Rewriting
+/// the offered range, or the choice, on the path makes both proofs fail.
+#[derive(Debug, Clone, Copy)]
+pub struct Transcript<'a> {
+    /// The `Hello` payload as this end sent or received it.
+    pub hello: &'a [u8],
+    /// The version the destination chose.
+    pub version: u16,
+    /// The destination's nonce.
+    pub dest_nonce: &'a [u8; NONCE_LEN],
+}
+
+impl Transcript<'_> {
+    /// Feeds the transcript, each part prefixed with its length.
+    fn feed(&self, m: &mut Hmac<Sha256>) {
+        let mut answer = [0u8; 2 + NONCE_LEN];
+        answer[..2].copy_from_slice(&self.version.to_le_bytes());
+        answer[2..].copy_from_slice(self.dest_nonce);
+        m.update(&(self.hello.len() as u32).to_le_bytes());
+        m.update(self.hello);
+        m.update(&(answer.len() as u32).to_le_bytes());
+        m.update(&answer);
+    }
 }
 
 /// Which end proves its knowledge of the key.
@@ -124,46 +154,39 @@ impl Key {
             })
     }
 
-    fn mac(&self, role: Role, hello: &[u8], dest_nonce: &[u8]) -> Hmac<Sha256> {
+    fn mac(&self, role: Role, t: &Transcript<'_>) -> Hmac<Sha256> {
         let mut m = hmac_with(&self.0);
         m.update(match role {
             Role::Source => b"livemig v3 source",
             Role::Destination => b"livemig v3 destination",
         });
-        transcript(&mut m, hello, dest_nonce);
+        t.feed(&mut m);
         m
     }
 
-    /// The proof `role` sends: HMAC-SHA256(key, role label || transcript), where the transcript
-    /// is the source's whole `Hello` payload and the destination's nonce. A peer on the path
-    /// that rewrites any field of `Hello` makes both proofs fail.
-    pub fn prove(&self, role: Role, hello: &[u8], dest_nonce: &[u8]) -> [u8; MAC_LEN] {
-        self.mac(role, hello, dest_nonce)
-            .finalize()
-            .into_bytes()
-            .into()
+    /// The proof `role` sends: HMAC-SHA256(key, role label || transcript). A peer on the path
+    /// that rewrites any field of `Hello` (the offered versions included) or the chosen
+    /// version makes both proofs fail.
+    pub fn prove(&self, role: Role, t: &Transcript<'_>) -> [u8; MAC_LEN] {
+        self.mac(role, t).finalize().into_bytes().into()
     }
 
     /// Checks a proof in constant time.
-    pub fn verify(&self, role: Role, hello: &[u8], dest_nonce: &[u8], tag: &[u8]) -> bool {
-        self.mac(role, hello, dest_nonce).verify_slice(tag).is_ok()
+    pub fn verify(&self, role: Role, t: &Transcript<'_>, tag: &[u8]) -> bool {
+        self.mac(role, t).verify_slice(tag).is_ok()
     }
 
-    /// The session key: HMAC-SHA256(key, "livemig v3 session" || transcript).
-    pub fn session(&self, hello: &[u8], dest_nonce: &[u8]) -> SessionKey {
+    /// The session key: HMAC-SHA256(key, "livemig v3 session" || transcript), for the
+    /// transcript's negotiated version.
+    pub fn session(&self, t: &Transcript<'_>) -> SessionKey {
         let mut m = hmac_with(&self.0);
         m.update(SESSION_LABEL);
-        transcript(&mut m, hello, dest_nonce);
-        SessionKey(m.finalize().into_bytes().into())
+        t.feed(&mut m);
+        SessionKey {
+            key: m.finalize().into_bytes().into(),
+            version: t.version,
+        }
     }
-}
-
-/// Feeds the handshake transcript, each part prefixed with its length.
-fn transcript(m: &mut Hmac<Sha256>, hello: &[u8], dest_nonce: &[u8]) {
-    m.update(&(hello.len() as u32).to_le_bytes());
-    m.update(hello);
-    m.update(&(dest_nonce.len() as u32).to_le_bytes());
-    m.update(dest_nonce);
 }
 
 /// Label of the session key derivation.
@@ -177,9 +200,13 @@ fn hmac_with(key: &[u8; KEY_LEN]) -> Hmac<Sha256> {
     <Hmac<Sha256> as KeyInit>::new(&block.into())
 }
 
-/// The per-connection key that tags every control message after the handshake.
+/// The per-connection key that tags every control message after the handshake, and the
+/// protocol version negotiated for the connection.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SessionKey([u8; KEY_LEN]);
+pub struct SessionKey {
+    key: [u8; KEY_LEN],
+    version: u16,
+}
 
 impl std::fmt::Debug for SessionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -191,7 +218,7 @@ impl SessionKey {
     /// The session's public name (first bytes of HMAC(session key, "livemig v3 id")): how a
     /// reconnecting source names the migration it settles. Knowing it grants nothing.
     pub fn id(&self) -> [u8; SESSION_ID_LEN] {
-        let mut h = hmac_with(&self.0);
+        let mut h = hmac_with(&self.key);
         h.update(b"livemig v3 id");
         let full: [u8; MAC_LEN] = h.finalize().into_bytes().into();
         let mut id = [0u8; SESSION_ID_LEN];
@@ -203,7 +230,7 @@ impl SessionKey {
     /// sequence u64 || type u16 || body. BLAKE3 rather than HMAC-SHA256 because every page
     /// batch is tagged: it costs a fraction of the copy it protects.
     fn mac(&self, dir: Role, seq: u64, t: MsgType, body: &[u8]) -> blake3::Hash {
-        let mut h = blake3::Hasher::new_keyed(&self.0);
+        let mut h = blake3::Hasher::new_keyed(&self.key);
         h.update(&[match dir {
             Role::Source => 1,
             Role::Destination => 2,
@@ -215,7 +242,8 @@ impl SessionKey {
     }
 }
 
-/// Why a received control message was refused by the session.
+/// Why a received control message was refused by the session: its tag does not verify, or its
+/// header names another version than the session's (the tag does not cover the header).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the `{msg:?}` message does not carry a valid session tag (forged, replayed, reordered or tampered with on the way?)")]
 pub struct Forged {
@@ -249,6 +277,12 @@ impl Channel {
         self.key.id()
     }
 
+    /// The protocol version negotiated for the session: every frame sent carries it, and
+    /// every tagged frame received must.
+    pub fn version(&self) -> u16 {
+        self.key.version
+    }
+
     /// The tag of the next message of type `t` with `body`, consuming a sequence number.
     pub fn tag_next(&mut self, t: MsgType, body: &[u8]) -> [u8; TAG_LEN] {
         let tag = *self.key.mac(self.me, self.sent, t, body).as_bytes();
@@ -256,18 +290,27 @@ impl Channel {
         tag
     }
 
-    /// The frame of `m`, tagged with the next sequence number if its type is tagged.
+    /// The frame of `m` in the session's version, tagged with the next sequence number if its
+    /// type is tagged.
     pub fn seal(&mut self, m: &Message) -> Vec<u8> {
         let t = m.msg_type();
         if !t.tagged() {
-            return m.encode();
+            return m.encode_as(self.version());
         }
         let tag = self.tag_next(t, &m.body_ref());
-        m.encode_tagged(&tag)
+        m.encode_tagged_as(self.version(), &tag)
     }
 
-    /// Checks a received frame: a tagged type must carry the tag of the peer's next sequence
-    /// number (constant-time check); untagged types pass as they are.
+    /// The finished `Pages` frame of `batch` in the session's version, tagged with the next
+    /// sequence number.
+    pub fn seal_pages<'b>(&mut self, batch: &'b mut BatchWriter) -> &'b [u8] {
+        let version = self.version();
+        batch.frame_with_tag(version, |body| self.tag_next(MsgType::Pages, body))
+    }
+
+    /// Checks a received frame: a tagged type must name the session's version and carry the
+    /// tag of the peer's next sequence number (constant-time check); untagged types pass as
+    /// they are.
     pub fn open(&mut self, f: Frame) -> Result<Message, Forged> {
         let t = f.msg.msg_type();
         if !t.tagged() {
@@ -278,9 +321,10 @@ impl Channel {
             Role::Destination => Role::Source,
         };
         // `blake3::Hash` compares in constant time.
-        let ok = f.tag.is_some_and(|tag| {
-            self.key.mac(peer, self.received, t, &f.msg.body_ref()) == blake3::Hash::from(tag)
-        });
+        let ok = f.version == self.version()
+            && f.tag.is_some_and(|tag| {
+                self.key.mac(peer, self.received, t, &f.msg.body_ref()) == blake3::Hash::from(tag)
+            });
         if !ok {
             return Err(Forged { msg: t });
         }
@@ -294,22 +338,45 @@ mod tests {
     use super::*;
     use crate::wire::read_within;
 
+    fn tr<'a>(hello: &'a [u8], version: u16, nd: &'a [u8; NONCE_LEN]) -> Transcript<'a> {
+        Transcript {
+            hello,
+            version,
+            dest_nonce: nd,
+        }
+    }
+
     #[test]
     fn proofs_verify_only_with_the_same_key_role_and_transcript() {
         let k = Key::from_bytes([1; KEY_LEN]);
         let other = Key::from_bytes([2; KEY_LEN]);
-        let (hello, nd) = ([3u8; 48], [4u8; 32]);
-        let tag = k.prove(Role::Source, &hello, &nd);
-        assert!(k.verify(Role::Source, &hello, &nd, &tag));
-        assert!(!other.verify(Role::Source, &hello, &nd, &tag));
-        assert!(!k.verify(Role::Destination, &hello, &nd, &tag));
+        let (hello, nd) = ([3u8; 50], [4u8; 32]);
+        let t = tr(&hello, 3, &nd);
+        let tag = k.prove(Role::Source, &t);
+        assert!(k.verify(Role::Source, &t, &tag));
+        assert!(!other.verify(Role::Source, &t, &tag));
+        assert!(!k.verify(Role::Destination, &t, &tag));
         let mut rewritten = hello;
         rewritten[20] ^= 1;
         assert!(
-            !k.verify(Role::Source, &rewritten, &nd, &tag),
+            !k.verify(Role::Source, &tr(&rewritten, 3, &nd), &tag),
             "a rewritten hello"
         );
-        assert!(!k.verify(Role::Source, &hello, &[5u8; 32], &tag));
+        // The offered range is the start of the hello: rewriting it (a downgrade) is rewriting
+        // the hello.
+        let mut narrowed = hello;
+        narrowed[2..4].copy_from_slice(&2u16.to_le_bytes());
+        assert!(!k.verify(Role::Source, &tr(&narrowed, 3, &nd), &tag));
+        assert!(
+            !k.verify(Role::Source, &tr(&hello, 4, &nd), &tag),
+            "another chosen version"
+        );
+        assert!(!k.verify(Role::Source, &tr(&hello, 3, &[5u8; 32]), &tag));
+        assert_ne!(
+            k.session(&tr(&hello, 3, &nd)).id(),
+            k.session(&tr(&hello, 4, &nd)).id(),
+            "the session key depends on the version"
+        );
     }
 
     #[test]
@@ -319,10 +386,11 @@ mod tests {
         m.update(b"livemig v3 source");
         m.update(&2u32.to_le_bytes());
         m.update(&[1; 2]);
-        m.update(&3u32.to_le_bytes());
-        m.update(&[2; 3]);
+        m.update(&34u32.to_le_bytes());
+        m.update(&3u16.to_le_bytes());
+        m.update(&[2; 32]);
         let want: [u8; MAC_LEN] = m.finalize().into_bytes().into();
-        assert_eq!(k.prove(Role::Source, &[1; 2], &[2; 3]), want);
+        assert_eq!(k.prove(Role::Source, &tr(&[1; 2], 3, &[2; 32])), want);
     }
 
     fn frame(bytes: &[u8]) -> Frame {
@@ -333,9 +401,10 @@ mod tests {
     #[test]
     fn the_channel_binds_session_direction_order_and_payload() {
         let k = Key::from_bytes([1; KEY_LEN]);
-        let sk = k.session(&[3; 48], &[4; 32]);
+        let sk = k.session(&tr(&[3; 50], 3, &[4; 32]));
         let mut src = Channel::new(sk.clone(), Role::Source);
         let mut dst = Channel::new(sk.clone(), Role::Destination);
+        assert_eq!(src.version(), 3);
         let a = src.seal(&Message::StopCopy { pages: 3 });
         let b = src.seal(&Message::State {
             digest: 7,
@@ -343,6 +412,12 @@ mod tests {
         });
         // Out of order: the second message does not carry sequence number 0.
         assert!(dst.clone().open(frame(&b)).is_err(), "reordered");
+        // A header naming another version than the session's (the tag does not cover it).
+        let other_version = Frame {
+            version: 4,
+            ..frame(&a)
+        };
+        assert!(dst.clone().open(other_version).is_err(), "another version");
         assert_eq!(
             dst.open(frame(&a)).expect("first"),
             Message::StopCopy { pages: 3 }
@@ -360,14 +435,21 @@ mod tests {
         });
         assert!(dst.clone().open(frame(&c)).is_err(), "reflected");
         assert!(src.open(frame(&c)).is_ok());
-        // Another session (other nonces) or another key.
-        let mut other = Channel::new(k.session(&[3; 48], &[5; 32]), Role::Destination);
+        // Another session (other nonces, another version) or another key.
+        let mut other = Channel::new(k.session(&tr(&[3; 50], 3, &[5; 32])), Role::Destination);
         assert!(other.open(frame(&a)).is_err());
+        let mut other = Channel::new(k.session(&tr(&[3; 50], 4, &[4; 32])), Role::Destination);
+        assert!(other
+            .open(Frame {
+                version: 4,
+                ..frame(&a)
+            })
+            .is_err());
         // Untagged messages pass; an all-zero tag never verifies.
         let mut fresh = Channel::new(sk, Role::Destination);
         assert!(fresh.open(frame(&Message::Wait.encode())).is_err());
         assert!(fresh.open(frame(&Message::error(1, "x").encode())).is_ok());
-        assert_ne!(k.session(&[1; 48], &[4; 32]).id(), fresh.id());
+        assert_ne!(k.session(&tr(&[1; 50], 3, &[4; 32])).id(), fresh.id());
     }
 
     #[test]

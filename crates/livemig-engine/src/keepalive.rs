@@ -77,12 +77,16 @@ impl<'a, W: Write> KeepAlive<'a, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{Key, Role};
-    use crate::wire::Frame;
+    use crate::auth::{Key, Role, Transcript};
+    use crate::wire::{Frame, VERSION};
 
     #[test]
     fn waits_go_out_at_most_every_interval_and_are_tagged() {
-        let sk = Key::from_bytes([1; 32]).session(&[2; 8], &[3; 8]);
+        let sk = Key::from_bytes([1; 32]).session(&Transcript {
+            hello: &[2; 8],
+            version: VERSION,
+            dest_nonce: &[3; 32],
+        });
         let mut chan = Channel::new(sk.clone(), Role::Source);
         let mut out = Vec::new();
         let mut k = KeepAlive::new(

@@ -1,10 +1,10 @@
 //! The data path: real memory between two processes over TCP under the policy's per-round caps.
 //!
 //! Map of the crate:
-//! - [`wire`]: frame header, messages, page batches (zero-page elision, lz4), hard caps,
-//!   frame I/O under deadlines.
-//! - [`auth`]: the shared key file, the handshake proofs over the transcript, the session
-//!   [`auth::Channel`] that tags every control message.
+//! - [`wire`]: the protocol versions and their negotiation, frame header, messages, page
+//!   batches (zero-page elision, lz4), hard caps, frame I/O under deadlines.
+//! - [`auth`]: the shared key file, the handshake proofs over the transcript (the negotiated
+//!   version included), the session [`auth::Channel`] that tags every control message.
 //! - [`memory`]: guest memory in locked 2 MiB regions, the atomic dirty bitmap, page sets.
 //! - [`guest`]: the [`Guest`] trait and [`SimGuest`] (real memory, a real writer thread).
 //! - [`limiter`]: the token bucket (time as a parameter).

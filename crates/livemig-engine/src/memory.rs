@@ -262,6 +262,23 @@ impl PageSet {
         }
     }
 
+    /// The number of pages the set ranges over (not how many it holds).
+    pub fn len(&self) -> u64 {
+        self.pages
+    }
+
+    /// Whether the set ranges over no page at all.
+    pub fn is_empty(&self) -> bool {
+        self.pages == 0
+    }
+
+    /// Adds `page` (ignored past the end).
+    pub fn insert(&mut self, page: u64) {
+        if page < self.pages {
+            self.words[(page / 64) as usize] |= 1 << (page % 64);
+        }
+    }
+
     /// Pages in the set.
     pub fn count(&self) -> u64 {
         self.words.iter().map(|w| u64::from(w.count_ones())).sum()

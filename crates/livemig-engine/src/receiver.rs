@@ -15,13 +15,13 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use crate::auth::{self, Channel, Forged, Key, KeyError, Role};
+use crate::auth::{self, Channel, Forged, Key, KeyError, Role, Transcript};
 use crate::guest::{Guest, GuestError, SimGuest};
 use crate::keepalive::{self, KeepAlive};
 use crate::memory::{GuestMemory, MemoryError};
 use crate::wire::{
-    self, code, read_within, write_within, Message, Mode, MsgType, ResolveDecision, ResolveStatus,
-    WireError, PAGE_SIZE, SESSION_ID_LEN, VERSION,
+    self, code, read_within, write_within, Message, Mode, MsgType, NoCommonVersion,
+    ResolveDecision, ResolveStatus, Versions, WireError, PAGE_SIZE, SESSION_ID_LEN,
 };
 
 /// Receiver settings.
@@ -74,6 +74,9 @@ pub enum RecvError {
     SourceAborted,
     #[error("the source could not prove it holds the shared key (wrong key, or the handshake was altered on the way)")]
     Auth,
+    /// The source offered no version this build speaks; it was told which this build speaks.
+    #[error(transparent)]
+    Version(#[from] NoCommonVersion),
     #[error("the source asks for {memory_bytes} bytes in pages of {page_size}; this host takes page size {PAGE_SIZE} and at most {max} bytes")]
     Geometry {
         memory_bytes: u64,
@@ -113,7 +116,10 @@ impl RecvError {
     /// source): nothing was allocated and a receiver may wait for another connection.
     pub fn before_auth(&self) -> bool {
         match self {
-            RecvError::Auth | RecvError::Geometry { .. } | RecvError::Evicted => true,
+            RecvError::Auth
+            | RecvError::Version(_)
+            | RecvError::Geometry { .. }
+            | RecvError::Evicted => true,
             RecvError::Wire { state, .. }
             | RecvError::Transition { state, .. }
             | RecvError::Aborted { state, .. } => *state == AWAIT_HELLO || *state == AWAIT_AUTH,
@@ -198,6 +204,8 @@ pub trait Host: Sync {
     }
     /// A reconnecting source said `Done` after learning that `session` runs here.
     fn source_done(&self, _session: &[u8; SESSION_ID_LEN]) {}
+    /// A whole round came in (`round` 0: the stop-and-copy), for progress reports.
+    fn round_received(&self, _round: u32, _pages: u64) {}
 }
 
 /// A host for a single connection: the slot is free, no session is held.
@@ -277,19 +285,31 @@ impl<S: Read + Write> Conn<'_, S> {
             Some(c) => c.seal(m),
             None => m.encode(),
         };
+        self.write(state, &f)
+    }
+
+    fn write(&mut self, state: &'static str, f: &[u8]) -> Result<(), RecvError> {
         let d = Some((
             Instant::now() + self.cfg.frame_deadline,
             self.cfg.frame_deadline,
         ));
-        write_within(self.stream, &f, d).map_err(|source| RecvError::Wire { state, source })
+        write_within(self.stream, f, d).map_err(|source| RecvError::Wire { state, source })
     }
 
-    /// Tells the peer why, when the socket still works (untagged `Error`, briefly).
+    /// Tells the peer why, when the socket still works (untagged, briefly): the versions this
+    /// build speaks to a source that offered none of them, `Error` with its code otherwise.
     fn refuse(&mut self, e: &RecvError) {
-        if let Some(c) = e.code() {
+        let answer = match e {
+            RecvError::Version(v) => Some(Message::Versions(v.ours)),
+            e => e.code().map(|c| Message::error(c, &e.to_string())),
+        };
+        if let Some(m) = answer {
             let short = Duration::from_millis(500).min(self.cfg.frame_deadline);
-            let f = Message::error(c, &e.to_string()).encode();
-            let _ = write_within(self.stream, &f, Some((Instant::now() + short, short)));
+            let _ = write_within(
+                self.stream,
+                &m.encode(),
+                Some((Instant::now() + short, short)),
+            );
         }
     }
 }
@@ -322,21 +342,17 @@ fn run<S: Read + Write>(
     key: &Key,
     host: &dyn Host,
 ) -> Result<Landing, RecvError> {
-    // Handshake: both proofs cover the whole Hello, so nothing in it can be rewritten.
-    let (hello, memory_bytes, mode) = match c.recv(AWAIT_HELLO)? {
+    // Handshake: both proofs cover the whole Hello and the chosen version, so nothing in them
+    // can be rewritten (the offered versions included: no downgrade).
+    let (hello, version, memory_bytes, mode) = match c.recv(AWAIT_HELLO)? {
         m @ Message::Hello {
-            version,
+            versions,
             memory_bytes,
             page_size,
             mode,
             ..
         } => {
-            if version != VERSION {
-                return Err(RecvError::Wire {
-                    state: AWAIT_HELLO,
-                    source: WireError::Version { got: version },
-                });
-            }
+            let version = wire::version::choose(Versions::THIS_BUILD, versions)?;
             if mode == Mode::Migrate
                 && (page_size as usize != PAGE_SIZE
                     || memory_bytes == 0
@@ -349,7 +365,7 @@ fn run<S: Read + Write>(
                     max: c.cfg.max_memory,
                 });
             }
-            (m.body(), memory_bytes, mode)
+            (m.body(), version, memory_bytes, mode)
         }
         m => {
             return Err(RecvError::Transition {
@@ -359,15 +375,19 @@ fn run<S: Read + Write>(
         }
     };
     let nd = auth::nonce()?;
-    c.send(
-        AWAIT_HELLO,
-        &Message::Challenge {
-            nonce: nd,
-            mac: key.prove(Role::Destination, &hello, &nd),
-        },
-    )?;
+    let t = Transcript {
+        hello: &hello,
+        version,
+        dest_nonce: &nd,
+    };
+    let challenge = Message::Challenge {
+        version,
+        nonce: nd,
+        mac: key.prove(Role::Destination, &t),
+    };
+    c.write(AWAIT_HELLO, &challenge.encode_as(version))?;
     match c.recv(AWAIT_AUTH)? {
-        Message::Auth { mac } if key.verify(Role::Source, &hello, &nd, &mac) => {}
+        Message::Auth { mac } if key.verify(Role::Source, &t, &mac) => {}
         Message::Auth { .. } => return Err(RecvError::Auth),
         m => {
             return Err(RecvError::Transition {
@@ -376,7 +396,7 @@ fn run<S: Read + Write>(
             })
         }
     }
-    let chan = Channel::new(key.session(&hello, &nd), Role::Destination);
+    let chan = Channel::new(key.session(&t), Role::Destination);
     let session = chan.id();
     c.chan = Some(chan);
     if !host.authenticated() {
@@ -430,13 +450,16 @@ fn run<S: Read + Write>(
                     Message::RoundEnd { round: r, pages: p } if *r == round => Some(*p),
                     _ => None,
                 })?;
-                if got.0 != pages || got.1 != pages {
+                // A round may end early (the source's timeout forced stop-and-copy): its
+                // `RoundEnd` then counts fewer pages than announced, and they must have come.
+                if got.0 != got.1 || got.1 > pages {
                     return Err(RecvError::Count {
-                        expected: pages,
+                        expected: got.1.min(pages),
                         got: got.0,
                     });
                 }
                 rounds = round;
+                host.round_received(round, got.0);
             }
             Message::StopCopy { pages } if rounds > 0 => {
                 let mut state = None;
@@ -453,6 +476,7 @@ fn run<S: Read + Write>(
                         got,
                     });
                 }
+                host.round_received(0, got);
                 break state;
             }
             m => {

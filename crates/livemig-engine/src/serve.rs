@@ -90,6 +90,14 @@ pub enum ServeEvent<'a> {
     Resuming { guest: &'a SimGuest },
     /// A reconnecting source settled a session.
     Settled { status: ResolveStatus },
+    /// An authenticated source claimed the migration slot: its migration starts.
+    Claimed { peer: &'a str },
+    /// The claimant's round came in whole (`round` 0: the stop-and-copy).
+    Received {
+        peer: &'a str,
+        round: u32,
+        pages: u64,
+    },
 }
 
 enum Slot {
@@ -327,6 +335,7 @@ pub fn serve(
                 socket: Mutex::new(stream.try_clone().ok()),
                 id,
                 waiting,
+                peer: peer.clone(),
             };
             let r = receive_with(&mut stream, key, &cfg.receiver, &host);
             let claimed = host.claimed.load(Ordering::Relaxed);
@@ -418,6 +427,7 @@ struct ConnHost<'a, 'l> {
     socket: Mutex<Option<std::net::TcpStream>>,
     id: u64,
     waiting: &'a Mutex<PreAuth>,
+    peer: String,
 }
 
 impl ConnHost<'_, '_> {
@@ -445,8 +455,16 @@ impl Host for ConnHost<'_, '_> {
         self.claimed.store(ok, Ordering::Relaxed);
         if ok {
             *lock(&self.shared.claimant) = lock(&self.socket).take();
+            (self.shared.log)(&ServeEvent::Claimed { peer: &self.peer });
         }
         ok
+    }
+    fn round_received(&self, round: u32, pages: u64) {
+        (self.shared.log)(&ServeEvent::Received {
+            peer: &self.peer,
+            round,
+            pages,
+        });
     }
     fn resolve(&self, session: &[u8; SESSION_ID_LEN], decision: ResolveDecision) -> ResolveStatus {
         self.shared.resolve(session, decision)

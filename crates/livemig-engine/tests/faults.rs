@@ -10,9 +10,12 @@ use std::net::Shutdown;
 use std::time::Duration;
 
 use common::*;
+use livemig_engine::auth::{Channel, Role, Transcript};
 use livemig_engine::receiver::{receive, ReceiverConfig, RecvError};
 use livemig_engine::sender::{migrate, SendError, SenderConfig};
-use livemig_engine::wire::{self, Header, Message, MsgType, WireError, MAX_PAYLOAD, VERSION};
+use livemig_engine::wire::{
+    self, Header, Message, MsgType, NoCommonVersion, Versions, WireError, MAX_PAYLOAD, VERSION,
+};
 use livemig_engine::{Guest, InitialContent, SimGuest};
 use livemig_policy::PolicyKind;
 
@@ -251,7 +254,7 @@ fn raw_to_receiver(bytes: Vec<u8>, close: bool) -> (RecvError, Vec<u8>) {
 #[test]
 fn version_mismatch_is_answered_and_refused() {
     let mut f = Message::Hello {
-        version: VERSION,
+        versions: Versions::THIS_BUILD,
         nonce: [1; 32],
         memory_bytes: 1 << 20,
         page_size: 4096,
@@ -286,9 +289,11 @@ fn version_mismatch_is_answered_and_refused() {
         "{m:?}"
     );
 
-    // The version inside the hello counts too.
+    // The versions offered inside the hello count too: none in common is refused with the
+    // versions this build speaks.
+    let nine = Versions::new(9, 9).expect("a range");
     let f = Message::Hello {
-        version: 9,
+        versions: nine,
         nonce: [1; 32],
         memory_bytes: 1 << 20,
         page_size: 4096,
@@ -296,23 +301,25 @@ fn version_mismatch_is_answered_and_refused() {
         mode: wire::Mode::Migrate,
     }
     .encode();
-    let (d, _) = raw_to_receiver(f, false);
+    let (d, reply) = raw_to_receiver(f, false);
     assert!(
         matches!(
             d,
-            RecvError::Wire {
-                source: WireError::Version { got: 9 },
-                ..
-            }
+            RecvError::Version(NoCommonVersion {
+                peer,
+                ours: Versions::THIS_BUILD,
+            }) if peer == nine
         ),
         "{d}"
     );
+    let (m, _) = msg_from_bytes(&reply).expect("an answer");
+    assert_eq!(m, Message::Versions(Versions::THIS_BUILD));
 }
 
 #[test]
 fn truncated_oversized_and_garbage_frames_are_refused() {
     let f = Message::Hello {
-        version: VERSION,
+        versions: Versions::THIS_BUILD,
         nonce: [1; 32],
         memory_bytes: 1 << 20,
         page_size: 4096,
@@ -367,7 +374,7 @@ fn truncated_oversized_and_garbage_frames_are_refused() {
 
     // A hello asking for more memory than the host takes is refused before any allocation.
     let f = Message::Hello {
-        version: VERSION,
+        versions: Versions::THIS_BUILD,
         nonce: [1; 32],
         memory_bytes: 1 << 50,
         page_size: 4096,
@@ -433,7 +440,7 @@ fn a_trickling_peer_is_cut_off_by_the_handshake_deadline() {
         (receive(&mut b, &key(1), &cfg), t0.elapsed())
     });
     let hello = Message::Hello {
-        version: VERSION,
+        versions: Versions::THIS_BUILD,
         nonce: [1; 32],
         memory_bytes: 1 << 20,
         page_size: 4096,
@@ -533,15 +540,22 @@ fn a_destination_refusing_mid_round_is_reported_with_its_reason() {
             panic!("not a hello")
         };
         let nd = [9u8; 32];
-        let mac = key(1).prove(livemig_engine::auth::Role::Destination, &hello.body(), &nd);
-        Message::Challenge { nonce: nd, mac }
-            .write_to(&mut b)
-            .expect("challenge");
+        let body = hello.body();
+        let t = Transcript {
+            hello: &body,
+            version: VERSION,
+            dest_nonce: &nd,
+        };
+        let mac = key(1).prove(Role::Destination, &t);
+        Message::Challenge {
+            version: VERSION,
+            nonce: nd,
+            mac,
+        }
+        .write_to(&mut b)
+        .expect("challenge");
         let _ = read_msg(&mut b).expect("auth");
-        let mut chan = livemig_engine::auth::Channel::new(
-            key(1).session(&hello.body(), &nd),
-            livemig_engine::auth::Role::Destination,
-        );
+        let mut chan = Channel::new(key(1).session(&t), Role::Destination);
         b.write_all(&chan.seal(&Message::Ready)).expect("ready");
         for _ in 0..3 {
             let _ = read_msg(&mut b).expect("a frame");

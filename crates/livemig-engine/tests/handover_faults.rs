@@ -235,7 +235,7 @@ fn run_case_with(rule: Option<Rule>, extra: Option<Inject>, partition: bool) -> 
         &send_cfg,
         &livemig_engine::Control::new(),
         &mut |e| {
-            if let livemig_engine::Event::Paused { .. } = e {
+            if let livemig_engine::Event::StopAndCopy { .. } = e {
                 paused_at = Some(Instant::now());
                 at_pause = Some(memory_bytes(src_ref));
             }
@@ -383,6 +383,8 @@ fn expected(target: MsgType, fault: Fault) -> &'static str {
         (Confirm, CutAfter) => "migrated/migrated",
         // After the commit point every single fault is settled by reconnecting.
         (Commit | Running | Done | Resolve | Resolved, _) => "migrated/migrated",
+        // Never sent between two ends of one build (they share their versions).
+        (Versions, _) => "failed/none",
         (Invalid, _) => "failed/failed",
     }
 }
@@ -461,11 +463,11 @@ fn forged_keep_alives_do_not_hold_a_paused_guest() {
     assert!(t0.elapsed() < Duration::from_secs(15));
 }
 
-#[test]
-fn a_rewritten_hello_is_refused_and_nothing_is_allocated() {
-    // The proxy rewrites `memory_bytes` in `Hello` (4 MiB -> 1 GiB) and fixes nothing else: the
-    // destination's proof covers what it received, the source's check fails, and the source
-    // never proves the key, so the destination never allocates.
+/// A source and a destination with a proxy between them that applies `rewrite` to the `Hello`
+/// frame (header included) and relays everything else untouched. Returns both ends' errors.
+fn rewrite_hello(
+    rewrite: impl FnOnce(&mut Vec<u8>) + Send + 'static,
+) -> (SendError, livemig_engine::RecvError) {
     let dl = TcpListener::bind("127.0.0.1:0").expect("bind");
     let daddr = dl.local_addr().expect("addr");
     let (mut s, mut p) = pair();
@@ -483,8 +485,7 @@ fn a_rewritten_hello_is_refused_and_nothing_is_allocated() {
     let mut to_d = TcpStream::connect(daddr).expect("connect");
     let relay_hello = std::thread::spawn(move || {
         let (_, mut f) = wire::read_raw_within(&mut p, None).expect("hello");
-        let at = HEADER_LEN + 2 + 32;
-        f[at..at + 8].copy_from_slice(&(1u64 << 30).to_le_bytes());
+        rewrite(&mut f);
         to_d.write_all(&f).expect("forward");
         let mut back = to_d.try_clone().expect("clone");
         let mut p2 = p.try_clone().expect("clone");
@@ -511,16 +512,54 @@ fn a_rewritten_hello_is_refused_and_nothing_is_allocated() {
         &mut |_| {},
     )
     .expect_err("refused");
-    assert!(matches!(e, SendError::Auth), "{e}");
     assert!(src.is_running());
     drop(s);
-    let dres = d.join().expect("thread");
-    let de = dres.expect_err("the destination gets no source");
+    let de = d
+        .join()
+        .expect("thread")
+        .expect_err("the destination gets no source");
+    let _ = relay_hello.join();
+    (e, de)
+}
+
+#[test]
+fn a_rewritten_hello_is_refused_and_nothing_is_allocated() {
+    // The proxy rewrites `memory_bytes` in `Hello` (4 MiB -> 1 GiB) and fixes nothing else: the
+    // destination's proof covers what it received, the source's check fails, and the source
+    // never proves the key, so the destination never allocates.
+    let (e, de) = rewrite_hello(|f| {
+        let at = HEADER_LEN + 4 + 32;
+        f[at..at + 8].copy_from_slice(&(1u64 << 30).to_le_bytes());
+    });
+    assert!(matches!(e, SendError::Auth), "{e}");
     assert!(
         de.before_auth(),
         "the source never proved the key, so nothing was allocated: {de}"
     );
-    let _ = relay_hello.join();
+}
+
+#[test]
+fn a_rewritten_version_range_fails_authentication() {
+    // A downgrade: the proxy rewrites the versions the source offers (as if it also spoke an
+    // older version; with a v4 source it would narrow 3–4 to 3–3 so that both settle on v3).
+    // The destination still finds a common version and answers, but both proofs cover the
+    // Hello as each end saw it: the source refuses the destination's proof and never proves
+    // the key.
+    let (e, de) = rewrite_hello(|f| {
+        f[HEADER_LEN..HEADER_LEN + 2].copy_from_slice(&1u16.to_le_bytes());
+    });
+    assert!(matches!(e, SendError::Auth), "{e}");
+    assert!(de.before_auth(), "{de}");
+    assert!(
+        matches!(
+            de,
+            livemig_engine::RecvError::Aborted {
+                code: wire::code::AUTH,
+                ..
+            }
+        ),
+        "the source says why: {de}"
+    );
 }
 
 #[test]

@@ -4,9 +4,10 @@
 mod common;
 
 use common::*;
+use livemig_engine::auth::{Role, Transcript};
 use livemig_engine::memory::allocated_total;
 use livemig_engine::receiver::{receive, ReceiverConfig, RecvError};
-use livemig_engine::wire::{self, Frame, Message, MsgType, VERSION};
+use livemig_engine::wire::{self, Frame, Message, MsgType, Versions};
 
 trait Read1 {
     fn from_reader(r: &mut std::net::TcpStream) -> Frame;
@@ -26,7 +27,7 @@ fn handshake(proof_key: &Key, memory_bytes: u64) -> (Result<(), RecvError>, Mess
         receive(&mut b, &key(1), &ReceiverConfig::default()).map(|_| ())
     });
     let hello = Message::Hello {
-        version: VERSION,
+        versions: Versions::THIS_BUILD,
         nonce: [5; 32],
         memory_bytes,
         page_size: 4096,
@@ -35,11 +36,19 @@ fn handshake(proof_key: &Key, memory_bytes: u64) -> (Result<(), RecvError>, Mess
     };
     hello.write_to(&mut a).expect("write");
     let m = Frame::from_reader(&mut a).msg;
-    let Message::Challenge { nonce: nd, .. } = m else {
+    let Message::Challenge {
+        version, nonce: nd, ..
+    } = m
+    else {
         panic!("expected a challenge, got {m:?}")
     };
+    let t = Transcript {
+        hello: &hello.body(),
+        version,
+        dest_nonce: &nd,
+    };
     Message::Auth {
-        mac: proof_key.prove(livemig_engine::auth::Role::Source, &hello.body(), &nd),
+        mac: proof_key.prove(Role::Source, &t),
     }
     .write_to(&mut a)
     .expect("write");

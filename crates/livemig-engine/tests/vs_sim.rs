@@ -36,6 +36,15 @@ fn compare(workload: &str, kind: PolicyKind, spec: ScenarioSpec) {
     );
     let measured = sent.expect("migration succeeds");
     got.expect("destination receives");
+    // The engine keeps no round sequence of its own: its measured rounds replayed through a
+    // fresh pilot give the very same records.
+    let replayed = livemig_policy::pilot::replay(
+        kind.build(scenario.cfg.clone()).expect("policy"),
+        None,
+        &measured,
+    )
+    .expect("replays");
+    assert_eq!(replayed, measured.rounds, "{workload} {kind}: replay");
     let (m, s) = (&measured.summary, &predicted.summary);
     let per_round: Vec<String> = measured
         .rounds

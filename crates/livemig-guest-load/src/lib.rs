@@ -2,18 +2,19 @@
 //!
 //! Map of the crate:
 //! - [`spec`]: [`LoadSpec`], parsed from `PATTERN:rate=R,buffer=B,...` or from the kernel
-//!   command line (`livemig.load=SPEC`).
-//! - [`picker`]: [`PagePicker`], which page each write hits (uniform, hot/cold, scan).
-//! - [`run`]: the loop that writes pages at the rate and prints `livemig-hb N` lines.
+//!   command line (`livemig.load=SPEC`); the pattern is `livemig_workload`'s [`Pattern`].
+//! - [`run`]: [`PageStream`], which page each write hits (`livemig_workload`'s page sampler,
+//!   the one the simulator's model predicts), and the loop that writes pages at the rate and
+//!   prints `livemig-hb N` lines.
 //!
 //! The binary (`src/main.rs`) runs as the guest's init payload, statically linked.
 
-pub mod picker;
 pub mod run;
 pub mod spec;
 
-pub use picker::PagePicker;
-pub use spec::{LoadSpec, Pattern, SpecError};
+pub use livemig_workload::Pattern;
+pub use run::PageStream;
+pub use spec::{LoadSpec, SpecError};
 
 /// Guest page size the writes are counted in.
 pub const PAGE: usize = 4096;

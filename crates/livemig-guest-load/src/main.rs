@@ -4,6 +4,18 @@ use std::process::ExitCode;
 
 use livemig_guest_load::{run::run, LoadSpec};
 
+/// An error with its whole source chain.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let spec = match args.as_slice() {
@@ -23,7 +35,7 @@ fn main() -> ExitCode {
     let spec = match spec {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("livemig-guest-load: {e}");
+            eprintln!("livemig-guest-load: {}", chain(&e));
             return ExitCode::from(2);
         }
     };

@@ -1,13 +1,51 @@
-//! The write loop: fills the buffer, then writes pages at the rate in 10 ms ticks and prints
-//! a heartbeat line at its own period.
+//! Which page each write hits ([`PageStream`]), and the write loop: fills the buffer, then
+//! writes pages at the rate in 10 ms ticks and prints a heartbeat line at its own period.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::{LoadSpec, PagePicker, HEARTBEAT_PREFIX, PAGE};
+use livemig_workload::sampler::SplitMix64;
+use livemig_workload::PageSampler;
+
+use crate::{LoadSpec, HEARTBEAT_PREFIX, PAGE};
 
 /// Length of one write tick.
 pub const TICK: Duration = Duration::from_millis(10);
+/// Seed of the guest's page choice.
+pub const SEED: u64 = 0x5eed;
+
+/// The pages the guest writes, in order: the workload crate's [`PageSampler`] for the spec's
+/// pattern over the buffer's pages, drawing from a [`SplitMix64`] seeded with [`SEED`] (the
+/// same sampler the engine's simulated guest uses and the simulator's model predicts).
+#[derive(Debug, Clone)]
+pub struct PageStream {
+    sampler: PageSampler,
+    rng: SplitMix64,
+    seq: u64,
+}
+
+impl PageStream {
+    /// The stream of `spec` (at least one page).
+    pub fn new(spec: &LoadSpec) -> PageStream {
+        PageStream {
+            sampler: PageSampler::new(spec.pattern, spec.pages() as u64),
+            rng: SplitMix64::new(SEED),
+            seq: 0,
+        }
+    }
+
+    /// The sampler the stream draws from.
+    pub fn sampler(&self) -> &PageSampler {
+        &self.sampler
+    }
+
+    /// The next page to write.
+    pub fn next_page(&mut self) -> usize {
+        let page = self.sampler.sample(&mut self.rng, self.seq);
+        self.seq = self.seq.wrapping_add(1);
+        page as usize
+    }
+}
 
 /// Fills every page of a fresh buffer with non-zero bytes, so the whole buffer is real data to
 /// migrate (zero pages travel as markers).
@@ -33,10 +71,14 @@ pub fn touch(buf: &mut [u8], page: usize, counter: u64) {
 /// Runs forever: writes at `spec.rate` and prints `livemig-hb N` every `spec.heartbeat_s`.
 pub fn run(spec: &LoadSpec, out: &mut dyn Write) -> std::io::Result<()> {
     let mut buf = filled_buffer(spec);
-    let mut picker = PagePicker::new(spec.pattern, spec.pages(), 0x5eed);
+    let mut pages = PageStream::new(spec);
+    let hot = match pages.sampler().hot_pages() {
+        Some(n) => format!(" ({n} hot)"),
+        None => String::new(),
+    };
     writeln!(
         out,
-        "livemig-guest-load: {:?}, {} bytes/s over {} pages",
+        "livemig-guest-load: {:?}, {} bytes/s over {} pages{hot}",
         spec.pattern,
         spec.rate,
         spec.pages()
@@ -56,7 +98,7 @@ pub fn run(spec: &LoadSpec, out: &mut dyn Write) -> std::io::Result<()> {
         let backlog = due.saturating_sub(done).min(writes_per_s as u64 + 1);
         for _ in 0..backlog {
             counter = counter.wrapping_add(1);
-            touch(&mut buf, picker.next_page(), counter);
+            touch(&mut buf, pages.next_page(), counter);
         }
         done = due;
         std::hint::black_box(&mut buf);
@@ -79,7 +121,28 @@ pub fn run(spec: &LoadSpec, out: &mut dyn Write) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Pattern;
+    use livemig_workload::Pattern;
+
+    #[test]
+    fn scan_sweeps_in_order_and_wraps() {
+        let spec = LoadSpec::parse("scan:rate=1MiB/s,buffer=12KiB").expect("valid");
+        let mut p = PageStream::new(&spec);
+        let got: Vec<usize> = (0..7).map(|_| p.next_page()).collect();
+        assert_eq!(got, vec![0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn uniform_stays_in_range_and_covers_it() {
+        let spec = LoadSpec::parse("uniform:rate=1MiB/s,buffer=200KiB").expect("valid");
+        let mut p = PageStream::new(&spec);
+        let mut seen = [false; 50];
+        for _ in 0..5000 {
+            let i = p.next_page();
+            assert!(i < 50);
+            seen[i] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
 
     #[test]
     fn filled_buffer_has_no_zero_page_and_touch_changes_the_page() {

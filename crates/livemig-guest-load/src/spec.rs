@@ -1,25 +1,20 @@
-//! The load spec: `PATTERN:rate=R,buffer=B[,hot=F,share=S][,heartbeat=D]`.
+//! The load spec: `PATTERN:rate=R,buffer=B[,hot=F,share=S][,s=X][,heartbeat=D]`.
+//!
+//! The pattern is the workload crate's [`Pattern`], parsed by [`Pattern::parse_named`], so the
+//! guest writes exactly what the simulator models (`livemig_workload::DirtyModel`): `uniform`,
+//! `hotcold` (hot and share default to 10 % and 90 %), `zipf` (`s` defaults to 1) and `scan`.
+//! `idle` is `uniform` at rate 0, as in workload specs. Keys that the pattern does not use
+//! (`hot` on `uniform`, ...) are accepted and ignored, as they always were.
 
-use livemig_workload::units::{parse_duration, parse_fraction, parse_rate, parse_size};
-
-/// Which pages the writes hit.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Pattern {
-    /// No writes at all (only the heartbeat).
-    Idle,
-    /// Every page of the buffer equally likely.
-    Uniform,
-    /// A fraction `hot` of the pages takes a share `share` of the writes.
-    HotCold { hot: f64, share: f64 },
-    /// A sequential sweep over the buffer, wrapping around.
-    Scan,
-}
+use livemig_workload::units::{parse_duration, parse_rate, parse_size, UnitError};
+use livemig_workload::Pattern;
 
 /// What the guest program does.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadSpec {
+    /// Which pages the writes hit.
     pub pattern: Pattern,
-    /// Page writes per second times the page size (bytes/s).
+    /// Page writes per second times the page size (bytes/s); 0 for `idle`.
     pub rate: f64,
     /// Bytes of the buffer the writes go to (filled once at start).
     pub buffer: usize,
@@ -28,81 +23,91 @@ pub struct LoadSpec {
 }
 
 /// Why a load spec was refused.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("unknown load pattern `{0}` (expected idle, uniform, hotcold or scan)")]
+    #[error("unknown load pattern `{0}` (expected idle, uniform, hotcold, zipf or scan)")]
     Pattern(String),
     #[error("`{0}` is not a key=value pair")]
     Pair(String),
-    #[error("unknown key `{0}` (expected rate, buffer, hot, share, heartbeat)")]
+    #[error("unknown key `{0}` (expected rate, buffer, hot, share, s, heartbeat)")]
     Key(String),
     #[error("key `{0}` is given twice")]
     Duplicate(String),
-    #[error("bad value for `{key}`: {message}")]
-    Value { key: String, message: String },
+    #[error("bad value for `{key}`")]
+    Value {
+        key: String,
+        #[source]
+        source: UnitError,
+    },
+    #[error("bad parameter of the `{pattern}` pattern")]
+    Params {
+        pattern: String,
+        #[source]
+        source: Box<livemig_workload::SpecError>,
+    },
     #[error("the buffer must be at least one page, got {0} bytes")]
     Buffer(usize),
-    #[error("hot must be in (0, 1) and share in [0, 1], got hot={hot}, share={share}")]
-    HotCold { hot: f64, share: f64 },
+    #[error("the heartbeat period must be positive")]
+    Heartbeat,
     #[error("no `livemig.load=` parameter on the kernel command line")]
     NotOnCmdline,
 }
 
+/// Keys a load spec may give.
+const KEYS: [&str; 6] = ["rate", "buffer", "hot", "share", "s", "heartbeat"];
+
 impl LoadSpec {
-    /// Parses `PATTERN:key=value,...`; a bare `PATTERN` takes the defaults (rate 0, 16 MiB).
+    /// Parses `PATTERN:key=value,...`; a bare `PATTERN` takes the defaults (rate 0, 16 MiB,
+    /// heartbeat 100 ms).
     pub fn parse(s: &str) -> Result<LoadSpec, SpecError> {
         let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
-        let mut rate = 0.0;
-        let mut buffer = 16usize << 20;
-        let mut heartbeat_s = 0.1;
-        let mut hot = 0.1;
-        let mut share = 0.9;
-        let mut seen: Vec<&str> = Vec::new();
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
         for pair in rest.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = pair
                 .split_once('=')
                 .ok_or_else(|| SpecError::Pair(pair.to_string()))?;
-            if seen.contains(&k) {
+            if !KEYS.contains(&k) {
+                return Err(SpecError::Key(k.to_string()));
+            }
+            if pairs.iter().any(|(seen, _)| *seen == k) {
                 return Err(SpecError::Duplicate(k.to_string()));
             }
-            seen.push(k);
-            let bad = |e: livemig_workload::units::UnitError| SpecError::Value {
-                key: k.to_string(),
-                message: e.to_string(),
-            };
-            match k {
-                "rate" => rate = parse_rate(v).map_err(bad)?,
-                "buffer" => buffer = parse_size(v).map_err(bad)? as usize,
-                "heartbeat" => heartbeat_s = parse_duration(v).map_err(bad)?,
-                "hot" => hot = parse_fraction(v).map_err(bad)?,
-                "share" => share = parse_fraction(v).map_err(bad)?,
-                _ => return Err(SpecError::Key(k.to_string())),
-            }
+            pairs.push((k, v));
         }
-        let pattern = match kind {
-            "idle" => Pattern::Idle,
-            "uniform" => Pattern::Uniform,
-            "scan" => Pattern::Scan,
-            "hotcold" => {
-                if !(hot > 0.0 && hot < 1.0 && (0.0..=1.0).contains(&share)) {
-                    return Err(SpecError::HotCold { hot, share });
-                }
-                Pattern::HotCold { hot, share }
+        let get = |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        let value = |key: &str, parse: fn(&str) -> Result<f64, UnitError>, default: f64| {
+            get(key).map_or(Ok(default), |v| {
+                parse(v).map_err(|source| SpecError::Value {
+                    key: key.to_string(),
+                    source,
+                })
+            })
+        };
+        let rate = value("rate", parse_rate, 0.0)?;
+        let buffer = value("buffer", parse_size, (16u64 << 20) as f64)? as usize;
+        let heartbeat_s = value("heartbeat", parse_duration, 0.1)?;
+        let (pattern, rate) = match kind {
+            "idle" => (Pattern::Uniform, 0.0),
+            name => {
+                let pattern = Pattern::parse_named(name, get).map_err(|e| match e {
+                    livemig_workload::SpecError::UnknownPattern(p) => SpecError::Pattern(p),
+                    source => SpecError::Params {
+                        pattern: name.to_string(),
+                        source: Box::new(source),
+                    },
+                })?;
+                (pattern, rate)
             }
-            other => return Err(SpecError::Pattern(other.to_string())),
         };
         if buffer < crate::PAGE {
             return Err(SpecError::Buffer(buffer));
         }
         if heartbeat_s <= 0.0 {
-            return Err(SpecError::Value {
-                key: "heartbeat".into(),
-                message: "must be positive".into(),
-            });
+            return Err(SpecError::Heartbeat);
         }
         Ok(LoadSpec {
             pattern,
-            rate: if pattern == Pattern::Idle { 0.0 } else { rate },
+            rate,
             buffer,
             heartbeat_s,
         })
@@ -140,17 +145,50 @@ mod tests {
                 share: 0.9
             }
         );
-        assert_eq!(LoadSpec::parse("idle").expect("ok").rate, 0.0);
+        let idle = LoadSpec::parse("idle").expect("ok");
+        assert_eq!((idle.pattern, idle.rate), (Pattern::Uniform, 0.0));
+        // Idle never writes, whatever rate it is given (as before).
+        assert_eq!(LoadSpec::parse("idle:rate=1MiB/s").expect("ok").rate, 0.0);
         let u = LoadSpec::parse("uniform:rate=1MiB/s,heartbeat=200ms").expect("ok");
         assert_eq!(u.heartbeat_s, 0.2);
         assert_eq!(u.pattern, Pattern::Uniform);
+        assert_eq!(u.buffer, 16 << 20);
+        let z = LoadSpec::parse("zipf:rate=1MiB/s,s=1.2").expect("ok");
+        assert_eq!(z.pattern, Pattern::Zipf { s: 1.2 });
+    }
+
+    #[test]
+    fn hotcold_takes_the_workload_defaults() {
+        let s = LoadSpec::parse("hotcold:rate=1MiB/s").expect("ok");
+        assert_eq!(
+            s.pattern,
+            Pattern::HotCold {
+                hot: 0.1,
+                share: 0.9
+            }
+        );
+    }
+
+    /// Specs of the old format keep their meaning: keys a pattern does not use are ignored.
+    #[test]
+    fn old_specs_still_parse() {
+        for spec in [
+            "uniform:rate=1MiB/s,buffer=32MiB",
+            "uniform:rate=32MiB/s,buffer=96MiB",
+            "hotcold:rate=3MiB/s,buffer=48MiB,hot=20%,share=0.9",
+            "scan:rate=2MiB/s,heartbeat=50ms",
+            "uniform:rate=1MiB/s,hot=5%",
+            "idle",
+        ] {
+            LoadSpec::parse(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        }
     }
 
     #[test]
     fn refuses_bad_specs_with_reasons() {
         assert!(matches!(
             LoadSpec::parse("zigzag:rate=1"),
-            Err(SpecError::Pattern(_))
+            Err(SpecError::Pattern(p)) if p == "zigzag"
         ));
         assert!(matches!(
             LoadSpec::parse("uniform:speed=1"),
@@ -164,27 +202,42 @@ mod tests {
             LoadSpec::parse("uniform:rate=fast"),
             Err(SpecError::Value { .. })
         ));
+        let e = LoadSpec::parse("hotcold:hot=2").expect_err("out of range");
+        assert!(matches!(e, SpecError::Params { .. }), "{e}");
+        let why = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(
+            why.as_deref(),
+            Some("hot=2 is out of range: strictly between 0% and 100%")
+        );
         assert!(matches!(
-            LoadSpec::parse("hotcold:hot=2"),
-            Err(SpecError::HotCold { .. })
+            LoadSpec::parse("hotcold:share=101%"),
+            Err(SpecError::Params { .. })
+        ));
+        assert!(matches!(
+            LoadSpec::parse("zipf:s=-1"),
+            Err(SpecError::Params { .. })
         ));
         assert!(matches!(
             LoadSpec::parse("uniform:buffer=100"),
             Err(SpecError::Buffer(100))
+        ));
+        assert!(matches!(
+            LoadSpec::parse("uniform:heartbeat=0s"),
+            Err(SpecError::Heartbeat)
         ));
     }
 
     /// Regression (issue 8): a key given twice was silently last-wins.
     #[test]
     fn a_key_given_twice_is_refused() {
-        assert_eq!(
+        assert!(matches!(
             LoadSpec::parse("uniform:rate=1MiB/s,buffer=32MiB,rate=2MiB/s"),
-            Err(SpecError::Duplicate("rate".into()))
-        );
-        assert_eq!(
+            Err(SpecError::Duplicate(k)) if k == "rate"
+        ));
+        assert!(matches!(
             LoadSpec::parse("hotcold:hot=5%,hot=10%"),
-            Err(SpecError::Duplicate("hot".into()))
-        );
+            Err(SpecError::Duplicate(k)) if k == "hot"
+        ));
     }
 
     #[test]
@@ -193,9 +246,9 @@ mod tests {
             LoadSpec::from_cmdline("console=ttyS0 quiet livemig.load=scan:rate=2MiB/s panic=-1")
                 .expect("found");
         assert_eq!(s.pattern, Pattern::Scan);
-        assert_eq!(
+        assert!(matches!(
             LoadSpec::from_cmdline("console=ttyS0"),
             Err(SpecError::NotOnCmdline)
-        );
+        ));
     }
 }

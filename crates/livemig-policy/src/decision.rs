@@ -24,6 +24,8 @@ pub enum StopReason {
     SafetyLimit,
     /// `predictive`: the estimate shows that even B_max cannot converge within N rounds.
     Infeasible,
+    /// A completion or no-progress timeout whose action is `force` ended pre-copy.
+    TimedOut,
 }
 
 impl StopReason {
@@ -38,6 +40,7 @@ impl StopReason {
             StopReason::DowntimeFits => "fits downtime limit",
             StopReason::SafetyLimit => "safety round limit",
             StopReason::Infeasible => "cannot converge",
+            StopReason::TimedOut => "timeout forced it",
         }
     }
 }

@@ -79,10 +79,14 @@ pub enum Event {
     Accepted { peer: String },
     /// A destination received a whole round (round 0: stop-and-copy).
     Received { round: u32, pages: u64 },
-    /// A destination runs the guest it received.
-    Resumed { peer: String },
-    /// A destination discarded a copy (aborted, failed or evicted).
+    /// A destination runs the guest it received (`session`: the hand-over's id, hex).
+    Resumed { session: String },
+    /// A destination discarded a copy or turned a peer away.
     Discarded { peer: String, reason: String },
+    /// A destination holds a verified copy, paused, until its source settles it.
+    Held { reason: String },
+    /// A reconnecting source settled a hand-over (`status`: running, discarded, …).
+    Settled { status: String },
 }
 
 /// An event with the time it happened, in seconds since the command started: what an

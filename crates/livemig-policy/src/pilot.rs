@@ -65,7 +65,8 @@ pub enum TimeoutAction {
 
 /// The completion and no-progress timeouts (`docs/decisions.md`): the completion deadline
 /// scales with the guest's memory, as in KubeVirt and Nova; progress means the bytes left to
-/// send reached a new low.
+/// send in the round under way reached a new low (a stall detector: a guest that never
+/// converges still makes progress within each round, and the completion timeout bounds it).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Timeouts {
     /// Seconds allowed per GiB of guest memory (at least one GiB is counted); `None` for none.
@@ -211,6 +212,8 @@ pub struct Pilot<'p> {
     cap_since_s: f64,
     /// Lowest bytes-left-to-send seen, and when.
     low: Option<(f64, f64)>,
+    /// A timeout forced stop-and-copy: the round under way is the last.
+    forced: Option<Overdue>,
 }
 
 impl<'p> Pilot<'p> {
@@ -236,6 +239,7 @@ impl<'p> Pilot<'p> {
             cap_area: 0.0,
             cap_since_s: 0.0,
             low: None,
+            forced: None,
         }
     }
 
@@ -281,6 +285,8 @@ impl<'p> Pilot<'p> {
         self.cap = bounded(wish, grant);
         self.cap_area = 0.0;
         self.cap_since_s = now_s;
+        // Progress is judged within a round: its bytes left to send fall while bytes move.
+        self.low = None;
     }
 
     /// What the executor does now.
@@ -297,11 +303,7 @@ impl<'p> Pilot<'p> {
                 cap: self.cap,
             },
             Stage::Stopped => Next::StopAndCopy {
-                reason: self
-                    .builder
-                    .last_round()
-                    .and_then(|r| r.decision.stop_reason())
-                    .unwrap_or(StopReason::RoundLimit),
+                reason: self.stop_reason(),
                 wish: self.wish,
                 cap: self.cap,
             },
@@ -334,7 +336,8 @@ impl<'p> Pilot<'p> {
         Some(cap)
     }
 
-    /// Reports `remaining` bytes left to send at `now_s` and checks the timeouts.
+    /// Reports `remaining` bytes left to send in the round under way at `now_s` and checks the
+    /// timeouts (only during pre-copy rounds).
     pub fn progress(&mut self, now_s: f64, remaining: f64) -> Option<Overdue> {
         if !matches!(self.stage, Stage::Round { .. }) {
             return None;
@@ -379,10 +382,10 @@ impl<'p> Pilot<'p> {
             return Err(PilotError::NotInRound);
         };
         let duration_s = (now_s - started_s).max(0.0);
-        // The cap the round ran under: time-weighted when the grant moved it.
-        self.cap_area += self.cap * (now_s - self.cap_since_s).max(0.0);
+        // The cap the round ran under: time-weighted when the grant moved it during the round,
+        // else exactly the cap in force (cap x d / d is not always the cap in floating point).
         let ran_under = if duration_s > 0.0 && self.cap_area > 0.0 {
-            self.cap_area / duration_s
+            (self.cap_area + self.cap * (now_s - self.cap_since_s).max(0.0)) / duration_s
         } else {
             self.cap
         };
@@ -415,7 +418,12 @@ impl<'p> Pilot<'p> {
             }
             .into());
         }
-        let decision = self.policy.after_round(&stats)?;
+        let mut decision = self.policy.after_round(&stats)?;
+        if let Some(o) = self.forced {
+            let mut audit = decision.audit;
+            audit.note = Some(format!("{o}: stop-and-copy forced"));
+            decision = Decision::stop(StopReason::TimedOut, audit);
+        }
         self.builder.round_wished(&stats, self.wish, &decision);
         let now_s = started_s + stats.duration_s;
         match decision.action {
@@ -429,7 +437,10 @@ impl<'p> Pilot<'p> {
                 self.enter_round(round + 1, now_s, wish, grant);
             }
             Action::StopAndCopy { .. } => {
-                let wish = checked(self.policy.stop_copy_cap())?;
+                let wish = checked(self.policy.stop_copy_cap()).or_else(|e| {
+                    // A forced stop keeps going with the last cap rather than fail.
+                    self.forced.map(|_| self.wish).ok_or(e)
+                })?;
                 self.stage = Stage::Stopped;
                 self.wish = wish;
                 self.cap = bounded(wish, grant);
@@ -442,21 +453,49 @@ impl<'p> Pilot<'p> {
         }
     }
 
-    /// The executor switched over by itself after the round under way (QEMU's own test
-    /// passed): that round is not measured, pre-copy is over. Returns the stop-and-copy step.
-    pub fn switched_over(&mut self) -> Next {
-        self.stage = Stage::Stopped;
+    /// The executor switched over by itself during the round under way (QEMU's own test
+    /// passed, or a forced stop QEMU acted on before the round ended): that round is not
+    /// measured, pre-copy is over. Returns the stop-and-copy step.
+    pub fn switched_over(&mut self, grant: Option<f64>) -> Next {
+        if self.stage != Stage::Stopped {
+            let wish = checked(self.policy.stop_copy_cap()).unwrap_or(self.wish);
+            self.stage = Stage::Stopped;
+            self.wish = wish;
+            self.cap = bounded(wish, grant);
+        }
         self.next()
     }
 
-    /// Forces stop-and-copy now (a timeout whose action is `force`): the round under way is not
-    /// measured.
-    pub fn force_stop(&mut self, grant: Option<f64>) -> Next {
+    /// A timeout whose action is `force` fired: the round under way is the last. The executor
+    /// ends it now and reports it with [`Pilot::end_round`] (which then answers stop-and-copy,
+    /// [`StopReason::TimedOut`], whatever the policy says), or, when it cannot measure it, calls
+    /// [`Pilot::switched_over`]. Returns the stop-and-copy step that follows.
+    pub fn force_stop(&mut self, overdue: Overdue, grant: Option<f64>) -> Next {
+        self.forced = Some(overdue);
         let wish = checked(self.policy.stop_copy_cap()).unwrap_or(self.wish);
-        self.stage = Stage::Stopped;
-        self.wish = wish;
-        self.cap = bounded(wish, grant);
-        self.next()
+        Next::StopAndCopy {
+            reason: StopReason::TimedOut,
+            wish,
+            cap: bounded(wish, grant),
+        }
+    }
+
+    /// Why pre-copy ended (or will end): a forced stop's timeout, else the last decision's
+    /// reason.
+    pub fn stop_reason(&self) -> StopReason {
+        match self.forced {
+            Some(_) => StopReason::TimedOut,
+            None => self
+                .builder
+                .last_round()
+                .and_then(|r| r.decision.stop_reason())
+                .unwrap_or(StopReason::RoundLimit),
+        }
+    }
+
+    /// Whether a timeout forced stop-and-copy.
+    pub fn forced(&self) -> Option<Overdue> {
+        self.forced
     }
 
     /// The last round recorded.
@@ -471,15 +510,63 @@ impl<'p> Pilot<'p> {
 
     /// Closes the report with the stop-and-copy figures and the wire peak measured by the
     /// executor.
-    pub fn finish(self, stop: StopCopy, peak_wire_bytes_per_s: f64) -> MigrationReport {
+    pub fn finish(mut self, stop: StopCopy, peak_wire_bytes_per_s: f64) -> MigrationReport {
+        if self.forced.is_some() {
+            // Also when the forced round could not be measured (QEMU switched over first).
+            self.builder.set_stop_reason(StopReason::TimedOut);
+        }
         self.builder.finish(stop, peak_wire_bytes_per_s)
     }
 
     /// Records a round the executor observed without asking the policy (QEMU's own defaults
     /// decide), with `decision` made up by the executor.
     pub fn record_observed(&mut self, stats: &RoundStats, decision: &Decision) {
-        self.builder.round_wished(stats, stats.cap_bytes_per_s, decision);
+        self.builder
+            .round_wished(stats, stats.cap_bytes_per_s, decision);
     }
+}
+
+/// Replays the measured rounds of `report` through a fresh pilot under `policy`: the round
+/// records a sequence of the same measurements produces, for checking that an executor's
+/// report is what the one sequence makes of its measurements.
+/// `sample` is the dirty-log sample the executor offered the policy, if any.
+pub fn replay<'p>(
+    policy: Box<dyn Policy + 'p>,
+    sample: Option<&DirtySample>,
+    report: &MigrationReport,
+) -> Result<Vec<RoundRecord>, PilotError> {
+    let executor = match report.executor.as_str() {
+        "engine" => Executor::Engine,
+        "qemu" => Executor::Qemu,
+        _ => Executor::Sim,
+    };
+    let mut pilot = Pilot::new(
+        policy,
+        Setup {
+            executor,
+            memory_bytes: report.memory_bytes,
+            stop_remaining: report.stop_remaining_bytes,
+            workload: report.workload.clone(),
+            timeouts: Timeouts::none(),
+        },
+    );
+    if let Some(s) = sample {
+        pilot.sample(s);
+    }
+    pilot.start(0.0, None)?;
+    for r in &report.rounds {
+        let stats = RoundStats {
+            round: r.round,
+            cap_bytes_per_s: r.cap_bytes_per_s,
+            bytes_sent: r.bytes_sent,
+            duration_s: r.duration_s,
+            dirty_bytes: r.dirty_bytes,
+        };
+        // The wish of the next round is the policy's; the grant that bounded it is not in the
+        // report, so the replay runs ungranted and only the measured cap matters.
+        pilot.end_measured(stats, None)?;
+    }
+    Ok(pilot.builder.report_rounds().to_vec())
 }
 
 /// `wish` bounded by `grant`.
@@ -531,12 +618,50 @@ mod tests {
         let wish = next.cap();
         assert_eq!(p.steer(1.0, None), None, "nothing changed");
         assert_eq!(p.steer(1.0, Some(wish / 4.0)), Some(wish / 4.0));
-        assert_eq!(p.steer(3.0, Some(wish * 10.0)), Some(wish), "never above the wish");
+        assert_eq!(
+            p.steer(3.0, Some(wish * 10.0)),
+            Some(wish),
+            "never above the wish"
+        );
         let (_, rec) = p.end_round(4.0, 1e6, 1e3, None).expect("round");
         // 1 s at wish, 2 s at wish/4, 1 s at wish: (1 + 0.5 + 1) / 4 of the wish.
         assert!((rec.cap_bytes_per_s - wish * 2.5 / 4.0).abs() < 1e-6 * wish);
         assert_eq!(rec.wish_bytes_per_s, wish);
         assert_eq!(rec.duration_s, 4.0);
+    }
+
+    /// Regression: a round whose cap never moved recorded cap x d / d, which is not the cap
+    /// for some durations (16e6 x 0.7 / 0.7), so a round did not report the cap it ran under.
+    #[test]
+    fn a_round_without_a_grant_change_reports_its_cap_exactly() {
+        let cfg = PolicyConfig {
+            memory_bytes: 1e9,
+            max_rounds: 10,
+            stop_remaining: 1.0,
+            fixed_bandwidth: Some(16e6),
+            ..PolicyConfig::default()
+        };
+        let policy = PolicyKind::Fixed.build(cfg).expect("policy");
+        let mut p = Pilot::new(
+            policy,
+            Setup {
+                executor: Executor::Qemu,
+                memory_bytes: 1e9,
+                stop_remaining: 1.0,
+                workload: None,
+                timeouts: Timeouts::none(),
+            },
+        );
+        assert_eq!(p.start(0.0, None).expect("start").cap(), 16e6);
+        assert_ne!(16e6 * 0.7 / 0.7, 16e6, "the case this guards against");
+        let (_, rec) = p.end_round(0.7, 1e7, 1e6, None).expect("round");
+        assert_eq!(rec.cap_bytes_per_s, 16e6);
+        // A grant that changed the cap at the very start: the whole round ran under it.
+        let mut now = 0.7;
+        p.steer(now, Some(4e6));
+        now += 1.1;
+        let (_, rec) = p.end_round(now, 1e7, 1e6, None).expect("round");
+        assert_eq!(rec.cap_bytes_per_s, 4e6);
     }
 
     #[test]
@@ -558,7 +683,10 @@ mod tests {
             }
         }
         assert!(matches!(next, Next::StopAndCopy { .. }), "N = 5 rounds");
-        assert!(p.end_round(now + 1.0, 1.0, 1.0, None).is_err(), "no round after the stop");
+        assert!(
+            p.end_round(now + 1.0, 1.0, 1.0, None).is_err(),
+            "no round after the stop"
+        );
     }
 
     #[test]
@@ -584,15 +712,39 @@ mod tests {
         }
         let o = p.progress(100.5, 1.0).expect("1 GiB at 100 s per GiB");
         assert_eq!(o.kind, TimeoutKind::Completion);
+        // A new round starts its own lows: its first report is progress.
+        let mut p = pilot(PolicyKind::Fixed, t);
+        p.start(0.0, None).expect("start");
+        assert_eq!(p.progress(1.0, 10.0), None);
+        p.end_round(5.0, 1e9, 5e8, None).expect("round");
+        assert_eq!(p.progress(14.0, 5e8), None, "round 2's first report");
+        let o = p.progress(24.5, 5e8).expect("stalled in round 2");
+        assert_eq!(o.kind, TimeoutKind::Progress);
         assert_eq!(t.completion_s(1.0), Some(100.0), "at least one GiB counts");
     }
 
     #[test]
-    fn a_force_stop_skips_the_round_under_way() {
+    fn a_forced_stop_ends_pre_copy_after_the_round_under_way_whatever_the_policy_says() {
         let mut p = pilot(PolicyKind::Fixed, Timeouts::none());
         p.start(0.0, None).expect("start");
-        let next = p.force_stop(Some(5e6));
+        let o = Overdue {
+            kind: TimeoutKind::Progress,
+            action: TimeoutAction::Force,
+            limit_s: 1.0,
+        };
+        let next = p.force_stop(o, Some(5e6));
         assert!(matches!(next, Next::StopAndCopy { cap, .. } if cap == 5e6));
-        assert!(p.last_round().is_none());
+        let (next, rec) = p.end_round(2.0, 1e6, 1e9, Some(5e6)).expect("round");
+        assert_eq!(rec.decision.stop_reason(), Some(StopReason::TimedOut));
+        assert!(
+            matches!(next, Next::StopAndCopy { reason: StopReason::TimedOut, cap, .. } if cap == 5e6)
+        );
+        let mut q = pilot(PolicyKind::Fixed, Timeouts::none());
+        q.start(0.0, None).expect("start");
+        assert!(matches!(q.switched_over(None), Next::StopAndCopy { .. }));
+        assert!(
+            q.last_round().is_none(),
+            "an unmeasured round is not recorded"
+        );
     }
 }

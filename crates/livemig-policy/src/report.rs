@@ -168,6 +168,16 @@ impl ReportBuilder {
         self.report.rounds.last()
     }
 
+    /// Sets why pre-copy ended when no recorded decision says it (an executor's forced stop).
+    pub fn set_stop_reason(&mut self, reason: StopReason) {
+        self.stop_reason = Some(reason);
+    }
+
+    /// The rounds recorded so far.
+    pub fn report_rounds(&self) -> &[RoundRecord] {
+        &self.report.rounds
+    }
+
     /// Pre-copy time so far.
     pub fn precopy_time_s(&self) -> f64 {
         self.precopy_time_s

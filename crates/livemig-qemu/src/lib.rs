@@ -7,10 +7,12 @@
 //!   dirty rate); unknown fields and enum values do not break them.
 //! - [`dirty`]: `calc-dirty-rate` samples before a migration and dirty-rate traces in the
 //!   simulator's CSV format.
-//! - [`governor`]: [`governor::Governor`], which starts a migration and, at every
-//!   `MIGRATION_PASS`, measures the round, asks the policy and applies its decision.
-//! - [`result`]: [`QemuReport`], the shared report plus QEMU's figures and per-pass records,
-//!   and the live [`governor::Progress`].
+//! - [`governor`]: [`governor::Governor`], which drives the policy's round sequencer
+//!   (`livemig_policy::Pilot`) through a QEMU migration: at every `MIGRATION_PASS` it measures
+//!   the round and applies the next cap; it honours the steering (grant, cancel) and the
+//!   timeouts, and emits `livemig_policy::Event`s.
+//! - [`result`]: [`QemuReport`], the shared report plus QEMU's figures, per-pass and
+//!   per-grant records.
 //! - [`saved`]: the source's own settings that the governor changes, saved before (also to
 //!   a state file) and put back after every migration.
 //! - [`vm`]: starting QEMU processes of the test guest (source and `-incoming` destination),

@@ -1,7 +1,8 @@
-//! What a governed migration returns (the shared report plus QEMU's own figures) and the
-//! live progress it reports on the way.
+//! What a governed migration returns: the shared report plus QEMU's own figures, the record
+//! of every pass and of every change of the grant. (What it reports on the way is
+//! `livemig_policy::Event`.)
 
-use livemig_policy::report::{MigrationReport, RoundRecord};
+use livemig_policy::report::MigrationReport;
 use livemig_policy::DirtySample;
 use serde::Serialize;
 
@@ -32,12 +33,36 @@ pub struct PassRecord {
     pub note: Option<String>,
 }
 
+/// What the governor did when the grant changed the cap in force between passes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SteerRecord {
+    /// When the governor saw the changed grant, seconds after `migrate` was issued (wall
+    /// clock; add `qemu.migrate_unix_s` for the time since the epoch).
+    pub at_s: f64,
+    /// The grant it saw (`None`: lifted).
+    pub granted_bytes_per_s: Option<f64>,
+    /// The `max-bandwidth` it set.
+    pub cap_set_bytes_per_s: f64,
+    /// `max-bandwidth` as `query-migrate-parameters` reported it right after.
+    pub cap_read_back_bytes_per_s: Option<f64>,
+    /// When that answer came, seconds after `migrate` was issued (wall clock).
+    pub read_back_at_s: f64,
+}
+
 /// QEMU-specific parts of the result, next to the shared report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct QemuExtras {
-    /// `policy` (the policy chose stop-and-copy) or `qemu` (QEMU switched over by itself).
+    /// `policy` (the policy chose stop-and-copy), `qemu` (QEMU switched over by itself) or
+    /// `forced` (a timeout whose action is `force`; `forced` says which).
     pub switchover: String,
+    /// Why the switch-over was forced, when it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forced: Option<String>,
+    /// Wall time `migrate` was issued (seconds since the epoch).
+    pub migrate_unix_s: Option<f64>,
     pub passes: Vec<PassRecord>,
+    /// Every change of the cap in force by the grant between passes.
+    pub steers: Vec<SteerRecord>,
     /// QEMU's `total-time`, `downtime` and `setup-time` (seconds).
     pub qemu_total_time_s: Option<f64>,
     pub qemu_downtime_s: Option<f64>,
@@ -64,24 +89,4 @@ pub struct QemuReport {
     #[serde(flatten)]
     pub report: MigrationReport,
     pub qemu: QemuExtras,
-}
-
-/// Live progress for a caller's table.
-#[derive(Debug, Clone)]
-pub enum Progress {
-    /// The migration was issued with this first cap (bytes/s).
-    Started { first_cap: f64 },
-    /// A `query-migrate` poll.
-    Sample {
-        elapsed_s: f64,
-        transferred: f64,
-        remaining: f64,
-    },
-    /// A round ended and the decision was applied.
-    Round {
-        record: Box<RoundRecord>,
-        pass: PassRecord,
-    },
-    /// The migration completed.
-    Completed,
 }

@@ -3,10 +3,15 @@
 //! closed socket, silence) ending in a clear error instead of a hang; cancellation, a granted
 //! cap and the source's settings put back on every exit.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use livemig_policy::{Action, PolicyConfig, PolicyKind, StopReason};
+use livemig_policy::pilot::TimeoutKind;
+use livemig_policy::{
+    Action, Event, PolicyConfig, PolicyKind, StopReason, TimeoutAction, Timeouts,
+};
 use livemig_qemu::governor::{
     Control, Governor, GovernorConfig, GovernorError, QemuReport, Steering,
 };
@@ -195,6 +200,8 @@ enum Fault {
     Cancel,
     /// A cap of 2 MB/s is granted right after round 1's decision was set.
     Grant,
+    /// No pass after pass 2: round 2 never ends and `ram.remaining` stays where it was.
+    Stall,
 }
 
 /// (event time, ram.transferred, ram.remaining) at each pass; pass 1 starts round 1.
@@ -206,8 +213,12 @@ const PASSES: [(f64, f64, f64); 5] = [
     (1004.0, 117e6, 2.5e6),
 ];
 
+/// A value shared between the test and the fake.
+type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
 /// Every command the fake received, with its arguments, in order.
-type Log = std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>;
+type Log = Shared<Vec<(String, Value)>>;
+/// When the fake received each command of the [`Log`].
+type Stamps = Shared<Vec<Instant>>;
 
 fn fake_source(dir: &Path, fault: Fault) -> (PathBuf, Log) {
     fake_source_steered(dir, fault, Steering::new())
@@ -216,8 +227,16 @@ fn fake_source(dir: &Path, fault: Fault) -> (PathBuf, Log) {
 /// [`fake_source`] that cancels or grants through `steering` for [`Fault::Cancel`] and
 /// [`Fault::Grant`].
 fn fake_source_steered(dir: &Path, fault: Fault, steering: Steering) -> (PathBuf, Log) {
+    let (path, log, _) = fake_source_timed(dir, fault, steering);
+    (path, log)
+}
+
+/// [`fake_source_steered`] that also says when each command came.
+fn fake_source_timed(dir: &Path, fault: Fault, steering: Steering) -> (PathBuf, Log, Stamps) {
     let log: Log = Default::default();
     let seen = log.clone();
+    let stamps: Stamps = Default::default();
+    let stamped = stamps.clone();
     let mut params = json!({"max-bandwidth": 134217728, "downtime-limit": 300});
     let mut started = false;
     let mut pass = 0usize;
@@ -231,6 +250,9 @@ fn fake_source_steered(dir: &Path, fault: Fault, steering: Steering) -> (PathBuf
     let path = serve(dir, GREETING, move |cmd, id, args| {
         if let Ok(mut l) = seen.lock() {
             l.push((cmd.to_string(), args.clone()));
+        }
+        if let Ok(mut t) = stamped.lock() {
+            t.push(Instant::now());
         }
         let mut out = Vec::new();
         match cmd {
@@ -323,7 +345,8 @@ fn fake_source_steered(dir: &Path, fault: Fault, steering: Steering) -> (PathBuf
                             PASSES[pass].0,
                         ));
                     }
-                } else if started && pass + 1 < PASSES.len() {
+                } else if started && pass + 1 < PASSES.len() && !(fault == Fault::Stall && pass >= 1)
+                {
                     pass += 1;
                     out.push(event(
                         "MIGRATION_PASS",
@@ -376,7 +399,7 @@ fn fake_source_steered(dir: &Path, fault: Fault, steering: Steering) -> (PathBuf
         }
         Some(out)
     });
-    (path, log)
+    (path, log, stamps)
 }
 
 /// The `migrate-set-parameters` arguments the fake received.
@@ -444,7 +467,7 @@ fn gcfg() -> GovernorConfig {
     let mut g = GovernorConfig::new("tcp:127.0.0.1:1", 100e6, 1e6);
     g.sample = None;
     g.poll = Duration::from_millis(20);
-    g.deadline = NO_HANG;
+    g.timeouts = Timeouts::none();
     g
 }
 
@@ -780,15 +803,28 @@ async fn native_mode_only_watches() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (path, log) = fake_source(dir.path(), Fault::None);
     let mut src = QmpClient::connect(&path, NO_HANG).await.expect("connects");
-    // Without a policy nothing raises the downtime limit, so the fake never completes: the
-    // governor must give up at its deadline, cancel, and restore nothing it did not change.
+    // Without a policy nothing raises the downtime limit, so the fake never completes: once
+    // its passes stop, the no-progress timeout must cancel, and the governor restores
+    // nothing it did not change.
     let mut g = gcfg();
-    g.deadline = Duration::from_secs(2);
+    g.timeouts = Timeouts {
+        progress_s: Some(0.5),
+        ..Timeouts::none()
+    };
     let err = Governor::new(g)
         .run(&mut src, None, Control::Native)
         .await
         .expect_err("never completes");
-    assert!(matches!(err, GovernorError::Deadline(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            GovernorError::TimedOut {
+                source_running: Some(true),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_cleaned_up(&log, true);
     let sets = sets_of(&log);
     assert!(
@@ -867,9 +903,23 @@ async fn a_lowered_grant_is_applied_at_once() {
             "{sets:?}"
         );
     }
-    for r in &run.report.rounds[1..] {
+    // Round 2 ran a few ms under the policy's cap before the grant came, then under the
+    // grant: its cap is the time-weighted mean, its wish the policy's.
+    let r2 = &run.report.rounds[1];
+    assert!(r2.wish_bytes_per_s > 2e6, "{r2:?}");
+    assert!(
+        r2.cap_bytes_per_s > 2e6 && r2.cap_bytes_per_s < 2e6 + 0.05 * r2.wish_bytes_per_s,
+        "{r2:?}"
+    );
+    for r in &run.report.rounds[2..] {
         assert!(r.cap_bytes_per_s <= 2e6, "round {}", r.round);
+        assert!(r.wish_bytes_per_s >= r.cap_bytes_per_s, "round {}", r.round);
     }
+    let steer = &run.qemu.steers;
+    assert_eq!(steer.len(), 1, "{steer:?}");
+    assert_eq!(steer[0].granted_bytes_per_s, Some(2e6));
+    assert_eq!(steer[0].cap_set_bytes_per_s, 2e6);
+    assert_eq!(steer[0].cap_read_back_bytes_per_s, Some(2e6));
 }
 
 /// The state file holds the originals while the settings are changed; it is removed once
@@ -891,4 +941,224 @@ async fn the_state_file_is_removed_after_a_restore_and_kept_otherwise() {
     assert_eq!(saved.max_bandwidth, Some(134_217_728));
     assert_eq!(saved.downtime_limit, Some(300));
     assert_eq!(saved.capabilities.get("events"), Some(&false));
+}
+
+/// The policy of the steering and timeout tests: `fixed` at 50 MB/s, which never stops by
+/// itself within the fake's passes.
+fn fixed_cfg() -> PolicyConfig {
+    PolicyConfig {
+        max_rounds: 100,
+        fixed_bandwidth: Some(50e6),
+        ..small_cfg()
+    }
+}
+
+/// Runs `fixed` against `fake_source_timed(fault)` with `g`; `act` runs beside the migration
+/// with the steering handle and the fake's log. Returns the result, the log, the stamps and
+/// every event the governor emitted.
+async fn steered<F, Fut>(
+    fault: Fault,
+    g: GovernorConfig,
+    act: F,
+) -> (Result<QemuReport, GovernorError>, Log, Stamps, Vec<Event>)
+where
+    F: FnOnce(Steering, Log) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let steering = Steering::new();
+    let (path, log, stamps) = fake_source_timed(dir.path(), fault, Steering::new());
+    let mut src = QmpClient::connect(&path, NO_HANG).await.expect("connects");
+    src.set_timeout(Duration::from_millis(500));
+    let policy = PolicyKind::Fixed.build(fixed_cfg()).expect("valid");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let governor = Governor::new(g)
+        .with_steering(steering.clone())
+        .with_events(tx);
+    let migration = async {
+        let governor = governor;
+        governor.run(&mut src, None, Control::Policy(policy)).await
+    };
+    let (out, ()) = tokio::time::timeout(NO_HANG, async {
+        tokio::join!(migration, act(steering, log.clone()))
+    })
+    .await
+    .expect("no hang");
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    (out, log, stamps, events)
+}
+
+/// Waits until the governor set the cap decided after round 1: round 2 is under way (and,
+/// with [`Fault::Stall`], never ends).
+async fn in_round_two(log: &Log) {
+    while sets_of(log).len() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// A grant lowered in the middle of a pass reaches QEMU's `max-bandwidth` within 100 ms (not
+/// at the next pass); raised again, the cap follows it but never above the grant nor the
+/// policy's wish.
+#[tokio::test]
+async fn a_grant_changed_mid_pass_reaches_qemu_within_100_ms_and_never_exceeds_grant_or_wish() {
+    let grants: Shared<Vec<(Instant, Option<f64>)>> = Default::default();
+    let noted = grants.clone();
+    // Polls far apart: only the steering's own tick can meet 100 ms.
+    let mut g = gcfg();
+    g.poll = Duration::from_millis(500);
+    let (out, log, stamps, events) = steered(Fault::Stall, g, |steering, log| async move {
+        in_round_two(&log).await;
+        for g in [Some(10e6), Some(30e6), Some(500e6), Some(20e6), None] {
+            steering.grant(g);
+            noted.lock().expect("grants").push((Instant::now(), g));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        steering.cancel();
+    })
+    .await;
+    assert!(
+        matches!(out, Err(GovernorError::Cancelled { .. })),
+        "{out:?}"
+    );
+    let log = log.lock().expect("log").clone();
+    let stamps = stamps.lock().expect("stamps").clone();
+    let grants = grants.lock().expect("grants").clone();
+    let wish = 50e6;
+    // Every cap the governor set after the first grant, with when it came.
+    let sets: Vec<(Instant, f64)> = log
+        .iter()
+        .zip(&stamps)
+        .filter(|((c, a), t)| {
+            c == "migrate-set-parameters" && **t > grants[0].0 && a.get("downtime-limit").is_none()
+        })
+        .filter_map(|((_, a), t)| a["max-bandwidth"].as_f64().map(|b| (*t, b)))
+        .collect();
+    // 10 MB/s, 30 MB/s, the wish for a grant of 500 MB/s, 20 MB/s, the wish when lifted.
+    let expect = [10e6, 30e6, wish, 20e6, wish];
+    assert_eq!(
+        sets.iter().map(|s| s.1).collect::<Vec<_>>(),
+        expect,
+        "{sets:?}"
+    );
+    for ((at, cap), (granted_at, grant)) in sets.iter().zip(&grants) {
+        let latency = at.duration_since(*granted_at);
+        assert!(
+            latency <= Duration::from_millis(100),
+            "grant {grant:?} reached QEMU after {latency:?}"
+        );
+        assert!(
+            *cap <= wish && grant.is_none_or(|g| *cap <= g),
+            "{cap} {grant:?}"
+        );
+    }
+    let granted: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::CapGranted {
+                cap_bytes_per_s, ..
+            } => Some(*cap_bytes_per_s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(granted, expect, "one CapGranted per change");
+    assert!(
+        matches!(events.last(), Some(Event::Cancelled { .. })),
+        "{events:?}"
+    );
+}
+
+/// A timeout whose action is `abort` cancels the migration: `TimedOut`, the source running,
+/// its settings back; no switch-over was forced.
+#[tokio::test]
+async fn an_abort_timeout_cancels_with_timed_out() {
+    let mut g = gcfg();
+    g.timeouts = Timeouts {
+        completion_per_gib_s: Some(2.5),
+        progress_s: None,
+        action: TimeoutAction::Abort,
+    };
+    let (out, log, _, events) = steered(Fault::Stall, g, |_, _| async {}).await;
+    let err = out.expect_err("timed out");
+    match &err {
+        GovernorError::TimedOut {
+            overdue,
+            source_running: Some(true),
+        } => {
+            assert_eq!(overdue.kind, TimeoutKind::Completion);
+            assert_eq!(overdue.limit_s, 2.5, "100 MB counts as one GiB");
+        }
+        other => panic!("expected TimedOut, got {other:?}"),
+    }
+    assert!(err.to_string().contains("still running"), "{err}");
+    assert_cleaned_up(&log, true);
+    assert!(
+        sets_of(&log)
+            .iter()
+            .all(|s| s["downtime-limit"] != json!(60_000)),
+        "nothing forced"
+    );
+    assert!(events.iter().any(
+        |e| matches!(e, Event::TimedOut { overdue } if overdue.action == TimeoutAction::Abort)
+    ));
+}
+
+/// A timeout whose action is `force` raises the downtime limit at once: QEMU stops and copies
+/// what remains, the migration completes, and the report says why.
+#[tokio::test]
+async fn a_force_timeout_raises_the_downtime_limit_and_completes() {
+    let mut g = gcfg();
+    g.timeouts = Timeouts {
+        completion_per_gib_s: None,
+        progress_s: Some(0.3),
+        action: TimeoutAction::Force,
+    };
+    let (out, log, _, events) = steered(Fault::Stall, g, |_, _| async {}).await;
+    let run = out.expect("completes");
+    let sets = sets_of(&log);
+    let forced = sets
+        .iter()
+        .position(|s| s["downtime-limit"] == json!(60_000))
+        .expect("the downtime limit was raised");
+    assert_eq!(forced, 2, "right after round 1's cap: {sets:?}");
+    assert_eq!(run.qemu.switchover, "forced");
+    assert!(
+        run.qemu
+            .forced
+            .as_deref()
+            .is_some_and(|w| w.contains("no progress")),
+        "{:?}",
+        run.qemu.forced
+    );
+    assert_eq!(run.report.rounds.len(), 1, "round 2 was cut, not measured");
+    // Everything after round 1 (the fake sends 2.5 MB once the limit is raised).
+    assert_eq!(run.report.summary.stop_copy_bytes, 2.5e6);
+    assert_eq!(
+        run.report.summary.stop_reason,
+        livemig_policy::StopReason::TimedOut,
+        "the summary says the timeout ended pre-copy"
+    );
+    let at = |f: fn(&Event) -> bool| events.iter().position(f);
+    let timed_out = at(|e| matches!(e, Event::TimedOut { .. })).expect("TimedOut");
+    let stop = at(|e| matches!(e, Event::StopAndCopy { .. })).expect("StopAndCopy");
+    let done = at(|e| matches!(e, Event::HandedOver { .. })).expect("HandedOver");
+    assert!(timed_out < stop && stop < done, "{events:?}");
+}
+
+/// The rounds a governed migration measured, replayed through a fresh Pilot with the same
+/// policy, give the report's records exactly: the governor adds nothing to the decisions.
+#[tokio::test]
+async fn a_replay_of_the_measured_rounds_reproduces_the_records() {
+    let (out, _) = governed(Fault::QueuedPasses, 3).await;
+    let run = out.expect("completes");
+    let cfg = PolicyConfig {
+        max_rounds: 3,
+        ..small_cfg()
+    };
+    let replayed = common::replay(PolicyKind::DirtyFactor, &cfg, None, &run.report);
+    assert_eq!(replayed, run.report.rounds);
+    assert!(run.report.rounds.len() >= 3);
 }

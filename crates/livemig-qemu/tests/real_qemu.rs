@@ -1,12 +1,18 @@
 //! End-to-end tests with real QEMU processes (TCG): a governed migration of a loaded guest,
-//! caps that follow the policy pass by pass, heartbeat continuity, and a destination killed
-//! mid-migration. Never skipped: without QEMU or the guest image they fail with the reason.
+//! caps that follow the policy pass by pass, a replay of its rounds giving the same
+//! decisions, heartbeat continuity, a grant reaching QEMU within 100 ms, and a destination
+//! killed mid-migration. Never skipped: without QEMU or the guest image they fail with the
+//! reason.
+
+mod common;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use livemig_policy::{Action, PolicyConfig, PolicyKind};
-use livemig_qemu::governor::{Control, Governor, GovernorConfig, GovernorError, Progress};
+use livemig_policy::{Action, Event, PolicyConfig, PolicyKind};
+use livemig_qemu::governor::{
+    Control, Governor, GovernorConfig, GovernorError, QemuReport, Steering,
+};
 use livemig_qemu::heartbeat;
 use livemig_qemu::vm::{free_port, GuestImage, Vm, VmSpec, GUEST_MEMORY_BYTES};
 use tokio::sync::Mutex;
@@ -150,6 +156,16 @@ async fn governed_migration(
             r.round
         );
     }
+    // No grant: every round ran under the policy's wish.
+    for r in &rep.rounds {
+        assert_eq!(r.cap_bytes_per_s, r.wish_bytes_per_s, "round {}", r.round);
+    }
+    // The measured rounds replayed through a fresh Pilot give the same records.
+    assert_eq!(
+        common::replay(kind, &cfg, run.qemu.sample.as_ref(), rep),
+        rep.rounds,
+        "the replay decides as the governed run did"
+    );
     // Round 1 carries the bulk of the guest's memory.
     assert!(rep.rounds[0].bytes_sent > 20.0 * MIB);
     assert!(rep.summary.downtime_s > 0.0 && rep.summary.total_time_s > 0.0);
@@ -219,13 +235,12 @@ async fn destination_killed_mid_migration_leaves_the_source_running() {
     let policy = PolicyKind::Fixed.build(cfg.clone()).expect("valid config");
     let mut gcfg = GovernorConfig::new(&uri, cfg.memory_bytes, cfg.stop_remaining);
     gcfg.sample = None;
-    gcfg.deadline = Duration::from_secs(120);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let governor = Governor::new(gcfg).with_progress(tx);
+    let governor = Governor::new(gcfg).with_events(tx);
     let killer = async {
-        while let Some(p) = rx.recv().await {
-            if let Progress::Sample { transferred, .. } = p {
-                if transferred > 10.0 * MIB {
+        while let Some(e) = rx.recv().await {
+            if let Event::Progress { bytes_sent, .. } = e {
+                if bytes_sent > 10.0 * MIB {
                     dst.kill().await;
                     return true;
                 }
@@ -233,7 +248,7 @@ async fn destination_killed_mid_migration_leaves_the_source_running() {
         }
         false
     };
-    // The governor (and with it the progress sender) is moved into the migration's future and
+    // The governor (and with it the event sender) is moved into the migration's future and
     // dropped when `run` returns, so the killer's channel closes even if `run` ends early.
     let migration = async {
         let governor = governor;
@@ -267,5 +282,125 @@ async fn destination_killed_mid_migration_leaves_the_source_running() {
         params.downtime_limit,
         Some(300),
         "the source's own downtime limit is restored"
+    );
+}
+
+fn wall_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A grant lowered while round 1 runs (a slow `fixed` cap, so pre-copy lasts seconds) reaches
+/// QEMU's `max-bandwidth` within 100 ms: the value `query-migrate-parameters` reports right
+/// after the set is the grant, read back at most 100 ms after the grant was made; lifted, the
+/// cap goes back to the policy's. The round records both the wish and the time-weighted cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lowered_grant_reaches_qemu_within_100_ms() {
+    let _one = SERIAL.lock().await;
+    let pair = boot_pair("uniform:rate=2MiB/s,buffer=32MiB").await;
+    let mut src = pair.src.qmp().await.expect("source QMP");
+    let mut dst = pair.dst.qmp().await.expect("destination QMP");
+    let wish = 16e6;
+    let cfg = PolicyConfig {
+        fixed_bandwidth: Some(wish),
+        ..policy_cfg()
+    };
+    let policy = PolicyKind::Fixed.build(cfg.clone()).expect("valid config");
+    let mut gcfg = GovernorConfig::new(&pair.uri, cfg.memory_bytes, cfg.stop_remaining);
+    gcfg.sample = None;
+    let steering = Steering::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let governor = Governor::new(gcfg)
+        .with_steering(steering.clone())
+        .with_events(tx);
+    let steer = async {
+        let mut grants = Vec::new();
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            let started = matches!(e, Event::RoundStarted { round: 1, .. });
+            events.push(e);
+            if started {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        steering.grant(Some(4e6));
+        grants.push(wall_now());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        steering.grant(None);
+        grants.push(wall_now());
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+        }
+        (grants, events)
+    };
+    let migration = async {
+        let governor = governor;
+        governor
+            .run(&mut src, Some(&mut dst), Control::Policy(policy))
+            .await
+    };
+    let (result, (grants, events)) = tokio::time::timeout(Duration::from_secs(120), async {
+        tokio::join!(migration, steer)
+    })
+    .await
+    .expect("no hang");
+    let run: QemuReport = result.expect("the migration completes");
+    eprintln!(
+        "{}",
+        serde_json::to_string_pretty(&run.qemu.steers).expect("json")
+    );
+    let t0 = run.qemu.migrate_unix_s.expect("migrate time");
+    let steers = &run.qemu.steers;
+    assert_eq!(
+        steers.len(),
+        2,
+        "both grants came during pre-copy: {steers:?}"
+    );
+    for (s, (granted_at, cap)) in steers.iter().zip(grants.iter().zip([4e6, wish])) {
+        assert_eq!(s.cap_set_bytes_per_s, cap, "{s:?}");
+        assert_eq!(
+            s.cap_read_back_bytes_per_s,
+            Some(cap),
+            "QEMU reports it: {s:?}"
+        );
+        let latency = t0 + s.read_back_at_s - granted_at;
+        assert!(
+            (0.0..=0.1).contains(&latency),
+            "read back {:.1} ms after the grant: {s:?}",
+            latency * 1e3
+        );
+    }
+    assert_eq!(steers[0].granted_bytes_per_s, Some(4e6));
+    assert_eq!(steers[1].granted_bytes_per_s, None);
+    let r1 = &run.report.rounds[0];
+    assert_eq!(r1.wish_bytes_per_s, wish);
+    assert!(
+        r1.cap_bytes_per_s > 4e6 && r1.cap_bytes_per_s < wish,
+        "round 1 ran partly under the grant: {r1:?}"
+    );
+    let granted: Vec<f64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::CapGranted {
+                cap_bytes_per_s, ..
+            } => Some(*cap_bytes_per_s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(granted, vec![4e6, wish]);
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Progress { .. })),
+        "progress inside the long round 1"
+    );
+    assert!(
+        matches!(events.last(), Some(Event::HandedOver { .. })),
+        "{events:?}"
+    );
+    assert_eq!(
+        common::replay(PolicyKind::Fixed, &cfg, None, &run.report),
+        run.report.rounds
     );
 }

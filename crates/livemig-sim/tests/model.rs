@@ -248,3 +248,58 @@ fn predictive_on_the_hot_set_example_stays_near_the_oracle() {
     let rep = simulate(pol.as_mut(), no_sample.setup()).expect("runs");
     assert_eq!(rep.rounds[0].cap_bytes_per_s, s.cfg.min_bandwidth);
 }
+
+/// The simulator keeps no round sequence of its own: replaying its measured rounds through a
+/// fresh pilot under the same policy gives the very same records (caps, decisions, audits),
+/// for every policy on every scenario of the default suite (without the pre-round sample,
+/// which the report does not carry).
+#[test]
+fn a_replay_through_the_pilot_reproduces_every_simulated_round() {
+    let suite =
+        parse_suite(Path::new("suite.toml"), livemig_sim::bench::DEFAULT_SUITE).expect("valid");
+    for scenario in suite {
+        let mut sc = scenario.clone();
+        sc.link.sample_s = 0.0;
+        for kind in PolicyKind::ALL {
+            let mut policy = kind.build(sc.cfg.clone()).expect("policy");
+            let report = simulate(policy.as_mut(), sc.setup()).expect("simulates");
+            let replayed = livemig_policy::pilot::replay(
+                kind.build(sc.cfg.clone()).expect("policy"),
+                None,
+                &report,
+            )
+            .expect("replays");
+            assert_eq!(replayed, report.rounds, "{} under {kind}", sc.name);
+        }
+    }
+}
+
+/// A grant bounds every round's cap and the stop-and-copy, and the records keep the policy's
+/// wish beside it.
+#[test]
+fn a_grant_bounds_every_simulated_cap_and_the_wish_is_kept() {
+    let suite =
+        parse_suite(Path::new("suite.toml"), livemig_sim::bench::DEFAULT_SUITE).expect("valid");
+    let sc = &suite[0];
+    let mut free = PolicyKind::DirtyFactor
+        .build(sc.cfg.clone())
+        .expect("policy");
+    let free = simulate(free.as_mut(), sc.setup()).expect("simulates");
+    let grant = free.rounds[0].cap_bytes_per_s / 2.0;
+    let mut p = PolicyKind::DirtyFactor
+        .build(sc.cfg.clone())
+        .expect("policy");
+    let r = livemig_sim::simulate_granted(p.as_mut(), sc.setup(), Some(grant)).expect("simulates");
+    for rec in &r.rounds {
+        assert!(rec.cap_bytes_per_s <= grant, "round {}", rec.round);
+        assert!(rec.wish_bytes_per_s >= rec.cap_bytes_per_s);
+    }
+    assert!(r
+        .rounds
+        .iter()
+        .any(|x| x.wish_bytes_per_s > x.cap_bytes_per_s));
+    assert!(
+        r.summary.peak_bytes_per_s <= grant * (1.0 + 1e-9),
+        "the stop-and-copy too"
+    );
+}

@@ -63,8 +63,14 @@ fn zipf_groups(pages: f64, s: f64) -> Vec<(f64, f64)> {
 impl DirtyModel {
     /// The model of `workload` on a guest of `memory` bytes in pages of `page_size`.
     pub fn new(workload: &Workload, memory: f64, page_size: f64) -> DirtyModel {
+        DirtyModel::for_pattern(workload.pattern, memory, page_size)
+    }
+
+    /// The model of writes following `pattern` over `memory` bytes in pages of `page_size`
+    /// (only the pattern matters, not the rate: see the module's docs).
+    pub fn for_pattern(pattern: Pattern, memory: f64, page_size: f64) -> DirtyModel {
         let pages = (memory / page_size).floor().max(1.0);
-        let shape = match workload.pattern {
+        let shape = match pattern {
             Pattern::Scan => Shape::Scan,
             Pattern::Uniform => Shape::Groups(vec![(pages, 1.0 / pages)]),
             Pattern::HotCold { hot, share } => {

@@ -101,6 +101,14 @@ impl PageSampler {
         self.pages
     }
 
+    /// The pages of the hot set of a `hotcold` pattern (pages `0..n`), `None` for the others.
+    pub fn hot_pages(&self) -> Option<u64> {
+        match self.kind {
+            Kind::HotCold { hot, .. } => Some(hot),
+            _ => None,
+        }
+    }
+
     /// The page of write number `seq` (0-based; only `scan` uses it), drawing from `rng`.
     pub fn sample(&self, rng: &mut SplitMix64, seq: u64) -> u64 {
         match &self.kind {
@@ -174,6 +182,15 @@ mod tests {
             b.unit();
             assert!((0.0..1.0).contains(&u));
         }
+        let hc = PageSampler::new(
+            Pattern::HotCold {
+                hot: 0.9999,
+                share: 0.5,
+            },
+            10,
+        );
+        assert_eq!(hc.hot_pages(), Some(9), "one page stays cold");
+        assert_eq!(PageSampler::new(Pattern::Uniform, 10).hot_pages(), None);
         assert_eq!(hot_pages(0.1, 100.0), 10.0);
         assert_eq!(hot_pages(0.0001, 100.0), 1.0);
     }

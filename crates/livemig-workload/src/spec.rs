@@ -35,6 +35,30 @@ pub enum Pattern {
     Scan,
 }
 
+impl Pattern {
+    /// The pattern called `name` (`uniform`, `hotcold`, `zipf` or `scan`), its parameters read
+    /// through `get`: `hot` and `share` for `hotcold` (defaults 10 % and 90 %), `s` for `zipf`
+    /// (default 1). The one place these parameters are parsed and their ranges checked, for
+    /// workload specs and the test guest's load specs alike; other keys are not read.
+    pub fn parse_named<'a>(
+        name: &str,
+        get: impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<Pattern, SpecError> {
+        Ok(match name {
+            "uniform" => Pattern::Uniform,
+            "scan" => Pattern::Scan,
+            "hotcold" => Pattern::HotCold {
+                hot: fraction("hot", get("hot"), 0.1, true)?,
+                share: fraction("share", get("share"), 0.9, false)?,
+            },
+            "zipf" => Pattern::Zipf {
+                s: number("s", get("s"), 1.0)?,
+            },
+            other => return Err(SpecError::UnknownPattern(other.to_string())),
+        })
+    }
+}
+
 /// A parsed workload: an access pattern and a write-rate series.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Workload {
@@ -141,44 +165,6 @@ impl<'a> Params<'a> {
         units::parse_rate(v).map_err(|source| value_err(key, v, source))
     }
 
-    fn fraction(&self, key: &'static str, default: f64, open_low: bool) -> Result<f64, SpecError> {
-        let Some(v) = self.get(key) else {
-            return Ok(default);
-        };
-        let f = units::parse_fraction(v).map_err(|source| value_err(key, v, source))?;
-        let ok = if open_low {
-            f > 0.0 && f < 1.0
-        } else {
-            (0.0..=1.0).contains(&f)
-        };
-        if !ok {
-            return Err(SpecError::Range {
-                key: key.to_string(),
-                value: v.to_string(),
-                expected: if open_low {
-                    "strictly between 0% and 100%"
-                } else {
-                    "between 0% and 100%"
-                },
-            });
-        }
-        Ok(f)
-    }
-
-    fn number(&self, key: &'static str, default: f64) -> Result<f64, SpecError> {
-        let Some(v) = self.get(key) else {
-            return Ok(default);
-        };
-        match v.parse::<f64>() {
-            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-            _ => Err(SpecError::Range {
-                key: key.to_string(),
-                value: v.to_string(),
-                expected: "a positive number",
-            }),
-        }
-    }
-
     /// The pattern of `phased` and `trace`: explicit `pattern=` or inferred from its keys.
     fn pattern(&self) -> Result<Pattern, SpecError> {
         let name = match self.get("pattern") {
@@ -191,18 +177,53 @@ impl<'a> Params<'a> {
     }
 
     fn named_pattern(&self, name: &str) -> Result<Pattern, SpecError> {
-        Ok(match name {
-            "uniform" => Pattern::Uniform,
-            "scan" => Pattern::Scan,
-            "hotcold" => Pattern::HotCold {
-                hot: self.fraction("hot", 0.1, true)?,
-                share: self.fraction("share", 0.9, false)?,
+        Pattern::parse_named(name, |key| self.get(key))
+    }
+}
+
+/// A fraction given as `key=value`, `default` when absent; `open_low`: strictly between 0 and 1
+/// (else 0 and 1 are allowed).
+fn fraction(
+    key: &'static str,
+    value: Option<&str>,
+    default: f64,
+    open_low: bool,
+) -> Result<f64, SpecError> {
+    let Some(v) = value else {
+        return Ok(default);
+    };
+    let f = units::parse_fraction(v).map_err(|source| value_err(key, v, source))?;
+    let ok = if open_low {
+        f > 0.0 && f < 1.0
+    } else {
+        (0.0..=1.0).contains(&f)
+    };
+    if !ok {
+        return Err(SpecError::Range {
+            key: key.to_string(),
+            value: v.to_string(),
+            expected: if open_low {
+                "strictly between 0% and 100%"
+            } else {
+                "between 0% and 100%"
             },
-            "zipf" => Pattern::Zipf {
-                s: self.number("s", 1.0)?,
-            },
-            other => return Err(SpecError::UnknownPattern(other.to_string())),
-        })
+        });
+    }
+    Ok(f)
+}
+
+/// A positive finite number given as `key=value`, `default` when absent.
+fn number(key: &'static str, value: Option<&str>, default: f64) -> Result<f64, SpecError> {
+    let Some(v) = value else {
+        return Ok(default);
+    };
+    match v.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(SpecError::Range {
+            key: key.to_string(),
+            value: v.to_string(),
+            expected: "a positive number",
+        }),
     }
 }
 
@@ -273,7 +294,7 @@ impl Workload {
                     Some(b) if file.is_relative() => b.join(file),
                     _ => file.to_path_buf(),
                 };
-                let scale = p.number("scale", 1.0)?;
+                let scale = number("scale", p.get("scale"), 1.0)?;
                 let series = trace::read(&path)?;
                 let scaled = series
                     .as_steps()
@@ -446,6 +467,34 @@ mod tests {
         assert_eq!(plain.inline_spec().expect("same"), "uniform:rate=1MiB/s");
         let e = Workload::parse_self_contained(" trace:file=/dev/zero").expect_err("refused");
         assert!(matches!(e, SpecError::FileNotAllowed(_)), "{e}");
+    }
+
+    #[test]
+    fn named_patterns_take_defaults_and_check_ranges() {
+        let none = |_: &str| None;
+        assert_eq!(
+            Pattern::parse_named("hotcold", none).expect("defaults"),
+            Pattern::HotCold {
+                hot: 0.1,
+                share: 0.9
+            }
+        );
+        assert_eq!(
+            Pattern::parse_named("zipf", none).expect("default"),
+            Pattern::Zipf { s: 1.0 }
+        );
+        let hot_one = |k: &str| (k == "hot").then_some("100%");
+        let e = Pattern::parse_named("hotcold", hot_one).expect_err("hot set is everything");
+        assert!(matches!(e, SpecError::Range { .. }), "{e}");
+        // Keys a pattern does not use are not read.
+        assert_eq!(
+            Pattern::parse_named("uniform", hot_one).expect("ignored"),
+            Pattern::Uniform
+        );
+        assert!(matches!(
+            Pattern::parse_named("idle", none),
+            Err(SpecError::UnknownPattern(_))
+        ));
     }
 
     #[test]

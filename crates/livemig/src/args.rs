@@ -273,21 +273,13 @@ impl GuestArgs {
 
 // ---- Progress -------------------------------------------------------------------------------
 
-/// How live progress is shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ProgressFormat {
-    /// Lines for a person, on stderr.
-    Human,
-    /// One JSON event per line.
-    Json,
-    /// Nothing while it runs.
-    None,
-}
+pub use crate::progress::ProgressFormat;
 
 /// `--progress`, shared by the commands that show a migration as it runs.
 #[derive(Debug, Clone, Copy, Default, clap::Args)]
 pub struct ProgressArgs {
-    /// Live progress: human lines, JSON events or none. [default: human; with --json: none]
+    /// Live progress on stderr: `human` (bars and lines), `json` (one JSON event per line,
+    /// NDJSON, for scripts) or `none`. [default: human; none with --json]
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub progress: Option<ProgressFormat>,
 }
@@ -324,34 +316,42 @@ impl From<OnTimeout> for TimeoutAction {
     }
 }
 
-/// The completion and no-progress timeouts of a real migration.
+/// The completion and no-progress timeouts of a real migration (`migrate`, `demo`,
+/// `qemu migrate`, `qemu bench`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TimeoutArgs {
-    /// Time allowed for the whole pre-copy per GiB of guest memory (at least one GiB counts).
+    /// Time allowed for the whole pre-copy per GiB of guest memory (at least one GiB counts)
+    /// before the timeout fires; `0s` or `none` for none.
     #[arg(long, value_name = "TIME", default_value = "300s")]
     pub completion_timeout_per_gib: String,
-    /// Time allowed without a new low of the bytes left to send; `0s` or `none` disables it.
+    /// Time allowed without progress (the bytes left to send reaching a new low); `0s` or
+    /// `none` for none.
     #[arg(long, value_name = "TIME", default_value = "150s")]
     pub progress_timeout: String,
-    /// What a timeout that fires does.
+    /// What a fired timeout does: abort (the guest stays on the source) or force
+    /// (stop-and-copy now).
     #[arg(long, value_enum, value_name = "ACTION", default_value_t = OnTimeout::Abort)]
     pub on_timeout: OnTimeout,
+}
+
+/// A timeout flag: `None` for `0s` or `none`.
+fn optional_duration(flag: &str, v: &str) -> Result<Option<f64>> {
+    if v.trim() == "none" {
+        return Ok(None);
+    }
+    let d = duration(flag, v)?;
+    Ok((!d.is_zero()).then_some(d.as_secs_f64()))
 }
 
 impl TimeoutArgs {
     /// The timeouts the flags describe.
     pub fn timeouts(&self) -> Result<Timeouts> {
-        let completion = positive_duration(
-            "completion-timeout-per-gib",
-            &self.completion_timeout_per_gib,
-        )?;
-        let progress = match self.progress_timeout.trim() {
-            "none" => None,
-            v => Some(duration("progress-timeout", v)?).filter(|d| !d.is_zero()),
-        };
         Ok(Timeouts {
-            completion_per_gib_s: Some(completion.as_secs_f64()),
-            progress_s: progress.map(|d| d.as_secs_f64()),
+            completion_per_gib_s: optional_duration(
+                "completion-timeout-per-gib",
+                &self.completion_timeout_per_gib,
+            )?,
+            progress_s: optional_duration("progress-timeout", &self.progress_timeout)?,
             action: self.on_timeout.into(),
         })
     }
@@ -422,10 +422,25 @@ mod tests {
                 .progress_s,
             None
         );
-        assert!(parse(&["--completion-timeout-per-gib", "0s"])
+        let t = parse(&[
+            "--completion-timeout-per-gib",
+            "5m",
+            "--progress-timeout",
+            "0",
+        ]);
+        let got = t.timeouts.timeouts().expect("valid");
+        assert_eq!(got.completion_per_gib_s, Some(300.0));
+        assert_eq!(got.progress_s, None, "0 means none");
+        let t = parse(&["--completion-timeout-per-gib", "none"]);
+        assert_eq!(
+            t.timeouts.timeouts().expect("valid").completion_per_gib_s,
+            None
+        );
+        let e = parse(&["--progress-timeout", "soon"])
             .timeouts
             .timeouts()
-            .is_err());
+            .expect_err("not a duration");
+        assert!(format!("{e:#}").contains("--progress-timeout"), "{e:#}");
         assert!(T::try_parse_from(["t", "--on-timeout", "bogus"]).is_err());
     }
 

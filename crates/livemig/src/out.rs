@@ -113,3 +113,15 @@ mod tests {
         assert!(!reader_went_away(&anyhow::anyhow!("other")));
     }
 }
+
+/// An error and its causes on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut why = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        why.push_str(": ");
+        why.push_str(&c.to_string());
+        cause = c.source();
+    }
+    why
+}

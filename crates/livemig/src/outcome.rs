@@ -48,6 +48,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The name used in JSON (`migrated`, `failed_source_running`, `unknown`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Migrated => "migrated",
+            Outcome::FailedSourceRunning => "failed_source_running",
+            Outcome::Unknown => "unknown",
+        }
+    }
+
     /// The process exit code of this outcome.
     pub fn code(self) -> i32 {
         match self {

@@ -659,7 +659,7 @@ fn help_names_each_default_once() {
         if args != ["simulate"] {
             let h = entry(&entries, "--progress");
             assert!(
-                h.contains("[default: human; with --json: none]"),
+                h.contains("[default: human; none with --json]"),
                 "{args:?}: {h}"
             );
         }

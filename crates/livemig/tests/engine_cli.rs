@@ -34,6 +34,14 @@ fn receiver(key: &std::path::Path) -> (Guard, String) {
 
 /// [`receiver`], also collecting its stderr lines.
 fn receiver_logged(key: &std::path::Path) -> (Guard, String, Arc<Mutex<Vec<String>>>) {
+    receiver_with(key, &[])
+}
+
+/// [`receiver_logged`] with `extra` flags.
+fn receiver_with(
+    key: &std::path::Path,
+    extra: &[&str],
+) -> (Guard, String, Arc<Mutex<Vec<String>>>) {
     let mut child = Proc::new(cargo_bin("livemig"))
         .args([
             "receive",
@@ -46,6 +54,7 @@ fn receiver_logged(key: &std::path::Path) -> (Guard, String, Arc<Mutex<Vec<Strin
             "--key",
         ])
         .arg(key)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -284,4 +293,91 @@ fn demo_runs_both_ends_and_reports_json() {
     // Real migrations run `predictive` unless told otherwise.
     assert_eq!(v["policy"], "predictive");
     assert!(v["summary"]["downtime_s"].as_f64().expect("downtime") > 0.0);
+}
+
+/// `--progress json`: both ends write one JSON event per line on stderr; the source's stream
+/// holds every round's record exactly as the result has it, and the steps of a hand-over in
+/// order; the destination's reports the claim, every round received and the verification.
+#[test]
+fn progress_json_streams_every_round_record_as_ndjson() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = write_key(dir.path(), "k", 7);
+    let (mut rx, addr, rx_log) = receiver_with(&key, &["--progress", "json"]);
+    let out = migrate(
+        &addr,
+        &key,
+        &[
+            "--workload",
+            "uniform:rate=4MiB/s",
+            "--min-bandwidth",
+            "64MiB/s",
+            "--json",
+            "--progress",
+            "json",
+        ],
+    )
+    .assert()
+    .success()
+    .get_output()
+    .clone();
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json result");
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| {
+            assert!(e["t_s"].as_f64().is_some(), "{e}");
+            e["event"].as_str().expect("tag")
+        })
+        .collect();
+    let order = [
+        "started",
+        "connected",
+        "round_started",
+        "progress",
+        "round_ended",
+        "stop_and_copy",
+        "verified",
+        "committed",
+        "handed_over",
+    ];
+    let mut at = 0;
+    for k in order {
+        let found = kinds[at..]
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("no {k} after position {at} in {kinds:?}"));
+        at += found;
+    }
+    let records: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "round_ended")
+        .map(|e| &e["record"])
+        .collect();
+    let rounds = result["rounds"].as_array().expect("rounds");
+    assert_eq!(records.len(), rounds.len());
+    for (a, b) in records.iter().zip(rounds) {
+        assert_eq!(*a, b, "the streamed record is the result's");
+    }
+    let status = rx.0.wait().expect("receiver exits");
+    assert!(status.success());
+    let log = rx_log.lock().expect("log").clone();
+    let rx_events: Vec<serde_json::Value> = log
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect();
+    let rx_kinds: Vec<&str> = rx_events
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    for k in ["listening", "accepted", "received", "verified", "resumed"] {
+        assert!(rx_kinds.contains(&k), "{k} missing from {rx_kinds:?}");
+    }
+    let received = rx_events
+        .iter()
+        .filter(|e| e["event"] == "received" && e["round"] != 0)
+        .count();
+    assert_eq!(received, rounds.len(), "one report per pre-copy round");
 }

@@ -97,7 +97,12 @@ fn spawn_migrate(src: &Path, dest: &Path, uri: &str, slow: bool) -> (Proc, mpsc:
         .args(["--uri", uri, "--policy", "dirty-factor", "--sample", "0"])
         .args(["--rounds", "5", "--stop-remaining", "2MiB"])
         .args(["--min-bandwidth", min, "--initial-bandwidth", first])
-        .args(["--max-bandwidth", "200MB/s", "--timeout", "120s"])
+        .args([
+            "--max-bandwidth",
+            "200MB/s",
+            "--completion-timeout-per-gib",
+            "120s",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use livemig_policy::Timeouts;
+
 use crate::keepalive;
 use crate::wire::ONE_PAGE_FRAME;
 
@@ -26,6 +28,8 @@ pub struct SenderConfig {
     pub resolve_timeout: Duration,
     /// How often to send `Wait` during long local work (the digest at pause).
     pub keepalive: Duration,
+    /// The per-GiB completion and no-progress timeouts of pre-copy, and their action.
+    pub timeouts: Timeouts,
 }
 
 impl Default for SenderConfig {
@@ -39,6 +43,7 @@ impl Default for SenderConfig {
             max_pause: Duration::from_secs(30),
             resolve_timeout: Duration::from_secs(60),
             keepalive: keepalive::EVERY,
+            timeouts: Timeouts::default(),
         }
     }
 }

@@ -4,21 +4,21 @@
 
 use std::time::{Duration, Instant};
 
-use livemig_policy::Control;
+use livemig_policy::pilot::Pilot;
+use livemig_policy::TimeoutAction;
 
-use crate::auth::{self, Channel, Key, Role};
-use crate::guest::Guest;
+use crate::auth::{self, Channel, Key, Role, Transcript};
 use crate::keepalive;
 use crate::limiter::TokenBucket;
 use crate::memory::PageSet;
 use crate::meter::WireMeter;
 use crate::net::Transport;
 use crate::wire::{
-    self, read_within, write_within, BatchWriter, Message, Mode, WireError, MAX_BATCH_PAGES,
-    PAGE_SIZE, VERSION,
+    self, read_within, write_within, BatchWriter, Message, Mode, NoCommonVersion, Versions,
+    WireError, MAX_BATCH_PAGES, PAGE_SIZE,
 };
 
-use super::{Event, SendError, SenderConfig, SenderPhase};
+use super::{Ctx, Event, SendError, SenderConfig, SenderPhase};
 
 pub(super) struct Link<'a, S: Transport> {
     pub(super) stream: &'a mut S,
@@ -34,7 +34,22 @@ pub(super) struct Link<'a, S: Transport> {
     pub(super) spare: Vec<u8>,
 }
 
-impl<S: Transport> Link<'_, S> {
+impl<'a, S: Transport> Link<'a, S> {
+    /// A fresh link on `stream`, frames bounded by `timeout`.
+    pub(super) fn new(stream: &'a mut S, timeout: Duration) -> Link<'a, S> {
+        Link {
+            stream,
+            meter: WireMeter::new(),
+            start: Instant::now(),
+            phase: SenderPhase::Connected,
+            chan: None,
+            timeout,
+            pause_deadline: None,
+            outer: None,
+            spare: Vec::new(),
+        }
+    }
+
     pub(super) fn now(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
     }
@@ -152,29 +167,56 @@ impl<S: Transport> Link<'_, S> {
         }
     }
 
-    /// Sends `pages` under `bucket`, re-reading the external cap before every frame.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends `pages` under `bucket` for `round` (0: stop-and-copy). Before every frame it
+    /// applies the grant through the pilot (a lowered grant is on the wire within one frame,
+    /// about 2 ms of traffic) and checks cancellation and the pilot's timeouts; at most every
+    /// [`PROGRESS_EVERY_S`] it reports progress.
     pub(super) fn send_pages(
         &mut self,
-        guest: &dyn Guest,
+        cx: &mut Ctx<'_, '_>,
+        pilot: &mut Pilot<'_>,
         pages: &PageSet,
         bucket: &mut TokenBucket,
-        cap: f64,
-        control: &Control,
-        compress: bool,
         round: u32,
-        observer: &mut dyn FnMut(&Event<'_>),
-    ) -> Result<(), SendError> {
+    ) -> Result<Sent, SendError> {
+        let (guest, control, compress) = (cx.guest, cx.control, cx.cfg.compress);
         let total = pages.count();
         let mut batch = BatchWriter::new(compress);
         let mut sent = 0u64;
+        let mut last_report = f64::NEG_INFINITY;
         let mut it = pages.iter().peekable();
         while it.peek().is_some() {
             self.pause_over()?;
             if control.is_cancelled() {
                 return Err(self.cancelled());
             }
-            let rate = control.effective(cap);
+            let now = self.now();
+            let granted = control.granted();
+            if let Some(cap) = pilot.steer(now, granted) {
+                cx.emit(Event::CapGranted {
+                    granted_bytes_per_s: granted,
+                    cap_bytes_per_s: cap,
+                });
+            }
+            let left = ((total - sent) * PAGE_SIZE as u64) as f64;
+            if let Some(overdue) = pilot.progress(now, left) {
+                cx.emit(Event::TimedOut { overdue });
+                match overdue.action {
+                    TimeoutAction::Abort => {
+                        let _ = self.cancelled();
+                        return Err(SendError::TimedOut(overdue));
+                    }
+                    TimeoutAction::Force => {
+                        pilot.force_stop(overdue, granted);
+                        let mut unsent = PageSet::empty(pages.len());
+                        for p in it {
+                            unsent.insert(p);
+                        }
+                        return Ok(Sent::Cut { sent, unsent });
+                    }
+                }
+            }
+            let rate = pilot.cap();
             if rate.is_nan() || rate < SenderConfig::min_cap(self.timeout) {
                 return Err(SendError::CapTooLow {
                     cap: rate,
@@ -182,7 +224,6 @@ impl<S: Transport> Link<'_, S> {
                 });
             }
             if rate != bucket.rate() {
-                let now = self.now();
                 bucket.set_rate(rate, now)?;
             }
             // About 2 ms of traffic per frame: a 100 ms window holds ~50 frames, so the window
@@ -197,7 +238,7 @@ impl<S: Transport> Link<'_, S> {
             let Some(chan) = self.chan.as_mut() else {
                 return Err(SendError::Auth);
             };
-            let frame = batch.frame_with_tag(|body| chan.tag_next(wire::MsgType::Pages, body));
+            let frame = chan.seal_pages(&mut batch);
             let wait = bucket.take(frame.len() as f64, self.start.elapsed().as_secs_f64());
             // Never sleep past the timeout (the peer would give up) or the pause deadline.
             let pause_left = self.pause_deadline.map_or(f64::INFINITY, |(at, _)| {
@@ -211,11 +252,31 @@ impl<S: Transport> Link<'_, S> {
             }
             let (t, n) = (self.now(), frame.len() as u64);
             self.meter.record(t, n);
-            observer(&Event::Progress { round, sent, total });
+            if t - last_report >= PROGRESS_EVERY_S || sent == total {
+                last_report = t;
+                cx.emit(Event::Progress {
+                    round,
+                    bytes_sent: (sent * PAGE_SIZE as u64) as f64,
+                    bytes_remaining: ((total - sent) * PAGE_SIZE as u64) as f64,
+                });
+            }
         }
-        Ok(())
+        Ok(Sent::All)
     }
 }
+
+/// How a page set went out.
+pub(super) enum Sent {
+    All,
+    /// A timeout forced stop-and-copy: `sent` pages went out, `unsent` did not.
+    Cut {
+        sent: u64,
+        unsent: PageSet,
+    },
+}
+
+/// Longest gap between two progress events while pages move (seconds).
+pub const PROGRESS_EVERY_S: f64 = 0.25;
 
 /// Sleeps `s` seconds; nothing for zero, negative or NaN, and no panic for huge values.
 pub(super) fn sleep_s(s: f64) {
@@ -224,8 +285,9 @@ pub(super) fn sleep_s(s: f64) {
     }
 }
 
-/// The source's half of the handshake on `link`: `Hello` in `mode`, the destination's proof
-/// over the transcript, ours. Returns the session channel.
+/// The source's half of the handshake on `link`: `Hello` in `mode` offering this build's
+/// versions, the destination's choice and proof over the transcript, ours. Returns the session
+/// channel, in the chosen version.
 pub(super) fn handshake<S: Transport>(
     link: &mut Link<'_, S>,
     key: &Key,
@@ -233,35 +295,61 @@ pub(super) fn handshake<S: Transport>(
     compress: bool,
     mode: Mode,
 ) -> Result<Channel, SendError> {
+    let ours = Versions::THIS_BUILD;
     let hello = Message::Hello {
-        version: VERSION,
+        versions: ours,
         nonce: auth::nonce()?,
         memory_bytes,
         page_size: PAGE_SIZE as u32,
         compress,
         mode,
     };
-    let transcript = hello.body();
+    let hello_body = hello.body();
     // The whole handshake, however the destination trickles it, within one timeout.
     let end = Instant::now() + link.timeout;
     link.pause_deadline = Some((end, link.timeout));
     link.send(&hello)?;
-    let nd = match link.recv()? {
-        Message::Challenge { nonce, mac } => {
-            if !key.verify(Role::Destination, &transcript, &nonce, &mac) {
+    let (version, nd) = match link.recv()? {
+        Message::Challenge {
+            version,
+            nonce,
+            mac,
+        } => {
+            if !ours.contains(version) {
+                let _ = link.send(&Message::error(
+                    wire::code::VERSION,
+                    "the destination chose a version the source did not offer",
+                ));
+                return Err(link.wire(WireError::VersionNotOffered { chosen: version }));
+            }
+            let t = Transcript {
+                hello: &hello_body,
+                version,
+                dest_nonce: &nonce,
+            };
+            if !key.verify(Role::Destination, &t, &mac) {
                 let _ = link.send(&Message::error(
                     wire::code::AUTH,
                     "the destination's proof of the key does not verify",
                 ));
                 return Err(SendError::Auth);
             }
-            nonce
+            (version, nonce)
+        }
+        Message::Versions(peer) => {
+            return Err(link.wire(NoCommonVersion { peer, ours }.into()));
         }
         m => return Err(link.unexpected(&m)),
     };
-    link.send(&Message::Auth {
-        mac: key.prove(Role::Source, &transcript, &nd),
-    })?;
+    let t = Transcript {
+        hello: &hello_body,
+        version,
+        dest_nonce: &nd,
+    };
+    let auth = Message::Auth {
+        mac: key.prove(Role::Source, &t),
+    };
+    link.send_raw(&auth.encode_as(version))?;
     link.pause_deadline = None;
-    Ok(Channel::new(key.session(&transcript, &nd), Role::Source))
+    Ok(Channel::new(key.session(&t), Role::Source))
 }

@@ -13,7 +13,10 @@
 //! that frame plus the kernel's socket send buffer.
 //!
 //! - `config`: [`SenderConfig`] and its checks.
-//! - `state`: [`SenderPhase`], [`SendError`], [`Event`].
+//! - `state`: [`SenderPhase`], [`SendError`].
+//!
+//! The round sequence itself is the [`Pilot`]'s (`livemig-policy`), as in every executor;
+//! `run` is one function per phase: connect, sample, pre-copy, stop-and-copy, commit.
 //! - `link`: one connection under deadlines, page frames, the handshake.
 //! - `settle`: settling a lost hand-over by reconnecting ([`resolve`]).
 
@@ -24,12 +27,13 @@ mod state;
 
 pub use config::{ConfigError, SenderConfig};
 pub use settle::{hex, resolve, Redial};
-pub use state::{Event, SendError, SenderPhase, TransitionError};
+pub use state::{SendError, SenderPhase, TransitionError};
 
 use std::time::{Duration, Instant};
 
-use livemig_policy::report::{MigrationReport, ReportBuilder, StopCopy};
-use livemig_policy::{Action, Control, DirtySample, Policy, RoundStats};
+use livemig_policy::pilot::{Executor, Next, Pilot, Setup, PEAK_WINDOW_S};
+use livemig_policy::report::{MigrationReport, StopCopy};
+use livemig_policy::{Control, DirtySample, Policy, StopReason};
 
 use crate::auth::Key;
 use crate::guest::Guest;
@@ -42,12 +46,8 @@ use crate::wire::{
     Message, Mode, ResolveDecision, ResolveStatus, WireError, PAGE_SIZE, SESSION_ID_LEN,
 };
 
-use link::{handshake, sleep_s, Link};
+use link::{handshake, sleep_s, Link, Sent};
 
-/// A policy that never chooses stop-and-copy is cut off here.
-pub const MAX_ROUNDS: u32 = 10_000;
-/// Window of the wire-peak measurement (method.md section 8).
-pub const PEAK_WINDOW_S: f64 = 0.1;
 /// Pause between two attempts to reach the destination while settling a hand-over.
 pub const REDIAL_EVERY: Duration = Duration::from_millis(200);
 
@@ -63,7 +63,7 @@ pub fn migrate<S: Transport>(
     policy: &mut dyn Policy,
     cfg: &SenderConfig,
     control: &Control,
-    observer: &mut dyn FnMut(&Event<'_>),
+    observer: &mut dyn FnMut(&Event),
 ) -> Result<MigrationReport, SendError> {
     migrate_measured(stream, key, guest, policy, cfg, control, observer, None).map(|(r, _)| r)
 }
@@ -78,11 +78,10 @@ pub fn migrate_measured<S: Transport>(
     policy: &mut dyn Policy,
     cfg: &SenderConfig,
     control: &Control,
-    observer: &mut dyn FnMut(&Event<'_>),
+    observer: &mut dyn FnMut(&Event),
     mut redial: Option<&mut Redial<'_>>,
 ) -> Result<(MigrationReport, WireMeter), SendError> {
-    let mut paused = false;
-    let mut session = None;
+    let mut session = Session::default();
     let r = run(
         stream,
         key,
@@ -91,19 +90,18 @@ pub fn migrate_measured<S: Transport>(
         cfg,
         control,
         observer,
-        &mut paused,
         &mut session,
         redial.as_deref_mut(),
     );
     match r {
         Err(e) if !e.in_doubt() => {
-            if paused {
+            if session.paused {
                 guest.resume();
             }
             // The destination may hold a verified copy waiting for our word (its connection
             // broke before our `Abort`): tell it, best effort, now that the guest runs here.
-            if let (Some(id), Some(dial)) = (session, redial) {
-                if paused {
+            if let (Some(id), Some(dial)) = (session.id, redial) {
+                if session.paused {
                     let until = Instant::now() + cfg.resolve_timeout.min(cfg.timeout * 3);
                     let _ = resolve(dial, key, &id, ResolveDecision::Abort, cfg.timeout, until);
                 }
@@ -114,6 +112,38 @@ pub fn migrate_measured<S: Transport>(
     }
 }
 
+/// What the sender tells its observer: the one event type of every executor.
+pub use livemig_policy::Event;
+
+/// What the failure path needs to know of a run: whether the guest is paused here, and the
+/// session to settle.
+#[derive(Debug, Default)]
+struct Session {
+    paused: bool,
+    id: Option<[u8; SESSION_ID_LEN]>,
+}
+
+/// What the phases share: the guest, the settings, the live handle and the observer.
+pub(super) struct Ctx<'a, 'o> {
+    guest: &'a dyn Guest,
+    cfg: &'a SenderConfig,
+    control: &'a Control,
+    observer: &'a mut (dyn FnMut(&Event) + 'o),
+}
+
+impl Ctx<'_, '_> {
+    fn emit(&mut self, e: Event) {
+        (self.observer)(&e);
+    }
+}
+
+/// What stop-and-copy sent.
+struct Stopped {
+    pause_at: f64,
+    bytes: f64,
+    state_bytes: f64,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn run<S: Transport>(
     stream: &mut S,
@@ -122,155 +152,236 @@ fn run<S: Transport>(
     policy: &mut dyn Policy,
     cfg: &SenderConfig,
     control: &Control,
-    observer: &mut dyn FnMut(&Event<'_>),
-    paused: &mut bool,
-    session: &mut Option<[u8; SESSION_ID_LEN]>,
+    observer: &mut dyn FnMut(&Event),
+    session: &mut Session,
     redial: Option<&mut Redial<'_>>,
 ) -> Result<(MigrationReport, WireMeter), SendError> {
-    let mut link = Link {
-        stream,
-        meter: WireMeter::new(),
-        start: Instant::now(),
-        phase: SenderPhase::Connected,
-        chan: None,
-        timeout: cfg.timeout,
-        pause_deadline: None,
-        outer: None,
-        spare: Vec::new(),
+    let mut cx = Ctx {
+        guest,
+        cfg,
+        control,
+        observer,
     };
-    let mem = guest.memory();
-    let memory_bytes = mem.bytes();
+    let mut link = Link::new(stream, cfg.timeout);
+    let memory_bytes = guest.memory().bytes();
+    let mut pilot = Pilot::new(
+        Box::new(policy),
+        Setup {
+            executor: Executor::Engine,
+            memory_bytes: memory_bytes as f64,
+            stop_remaining: cfg.stop_remaining,
+            workload: cfg.workload.clone(),
+            timeouts: cfg.timeouts,
+        },
+    );
+    cx.emit(Event::Started {
+        executor: Executor::Engine,
+        policy: pilot.policy_name().to_string(),
+        memory_bytes: memory_bytes as f64,
+        threshold: pilot.threshold(),
+    });
+    session.id = Some(connect(&mut link, key, memory_bytes, cfg)?);
+    cx.emit(Event::Connected { peer: None });
+    sample(&mut link, &mut cx, &mut pilot)?;
+    let remaining = precopy(&mut link, &mut cx, &mut pilot)?;
+    let stopped = stop_and_copy(&mut link, &mut cx, &mut pilot, remaining, session)?;
+    commit(&mut link, &mut cx, key, session, redial)?;
+    let downtime = link.now() - stopped.pause_at;
+    link.phase.advance(SenderPhase::HandedOver)?;
+    cx.emit(Event::HandedOver {
+        downtime_s: downtime,
+    });
+    let peak = link.meter.peak(PEAK_WINDOW_S);
+    let report = pilot.finish(
+        StopCopy {
+            bytes: stopped.bytes,
+            state_bytes: stopped.state_bytes,
+            downtime_s: downtime,
+        },
+        peak,
+    );
+    Ok((report, link.meter))
+}
 
+/// The handshake and the destination's `Ready`; returns the session id.
+fn connect<S: Transport>(
+    link: &mut Link<'_, S>,
+    key: &Key,
+    memory_bytes: u64,
+    cfg: &SenderConfig,
+) -> Result<[u8; SESSION_ID_LEN], SendError> {
     link.phase.advance(SenderPhase::Handshake)?;
-    let chan = handshake(&mut link, key, memory_bytes, cfg.compress, Mode::Migrate)?;
-    *session = Some(chan.id());
+    let chan = handshake(link, key, memory_bytes, cfg.compress, Mode::Migrate)?;
+    let id = chan.id();
     link.chan = Some(chan);
     match link.recv()? {
-        Message::Ready => {}
-        m => return Err(link.unexpected(&m)),
+        Message::Ready => Ok(id),
+        m => Err(link.unexpected(&m)),
     }
-    observer(&Event::Connected);
+}
 
-    // A short dirty-log sample for policies that plan from it.
-    if cfg.sample_s > 0.0 {
-        guest.fetch_and_clear_dirty();
-        let t0 = Instant::now();
-        let mut sample = DirtySample::default();
-        for i in 1..=5 {
-            if control.is_cancelled() {
-                return Err(link.cancelled());
-            }
-            let at = cfg.sample_s * f64::from(i) / 5.0;
-            sleep_s(at - t0.elapsed().as_secs_f64());
-            let el = t0.elapsed().as_secs_f64();
-            sample
-                .points
-                .push((el, (guest.dirty_pages() * PAGE_SIZE as u64) as f64));
+/// A short dirty-log sample for policies that plan from it.
+fn sample<S: Transport>(
+    link: &mut Link<'_, S>,
+    cx: &mut Ctx<'_, '_>,
+    pilot: &mut Pilot<'_>,
+) -> Result<(), SendError> {
+    if cx.cfg.sample_s <= 0.0 {
+        return Ok(());
+    }
+    cx.guest.fetch_and_clear_dirty();
+    let t0 = Instant::now();
+    let mut sample = DirtySample::default();
+    for i in 1..=5 {
+        if cx.control.is_cancelled() {
+            return Err(link.cancelled());
         }
-        policy.observe_sample(&sample);
-        observer(&Event::Sampled(&sample));
+        let at = cx.cfg.sample_s * f64::from(i) / 5.0;
+        sleep_s(at - t0.elapsed().as_secs_f64());
+        let el = t0.elapsed().as_secs_f64();
+        sample
+            .points
+            .push((el, (cx.guest.dirty_pages() * PAGE_SIZE as u64) as f64));
     }
+    pilot.sample(&sample);
+    cx.emit(Event::Sampled { sample });
+    Ok(())
+}
 
-    let mut report = ReportBuilder::new(
-        policy.name(),
-        "engine",
-        memory_bytes as f64,
-        cfg.stop_remaining,
-        policy.threshold(),
-    );
-    if let Some(w) = &cfg.workload {
-        report = report.workload(w);
-    }
+/// The pre-copy rounds under the pilot; returns the pages stop-and-copy must send (the last
+/// round's dirty set, or what a forced stop left unsent).
+fn precopy<S: Transport>(
+    link: &mut Link<'_, S>,
+    cx: &mut Ctx<'_, '_>,
+    pilot: &mut Pilot<'_>,
+) -> Result<PageSet, SendError> {
+    let mem = cx.guest.memory();
     link.meter = WireMeter::new();
     link.start = Instant::now();
-    let mut cap = policy.first_cap();
-    let mut bucket = TokenBucket::new(cap, DEFAULT_BURST_S, 0.0)?;
-    guest.fetch_and_clear_dirty();
+    let mut next = pilot.start(0.0, cx.control.granted())?;
+    let mut bucket = TokenBucket::new(next.cap(), DEFAULT_BURST_S, 0.0)?;
+    cx.guest.fetch_and_clear_dirty();
     let mut to_send = PageSet::all(mem.pages());
-    let mut round = 0u32;
-    let remaining = loop {
-        round += 1;
-        if round > MAX_ROUNDS {
-            return Err(SendError::Endless);
-        }
-        if control.is_cancelled() {
+    loop {
+        let Next::Round { round, wish, cap } = next else {
+            return Ok(to_send);
+        };
+        if cx.control.is_cancelled() {
             return Err(link.cancelled());
         }
         link.phase.advance(SenderPhase::PreCopy { round })?;
         let pages = to_send.count();
-        observer(&Event::RoundStarted { round, cap, pages });
-        let t0 = link.now();
-        bucket.set_rate(cap, t0)?;
-        link.send(&Message::RoundStart { round, pages })?;
-        link.send_pages(
-            guest,
-            &to_send,
-            &mut bucket,
-            cap,
-            control,
-            cfg.compress,
+        cx.emit(Event::RoundStarted {
             round,
-            observer,
-        )?;
-        link.send(&Message::RoundEnd { round, pages })?;
-        let duration = link.now() - t0;
-        let dirty = guest.fetch_and_clear_dirty();
-        let stats = RoundStats {
-            round,
+            wish_bytes_per_s: wish,
             cap_bytes_per_s: cap,
-            bytes_sent: (pages * PAGE_SIZE as u64) as f64,
-            duration_s: duration,
-            dirty_bytes: (dirty.count() * PAGE_SIZE as u64) as f64,
-        };
-        let decision = policy.after_round(&stats)?;
-        report.round(&stats, &decision);
-        observer(&Event::RoundEnded {
-            stats: &stats,
-            decision: &decision,
+            bytes: (pages * PAGE_SIZE as u64) as f64,
         });
-        match decision.action {
-            Action::Continue {
-                next_cap_bytes_per_s,
-            } => {
-                cap = next_cap_bytes_per_s;
-                to_send = dirty;
-            }
-            Action::StopAndCopy { .. } => break dirty,
-        }
-    };
+        bucket.set_rate(cap, link.now())?;
+        link.send(&Message::RoundStart { round, pages })?;
+        // A timeout whose action is `force` cuts the round short: it ends with the pages that
+        // went out, and what it did not send joins the stop-and-copy.
+        let (sent, mut dirty) = match link.send_pages(cx, pilot, &to_send, &mut bucket, round)? {
+            Sent::All => (pages, PageSet::empty(to_send.len())),
+            Sent::Cut { sent, unsent } => (sent, unsent),
+        };
+        link.send(&Message::RoundEnd { round, pages: sent })?;
+        dirty.union_with(&cx.guest.fetch_and_clear_dirty());
+        let (n, record) = pilot.end_round(
+            link.now(),
+            (sent * PAGE_SIZE as u64) as f64,
+            (dirty.count() * PAGE_SIZE as u64) as f64,
+            cx.control.granted(),
+        )?;
+        let record = Box::new(record.clone());
+        next = n;
+        cx.emit(Event::RoundEnded { record });
+        to_send = dirty;
+    }
+}
 
-    // Stop-and-copy: pause, send what remains and the state, wait for the verified answer,
-    // all within the maximum pause.
+/// Stop-and-copy: pause, send what remains and the state, wait for the verified answer, all
+/// within the maximum pause. On a failure before the answer the destination is told to abort.
+fn stop_and_copy<S: Transport>(
+    link: &mut Link<'_, S>,
+    cx: &mut Ctx<'_, '_>,
+    pilot: &mut Pilot<'_>,
+    mut remaining: PageSet,
+    session: &mut Session,
+) -> Result<Stopped, SendError> {
+    let (guest, cfg) = (cx.guest, cx.cfg);
+    let mem = guest.memory();
     link.phase.advance(SenderPhase::StopCopy)?;
     let pause_at = link.now();
     guest.pause();
-    *paused = true;
+    session.paused = true;
     link.pause_deadline = Some((Instant::now() + cfg.max_pause, cfg.max_pause));
-    let mut remaining = remaining;
     remaining.union_with(&guest.fetch_and_clear_dirty());
     let pages = remaining.count();
-    observer(&Event::Paused { pages });
-    let stop_cap = policy.stop_copy_cap();
-    bucket.set_rate(stop_cap, link.now())?;
+    let (reason, cap) = match pilot.next() {
+        Next::StopAndCopy { reason, cap, .. } => (reason, cap),
+        Next::Round { cap, .. } => (StopReason::RoundLimit, cap),
+    };
+    cx.emit(Event::StopAndCopy {
+        reason,
+        bytes: (pages * PAGE_SIZE as u64) as f64,
+        cap_bytes_per_s: cap,
+    });
+    let mut bucket = TokenBucket::new(cap, DEFAULT_BURST_S, link.now())?;
     link.send(&Message::StopCopy { pages })?;
-    link.send_pages(
-        guest,
-        &remaining,
-        &mut bucket,
-        stop_cap,
-        control,
-        cfg.compress,
-        round + 1,
-        observer,
-    )?;
-    // Digesting a large guest takes longer than the destination's frame deadline.
+    let verdict = link
+        .send_pages(cx, pilot, &remaining, &mut bucket, 0)
+        .and_then(|_| send_state(link, cx))
+        .and_then(|digest| await_confirm(link, digest, cfg.max_pause));
+    // The last moment a cancellation can stop the hand-over: past it, it is ignored.
+    let verdict = match verdict {
+        Ok(_) if cx.control.is_cancelled() => Err(SendError::Cancelled {
+            phase: link.phase.name(),
+        }),
+        v => v,
+    };
+    match verdict {
+        Ok(state_bytes) => {
+            cx.emit(Event::Verified {
+                how: format!(
+                    "the destination's xxh3 digest of all {} pages matches the source's",
+                    mem.pages()
+                ),
+            });
+            Ok(Stopped {
+                pause_at,
+                bytes: (pages * PAGE_SIZE as u64) as f64,
+                state_bytes,
+            })
+        }
+        Err(e) => {
+            // Not committed: the destination must discard what it holds. Best effort on this
+            // connection, briefly; the caller also tells it by reconnecting.
+            link.timeout = link.timeout.min(Duration::from_millis(500));
+            link.pause_deadline = None;
+            let _ = link.send(&Message::Abort);
+            // The destination reads the Abort (if it arrives), then the end: it stops waiting
+            // for us at once and holds what it has for our `Resolve{Abort}` to settle.
+            link.stream.close_write();
+            Err(e)
+        }
+    }
+}
+
+/// The memory digest (with keep-alives: digesting a large guest takes longer than the
+/// destination's frame deadline) and the device state; returns the digest and the state's
+/// size.
+fn send_state<S: Transport>(
+    link: &mut Link<'_, S>,
+    cx: &mut Ctx<'_, '_>,
+) -> Result<(u64, f64), SendError> {
     let digest = {
         let Some(chan) = link.chan.as_mut() else {
             return Err(SendError::Auth);
         };
-        let mut ka = KeepAlive::new(link.stream, chan, cfg.keepalive, link.timeout)
+        let mut ka = KeepAlive::new(link.stream, chan, cx.cfg.keepalive, link.timeout)
             .until(link.pause_deadline.map(|(at, _)| at));
-        let d = mem.digest_with(&mut || ka.tick());
+        let d = cx.guest.memory().digest_with(&mut || ka.tick());
         ka.finish().map_err(|e| SendError::Wire {
             phase: "stop-and-copy",
             source: e,
@@ -278,15 +389,24 @@ fn run<S: Transport>(
         d
     };
     link.pause_over()?;
-    let blob = guest.state();
-    let state_bytes = blob.len();
+    let blob = cx.guest.state();
+    let state_bytes = blob.len() as f64;
     link.send(&Message::State { digest, blob })?;
+    Ok((digest, state_bytes))
+}
+
+/// The destination's verdict on its copy; returns the state's size when it matches.
+fn await_confirm<S: Transport>(
+    link: &mut Link<'_, S>,
+    (digest, state_bytes): (u64, f64),
+    max_pause: Duration,
+) -> Result<f64, SendError> {
     link.phase.advance(SenderPhase::AwaitConfirm)?;
-    let verdict = match link.recv() {
+    match link.recv() {
         Ok(Message::Confirm {
             ok: true,
             digest: d,
-        }) if d == digest => Ok(()),
+        }) if d == digest => Ok(state_bytes),
         Ok(Message::Confirm { digest: d, .. }) => Err(SendError::Verify {
             source_digest: digest,
             dest: d,
@@ -295,34 +415,27 @@ fn run<S: Transport>(
         Err(SendError::Wire {
             source: WireError::Deadline(_),
             ..
-        }) if link.pause_over().is_err() => Err(SendError::PauseExceeded(cfg.max_pause)),
+        }) if link.pause_over().is_err() => Err(SendError::PauseExceeded(max_pause)),
         Err(e) => Err(e),
-    };
-    // The last moment a cancellation can stop the hand-over: past it, it is ignored.
-    let verdict = match verdict {
-        Ok(()) if control.is_cancelled() => Err(SendError::Cancelled {
-            phase: link.phase.name(),
-        }),
-        v => v,
-    };
-    if let Err(e) = verdict {
-        // Not committed: the destination must discard what it holds. Best effort on this
-        // connection, briefly; the caller also tells it by reconnecting.
-        link.timeout = link.timeout.min(Duration::from_millis(500));
-        link.pause_deadline = None;
-        let _ = link.send(&Message::Abort);
-        // The destination reads the Abort (if it arrives), then the end: it stops waiting for
-        // us at once and holds what it has for our `Resolve{Abort}` to settle.
-        link.stream.close_write();
-        return Err(e);
     }
+}
 
-    // The commit point: from here the source never resumes its copy on its own.
+/// The commit point: from here the source never resumes its copy on its own. `Commit`, then
+/// the destination's `Running`; a lost answer is settled by reconnecting.
+fn commit<S: Transport>(
+    link: &mut Link<'_, S>,
+    cx: &mut Ctx<'_, '_>,
+    key: &Key,
+    session: &Session,
+    redial: Option<&mut Redial<'_>>,
+) -> Result<(), SendError> {
+    let cfg = cx.cfg;
     link.phase.advance(SenderPhase::Committed)?;
     link.pause_deadline = None;
-    observer(&Event::Committed);
-    let answer = match link.send(&Message::Commit) {
-        Ok(()) => match link.recv() {
+    cx.emit(Event::Committed);
+    let answer = link
+        .send(&Message::Commit)
+        .and_then(|()| match link.recv() {
             Ok(Message::Running) => {
                 // Tell the destination we know, so it need not wait for our questions (best
                 // effort: if this is lost it waits a little longer, nothing else).
@@ -331,57 +444,41 @@ fn run<S: Transport>(
             }
             Ok(m) => Err(link.unexpected(&m)),
             Err(e) => Err(e),
-        },
-        Err(e) => Err(e),
-    };
-    if let Err(cause) = answer {
-        // Whatever the destination got of this connection, it now sees its end at once and
-        // holds its copy for our `Resolve{Commit}` rather than waiting out its deadline.
-        link.stream.close_write();
-        observer(&Event::Resolving {
-            cause: error_chain(&cause),
         });
-        let id = session.unwrap_or_default();
-        let until = Instant::now() + cfg.resolve_timeout;
-        let status = match redial {
-            Some(dial) => resolve(dial, key, &id, ResolveDecision::Commit, cfg.timeout, until),
-            None => Err(cause),
-        };
-        match status {
-            Ok(ResolveStatus::Running) => {}
-            // After `Commit`, only `Running` settles anything. `Discarded` cannot answer a
-            // commit (only our `Abort` discards, and we never sent one), and `Unknown` comes
-            // from a process that never held this session — a restarted or different receiver,
-            // whose predecessor may well run the guest. Resuming here could run it twice: the
-            // outcome stays unknown and the paused copy is kept.
-            other => {
-                let cause = match other {
-                    Err(e) => e,
-                    Ok(status) => SendError::NotRunning { status },
-                };
-                return Err(SendError::InDoubt {
-                    session: hex(&id),
-                    resolve_timeout: cfg.resolve_timeout,
-                    cause: Box::new(cause),
-                });
-            }
+    let Err(cause) = answer else {
+        return Ok(());
+    };
+    // Whatever the destination got of this connection, it now sees its end at once and holds
+    // its copy for our `Resolve{Commit}` rather than waiting out its deadline.
+    link.stream.close_write();
+    cx.emit(Event::Resolving {
+        cause: error_chain(&cause),
+    });
+    let id = session.id.unwrap_or_default();
+    let until = Instant::now() + cfg.resolve_timeout;
+    let status = match redial {
+        Some(dial) => resolve(dial, key, &id, ResolveDecision::Commit, cfg.timeout, until),
+        None => Err(cause),
+    };
+    match status {
+        Ok(ResolveStatus::Running) => Ok(()),
+        // After `Commit`, only `Running` settles anything. `Discarded` cannot answer a commit
+        // (only our `Abort` discards, and we never sent one), and `Unknown` comes from a
+        // process that never held this session — a restarted or different receiver, whose
+        // predecessor may well run the guest. Resuming here could run it twice: the outcome
+        // stays unknown and the paused copy is kept.
+        other => {
+            let cause = match other {
+                Err(e) => e,
+                Ok(status) => SendError::NotRunning { status },
+            };
+            Err(SendError::InDoubt {
+                session: hex(&id),
+                resolve_timeout: cfg.resolve_timeout,
+                cause: Box::new(cause),
+            })
         }
     }
-    let downtime = link.now() - pause_at;
-    link.phase.advance(SenderPhase::HandedOver)?;
-    observer(&Event::HandedOver {
-        downtime_s: downtime,
-    });
-    let peak = link.meter.peak(PEAK_WINDOW_S);
-    let report = report.finish(
-        StopCopy {
-            bytes: (pages * PAGE_SIZE as u64) as f64,
-            state_bytes: state_bytes as f64,
-            downtime_s: downtime,
-        },
-        peak,
-    );
-    Ok((report, link.meter))
 }
 
 /// An error and its sources on one line.

@@ -5,7 +5,6 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::auth::Key;
-use crate::meter::WireMeter;
 use crate::net::NetError;
 use crate::wire::{Message, Mode, ResolveDecision, ResolveStatus, SESSION_ID_LEN};
 
@@ -60,17 +59,9 @@ fn resolve_once(
     timeout: Duration,
     until: Instant,
 ) -> Result<ResolveStatus, SendError> {
-    let mut link = Link {
-        stream,
-        meter: WireMeter::new(),
-        start: Instant::now(),
-        phase: SenderPhase::Handshake,
-        chan: None,
-        timeout,
-        pause_deadline: None,
-        outer: Some((until, timeout)),
-        spare: Vec::new(),
-    };
+    let mut link = Link::new(stream, timeout);
+    link.phase = SenderPhase::Handshake;
+    link.outer = Some((until, timeout));
     let chan = handshake(&mut link, key, 0, false, Mode::Resolve)?;
     link.chan = Some(chan);
     link.send(&Message::Resolve {

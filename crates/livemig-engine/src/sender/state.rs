@@ -2,14 +2,12 @@
 
 use std::time::Duration;
 
-use livemig_policy::{Decision, DirtySample, RoundStats, StatsError};
+use livemig_policy::pilot::{Overdue, PilotError};
 
 use crate::auth::{Forged, KeyError};
 use crate::memory::MemoryError;
 use crate::net::NetError;
 use crate::wire::{self, ResolveStatus, WireError};
-
-use super::MAX_ROUNDS;
 
 /// Where the sender is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,10 +119,10 @@ pub enum SendError {
         #[source]
         cause: Box<SendError>,
     },
-    #[error("the policy refused a round")]
-    Policy(#[from] StatsError),
-    #[error("the policy ran {MAX_ROUNDS} rounds without choosing stop-and-copy")]
-    Endless,
+    #[error("the round sequence stopped")]
+    Pilot(#[from] PilotError),
+    #[error("{0}; the migration was aborted")]
+    TimedOut(Overdue),
     #[error(transparent)]
     Transition(#[from] TransitionError),
     #[error("cannot read guest memory")]
@@ -151,32 +149,6 @@ impl SendError {
             _ => None,
         }
     }
-}
-
-/// What the sender tells its observer (progress lines, tests).
-#[derive(Debug)]
-pub enum Event<'a> {
-    /// Authenticated; the dirty-log sample follows.
-    Connected,
-    /// The dirty-log sample taken before round 1.
-    Sampled(&'a DirtySample),
-    /// A round starts with this cap and this many pages.
-    RoundStarted { round: u32, cap: f64, pages: u64 },
-    /// Pages of the current round sent so far.
-    Progress { round: u32, sent: u64, total: u64 },
-    /// A round ended; the policy decided.
-    RoundEnded {
-        stats: &'a RoundStats,
-        decision: &'a Decision,
-    },
-    /// The guest is paused; this many pages remain.
-    Paused { pages: u64 },
-    /// The destination holds a verified copy; the source commits.
-    Committed,
-    /// The answer to `Commit` was lost; the source reconnects to learn the outcome.
-    Resolving { cause: String },
-    /// The destination runs the guest; the source's copy may go.
-    HandedOver { downtime_s: f64 },
 }
 
 #[cfg(test)]

@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use super::{io_err, Header, Message, MsgType, WireError, HEADER_LEN, TAG_LEN};
 
-/// A decoded frame: the message, its session tag (tagged types only) and its size on the wire.
+/// A decoded frame: the message, its session tag (tagged types only), its size on the wire and
+/// the protocol version its header names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub msg: Message,
     pub tag: Option<[u8; TAG_LEN]>,
     pub wire_len: usize,
+    pub version: u16,
 }
 
 impl Frame {
@@ -49,10 +51,15 @@ pub fn read_within(
     spare: &mut Vec<u8>,
     deadline: Deadline,
 ) -> Result<Frame, WireError> {
-    let (t, payload) = read_payload(r, spare, deadline)?;
+    let (h, t, payload) = read_payload(r, spare, deadline)?;
     let wire_len = HEADER_LEN + payload.len();
     let (msg, tag) = Message::decode(t, payload)?;
-    Ok(Frame { msg, tag, wire_len })
+    Ok(Frame {
+        msg,
+        tag,
+        wire_len,
+        version: h.version,
+    })
 }
 
 /// Reads one frame without decoding its payload: its type and its bytes exactly as they came
@@ -61,12 +68,7 @@ pub fn read_raw_within(
     r: &mut impl Read,
     deadline: Deadline,
 ) -> Result<(MsgType, Vec<u8>), WireError> {
-    let (t, payload) = read_payload(r, &mut Vec::new(), deadline)?;
-    let h = Header {
-        version: super::VERSION,
-        msg_type: t as u16,
-        len: payload.len() as u32,
-    };
+    let (h, t, payload) = read_payload(r, &mut Vec::new(), deadline)?;
     let mut f = h.encode().to_vec();
     f.extend_from_slice(&payload);
     Ok((t, f))
@@ -76,7 +78,7 @@ fn read_payload(
     r: &mut impl Read,
     spare: &mut Vec<u8>,
     deadline: Deadline,
-) -> Result<(MsgType, Vec<u8>), WireError> {
+) -> Result<(Header, MsgType, Vec<u8>), WireError> {
     let mut hb = [0u8; HEADER_LEN];
     fill(r, &mut hb, true, deadline)?;
     let (h, t) = Header::decode(&hb)?;
@@ -88,7 +90,7 @@ fn read_payload(
         payload.resize(len, 0);
     }
     fill(r, &mut payload, false, deadline)?;
-    Ok((t, payload))
+    Ok((h, t, payload))
 }
 
 /// Reads exactly `buf.len()` bytes, checking the deadline after every read. `first`: nothing

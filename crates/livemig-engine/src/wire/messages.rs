@@ -4,8 +4,8 @@
 //! ([`MsgType::tagged`]); [`Message::body`] is the body alone, which the tag covers.
 
 use super::{
-    MsgType, PageBatch, WireError, MAC_LEN, MAX_ERROR_TEXT, MAX_STATE, NONCE_LEN, SESSION_ID_LEN,
-    TAG_LEN,
+    MsgType, PageBatch, Versions, WireError, MAC_LEN, MAX_ERROR_TEXT, MAX_STATE, NONCE_LEN,
+    SESSION_ID_LEN, TAG_LEN,
 };
 
 /// What a connection is for, named in `Hello` (and covered by both handshake proofs).
@@ -47,17 +47,20 @@ pub enum ResolveStatus {
 /// Every message of the protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    /// Source -> destination, first: version, nonce, guest geometry, compression, purpose.
+    /// Source -> destination, first: the versions it speaks, nonce, guest geometry,
+    /// compression, purpose. Its layout is the same in every version that negotiates.
     Hello {
-        version: u16,
+        versions: Versions,
         nonce: [u8; NONCE_LEN],
         memory_bytes: u64,
         page_size: u32,
         compress: bool,
         mode: Mode,
     },
-    /// Destination -> source: its nonce and its proof of the key over the transcript.
+    /// Destination -> source: the version it chose (the highest both speak), its nonce and its
+    /// proof of the key over the transcript (which covers the choice).
     Challenge {
+        version: u16,
         nonce: [u8; NONCE_LEN],
         mac: [u8; MAC_LEN],
     },
@@ -98,6 +101,9 @@ pub enum Message {
     Error { code: u16, message: String },
     /// Either side, after authentication: still working (a long prefault or digest).
     Wait,
+    /// Destination -> source, instead of `Challenge`: no version in common; the versions the
+    /// destination speaks (not tagged; the same layout in every version that negotiates).
+    Versions(Versions),
 }
 
 /// Error codes of [`Message::Error`].
@@ -128,6 +134,14 @@ fn u32_at(b: &[u8], at: usize, msg: &'static str) -> Result<u32, WireError> {
 }
 fn u64_at(b: &[u8], at: usize, msg: &'static str) -> Result<u64, WireError> {
     Ok(u64::from_le_bytes(arr(b, at, msg)?))
+}
+
+/// A version range at the start of a payload: min u16, max u16, never empty.
+fn versions_at(b: &[u8], msg: &'static str) -> Result<Versions, WireError> {
+    Versions::new(u16_at(b, 0, msg)?, u16_at(b, 2, msg)?).ok_or(WireError::Malformed {
+        msg,
+        reason: "the version range is empty (its minimum is above its maximum)",
+    })
 }
 
 fn exact(b: &[u8], n: usize, msg: &'static str) -> Result<(), WireError> {
@@ -171,6 +185,7 @@ impl Message {
             Message::Resolved { .. } => MsgType::Resolved,
             Message::Error { .. } => MsgType::Error,
             Message::Wait => MsgType::Wait,
+            Message::Versions(_) => MsgType::Versions,
         }
     }
 
@@ -199,23 +214,33 @@ impl Message {
         let mut p = Vec::new();
         match self {
             Message::Hello {
-                version,
+                versions,
                 nonce,
                 memory_bytes,
                 page_size,
                 compress,
                 mode,
             } => {
-                p.extend_from_slice(&version.to_le_bytes());
+                p.extend_from_slice(&versions.min().to_le_bytes());
+                p.extend_from_slice(&versions.max().to_le_bytes());
                 p.extend_from_slice(nonce);
                 p.extend_from_slice(&memory_bytes.to_le_bytes());
                 p.extend_from_slice(&page_size.to_le_bytes());
                 p.push(u8::from(*compress));
                 p.push(*mode as u8);
             }
-            Message::Challenge { nonce, mac } => {
+            Message::Challenge {
+                version,
+                nonce,
+                mac,
+            } => {
+                p.extend_from_slice(&version.to_le_bytes());
                 p.extend_from_slice(nonce);
                 p.extend_from_slice(mac);
+            }
+            Message::Versions(v) => {
+                p.extend_from_slice(&v.min().to_le_bytes());
+                p.extend_from_slice(&v.max().to_le_bytes());
             }
             Message::Auth { mac } => p.extend_from_slice(mac),
             Message::Ready
@@ -276,8 +301,8 @@ impl Message {
         Ok(match t {
             MsgType::Invalid => return Err(WireError::UnknownType(0)),
             MsgType::Hello => {
-                exact(&p, 2 + NONCE_LEN + 8 + 4 + 2, "hello")?;
-                let at = 2 + NONCE_LEN + 12;
+                exact(&p, 4 + NONCE_LEN + 8 + 4 + 2, "hello")?;
+                let at = 4 + NONCE_LEN + 12;
                 let compress = flag(p[at], "hello", "the compression flag is neither 0 nor 1")?;
                 let mode = match p[at + 1] {
                     0 => Mode::Migrate,
@@ -290,20 +315,25 @@ impl Message {
                     }
                 };
                 Message::Hello {
-                    version: u16_at(&p, 0, "hello")?,
-                    nonce: arr(&p, 2, "hello")?,
-                    memory_bytes: u64_at(&p, 2 + NONCE_LEN, "hello")?,
-                    page_size: u32_at(&p, 2 + NONCE_LEN + 8, "hello")?,
+                    versions: versions_at(&p, "hello")?,
+                    nonce: arr(&p, 4, "hello")?,
+                    memory_bytes: u64_at(&p, 4 + NONCE_LEN, "hello")?,
+                    page_size: u32_at(&p, 4 + NONCE_LEN + 8, "hello")?,
                     compress,
                     mode,
                 }
             }
             MsgType::Challenge => {
-                exact(&p, NONCE_LEN + MAC_LEN, "challenge")?;
+                exact(&p, 2 + NONCE_LEN + MAC_LEN, "challenge")?;
                 Message::Challenge {
-                    nonce: arr(&p, 0, "challenge")?,
-                    mac: arr(&p, NONCE_LEN, "challenge")?,
+                    version: u16_at(&p, 0, "challenge")?,
+                    nonce: arr(&p, 2, "challenge")?,
+                    mac: arr(&p, 2 + NONCE_LEN, "challenge")?,
                 }
+            }
+            MsgType::Versions => {
+                exact(&p, 4, "versions")?;
+                Message::Versions(versions_at(&p, "versions")?)
             }
             MsgType::Auth => {
                 exact(&p, MAC_LEN, "auth")?;
@@ -420,14 +450,20 @@ impl Message {
         })
     }
 
-    /// The whole frame's bytes with `tag` (ignored for an untagged type).
+    /// The whole frame's bytes with `tag` (ignored for an untagged type), in this build's
+    /// newest version.
     pub fn encode_tagged(&self, tag: &[u8; TAG_LEN]) -> Vec<u8> {
+        self.encode_tagged_as(super::VERSION, tag)
+    }
+
+    /// The whole frame's bytes in protocol `version` with `tag` (ignored for an untagged type).
+    pub fn encode_tagged_as(&self, version: u16, tag: &[u8; TAG_LEN]) -> Vec<u8> {
         let mut payload = self.body();
         if self.msg_type().tagged() {
             payload.extend_from_slice(tag);
         }
         let h = super::Header {
-            version: super::VERSION,
+            version,
             msg_type: self.msg_type() as u16,
             len: payload.len() as u32,
         };
@@ -441,6 +477,12 @@ impl Message {
     /// (for untagged messages, tests and hostile peers).
     pub fn encode(&self) -> Vec<u8> {
         self.encode_tagged(&[0; TAG_LEN])
+    }
+
+    /// The whole frame's bytes in protocol `version` (for the untagged messages of the
+    /// handshake, sent in the version being negotiated).
+    pub fn encode_as(&self, version: u16) -> Vec<u8> {
+        self.encode_tagged_as(version, &[0; TAG_LEN])
     }
 }
 

@@ -1,10 +1,12 @@
-//! The wire protocol (version 3): a fixed little-endian header, typed messages, a session tag
-//! on every control message after the handshake, hard caps on every length.
+//! The wire protocol (versions [`MIN_VERSION`]..=[`VERSION`], negotiated in the first
+//! message): a fixed little-endian header, typed messages, a session tag on every control
+//! message after the handshake, hard caps on every length.
 //!
 //! A frame is a 12-byte header — magic `LMIG`, version (u16), message type (u16), payload
 //! length (u32) — followed by the payload; a tagged message's payload ends with its 32-byte
 //! tag. `docs/protocol.md` describes every message.
 //!
+//! - [`version`]: the versions this build speaks and the negotiation.
 //! - [`header`]: the frame header and its checks.
 //! - [`pages`]: `Pages` payloads and the batch writer.
 //! - [`messages`]: every message, its payload codec and which messages are tagged.
@@ -16,16 +18,16 @@ pub mod frames;
 pub mod header;
 pub mod messages;
 pub mod pages;
+pub mod version;
 
 pub use frames::{read_raw_within, read_within, write_frame, write_within, Frame};
 pub use header::Header;
 pub use messages::{code, printable, Message, Mode, ResolveDecision, ResolveStatus};
 pub use pages::{BatchWriter, PageBatch, PageEncoding, PageEntry};
+pub use version::{NoCommonVersion, Versions, MIN_VERSION, NEGOTIATING_SINCE, VERSION};
 
 /// First four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"LMIG";
-/// The protocol version this build speaks.
-pub const VERSION: u16 = 3;
 /// Bytes of a frame header.
 pub const HEADER_LEN: usize = 12;
 /// Page size the protocol moves.
@@ -79,11 +81,12 @@ pub enum MsgType {
     Resolve = 16,
     Resolved = 17,
     Done = 18,
+    Versions = 19,
 }
 
 impl MsgType {
     /// Every type that is sent, in wire order.
-    pub const ALL: [MsgType; 18] = [
+    pub const ALL: [MsgType; 19] = [
         MsgType::Hello,
         MsgType::Challenge,
         MsgType::Auth,
@@ -102,6 +105,7 @@ impl MsgType {
         MsgType::Resolve,
         MsgType::Resolved,
         MsgType::Done,
+        MsgType::Versions,
     ];
 
     /// The type of a wire value, `None` for unknown values and `Invalid`.
@@ -116,8 +120,21 @@ impl MsgType {
     pub fn tagged(self) -> bool {
         !matches!(
             self,
-            MsgType::Invalid | MsgType::Hello | MsgType::Challenge | MsgType::Auth | MsgType::Error
+            MsgType::Invalid
+                | MsgType::Hello
+                | MsgType::Challenge
+                | MsgType::Auth
+                | MsgType::Error
+                | MsgType::Versions
         )
+    }
+
+    /// Whether the type's layout is the same in every version that negotiates, so that a
+    /// reader takes it whatever negotiating version its header names: `Hello` (the offer),
+    /// `Versions` (the refusal of an offer) and `Error` (a reason), so that two ends with no
+    /// version in common still learn why.
+    pub fn frozen(self) -> bool {
+        matches!(self, MsgType::Hello | MsgType::Versions | MsgType::Error)
     }
 }
 
@@ -136,10 +153,12 @@ pub enum WireError {
     Io(#[source] io::Error),
     #[error("the peer does not speak the livemig protocol (bad magic {0:02x?})")]
     BadMagic([u8; 4]),
-    #[error(
-        "protocol version mismatch: the peer speaks version {got}, this build speaks {VERSION}"
-    )]
+    #[error("protocol version mismatch: the peer sent a frame of version {got}{}, this build speaks versions {}", if *.got < NEGOTIATING_SINCE { " (a version without negotiation)" } else { "" }, Versions::THIS_BUILD)]
     Version { got: u16 },
+    #[error(transparent)]
+    NoCommonVersion(#[from] NoCommonVersion),
+    #[error("the destination chose protocol version {chosen}, which this build did not offer (it speaks versions {})", Versions::THIS_BUILD)]
+    VersionNotOffered { chosen: u16 },
     #[error("unknown message type {0}")]
     UnknownType(u16),
     #[error("{what} of {len} bytes exceeds the limit of {max} bytes")]
@@ -184,17 +203,27 @@ mod tests {
     #[test]
     fn every_message_round_trips() {
         round_trip(Message::Hello {
-            version: VERSION,
+            versions: Versions::THIS_BUILD,
             nonce: [7; NONCE_LEN],
             memory_bytes: 1 << 30,
             page_size: 4096,
             compress: true,
             mode: Mode::Resolve,
         });
+        round_trip(Message::Hello {
+            versions: Versions::new(3, 9).expect("a range"),
+            nonce: [7; NONCE_LEN],
+            memory_bytes: 4096,
+            page_size: 4096,
+            compress: false,
+            mode: Mode::Migrate,
+        });
         round_trip(Message::Challenge {
+            version: VERSION,
             nonce: [1; NONCE_LEN],
             mac: [2; MAC_LEN],
         });
+        round_trip(Message::Versions(Versions::new(4, 5).expect("a range")));
         round_trip(Message::Auth { mac: [3; MAC_LEN] });
         round_trip(Message::Ready);
         round_trip(Message::RoundStart {
@@ -318,12 +347,13 @@ mod tests {
             assert_eq!(MsgType::from_u16(t as u16), Some(t));
         }
         assert_eq!(MsgType::from_u16(0), None);
-        assert_eq!(MsgType::from_u16(19), None);
+        assert_eq!(MsgType::from_u16(20), None);
         let untagged = [
             MsgType::Hello,
             MsgType::Challenge,
             MsgType::Auth,
             MsgType::Error,
+            MsgType::Versions,
         ];
         for t in MsgType::ALL {
             assert_eq!(t.tagged(), !untagged.contains(&t), "{t:?}");
@@ -383,6 +413,14 @@ mod tests {
             Frame::from_bytes(&f),
             Err(WireError::Version { got: 9 })
         ));
+        // An unknown type of an unknown version is a version problem first.
+        let mut f = Message::Ready.encode();
+        f[4] = 9;
+        f[6] = 99;
+        assert!(matches!(
+            Frame::from_bytes(&f),
+            Err(WireError::Version { got: 9 })
+        ));
         let mut f = Message::Ready.encode();
         f[6] = 0;
         assert!(matches!(
@@ -401,6 +439,58 @@ mod tests {
             Err(WireError::Truncated)
         ));
         assert!(matches!(Frame::from_bytes(&[]), Err(WireError::Closed)));
+    }
+
+    /// `Hello`, `Versions` and `Error` are read whatever negotiating version their header
+    /// names (a peer outside this build's range still offers its range or says why); every
+    /// other type only in a version this build speaks; nothing of a version before
+    /// negotiation.
+    #[test]
+    fn frozen_types_cross_versions_that_negotiate() {
+        let hello = Message::Hello {
+            versions: Versions::new(7, 9).expect("a range"),
+            nonce: [7; NONCE_LEN],
+            memory_bytes: 4096,
+            page_size: 4096,
+            compress: false,
+            mode: Mode::Migrate,
+        };
+        let refusal = Message::Versions(Versions::new(7, 9).expect("a range"));
+        for m in [hello, refusal, Message::error(code::VERSION, "no")] {
+            let f = Frame::from_bytes(&m.encode_as(9)).expect("a negotiating version");
+            assert_eq!((f.msg, f.version), (m.clone(), 9));
+            let old = m.encode_as(NEGOTIATING_SINCE - 1);
+            assert!(matches!(
+                Frame::from_bytes(&old),
+                Err(WireError::Version { got: 2 })
+            ));
+        }
+        let challenge = Message::Challenge {
+            version: 9,
+            nonce: [1; NONCE_LEN],
+            mac: [2; MAC_LEN],
+        };
+        assert!(matches!(
+            Frame::from_bytes(&challenge.encode_as(9)),
+            Err(WireError::Version { got: 9 })
+        ));
+        // An empty range is malformed.
+        let mut f = Message::Versions(Versions::THIS_BUILD).encode();
+        f[HEADER_LEN..HEADER_LEN + 2].copy_from_slice(&8u16.to_le_bytes());
+        f[HEADER_LEN + 2..HEADER_LEN + 4].copy_from_slice(&7u16.to_le_bytes());
+        assert!(matches!(
+            Frame::from_bytes(&f),
+            Err(WireError::Malformed { .. })
+        ));
+        let e = WireError::Version { got: 2 }.to_string();
+        assert_eq!(
+            e,
+            format!(
+                "protocol version mismatch: the peer sent a frame of version 2 (a version without \
+                 negotiation), this build speaks versions {}",
+                Versions::THIS_BUILD
+            )
+        );
     }
 
     #[test]

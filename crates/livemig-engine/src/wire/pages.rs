@@ -246,18 +246,23 @@ impl BatchWriter {
         true
     }
 
-    /// The finished frame's bytes with an all-zero tag (for tests; no session accepts it).
+    /// The finished frame's bytes in this build's newest version with an all-zero tag (for
+    /// tests; no session accepts it).
     pub fn frame(&mut self) -> &[u8] {
-        self.frame_with_tag(|_| [0; TAG_LEN])
+        self.frame_with_tag(VERSION, |_| [0; TAG_LEN])
     }
 
-    /// The finished frame's bytes, its session tag computed by `tag` over the payload (count
-    /// and entries) and appended.
-    pub fn frame_with_tag(&mut self, tag: impl FnOnce(&[u8]) -> [u8; TAG_LEN]) -> &[u8] {
+    /// The finished frame's bytes in protocol `version`, its session tag computed by `tag` over
+    /// the payload (count and entries) and appended.
+    pub fn frame_with_tag(
+        &mut self,
+        version: u16,
+        tag: impl FnOnce(&[u8]) -> [u8; TAG_LEN],
+    ) -> &[u8] {
         self.frame.truncate(self.body_end);
         let len = (self.frame.len() - HEADER_LEN + TAG_LEN) as u32;
         let h = Header {
-            version: VERSION,
+            version,
             msg_type: MsgType::Pages as u16,
             len,
         };

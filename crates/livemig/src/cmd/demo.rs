@@ -104,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
             ),
         )
     })?;
-    let mut progress = Progress::new(args.json);
+    let mut progress = Progress::new(progress_format);
     let mut redial = || net::connect(addr, timeout);
     let sent = livemig_engine::migrate_measured(
         &mut stream,

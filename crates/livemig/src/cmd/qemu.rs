@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use livemig_policy::Event;
 use livemig_qemu::dirty;
 use livemig_qemu::governor::{
-    Governor, GovernorConfig, GovernorError, Progress, QemuReport, Steering, CANCEL_WAIT,
+    Governor, GovernorConfig, GovernorError, QemuReport, Steering, CANCEL_WAIT,
 };
 use livemig_qemu::saved::{default_state_file, SavedSettings};
 use livemig_qemu::types::{MemorySizeSummary, MigrationInfo, StatusInfo};
@@ -16,7 +17,7 @@ use livemig_qemu::QmpClient;
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate, parse_duration_with_unit};
 use tokio::sync::mpsc;
 
-use crate::args::{duration, PolicyArgs, ProgressArgs, Runner};
+use crate::args::{duration, PolicyArgs, ProgressArgs, Runner, TimeoutArgs};
 use crate::outcome::{self, Outcome};
 use crate::{out, table};
 
@@ -59,9 +60,8 @@ pub struct MigrateArgs {
     /// calc-dirty-rate sample before migrating, whole seconds (0 = none).
     #[arg(long, default_value = "1s")]
     pub sample: String,
-    /// Give up (and cancel the migration) after this long.
-    #[arg(long, default_value = "10m")]
-    pub timeout: String,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
     /// Print the result as JSON (the shared report shape plus `qemu`); the live table goes to
     /// stderr.
     #[arg(long)]
@@ -138,9 +138,9 @@ pub(crate) fn whole_seconds(flag: &str, s: &str) -> Result<Option<Duration>> {
     Ok(Some(Duration::from_secs(secs as u64)))
 }
 
-/// Prints the live per-pass rows from `rx` to stdout, or with `to_stderr` to stderr.
+/// Prints the live lines from `rx` to stdout, or with `to_stderr` to stderr.
 async fn live_table(
-    rx: mpsc::UnboundedReceiver<Progress>,
+    rx: mpsc::UnboundedReceiver<Event>,
     to_stderr: bool,
 ) -> Result<(), out::OutputError> {
     if to_stderr {
@@ -154,11 +154,12 @@ async fn live_table(
     }
 }
 
-/// Hands the live per-pass rows from `rx` to `line`. It drains `rx` to the end whatever
+/// Hands the live lines for the governor's events from `rx` to `line`: a row per round, a
+/// line per grant, timeout, stop-and-copy and end. It drains `rx` to the end whatever
 /// happens, so the migration never notices its reader; after the first error of `line` it
 /// prints nothing more and returns that error once the migration is over.
 async fn live_rows(
-    mut rx: mpsc::UnboundedReceiver<Progress>,
+    mut rx: mpsc::UnboundedReceiver<Event>,
     mut line: impl FnMut(&str) -> Result<(), out::OutputError>,
 ) -> Result<(), out::OutputError> {
     let mut failed = None;
@@ -167,34 +168,23 @@ async fn live_rows(
             failed = line(&s).err();
         }
     };
-    show(format!(
-        "{:>5} {:>5} {:>12} {:>11} {:>9} {:>11} {:>7} {:>7} {:>12} {:>12} {:>9}",
-        "pass",
-        "round",
-        "cap",
-        "sent",
-        "duration",
-        "dirty",
-        "factor",
-        "avg",
-        "decision",
-        "next cap",
-        "reaction"
-    ));
-    while let Some(p) = rx.recv().await {
-        match p {
-            Progress::Started { first_cap } => show(format!(
-                "migration started, round 1 cap {}",
-                fmt_rate(first_cap)
-            )),
-            Progress::Round { record, pass } => {
+    let header = format!(
+        "{:>5} {:>12} {:>11} {:>9} {:>11} {:>7} {:>7} {:>12} {:>12}",
+        "round", "cap", "sent", "duration", "dirty", "factor", "avg", "decision", "next cap"
+    );
+    while let Some(e) = rx.recv().await {
+        match e {
+            Event::Connected { .. } => {
+                show("migration started".into());
+                show(header.clone());
+            }
+            Event::RoundEnded { record } => {
                 let (decision, next) = match record.decision.next_cap() {
                     Some(c) => ("continue".to_string(), fmt_rate(c)),
                     None => ("stop".to_string(), String::from("-")),
                 };
                 show(format!(
-                    "{:>5} {:>5} {:>12} {:>11} {:>9} {:>11} {:>7.3} {:>7.3} {:>12} {:>12} {:>9}",
-                    pass.pass,
+                    "{:>5} {:>12} {:>11} {:>9} {:>11} {:>7.3} {:>7.3} {:>12} {:>12}",
                     record.round,
                     fmt_rate(record.cap_bytes_per_s),
                     fmt_bytes(record.bytes_sent),
@@ -204,12 +194,33 @@ async fn live_rows(
                     record.avg_factor,
                     decision,
                     next,
-                    pass.reaction_s
-                        .map_or("-".into(), |r| format!("{:.1} ms", r * 1e3)),
                 ));
             }
-            Progress::Completed => show("migration completed".into()),
-            Progress::Sample { .. } => {}
+            Event::CapGranted {
+                granted_bytes_per_s,
+                cap_bytes_per_s,
+            } => show(format!(
+                "grant {}: cap now {}",
+                granted_bytes_per_s.map_or("lifted".into(), fmt_rate),
+                fmt_rate(cap_bytes_per_s)
+            )),
+            Event::TimedOut { overdue } => show(format!("timeout: {overdue}")),
+            Event::StopAndCopy {
+                reason,
+                bytes,
+                cap_bytes_per_s,
+            } => show(format!(
+                "stop-and-copy ({}): {} left, cap {}",
+                reason.label(),
+                fmt_bytes(bytes),
+                fmt_rate(cap_bytes_per_s)
+            )),
+            Event::Verified { how } => show(format!("verified: {how}")),
+            Event::HandedOver { downtime_s } => show(format!(
+                "migration completed, downtime {}",
+                fmt_duration(downtime_s)
+            )),
+            _ => {}
         }
     }
     failed.map_or(Ok(()), Err)
@@ -232,7 +243,7 @@ async fn migrate(args: MigrateArgs, steering: Steering) -> Result<()> {
     let cfg = args.settings.resolve(memory)?;
     let mut gcfg = GovernorConfig::new(&args.uri, cfg.memory_bytes, cfg.stop_remaining);
     gcfg.sample = whole_seconds("sample", &args.sample)?;
-    gcfg.deadline = duration("timeout", &args.timeout)?;
+    gcfg.timeouts = args.timeouts.timeouts()?;
     let state_file = args
         .state_file
         .clone()
@@ -242,7 +253,7 @@ async fn migrate(args: MigrateArgs, steering: Steering) -> Result<()> {
     let (tx, rx) = mpsc::unbounded_channel();
     let printer = tokio::spawn(live_table(rx, args.json));
     let result = Governor::new(gcfg)
-        .with_progress(tx)
+        .with_events(tx)
         .with_steering(steering)
         .run(&mut src, dest.as_mut(), control)
         .await;
@@ -293,6 +304,7 @@ async fn failed(
             return anyhow::Error::new(e);
         }
         GovernorError::Cancelled { source_running }
+        | GovernorError::TimedOut { source_running, .. }
         | GovernorError::Failed { source_running, .. } => where_is(*source_running),
         _ => where_is(source_state(&args.qmp).await),
     };
@@ -474,9 +486,10 @@ mod tests {
     async fn the_live_table_drains_progress_after_a_write_error() {
         let (tx, rx) = mpsc::unbounded_channel();
         for _ in 0..3 {
-            tx.send(Progress::Started { first_cap: 1e6 }).expect("open");
+            tx.send(Event::Connected { peer: None }).expect("open");
         }
-        tx.send(Progress::Completed).expect("open");
+        tx.send(Event::HandedOver { downtime_s: 0.1 })
+            .expect("open");
         drop(tx);
         let mut calls = 0;
         let r = live_rows(rx, |_| {

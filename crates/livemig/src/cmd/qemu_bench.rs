@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use livemig_policy::report::MigrationReport;
-use livemig_policy::{PolicyConfig, PolicyKind, PolicySpec};
+use livemig_policy::{PolicyConfig, PolicyKind, PolicySpec, Timeouts};
 use livemig_qemu::dirty;
 use livemig_qemu::governor::{Governor, GovernorConfig, QemuReport};
 use livemig_qemu::heartbeat;
@@ -17,7 +17,7 @@ use livemig_sim::scenario::ScenarioSpec;
 use livemig_sim::simulate;
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
-use crate::args::{duration, resolve_spec, Runner};
+use crate::args::{duration, resolve_spec, Runner, TimeoutArgs};
 use crate::out;
 
 /// `livemig qemu bench` flags.
@@ -51,6 +51,8 @@ pub struct BenchArgs {
     /// Length of the dirty-rate trace recorded before the dirty-factor run.
     #[arg(long, default_value = "5s")]
     pub trace: String,
+    #[command(flatten)]
+    pub timeouts: TimeoutArgs,
     /// Print every result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -142,6 +144,7 @@ async fn bench(args: BenchArgs) -> Result<()> {
     };
     let cfg = resolve_spec(&settings, GUEST_MEMORY_BYTES)?;
     let trace_len = duration("trace", &args.trace)?;
+    let timeouts = args.timeouts.timeouts()?;
     let mut runs = Vec::new();
     let mut predictions = Vec::new();
     for (wname, load) in &workloads {
@@ -158,6 +161,7 @@ async fn bench(args: BenchArgs) -> Result<()> {
                 &dir,
                 runner,
                 &cfg,
+                timeouts,
                 trace.as_deref().map(|t| (t, trace_len)),
             )
             .await;
@@ -231,6 +235,7 @@ async fn bench_one(
     dir: &Path,
     runner: Runner,
     cfg: &PolicyConfig,
+    timeouts: Timeouts,
     trace: Option<(&Path, Duration)>,
 ) -> (Result<QemuReport>, String) {
     let boot = Duration::from_secs(60);
@@ -249,7 +254,7 @@ async fn bench_one(
         }
         let mut g = GovernorConfig::new(&uri, cfg.memory_bytes, cfg.stop_remaining);
         g.workload = Some(load.to_string());
-        g.deadline = Duration::from_secs(300);
+        g.timeouts = timeouts;
         let run = Governor::new(g)
             .run(&mut src, Some(&mut dst), runner.control(cfg)?)
             .await?;

@@ -16,13 +16,19 @@ use livemig_engine::hold::{self, HoldInfo};
 use livemig_engine::sender::hex;
 use livemig_engine::serve::{ServeConfig, ServeEvent, Served};
 use livemig_engine::{Guest, Key, ReceiverConfig};
+use livemig_policy::Event;
 use livemig_workload::units;
 
 use crate::args::{duration, positive_duration, ProgressArgs};
 use crate::outcome::{self, show_continuation, Outcome};
+use crate::progress::{Progress, ProgressFormat};
 
 /// `livemig receive` flags.
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("progress", |a| a.help(
+    "Live progress on stderr: `human`, `json` (one JSON event per line, NDJSON, for scripts) \
+     or `none` (refusals are still reported). [default: human; none with --json]"
+)))]
 #[command(after_long_help = "Examples:
   livemig receive --listen 0.0.0.0:7700 --key mig.key
   livemig receive --listen 198.18.0.2:7700 --key mig.key --max-memory 8GiB --hold-dir /srv
@@ -124,9 +130,28 @@ pub fn run(args: Args) -> Result<()> {
     })?;
     let listener = TcpListener::bind(&args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    outcome::say(&format!("listening on {}", listener.local_addr()?));
+    let address = listener.local_addr()?.to_string();
+    outcome::say(&format!("listening on {address}"));
+    let progress = std::sync::Mutex::new(Progress::new(args.progress.format(args.json)));
+    let show = |e: &Event| {
+        if let Ok(mut p) = progress.lock() {
+            p.observe(e);
+        }
+    };
+    show(&Event::Listening { address });
+    let log = |e: &ServeEvent<'_>| {
+        let json = progress
+            .lock()
+            .map(|p| p.format() == ProgressFormat::Json)
+            .unwrap_or(false);
+        if json {
+            show(&event_of(e));
+        } else {
+            log_event(e, &show);
+        }
+    };
     let served =
-        livemig_engine::serve(&listener, &key, &cfg, stop.as_ref(), &log_event).map_err(|e| {
+        livemig_engine::serve(&listener, &key, &cfg, stop.as_ref(), &log).map_err(|e| {
             outcome::ended(
                 Outcome::FailedSourceRunning,
                 format!("{:#}", anyhow::Error::new(e)),
@@ -134,6 +159,9 @@ pub fn run(args: Args) -> Result<()> {
         })?;
     match served {
         Served::Migrated(received) => {
+            show(&Event::Resumed {
+                session: hex(&received.session),
+            });
             // The guest runs here now. Nothing may fail or panic any more (a closed stdout
             // included): output errors are ignored.
             let line = format!(
@@ -221,8 +249,39 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-/// Logs the accept loop's events on stderr (peer text is escaped by the wire decoder).
-fn log_event(e: &ServeEvent<'_>) {
+/// The accept loop's event as the one event type (`--progress json`).
+fn event_of(e: &ServeEvent<'_>) -> Event {
+    match e {
+        ServeEvent::Refused { peer, error, .. } => Event::Discarded {
+            peer: peer.to_string(),
+            reason: format!("refused: {}", crate::out::error_chain(*error)),
+        },
+        ServeEvent::TooMany { peer } => Event::Discarded {
+            peer: peer.to_string(),
+            reason: "closed: too many connections at once".into(),
+        },
+        ServeEvent::Holding { reason } => Event::Held {
+            reason: crate::out::error_chain(*reason),
+        },
+        ServeEvent::Resuming { .. } => Event::Verified {
+            how: "every page's xxh3 digest matched the source's, and the source committed".into(),
+        },
+        ServeEvent::Settled { status } => Event::Settled {
+            status: format!("{status:?}"),
+        },
+        ServeEvent::Claimed { peer } => Event::Accepted {
+            peer: peer.to_string(),
+        },
+        ServeEvent::Received { round, pages, .. } => Event::Received {
+            round: *round,
+            pages: *pages,
+        },
+    }
+}
+
+/// Logs the accept loop's events on stderr for people (peer text is escaped by the wire
+/// decoder); refusals are reported whatever the progress format, the rest through `show`.
+fn log_event(e: &ServeEvent<'_>, show: &dyn Fn(&Event)) {
     match e {
         ServeEvent::Refused {
             peer,
@@ -234,16 +293,9 @@ fn log_event(e: &ServeEvent<'_>) {
             } else {
                 String::new()
             };
-            // The error and its causes on one line.
-            let mut why = error.to_string();
-            let mut cause = std::error::Error::source(*error);
-            while let Some(c) = cause {
-                why.push_str(": ");
-                why.push_str(&c.to_string());
-                cause = c.source();
-            }
             outcome::note(&format!(
-                "refused {peer}: {why}{more}; still waiting for a source"
+                "refused {peer}: {}{more}; still waiting for a source",
+                crate::out::error_chain(*error)
             ));
         }
         ServeEvent::TooMany { peer } => {
@@ -252,9 +304,11 @@ fn log_event(e: &ServeEvent<'_>) {
         ServeEvent::Holding { reason } => outcome::note(&format!(
             "the hand-over was interrupted after the copy verified ({reason}); holding it paused until the source settles it"
         )),
-        ServeEvent::Resuming { .. } => {}
         ServeEvent::Settled { status } => {
             outcome::note(&format!("a reconnecting source settled the hand-over: {status:?}"))
+        }
+        ServeEvent::Resuming { .. } | ServeEvent::Claimed { .. } | ServeEvent::Received { .. } => {
+            show(&event_of(e))
         }
     }
 }

@@ -1,0 +1,114 @@
+//! The QMP operations of the governor: setting and reading back the migration parameters,
+//! putting the source's settings back, and the bounded questions asked around a migration
+//! (does the source run, QEMU's final times, does the destination run).
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::qmp::{QmpClient, QmpError};
+use crate::saved::SavedSettings;
+use crate::types::{MigrationInfo, MigrationParameters, StatusInfo};
+
+/// Longest wait for each command of the restore at the end (`migrate_cancel`, the source's
+/// saved capabilities and parameters), however QEMU behaves.
+pub const CLEANUP_WAIT: Duration = Duration::from_secs(3);
+/// How long the governor waits for QEMU to report a cancelled migration as ended after
+/// `migrate_cancel` (QEMU 7.2 takes well under a second).
+pub const CANCEL_WAIT: Duration = Duration::from_secs(10);
+/// How many times QEMU is asked again for total-time and downtime after `completed`.
+const TIMES_RETRIES: usize = 40;
+
+/// Sets `max-bandwidth` (bytes/s) and `downtime-limit` (ms) where given.
+pub async fn set_params(
+    qmp: &mut QmpClient,
+    max_bandwidth: Option<f64>,
+    downtime_limit_ms: Option<u64>,
+) -> Result<(), QmpError> {
+    let mut args = serde_json::Map::new();
+    if let Some(b) = max_bandwidth {
+        args.insert("max-bandwidth".into(), json!(b.round().max(1.0) as u64));
+    }
+    if let Some(d) = downtime_limit_ms {
+        args.insert("downtime-limit".into(), json!(d));
+    }
+    qmp.execute(
+        "migrate-set-parameters",
+        Some(serde_json::Value::Object(args)),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The migration parameters in force (`query-migrate-parameters`).
+pub async fn read_params(qmp: &mut QmpClient) -> Result<MigrationParameters, QmpError> {
+    qmp.execute_as("query-migrate-parameters", None).await
+}
+
+/// Puts the source's saved settings back, on every exit once they were saved. When a
+/// migration may still be under way (`cancel`) it is cancelled first and QEMU is given
+/// [`CANCEL_WAIT`] to end it (QEMU refuses capabilities while a migration runs). Bounded
+/// whatever QEMU does (silent, closed, garbage); errors are dropped because the caller
+/// returns the outcome that led here. Returns whether everything was put back.
+pub(crate) async fn restore(qmp: &mut QmpClient, saved: &SavedSettings, cancel: bool) -> bool {
+    let saved_timeout = qmp.timeout();
+    let each = CLEANUP_WAIT.min(saved_timeout);
+    qmp.set_timeout(each);
+    if cancel && qmp.execute("migrate_cancel", None).await.is_ok() {
+        let until = Instant::now() + CANCEL_WAIT;
+        loop {
+            match qmp.execute_as::<MigrationInfo>("query-migrate", None).await {
+                Ok(q) if q.status.is_running() && Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ => break,
+            }
+        }
+    }
+    let done = tokio::time::timeout(CLEANUP_WAIT, saved.apply(qmp))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    qmp.set_timeout(saved_timeout);
+    done
+}
+
+/// Whether the source VM runs, asked within [`CLEANUP_WAIT`]; `None` when it did not answer.
+pub(crate) async fn source_running(qmp: &mut QmpClient) -> Option<bool> {
+    let saved = qmp.timeout();
+    qmp.set_timeout(CLEANUP_WAIT.min(saved));
+    let st = qmp.execute_as::<StatusInfo>("query-status", None).await;
+    qmp.set_timeout(saved);
+    st.ok().map(|s| s.running)
+}
+
+/// QEMU sets `completed` before it computes total-time and downtime: asks again until they
+/// are there (bounded).
+pub(crate) async fn final_times(
+    qmp: &mut QmpClient,
+    mut info: MigrationInfo,
+) -> Result<MigrationInfo, QmpError> {
+    for _ in 0..TIMES_RETRIES {
+        if info.total_time.is_some_and(|t| t > 0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        info = qmp.execute_as("query-migrate", None).await?;
+    }
+    Ok(info)
+}
+
+/// Polls the destination's `query-status` until it runs or `wait` passes.
+pub(crate) async fn wait_running(qmp: &mut QmpClient, wait: Duration) -> Result<bool, QmpError> {
+    let until = Instant::now() + wait;
+    loop {
+        let st: StatusInfo = qmp.execute_as("query-status", None).await?;
+        if st.running {
+            return Ok(true);
+        }
+        if Instant::now() >= until {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
