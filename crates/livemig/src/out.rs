@@ -77,6 +77,18 @@ pub fn reader_went_away(e: &anyhow::Error) -> bool {
         .any(|c| matches!(c.downcast_ref::<OutputError>(), Some(OutputError::Closed)))
 }
 
+/// An error and its causes on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut why = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        why.push_str(": ");
+        why.push_str(&c.to_string());
+        cause = c.source();
+    }
+    why
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,16 +124,4 @@ mod tests {
         assert!(!reader_went_away(&full));
         assert!(!reader_went_away(&anyhow::anyhow!("other")));
     }
-}
-
-/// An error and its causes on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut why = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        why.push_str(": ");
-        why.push_str(&c.to_string());
-        cause = c.source();
-    }
-    why
 }
