@@ -48,7 +48,7 @@ async fn destination(src: &VmSpec, name: &str) -> (Vm, String) {
 }
 
 /// A `livemig` child killed when the test ends, whatever happens.
-struct Proc(Child);
+struct Proc(Child, std::sync::Arc<std::sync::Mutex<String>>);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -72,17 +72,17 @@ impl Proc {
         }
     }
 
+    /// Everything it wrote on stderr so far (after it ended: everything).
     fn stderr(&mut self) -> String {
-        let mut s = String::new();
-        if let Some(e) = self.0.stderr.as_mut() {
-            let _ = std::io::Read::read_to_string(e, &mut s);
-        }
-        s
+        // The reader thread gets the last lines shortly after the process ends.
+        std::thread::sleep(Duration::from_millis(200));
+        self.1.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
 
 /// `livemig qemu migrate` from `src` to `dest` at `uri`, slow (2 MB/s: the first pass takes
-/// well over ten seconds) or fast; returns the child and a channel of its stdout lines.
+/// well over ten seconds) or fast, with `--progress json`; returns the child and a channel of
+/// its stderr lines (one JSON event per line, then any error in plain text).
 fn spawn_migrate(src: &Path, dest: &Path, uri: &str, slow: bool) -> (Proc, mpsc::Receiver<String>) {
     let (min, first) = if slow {
         ("2MB/s", "2MB/s")
@@ -103,30 +103,37 @@ fn spawn_migrate(src: &Path, dest: &Path, uri: &str, slow: bool) -> (Proc, mpsc:
             "--completion-timeout-per-gib",
             "120s",
         ])
+        .args(["--progress", "json"])
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("livemig starts");
-    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = mpsc::channel();
+    let all = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = std::sync::Arc::clone(&all);
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(mut s) = sink.lock() {
+                s.push_str(&line);
+                s.push('\n');
+            }
             let _ = tx.send(line);
         }
     });
-    (Proc(child), rx)
+    (Proc(child, all), rx)
 }
 
-/// Waits for the live table's "migration started" line: the migration runs in QEMU.
+/// Waits for the `connected` event (`migrate` issued): the migration runs in QEMU.
 fn wait_started(mig: &mut Proc, rx: &mpsc::Receiver<String>) {
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         let left = until.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(l) if l.starts_with("migration started") => return,
+            Ok(l) if l.contains("\"event\":\"connected\"") => return,
             Ok(_) => {}
-            Err(e) => panic!("no `migration started` line: {e}: {}", mig.stderr()),
+            Err(e) => panic!("no `connected` event: {e}: {}", mig.stderr()),
         }
     }
 }

@@ -14,7 +14,9 @@ use livemig_qemu::governor::{
 use livemig_qemu::saved::{default_state_file, SavedSettings};
 use livemig_qemu::types::{MemorySizeSummary, MigrationInfo, StatusInfo};
 use livemig_qemu::QmpClient;
-use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate, parse_duration_with_unit};
+use livemig_workload::units::{fmt_duration, fmt_rate, parse_duration_with_unit};
+
+use crate::progress::Progress;
 use tokio::sync::mpsc;
 
 use crate::args::{duration, PolicyArgs, ProgressArgs, Runner, TimeoutArgs};
@@ -138,94 +140,6 @@ pub(crate) fn whole_seconds(flag: &str, s: &str) -> Result<Option<Duration>> {
     Ok(Some(Duration::from_secs(secs as u64)))
 }
 
-/// Prints the live lines from `rx` to stdout, or with `to_stderr` to stderr.
-async fn live_table(
-    rx: mpsc::UnboundedReceiver<Event>,
-    to_stderr: bool,
-) -> Result<(), out::OutputError> {
-    if to_stderr {
-        live_rows(rx, |s| {
-            out::note(s);
-            Ok(())
-        })
-        .await
-    } else {
-        live_rows(rx, out::emit_line).await
-    }
-}
-
-/// Hands the live lines for the governor's events from `rx` to `line`: a row per round, a
-/// line per grant, timeout, stop-and-copy and end. It drains `rx` to the end whatever
-/// happens, so the migration never notices its reader; after the first error of `line` it
-/// prints nothing more and returns that error once the migration is over.
-async fn live_rows(
-    mut rx: mpsc::UnboundedReceiver<Event>,
-    mut line: impl FnMut(&str) -> Result<(), out::OutputError>,
-) -> Result<(), out::OutputError> {
-    let mut failed = None;
-    let mut show = |s: String| {
-        if failed.is_none() {
-            failed = line(&s).err();
-        }
-    };
-    let header = format!(
-        "{:>5} {:>12} {:>11} {:>9} {:>11} {:>7} {:>7} {:>12} {:>12}",
-        "round", "cap", "sent", "duration", "dirty", "factor", "avg", "decision", "next cap"
-    );
-    while let Some(e) = rx.recv().await {
-        match e {
-            Event::Connected { .. } => {
-                show("migration started".into());
-                show(header.clone());
-            }
-            Event::RoundEnded { record } => {
-                let (decision, next) = match record.decision.next_cap() {
-                    Some(c) => ("continue".to_string(), fmt_rate(c)),
-                    None => ("stop".to_string(), String::from("-")),
-                };
-                show(format!(
-                    "{:>5} {:>12} {:>11} {:>9} {:>11} {:>7.3} {:>7.3} {:>12} {:>12}",
-                    record.round,
-                    fmt_rate(record.cap_bytes_per_s),
-                    fmt_bytes(record.bytes_sent),
-                    fmt_duration(record.duration_s),
-                    fmt_bytes(record.dirty_bytes),
-                    record.factor,
-                    record.avg_factor,
-                    decision,
-                    next,
-                ));
-            }
-            Event::CapGranted {
-                granted_bytes_per_s,
-                cap_bytes_per_s,
-            } => show(format!(
-                "grant {}: cap now {}",
-                granted_bytes_per_s.map_or("lifted".into(), fmt_rate),
-                fmt_rate(cap_bytes_per_s)
-            )),
-            Event::TimedOut { overdue } => show(format!("timeout: {overdue}")),
-            Event::StopAndCopy {
-                reason,
-                bytes,
-                cap_bytes_per_s,
-            } => show(format!(
-                "stop-and-copy ({}): {} left, cap {}",
-                reason.label(),
-                fmt_bytes(bytes),
-                fmt_rate(cap_bytes_per_s)
-            )),
-            Event::Verified { how } => show(format!("verified: {how}")),
-            Event::HandedOver { downtime_s } => show(format!(
-                "migration completed, downtime {}",
-                fmt_duration(downtime_s)
-            )),
-            _ => {}
-        }
-    }
-    failed.map_or(Ok(()), Err)
-}
-
 async fn migrate(args: MigrateArgs, steering: Steering) -> Result<()> {
     let wait = livemig_qemu::qmp::DEFAULT_TIMEOUT;
     let mut src = QmpClient::connect(&args.qmp, wait).await?;
@@ -251,14 +165,22 @@ async fn migrate(args: MigrateArgs, steering: Steering) -> Result<()> {
     gcfg.state_file = Some(state_file.clone());
     let control = args.policy.control(&cfg)?;
     let (tx, rx) = mpsc::unbounded_channel();
-    let printer = tokio::spawn(live_table(rx, args.json));
+    // The one renderer of events (stderr), drained to the end whatever happens to its output,
+    // so the migration never notices its reader.
+    let mut progress = Progress::new(args.progress.format(args.json));
+    let printer = tokio::spawn(async move {
+        let mut rx: mpsc::UnboundedReceiver<Event> = rx;
+        while let Some(e) = rx.recv().await {
+            progress.observe(&e);
+        }
+    });
     let result = Governor::new(gcfg)
         .with_events(tx)
         .with_steering(steering)
         .run(&mut src, dest.as_mut(), control)
         .await;
     // A printer that panicked has printed what it could; the migration's result counts.
-    let printed = printer.await.unwrap_or(Ok(()));
+    let _ = printer.await;
     // QEMU serves one QMP client at a time: let go of ours before anyone else asks.
     drop(src);
     drop(dest);
@@ -275,9 +197,7 @@ async fn migrate(args: MigrateArgs, steering: Steering) -> Result<()> {
         format!("{}\n{}", table::report(&run.report), qemu_lines(&run))
     };
     // Whether anyone reads the report changes neither where the VM is nor the exit code.
-    if printed.is_ok() {
-        outcome::say(&text);
-    }
+    outcome::say(&text);
     destination_check(&run)
 }
 
@@ -478,27 +398,6 @@ mod tests {
         let e = destination_check(&run).expect_err("not running");
         assert!(e.to_string().contains("neither host"), "{e}");
         assert_eq!(outcome::exit_code(&e), 3);
-    }
-
-    /// Regression (issue 8): a closed or full stdout during a QEMU migration must neither
-    /// panic nor stop draining the governor's progress.
-    #[tokio::test]
-    async fn the_live_table_drains_progress_after_a_write_error() {
-        let (tx, rx) = mpsc::unbounded_channel();
-        for _ in 0..3 {
-            tx.send(Event::Connected { peer: None }).expect("open");
-        }
-        tx.send(Event::HandedOver { downtime_s: 0.1 })
-            .expect("open");
-        drop(tx);
-        let mut calls = 0;
-        let r = live_rows(rx, |_| {
-            calls += 1;
-            Err(out::OutputError::Closed)
-        })
-        .await;
-        assert!(matches!(r, Err(out::OutputError::Closed)), "{r:?}");
-        assert_eq!(calls, 1, "nothing is printed after the first failure");
     }
 
     #[test]
