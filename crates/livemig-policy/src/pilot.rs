@@ -253,6 +253,16 @@ impl<'p> Pilot<'p> {
         self.policy.threshold()
     }
 
+    /// The event that announces this migration.
+    pub fn started(&self) -> crate::event::Event {
+        crate::event::Event::Started {
+            executor: self.setup.executor,
+            policy: self.policy.name().to_string(),
+            memory_bytes: self.setup.memory_bytes,
+            threshold: self.policy.threshold(),
+        }
+    }
+
     /// The executor this pilot reports for.
     pub fn executor(&self) -> Executor {
         self.setup.executor

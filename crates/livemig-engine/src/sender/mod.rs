@@ -174,12 +174,7 @@ fn run<S: Transport>(
             timeouts: cfg.timeouts,
         },
     );
-    cx.emit(Event::Started {
-        executor: Executor::Engine,
-        policy: pilot.policy_name().to_string(),
-        memory_bytes: memory_bytes as f64,
-        threshold: pilot.threshold(),
-    });
+    cx.emit(pilot.started());
     session.id = Some(connect(&mut link, key, memory_bytes, cfg)?);
     cx.emit(Event::Connected { peer: None });
     sample(&mut link, &mut cx, &mut pilot)?;

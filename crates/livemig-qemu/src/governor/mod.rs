@@ -328,12 +328,7 @@ impl Governor {
                 timeouts: cfg.timeouts,
             },
         );
-        self.emit(Event::Started {
-            executor: Executor::Qemu,
-            policy: pilot.policy_name().into(),
-            memory_bytes: cfg.memory_bytes,
-            threshold: pilot.threshold(),
-        });
+        self.emit(pilot.started());
         let mut extras = QemuExtras::default();
         if let (Some(period), None) = (cfg.sample, &switched) {
             let m = dirty::measure(src, period)
