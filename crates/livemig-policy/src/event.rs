@@ -5,9 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::decision::StopReason;
-use crate::pilot::{Executor, Overdue};
-use crate::report::RoundRecord;
+use crate::report::{Executor, RoundRecord};
 use crate::stats::DirtySample;
+use crate::timeout::Overdue;
 
 /// What happened in a migration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

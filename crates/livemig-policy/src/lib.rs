@@ -16,6 +16,7 @@
 //! - [`report`]: the one JSON result shape every executor produces.
 //! - [`event`]: [`Event`], the one progress vocabulary every executor (and `receive`) emits.
 //! - [`control`]: [`Control`], the live handle on a running migration (granted cap, cancel).
+//! - [`timeout`]: the per-GiB completion and no-progress timeouts and their action.
 //! - [`pilot`]: [`Pilot`], the round sequencer every executor drives (rounds, grant, timeouts,
 //!   the runaway guard, the report).
 //!
@@ -34,6 +35,7 @@ pub mod report;
 pub mod settings;
 pub mod stats;
 pub mod threshold;
+pub mod timeout;
 
 pub use config::{
     ConfigError, PolicyConfig, MAX_DURATION_S, MAX_MEMORY_BYTES, MAX_RATE_BYTES_PER_S,

@@ -5,6 +5,29 @@ use serde::{Deserialize, Serialize};
 use crate::decision::{Decision, StopReason};
 use crate::stats::RoundStats;
 
+/// Which executor ran a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Executor {
+    /// The simulator (`livemig-sim`).
+    Sim,
+    /// The data path over TCP (`livemig-engine`).
+    Engine,
+    /// A real QEMU migration under the governor (`livemig-qemu`).
+    Qemu,
+}
+
+impl Executor {
+    /// The name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Executor::Sim => "sim",
+            Executor::Engine => "engine",
+            Executor::Qemu => "qemu",
+        }
+    }
+}
+
 /// One pre-copy round as reported (round 1 is the full copy).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
