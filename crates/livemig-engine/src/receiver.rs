@@ -442,10 +442,13 @@ fn run<S: Read + Write>(
 
     // Pre-copy rounds, then stop-and-copy.
     let mut rounds = 0u32;
+    // A round cut short (fewer pages than announced) must be the last: only `StopCopy` may
+    // follow it.
+    let mut cut = false;
     let state_msg = loop {
         const BETWEEN: &str = "between rounds";
         match c.recv(BETWEEN)? {
-            Message::RoundStart { round, pages } if round == rounds.wrapping_add(1) => {
+            Message::RoundStart { round, pages } if round == rounds.wrapping_add(1) && !cut => {
                 let got = receive_pages(c, &memory, "in a pre-copy round", |m| match m {
                     Message::RoundEnd { round: r, pages: p } if *r == round => Some(*p),
                     _ => None,
@@ -459,6 +462,7 @@ fn run<S: Read + Write>(
                     });
                 }
                 rounds = round;
+                cut = got.1 < pages;
                 host.round_received(round, got.0);
             }
             Message::StopCopy { pages } if rounds > 0 => {

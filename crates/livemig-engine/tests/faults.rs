@@ -628,3 +628,66 @@ fn a_cancelled_migration_leaves_the_guest_running_and_the_destination_empty() {
     );
     assert_runs(&g);
 }
+
+/// A round cut short (its `RoundEnd` counts fewer pages than its `RoundStart` announced, as a
+/// forced stop does) must be the last: a source that starts another round after it is refused.
+#[test]
+fn a_round_cut_short_must_be_followed_by_the_stop_and_copy() {
+    let (mut a, mut b) = pair();
+    let dest = std::thread::spawn(move || receive(&mut b, &key(1), &ReceiverConfig::default()));
+    let hello = Message::Hello {
+        versions: Versions::THIS_BUILD,
+        nonce: [5; 32],
+        memory_bytes: 16 * 4096,
+        page_size: 4096,
+        compress: false,
+        mode: wire::Mode::Migrate,
+    };
+    let body = hello.body();
+    hello.write_to(&mut a).expect("hello");
+    let (Message::Challenge { version, nonce, .. }, _) = read_msg(&mut a).expect("challenge")
+    else {
+        panic!("no challenge")
+    };
+    let t = Transcript {
+        hello: &body,
+        version,
+        dest_nonce: &nonce,
+    };
+    Message::Auth {
+        mac: key(1).prove(Role::Source, &t),
+    }
+    .write_to(&mut a)
+    .expect("auth");
+    let mut chan = Channel::new(key(1).session(&t), Role::Source);
+    loop {
+        match read_msg(&mut a).expect("ready").0 {
+            Message::Ready => break,
+            Message::Wait => continue,
+            m => panic!("{m:?}"),
+        }
+    }
+    a.write_all(&chan.seal(&Message::RoundStart {
+        round: 1,
+        pages: 16,
+    }))
+    .expect("start");
+    let mut batch = wire::BatchWriter::new(false);
+    assert!(batch.push(0, &[7u8; 4096]));
+    a.write_all(chan.seal_pages(&mut batch)).expect("pages");
+    a.write_all(&chan.seal(&Message::RoundEnd { round: 1, pages: 1 }))
+        .expect("a short end");
+    a.write_all(&chan.seal(&Message::RoundStart { round: 2, pages: 1 }))
+        .expect("another round");
+    let e = dest.join().expect("no panic").expect_err("refused");
+    assert!(
+        matches!(
+            e,
+            RecvError::Transition {
+                got: MsgType::RoundStart,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}

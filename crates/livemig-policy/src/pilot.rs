@@ -6,11 +6,13 @@
 //!
 //! ```text
 //! let mut p = Pilot::new(policy, setup);
-//! p.sample(&sample);                       // optional, before start
-//! let mut next = p.start(0.0, grant);      // round 1's cap
+//! p.sample(&sample);                          // optional, before start
+//! let mut next = p.start(0.0, grant)?;        // round 1's cap
 //! loop {
-//!     // send the round under next's cap; on a new grant: p.steer(now, grant)
-//!     next = p.end_round(now, bytes_sent, dirty_bytes)?.0;
+//!     // send the round under next.cap(); before every frame or poll:
+//!     //   if let Some(cap) = p.steer(now, grant) { apply cap }
+//!     //   if let Some(overdue) = p.progress(now, left) { abort, or p.force_stop(..) }
+//!     next = p.end_round(now, bytes_sent, dirty_bytes, grant)?.0;
 //!     if let Next::StopAndCopy { .. } = next { break }
 //! }
 //! let report = p.finish(stop_copy, peak);
@@ -99,10 +101,14 @@ pub struct Pilot<'p> {
     /// changed.
     cap_area: f64,
     cap_since_s: f64,
+    /// The lowest and highest cap in force during the round under way.
+    cap_range: (f64, f64),
     /// Lowest bytes-left-to-send seen, and when.
     low: Option<(f64, f64)>,
     /// A timeout forced stop-and-copy: the round under way is the last.
     forced: Option<Overdue>,
+    /// The executor switched over by itself, its own downtime test passed.
+    switched: bool,
 }
 
 impl<'p> Pilot<'p> {
@@ -127,8 +133,10 @@ impl<'p> Pilot<'p> {
             cap: 0.0,
             cap_area: 0.0,
             cap_since_s: 0.0,
+            cap_range: (0.0, 0.0),
             low: None,
             forced: None,
+            switched: false,
         }
     }
 
@@ -184,6 +192,7 @@ impl<'p> Pilot<'p> {
         self.cap = bounded(wish, grant);
         self.cap_area = 0.0;
         self.cap_since_s = now_s;
+        self.cap_range = (self.cap, self.cap);
         // Progress is judged within a round: its bytes left to send fall while bytes move.
         self.low = None;
     }
@@ -229,10 +238,19 @@ impl<'p> Pilot<'p> {
         if self.stage == Stage::Before || cap == self.cap {
             return None;
         }
-        self.cap_area += self.cap * (now_s - self.cap_since_s).max(0.0);
+        // A clock that runs back (an executor mixing clocks) never makes time run backwards.
+        let now_s = now_s.max(self.cap_since_s);
+        self.cap_area += self.cap * (now_s - self.cap_since_s);
         self.cap_since_s = now_s;
         self.cap = cap;
+        self.cap_range = (self.cap_range.0.min(cap), self.cap_range.1.max(cap));
         Some(cap)
+    }
+
+    /// The executor started a new pass over the memory within the round under way (QEMU's
+    /// passes, when the pilot's rounds lag them): its bytes left to send start afresh.
+    pub fn restart_progress(&mut self) {
+        self.low = None;
     }
 
     /// Reports `remaining` bytes left to send in the round under way at `now_s` and checks the
@@ -284,7 +302,10 @@ impl<'p> Pilot<'p> {
         // The cap the round ran under: time-weighted when the grant moved it during the round,
         // else exactly the cap in force (cap x d / d is not always the cap in floating point).
         let ran_under = if duration_s > 0.0 && self.cap_area > 0.0 {
-            (self.cap_area + self.cap * (now_s - self.cap_since_s).max(0.0)) / duration_s
+            // Bounded by the caps in force: a steer stamped after the round's end (an executor
+            // whose round ends at an earlier event's time) cannot push it outside them.
+            ((self.cap_area + self.cap * (now_s - self.cap_since_s).max(0.0)) / duration_s)
+                .clamp(self.cap_range.0, self.cap_range.1)
         } else {
             self.cap
         };
@@ -361,6 +382,11 @@ impl<'p> Pilot<'p> {
             self.stage = Stage::Stopped;
             self.wish = wish;
             self.cap = bounded(wish, grant);
+            if self.forced.is_none() {
+                // The executor's own downtime test passed (QEMU: what remains fits its
+                // `downtime-limit` at the bandwidth it measures).
+                self.switched = true;
+            }
         }
         self.next()
     }
@@ -382,6 +408,9 @@ impl<'p> Pilot<'p> {
     /// Why pre-copy ended (or will end): a forced stop's timeout, else the last decision's
     /// reason.
     pub fn stop_reason(&self) -> StopReason {
+        if self.switched {
+            return StopReason::DowntimeFits;
+        }
         match self.forced {
             Some(_) => StopReason::TimedOut,
             None => self
@@ -410,18 +439,12 @@ impl<'p> Pilot<'p> {
     /// Closes the report with the stop-and-copy figures and the wire peak measured by the
     /// executor.
     pub fn finish(mut self, stop: StopCopy, peak_wire_bytes_per_s: f64) -> MigrationReport {
-        if self.forced.is_some() {
-            // Also when the forced round could not be measured (QEMU switched over first).
-            self.builder.set_stop_reason(StopReason::TimedOut);
+        if self.forced.is_some() || self.switched {
+            // Also when the last round could not be measured (QEMU switched over first).
+            let reason = self.stop_reason();
+            self.builder.set_stop_reason(reason);
         }
         self.builder.finish(stop, peak_wire_bytes_per_s)
-    }
-
-    /// Records a round the executor observed without asking the policy (QEMU's own defaults
-    /// decide), with `decision` made up by the executor.
-    pub fn record_observed(&mut self, stats: &RoundStats, decision: &Decision) {
-        self.builder
-            .round_wished(stats, stats.cap_bytes_per_s, decision);
     }
 }
 
@@ -522,11 +545,23 @@ mod tests {
             Some(wish),
             "never above the wish"
         );
-        let (_, rec) = p.end_round(4.0, 1e6, 1e3, None).expect("round");
+        let (_, rec) = p.end_round(4.0, 1e6, 5e8, None).expect("round");
         // 1 s at wish, 2 s at wish/4, 1 s at wish: (1 + 0.5 + 1) / 4 of the wish.
         assert!((rec.cap_bytes_per_s - wish * 2.5 / 4.0).abs() < 1e-6 * wish);
         assert_eq!(rec.wish_bytes_per_s, wish);
         assert_eq!(rec.duration_s, 4.0);
+        // A steer stamped past the round's end cannot push the recorded cap outside the caps
+        // in force.
+        let wish2 = p.next().cap();
+        p.steer(10.0, Some(wish2 / 2.0));
+        let (_, rec) = p.end_round(5.0, 1e6, 1e3, None).expect("round 2");
+        assert!(
+            rec.cap_bytes_per_s <= wish2 && rec.cap_bytes_per_s >= wish2 / 2.0,
+            "{} not within [{}, {}]",
+            rec.cap_bytes_per_s,
+            wish2 / 2.0,
+            wish2
+        );
     }
 
     /// Regression: a round whose cap never moved recorded cap x d / d, which is not the cap

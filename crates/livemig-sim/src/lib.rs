@@ -16,5 +16,5 @@ pub mod run;
 pub mod scenario;
 
 pub use link::Link;
-pub use run::{simulate, simulate_granted, SimError};
+pub use run::{simulate, simulate_granted, simulate_observed, SimError};
 pub use scenario::{Scenario, ScenarioError, ScenarioSpec};

@@ -3,7 +3,7 @@
 use livemig_policy::pilot::{Executor, Next, Pilot, PilotError, Setup as PilotSetup, Timeouts};
 pub use livemig_policy::pilot::{MAX_ROUNDS, PEAK_WINDOW_S};
 use livemig_policy::report::{peak_window, MigrationReport, StopCopy};
-use livemig_policy::{DirtySample, Policy, RoundStats};
+use livemig_policy::{DirtySample, Event, Policy, RoundStats};
 use livemig_workload::{DirtyModel, Workload};
 
 use crate::link::{Link, SAMPLE_POINTS};
@@ -61,6 +61,17 @@ pub fn simulate_granted(
     setup: Setup<'_>,
     grant: Option<f64>,
 ) -> Result<MigrationReport, SimError> {
+    simulate_observed(policy, setup, grant, &mut |_| {})
+}
+
+/// [`simulate_granted`], telling `observer` what happens as the one event type of every
+/// executor (started, sampled, each round's start and record, stop-and-copy, hand-over).
+pub fn simulate_observed(
+    policy: &mut dyn Policy,
+    setup: Setup<'_>,
+    grant: Option<f64>,
+    observer: &mut dyn FnMut(&Event),
+) -> Result<MigrationReport, SimError> {
     let mut noise = Noise::new(setup.link.seed);
     let sample = (setup.link.sample_s > 0.0).then(|| sample(setup, &mut noise));
     let mut pilot = Pilot::new(
@@ -73,8 +84,10 @@ pub fn simulate_granted(
             timeouts: Timeouts::none(),
         },
     );
-    if let Some(s) = &sample {
-        pilot.sample(s);
+    observer(&pilot.started());
+    if let Some(s) = sample {
+        pilot.sample(&s);
+        observer(&Event::Sampled { sample: s });
     }
     let mut segments = Vec::new();
     let mut now = 0.0;
@@ -83,7 +96,12 @@ pub fn simulate_granted(
     loop {
         let (round, cap) = match next {
             Next::Round { round, cap, .. } => (round, cap),
-            Next::StopAndCopy { cap, .. } => {
+            Next::StopAndCopy { cap, reason, .. } => {
+                observer(&Event::StopAndCopy {
+                    reason,
+                    bytes: to_send,
+                    cap_bytes_per_s: cap,
+                });
                 let stop_rate = setup.link.rate(cap);
                 let bytes = to_send + setup.link.state_bytes;
                 let transfer = if bytes > 0.0 { bytes / stop_rate } else { 0.0 };
@@ -93,9 +111,20 @@ pub fn simulate_granted(
                     state_bytes: setup.link.state_bytes,
                     downtime_s: transfer + setup.link.resume_latency_s,
                 };
+                observer(&Event::HandedOver {
+                    downtime_s: stop.downtime_s,
+                });
                 return Ok(pilot.finish(stop, peak_window(&segments, PEAK_WINDOW_S)));
             }
         };
+        if let Next::Round { wish, .. } = next {
+            observer(&Event::RoundStarted {
+                round,
+                wish_bytes_per_s: wish,
+                cap_bytes_per_s: cap,
+                bytes: to_send,
+            });
+        }
         let rate = setup.link.rate(cap);
         if rate <= 0.0 {
             return Err(SimError::ZeroRate { round, cap });
@@ -110,7 +139,11 @@ pub fn simulate_granted(
             duration_s: duration,
             dirty_bytes: dirty,
         };
-        next = pilot.end_measured(stats, grant)?.0;
+        let (n, record) = pilot.end_measured(stats, grant)?;
+        observer(&Event::RoundEnded {
+            record: Box::new(record.clone()),
+        });
+        next = n;
         segments.push((now, duration, to_send));
         now += duration;
         to_send = dirty;

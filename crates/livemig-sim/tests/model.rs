@@ -303,3 +303,39 @@ fn a_grant_bounds_every_simulated_cap_and_the_wish_is_kept() {
         "the stop-and-copy too"
     );
 }
+
+/// The simulator emits the one event type too: every round's start and record, in order, and
+/// the stop-and-copy and hand-over, matching its report.
+#[test]
+fn the_simulator_emits_every_round_as_events() {
+    use livemig_policy::Event;
+    let suite =
+        parse_suite(Path::new("suite.toml"), livemig_sim::bench::DEFAULT_SUITE).expect("valid");
+    let sc = &suite[0];
+    let mut p = PolicyKind::Predictive
+        .build(sc.cfg.clone())
+        .expect("policy");
+    let mut events = Vec::new();
+    let r = livemig_sim::simulate_observed(p.as_mut(), sc.setup(), None, &mut |e| {
+        events.push(e.clone())
+    })
+    .expect("simulates");
+    assert!(matches!(events.first(), Some(Event::Started { .. })));
+    let records: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RoundEnded { record } => Some((**record).clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(records, r.rounds);
+    let starts = events
+        .iter()
+        .filter(|e| matches!(e, Event::RoundStarted { .. }))
+        .count();
+    assert_eq!(starts, r.rounds.len());
+    assert!(matches!(
+        events.last(),
+        Some(Event::HandedOver { downtime_s }) if *downtime_s == r.summary.downtime_s
+    ));
+}

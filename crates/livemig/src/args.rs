@@ -386,10 +386,34 @@ pub fn positive_duration(flag: &str, v: &str) -> Result<Duration> {
     Ok(d)
 }
 
+/// A duration flag QEMU takes in whole seconds (`calc-dirty-rate`): [`duration`]'s checks,
+/// then whole seconds only; zero is `None` (off).
+pub fn whole_seconds(flag: &str, v: &str) -> Result<Option<Duration>> {
+    let d = duration(flag, v)?;
+    if d.is_zero() {
+        return Ok(None);
+    }
+    if d.subsec_nanos() != 0 {
+        bail!("--{flag} must be whole seconds (QEMU 7.2's calc-dirty-rate), got {v}");
+    }
+    Ok(Some(d))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn calc_dirty_rate_periods_are_whole_seconds() {
+        assert_eq!(whole_seconds("sample", "0").ok(), Some(None));
+        assert_eq!(
+            whole_seconds("sample", "2s").ok(),
+            Some(Some(Duration::from_secs(2)))
+        );
+        assert!(whole_seconds("period", "1.5s").is_err());
+        assert!(whole_seconds("period", "soon").is_err());
+    }
 
     #[derive(Debug, Parser)]
     struct T {

@@ -137,9 +137,48 @@ impl Handover {
     }
 }
 
+impl Handover {
+    /// The hand-over of a completed QEMU migration: QEMU switched over; the destination VM's
+    /// state as read over its QMP socket (`None`: not asked).
+    pub fn qemu(destination_running: Option<bool>) -> (Outcome, Handover) {
+        let (outcome, verified, runs_on) = match destination_running {
+            Some(true) => (
+                Outcome::Migrated,
+                "QEMU reported `completed` on the source and the destination VM reported `running` over QMP",
+                "destination",
+            ),
+            Some(false) => (
+                Outcome::Unknown,
+                "QEMU reported `completed` on the source, but the destination VM did not report `running`",
+                "unknown",
+            ),
+            None => (
+                Outcome::Migrated,
+                "QEMU reported `completed` on the source (no destination QMP socket: the destination was not asked)",
+                "destination",
+            ),
+        };
+        (
+            outcome,
+            Handover {
+                verified,
+                destination_confirmed: destination_running == Some(true),
+                source_committed: true,
+                destination_running: destination_running == Some(true),
+                guest_runs_on: runs_on,
+            },
+        )
+    }
+}
+
 /// The `--json` result of a migrated guest: the report with `outcome` and `handover`.
 pub fn json_result(report: &MigrationReport, outcome: Outcome, handover: &Handover) -> String {
-    let mut v = serde_json::to_value(report).unwrap_or(serde_json::Value::Null);
+    json_with(report, outcome, handover)
+}
+
+/// Any serialisable result with `outcome` and `handover` added at its top level.
+pub fn json_with<T: Serialize>(result: &T, outcome: Outcome, handover: &Handover) -> String {
+    let mut v = serde_json::to_value(result).unwrap_or(serde_json::Value::Null);
     if let serde_json::Value::Object(m) = &mut v {
         m.insert(
             "outcome".into(),

@@ -46,11 +46,6 @@ impl Progress {
         }
     }
 
-    /// The format in use.
-    pub fn format(&self) -> ProgressFormat {
-        self.format
-    }
-
     /// Handles one event.
     pub fn observe(&mut self, e: &Event) {
         match self.format {

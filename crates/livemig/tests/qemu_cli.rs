@@ -116,6 +116,12 @@ async fn trace_replays_in_the_simulator_and_migrate_prints_the_shared_json() {
     let v: serde_json::Value = serde_json::from_slice(&out).expect("json on stdout");
     assert_eq!(v["policy"], "dirty-factor");
     assert_eq!(v["executor"], "qemu");
+    assert_eq!(
+        v["outcome"], "migrated",
+        "the result says where the guest is"
+    );
+    assert_eq!(v["handover"]["guest_runs_on"], "destination");
+    assert_eq!(v["handover"]["destination_running"], true);
     assert_eq!(v["memory_bytes"], GUEST_MEMORY_BYTES, "M from QEMU");
     assert!(v["threshold"].as_f64().expect("T") > 0.0);
     let r0 = &v["rounds"][0];
@@ -129,6 +135,7 @@ async fn trace_replays_in_the_simulator_and_migrate_prints_the_shared_json() {
         "dirty_rate_bytes_per_s",
         "factor",
         "avg_factor",
+        "wish_bytes_per_s",
         "decision",
     ] {
         assert!(r0.get(key).is_some(), "round key {key}");

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use livemig_policy::pilot::Pilot;
+use livemig_policy::Control;
 use livemig_policy::TimeoutAction;
 
 use crate::auth::{self, Channel, Key, Role, Transcript};
@@ -32,6 +33,9 @@ pub(super) struct Link<'a, S: Transport> {
     /// A bound on everything this link does (a resolve attempt's share of its window).
     pub(super) outer: Option<(Instant, Duration)>,
     pub(super) spare: Vec<u8>,
+    /// Cancellation, honoured while the destination keeps us waiting (`Wait`) before the
+    /// commit point.
+    pub(super) cancel: Option<Control>,
 }
 
 impl<'a, S: Transport> Link<'a, S> {
@@ -47,6 +51,7 @@ impl<'a, S: Transport> Link<'a, S> {
             pause_deadline: None,
             outer: None,
             spare: Vec::new(),
+            cancel: None,
         }
     }
 
@@ -109,6 +114,11 @@ impl<'a, S: Transport> Link<'a, S> {
                 // A busy destination (prefault, digest) says it is still working; each Wait is
                 // tagged, and the pause deadline bounds them while the guest is paused.
                 Message::Wait if self.chan.is_some() => {
+                    let before_commit =
+                        !matches!(self.phase, SenderPhase::Committed | SenderPhase::HandedOver);
+                    if before_commit && self.cancel.as_ref().is_some_and(Control::is_cancelled) {
+                        return Err(self.cancelled());
+                    }
                     waits += 1;
                     if waits > keepalive::MAX_WAITS {
                         return Err(SendError::Stalled(waits));

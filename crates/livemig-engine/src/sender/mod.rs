@@ -93,6 +93,9 @@ pub fn migrate_measured<S: Transport>(
         &mut session,
         redial.as_deref_mut(),
     );
+    if let Err(e) = &r {
+        observer(&ended(e));
+    }
     match r {
         Err(e) if !e.in_doubt() => {
             if session.paused {
@@ -163,6 +166,7 @@ fn run<S: Transport>(
         observer,
     };
     let mut link = Link::new(stream, cfg.timeout);
+    link.cancel = Some(control.clone());
     let memory_bytes = guest.memory().bytes();
     let mut pilot = Pilot::new(
         Box::new(policy),
@@ -473,6 +477,24 @@ fn commit<S: Transport>(
                 cause: Box::new(cause),
             })
         }
+    }
+}
+
+/// The last event of a migration that did not hand over: where the guest is.
+fn ended(e: &SendError) -> Event {
+    match e {
+        SendError::Cancelled { phase } => Event::Cancelled {
+            phase: phase.to_string(),
+        },
+        e => Event::Failed {
+            error: error_chain(e),
+            outcome: if e.in_doubt() {
+                "unknown"
+            } else {
+                "failed_source_running"
+            }
+            .to_string(),
+        },
     }
 }
 

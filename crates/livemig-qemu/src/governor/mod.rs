@@ -29,7 +29,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use livemig_policy::pilot::{Executor, Overdue, Pilot, Setup};
+use livemig_policy::pilot::{Executor, Overdue, Pilot, Setup, TimeoutAction, TimeoutKind};
 /// The live handle on a migration: the granted cap and cancellation.
 pub use livemig_policy::Control as Steering;
 pub use livemig_policy::Timeouts;
@@ -498,7 +498,22 @@ impl Governor {
             return Ok(());
         };
         run.passes.wire.sample(elapsed_s, ram.transferred);
-        if run.cancelled_at.is_some() || !run.passes.started() {
+        if run.cancelled_at.is_some() {
+            return Ok(());
+        }
+        if !run.passes.started() {
+            // No pass yet (QEMU still setting up, or the first event lost): the completion
+            // timeout runs from `migrate` on this clock; nothing can be forced yet.
+            if let Some(limit_s) = self.cfg.timeouts.completion_s(self.cfg.memory_bytes) {
+                if elapsed_s > limit_s {
+                    let overdue = Overdue {
+                        kind: TimeoutKind::Completion,
+                        action: TimeoutAction::Abort,
+                        limit_s,
+                    };
+                    return self.overdue(src, run, overdue, ram.remaining).await;
+                }
+            }
             return Ok(());
         }
         if run

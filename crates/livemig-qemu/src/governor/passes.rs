@@ -16,7 +16,9 @@ use crate::types::{MigrationInfo, MigrationStatus};
 pub const MIN_WIRE_WINDOW_S: f64 = PEAK_WINDOW_S * 0.95;
 /// How long a pass handler waits for a queued `MIGRATION_PASS` that `query-migrate` already
 /// counts but whose event has not been read yet.
-const QUEUED_PASS_WAIT: Duration = Duration::from_millis(500);
+/// Short, so that the steering (read between events) keeps its 100 ms bound; when the event
+/// has not come by then the round ends at the counters' time.
+const QUEUED_PASS_WAIT: Duration = Duration::from_millis(60);
 
 /// Seconds since the epoch on the wall clock.
 pub(crate) fn wall_now() -> f64 {

@@ -84,6 +84,8 @@ impl Governor {
             // while the migration is being cancelled.
             return Ok(());
         }
+        // A new pass: its bytes left to send start afresh for the no-progress timeout.
+        run.pilot.restart_progress();
         let under_way = run.pilot.round() + u32::from(run.pending.is_some());
         let pass = run
             .passes
@@ -101,19 +103,22 @@ impl Governor {
             Pass::NotActive { status, record } => {
                 // QEMU switched over by itself (or the migration is ending): a cap would
                 // only apply to nothing.
-                if matches!(
+                let switching = matches!(
                     status,
                     MigrationStatus::Device
                         | MigrationStatus::PreSwitchover
                         | MigrationStatus::Completed
-                ) {
+                );
+                if switching {
                     run.extras.switchover = "qemu".into();
                 }
                 let remaining = record.remaining;
                 run.passes.records.push(record);
-                self.resolve_pending(src, run, true).await?;
+                self.resolve_pending(src, run, switching).await?;
                 run.stopping = true;
-                if run.pilot.round() > 0 {
+                // A migration that failed or is being cancelled never paused the guest: no
+                // stop-and-copy to announce.
+                if switching && run.pilot.round() > 0 {
                     let next = run.pilot.switched_over(self.steering.granted());
                     self.emit_next(next, remaining);
                 }

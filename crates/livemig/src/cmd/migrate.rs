@@ -113,9 +113,6 @@ pub fn run(args: Args) -> Result<()> {
         Some(&mut redial),
     );
     drop(stream);
-    if let Err(e) = &result {
-        progress.observe(&ended_event(e));
-    }
     match result {
         Ok((report, _)) => {
             tracing::info!(
@@ -204,24 +201,4 @@ fn save_hold(
     let path = dir.join(format!("livemig-{session}.source.lmhold"));
     livemig_engine::hold::save(&path, guest, &info)?;
     Ok(path.display().to_string())
-}
-
-/// The last event of a migration that did not hand over.
-fn ended_event(e: &livemig_engine::SendError) -> livemig_policy::Event {
-    use livemig_policy::Event;
-    match e {
-        livemig_engine::SendError::Cancelled { phase } => Event::Cancelled {
-            phase: phase.to_string(),
-        },
-        e => Event::Failed {
-            error: crate::out::error_chain(e),
-            outcome: if e.in_doubt() {
-                Outcome::Unknown
-            } else {
-                Outcome::FailedSourceRunning
-            }
-            .name()
-            .to_string(),
-        },
-    }
 }

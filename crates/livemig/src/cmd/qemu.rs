@@ -14,12 +14,12 @@ use livemig_qemu::governor::{
 use livemig_qemu::saved::{default_state_file, SavedSettings};
 use livemig_qemu::types::{MemorySizeSummary, MigrationInfo, StatusInfo};
 use livemig_qemu::QmpClient;
-use livemig_workload::units::{fmt_duration, fmt_rate, parse_duration_with_unit};
+use livemig_workload::units::{fmt_duration, fmt_rate};
 
 use crate::progress::Progress;
 use tokio::sync::mpsc;
 
-use crate::args::{duration, PolicyArgs, ProgressArgs, Runner, TimeoutArgs};
+use crate::args::{duration, whole_seconds, PolicyArgs, ProgressArgs, Runner, TimeoutArgs};
 use crate::outcome::{self, Outcome};
 use crate::{out, table};
 
@@ -64,12 +64,10 @@ pub struct MigrateArgs {
     pub sample: String,
     #[command(flatten)]
     pub timeouts: TimeoutArgs,
-    /// Print the result as JSON (the shared report shape plus `qemu`); the live table goes to
-    /// stderr.
+    /// Print the result as JSON (the shared report shape plus `qemu`, `outcome` and
+    /// `handover`); live progress stays off unless `--progress` asks for it.
     #[arg(long)]
     pub json: bool,
-    // Parsed and kept for the live renderer, which does not read it yet.
-    #[allow(dead_code)]
     #[command(flatten)]
     pub progress: ProgressArgs,
     /// Where the source's own max-bandwidth, downtime-limit and capabilities are saved while
@@ -129,17 +127,6 @@ pub fn run(cmd: Command) -> Result<()> {
     })
 }
 
-pub(crate) fn whole_seconds(flag: &str, s: &str) -> Result<Option<Duration>> {
-    let secs = parse_duration_with_unit(s).with_context(|| format!("--{flag}"))?;
-    if secs == 0.0 {
-        return Ok(None);
-    }
-    if secs.fract() != 0.0 {
-        bail!("--{flag} must be whole seconds (QEMU 7.2's calc-dirty-rate), got {s}");
-    }
-    Ok(Some(Duration::from_secs(secs as u64)))
-}
-
 async fn migrate(args: MigrateArgs, steering: Steering) -> Result<()> {
     let wait = livemig_qemu::qmp::DEFAULT_TIMEOUT;
     let mut src = QmpClient::connect(&args.qmp, wait).await?;
@@ -192,7 +179,8 @@ async fn migrate(args: MigrateArgs, steering: Steering) -> Result<()> {
         outcome::note(&restore_hint(&args.qmp, &state_file));
     }
     let text = if args.json {
-        serde_json::to_string_pretty(&run)?
+        let (outcome, handover) = outcome::Handover::qemu(run.qemu.destination_running);
+        outcome::json_with(&run, outcome, &handover)
     } else {
         format!("{}\n{}", table::report(&run.report), qemu_lines(&run))
     };
@@ -398,16 +386,5 @@ mod tests {
         let e = destination_check(&run).expect_err("not running");
         assert!(e.to_string().contains("neither host"), "{e}");
         assert_eq!(outcome::exit_code(&e), 3);
-    }
-
-    #[test]
-    fn calc_dirty_rate_periods_are_whole_seconds() {
-        assert_eq!(whole_seconds("sample", "0").ok(), Some(None));
-        assert_eq!(
-            whole_seconds("sample", "2s").ok(),
-            Some(Some(Duration::from_secs(2)))
-        );
-        assert!(whole_seconds("period", "1.5s").is_err());
-        assert!(whole_seconds("period", "soon").is_err());
     }
 }

@@ -132,19 +132,19 @@ pub fn run(args: Args) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?.to_string();
     outcome::say(&format!("listening on {address}"));
-    let progress = std::sync::Mutex::new(Progress::new(args.progress.format(args.json)));
+    let format = args.progress.format(args.json);
+    let progress = std::sync::Mutex::new(Progress::new(format));
     let show = |e: &Event| {
         if let Ok(mut p) = progress.lock() {
             p.observe(e);
         }
     };
-    show(&Event::Listening { address });
+    // People already read "listening on" on stdout; programs get it as an event too.
+    if format == ProgressFormat::Json {
+        show(&Event::Listening { address });
+    }
     let log = |e: &ServeEvent<'_>| {
-        let json = progress
-            .lock()
-            .map(|p| p.format() == ProgressFormat::Json)
-            .unwrap_or(false);
-        if json {
+        if format == ProgressFormat::Json {
             show(&event_of(e));
         } else {
             log_event(e, &show);
@@ -193,6 +193,10 @@ pub fn run(args: Args) -> Result<()> {
         }
         Served::Failed(e) => {
             let why = format!("{:#}", anyhow::Error::new(e));
+            show(&Event::Failed {
+                error: why.clone(),
+                outcome: Outcome::FailedSourceRunning.name().into(),
+            });
             if args.json {
                 outcome::say(&outcome::json_failure(
                     Outcome::FailedSourceRunning,
@@ -208,6 +212,10 @@ pub fn run(args: Args) -> Result<()> {
         Served::Unknown(held) => {
             let session = hex(&held.session);
             let why = format!("{:#}", anyhow::Error::new(held.reason));
+            show(&Event::Failed {
+                error: why.clone(),
+                outcome: Outcome::Unknown.name().into(),
+            });
             let info = HoldInfo {
                 role: "destination".into(),
                 session: session.clone(),
