@@ -91,7 +91,7 @@ fn plan(args: &Args, available: Option<u64>) -> Result<Plan> {
             args.cap
         );
     }
-    let cap_s = crate::args::duration("cap-duration", &args.cap_duration)?.as_secs_f64();
+    let cap_s = units::parse_duration_with_unit(&args.cap_duration).context("--cap-duration")?;
     if !(CAP_DURATION_S.0..=CAP_DURATION_S.1).contains(&cap_s) {
         bail!(
             "--cap-duration must be between 1s and 10m, got {}",
