@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# Several livemig hosts on one machine: network namespaces joined by one Linux bridge (the
+# "switch", in a namespace of its own), addresses in 198.18.0.0/24, tc shaping on each link.
+# Nothing is created in the root namespace's network. See docs/testbed.md.
+#
+# Usage: scripts/testbed.sh up N        N hosts (2..8): <prefix>-h1 .. <prefix>-hN
+#        scripts/testbed.sh down        removes everything (succeeds when nothing is up)
+#        scripts/testbed.sh status [--json]
+#
+# Environment:
+#   LM_TESTBED_RATE    rate of each host link, each direction (tc syntax: 1gbit, 200mbit; default 1gbit)
+#   LM_TESTBED_PREFIX  namespace prefix (default "lm": lm-h1 .., lm-switch); tests use their own
+#   LM_TESTBED_STATE   state directory (default /run/livemig-testbed)
+# Needs root and iproute2 (ip, tc).
+set -euo pipefail
+
+PREFIX="${LM_TESTBED_PREFIX:-lm}"
+RATE="${LM_TESTBED_RATE:-1gbit}"
+STATE_DIR="${LM_TESTBED_STATE:-/run/livemig-testbed}"
+SUBNET_PREFIX=198.18.0
+MIN_HOSTS=2
+MAX_HOSTS=8
+
+SWITCH_NS="$PREFIX-switch"
+BRIDGE=br0
+STATE_FILE="$STATE_DIR/$PREFIX.state"
+LOCK_FILE="$STATE_DIR/$PREFIX.lock"
+
+die() {
+  echo "testbed: $*" >&2
+  exit 1
+}
+usage() {
+  sed -n '6,8p' "$0" | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+host_ns() { echo "$PREFIX-h$1"; }
+host_addr() { echo "$SUBNET_PREFIX.$((10 + $1))"; }
+
+# Bits per second of a tc rate ("200mbit", "1gbit", "500kbit", "1000000bit").
+rate_bits() {
+  local r="${1,,}" n unit
+  [[ "$r" =~ ^([0-9]+)(bit|kbit|mbit|gbit)$ ]] || return 1
+  n="${BASH_REMATCH[1]}"
+  unit="${BASH_REMATCH[2]}"
+  case "$unit" in
+  bit) echo "$n" ;;
+  kbit) echo "$((n * 1000))" ;;
+  mbit) echo "$((n * 1000000))" ;;
+  gbit) echo "$((n * 1000000000))" ;;
+  esac
+}
+
+preflight() {
+  [[ "$(id -u)" == 0 ]] || die "needs root (network namespaces, veths, tc)"
+  command -v ip >/dev/null || die "needs iproute2: 'ip' not found"
+  command -v tc >/dev/null || die "needs iproute2: 'tc' not found"
+  [[ "$PREFIX" =~ ^[a-z][a-z0-9-]{0,23}$ ]] ||
+    die "LM_TESTBED_PREFIX must be lowercase letters, digits and '-', starting with a letter (got '$PREFIX')"
+  mkdir -p "$STATE_DIR"
+  # One testbed operation at a time per prefix.
+  exec 9>"$LOCK_FILE"
+  command -v flock >/dev/null && { flock -w 30 9 || die "another testbed operation holds $LOCK_FILE"; }
+  return 0
+}
+
+# Namespaces of this prefix that exist now (whatever the state file says).
+our_namespaces() {
+  ip netns list 2>/dev/null | awk '{print $1}' |
+    grep -E "^${PREFIX}-(switch|h[0-9]+)\$" || true
+}
+
+# Shapes the egress of DEV in namespace NS to RATE with a token bucket. tbf needs a bucket of at
+# least one MTU-sized packet; 5 ms worth of the rate (at least 64 KiB) keeps it exact without
+# a kernel timer per packet. `latency` bounds the queue.
+shape() {
+  local ns="$1" dev="$2" bits burst
+  bits="$(rate_bits "$RATE")"
+  burst=$((bits / 8 / 200))
+  ((burst >= 65536)) || burst=65536
+  tc -n "$ns" qdisc replace dev "$dev" root tbf rate "$RATE" burst "$burst" latency 50ms ||
+    die "tc tbf on $dev in $ns failed (is the sch_tbf qdisc available?)"
+}
+
+cmd_up() {
+  local n="${1:-}"
+  [[ "$n" =~ ^[0-9]+$ ]] && ((n >= MIN_HOSTS && n <= MAX_HOSTS)) ||
+    die "up needs a host count from $MIN_HOSTS to $MAX_HOSTS (got '${n}')"
+  rate_bits "$RATE" >/dev/null ||
+    die "LM_TESTBED_RATE must be a number with bit, kbit, mbit or gbit (got '$RATE')"
+  preflight
+  local existing
+  existing="$(our_namespaces)"
+  if [[ -e "$STATE_FILE" || -n "$existing" ]]; then
+    die "a testbed with prefix '$PREFIX' already exists (${existing//$'\n'/ }); run 'scripts/testbed.sh down' first"
+  fi
+
+  # From here on, any failure (a failed command under set -e, or die) tears down what was made.
+  UP_DONE=0
+  trap 'if ((UP_DONE == 0)); then echo "testbed: up failed, tearing down" >&2; teardown >/dev/null 2>&1 || true; fi' EXIT
+
+  ip netns add "$SWITCH_NS"
+  ip -n "$SWITCH_NS" link set lo up
+  ip -n "$SWITCH_NS" link add "$BRIDGE" type bridge
+  # No spanning tree (one bridge, no loops) and no forwarding delay: ports forward at once.
+  ip -n "$SWITCH_NS" link set "$BRIDGE" type bridge stp_state 0 forward_delay 0
+  ip -n "$SWITCH_NS" link set "$BRIDGE" up
+
+  local i ns
+  for ((i = 1; i <= n; i++)); do
+    ns="$(host_ns "$i")"
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    # The pair is made directly in the two namespaces: eth0 in the host, hI in the switch.
+    ip link add name eth0 netns "$ns" type veth peer name "h$i" netns "$SWITCH_NS"
+    ip -n "$SWITCH_NS" link set "h$i" master "$BRIDGE"
+    ip -n "$SWITCH_NS" link set "h$i" up
+    ip -n "$ns" addr add "$(host_addr "$i")/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    shape "$ns" eth0            # host -> switch
+    shape "$SWITCH_NS" "h$i"    # switch -> host
+  done
+
+  {
+    echo "prefix=$PREFIX"
+    echo "hosts=$n"
+    echo "rate=$RATE"
+  } >"$STATE_FILE"
+  UP_DONE=1
+  echo "testbed up: $n hosts ($(host_ns 1)..$(host_ns "$n")), switch $SWITCH_NS, $RATE per link"
+}
+
+# Kills what runs inside NS (TERM, then KILL).
+kill_in() {
+  local ns="$1" pids
+  pids="$(ip netns pids "$ns" 2>/dev/null || true)"
+  [[ -z "$pids" ]] && return 0
+  # shellcheck disable=SC2086
+  kill -TERM $pids 2>/dev/null || true
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    pids="$(ip netns pids "$ns" 2>/dev/null || true)"
+    [[ -z "$pids" ]] && return 0
+    sleep 0.1
+  done
+  # shellcheck disable=SC2086
+  kill -KILL $pids 2>/dev/null || true
+  sleep 0.1
+}
+
+teardown() {
+  local ns failed=0
+  for ns in $(our_namespaces); do
+    kill_in "$ns"
+  done
+  # Deleting a namespace destroys its veth ends and, with the switch's, the bridge.
+  for ns in $(our_namespaces); do
+    ip netns del "$ns" || failed=1
+  done
+  rm -f "$STATE_FILE" "$LOCK_FILE"
+  rmdir "$STATE_DIR" 2>/dev/null || true
+  [[ -z "$(our_namespaces)" ]] || failed=1
+  return "$failed"
+}
+
+cmd_down() {
+  preflight
+  teardown || die "could not remove every namespace of '$PREFIX': $(our_namespaces | tr '\n' ' ')"
+  echo "testbed down"
+}
+
+# Rate of the root tbf qdisc on DEV in NS, as tc prints it ("-" if none).
+shaping_of() {
+  tc -n "$1" qdisc show dev "$2" root 2>/dev/null |
+    awk '/^qdisc tbf/ { for (i = 1; i <= NF; i++) if ($i == "rate") { print $(i + 1); exit } }' |
+    grep . || echo "-"
+}
+
+cmd_status() {
+  local json=0
+  [[ "${1:-}" == "--json" ]] && json=1
+  [[ -n "${1:-}" && $json == 0 ]] && usage
+  local namespaces
+  namespaces="$(our_namespaces)"
+  if [[ -z "$namespaces" ]]; then
+    if ((json)); then echo '{"up":false,"hosts":[]}'; else echo "testbed: nothing up (prefix '$PREFIX')"; fi
+    return 0
+  fi
+  local n rate
+  n="$(sed -n 's/^hosts=//p' "$STATE_FILE" 2>/dev/null || true)"
+  rate="$(sed -n 's/^rate=//p' "$STATE_FILE" 2>/dev/null || true)"
+  if [[ -z "$n" ]]; then
+    n="$(grep -c -- '-h[0-9]*$' <<<"$namespaces" || true)"
+  fi
+  local i ns addr up down pids sep="" rows=""
+  if ((json)); then
+    printf '{"up":true,"prefix":"%s","switch":"%s","bridge":"%s","rate":"%s","hosts":[' \
+      "$PREFIX" "$SWITCH_NS" "$BRIDGE" "${rate:-unknown}"
+  else
+    echo "testbed '$PREFIX': $n hosts, switch $SWITCH_NS (bridge $BRIDGE), configured rate ${rate:-unknown}"
+    printf '%-16s %-16s %-12s %-12s %s\n' HOST ADDRESS EGRESS INGRESS PROCESSES
+  fi
+  for ((i = 1; i <= n; i++)); do
+    ns="$(host_ns "$i")"
+    addr="$(ip -n "$ns" -4 -o addr show dev eth0 2>/dev/null | awk '{print $4}' || true)"
+    up="$(shaping_of "$ns" eth0)"
+    down="$(shaping_of "$SWITCH_NS" "h$i")"
+    pids="$(ip netns pids "$ns" 2>/dev/null | wc -l)"
+    if ((json)); then
+      rows+="$sep{\"name\":\"$ns\",\"address\":\"${addr:-}\",\"egress\":\"$up\",\"ingress\":\"$down\",\"processes\":$pids}"
+      sep=","
+    else
+      printf '%-16s %-16s %-12s %-12s %s\n' "$ns" "${addr:--}" "$up" "$down" "$pids"
+    fi
+  done
+  if ((json)); then printf '%s]}\n' "$rows"; fi
+}
+
+case "${1:-}" in
+up) shift; cmd_up "$@" ;;
+down) shift; (($# == 0)) || usage; cmd_down ;;
+status) shift; cmd_status "$@" ;;
+*) usage ;;
+esac
