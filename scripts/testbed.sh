@@ -83,10 +83,19 @@ shape() {
     die "tc tbf on $dev in $ns failed (is the sch_tbf qdisc available?)"
 }
 
+# EXIT trap of `up`: an `up` that did not finish removes what it made.
+on_up_exit() {
+  if ((UP_DONE == 0)); then
+    echo "testbed: up failed, tearing down" >&2
+    teardown >/dev/null 2>&1 || true
+  fi
+}
+
 cmd_up() {
   local n="${1:-}"
-  [[ "$n" =~ ^[0-9]+$ ]] && ((n >= MIN_HOSTS && n <= MAX_HOSTS)) ||
+  if ! [[ "$n" =~ ^[1-9][0-9]?$ ]] || ((n < MIN_HOSTS || n > MAX_HOSTS)); then
     die "up needs a host count from $MIN_HOSTS to $MAX_HOSTS (got '${n}')"
+  fi
   rate_bits "$RATE" >/dev/null ||
     die "LM_TESTBED_RATE must be a number with bit, kbit, mbit or gbit (got '$RATE')"
   preflight
@@ -98,7 +107,7 @@ cmd_up() {
 
   # From here on, any failure (a failed command under set -e, or die) tears down what was made.
   UP_DONE=0
-  trap 'if ((UP_DONE == 0)); then echo "testbed: up failed, tearing down" >&2; teardown >/dev/null 2>&1 || true; fi' EXIT
+  trap on_up_exit EXIT
 
   ip netns add "$SWITCH_NS"
   ip -n "$SWITCH_NS" link set lo up
