@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 say() { printf '\n== %s\n' "$*"; }
 
 # Debian packages the tests need: QEMU (TCG) and the test guest's parts (Debian's kernel,
-# a static busybox, cpio for the initramfs). iproute2 joins with the executors that use it.
-PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static cpio)
+# a static busybox, cpio for the initramfs); iproute2 (ip, tc) for the namespace testbed
+# (scripts/testbed.sh), whose test needs root.
+PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static cpio iproute2)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
