@@ -152,9 +152,15 @@ kill_in() {
     [[ -z "$pids" ]] && return 0
     sleep 0.1
   done
-  # shellcheck disable=SC2086
-  kill -KILL $pids 2>/dev/null || true
-  sleep 0.1
+  # KILL until none is left (a process may have forked meanwhile).
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    # shellcheck disable=SC2086
+    kill -KILL $pids 2>/dev/null || true
+    sleep 0.1
+    pids="$(ip netns pids "$ns" 2>/dev/null || true)"
+    [[ -z "$pids" ]] && return 0
+  done
+  echo "testbed: processes survive in $ns: $pids" >&2
 }
 
 teardown() {
