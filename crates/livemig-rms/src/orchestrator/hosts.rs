@@ -78,24 +78,32 @@ impl Orchestrator {
         if now.is_finite() && now > self.now {
             self.now = now;
         }
-        for host in inventory::lapsed(self.hosts.values(), self.now) {
-            self.host_lost(&host, effects);
-        }
+        let lapsed = inventory::lapsed(self.hosts.values(), self.now);
+        self.hosts_lost(&lapsed, effects);
         self.answer_timeouts(effects);
         self.reservation_expiries(effects);
     }
 
-    /// Marks `name` lost. A pending ask to it counts as a refusal; a started migration it
-    /// takes part in becomes `unknown` (the source, if alive, is asked to stop).
-    pub(super) fn host_lost(&mut self, name: &str, effects: &mut Vec<Effect>) {
-        let Some(host) = self.hosts.get_mut(name) else {
-            return;
-        };
-        if host.state == HostState::Lost {
-            return;
+    /// Marks the hosts lost (all of them before anything else, so that no next ask goes to
+    /// one of them). A pending ask to one counts as a refusal; a started migration one takes
+    /// part in becomes `unknown` (its source, if alive, is asked to stop).
+    pub(super) fn hosts_lost(&mut self, names: &[String], effects: &mut Vec<Effect>) {
+        let mut newly = Vec::new();
+        for name in names {
+            if let Some(host) = self.hosts.get_mut(name) {
+                if host.state == HostState::Alive {
+                    host.state = HostState::Lost;
+                    self.save_host(name, effects);
+                    newly.push(name.clone());
+                }
+            }
         }
-        host.state = HostState::Lost;
-        self.save_host(name, effects);
+        for name in &newly {
+            self.after_host_lost(name, effects);
+        }
+    }
+
+    fn after_host_lost(&mut self, name: &str, effects: &mut Vec<Effect>) {
         let ids: Vec<_> = self.migrations.keys().copied().collect();
         for id in ids {
             let Some(m) = self.migrations.get(&id) else {
@@ -107,7 +115,7 @@ impl Orchestrator {
                     self.refuse_pending(id, name, "host lost before it answered".into(), effects);
                 }
                 MigrationState::Running | MigrationState::SwitchingOver if party => {
-                    let source_alive = m.source != name;
+                    let source_alive = self.hosts.get(&m.source).is_some_and(|h| h.is_alive());
                     let reason = format!("host `{name}` was lost during the migration");
                     self.to_unknown(id, reason.clone(), effects);
                     if source_alive {

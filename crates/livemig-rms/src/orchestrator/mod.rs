@@ -398,7 +398,7 @@ impl Orchestrator {
                 if !self.hosts.contains_key(&host) {
                     return Err(OrchestratorError::UnknownHost(host));
                 }
-                self.host_lost(&host, &mut step.effects);
+                self.hosts_lost(&[host], &mut step.effects);
             }
             Input::Restarted { reports } => self.restarted(&reports, &mut step.effects),
             Input::Resolve { migration, host } => {

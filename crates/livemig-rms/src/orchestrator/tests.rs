@@ -905,3 +905,43 @@ fn recovery_after_a_restart() {
     let next = submit(&mut r, "vm1", None);
     assert!(next > placing, "ids continue after the restored ones");
 }
+
+/// Regression: when several hosts lapsed on one tick, the ask that replaced a pending one
+/// could go to a host lapsing on the same tick.
+#[test]
+fn hosts_lapsing_together_are_all_lost_before_the_next_ask() {
+    let mut o = cluster(4);
+    // b is asked first and c is next in line; both lapse on the same tick.
+    run(
+        &mut o,
+        Input::Heartbeat {
+            host: "b".into(),
+            memory_free_bytes: 7 * GIB,
+        },
+    );
+    run(&mut o, Input::Tick { now: 9.0 });
+    run(
+        &mut o,
+        Input::Heartbeat {
+            host: "a".into(),
+            memory_free_bytes: GIB,
+        },
+    );
+    let id = submit(&mut o, "vm1", None);
+    assert_eq!(
+        o.migration(id)
+            .and_then(|m| m.pending.clone())
+            .map(|p| p.host)
+            .as_deref(),
+        Some("b")
+    );
+    let fx = run(&mut o, Input::Tick { now: 10.5 });
+    assert!(asks(&fx).is_empty(), "{fx:#?}");
+    let m = o.migration(id).expect("exists");
+    assert_eq!(m.state, MigrationState::Failed);
+    assert_eq!(
+        m.attempts.len(),
+        1,
+        "b's loss is its refusal; c was never asked"
+    );
+}
