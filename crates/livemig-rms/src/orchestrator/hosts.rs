@@ -117,7 +117,7 @@ impl Orchestrator {
                 MigrationState::Running | MigrationState::SwitchingOver if party => {
                     let source_alive = self.hosts.get(&m.source).is_some_and(|h| h.is_alive());
                     let reason = format!("host `{name}` was lost during the migration");
-                    self.to_unknown(id, reason.clone(), effects);
+                    self.mark_unknown(id, reason.clone(), effects);
                     if source_alive {
                         self.request_cancel(id, CancelCause::Abandoned { reason }, effects);
                     }
@@ -156,7 +156,7 @@ impl Orchestrator {
                 }
                 Verdict::Completed => self.complete(id, effects),
                 Verdict::Failed { reason } => self.fail(id, reason, effects),
-                Verdict::Unknown { reason } => self.to_unknown(id, reason, effects),
+                Verdict::Unknown { reason } => self.mark_unknown(id, reason, effects),
             }
         }
     }

@@ -9,6 +9,7 @@
 
 mod hosts;
 mod placing;
+mod rule;
 mod running;
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,8 @@ use crate::api::{HostView, MigrationRequest, VmKind};
 use crate::inventory::{Host, Vm};
 use crate::migration::{Migration, MigrationId, MigrationState, Reservation};
 use crate::recovery::AgentReport;
+
+pub use rule::check_persist_before_act;
 
 /// The orchestrator's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,7 +161,7 @@ pub enum Effect {
         reservation: String,
         key_id: String,
         policy: String,
-        settings: Option<PolicySpec>,
+        settings: Option<Box<PolicySpec>>,
     },
     /// Tell `host`'s agent (the source) to cancel `migration` (ignored after its commit).
     Cancel {
@@ -179,61 +182,6 @@ impl Effect {
     pub fn is_action(&self) -> bool {
         !matches!(self, Effect::Persist(_))
     }
-}
-
-/// Checks the rule "persisted before acted on" on one effect list: the latest `Persist` of
-/// what each action relies on comes before it and says what the action does. Returns the
-/// first violation. Tests use it; a shell may assert it in debug builds.
-pub fn check_persist_before_act(effects: &[Effect]) -> Result<(), String> {
-    for (i, e) in effects.iter().enumerate() {
-        let before = &effects[..i];
-        let last_of = |id: MigrationId| {
-            before.iter().rev().find_map(|e| match e {
-                Effect::Persist(Change::Migration(m)) if m.id == id => Some(&**m),
-                _ => None,
-            })
-        };
-        let ok = match e {
-            Effect::Persist(_) => true,
-            Effect::AskCapacity {
-                migration, host, ..
-            } => last_of(*migration).is_some_and(|m| {
-                m.state == MigrationState::Placing
-                    && m.pending.as_ref().is_some_and(|p| p.host == *host)
-            }),
-            Effect::StartMigration {
-                migration, target, ..
-            } => last_of(*migration).is_some_and(|m| {
-                m.state == MigrationState::Running && m.target.as_deref() == Some(target)
-            }),
-            Effect::Cancel { migration, host } => {
-                last_of(*migration).is_some_and(|m| m.cancel.is_some() && m.source == *host)
-            }
-            Effect::Flag { migration, .. } => {
-                last_of(*migration).is_some_and(|m| m.state == MigrationState::Unknown)
-            }
-            Effect::Release { host, .. } => before.iter().any(|e| {
-                matches!(e, Effect::Persist(Change::Migration(m))
-                    if m.attempts.last().is_some_and(|a| a.host == *host))
-            }),
-            Effect::SetLocation { vm, host } => {
-                let vm_saved = before.iter().rev().find_map(|e| match e {
-                    Effect::Persist(Change::Vm(v)) if v.name == *vm => Some(v.host == *host),
-                    _ => None,
-                });
-                let completed = before.iter().any(|e| {
-                    matches!(e, Effect::Persist(Change::Migration(m))
-                        if m.vm == *vm && m.state == MigrationState::Completed
-                            && m.target.as_deref() == Some(host))
-                });
-                vm_saved == Some(true) && completed
-            }
-        };
-        if !ok {
-            return Err(format!("effect {i} ({e:?}) is not preceded by its Persist"));
-        }
-    }
-    Ok(())
 }
 
 /// What one input produced: the effects, and the id of a migration it created.

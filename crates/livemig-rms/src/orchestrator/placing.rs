@@ -188,7 +188,7 @@ impl Orchestrator {
             (None, _) => None,
             (Some(_), false) => Some("late: no longer asked; reservation released".to_string()),
             (Some(_), true) if !alive => Some("host lost; reservation released".to_string()),
-            (Some(r), true) if r.expires_at <= now => {
+            (Some(r), true) if !r.expires_at.is_finite() || r.expires_at <= now => {
                 Some("the reservation expired on arrival; released".to_string())
             }
             (Some(_), true) => None,
@@ -220,7 +220,7 @@ impl Orchestrator {
                         reservation: r.id,
                         key_id: format!("migration-{id}"),
                         policy: m.policy.clone(),
-                        settings: m.settings.clone(),
+                        settings: m.settings.clone().map(Box::new),
                     });
                 }
             }

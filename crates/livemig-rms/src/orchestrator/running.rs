@@ -102,7 +102,7 @@ impl Orchestrator {
                     let reason = format!(
                         "the source reports `{error}`; where the guest runs is unknown ({outcome})"
                     );
-                    self.to_unknown(id, reason, effects);
+                    self.mark_unknown(id, reason, effects);
                 }
             }
             Event::Cancelled { phase } if from_source => {
@@ -164,7 +164,7 @@ impl Orchestrator {
     }
 
     /// Where the guest runs is not known: block the VM and flag an operator.
-    pub(super) fn to_unknown(
+    pub(super) fn mark_unknown(
         &mut self,
         id: MigrationId,
         reason: String,
