@@ -1,0 +1,92 @@
+//! The JSON shapes of the planned `/api/v1` (serde only, snake_case): what the HTTP layer will
+//! accept and return. They live here until a shared `livemig-api` crate takes them.
+
+use livemig_policy::report::{MigrationReport, RoundRecord};
+use livemig_policy::PolicySpec;
+use serde::{Deserialize, Serialize};
+
+use crate::migration::{Attempt, MigrationId, MigrationState};
+
+/// Whether the RMS hears from a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostState {
+    /// Heard from within its timeout: may receive VMs and reservations.
+    Alive,
+    /// Not heard from within its timeout: gets no new VMs or reservations.
+    Lost,
+}
+
+/// `GET /api/v1/hosts` returns a list of these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostView {
+    pub name: String,
+    pub address: String,
+    pub state: HostState,
+    pub memory_total_bytes: u64,
+    pub memory_free_bytes: u64,
+    /// The VMs the RMS places on this host (its location table), by name.
+    pub vms: Vec<String>,
+}
+
+/// What runs a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmKind {
+    /// A simulated guest (`SimGuest`: real memory, a writer thread).
+    Sim,
+    /// A QEMU virtual machine.
+    Qemu,
+}
+
+/// `POST /api/v1/vms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmRequest {
+    pub name: String,
+    pub memory_bytes: u64,
+    /// The workload spec the guest runs.
+    pub workload: String,
+    pub kind: VmKind,
+    /// Where to start it; the RMS chooses when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// `POST /api/v1/migrations`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationRequest {
+    pub vm: String,
+    /// Ask only this host; the RMS ranks the alive hosts when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The bandwidth policy by name; the RMS's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The policy's settings as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<PolicySpec>,
+}
+
+/// The 202 answer to `POST /api/v1/migrations`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Created {
+    pub id: MigrationId,
+}
+
+/// `GET /api/v1/migrations/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationView {
+    pub id: MigrationId,
+    pub vm: String,
+    pub source: String,
+    /// The chosen destination, else the requested one, else none yet.
+    pub target: Option<String>,
+    pub state: MigrationState,
+    pub policy: String,
+    pub attempts: Vec<Attempt>,
+    pub rounds: Vec<RoundRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<Box<MigrationReport>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
