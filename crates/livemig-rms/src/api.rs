@@ -5,7 +5,7 @@ use livemig_policy::report::{MigrationReport, RoundRecord};
 use livemig_policy::PolicySpec;
 use serde::{Deserialize, Serialize};
 
-use crate::migration::{Attempt, MigrationId, MigrationState};
+use crate::migration::{Attempt, Migration, MigrationId, MigrationState};
 
 /// Whether the RMS hears from a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,4 +89,25 @@ pub struct MigrationView {
     pub report: Option<Box<MigrationReport>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl Migration {
+    /// The shape `GET /api/v1/migrations/{id}` returns.
+    pub fn view(&self) -> MigrationView {
+        MigrationView {
+            id: self.id,
+            vm: self.vm.clone(),
+            source: self.source.clone(),
+            target: self
+                .target
+                .clone()
+                .or_else(|| self.requested_target.clone()),
+            state: self.state,
+            policy: self.policy.clone(),
+            attempts: self.attempts.clone(),
+            rounds: self.rounds.clone(),
+            report: self.report.clone(),
+            error: self.error.clone(),
+        }
+    }
 }

@@ -5,8 +5,6 @@ use livemig_policy::report::{MigrationReport, RoundRecord};
 use livemig_policy::PolicySpec;
 use serde::{Deserialize, Serialize};
 
-use crate::api::MigrationView;
-
 /// A migration's id, allocated by the RMS in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -201,25 +199,6 @@ impl Migration {
             rounds: Vec::new(),
             report: None,
             error: None,
-        }
-    }
-
-    /// The shape `GET /api/v1/migrations/{id}` returns.
-    pub fn view(&self) -> MigrationView {
-        MigrationView {
-            id: self.id,
-            vm: self.vm.clone(),
-            source: self.source.clone(),
-            target: self
-                .target
-                .clone()
-                .or_else(|| self.requested_target.clone()),
-            state: self.state,
-            policy: self.policy.clone(),
-            attempts: self.attempts.clone(),
-            rounds: self.rounds.clone(),
-            report: self.report.clone(),
-            error: self.error.clone(),
         }
     }
 }
