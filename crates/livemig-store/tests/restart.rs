@@ -109,7 +109,11 @@ fn a_running_migration_survives_a_restart_and_feeds_recovery() {
     // The RMS restarts: a new process opens the same file.
     let mut store = file_store(&dir);
     let snapshot = store.load().expect("loads");
-    assert_eq!(snapshot.migrations, vec![before.clone()], "reloads identically");
+    assert_eq!(
+        snapshot.migrations,
+        vec![before.clone()],
+        "reloads identically"
+    );
     assert_eq!(snapshot.vms, o.vms().cloned().collect::<Vec<_>>());
 
     // Recovery reads the reloaded records: the source still migrates, so continue.
@@ -135,5 +139,8 @@ fn a_running_migration_survives_a_restart_and_feeds_recovery() {
     let after = store.migration(id).expect("reads").expect("there");
     assert_eq!(after.state, MigrationState::Completed);
     assert_eq!(Some(&after), restored.migration(id));
-    assert_eq!(store.vm("vm1").expect("reads").map(|v| v.host), Some("b".into()));
+    assert_eq!(
+        store.vm("vm1").expect("reads").map(|v| v.host),
+        Some("b".into())
+    );
 }
