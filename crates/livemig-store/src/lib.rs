@@ -7,7 +7,7 @@
 //! - [`url`]: [`StoreUrl`], the `--db` value (`sqlite:PATH`, `sqlite::memory:`, `postgres://…`).
 //! - [`sqlite`]: [`SqliteStore`] (embedded, WAL, `synchronous=FULL`) and its versioned schema
 //!   migrations (`migrations/NNNN_*.sql`, embedded in the binary).
-//! - [`error`]: [`StoreError`].
+//! - [`error`]: one error type for every backend, [`StoreError`].
 //!
 //! PostgreSQL URLs parse, but opening one returns [`StoreError::Unsupported`]: that backend
 //! (with a lease and fencing so two RMS processes can share one database) follows.
