@@ -1,0 +1,149 @@
+//! Shared test helpers: records with every field set, file stores in a temporary directory,
+//! and a driver that applies an orchestrator's `Persist`s to a store.
+#![allow(dead_code)]
+
+use livemig_policy::report::{ReportBuilder, RoundRecord, StopCopy};
+use livemig_policy::{Audit, Branch, Decision, PolicySpec, StopReason};
+use livemig_rms::migration::{CancelCause, PendingAsk};
+use livemig_rms::{
+    AnswerKind, Attempt, Change, Effect, Host, HostState, Input, Migration, MigrationId,
+    MigrationState, Orchestrator, Reservation, Step, Vm, VmKind,
+};
+use livemig_store::{SqliteStore, Store, StoreUrl};
+
+/// A file store in `dir` (created and migrated on first open).
+pub fn file_store(dir: &tempfile::TempDir) -> SqliteStore {
+    let url = StoreUrl::Sqlite(dir.path().join("rms.db"));
+    SqliteStore::open(&url).expect("the store opens")
+}
+
+pub fn host(name: &str) -> Host {
+    let mut h = Host::new(name, "198.18.0.1:7000", 8 << 30, 12.5, 10.0);
+    h.memory_free_bytes = 3 << 30;
+    h
+}
+
+pub fn vm(name: &str, host: &str) -> Vm {
+    Vm {
+        name: name.into(),
+        memory_bytes: 1 << 30,
+        workload: "uniform:rate=64MiB/s".into(),
+        kind: VmKind::Qemu,
+        host: host.into(),
+    }
+}
+
+pub fn round(k: u32) -> RoundRecord {
+    let audit = Audit {
+        round: k,
+        cap_bytes_per_s: 1.25e8,
+        effective_bytes_per_s: 1.1999e8,
+        dirty_rate_bytes_per_s: 3.3e7 / 7.0,
+        factor: 0.1 + 0.2,
+        avg_factor: 1.0 / 3.0,
+        threshold: Some(0.8),
+        mean_dirty_rate_bytes_per_s: 2.0e7,
+        estimate_bytes_per_s: None,
+        remaining_bytes: 4096.0 * 1000.0,
+        branch: Branch::Stop,
+        clamped: true,
+        infeasible: false,
+        note: Some("a note".into()),
+    };
+    RoundRecord {
+        round: k,
+        cap_bytes_per_s: 1.25e8,
+        wish_bytes_per_s: 1.5e8,
+        bytes_sent: 1.073741824e9,
+        duration_s: 8.589934592,
+        effective_bytes_per_s: 1.1999e8,
+        dirty_bytes: 4096.0 * 1000.0,
+        dirty_rate_bytes_per_s: 3.3e7 / 7.0,
+        factor: 0.1 + 0.2,
+        avg_factor: 1.0 / 3.0,
+        decision: Decision::next(1.375e8, Branch::XenKeep, audit),
+    }
+}
+
+pub fn report() -> livemig_policy::report::MigrationReport {
+    let mut b = ReportBuilder::new("dirty-factor", "qemu", 1.073741824e9, 5e6, Some(0.8))
+        .workload("uniform:rate=64MiB/s");
+    b.set_stop_reason(StopReason::RemainingBelowStopLevel);
+    b.finish(
+        StopCopy {
+            bytes: 4.2e6,
+            state_bytes: 1.5e5,
+            downtime_s: 0.031,
+        },
+        1.3e8,
+    )
+}
+
+/// A migration with every optional field set.
+pub fn full_migration(id: u64, vm: &str, source: &str, target: &str) -> Migration {
+    let mut m = Migration::new(
+        MigrationId(id),
+        vm,
+        source,
+        Some(target.into()),
+        "dirty-factor",
+    );
+    m.target = Some(target.into());
+    m.settings = Some(PolicySpec {
+        rounds: Some(30),
+        max_bandwidth: Some("1GiB/s".into()),
+        ..PolicySpec::default()
+    });
+    m.state = MigrationState::Running;
+    m.attempts = vec![
+        Attempt {
+            host: "c".into(),
+            answer: AnswerKind::Refused,
+            reason: "not enough memory".into(),
+        },
+        Attempt {
+            host: target.into(),
+            answer: AnswerKind::Accepted,
+            reason: String::new(),
+        },
+    ];
+    m.candidates = vec!["d".into()];
+    m.pending = Some(PendingAsk {
+        host: target.into(),
+        asked_at: 17.25,
+    });
+    m.reservation = Some(Reservation {
+        id: "r-7f3a".into(),
+        expires_at: 47.125,
+    });
+    m.reservation_used = true;
+    m.committed = true;
+    m.cancel = Some(CancelCause::Abandoned {
+        reason: "reservation expired".into(),
+    });
+    m.rounds = vec![round(1), round(2)];
+    m.report = Some(Box::new(report()));
+    m.error = Some("no host took vm1 (c: not enough memory)".into());
+    m
+}
+
+/// Hands `input` to the orchestrator and writes its `Persist`s to the store, in order, as the
+/// shell does; returns the step.
+pub fn drive(o: &mut Orchestrator, store: &mut dyn Store, input: Input) -> Step {
+    let step = o.handle(input).expect("the orchestrator takes the input");
+    persist(store, &step.effects);
+    step
+}
+
+pub fn persist(store: &mut dyn Store, effects: &[Effect]) {
+    for e in effects {
+        if let Effect::Persist(c) = e {
+            store.apply(c).expect("the change is written");
+        }
+    }
+}
+
+pub fn lost(mut h: Host) -> Change {
+    h.state = HostState::Lost;
+    Change::Host(Box::new(h))
+}
