@@ -120,7 +120,9 @@ impl Agent {
                 "kind `qemu` is not supported by this agent yet; use `sim`",
             ));
         }
-        if req.memory_bytes % livemig_engine::wire::PAGE_SIZE as u64 != 0 {
+        // (`is_multiple_of` is newer than the workspace's rust-version.)
+        let page = livemig_engine::wire::PAGE_SIZE as u64;
+        if req.memory_bytes / page * page != req.memory_bytes {
             return Err(ApiError::unprocessable(
                 "memory_bytes must be a whole number of 4096-byte pages",
             ));
