@@ -9,6 +9,7 @@
 //! - [`cmd::bench_engine`]: `livemig bench-engine`, the data path's throughput and cap accuracy.
 //! - [`cmd::qemu`]: `livemig qemu migrate | restore | dirty-trace`, real QEMU migrations;
 //!   [`cmd::qemu_bench`]: `livemig qemu bench`; [`rt`]: their async runtime.
+//! - [`cmd::agent`]: `livemig agent`, the per-host migration monitor's HTTP API.
 //! - [`cmd::completions`], [`cmd::man`]: shell completions and manual pages, generated from
 //!   these definitions.
 //! - [`table`]: human tables; [`plot`]: SVG/PNG plots; [`progress`]: live round progress.
@@ -79,6 +80,8 @@ enum Command {
   livemig qemu bench --policies predictive,dirty-factor,qemu-native"
     )]
     Qemu(Qemu),
+    /// Run the per-host migration monitor: HTTP API for capacity, VMs and metrics.
+    Agent(Box<cmd::agent::Args>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cmd::completions::Args),
     /// Print the manual page, or write one page per command into a directory.
@@ -141,6 +144,7 @@ fn main() {
         Command::BenchEngine(a) => cmd::bench_engine::run(a),
         Command::Qemu(Qemu::Run(c)) => cmd::qemu::run(c),
         Command::Qemu(Qemu::Bench(a)) => cmd::qemu_bench::run(*a),
+        Command::Agent(a) => cmd::agent::run(*a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         Command::Man(a) => cmd::man::run(a, Cli::command()),
     };

@@ -1,5 +1,6 @@
 //! One module per subcommand; none imports another (shared flags live in `args.rs`).
 
+pub mod agent;
 pub mod bench;
 pub mod bench_engine;
 pub mod completions;

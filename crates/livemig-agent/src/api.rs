@@ -1,0 +1,79 @@
+//! The JSON shapes of the agent's `/api/v1` (serde only, snake_case). Requests refuse unknown
+//! fields, so a misspelt field is an error, never silently ignored.
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::capacity::{Answer, Granted};
+
+/// `GET /api/v1/info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Info {
+    pub name: String,
+    pub memory_total_bytes: u64,
+    /// Neither used by a VM nor reserved.
+    pub memory_free_bytes: u64,
+    pub memory_reserved_bytes: u64,
+    /// The VMs this host runs, by name.
+    pub vms: Vec<String>,
+    /// Live reservations.
+    pub reservations: usize,
+}
+
+/// `POST /api/v1/capacity`: can this host take a VM of this size?
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityRequest {
+    pub memory_bytes: u64,
+}
+
+/// What runs a VM (the RMS's `VmKind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmKind {
+    Sim,
+    Qemu,
+}
+
+/// `POST /api/v1/vms`: start a VM on this host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmRequest {
+    /// 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
+    pub name: String,
+    /// A whole number of 4 KiB pages.
+    pub memory_bytes: u64,
+    /// A workload spec without files (`uniform:rate=1MiB/s`; `trace:` is refused).
+    pub workload: String,
+    /// `sim` (the default); `qemu` is not in this slice.
+    #[serde(default = "sim")]
+    pub kind: VmKind,
+}
+
+fn sim() -> VmKind {
+    VmKind::Sim
+}
+
+/// A VM this host runs (`GET /api/v1/vms` lists them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmView {
+    pub name: String,
+    pub memory_bytes: u64,
+    pub workload: String,
+    pub kind: VmKind,
+    pub running: bool,
+    /// Page writes the guest has made so far (it grows while the guest runs).
+    pub writes: u64,
+}
+
+/// `{"released": id}`, the answer to `DELETE /api/v1/capacity/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Released {
+    pub released: String,
+    pub memory_bytes: u64,
+}
+
+/// Every error: `{"error": "..."}` with a 4xx or 5xx status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,32 @@
+//! The per-host migration monitor (agent): its capacity book, the VMs it runs, its HTTP API.
+//!
+//! Map of the crate:
+//! - [`capacity`]: the capacity book (sans-IO, time as a parameter): total memory, VMs,
+//!   expiring reservations; inquiries answered `accepted` or `refused` with a reason.
+//! - [`token`]: the bearer token file and the constant-time check.
+//! - [`api`]: the JSON shapes of `/api/v1`.
+//! - [`agent`]: the live state shared by the routes: name, token, clock, book, VMs
+//!   (`SimGuest`).
+//! - [`body`]: JSON request bodies under a cap, decoded strictly.
+//! - [`error`]: every error as `{"error": "..."}` with its status.
+//! - [`routes`]: the axum router, the token check, the per-request timeout.
+//! - [`metrics`]: `/metrics` in the Prometheus text format.
+//! - [`server`]: the accept loop: bounded connections, header and request timeouts, a clean
+//!   stop on a cancellation token.
+//!
+//! Not here yet: registering with the RMS and heartbeats, migrations in and out.
+
+pub mod agent;
+pub mod api;
+pub mod body;
+pub mod capacity;
+pub mod error;
+pub mod metrics;
+pub mod routes;
+pub mod server;
+pub mod token;
+
+pub use agent::{system_clock, Agent, Clock};
+pub use capacity::{Answer, BookConfig, CapacityBook};
+pub use server::{run, ServerConfig};
+pub use token::{Token, TokenError};

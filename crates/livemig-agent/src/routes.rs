@@ -1,0 +1,215 @@
+//! The HTTP routes: `/healthz` open to all, everything else behind the bearer token.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | `{"status": "ok"}` (no token) |
+//! | `GET /api/v1/info` | [`Info`](crate::api::Info) |
+//! | `POST /api/v1/capacity {memory_bytes}` | 200 [`Answer`] (accepted or refused: both are answers) |
+//! | `DELETE /api/v1/capacity/{id}` | 200 [`Released`]; 404 |
+//! | `GET /api/v1/vms` | `[VmView]` |
+//! | `POST /api/v1/vms {name, memory_bytes, workload, kind?}` | 201 [`VmView`]; 409 no room or name taken; 422 |
+//! | `GET /api/v1/vms/{name}`, `DELETE /api/v1/vms/{name}` | 200 [`VmView`]; 404 |
+//! | `GET /metrics` | Prometheus text |
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+
+use crate::agent::Agent;
+use crate::api::{Answer, CapacityRequest, Released, VmRequest};
+use crate::body::{BodyLimit, Json};
+use crate::error::{json, ApiError};
+use crate::metrics::{self, Counters, Sample};
+
+/// The limits the routes enforce.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLimits {
+    /// The largest request body, bytes.
+    pub body_limit: usize,
+    /// The longest a request may take once its headers are read.
+    pub request_timeout: Duration,
+}
+
+/// What every handler sees.
+#[derive(Debug)]
+pub struct App {
+    pub agent: Arc<Agent>,
+    pub counters: Counters,
+    pub limits: RouteLimits,
+}
+
+type Shared = State<Arc<App>>;
+
+/// The whole API.
+pub fn router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/info", get(info))
+        .route("/api/v1/capacity", axum::routing::post(inquire))
+        .route("/api/v1/capacity/{id}", axum::routing::delete(release))
+        .route("/api/v1/vms", get(list_vms).post(create_vm))
+        .route("/api/v1/vms/{name}", get(get_vm).delete(delete_vm))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(app.clone(), authorize));
+    api.route("/healthz", get(healthz))
+        .layer(middleware::from_fn_with_state(app.clone(), bounded))
+        .layer(Extension(BodyLimit(app.limits.body_limit)))
+        .with_state(app)
+}
+
+/// Refuses a request without the right bearer token: 401, and nothing runs.
+async fn authorize(State(app): Shared, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if app.agent.token.admits(given) {
+        return next.run(req).await;
+    }
+    app.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong token (Authorization: Bearer <token>)",
+    )
+    .into_response()
+}
+
+/// Every request ends within the request timeout (503 after it) and is counted.
+async fn bounded(State(app): Shared, req: Request, next: Next) -> Response {
+    let limit = app.limits.request_timeout;
+    let r = match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            app.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the request took longer than {} s", limit.as_secs_f64()),
+            )
+            .into_response();
+        }
+    };
+    if matches!(
+        r.status(),
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE
+    ) {
+        app.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    r
+}
+
+async fn healthz() -> Response {
+    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+}
+
+fn path(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    p.map(|Path(s)| s)
+        .map_err(|e| ApiError::bad_request(format!("invalid path: {e}")))
+}
+
+async fn info(State(app): Shared) -> Response {
+    json(StatusCode::OK, &app.agent.info())
+}
+
+async fn inquire(State(app): Shared, Json(req): Json<CapacityRequest>) -> Response {
+    let now = app.agent.now();
+    let answer: Answer = app.agent.lock().book.inquire(now, req.memory_bytes);
+    match &answer {
+        Answer::Accepted { reservation } => {
+            tracing::info!(id = %reservation.id, memory_bytes = req.memory_bytes, "reserved")
+        }
+        Answer::Refused { reason } => tracing::info!(%reason, "refused a capacity inquiry"),
+    }
+    json(StatusCode::OK, &answer)
+}
+
+async fn release(
+    State(app): Shared,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = path(id)?;
+    let r = app.agent.lock().book.release(&id)?;
+    Ok(json(
+        StatusCode::OK,
+        &Released {
+            released: r.id,
+            memory_bytes: r.memory_bytes,
+        },
+    ))
+}
+
+async fn list_vms(State(app): Shared) -> Response {
+    json(StatusCode::OK, &app.agent.vm_views())
+}
+
+async fn create_vm(State(app): Shared, Json(req): Json<VmRequest>) -> Result<Response, ApiError> {
+    // Filling guest memory is slow, blocking work; it finishes (or gives its memory back)
+    // even if this request times out, so the book and the VM list always agree.
+    let agent = Arc::clone(&app.agent);
+    let view = tokio::task::spawn_blocking(move || agent.start_vm(req))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??;
+    tracing::info!(vm = %view.name, memory_bytes = view.memory_bytes, "started a VM");
+    Ok(json(StatusCode::CREATED, &view))
+}
+
+async fn get_vm(
+    State(app): Shared,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let name = path(name)?;
+    let view = app
+        .agent
+        .vm_view(&name)
+        .ok_or_else(|| ApiError::not_found(format!("no VM named `{name}` runs here")))?;
+    Ok(json(StatusCode::OK, &view))
+}
+
+async fn delete_vm(
+    State(app): Shared,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let name = path(name)?;
+    let (view, vm) = app.agent.remove_vm(&name)?;
+    // Dropping the guest joins its writer thread: not on an async thread.
+    drop(tokio::task::spawn_blocking(move || drop(vm)));
+    tracing::info!(vm = %name, "stopped a VM");
+    Ok(json(StatusCode::OK, &view))
+}
+
+async fn metrics(State(app): Shared) -> Response {
+    let info = app.agent.info();
+    let (unauthorized, bad_requests, timeouts) = app.counters.load();
+    let text = metrics::render(&Sample {
+        memory_total_bytes: info.memory_total_bytes,
+        memory_free_bytes: info.memory_free_bytes,
+        memory_reserved_bytes: info.memory_reserved_bytes,
+        vms: info.vms.len(),
+        reservations: info.reservations,
+        unauthorized,
+        bad_requests,
+        timeouts,
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
+}

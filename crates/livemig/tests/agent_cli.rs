@@ -1,0 +1,118 @@
+//! `livemig agent` as a process: flags and the token file checked first (exit 2, one line),
+//! then serving on loopback until SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command as Proc, Stdio};
+use std::time::Duration;
+
+use assert_cmd::cargo::cargo_bin;
+use assert_cmd::Command;
+
+fn agent(token_file: &std::path::Path) -> Command {
+    let mut c = Command::cargo_bin("livemig").expect("binary");
+    c.args(["agent", "--listen", "127.0.0.1:0", "--name", "host-a"])
+        .arg("--token-file")
+        .arg(token_file)
+        .args(["--capacity-memory", "64MiB"])
+        .timeout(Duration::from_secs(20));
+    c
+}
+
+fn one_error_line(out: &std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err
+}
+
+#[test]
+fn a_missing_empty_or_exposed_token_file_is_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let missing = dir.path().join("missing.token");
+    let err = one_error_line(&agent(&missing).output().expect("run"));
+    assert!(
+        err.starts_with("livemig: error: cannot read the token file ")
+            && err.contains("missing.token"),
+        "{err}"
+    );
+    let empty = dir.path().join("empty.token");
+    std::fs::write(&empty, "\n").expect("write");
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert!(one_error_line(&agent(&empty).output().expect("run")).contains("is empty"));
+    let open = dir.path().join("open.token");
+    std::fs::write(&open, "secret\n").expect("write");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    assert!(one_error_line(&agent(&open).output().expect("run")).contains("chmod 600"));
+    let mut rms = agent(&missing);
+    rms.args(["--rms", "http://198.18.0.1:7900"]);
+    assert!(one_error_line(&rms.output().expect("run")).contains("--rms is coming"));
+}
+
+#[test]
+fn serves_healthz_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("dir");
+    let token = dir.path().join("agent.token");
+    std::fs::write(&token, "secret\n").expect("write");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut child = Proc::new(cargo_bin("livemig"))
+        .args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "host-a",
+            "--json",
+        ])
+        .arg("--token-file")
+        .arg(&token)
+        .args(["--capacity-memory", "64MiB"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout).read_line(&mut line).expect("line");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let addr = v["listening"].as_str().expect("address").to_string();
+    let get = |path: &str, auth: &str| {
+        let mut s = TcpStream::connect(&addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{auth}\r\n"
+        )
+        .expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    };
+    assert!(get("/healthz", "").starts_with("HTTP/1.1 200"));
+    assert!(get("/api/v1/info", "").starts_with("HTTP/1.1 401"));
+    let info = get("/api/v1/info", "Authorization: Bearer secret\r\n");
+    assert!(
+        info.starts_with("HTTP/1.1 200") && info.contains("\"memory_total_bytes\":67108864"),
+        "{info}"
+    );
+    let pid = child.id().to_string();
+    let killed = Proc::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the agent did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+}
