@@ -3,7 +3,8 @@
 //! back for recovery after a restart.
 //!
 //! Map of the crate:
-//! - [`store`]: the [`Store`] trait, the [`Snapshot`] recovery loads, [`open`] by URL.
+//! - [`store`]: the [`Store`] trait, the [`Snapshot`] recovery loads.
+//! - [`mod@open`]: [`open`], a backend chosen by URL.
 //! - [`url`]: [`StoreUrl`], the `--db` value (`sqlite:PATH`, `sqlite::memory:`, `postgres://…`).
 //! - [`sqlite`]: [`SqliteStore`] (embedded, WAL, `synchronous=FULL`) and its versioned schema
 //!   migrations (`migrations/NNNN_*.sql`, embedded in the binary).
@@ -14,11 +15,13 @@
 //! `docs/store.md` describes the schema, the durability settings and backups.
 
 pub mod error;
+pub mod open;
 pub mod sqlite;
 pub mod store;
 pub mod url;
 
 pub use error::StoreError;
+pub use open::open;
 pub use sqlite::SqliteStore;
-pub use store::{open, Snapshot, Store};
+pub use store::{Snapshot, Store};
 pub use url::{StoreUrl, UrlError};

@@ -3,8 +3,6 @@
 use livemig_rms::{Change, Config, Host, Migration, MigrationId, Orchestrator, Vm};
 
 use crate::error::StoreError;
-use crate::sqlite::SqliteStore;
-use crate::url::StoreUrl;
 
 /// The RMS's durable state: what `livemig-rms` persists through [`livemig_rms::Effect::Persist`].
 ///
@@ -46,15 +44,5 @@ impl Snapshot {
     /// survive the restart). Follow with `Input::Restarted` once the agents have reported.
     pub fn restore(self, config: Config, now: f64) -> Orchestrator {
         Orchestrator::restore(config, now, self.hosts, self.vms, self.migrations)
-    }
-}
-
-/// Opens the store `url` names, creating and migrating its schema as needed.
-///
-/// PostgreSQL URLs parse, but opening one returns [`StoreError::Unsupported`] for now.
-pub fn open(url: &StoreUrl) -> Result<Box<dyn Store>, StoreError> {
-    match url {
-        StoreUrl::Sqlite(_) | StoreUrl::SqliteMemory => Ok(Box::new(SqliteStore::open(url)?)),
-        StoreUrl::Postgres(_) => Err(StoreError::Unsupported("PostgreSQL support follows")),
     }
 }
