@@ -4,7 +4,7 @@
 //!
 //! Map of the crate:
 //! - [`store`]: the [`Store`] trait, the [`Snapshot`] recovery loads.
-//! - [`mod@open`]: [`open`], a backend chosen by URL.
+//! - [`mod@open`]: [`open()`], a backend chosen by URL.
 //! - [`url`]: [`StoreUrl`], the `--db` value (`sqlite:PATH`, `sqlite::memory:`, `postgres://…`).
 //! - [`sqlite`]: [`SqliteStore`] (embedded, WAL, `synchronous=FULL`) and its versioned schema
 //!   migrations (`migrations/NNNN_*.sql`, embedded in the binary).
