@@ -691,3 +691,68 @@ fn a_round_cut_short_must_be_followed_by_the_stop_and_copy() {
         "{e:?}"
     );
 }
+
+/// A destination that keeps the source waiting (`Wait` after `Wait`, as during a long
+/// prefault) cannot hold a cancellation back: the source stops within a keep-alive or two,
+/// its guest running.
+#[test]
+fn a_cancel_is_honoured_while_the_destination_keeps_the_source_waiting() {
+    let g = busy_guest();
+    let (mut a, mut b) = pair();
+    let fake = std::thread::spawn(move || {
+        let (hello @ Message::Hello { .. }, _) = read_msg(&mut b).expect("hello") else {
+            panic!("not a hello")
+        };
+        let nd = [9u8; 32];
+        let body = hello.body();
+        let t = Transcript {
+            hello: &body,
+            version: VERSION,
+            dest_nonce: &nd,
+        };
+        let mac = key(1).prove(Role::Destination, &t);
+        Message::Challenge {
+            version: VERSION,
+            nonce: nd,
+            mac,
+        }
+        .write_to(&mut b)
+        .expect("challenge");
+        let _ = read_msg(&mut b).expect("auth");
+        let mut chan = Channel::new(key(1).session(&t), Role::Destination);
+        // "Still preparing memory", for up to 20 s, never `Ready`.
+        for _ in 0..100 {
+            if b.write_all(&chan.seal(&Message::Wait)).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    let control = livemig_engine::Control::new();
+    let later = control.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(600));
+        later.cancel();
+    });
+    let started = std::time::Instant::now();
+    let mut policy = PolicyKind::Fixed.build(slow_cfg()).expect("policy");
+    let e = migrate(
+        &mut a,
+        &key(1),
+        &g,
+        policy.as_mut(),
+        &sender_cfg(),
+        &control,
+        &mut |_| {},
+    )
+    .expect_err("cancelled");
+    assert!(matches!(e, SendError::Cancelled { .. }), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+    drop(a);
+    let _ = fake.join();
+    assert_runs(&g);
+}

@@ -202,6 +202,8 @@ enum Fault {
     Grant,
     /// No pass after pass 2: round 2 never ends and `ram.remaining` stays where it was.
     Stall,
+    /// No `MIGRATION_PASS` at all: QEMU never leaves its setup as far as events go.
+    NoPass,
 }
 
 /// (event time, ram.transferred, ram.remaining) at each pass; pass 1 starts round 1.
@@ -345,7 +347,10 @@ fn fake_source_timed(dir: &Path, fault: Fault, steering: Steering) -> (PathBuf, 
                             PASSES[pass].0,
                         ));
                     }
-                } else if started && pass + 1 < PASSES.len() && !(fault == Fault::Stall && pass >= 1)
+                } else if started
+                    && pass + 1 < PASSES.len()
+                    && !(fault == Fault::Stall && pass >= 1)
+                    && fault != Fault::NoPass
                 {
                     pass += 1;
                     out.push(event(
@@ -393,7 +398,9 @@ fn fake_source_timed(dir: &Path, fault: Fault, steering: Steering) -> (PathBuf, 
                 started = true;
                 out.push(ok(id, json!({})));
                 out.push(event("MIGRATION", json!({"status": "setup"}), 999.9));
-                out.push(event("MIGRATION_PASS", json!({"pass": 1}), PASSES[0].0));
+                if fault != Fault::NoPass {
+                    out.push(event("MIGRATION_PASS", json!({"pass": 1}), PASSES[0].0));
+                }
             }
             _ => out.push(ok(id, json!({}))),
         }
@@ -1104,6 +1111,41 @@ async fn an_abort_timeout_cancels_with_timed_out() {
     assert!(events.iter().any(
         |e| matches!(e, Event::TimedOut { overdue } if overdue.action == TimeoutAction::Abort)
     ));
+}
+
+/// Without any `MIGRATION_PASS` (QEMU stuck in setup, or the event lost) the completion
+/// timeout still runs, from `migrate`, and aborts: the old flat deadline's job is kept.
+#[tokio::test]
+async fn the_completion_timeout_runs_before_the_first_pass() {
+    let mut g = gcfg();
+    g.timeouts = Timeouts {
+        completion_per_gib_s: Some(1.5),
+        progress_s: Some(0.5),
+        action: TimeoutAction::Force,
+    };
+    let (out, log, _, events) = steered(Fault::NoPass, g, |_, _| async {}).await;
+    let err = out.expect_err("timed out");
+    match &err {
+        GovernorError::TimedOut {
+            overdue,
+            source_running: Some(true),
+        } => {
+            assert_eq!(overdue.kind, TimeoutKind::Completion);
+            assert_eq!(
+                overdue.action,
+                TimeoutAction::Abort,
+                "nothing can be forced before a round"
+            );
+        }
+        other => panic!("expected TimedOut, got {other:?}"),
+    }
+    assert_cleaned_up(&log, true);
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::StopAndCopy { .. })),
+        "no stop-and-copy announced"
+    );
 }
 
 /// A timeout whose action is `force` raises the downtime limit at once: QEMU stops and copies
