@@ -73,7 +73,9 @@ fn migrate_through_proxy(
         match rule(&m, &mut f) {
             Verdict::Forward => {
                 if p_dst.write_all(&f).is_err() {
-                    let _ = p_src.shutdown(Shutdown::Both);
+                    // The destination closed: its last words (an `Error`) are on their way
+                    // back; the back copier closes the source's side once they are through.
+                    // Closing it here could lose them.
                     return;
                 }
             }
