@@ -46,6 +46,31 @@ enum Verdict {
 
 /// Source -> proxy -> receiver. The proxy decodes every frame from the source and asks `rule`;
 /// the destination's answers pass through untouched.
+/// A destination played by the test: answers the source's `Hello` with a proper proof under
+/// `key(1)`, reads its `Auth`, and returns the session channel (nothing allocated, no `Ready`).
+fn fake_destination_handshake(b: &mut std::net::TcpStream) -> Channel {
+    let (hello @ Message::Hello { .. }, _) = read_msg(b).expect("hello") else {
+        panic!("not a hello")
+    };
+    let nd = [9u8; 32];
+    let body = hello.body();
+    let t = Transcript {
+        hello: &body,
+        version: VERSION,
+        dest_nonce: &nd,
+    };
+    let mac = key(1).prove(Role::Destination, &t);
+    Message::Challenge {
+        version: VERSION,
+        nonce: nd,
+        mac,
+    }
+    .write_to(b)
+    .expect("challenge");
+    let _ = read_msg(b).expect("auth");
+    Channel::new(key(1).session(&t), Role::Destination)
+}
+
 fn migrate_through_proxy(
     g: &SimGuest,
     cfg: livemig_policy::PolicyConfig,
@@ -538,26 +563,7 @@ fn a_destination_refusing_mid_round_is_reported_with_its_reason() {
     let g = busy_guest();
     let (mut a, mut b) = pair();
     let fake = std::thread::spawn(move || {
-        let (hello @ Message::Hello { .. }, _) = read_msg(&mut b).expect("hello") else {
-            panic!("not a hello")
-        };
-        let nd = [9u8; 32];
-        let body = hello.body();
-        let t = Transcript {
-            hello: &body,
-            version: VERSION,
-            dest_nonce: &nd,
-        };
-        let mac = key(1).prove(Role::Destination, &t);
-        Message::Challenge {
-            version: VERSION,
-            nonce: nd,
-            mac,
-        }
-        .write_to(&mut b)
-        .expect("challenge");
-        let _ = read_msg(&mut b).expect("auth");
-        let mut chan = Channel::new(key(1).session(&t), Role::Destination);
+        let mut chan = fake_destination_handshake(&mut b);
         b.write_all(&chan.seal(&Message::Ready)).expect("ready");
         for _ in 0..3 {
             let _ = read_msg(&mut b).expect("a frame");
@@ -702,26 +708,7 @@ fn a_cancel_is_honoured_while_the_destination_keeps_the_source_waiting() {
     let g = busy_guest();
     let (mut a, mut b) = pair();
     let fake = std::thread::spawn(move || {
-        let (hello @ Message::Hello { .. }, _) = read_msg(&mut b).expect("hello") else {
-            panic!("not a hello")
-        };
-        let nd = [9u8; 32];
-        let body = hello.body();
-        let t = Transcript {
-            hello: &body,
-            version: VERSION,
-            dest_nonce: &nd,
-        };
-        let mac = key(1).prove(Role::Destination, &t);
-        Message::Challenge {
-            version: VERSION,
-            nonce: nd,
-            mac,
-        }
-        .write_to(&mut b)
-        .expect("challenge");
-        let _ = read_msg(&mut b).expect("auth");
-        let mut chan = Channel::new(key(1).session(&t), Role::Destination);
+        let mut chan = fake_destination_handshake(&mut b);
         // "Still preparing memory", for up to 20 s, never `Ready`.
         for _ in 0..100 {
             if b.write_all(&chan.seal(&Message::Wait)).is_err() {

@@ -94,8 +94,8 @@ pub fn simulate_observed(
     let mut next = pilot.start(now, grant)?;
     let mut to_send = setup.memory_bytes;
     loop {
-        let (round, cap) = match next {
-            Next::Round { round, cap, .. } => (round, cap),
+        let (round, wish, cap) = match next {
+            Next::Round { round, wish, cap } => (round, wish, cap),
             Next::StopAndCopy { cap, reason, .. } => {
                 observer(&Event::StopAndCopy {
                     reason,
@@ -117,14 +117,12 @@ pub fn simulate_observed(
                 return Ok(pilot.finish(stop, peak_window(&segments, PEAK_WINDOW_S)));
             }
         };
-        if let Next::Round { wish, .. } = next {
-            observer(&Event::RoundStarted {
-                round,
-                wish_bytes_per_s: wish,
-                cap_bytes_per_s: cap,
-                bytes: to_send,
-            });
-        }
+        observer(&Event::RoundStarted {
+            round,
+            wish_bytes_per_s: wish,
+            cap_bytes_per_s: cap,
+            bytes: to_send,
+        });
         let rate = setup.link.rate(cap);
         if rate <= 0.0 {
             return Err(SimError::ZeroRate { round, cap });

@@ -247,10 +247,11 @@ impl GuestArgs {
         Ok(SimGuest::start(&guest, u64::MAX)?)
     }
 
-    /// Sender settings for `cfg`, checked against its lowest cap (one frame must move within
-    /// the timeout at every cap the policy may set).
-    pub fn sender(&self, cfg: &PolicyConfig) -> Result<SenderConfig> {
+    /// Sender settings for `cfg` under `timeouts`, checked against its lowest cap (one frame
+    /// must move within the timeout at every cap the policy may set).
+    pub fn sender(&self, cfg: &PolicyConfig, timeouts: Timeouts) -> Result<SenderConfig> {
         let send = SenderConfig {
+            timeouts,
             compress: self.compress,
             stop_remaining: cfg.stop_remaining,
             sample_s: duration("sample", &self.sample)?.as_secs_f64(),

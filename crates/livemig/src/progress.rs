@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use livemig_engine::wire::PAGE_SIZE;
 use livemig_policy::{Action, Event, Stamped};
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
@@ -208,9 +209,9 @@ impl Progress {
             Event::Listening { address } => self.line(format!("listening on {address}")),
             Event::Accepted { peer } => self.line(format!("{peer}: connected")),
             Event::Received { round, pages } => self.line(if *round == 0 {
-                format!("stop-and-copy received: {}", fmt_bytes((*pages * 4096) as f64))
+                format!("stop-and-copy received: {}", fmt_bytes((*pages * PAGE_SIZE as u64) as f64))
             } else {
-                format!("round {round} received: {}", fmt_bytes((*pages * 4096) as f64))
+                format!("round {round} received: {}", fmt_bytes((*pages * PAGE_SIZE as u64) as f64))
             }),
             Event::Resumed { session } => self.line(format!(
                 "session {session}: the guest runs here (verified, committed)"

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use livemig_engine::serve::{ServeConfig, Served};
-use livemig_engine::SenderConfig;
 use livemig_engine::{net, Control, Key, ReceiverConfig};
 
 use crate::args::{
@@ -51,10 +50,7 @@ pub fn run(args: Args) -> Result<()> {
     let timeouts = args.timeouts.timeouts()?;
     let progress_format = args.progress.format(args.json);
     let timeout = args.guest.timeout()?;
-    let send_cfg = SenderConfig {
-        timeouts,
-        ..args.guest.sender(&cfg)?
-    };
+    let send_cfg = args.guest.sender(&cfg, timeouts)?;
     let mut policy = args.policy.0.build(cfg.clone())?;
     tracing::debug!(
         ?cfg,

@@ -4,7 +4,6 @@ use std::net::ToSocketAddrs;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use livemig_engine::SenderConfig;
 use livemig_engine::{Control, Key, SimGuest};
 
 use crate::args::{
@@ -55,10 +54,7 @@ pub fn run(args: Args) -> Result<()> {
     let progress_format = args.progress.format(args.json);
     let key = Key::load(&args.key)?;
     let timeout = args.guest.timeout()?;
-    let send_cfg = SenderConfig {
-        timeouts,
-        ..args.guest.sender(&cfg)?
-    };
+    let send_cfg = args.guest.sender(&cfg, timeouts)?;
     if !args.hold_dir.is_dir() {
         bail!("--hold-dir {} is not a directory", args.hold_dir.display());
     }
