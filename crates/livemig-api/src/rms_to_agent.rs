@@ -1,0 +1,117 @@
+//! What the RMS asks of an agent (besides the capacity inquiry and the VM routes the agent
+//! already serves).
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST /api/v1/incoming` [`IncomingRequest`] | 201 [`IncomingReady`]; 404 unknown reservation; 409 VM already here |
+//! | `POST /api/v1/outgoing` [`OutgoingRequest`] | 202 (the migration runs; its events follow); 404 no such VM; 409 VM busy |
+//! | `DELETE /api/v1/outgoing/{migration}` | 202 cancel asked; 404 unknown; 409 past the commit point |
+//! | `GET /api/v1/report` | 200 [`RunReport`] |
+
+use std::collections::BTreeMap;
+
+use livemig_policy::PolicySpec;
+use serde::{Deserialize, Serialize};
+
+use crate::agent_to_rms::VmInfo;
+use crate::{MigrationKey, MigrationNo};
+
+/// To the destination: get ready to receive `vm` for `migration`, into the room held by
+/// `reservation`, from a source that proves `key`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncomingRequest {
+    pub migration: MigrationNo,
+    pub reservation: String,
+    pub vm: VmInfo,
+    pub key: MigrationKey,
+}
+
+/// The destination listens for this migration's data stream here (`IP:PORT`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IncomingReady {
+    pub data_address: String,
+}
+
+/// To the source: migrate `vm` to `target`'s `data_address`, proving `key`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutgoingRequest {
+    pub migration: MigrationNo,
+    pub vm: String,
+    /// The destination host's name (for logs and events).
+    pub target: String,
+    pub data_address: String,
+    pub key: MigrationKey,
+    /// The bandwidth policy by name.
+    pub policy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<PolicySpec>,
+}
+
+/// Which end of a migration an agent is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Source,
+    Destination,
+}
+
+/// What an agent's executor says about one migration it took part in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalState {
+    /// Its executor still runs the migration (rounds, stop-and-copy, or settling a commit).
+    Migrating,
+    /// Source: the hand-over completed; destination: the guest runs here.
+    HandedOver,
+    /// The executor ended without a hand-over.
+    Failed,
+    /// The executor was cancelled before the commit point.
+    Cancelled,
+    /// A destination holds a verified copy, paused, until its source settles it.
+    Held,
+}
+
+/// One migration an agent took part in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalMigration {
+    pub role: Role,
+    pub vm: String,
+    pub state: LocalState,
+}
+
+/// `GET /api/v1/report`: what the agent runs and the migrations it knows of, for the RMS's
+/// recovery after a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub host: String,
+    /// The VMs running here.
+    pub vms: Vec<VmInfo>,
+    pub migrations: BTreeMap<MigrationNo, LocalMigration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let bad = r#"{"migration":1,"vm":"a","target":"b","data_address":"x:1","key":"00","policy":"p","extra":1}"#;
+        assert!(serde_json::from_str::<OutgoingRequest>(bad).is_err());
+    }
+
+    #[test]
+    fn local_state_names() {
+        let s = serde_json::to_string(&LocalState::HandedOver).expect("serialises");
+        assert_eq!(s, "\"handed_over\"");
+    }
+
+    #[test]
+    fn key_debug_hides_the_key() {
+        let k = MigrationKey("ab".repeat(32));
+        assert!(k.is_well_formed());
+        assert!(!format!("{k:?}").contains("abab"));
+        assert!(!MigrationKey("zz".repeat(32)).is_well_formed());
+    }
+}
