@@ -134,6 +134,31 @@ fn foreign_keys_hold() {
 }
 
 #[test]
+fn a_deleted_vm_leaves_its_migrations_on_record() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut store = file_store(&dir);
+    for h in ["a", "b"] {
+        store
+            .apply(&Change::Host(Box::new(host(h))))
+            .expect("a host");
+    }
+    store
+        .apply(&Change::Vm(Box::new(vm("vm1", "a"))))
+        .expect("a VM");
+    let m = full_migration(1, "vm1", "a", "b");
+    store
+        .apply(&Change::Migration(Box::new(m.clone())))
+        .expect("a migration");
+    store
+        .apply(&Change::VmRemoved { name: "vm1".into() })
+        .expect("deleted");
+    drop(store);
+    let store = file_store(&dir);
+    assert_eq!(store.vm("vm1").expect("reads"), None);
+    assert_eq!(store.migration(MigrationId(1)).expect("reads"), Some(m));
+}
+
+#[test]
 fn postgres_parses_but_does_not_open_yet() {
     let url = StoreUrl::parse("postgres://rms@db/livemig").expect("parses");
     let e = open(&url).expect_err("not yet");

@@ -1,7 +1,7 @@
 //! Hosts and VMs: registration, heartbeats, liveness on `Tick`, a lost host's migrations,
 //! and reconciliation after an RMS restart.
 
-use super::{Effect, Orchestrator, OrchestratorError};
+use super::{Change, Effect, Orchestrator, OrchestratorError};
 use crate::api::HostState;
 use crate::inventory::{self, Host, Vm};
 use crate::migration::{CancelCause, MigrationState};
@@ -50,6 +50,36 @@ impl Orchestrator {
         let name = vm.name.clone();
         self.vms.insert(name.clone(), vm);
         self.save_vm(&name, effects);
+        Ok(())
+    }
+
+    /// A VM leaves the location table, unless a migration holds it (queued, placing,
+    /// running, switching over or unknown): those must end or be settled first.
+    pub(super) fn remove_vm(
+        &mut self,
+        name: &str,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), OrchestratorError> {
+        if !self.vms.contains_key(name) {
+            return Err(OrchestratorError::UnknownVm(name.to_string()));
+        }
+        if let Some(m) = self.holding(name) {
+            return Err(if m.state == MigrationState::Unknown {
+                OrchestratorError::VmBlocked {
+                    vm: name.to_string(),
+                    migration: m.id,
+                }
+            } else {
+                OrchestratorError::VmBusy {
+                    vm: name.to_string(),
+                    migration: m.id,
+                }
+            });
+        }
+        self.vms.remove(name);
+        effects.push(Effect::Persist(Change::VmRemoved {
+            name: name.to_string(),
+        }));
         Ok(())
     }
 

@@ -86,6 +86,8 @@ pub enum Input {
         kind: VmKind,
         host: String,
     },
+    /// An operator deleted a VM (its agent stopped it): it leaves the location table.
+    RemoveVm { name: String },
     /// An agent's heartbeat, with its free memory (reservations deducted).
     Heartbeat {
         host: String,
@@ -133,6 +135,10 @@ pub enum Change {
     Host(Box<Host>),
     /// A VM record; its `host` is the location table's entry.
     Vm(Box<Vm>),
+    /// The VM named here no longer exists (deleted by an operator).
+    VmRemoved {
+        name: String,
+    },
     Migration(Box<Migration>),
 }
 
@@ -320,6 +326,7 @@ impl Orchestrator {
                 };
                 self.add_vm(vm, &mut step.effects)?
             }
+            Input::RemoveVm { name } => self.remove_vm(&name, &mut step.effects)?,
             Input::Heartbeat {
                 host,
                 memory_free_bytes,

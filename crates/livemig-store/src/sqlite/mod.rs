@@ -138,6 +138,7 @@ impl Store for SqliteStore {
         match change {
             Change::Host(h) => rows::put_host(&tx, h)?,
             Change::Vm(v) => rows::put_vm(&tx, v)?,
+            Change::VmRemoved { name } => rows::delete_vm(&tx, name)?,
             Change::Migration(m) => rows::put_migration(&tx, m)?,
         }
         tx.commit().map_err(StoreError::db("committing a change"))

@@ -248,6 +248,16 @@ pub fn put_vm(conn: &Connection, v: &Vm) -> Result<(), StoreError> {
     )
 }
 
+/// Deletes a VM's row (its migrations keep their records, which name it).
+pub fn delete_vm(conn: &Connection, name: &str) -> Result<(), StoreError> {
+    execute(
+        conn,
+        "DELETE FROM vms WHERE name = ?1",
+        &[&name],
+        "deleting a VM",
+    )
+}
+
 pub fn put_migration(conn: &Connection, m: &Migration) -> Result<(), StoreError> {
     let w = Writer {
         table: "migrations",

@@ -6,7 +6,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use crate::error::StoreError;
 
 /// Every schema migration, in order: version `i + 1` is `MIGRATIONS[i]`. Append only.
-pub const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../../migrations/0001_init.sql")),
+    (2, include_str!("../../migrations/0002_vm_delete.sql")),
+];
 
 /// The newest schema this build knows.
 pub fn latest() -> u32 {

@@ -199,3 +199,27 @@ fn hosts_lapsing_together_are_all_lost_before_the_next_ask() {
         "b's loss is its refusal; c was never asked"
     );
 }
+
+#[test]
+fn a_vm_is_removed_only_when_no_migration_holds_it() {
+    let mut o = cluster(4);
+    let id = submit(&mut o, "vm1", None);
+    assert_eq!(
+        o.handle(Input::RemoveVm { name: "vm1".into() }),
+        Err(OrchestratorError::VmBusy {
+            vm: "vm1".into(),
+            migration: id
+        })
+    );
+    assert!(o.vm("vm1").is_some());
+    let fx = run(&mut o, Input::RemoveVm { name: "vm2".into() });
+    assert_eq!(
+        fx,
+        vec![Effect::Persist(Change::VmRemoved { name: "vm2".into() })]
+    );
+    assert!(o.vm("vm2").is_none());
+    assert_eq!(
+        o.handle(Input::RemoveVm { name: "vm2".into() }),
+        Err(OrchestratorError::UnknownVm("vm2".into()))
+    );
+}
