@@ -61,7 +61,7 @@ impl Guard {
 
     /// `api` behind the token, plus an open `GET /healthz`, every request bounded and counted,
     /// unknown routes and methods answered in JSON.
-    pub fn wrap(self: &Arc<Guard>, api: Router) -> Router {
+    pub fn wrap<S: Clone + Send + Sync + 'static>(self: &Arc<Guard>, api: Router<S>) -> Router<S> {
         let api = api
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)

@@ -20,4 +20,4 @@ pub use body::{BodyLimit, Json, DEFAULT_BODY_LIMIT};
 pub use error::{json, ApiError};
 pub use guard::{Counters, Guard};
 pub use server::{serve, ServerConfig};
-pub use token::{Token, TokenError};
+pub use token::{Secret, Token, TokenError};

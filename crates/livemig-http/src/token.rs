@@ -41,6 +41,26 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// A token's text, for a client's `Authorization` header. Its `Debug` hides it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(text: &str) -> Secret {
+        Secret(text.trim().to_string())
+    }
+    /// `Bearer <token>`.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.0)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 impl Token {
     /// A token from its text (surrounding whitespace trimmed); `None` if empty.
     pub fn new(text: &str) -> Option<Token> {
@@ -54,6 +74,11 @@ impl Token {
     /// [`MAX_TOKEN_FILE_BYTES`], or readable by anyone but its owner (a token others can
     /// read is not a secret).
     pub fn load(path: &Path) -> Result<Token, TokenError> {
+        Token::load_secret(path).map(|(t, _)| t)
+    }
+
+    /// [`Token::load`], also returning the token's text, for a client that must send it.
+    pub fn load_secret(path: &Path) -> Result<(Token, Secret), TokenError> {
         use std::io::Read;
         use std::os::unix::fs::PermissionsExt;
         let shown = path.display().to_string();
@@ -79,7 +104,9 @@ impl Token {
         let text = String::from_utf8(bytes).map_err(|_| TokenError::NotText {
             path: shown.clone(),
         })?;
-        Token::new(text.lines().next().unwrap_or("")).ok_or(TokenError::Empty { path: shown })
+        let line = text.lines().next().unwrap_or("").trim().to_string();
+        let token = Token::new(&line).ok_or(TokenError::Empty { path: shown })?;
+        Ok((token, Secret(line)))
     }
 
     /// Whether an `Authorization` header value carries this token.

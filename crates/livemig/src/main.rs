@@ -10,6 +10,7 @@
 //! - [`cmd::qemu`]: `livemig qemu migrate | restore | dirty-trace`, real QEMU migrations;
 //!   [`cmd::qemu_bench`]: `livemig qemu bench`; [`rt`]: their async runtime.
 //! - [`cmd::agent`]: `livemig agent`, the per-host migration monitor's HTTP API.
+//! - [`cmd::rms`]: `livemig rms`, the Resource Management System.
 //! - [`cmd::completions`], [`cmd::man`]: shell completions and manual pages, generated from
 //!   these definitions.
 //! - [`table`]: human tables; [`plot`]: SVG/PNG plots; [`progress`]: live round progress.
@@ -82,6 +83,9 @@ enum Command {
     Qemu(Qemu),
     /// Run the per-host migration monitor: HTTP API for capacity, VMs and metrics.
     Agent(Box<cmd::agent::Args>),
+    /// Run the Resource Management System: the API operators and agents use, the orchestrator,
+    /// its store.
+    Rms(Box<cmd::rms::Args>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cmd::completions::Args),
     /// Print the manual page, or write one page per command into a directory.
@@ -145,6 +149,7 @@ fn main() {
         Command::Qemu(Qemu::Run(c)) => cmd::qemu::run(c),
         Command::Qemu(Qemu::Bench(a)) => cmd::qemu_bench::run(*a),
         Command::Agent(a) => cmd::agent::run(*a),
+        Command::Rms(a) => cmd::rms::run(*a),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         Command::Man(a) => cmd::man::run(a, Cli::command()),
     };

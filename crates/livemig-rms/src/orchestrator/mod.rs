@@ -27,6 +27,7 @@ use crate::migration::{Migration, MigrationId, MigrationState, Reservation};
 use crate::recovery::AgentReport;
 
 pub use rule::check_persist_before_act;
+pub use running::OUTCOME_SOURCE_RUNNING;
 
 /// The orchestrator's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,4 +11,5 @@ pub mod qemu;
 pub mod qemu_bench;
 pub mod receive;
 pub mod resolve;
+pub mod rms;
 pub mod simulate;

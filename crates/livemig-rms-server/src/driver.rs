@@ -1,0 +1,236 @@
+//! The driver: one thread owns the [`Orchestrator`] and the store. Inputs arrive on a
+//! channel (from the routes, the agents' answers, the clock); each step's effects are carried
+//! out in order: a `Persist` is written and durable before the next effect, and the actions
+//! are handed, with what they need to know, to the [`crate::actions`] dispatcher.
+//!
+//! A store that fails (or fences this process off) stops the driver: no later input is taken
+//! and no later effect is acted on, so the store stays the truth a restart recovers from.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use livemig_rms::{Effect, Input, Orchestrator, OrchestratorError, Step, Vm};
+use livemig_store::{Store, StoreError};
+use tokio::sync::oneshot;
+
+/// Seconds on the RMS's clock (Unix time in the binary; persisted times are on it).
+pub type Clock = Arc<dyn Fn() -> f64 + Send + Sync>;
+
+/// The system clock as Unix seconds.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    })
+}
+
+/// Why an input was not handled.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Refused(#[from] OrchestratorError),
+    #[error("the RMS stopped taking changes: {0}")]
+    Stopped(String),
+}
+
+/// An action effect with what carrying it out needs (addresses, the VM), resolved by the
+/// driver when the effect was produced.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub effect: Effect,
+    /// The agent address of every host the effect names.
+    pub addresses: Vec<(String, String)>,
+    /// The VM a `StartMigration` moves.
+    pub vm: Option<Vm>,
+}
+
+impl Job {
+    pub fn address(&self, host: &str) -> Option<&str> {
+        self.addresses
+            .iter()
+            .find(|(h, _)| h == host)
+            .map(|(_, a)| a.as_str())
+    }
+}
+
+type Reply = oneshot::Sender<Result<Step, DriverError>>;
+type Reader = Box<dyn FnOnce(&Orchestrator) + Send>;
+
+enum Command {
+    Input(Box<Input>, Option<Reply>),
+    Read(Reader),
+}
+
+/// A handle to the driver (cheap to clone).
+#[derive(Clone)]
+pub struct Driver {
+    tx: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Driver")
+    }
+}
+
+impl Driver {
+    /// Handles `input`; resolves once its effects were persisted and dispatched.
+    pub async fn input(&self, input: Input) -> Result<Step, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Input(Box::new(input), Some(tx)))
+            .map_err(|_| DriverError::Stopped("the driver has ended".into()))?;
+        rx.await
+            .map_err(|_| DriverError::Stopped("the driver has ended".into()))?
+    }
+
+    /// Reads the orchestrator's picture.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Orchestrator) -> T + Send + 'static,
+    ) -> Result<T, DriverError> {
+        let (tx, rx) = oneshot::channel();
+        let reader: Reader = Box::new(move |o| {
+            let _ = tx.send(f(o));
+        });
+        self.tx
+            .send(Command::Read(reader))
+            .map_err(|_| DriverError::Stopped("the driver has ended".into()))?;
+        rx.await
+            .map_err(|_| DriverError::Stopped("the driver has ended".into()))
+    }
+}
+
+/// The driver's thread; dropping every [`Driver`] handle ends it.
+#[derive(Debug)]
+pub struct Running {
+    pub driver: Driver,
+    pub thread: JoinHandle<Result<(), StoreError>>,
+}
+
+/// Starts the driver over `orchestrator` and `store`; `jobs` receives the actions in order;
+/// the clock ticks the orchestrator every `tick`.
+pub fn start(
+    orchestrator: Orchestrator,
+    store: Box<dyn Store>,
+    clock: Clock,
+    tick: Duration,
+    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
+) -> std::io::Result<Running> {
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("rms-driver".into())
+        .spawn(move || run(orchestrator, store, clock, tick, rx, jobs))?;
+    Ok(Running {
+        driver: Driver { tx },
+        thread,
+    })
+}
+
+fn run(
+    mut o: Orchestrator,
+    mut store: Box<dyn Store>,
+    clock: Clock,
+    tick: Duration,
+    rx: mpsc::Receiver<Command>,
+    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
+) -> Result<(), StoreError> {
+    let mut next_tick = Instant::now();
+    let mut broken: Option<String> = None;
+    loop {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        let cmd = match rx.recv_timeout(wait) {
+            Ok(c) => Some(c),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+        };
+        let input = match cmd {
+            Some(Command::Read(f)) => {
+                f(&o);
+                continue;
+            }
+            Some(Command::Input(input, reply)) => Some((*input, reply)),
+            None => None,
+        };
+        if Instant::now() >= next_tick {
+            next_tick = Instant::now() + tick;
+            if broken.is_none() {
+                if let Err(e) = step(&mut o, &mut *store, &jobs, Input::Tick { now: clock() }) {
+                    broken = Some(stopped(&e));
+                }
+            }
+        }
+        let Some((input, reply)) = input else {
+            continue;
+        };
+        let result = match &broken {
+            Some(why) => Err(DriverError::Stopped(why.clone())),
+            None => match step(&mut o, &mut *store, &jobs, input) {
+                Ok(r) => r.map_err(DriverError::from),
+                Err(e) => {
+                    let why = stopped(&e);
+                    broken = Some(why.clone());
+                    Err(DriverError::Stopped(why))
+                }
+            },
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+fn stopped(e: &StoreError) -> String {
+    tracing::error!(error = %e, "the store failed: this RMS takes no more changes; restart it to recover from the store");
+    format!("the store failed ({e}); restart the RMS")
+}
+
+/// One input: the orchestrator decides, then every effect in order. An `Err` is the store's
+/// (fatal); the inner result is the orchestrator's refusal (nothing changed).
+fn step(
+    o: &mut Orchestrator,
+    store: &mut dyn Store,
+    jobs: &tokio::sync::mpsc::UnboundedSender<Job>,
+    input: Input,
+) -> Result<Result<Step, OrchestratorError>, StoreError> {
+    let step = match o.handle(input) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e)),
+    };
+    for effect in &step.effects {
+        match effect {
+            Effect::Persist(change) => store.apply(change)?,
+            action => {
+                let _ = jobs.send(job(o, action.clone()));
+            }
+        }
+    }
+    Ok(Ok(step))
+}
+
+fn job(o: &Orchestrator, effect: Effect) -> Job {
+    let hosts: Vec<&str> = match &effect {
+        Effect::AskCapacity { host, .. }
+        | Effect::Release { host, .. }
+        | Effect::Cancel { host, .. }
+        | Effect::SetLocation { host, .. } => vec![host],
+        Effect::StartMigration { source, target, .. } => vec![source, target],
+        Effect::Flag { .. } | Effect::Persist(_) => vec![],
+    };
+    let addresses = hosts
+        .into_iter()
+        .filter_map(|h| o.host(h).map(|x| (h.to_string(), x.address.clone())))
+        .collect();
+    let vm = match &effect {
+        Effect::StartMigration { vm, .. } => o.vm(vm).cloned(),
+        _ => None,
+    };
+    Job {
+        effect,
+        addresses,
+        vm,
+    }
+}

@@ -1,0 +1,161 @@
+//! The agents' routes: registration, heartbeats, migration events and reports.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use livemig_api::{AgentEvent, AgentReportPost, Heartbeat, Register, Registered};
+use livemig_http::{json, ApiError, Json};
+use livemig_rms::{Input, MigrationId, OrchestratorError, VmKind};
+
+use super::{refused, Shared};
+use crate::driver::DriverError;
+
+/// The longest host name.
+pub const MAX_HOST_NAME: usize = 64;
+
+fn check_host(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_HOST_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(format!(
+            "a host name is 1 to {MAX_HOST_NAME} characters of A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
+/// An agent (re)introduces itself and the VMs it runs. A VM the RMS places elsewhere is not
+/// moved by a registration: the location table changes only on a confirmed hand-over.
+pub async fn register(State(app): Shared, Json(r): Json<Register>) -> Result<Response, ApiError> {
+    check_host(&r.name)?;
+    if r.address.parse::<std::net::SocketAddr>().is_err() {
+        return Err(ApiError::unprocessable(format!(
+            "address `{}` is not IP:PORT",
+            r.address
+        )));
+    }
+    if let Some(t) = r.timeout_s {
+        if !(t.is_finite() && t > 0.0 && t <= 3600.0) {
+            return Err(ApiError::unprocessable(
+                "timeout_s must be between 0 and 3600 seconds",
+            ));
+        }
+    }
+    app.driver
+        .input(Input::AddHost {
+            name: r.name.clone(),
+            address: r.address.clone(),
+            memory_total_bytes: r.memory_total_bytes,
+            timeout_s: r.timeout_s,
+        })
+        .await
+        .map_err(refused)?;
+    app.driver
+        .input(Input::Heartbeat {
+            host: r.name.clone(),
+            memory_free_bytes: r.memory_free_bytes,
+        })
+        .await
+        .map_err(refused)?;
+    for vm in r.vms {
+        let name = vm.name.clone();
+        let added = app
+            .driver
+            .input(Input::AddVm {
+                name: vm.name,
+                memory_bytes: vm.memory_bytes,
+                workload: vm.workload,
+                kind: match vm.kind {
+                    livemig_api::VmKind::Sim => VmKind::Sim,
+                    livemig_api::VmKind::Qemu => VmKind::Qemu,
+                },
+                host: r.name.clone(),
+            })
+            .await;
+        match added {
+            Ok(_) | Err(DriverError::Refused(OrchestratorError::VmExists(_))) => {}
+            Err(e) => {
+                tracing::warn!(host = %r.name, vm = %name, error = %e, "a VM the agent runs was not recorded")
+            }
+        }
+    }
+    tracing::info!(host = %r.name, address = %r.address, "an agent registered");
+    Ok(json(
+        StatusCode::OK,
+        &Registered {
+            heartbeat_s: app.heartbeat_s,
+        },
+    ))
+}
+
+pub async fn heartbeat(State(app): Shared, Json(h): Json<Heartbeat>) -> Result<Response, ApiError> {
+    app.driver
+        .input(Input::Heartbeat {
+            host: h.name,
+            memory_free_bytes: h.memory_free_bytes,
+        })
+        .await
+        .map_err(refused)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn event(State(app): Shared, Json(e): Json<AgentEvent>) -> Result<Response, ApiError> {
+    let input = Input::AgentEvent {
+        migration: MigrationId(e.migration),
+        host: e.host.clone(),
+        event: e.event,
+    };
+    match app.driver.input(input).await {
+        Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(err) => {
+            if matches!(
+                err,
+                DriverError::Refused(OrchestratorError::Contradicts { .. })
+            ) {
+                tracing::error!(host = %e.host, migration = e.migration, error = %err, "an agent contradicts the record");
+            }
+            Err(refused(err))
+        }
+    }
+}
+
+pub async fn report(
+    State(app): Shared,
+    Json(r): Json<AgentReportPost>,
+) -> Result<Response, ApiError> {
+    let known = app
+        .driver
+        .read(move |o| {
+            o.migration(MigrationId(r.migration))
+                .map(|m| m.source.clone())
+        })
+        .await
+        .map_err(refused)?;
+    match known {
+        None => {
+            return Err(ApiError::not_found(format!(
+                "no migration has id {}",
+                r.migration
+            )))
+        }
+        Some(source) if source != r.host => {
+            return Err(ApiError::conflict(format!(
+                "`{}` is not the source of migration {}",
+                r.host, r.migration
+            )))
+        }
+        Some(_) => {}
+    }
+    app.driver
+        .input(Input::Report {
+            migration: MigrationId(r.migration),
+            report: r.report,
+        })
+        .await
+        .map_err(refused)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,130 @@
+//! The RMS as one process: load the store, start the driver and the dispatcher, recover what
+//! was unfinished, serve the API until the shutdown token is cancelled, then stop in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use livemig_http::{Guard, Secret, ServerConfig, Token};
+use livemig_rms::{Config, Input};
+use livemig_store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::actions::{self, ActionCounters};
+use crate::client::{AgentClient, CallError};
+use crate::driver::{self, Clock};
+use crate::recover;
+use crate::routes::{router, App};
+
+/// The RMS's settings (no live handles).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RmsConfig {
+    pub orchestrator: Config,
+    /// How often the orchestrator's clock ticks (ask timeouts, reservation expiry, liveness).
+    pub tick: Duration,
+    /// The deadline of every call to an agent.
+    pub agent_timeout: Duration,
+    /// How often agents heartbeat (told at registration).
+    pub heartbeat_s: f64,
+}
+
+impl Default for RmsConfig {
+    fn default() -> RmsConfig {
+        RmsConfig {
+            orchestrator: Config::default(),
+            tick: Duration::from_millis(250),
+            agent_timeout: Duration::from_secs(5),
+            heartbeat_s: 1.0,
+        }
+    }
+}
+
+/// Why the RMS could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RmsError {
+    #[error("cannot read the store")]
+    Load(#[source] StoreError),
+    #[error("the store failed while the RMS ran")]
+    Store(#[source] StoreError),
+    #[error("cannot build the agent client")]
+    Client(#[source] CallError),
+    #[error("cannot start the driver thread")]
+    Thread(#[source] std::io::Error),
+    #[error("the driver thread panicked")]
+    Panicked,
+}
+
+/// Serves the RMS on `listener` until `shutdown`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    listener: TcpListener,
+    store: Box<dyn Store>,
+    token: Token,
+    secret: Secret,
+    cfg: RmsConfig,
+    server: ServerConfig,
+    clock: Clock,
+    shutdown: CancellationToken,
+) -> Result<(), RmsError> {
+    let snapshot = store.load().map_err(RmsError::Load)?;
+    let known: Vec<(String, String)> = snapshot
+        .hosts
+        .iter()
+        .map(|h| (h.name.clone(), h.address.clone()))
+        .collect();
+    let unfinished = snapshot
+        .migrations
+        .iter()
+        .filter(|m| !m.state.is_terminal())
+        .count();
+    tracing::info!(
+        hosts = known.len(),
+        vms = snapshot.vms.len(),
+        migrations = snapshot.migrations.len(),
+        unfinished,
+        "loaded the store"
+    );
+    let orchestrator = snapshot.restore(cfg.orchestrator.clone(), clock());
+    let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
+    let running =
+        driver::start(orchestrator, store, clock, cfg.tick, jobs_tx).map_err(RmsError::Thread)?;
+    let client = AgentClient::new(&secret, cfg.agent_timeout).map_err(RmsError::Client)?;
+    let counters = Arc::new(ActionCounters::default());
+    let dispatcher = tokio::spawn(actions::dispatch(
+        jobs_rx,
+        running.driver.clone(),
+        client.clone(),
+        Arc::clone(&counters),
+        shutdown.clone(),
+    ));
+    // Recovery before serving: every unfinished migration is decided from what the agents
+    // say they run, not from events that may have been lost while the RMS was down.
+    let reports = recover::ask_all(&client, known).await;
+    match running.driver.input(Input::Restarted { reports }).await {
+        Ok(step) => tracing::info!(effects = step.effects.len(), "recovered after the restart"),
+        Err(e) => tracing::error!(error = %e, "recovery was refused"),
+    }
+    let guard = Guard::new(token, server.body_limit, server.request_timeout);
+    let app = Arc::new(App {
+        driver: running.driver.clone(),
+        client,
+        guard,
+        actions: counters,
+        heartbeat_s: cfg.heartbeat_s,
+    });
+    livemig_http::serve(listener, router(Arc::clone(&app)), server, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Err(e) = dispatcher.await {
+        tracing::error!(error = %e, "the dispatcher failed");
+    }
+    drop(app);
+    drop(running.driver);
+    let thread = running.thread;
+    match tokio::task::spawn_blocking(move || thread.join()).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(RmsError::Store(e)),
+        _ => Err(RmsError::Panicked),
+    }
+}

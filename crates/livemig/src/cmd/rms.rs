@@ -1,0 +1,110 @@
+//! `livemig rms`: the Resource Management System: the HTTP API operators and agents use, the
+//! orchestrator, its store.
+//!
+//! Every flag, the token file and the store are checked before the socket is bound (exit 2).
+//! SIGINT or SIGTERM stops it cleanly: no new connections, requests in flight get a short
+//! grace, the store is closed. Migrations in flight go on on their agents; the next start
+//! recovers them from the store and the agents' reports.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use livemig_http::{ServerConfig, Token};
+use livemig_rms_server::RmsConfig;
+use livemig_store::StoreUrl;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::positive_duration;
+
+/// `livemig rms` flags.
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = "Examples:
+  livemig rms --listen 0.0.0.0:7700 --db sqlite:/var/lib/livemig/rms.db --token-file /etc/livemig/token
+  livemig rms --listen 127.0.0.1:0 --db sqlite::memory: --token-file rms.token --json
+
+The token file holds the cluster's bearer token on its first line (mode 600); agents and the
+operator CLI use the same token. Every request but GET /healthz carries
+`Authorization: Bearer <token>`. API: docs/system.md; operations: docs/operations.md.")]
+pub struct Args {
+    /// Address to listen on (HOST:PORT; port 0 picks one and prints it).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: String,
+    /// The store: `sqlite:PATH` (created if missing; WAL) or `sqlite::memory:` (tests only).
+    #[arg(long, default_value = "sqlite:livemig-rms.db")]
+    pub db: String,
+    /// File holding the bearer token (first line; mode 600).
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// Migrations placing or running at once; more wait `queued`.
+    #[arg(long, default_value_t = 4)]
+    pub max_active: usize,
+    /// How long a host may stay silent before it is marked lost (unless it registered its own).
+    #[arg(long, default_value = "10s")]
+    pub host_timeout: String,
+    /// How long a host may take to answer a capacity question.
+    #[arg(long, default_value = "5s")]
+    pub answer_timeout: String,
+    /// How often agents send heartbeats (told to them at registration).
+    #[arg(long, default_value = "1s")]
+    pub heartbeat: String,
+    /// The policy of a migration request that names none.
+    #[arg(long, default_value = "predictive")]
+    pub default_policy: String,
+    /// Print the listening address as JSON (`{"listening": ...}`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `livemig rms` until SIGINT or SIGTERM.
+pub fn run(args: Args) -> Result<()> {
+    let (token, secret) = Token::load_secret(&args.token_file)?;
+    if args.max_active == 0 || args.max_active > 1024 {
+        bail!("--max-active must be between 1 and 1024");
+    }
+    let host_timeout = positive_duration("host-timeout", &args.host_timeout)?;
+    let answer_timeout = positive_duration("answer-timeout", &args.answer_timeout)?;
+    let heartbeat = positive_duration("heartbeat", &args.heartbeat)?;
+    if heartbeat >= host_timeout {
+        bail!("--heartbeat must be shorter than --host-timeout (a heartbeat must arrive in time)");
+    }
+    if <livemig_policy::PolicyKind as std::str::FromStr>::from_str(&args.default_policy).is_err() {
+        bail!("--default-policy: unknown policy `{}`", args.default_policy);
+    }
+    let url = StoreUrl::parse(&args.db).context("--db")?;
+    let store =
+        livemig_store::open(&url).with_context(|| format!("cannot open the store {}", args.db))?;
+    let mut cfg = RmsConfig::default();
+    cfg.orchestrator.max_active = args.max_active;
+    cfg.orchestrator.host_timeout_s = host_timeout.as_secs_f64();
+    cfg.orchestrator.answer_timeout_s = answer_timeout.as_secs_f64();
+    cfg.orchestrator.default_policy = args.default_policy.clone();
+    cfg.heartbeat_s = heartbeat.as_secs_f64();
+    cfg.agent_timeout = answer_timeout.min(Duration::from_secs(10));
+    let stop = CancellationToken::new();
+    let on_stop = stop.clone();
+    crate::signals::on_interrupt(move || on_stop.cancel())?;
+    let rt = crate::rt::runtime()?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&args.listen))
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?.to_string();
+    let line = if args.json {
+        serde_json::json!({"listening": address}).to_string()
+    } else {
+        format!("listening on {address}")
+    };
+    crate::out::emit_line(&line)?;
+    rt.block_on(livemig_rms_server::run(
+        listener,
+        store,
+        token,
+        secret,
+        cfg,
+        ServerConfig::default(),
+        livemig_rms_server::system_clock(),
+        stop,
+    ))?;
+    tracing::debug!("rms stopped");
+    Ok(())
+}
