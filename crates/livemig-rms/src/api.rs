@@ -41,6 +41,7 @@ pub enum VmKind {
 
 /// `POST /api/v1/vms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VmRequest {
     pub name: String,
     pub memory_bytes: u64,
@@ -54,6 +55,7 @@ pub struct VmRequest {
 
 /// `POST /api/v1/migrations`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MigrationRequest {
     pub vm: String,
     /// Ask only this host; the RMS ranks the alive hosts when absent.
