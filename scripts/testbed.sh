@@ -23,6 +23,8 @@ MAX_HOSTS=8
 
 SWITCH_NS="$PREFIX-switch"
 BRIDGE=br0
+# Where the RMS listens, in the switch namespace (on the bridge).
+RMS_ADDR=198.18.0.1
 STATE_FILE="$STATE_DIR/$PREFIX.state"
 LOCK_FILE="$STATE_DIR/$PREFIX.lock"
 
@@ -115,6 +117,9 @@ cmd_up() {
   # No spanning tree (one bridge, no loops) and no forwarding delay: ports forward at once.
   ip -n "$SWITCH_NS" link set "$BRIDGE" type bridge stp_state 0 forward_delay 0
   ip -n "$SWITCH_NS" link set "$BRIDGE" up
+  # The management address: the RMS runs in the switch namespace, beside the hosts, and
+  # reaches every agent (and they it) over the bridge.
+  ip -n "$SWITCH_NS" addr add "$RMS_ADDR/24" dev "$BRIDGE"
 
   local i ns
   for ((i = 1; i <= n; i++)); do
@@ -209,10 +214,10 @@ cmd_status() {
   fi
   local i ns addr up down pids sep="" rows=""
   if ((json)); then
-    printf '{"up":true,"prefix":"%s","switch":"%s","bridge":"%s","rate":"%s","hosts":[' \
-      "$PREFIX" "$SWITCH_NS" "$BRIDGE" "${rate:-unknown}"
+    printf '{"up":true,"prefix":"%s","switch":"%s","bridge":"%s","rms_address":"%s","rate":"%s","hosts":[' \
+      "$PREFIX" "$SWITCH_NS" "$BRIDGE" "$RMS_ADDR" "${rate:-unknown}"
   else
-    echo "testbed '$PREFIX': $n hosts, switch $SWITCH_NS (bridge $BRIDGE), configured rate ${rate:-unknown}"
+    echo "testbed '$PREFIX': $n hosts, switch $SWITCH_NS (bridge $BRIDGE, RMS address $RMS_ADDR), configured rate ${rate:-unknown}"
     printf '%-16s %-16s %-12s %-12s %s\n' HOST ADDRESS EGRESS INGRESS PROCESSES
   fi
   for ((i = 1; i <= n; i++)); do
