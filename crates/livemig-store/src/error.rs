@@ -1,6 +1,16 @@
 //! What can go wrong in a store: one error type for every backend.
 
+use crate::lease::Lease;
 use crate::url::UrlError;
+
+/// The database library's own error, whichever backend raised it.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Postgres(#[from] postgres::Error),
+}
 
 /// Why a store operation failed. A failed [`crate::Store::apply`] wrote nothing: the shell must
 /// not carry out the effects that follow the `Persist`.
@@ -11,11 +21,12 @@ pub enum StoreError {
     /// The backend is recognised but not built yet.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// `path` is the file, or the PostgreSQL URL with its password hidden.
     #[error("cannot open the database `{path}`")]
     Open {
         path: String,
         #[source]
-        source: rusqlite::Error,
+        source: DbError,
     },
     /// A durability setting did not take (e.g. the file system refuses WAL).
     #[error("the database `{path}` refused `{setting}`: it reports `{got}`")]
@@ -34,14 +45,14 @@ pub enum StoreError {
     Migrate {
         version: u32,
         #[source]
-        source: rusqlite::Error,
+        source: DbError,
     },
     /// A statement failed while doing `what`.
     #[error("the database failed while {what}")]
     Db {
         what: &'static str,
         #[source]
-        source: rusqlite::Error,
+        source: DbError,
     },
     /// A row cannot be read back as a record (edited by hand, or a bug wrote it).
     #[error("the row `{key}` of table `{table}` is corrupt: {reason}")]
@@ -57,11 +68,58 @@ pub enum StoreError {
         key: String,
         reason: String,
     },
+    /// A [`crate::Store::lead`] call the store cannot carry out as asked (an empty holder, a
+    /// ttl of zero or past a day).
+    #[error("invalid lease request: {0}")]
+    BadLease(&'static str),
+    /// This store may not write: it led once and its lease is no longer the current one (or
+    /// expired), or it never led and another process holds a live lease. Nothing was written;
+    /// an RMS that gets this must stop acting as the leader.
+    #[error("{}", fenced_message(ours.as_ref(), current, *expired))]
+    Fenced {
+        /// The lease this store last led with (`None`: it never led).
+        ours: Option<Lease>,
+        /// The lease as the database holds it.
+        current: Lease,
+        /// Whether `current` had expired, by the database's clock.
+        expired: bool,
+    },
+}
+
+fn fenced_message(ours: Option<&Lease>, current: &Lease, expired: bool) -> String {
+    let state = if expired { "expired" } else { "live" };
+    match ours {
+        Some(o) if o == current => format!(
+            "fenced: the lease of `{}` (epoch {}) has expired; nothing was written",
+            o.holder, o.epoch
+        ),
+        Some(o) => format!(
+            "fenced: `{}` led at epoch {}, but `{}` now holds the lease at epoch {} ({state}); \
+             nothing was written",
+            o.holder, o.epoch, current.holder, current.epoch
+        ),
+        None => format!(
+            "fenced: `{}` holds a live lease (epoch {}) and this store never led; nothing was \
+             written",
+            current.holder, current.epoch
+        ),
+    }
 }
 
 impl StoreError {
     /// A closure for `map_err` naming what the database was doing.
-    pub(crate) fn db(what: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-        move |source| StoreError::Db { what, source }
+    pub(crate) fn db<E: Into<DbError>>(what: &'static str) -> impl FnOnce(E) -> StoreError {
+        move |source| StoreError::Db {
+            what,
+            source: source.into(),
+        }
+    }
+
+    /// A closure for `map_err` naming the schema migration that failed.
+    pub(crate) fn migrate<E: Into<DbError>>(version: u32) -> impl FnOnce(E) -> StoreError {
+        move |source| StoreError::Migrate {
+            version,
+            source: source.into(),
+        }
     }
 }

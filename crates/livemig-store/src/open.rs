@@ -1,16 +1,15 @@
 //! Choosing a backend by URL.
 
 use crate::error::StoreError;
+use crate::pg::PgStore;
 use crate::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::url::StoreUrl;
 
 /// Opens the store `url` names, creating and migrating its schema as needed.
-///
-/// PostgreSQL URLs parse, but opening one returns [`StoreError::Unsupported`] for now.
 pub fn open(url: &StoreUrl) -> Result<Box<dyn Store>, StoreError> {
     match url {
         StoreUrl::Sqlite(_) | StoreUrl::SqliteMemory => Ok(Box::new(SqliteStore::open(url)?)),
-        StoreUrl::Postgres(_) => Err(StoreError::Unsupported("PostgreSQL support follows")),
+        StoreUrl::Postgres(_) => Ok(Box::new(PgStore::open(url)?)),
     }
 }

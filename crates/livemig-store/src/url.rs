@@ -20,7 +20,7 @@ pub enum StoreUrl {
     Sqlite(PathBuf),
     /// An SQLite database in memory, gone when closed (tests).
     SqliteMemory,
-    /// A PostgreSQL connection string, kept as given (`open` does not support it yet).
+    /// A PostgreSQL connection string, kept as given (`postgres://user[:password]@host[:port]/db[?options]`).
     Postgres(String),
 }
 

@@ -1,5 +1,6 @@
 //! [`SqliteStore`]: the store in one SQLite file, embedded in the RMS process.
 
+mod lease;
 mod rows;
 pub mod schema;
 
@@ -9,6 +10,7 @@ use livemig_rms::{Change, Host, Migration, MigrationId, Vm};
 use rusqlite::{Connection, TransactionBehavior};
 
 use crate::error::StoreError;
+use crate::lease::{self as leases, Leadership, Lease, Step};
 use crate::store::{Snapshot, Store};
 use crate::url::StoreUrl;
 
@@ -33,6 +35,8 @@ pub struct SqliteStore {
     conn: Connection,
     /// For error messages.
     path: String,
+    /// The lease this store last led with: once set, every write is fenced by it.
+    ours: Option<Lease>,
 }
 
 impl SqliteStore {
@@ -44,7 +48,7 @@ impl SqliteStore {
                 let path = p.display().to_string();
                 let conn = Connection::open(p).map_err(|source| StoreError::Open {
                     path: path.clone(),
-                    source,
+                    source: source.into(),
                 })?;
                 (conn, path)
             }
@@ -52,7 +56,7 @@ impl SqliteStore {
                 let path = ":memory:".to_string();
                 let conn = Connection::open_in_memory().map_err(|source| StoreError::Open {
                     path: path.clone(),
-                    source,
+                    source: source.into(),
                 })?;
                 (conn, path)
             }
@@ -62,7 +66,11 @@ impl SqliteStore {
                 ))
             }
         };
-        let mut store = SqliteStore { conn, path };
+        let mut store = SqliteStore {
+            conn,
+            path,
+            ours: None,
+        };
         store.configure(matches!(url, StoreUrl::SqliteMemory))?;
         schema::migrate(&mut store.conn)?;
         Ok(store)
@@ -135,6 +143,7 @@ impl Store for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(StoreError::db("starting a transaction"))?;
+        leases::check(&lease::read(&tx)?, self.ours.as_ref())?;
         match change {
             Change::Host(h) => rows::put_host(&tx, h)?,
             Change::Vm(v) => rows::put_vm(&tx, v)?,
@@ -142,6 +151,41 @@ impl Store for SqliteStore {
             Change::Migration(m) => rows::put_migration(&tx, m)?,
         }
         tx.commit().map_err(StoreError::db("committing a change"))
+    }
+
+    fn lead(&mut self, holder: &str, ttl: Duration) -> Result<Leadership, StoreError> {
+        let ttl_ms = leases::validate(holder, ttl)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::db("starting a transaction"))?;
+        match leases::decide(&lease::read(&tx)?, holder, self.ours.as_ref()) {
+            Step::Follow(f) => Ok(f),
+            Step::Write(l) => {
+                lease::write(&tx, &l, ttl_ms)?;
+                tx.commit()
+                    .map_err(StoreError::db("committing the lease"))?;
+                let epoch = l.epoch;
+                self.ours = Some(l);
+                Ok(Leadership::Leader { epoch })
+            }
+        }
+    }
+
+    fn resign(&mut self) -> Result<(), StoreError> {
+        let Some(ours) = &self.ours else {
+            return Ok(());
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::db("starting a transaction"))?;
+        if lease::read(&tx)?.lease == *ours {
+            lease::expire(&tx)?;
+            tx.commit()
+                .map_err(StoreError::db("committing the lease"))?;
+        }
+        Ok(())
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {

@@ -9,6 +9,7 @@ use crate::error::StoreError;
 pub const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
     (2, include_str!("../../migrations/0002_vm_delete.sql")),
+    (3, include_str!("../../migrations/0003_leader.sql")),
 ];
 
 /// The newest schema this build knows.
@@ -47,7 +48,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         // opening one new database apply each migration once.
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|source| StoreError::Migrate { version, source })?;
+            .map_err(StoreError::migrate(version))?;
         let found = current(&tx)?;
         if found > supported {
             return Err(StoreError::SchemaTooNew { found, supported });
@@ -56,14 +57,13 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             continue;
         }
         tx.execute_batch(sql)
-            .map_err(|source| StoreError::Migrate { version, source })?;
+            .map_err(StoreError::migrate(version))?;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES (?1)",
             [version],
         )
-        .map_err(|source| StoreError::Migrate { version, source })?;
-        tx.commit()
-            .map_err(|source| StoreError::Migrate { version, source })?;
+        .map_err(StoreError::migrate(version))?;
+        tx.commit().map_err(StoreError::migrate(version))?;
     }
     let found = current(conn)?;
     if found > supported {
