@@ -2,6 +2,7 @@
 //! `Persist` in order loads exactly the orchestrator's view: its migrations and VMs as they
 //! stand, and each host's last persisted record (heartbeat times and free memory are soft
 //! state, not persisted). A restart in the sequence restores the orchestrator from the store.
+//! On both backends (SQLite in memory; PostgreSQL, fewer cases).
 
 mod common;
 
@@ -251,58 +252,90 @@ fn durable(h: &Host) -> (String, String, livemig_rms::HostState, u64, u64) {
     )
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
-
-    #[test]
-    fn the_store_loads_the_orchestrators_view(ops in prop::collection::vec(op(), 0..40)) {
-        let mut store = livemig_store::open(&StoreUrl::SqliteMemory).expect("opens");
-        let mut o = Orchestrator::new(Config { max_active: 2, ..Config::default() }, 0.0);
-        // Each host's last persisted record, as the shell wrote it.
-        let mut last_host: BTreeMap<String, Host> = BTreeMap::new();
-        let mut setup: Vec<Input> = HOSTS
-            .iter()
-            .enumerate()
-            .map(|(i, h)| Input::AddHost {
-                name: h.to_string(),
-                address: format!("198.18.0.{}:7000", i + 1),
-                memory_total_bytes: 8 << 30,
-                timeout_s: (i == 2).then_some(30.0),
-            })
-            .collect();
-        setup.extend(VMS.iter().enumerate().map(|(i, vm)| Input::AddVm {
-            name: vm.to_string(),
-            memory_bytes: 1 << 30,
-            workload: "idle".into(),
-            kind: VmKind::Sim,
-            host: HOSTS[i % 2].to_string(),
-        }));
-        let mut inputs = setup;
-        for op in &ops {
-            let input_now = match input(&mut o, store.as_ref(), op) {
-                Some(i) => i,
-                None => continue,
-            };
-            inputs.push(input_now);
-            for input in inputs.drain(..) {
-                let Ok(step) = o.handle(input) else { continue };
-                for e in &step.effects {
-                    if let Effect::Persist(c) = e {
-                        store.apply(c).map_err(|e| TestCaseError::fail(e.to_string()))?;
-                        if let Change::Host(h) = c {
-                            last_host.insert(h.name.clone(), (**h).clone());
-                        }
+/// Drives the orchestrator through `ops`, writing every `Persist` to `store`, and checks
+/// that the store loads the orchestrator's view.
+fn check(store: &mut dyn Store, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut o = Orchestrator::new(
+        Config {
+            max_active: 2,
+            ..Config::default()
+        },
+        0.0,
+    );
+    // Each host's last persisted record, as the shell wrote it.
+    let mut last_host: BTreeMap<String, Host> = BTreeMap::new();
+    let mut setup: Vec<Input> = HOSTS
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Input::AddHost {
+            name: h.to_string(),
+            address: format!("198.18.0.{}:7000", i + 1),
+            memory_total_bytes: 8 << 30,
+            timeout_s: (i == 2).then_some(30.0),
+        })
+        .collect();
+    setup.extend(VMS.iter().enumerate().map(|(i, vm)| Input::AddVm {
+        name: vm.to_string(),
+        memory_bytes: 1 << 30,
+        workload: "idle".into(),
+        kind: VmKind::Sim,
+        host: HOSTS[i % 2].to_string(),
+    }));
+    let mut inputs = setup;
+    for op in ops {
+        let input_now = match input(&mut o, store, op) {
+            Some(i) => i,
+            None => continue,
+        };
+        inputs.push(input_now);
+        for input in inputs.drain(..) {
+            let Ok(step) = o.handle(input) else { continue };
+            for e in &step.effects {
+                if let Effect::Persist(c) = e {
+                    store
+                        .apply(c)
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    if let Change::Host(h) = c {
+                        last_host.insert(h.name.clone(), (**h).clone());
                     }
                 }
             }
         }
-        let loaded = store.load().map_err(|e| TestCaseError::fail(e.to_string()))?;
-        prop_assert_eq!(&loaded.migrations, &o.migrations().cloned().collect::<Vec<_>>());
-        prop_assert_eq!(&loaded.vms, &o.vms().cloned().collect::<Vec<_>>());
-        prop_assert_eq!(&loaded.hosts, &last_host.into_values().collect::<Vec<_>>());
-        prop_assert_eq!(
-            loaded.hosts.iter().map(durable).collect::<Vec<_>>(),
-            o.hosts().map(durable).collect::<Vec<_>>()
-        );
+    }
+    let loaded = store
+        .load()
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    prop_assert_eq!(
+        &loaded.migrations,
+        &o.migrations().cloned().collect::<Vec<_>>()
+    );
+    prop_assert_eq!(&loaded.vms, &o.vms().cloned().collect::<Vec<_>>());
+    prop_assert_eq!(&loaded.hosts, &last_host.into_values().collect::<Vec<_>>());
+    prop_assert_eq!(
+        loaded.hosts.iter().map(durable).collect::<Vec<_>>(),
+        o.hosts().map(durable).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn sqlite_loads_the_orchestrators_view(ops in prop::collection::vec(op(), 0..40)) {
+        let mut store = livemig_store::open(&StoreUrl::SqliteMemory).expect("opens");
+        check(store.as_mut(), &ops)?;
+    }
+}
+
+proptest! {
+    // Fewer cases: each gets a schema of its own on the server.
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn postgres_loads_the_orchestrators_view(ops in prop::collection::vec(op(), 0..40)) {
+        let Some(db) = TestDb::postgres() else { return Ok(()) };
+        let mut store = db.open();
+        check(store.as_mut(), &ops)?;
     }
 }

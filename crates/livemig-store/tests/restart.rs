@@ -1,5 +1,6 @@
-//! A migration persisted `running` survives closing and reopening the file store, reloads
-//! identically, and feeds `livemig_rms::recovery` and a restored orchestrator.
+//! A migration persisted `running` survives closing and reopening the store, reloads
+//! identically, and feeds `livemig_rms::recovery` and a restored orchestrator. On both
+//! backends.
 
 mod common;
 
@@ -12,7 +13,6 @@ use livemig_rms::{
     Answer, Config, Effect, Input, MigrationRequest, MigrationState, Orchestrator, Reservation,
     VmKind,
 };
-use livemig_store::Store;
 
 fn add_host(name: &str) -> Input {
     Input::AddHost {
@@ -34,18 +34,18 @@ fn report(host: &str, vms: &[&str], migrations: &[(u64, LocalState)]) -> AgentRe
     }
 }
 
-#[test]
-fn a_running_migration_survives_a_restart_and_feeds_recovery() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
+both_backends!(a_running_migration_survives_a_restart_and_feeds_recovery);
+
+fn a_running_migration_survives_a_restart_and_feeds_recovery(db: &TestDb) {
     let mut o = Orchestrator::new(Config::default(), 100.0);
     let id = {
-        let mut store = file_store(&dir);
+        let mut store = db.open();
         for h in ["a", "b"] {
-            drive(&mut o, &mut store, add_host(h));
+            drive(&mut o, store.as_mut(), add_host(h));
         }
         drive(
             &mut o,
-            &mut store,
+            store.as_mut(),
             Input::AddVm {
                 name: "vm1".into(),
                 memory_bytes: 1 << 30,
@@ -56,7 +56,7 @@ fn a_running_migration_survives_a_restart_and_feeds_recovery() {
         );
         let step = drive(
             &mut o,
-            &mut store,
+            store.as_mut(),
             Input::Submit(MigrationRequest {
                 vm: "vm1".into(),
                 target: None,
@@ -67,7 +67,7 @@ fn a_running_migration_survives_a_restart_and_feeds_recovery() {
         let id = step.created.expect("a migration");
         let step = drive(
             &mut o,
-            &mut store,
+            store.as_mut(),
             Input::Answer {
                 migration: id,
                 host: "b".into(),
@@ -91,7 +91,7 @@ fn a_running_migration_survives_a_restart_and_feeds_recovery() {
         ] {
             drive(
                 &mut o,
-                &mut store,
+                store.as_mut(),
                 Input::AgentEvent {
                     migration: id,
                     host: "a".into(),
@@ -107,7 +107,7 @@ fn a_running_migration_survives_a_restart_and_feeds_recovery() {
     assert_eq!(before.rounds.len(), 1);
 
     // The RMS restarts: a new process opens the same file.
-    let mut store = file_store(&dir);
+    let mut store = db.open();
     let snapshot = store.load().expect("loads");
     assert_eq!(
         snapshot.migrations,
@@ -132,10 +132,10 @@ fn a_running_migration_survives_a_restart_and_feeds_recovery() {
         report("a", &[], &[(id.0, LocalState::HandedOver)]),
         report("b", &["vm1"], &[]),
     ];
-    drive(&mut restored, &mut store, Input::Restarted { reports });
+    drive(&mut restored, store.as_mut(), Input::Restarted { reports });
     drop(store);
 
-    let store = file_store(&dir);
+    let store = db.open();
     let after = store.migration(id).expect("reads").expect("there");
     assert_eq!(after.state, MigrationState::Completed);
     assert_eq!(Some(&after), restored.migration(id));

@@ -1,16 +1,23 @@
-//! Every persisted record goes into a file database and comes back equal; a change replaces
-//! the record it names; what cannot be stored faithfully is refused and writes nothing.
+//! Every persisted record goes into a database and comes back equal; a change replaces the
+//! record it names; what cannot be stored faithfully is refused and writes nothing. On both
+//! backends.
 
 mod common;
 
 use common::*;
 use livemig_rms::{Change, HostState, MigrationId, MigrationState};
-use livemig_store::{open, Snapshot, Store, StoreError, StoreUrl};
+use livemig_store::{open, Snapshot, StoreError, StoreUrl};
 
-#[test]
-fn every_record_round_trips_through_a_file() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut store = file_store(&dir);
+both_backends!(
+    every_record_round_trips,
+    a_change_replaces_its_record,
+    what_cannot_be_stored_faithfully_is_refused,
+    foreign_keys_hold,
+    a_deleted_vm_leaves_its_migrations_on_record,
+);
+
+fn every_record_round_trips(db: &TestDb) {
+    let mut store = db.open();
     let hosts = [host("a"), host("b"), host("c")];
     for h in &hosts {
         store
@@ -49,10 +56,8 @@ fn every_record_round_trips_through_a_file() {
     );
 }
 
-#[test]
-fn a_change_replaces_its_record() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut store = file_store(&dir);
+fn a_change_replaces_its_record(db: &TestDb) {
+    let mut store = db.open();
     for h in ["a", "b"] {
         store.apply(&Change::Host(Box::new(host(h)))).expect("host");
     }
@@ -86,9 +91,8 @@ fn a_change_replaces_its_record() {
     assert_eq!(store.hosts().expect("reads").len(), 2);
 }
 
-#[test]
-fn what_cannot_be_stored_faithfully_is_refused() {
-    let mut store = open(&StoreUrl::SqliteMemory).expect("opens");
+fn what_cannot_be_stored_faithfully_is_refused(db: &TestDb) {
+    let mut store = db.open();
     let mut h = host("a");
     h.last_heard = f64::NAN;
     let e = store.apply(&Change::Host(Box::new(h))).expect_err("NaN");
@@ -123,9 +127,8 @@ fn what_cannot_be_stored_faithfully_is_refused() {
     assert_eq!(store.hosts().expect("reads").len(), 2);
 }
 
-#[test]
-fn foreign_keys_hold() {
-    let mut store = open(&StoreUrl::SqliteMemory).expect("opens");
+fn foreign_keys_hold(db: &TestDb) {
+    let mut store = db.open();
     let e = store
         .apply(&Change::Vm(Box::new(vm("vm1", "nowhere"))))
         .expect_err("no such host");
@@ -133,10 +136,8 @@ fn foreign_keys_hold() {
     assert_eq!(store.vms().expect("reads"), vec![]);
 }
 
-#[test]
-fn a_deleted_vm_leaves_its_migrations_on_record() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let mut store = file_store(&dir);
+fn a_deleted_vm_leaves_its_migrations_on_record(db: &TestDb) {
+    let mut store = db.open();
     for h in ["a", "b"] {
         store
             .apply(&Change::Host(Box::new(host(h))))
@@ -153,17 +154,32 @@ fn a_deleted_vm_leaves_its_migrations_on_record() {
         .apply(&Change::VmRemoved { name: "vm1".into() })
         .expect("deleted");
     drop(store);
-    let store = file_store(&dir);
+    let store = db.open();
     assert_eq!(store.vm("vm1").expect("reads"), None);
     assert_eq!(store.migration(MigrationId(1)).expect("reads"), Some(m));
 }
 
 #[test]
-fn postgres_parses_but_does_not_open_yet() {
-    let url = StoreUrl::parse("postgres://rms@db/livemig").expect("parses");
-    let e = open(&url).expect_err("not yet");
-    assert!(matches!(e, StoreError::Unsupported(_)));
-    assert_eq!(e.to_string(), "PostgreSQL support follows");
+fn the_memory_database_works_too() {
+    let mut store = open(&StoreUrl::SqliteMemory).expect("opens");
+    store
+        .apply(&Change::Host(Box::new(host("a"))))
+        .expect("host");
+    assert_eq!(store.hosts().expect("reads"), vec![host("a")]);
+}
+
+#[test]
+fn an_unreachable_postgres_is_an_open_error_without_the_password() {
+    // Port 1 on the loopback: nothing listens, the connection is refused at once.
+    let url = StoreUrl::parse("postgres://rms:s3cret@127.0.0.1:1/livemig").expect("parses");
+    let e = open(&url).expect_err("nothing listens");
+    assert!(matches!(e, StoreError::Open { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("postgres://rms:***@127.0.0.1:1/livemig"),
+        "{e}"
+    );
+    assert!(!format!("{e:?}").contains("s3cret"), "{e:?}");
 }
 
 #[test]

@@ -1,6 +1,13 @@
-//! Shared test helpers: records with every field set, file stores in a temporary directory,
+//! Shared test helpers: records with every field set, a database per test on either backend
+//! ([`TestDb`]: an SQLite file in a temporary directory, or a PostgreSQL schema of its own),
 //! and a driver that applies an orchestrator's `Persist`s to a store.
+//!
+//! The PostgreSQL tests need a server: its URL comes from `LIVEMIG_TEST_POSTGRES`
+//! (`scripts/test.sh` starts one with `scripts/postgres.sh`). Without it they fail, unless
+//! `LIVEMIG_SKIP_POSTGRES=1` says to skip them.
 #![allow(dead_code)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use livemig_policy::report::{ReportBuilder, RoundRecord, StopCopy};
 use livemig_policy::{Audit, Branch, Decision, PolicySpec, StopReason};
@@ -9,12 +16,140 @@ use livemig_rms::{
     AnswerKind, Attempt, Change, Effect, Host, HostState, Input, Migration, MigrationId,
     MigrationState, Orchestrator, Reservation, Step, Vm, VmKind,
 };
-use livemig_store::{SqliteStore, Store, StoreUrl};
+use livemig_store::{open, SqliteStore, Store, StoreUrl};
 
 /// A file store in `dir` (created and migrated on first open).
 pub fn file_store(dir: &tempfile::TempDir) -> SqliteStore {
     let url = StoreUrl::Sqlite(dir.path().join("rms.db"));
     SqliteStore::open(&url).expect("the store opens")
+}
+
+/// The PostgreSQL server's URL, `None` when the PostgreSQL tests are explicitly skipped.
+/// Panics (the test fails) when neither variable is set.
+pub fn postgres_url() -> Option<String> {
+    if let Ok(url) = std::env::var("LIVEMIG_TEST_POSTGRES") {
+        if !url.is_empty() {
+            return Some(url);
+        }
+    }
+    if std::env::var("LIVEMIG_SKIP_POSTGRES").as_deref() == Ok("1") {
+        eprintln!("skipped: LIVEMIG_SKIP_POSTGRES=1");
+        return None;
+    }
+    panic!(
+        "LIVEMIG_TEST_POSTGRES is not set: the PostgreSQL store tests need a server \
+         (postgres://USER@HOST:PORT/DB; scripts/test.sh starts one with scripts/postgres.sh). \
+         Set LIVEMIG_SKIP_POSTGRES=1 to skip them explicitly."
+    )
+}
+
+/// One database for one test: a fresh SQLite file, or a fresh PostgreSQL schema (dropped
+/// with the value) so tests run in parallel on one server.
+pub struct TestDb {
+    pub url: StoreUrl,
+    _dir: Option<tempfile::TempDir>,
+    /// The server's URL and the schema, for PostgreSQL.
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        TestDb {
+            url: StoreUrl::Sqlite(dir.path().join("rms.db")),
+            _dir: Some(dir),
+            pg: None,
+        }
+    }
+
+    /// `None` when the PostgreSQL tests are skipped.
+    pub fn postgres() -> Option<TestDb> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let base = postgres_url()?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let schema = format!(
+            "lm_t{}_{}_{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        admin(&base)
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .expect("the test schema is created");
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-csearch_path%3D{schema}");
+        Some(TestDb {
+            url: StoreUrl::parse(&url).expect("a PostgreSQL URL"),
+            _dir: None,
+            pg: Some((base, schema)),
+        })
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.pg.is_some()
+    }
+
+    /// A new connection to this database (a new process, as far as the store can tell).
+    pub fn open(&self) -> Box<dyn Store> {
+        open(&self.url).expect("the store opens")
+    }
+
+    /// Runs SQL on this database outside any store (PostgreSQL: in the test's schema).
+    pub fn sql(&self, sql: &str) {
+        match &self.pg {
+            Some((base, schema)) => admin(base)
+                .batch_execute(&format!("SET search_path = {schema}; {sql}"))
+                .expect("the SQL runs"),
+            None => {
+                let StoreUrl::Sqlite(path) = &self.url else {
+                    unreachable!("a file database")
+                };
+                rusqlite::Connection::open(path)
+                    .and_then(|c| c.execute_batch(sql))
+                    .expect("the SQL runs")
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((base, schema)) = &self.pg {
+            let dropped = postgres::Client::connect(base, postgres::NoTls)
+                .and_then(|mut c| c.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")));
+            if let Err(e) = dropped {
+                eprintln!("cannot drop the test schema {schema}: {e}");
+            }
+        }
+    }
+}
+
+fn admin(base: &str) -> postgres::Client {
+    postgres::Client::connect(base, postgres::NoTls)
+        .unwrap_or_else(|e| panic!("cannot connect to LIVEMIG_TEST_POSTGRES ({base}): {e}"))
+}
+
+/// Runs each named `fn(&TestDb)` as two tests, `NAME::sqlite` and `NAME::postgres`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    super::$name(&$crate::common::TestDb::sqlite());
+                }
+
+                #[test]
+                fn postgres() {
+                    if let Some(db) = $crate::common::TestDb::postgres() {
+                        super::$name(&db);
+                    }
+                }
+            }
+        )*
+    };
 }
 
 pub fn host(name: &str) -> Host {
