@@ -89,3 +89,32 @@ fn a_get_meets_the_same_error() {
     names(&e, "migrations", "7", "rounds");
     assert!(store.host("a").is_ok(), "other tables read on");
 }
+
+/// PostgreSQL: a row edited by hand past what the mapping accepts is the same typed error.
+#[test]
+fn postgres_bad_rows_name_their_table_and_key() {
+    let Some(db) = TestDb::postgres() else { return };
+    let mut store = db.open();
+    for h in ["a", "b"] {
+        store.apply(&Change::Host(Box::new(host(h)))).expect("host");
+    }
+    store
+        .apply(&Change::Vm(Box::new(vm("vm1", "a"))))
+        .expect("vm");
+    store
+        .apply(&Change::Migration(Box::new(full_migration(
+            7, "vm1", "a", "b",
+        ))))
+        .expect("migration");
+    db.sql("UPDATE migrations SET attempts = '[{\"host\": 3' WHERE id = 7");
+    names(
+        &store.load().expect_err("corrupt"),
+        "migrations",
+        "7",
+        "attempts",
+    );
+    db.sql("UPDATE migrations SET attempts = '[]', rounds = 'null' WHERE id = 7");
+    let e = store.migration(MigrationId(7)).expect_err("corrupt");
+    names(&e, "migrations", "7", "rounds");
+    assert!(store.host("a").is_ok(), "other tables read on");
+}

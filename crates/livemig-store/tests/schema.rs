@@ -81,3 +81,55 @@ fn not_a_database_is_an_error() {
     .expect("writes");
     assert!(SqliteStore::open(&StoreUrl::Sqlite(path)).is_err());
 }
+
+/// PostgreSQL: migrating is idempotent, every version is recorded once, and a database at a
+/// newer schema is refused.
+#[test]
+fn postgres_schema_versions() {
+    use livemig_store::pg::{schema as pg_schema, PgStore};
+    let Some(db) = TestDb::postgres() else { return };
+    {
+        let mut store = PgStore::open(&db.url).expect("opens");
+        assert_eq!(store.schema_version().expect("reads"), pg_schema::latest());
+        store
+            .apply(&Change::Host(Box::new(host("a"))))
+            .expect("host");
+    }
+    let store = PgStore::open(&db.url).expect("reopens");
+    assert_eq!(store.hosts().expect("reads"), vec![host("a")]);
+    let rows: i64 = store
+        .client()
+        .query_one("SELECT count(*) FROM schema_version", &[])
+        .and_then(|r| r.try_get(0))
+        .expect("counts");
+    assert_eq!(rows, pg_schema::MIGRATIONS.len() as i64);
+    drop(store);
+
+    db.sql(&format!(
+        "INSERT INTO schema_version (version) VALUES ({})",
+        pg_schema::latest() + 1
+    ));
+    let e = PgStore::open(&db.url).expect_err("too new");
+    assert!(
+        matches!(e, StoreError::SchemaTooNew { found, supported }
+            if found == pg_schema::latest() + 1 && supported == pg_schema::latest()),
+        "{e:?}"
+    );
+}
+
+/// Two processes opening one new PostgreSQL database at once apply each migration once.
+#[test]
+fn postgres_concurrent_opens_migrate_once() {
+    use livemig_store::pg::{schema as pg_schema, PgStore};
+    let Some(db) = TestDb::postgres() else { return };
+    std::thread::scope(|s| {
+        let opens: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| PgStore::open(&db.url).map(|_| ())))
+            .collect();
+        for o in opens {
+            o.join().expect("runs").expect("opens");
+        }
+    });
+    let store = PgStore::open(&db.url).expect("opens");
+    assert_eq!(store.schema_version().expect("reads"), pg_schema::latest());
+}
