@@ -8,8 +8,9 @@ say() { printf '\n== %s\n' "$*"; }
 
 # Debian packages the tests need: QEMU (TCG) and the test guest's parts (Debian's kernel,
 # a static busybox, cpio for the initramfs); iproute2 (ip, tc) for the namespace testbed
-# (scripts/testbed.sh), whose test needs root.
-PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static cpio iproute2)
+# (scripts/testbed.sh), whose test needs root; postgresql for the store's PostgreSQL tests (a
+# throwaway cluster, scripts/postgres.sh: Debian's own cluster is not used).
+PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static cpio iproute2 postgresql)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -33,9 +34,19 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 say "test guest (scripts/build-guest.sh)"
 scripts/build-guest.sh
 
-say "cargo test"
+say "PostgreSQL for the store tests (scripts/postgres.sh)"
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+pgdir="$(mktemp -d)"
+cleanup() {
+  scripts/postgres.sh stop "$pgdir" || true
+  rm -f "$log"
+}
+trap cleanup EXIT
+LIVEMIG_TEST_POSTGRES="$(scripts/postgres.sh start "$pgdir")"
+export LIVEMIG_TEST_POSTGRES
+echo "$LIVEMIG_TEST_POSTGRES"
+
+say "cargo test"
 cargo test --workspace --locked 2>&1 | tee "$log"
 
 say "README main command (cargo run -- demo) from the workspace root"
