@@ -190,3 +190,40 @@ fn a_missing_directory_is_an_open_error() {
     assert!(matches!(e, StoreError::Open { .. }), "{e:?}");
     assert!(e.to_string().contains("no/such/dir/rms.db"), "{e}");
 }
+
+/// PostgreSQL: when the server ends the connection (a restart, an administrator), the store
+/// connects anew on its next call, and keeps leading under the same lease.
+#[test]
+fn postgres_reconnects_after_the_connection_broke() {
+    use livemig_store::pg::PgStore;
+    use livemig_store::{Leadership, Store};
+    let Some(db) = TestDb::postgres() else { return };
+    let mut store = PgStore::open(&db.url).expect("opens");
+    let lead = store
+        .lead("rms-a", std::time::Duration::from_secs(30))
+        .expect("leads");
+    assert_eq!(lead, Leadership::Leader { epoch: 1 });
+    let pid: i32 = store
+        .client()
+        .expect("connected")
+        .query_one("SELECT pg_backend_pid()", &[])
+        .and_then(|r| r.try_get(0))
+        .expect("reads");
+    db.sql(&format!("SELECT pg_terminate_backend({pid})"));
+    // The client notices the closed connection on its own, or at the first failed call.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let first = store.apply(&Change::Host(Box::new(host("a"))));
+    if first.is_err() {
+        store
+            .apply(&Change::Host(Box::new(host("a"))))
+            .expect("written after reconnecting");
+    }
+    assert_eq!(store.hosts().expect("reads"), vec![host("a")]);
+    assert_eq!(
+        store
+            .lead("rms-a", std::time::Duration::from_secs(30))
+            .expect("renews"),
+        Leadership::Leader { epoch: 1 },
+        "the same term"
+    );
+}

@@ -99,6 +99,7 @@ fn postgres_schema_versions() {
     assert_eq!(store.hosts().expect("reads"), vec![host("a")]);
     let rows: i64 = store
         .client()
+        .expect("connected")
         .query_one("SELECT count(*) FROM schema_version", &[])
         .and_then(|r| r.try_get(0))
         .expect("counts");

@@ -8,14 +8,19 @@ use postgres::Transaction;
 use crate::error::StoreError;
 use crate::lease::{self, Lease, LeaseRow};
 
-/// Reads and locks the row until the transaction ends.
+/// Locks the row until the transaction ends, then reads it.
+///
+/// Two statements: in one `SELECT … FOR UPDATE` the clock would be read before waiting for
+/// the lock, and a wait would leave the remaining time stale.
 pub fn read(tx: &mut Transaction<'_>) -> Result<LeaseRow, StoreError> {
     let what = "reading the lease";
+    tx.execute("SELECT 1 FROM leader WHERE id = 1 FOR UPDATE", &[])
+        .map_err(StoreError::db("locking the lease"))?;
     let row = tx
         .query_one(
             "SELECT holder, epoch,
                     (EXTRACT(EPOCH FROM (expires_at - clock_timestamp())) * 1000)::BIGINT
-               FROM leader WHERE id = 1 FOR UPDATE",
+               FROM leader WHERE id = 1",
             &[],
         )
         .map_err(StoreError::db(what))?;

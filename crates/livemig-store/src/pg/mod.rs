@@ -9,6 +9,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use livemig_rms::{Change, Host, Migration, MigrationId, Vm};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use postgres::{Client, Config, IsolationLevel, NoTls};
 
 use crate::error::StoreError;
@@ -18,6 +20,11 @@ use crate::url::StoreUrl;
 
 /// How long connecting may take when the URL sets no `connect_timeout`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the connection waits for the server to acknowledge sent data before it is
+/// declared dead (`TCP_USER_TIMEOUT`), when the URL sets none: a vanished server or network
+/// shows up as an error, not a hung RMS.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a statement waits for a row lock (another process's write or lease change)
 /// before it fails: bounded, like SQLite's busy timeout, so a stuck peer shows up as an
@@ -34,7 +41,9 @@ pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 /// `synchronous_commit=on` (an RMS database must keep it on, and `fsync` too).
 pub struct PgStore {
     /// `&self` reads need the client mutably: one statement at a time, as the trait is used.
-    client: std::sync::Mutex<Client>,
+    client: Mutex<Client>,
+    /// To reconnect after the connection broke (a server restart, a network failure).
+    config: Config,
     /// The URL with its password hidden, for errors and `Debug`.
     url: String,
     /// The lease this store last led with: once set, every write is fenced by it.
@@ -70,16 +79,14 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
-        let mut client = config.connect(NoTls).map_err(open_err)?;
-        client
-            .batch_execute(&format!(
-                "SET lock_timeout = '{}ms'; SET TIME ZONE 'UTC'",
-                LOCK_TIMEOUT.as_millis()
-            ))
-            .map_err(StoreError::db("configuring the session"))?;
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        let mut client = connect(&config, &shown)?;
         schema::migrate(&mut client)?;
         Ok(PgStore {
-            client: std::sync::Mutex::new(client),
+            client: Mutex::new(client),
+            config,
             url: shown,
             ours: None,
         })
@@ -87,15 +94,18 @@ impl PgStore {
 
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<u32, StoreError> {
-        schema::current(&mut *self.client())
+        schema::current(&mut *self.client()?)
     }
 
-    /// The connection, for tests and maintenance.
-    pub fn client(&self) -> std::sync::MutexGuard<'_, Client> {
+    /// The connection, for tests and maintenance; a new one if the last one broke (the
+    /// lease this store led with stays: the database still fences its writes).
+    pub fn client(&self) -> Result<MutexGuard<'_, Client>, StoreError> {
         // A panic while the lock was held left no transaction open (its drop rolled it back).
-        self.client
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        let mut client = self.client.lock().unwrap_or_else(PoisonError::into_inner);
+        if client.is_closed() {
+            *client = connect(&self.config, &self.url)?;
+        }
+        Ok(client)
     }
 
     /// Runs `f` in a `REPEATABLE READ` read-only transaction.
@@ -103,7 +113,7 @@ impl PgStore {
         &self,
         f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut client = self.client();
+        let mut client = self.client()?;
         let mut tx = client
             .build_transaction()
             .isolation_level(IsolationLevel::RepeatableRead)
@@ -118,10 +128,7 @@ impl PgStore {
 
 impl Store for PgStore {
     fn apply(&mut self, change: &Change) -> Result<(), StoreError> {
-        let mut client = self
-            .client
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut client = self.client()?;
         let mut tx = client
             .transaction()
             .map_err(StoreError::db("starting a transaction"))?;
@@ -138,34 +145,31 @@ impl Store for PgStore {
 
     fn lead(&mut self, holder: &str, ttl: Duration) -> Result<Leadership, StoreError> {
         let ttl_ms = leases::validate(holder, ttl)?;
-        let mut client = self
-            .client
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut tx = client
-            .transaction()
-            .map_err(StoreError::db("starting a transaction"))?;
-        match leases::decide(&lease::read(&mut tx)?, holder, self.ours.as_ref()) {
-            Step::Follow(f) => Ok(f),
-            Step::Write(l) => {
-                lease::write(&mut tx, &l, ttl_ms)?;
-                tx.commit()
-                    .map_err(StoreError::db("committing the lease"))?;
-                let epoch = l.epoch;
-                self.ours = Some(l);
-                Ok(Leadership::Leader { epoch })
+        let taken = {
+            let mut client = self.client()?;
+            let mut tx = client
+                .transaction()
+                .map_err(StoreError::db("starting a transaction"))?;
+            match leases::decide(&lease::read(&mut tx)?, holder, self.ours.as_ref()) {
+                Step::Follow(f) => return Ok(f),
+                Step::Write(l) => {
+                    lease::write(&mut tx, &l, ttl_ms)?;
+                    tx.commit()
+                        .map_err(StoreError::db("committing the lease"))?;
+                    l
+                }
             }
-        }
+        };
+        let epoch = taken.epoch;
+        self.ours = Some(taken);
+        Ok(Leadership::Leader { epoch })
     }
 
     fn resign(&mut self) -> Result<(), StoreError> {
         let Some(ours) = &self.ours else {
             return Ok(());
         };
-        let mut client = self
-            .client
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut client = self.client()?;
         let mut tx = client
             .transaction()
             .map_err(StoreError::db("starting a transaction"))?;
@@ -188,32 +192,47 @@ impl Store for PgStore {
     }
 
     fn hosts(&self) -> Result<Vec<Host>, StoreError> {
-        rows::hosts(&mut *self.client(), None)
+        rows::hosts(&mut *self.client()?, None)
     }
 
     fn host(&self, name: &str) -> Result<Option<Host>, StoreError> {
-        Ok(rows::hosts(&mut *self.client(), Some(name))?
+        Ok(rows::hosts(&mut *self.client()?, Some(name))?
             .into_iter()
             .next())
     }
 
     fn vms(&self) -> Result<Vec<Vm>, StoreError> {
-        rows::vms(&mut *self.client(), None)
+        rows::vms(&mut *self.client()?, None)
     }
 
     fn vm(&self, name: &str) -> Result<Option<Vm>, StoreError> {
-        Ok(rows::vms(&mut *self.client(), Some(name))?
+        Ok(rows::vms(&mut *self.client()?, Some(name))?
             .into_iter()
             .next())
     }
 
     fn migrations(&self) -> Result<Vec<Migration>, StoreError> {
-        rows::migrations(&mut *self.client(), None)
+        rows::migrations(&mut *self.client()?, None)
     }
 
     fn migration(&self, id: MigrationId) -> Result<Option<Migration>, StoreError> {
-        Ok(rows::migrations(&mut *self.client(), Some(id))?
+        Ok(rows::migrations(&mut *self.client()?, Some(id))?
             .into_iter()
             .next())
     }
+}
+
+/// A new connection with the session settings every store connection has.
+fn connect(config: &Config, shown: &str) -> Result<Client, StoreError> {
+    let mut client = config.connect(NoTls).map_err(|source| StoreError::Open {
+        path: shown.to_string(),
+        source: source.into(),
+    })?;
+    client
+        .batch_execute(&format!(
+            "SET lock_timeout = '{}ms'; SET TIME ZONE 'UTC'",
+            LOCK_TIMEOUT.as_millis()
+        ))
+        .map_err(StoreError::db("configuring the session"))?;
+    Ok(client)
 }
