@@ -18,7 +18,7 @@ pub enum DbError {
 pub enum StoreError {
     #[error(transparent)]
     Url(#[from] UrlError),
-    /// The backend is recognised but not built yet.
+    /// A URL handed to the other backend's `open` (`crate::open` picks the right one).
     #[error("{0}")]
     Unsupported(&'static str),
     /// `path` is the file, or the PostgreSQL URL with its password hidden.
