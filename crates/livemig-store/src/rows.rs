@@ -147,6 +147,19 @@ impl Writer {
         }
     }
 
+    /// Text without NUL characters: PostgreSQL's text cannot hold them, so neither backend
+    /// takes them (a record then stores on both or on neither).
+    fn text(&self, field: &str, v: &str) -> Result<Value, StoreError> {
+        if v.contains('\0') {
+            return Err(self.refuse(format!("{field} contains a NUL character")));
+        }
+        Ok(Value::Text(v.to_string()))
+    }
+
+    fn text_opt(&self, field: &str, v: Option<&str>) -> Result<Value, StoreError> {
+        v.map_or(Ok(Value::Null), |v| self.text(field, v))
+    }
+
     fn int(&self, field: &str, v: u64) -> Result<Value, StoreError> {
         i64::try_from(v)
             .map(Value::Int)
@@ -202,8 +215,8 @@ pub(crate) fn host_values(h: &Host) -> Result<Vec<Value>, StoreError> {
         key: h.name.clone(),
     };
     Ok(vec![
-        (&h.name).into(),
-        (&h.address).into(),
+        w.text("name", &h.name)?,
+        w.text("address", &h.address)?,
         w.name("state", &h.state)?,
         w.int("memory_total_bytes", h.memory_total_bytes)?,
         w.int("memory_free_bytes", h.memory_free_bytes)?,
@@ -219,11 +232,11 @@ pub(crate) fn vm_values(v: &Vm) -> Result<Vec<Value>, StoreError> {
         key: v.name.clone(),
     };
     Ok(vec![
-        (&v.name).into(),
+        w.text("name", &v.name)?,
         w.int("memory_bytes", v.memory_bytes)?,
-        (&v.workload).into(),
+        w.text("workload", &v.workload)?,
         w.name("kind", &v.kind)?,
-        (&v.host).into(),
+        w.text("host", &v.host)?,
     ])
 }
 
@@ -243,25 +256,28 @@ pub(crate) fn migration_values(m: &Migration) -> Result<Vec<Value>, StoreError> 
     };
     Ok(vec![
         w.int("id", m.id.0)?,
-        (&m.vm).into(),
-        (&m.source).into(),
-        m.requested_target.as_ref().into(),
-        m.target.as_ref().into(),
-        (&m.policy).into(),
+        w.text("vm", &m.vm)?,
+        w.text("source", &m.source)?,
+        w.text_opt("requested_target", m.requested_target.as_deref())?,
+        w.text_opt("target", m.target.as_deref())?,
+        w.text("policy", &m.policy)?,
         w.json_opt("settings", m.settings.as_ref())?,
         m.state.name().into(),
         w.json("attempts", &m.attempts)?,
         w.json("candidates", &m.candidates)?,
-        m.pending.as_ref().map(|p| p.host.as_str()).into(),
+        w.text_opt("pending.host", m.pending.as_ref().map(|p| p.host.as_str()))?,
         pending_at,
-        m.reservation.as_ref().map(|r| r.id.as_str()).into(),
+        w.text_opt(
+            "reservation.id",
+            m.reservation.as_ref().map(|r| r.id.as_str()),
+        )?,
         expires_at,
         Value::Flag(m.reservation_used),
         Value::Flag(m.committed),
         w.json_opt("cancel", m.cancel.as_ref())?,
         w.json("rounds", &m.rounds)?,
         w.json_opt("report", m.report.as_ref())?,
-        m.error.as_ref().into(),
+        w.text_opt("error", m.error.as_deref())?,
     ])
 }
 

@@ -125,6 +125,19 @@ fn what_cannot_be_stored_faithfully_is_refused(db: &TestDb) {
         "nothing written"
     );
     assert_eq!(store.hosts().expect("reads").len(), 2);
+
+    // PostgreSQL's text cannot hold NUL: neither backend takes it.
+    let mut m = full_migration(4, "vm1", "a", "b");
+    m.error = Some("agent said \0".into());
+    let e = store
+        .apply(&Change::Migration(Box::new(m)))
+        .expect_err("NUL");
+    assert!(
+        matches!(&e, StoreError::Unrepresentable { table: "migrations", key, reason }
+            if key == "4" && reason.contains("error contains a NUL")),
+        "{e:?}"
+    );
+    assert_eq!(store.migrations().expect("reads"), vec![]);
 }
 
 fn foreign_keys_hold(db: &TestDb) {
