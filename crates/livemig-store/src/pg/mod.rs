@@ -6,11 +6,10 @@ mod rows;
 pub mod schema;
 
 use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use livemig_rms::{Change, Host, Migration, MigrationId, Vm};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
 use postgres::{Client, Config, IsolationLevel, NoTls};
 
 use crate::error::StoreError;
