@@ -21,6 +21,7 @@ both_backends!(
     a_restarted_holder_takes_over_and_fences_its_predecessor,
     bad_requests_are_refused,
     racing_leaders_never_both_write,
+    a_write_waits_for_a_takeover_in_flight_and_is_then_fenced,
 );
 
 fn host_change(name: &str) -> Change {
@@ -259,4 +260,26 @@ fn racing_leaders_never_both_write(db: &TestDb) {
         .map(|w| w.1.clone())
         .collect();
     assert_eq!(stored, acked, "exactly the acknowledged writes are stored");
+}
+
+/// The check and the write are one transaction holding the lease row: a write that starts
+/// while a takeover holds the row waits for it, then sees the new epoch and is refused.
+fn a_write_waits_for_a_takeover_in_flight_and_is_then_fenced(db: &TestDb) {
+    let mut a = db.open();
+    leader(a.lead("rms-a", LONG).expect("leads"));
+    let mut takeover = db.raw();
+    takeover.begin_write();
+    takeover.batch("UPDATE leader SET holder = 'rms-b', epoch = epoch + 1 WHERE id = 1");
+    std::thread::scope(|s| {
+        let write = s.spawn(|| a.apply(&host_change("h1")));
+        sleep(Duration::from_millis(300));
+        assert!(!write.is_finished(), "the write waits for the row");
+        takeover.batch("COMMIT");
+        let e = write.join().expect("runs").expect_err("fenced");
+        assert_eq!(
+            fenced(e),
+            (Some(lease("rms-a", 1)), lease("rms-b", 2), false)
+        );
+    });
+    assert_eq!(db.open().hosts().expect("reads"), vec![], "nothing written");
 }

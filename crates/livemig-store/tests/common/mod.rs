@@ -95,6 +95,24 @@ impl TestDb {
         open(&self.url).expect("the store opens")
     }
 
+    /// A connection to this database outside any store, to hold a transaction open.
+    pub fn raw(&self) -> Raw {
+        match &self.pg {
+            Some((base, schema)) => {
+                let mut c = admin(base);
+                c.batch_execute(&format!("SET search_path = {schema}"))
+                    .expect("the search path is set");
+                Raw::Postgres(c)
+            }
+            None => {
+                let StoreUrl::Sqlite(path) = &self.url else {
+                    unreachable!("a file database")
+                };
+                Raw::Sqlite(rusqlite::Connection::open(path).expect("opens"))
+            }
+        }
+    }
+
     /// Runs SQL on this database outside any store (PostgreSQL: in the test's schema).
     pub fn sql(&self, sql: &str) {
         match &self.pg {
@@ -109,6 +127,29 @@ impl TestDb {
                     .and_then(|c| c.execute_batch(sql))
                     .expect("the SQL runs")
             }
+        }
+    }
+}
+
+/// A plain connection to a test database.
+pub enum Raw {
+    Sqlite(rusqlite::Connection),
+    Postgres(postgres::Client),
+}
+
+impl Raw {
+    pub fn batch(&mut self, sql: &str) {
+        match self {
+            Raw::Sqlite(c) => c.execute_batch(sql).expect("the SQL runs"),
+            Raw::Postgres(c) => c.batch_execute(sql).expect("the SQL runs"),
+        }
+    }
+
+    /// `BEGIN` that takes the write lock at once (SQLite: `IMMEDIATE`).
+    pub fn begin_write(&mut self) {
+        match self {
+            Raw::Sqlite(_) => self.batch("BEGIN IMMEDIATE"),
+            Raw::Postgres(_) => self.batch("BEGIN"),
         }
     }
 }
