@@ -6,6 +6,14 @@ use std::time::Duration;
 
 use crate::error::StoreError;
 
+/// The lease an RMS asks for (`docs/store.md`, "Leadership and fencing"): with renewals every
+/// [`RENEW_EVERY`] and standbys polling as often, a standby takes over within
+/// `TTL + RENEW_EVERY` = 13 s of the active RMS's death.
+pub const TTL: Duration = Duration::from_secs(10);
+
+/// How often the active RMS renews its lease, and a standby asks for it.
+pub const RENEW_EVERY: Duration = Duration::from_secs(3);
+
 /// The longest lease [`crate::Store::lead`] grants: a holder that stops renewing blocks a
 /// takeover for at most this long.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -33,6 +41,16 @@ pub enum Leadership {
         epoch: u64,
         expires_in: Duration,
     },
+}
+
+impl Leadership {
+    /// The epoch this store leads at, `None` when it follows.
+    pub fn epoch(&self) -> Option<u64> {
+        match self {
+            Leadership::Leader { epoch } => Some(*epoch),
+            Leadership::Follower { .. } => None,
+        }
+    }
 }
 
 /// The lease row as read, locked, inside a transaction.
@@ -205,6 +223,16 @@ mod tests {
         assert!(e.to_string().contains("this store never led"), "{e}");
         let e = check(&row("a", 4, -3), Some(&ours)).expect_err("expired");
         assert!(e.to_string().contains("has expired"), "{e}");
+    }
+
+    #[test]
+    fn the_recommended_timing_meets_the_takeover_target() {
+        assert!(TTL + RENEW_EVERY < Duration::from_secs(15));
+        assert!(
+            RENEW_EVERY * 3 <= TTL,
+            "two renewals may fail before the lease lapses"
+        );
+        assert_eq!(Leadership::Leader { epoch: 3 }.epoch(), Some(3));
     }
 
     #[test]
