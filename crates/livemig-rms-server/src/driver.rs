@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use livemig_rms::{Effect, Input, Orchestrator, OrchestratorError, Step, Vm};
+use livemig_store::lease::{self, Leadership};
 use livemig_store::{Store, StoreError};
 use tokio::sync::oneshot;
 
@@ -108,22 +109,41 @@ impl Driver {
 #[derive(Debug)]
 pub struct Running {
     pub driver: Driver,
-    pub thread: JoinHandle<Result<(), StoreError>>,
+    pub thread: JoinHandle<Result<(), Stop>>,
+}
+
+/// The lease this RMS leads under (see `livemig_store::lease`): renewed every
+/// [`lease::RENEW_EVERY`]; lost when a renewal fails or says another leads, or when
+/// [`lease::TTL`] passed since the last renewal that succeeded.
+#[derive(Debug, Clone)]
+pub struct Leading {
+    pub holder: String,
+    pub epoch: u64,
+}
+
+/// Why the driver stopped taking changes.
+#[derive(Debug, thiserror::Error)]
+pub enum Stop {
+    #[error("a store write failed")]
+    Store(#[from] StoreError),
+    #[error("this RMS lost its lease: {0}")]
+    LostLease(String),
 }
 
 /// Starts the driver over `orchestrator` and `store`; `jobs` receives the actions in order;
-/// the clock ticks the orchestrator every `tick`.
+/// the clock ticks the orchestrator every `tick`; `leading` is renewed while it runs.
 pub fn start(
     orchestrator: Orchestrator,
     store: Box<dyn Store>,
     clock: Clock,
     tick: Duration,
+    leading: Option<Leading>,
     jobs: tokio::sync::mpsc::UnboundedSender<Job>,
 ) -> std::io::Result<Running> {
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("rms-driver".into())
-        .spawn(move || run(orchestrator, store, clock, tick, rx, jobs))?;
+        .spawn(move || run(orchestrator, store, clock, tick, leading, rx, jobs))?;
     Ok(Running {
         driver: Driver { tx },
         thread,
@@ -135,18 +155,38 @@ fn run(
     mut store: Box<dyn Store>,
     clock: Clock,
     tick: Duration,
+    leading: Option<Leading>,
     rx: mpsc::Receiver<Command>,
     jobs: tokio::sync::mpsc::UnboundedSender<Job>,
-) -> Result<(), StoreError> {
+) -> Result<(), Stop> {
     let mut next_tick = Instant::now();
-    let mut broken: Option<String> = None;
+    // When the last renewal that succeeded started (the lease runs from the database's now,
+    // which is no earlier).
+    let mut renewed = Instant::now();
+    let mut next_renewal = Instant::now() + lease::RENEW_EVERY;
     loop {
-        let wait = next_tick.saturating_duration_since(Instant::now());
+        let due = next_tick.min(next_renewal);
+        let wait = due.saturating_duration_since(Instant::now());
         let cmd = match rx.recv_timeout(wait) {
             Ok(c) => Some(c),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
         };
+        if let Some(l) = &leading {
+            if Instant::now() >= next_renewal {
+                let started = Instant::now();
+                match store.lead(&l.holder, lease::TTL) {
+                    Ok(Leadership::Leader { epoch }) if epoch == l.epoch => renewed = started,
+                    Ok(other) => return Err(lost(format!("the store says {other:?}"))),
+                    Err(e) => tracing::warn!(error = %e, "renewing the lease failed; retrying"),
+                }
+                next_renewal = Instant::now() + lease::RENEW_EVERY;
+            }
+            // Past the ttl since the last renewal, another RMS may lead: act on nothing more.
+            if renewed.elapsed() >= lease::TTL {
+                return Err(lost("no renewal succeeded within the lease's ttl".into()));
+            }
+        }
         let input = match cmd {
             Some(Command::Read(f)) => {
                 f(&o);
@@ -157,35 +197,28 @@ fn run(
         };
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + tick;
-            if broken.is_none() {
-                if let Err(e) = step(&mut o, &mut *store, &jobs, Input::Tick { now: clock() }) {
-                    broken = Some(stopped(&e));
-                }
-            }
+            // A tick is never refused; only the store can fail it.
+            let _ =
+                step(&mut o, &mut *store, &jobs, Input::Tick { now: clock() }).map_err(failed)?;
         }
         let Some((input, reply)) = input else {
             continue;
         };
-        let result = match &broken {
-            Some(why) => Err(DriverError::Stopped(why.clone())),
-            None => match step(&mut o, &mut *store, &jobs, input) {
-                Ok(r) => r.map_err(DriverError::from),
-                Err(e) => {
-                    let why = stopped(&e);
-                    broken = Some(why.clone());
-                    Err(DriverError::Stopped(why))
-                }
-            },
-        };
+        let result = step(&mut o, &mut *store, &jobs, input).map_err(failed)?;
         if let Some(reply) = reply {
-            let _ = reply.send(result);
+            let _ = reply.send(result.map_err(DriverError::from));
         }
     }
 }
 
-fn stopped(e: &StoreError) -> String {
-    tracing::error!(error = %e, "the store failed: this RMS takes no more changes; restart it to recover from the store");
-    format!("the store failed ({e}); restart the RMS")
+fn lost(why: String) -> Stop {
+    tracing::error!(%why, "this RMS lost its lease: it stops acting (a standby takes over)");
+    Stop::LostLease(why)
+}
+
+fn failed(e: StoreError) -> Stop {
+    tracing::error!(error = %e, "the store failed: this RMS stops taking changes; restart it to recover from the store");
+    Stop::from(e)
 }
 
 /// One input: the orchestrator decides, then every effect in order. An `Err` is the store's

@@ -23,5 +23,6 @@ pub mod recover;
 pub mod routes;
 pub mod service;
 
+pub use driver::Leading;
 pub use driver::{system_clock, Clock};
-pub use service::{run, RmsConfig, RmsError};
+pub use service::{await_leadership, run, RmsConfig, RmsError};

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use livemig_http::{Guard, Secret, ServerConfig, Token};
 use livemig_rms::{Config, Input};
+use livemig_store::lease::{self, Leadership};
 use livemig_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actions::{self, ActionCounters};
 use crate::client::{AgentClient, CallError};
-use crate::driver::{self, Clock};
+use crate::driver::{self, Clock, Leading, Stop};
 use crate::recover;
 use crate::routes::{router, App};
 
@@ -46,8 +47,10 @@ impl Default for RmsConfig {
 pub enum RmsError {
     #[error("cannot read the store")]
     Load(#[source] StoreError),
-    #[error("the store failed while the RMS ran")]
-    Store(#[source] StoreError),
+    #[error("the RMS stopped")]
+    Stopped(#[source] Stop),
+    #[error("cannot take the lease")]
+    Lease(#[source] StoreError),
     #[error("cannot build the agent client")]
     Client(#[source] CallError),
     #[error("cannot start the driver thread")]
@@ -56,11 +59,59 @@ pub enum RmsError {
     Panicked,
 }
 
-/// Serves the RMS on `listener` until `shutdown`.
+/// Waits until this RMS holds the store's lease as `holder` (a standby polls every
+/// [`lease::RENEW_EVERY`]); `None` when `shutdown` came first.
+pub async fn await_leadership(
+    mut store: Box<dyn Store>,
+    holder: &str,
+    shutdown: &CancellationToken,
+) -> Result<Option<(Box<dyn Store>, Leading)>, RmsError> {
+    let mut last_seen: Option<(String, u64)> = None;
+    loop {
+        let h = holder.to_string();
+        let (back, r) = tokio::task::spawn_blocking(move || {
+            let r = store.lead(&h, lease::TTL);
+            (store, r)
+        })
+        .await
+        .map_err(|_| RmsError::Panicked)?;
+        store = back;
+        match r {
+            Ok(Leadership::Leader { epoch }) => {
+                tracing::info!(%holder, epoch, "this RMS leads");
+                let leading = Leading {
+                    holder: holder.to_string(),
+                    epoch,
+                };
+                return Ok(Some((store, leading)));
+            }
+            Ok(Leadership::Follower {
+                holder: other,
+                epoch,
+                expires_in,
+            }) => {
+                if last_seen.as_ref() != Some(&(other.clone(), epoch)) {
+                    tracing::warn!(leader = %other, epoch, expires_in_s = expires_in.as_secs_f64(), "standby: another RMS leads; waiting for its lease to lapse");
+                    last_seen = Some((other, epoch));
+                }
+            }
+            Err(e @ StoreError::BadLease(_)) => return Err(RmsError::Lease(e)),
+            Err(e) => tracing::warn!(error = %e, "cannot reach the store for the lease; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(lease::RENEW_EVERY) => {}
+        }
+    }
+}
+
+/// Serves the RMS on `listener` until `shutdown` (or until it loses its lease or its store:
+/// then it stops and says why).
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     listener: TcpListener,
     store: Box<dyn Store>,
+    leading: Option<Leading>,
     token: Token,
     secret: Secret,
     cfg: RmsConfig,
@@ -88,8 +139,16 @@ pub async fn run(
     );
     let orchestrator = snapshot.restore(cfg.orchestrator.clone(), clock());
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel();
-    let running =
-        driver::start(orchestrator, store, clock, cfg.tick, jobs_tx).map_err(RmsError::Thread)?;
+    let running = driver::start(orchestrator, store, clock, cfg.tick, leading, jobs_tx)
+        .map_err(RmsError::Thread)?;
+    // A driver that stops (lost lease, failed store) stops the whole process.
+    let thread = running.thread;
+    let on_end = shutdown.clone();
+    let joiner = tokio::task::spawn_blocking(move || {
+        let r = thread.join();
+        on_end.cancel();
+        r
+    });
     let client = AgentClient::new(&secret, cfg.agent_timeout).map_err(RmsError::Client)?;
     let counters = Arc::new(ActionCounters::default());
     let dispatcher = tokio::spawn(actions::dispatch(
@@ -121,10 +180,9 @@ pub async fn run(
     }
     drop(app);
     drop(running.driver);
-    let thread = running.thread;
-    match tokio::task::spawn_blocking(move || thread.join()).await {
+    match joiner.await {
         Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(e))) => Err(RmsError::Store(e)),
+        Ok(Ok(Err(stop))) => Err(RmsError::Stopped(stop)),
         _ => Err(RmsError::Panicked),
     }
 }

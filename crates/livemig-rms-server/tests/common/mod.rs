@@ -64,6 +64,7 @@ impl Rms {
         let task = tokio::spawn(livemig_rms_server::run(
             listener,
             store,
+            None,
             token,
             secret,
             cfg,

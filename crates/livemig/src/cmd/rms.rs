@@ -21,6 +21,7 @@ use crate::args::positive_duration;
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "Examples:
   livemig rms --listen 0.0.0.0:7700 --db sqlite:/var/lib/livemig/rms.db --token-file /etc/livemig/token
+  livemig rms --listen 10.0.0.1:7700 --db postgres://rms@db/livemig --token-file t --name rms-a
   livemig rms --listen 127.0.0.1:0 --db sqlite::memory: --token-file rms.token --json
 
 The token file holds the cluster's bearer token on its first line (mode 600); agents and the
@@ -30,7 +31,8 @@ pub struct Args {
     /// Address to listen on (HOST:PORT; port 0 picks one and prints it).
     #[arg(long, default_value = "127.0.0.1:7700")]
     pub listen: String,
-    /// The store: `sqlite:PATH` (created if missing; WAL) or `sqlite::memory:` (tests only).
+    /// The store: `sqlite:PATH` (created if missing; WAL), `postgres://USER@HOST[:PORT]/DB`
+    /// (several RMS processes may share it: one leads), or `sqlite::memory:` (tests only).
     #[arg(long, default_value = "sqlite:livemig-rms.db")]
     pub db: String,
     /// File holding the bearer token (first line; mode 600).
@@ -51,6 +53,11 @@ pub struct Args {
     /// The policy of a migration request that names none.
     #[arg(long, default_value = "predictive")]
     pub default_policy: String,
+    /// This RMS's name in the store's lease (two RMS processes on one database: one leads,
+    /// the other waits). Default: HOSTNAME-PID, so a restarted process waits out its
+    /// predecessor's lease (10 s); give a fixed name to take over one's own lease at once.
+    #[arg(long)]
+    pub name: Option<String>,
     /// Print the listening address as JSON (`{"listening": ...}`).
     #[arg(long)]
     pub json: bool,
@@ -81,16 +88,26 @@ pub fn run(args: Args) -> Result<()> {
     cfg.orchestrator.default_policy = args.default_policy.clone();
     cfg.heartbeat_s = heartbeat.as_secs_f64();
     cfg.agent_timeout = answer_timeout.min(Duration::from_secs(10));
+    let holder = match args.name.clone() {
+        Some(n) => n,
+        None => format!("{}-{}", hostname(), std::process::id()),
+    };
     let stop = CancellationToken::new();
     let on_stop = stop.clone();
     crate::signals::on_interrupt(move || on_stop.cancel())?;
     let rt = crate::rt::runtime()?;
+    // A standby binds nothing: it takes the address once it leads (the old leader is gone).
+    let Some((store, leading)) =
+        rt.block_on(livemig_rms_server::await_leadership(store, &holder, &stop))?
+    else {
+        return Ok(());
+    };
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&args.listen))
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?.to_string();
     let line = if args.json {
-        serde_json::json!({"listening": address}).to_string()
+        serde_json::json!({"listening": address, "name": holder}).to_string()
     } else {
         format!("listening on {address}")
     };
@@ -98,6 +115,7 @@ pub fn run(args: Args) -> Result<()> {
     rt.block_on(livemig_rms_server::run(
         listener,
         store,
+        Some(leading),
         token,
         secret,
         cfg,
@@ -107,4 +125,13 @@ pub fn run(args: Args) -> Result<()> {
     ))?;
     tracing::debug!("rms stopped");
     Ok(())
+}
+
+/// This machine's name (`/proc/sys/kernel/hostname`), or `rms` when it cannot be read.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "rms".to_string())
 }
