@@ -846,3 +846,42 @@ fn migration_cancel_sends_delete() {
     );
     assert_eq!(seen.authorization.as_deref(), Some("Bearer s3cret"));
 }
+
+#[test]
+fn ctrl_c_stops_watching_not_the_migration() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("dir");
+    let token = token_file(dir.path());
+    let fake = migrating("completed");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("livemig"))
+        .env_remove("LIVEMIG_RMS")
+        .env_remove("LIVEMIG_TOKEN_FILE")
+        .args(["migration", "watch", "7", "--watch-interval", "5s"])
+        .args(["--rms", &fake.url])
+        .arg("--token-file")
+        .arg(&token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // The first poll printed: the watch is under way (and waits 5 s for the next).
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("line");
+    assert!(line.starts_with("migration 7: vm web-1"), "{line}");
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let out = child.wait_with_output().expect("wait");
+    let err = fails(&out, 130);
+    assert!(
+        err.contains("stopped watching migration 7; it goes on")
+            && err.contains("livemig migration watch 7")
+            && err.contains("livemig migration cancel 7"),
+        "{err}"
+    );
+    // Only polls: nothing cancelled.
+    assert!(fake.requests().iter().all(|s| s.method == "GET"));
+}
