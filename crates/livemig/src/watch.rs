@@ -182,7 +182,29 @@ fn show(answer: &Answer<MigrationView>, seen: &mut Seen, json: bool) -> Result<(
             m.id, m.vm, m.source, m.policy
         ))?;
     }
-    // Attempts and rounds before the state: a round's line comes before `completed`.
+    // A new state first, but an ending one last: its rounds come before `completed`.
+    let changed = seen.state != Some(m.state);
+    seen.state = Some(m.state);
+    let state_line = || {
+        if json {
+            json!({
+                "event": "state",
+                "id": m.id,
+                "state": ops_view::state(m.state),
+                "source": m.source,
+                "target": m.target,
+            })
+            .to_string()
+        } else {
+            match &m.target {
+                Some(t) => format!("{} ({} -> {t})", ops_view::state(m.state), m.source),
+                None => ops_view::state(m.state).to_string(),
+            }
+        }
+    };
+    if changed && !ends_watch(m.state) {
+        emit(state_line())?;
+    }
     for (i, a) in m.attempts.iter().enumerate().skip(seen.attempts) {
         emit(if json {
             event(m, "attempt", "attempt", &answer.json["attempts"][i])
@@ -199,23 +221,8 @@ fn show(answer: &Answer<MigrationView>, seen: &mut Seen, json: bool) -> Result<(
         })?;
     }
     seen.rounds = seen.rounds.max(m.rounds.len());
-    if seen.state != Some(m.state) {
-        seen.state = Some(m.state);
-        emit(if json {
-            json!({
-                "event": "state",
-                "id": m.id,
-                "state": ops_view::state(m.state),
-                "source": m.source,
-                "target": m.target,
-            })
-            .to_string()
-        } else {
-            match &m.target {
-                Some(t) => format!("{} ({} -> {t})", ops_view::state(m.state), m.source),
-                None => ops_view::state(m.state).to_string(),
-            }
-        })?;
+    if changed && ends_watch(m.state) {
+        emit(state_line())?;
     }
     if ends_watch(m.state) {
         if json {

@@ -684,6 +684,14 @@ fn watch_prints_states_and_each_round_once_and_exits_0_on_completed() {
         .collect();
     assert_eq!(states.len(), 5, "{text}");
     assert_eq!(states[4], "completed (host-a -> host-b)", "{text}");
+    // A state comes before the rounds run in it; the ending state after the last round.
+    let at = |prefix: &str| {
+        text.lines()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix}: {text}"))
+    };
+    assert!(at("running (") < at("round 2:"), "{text}");
+    assert!(at(&format!("round {all}:")) < at("completed ("), "{text}");
     assert!(
         text.contains("asked host-c refused: not enough memory"),
         "{text}"
