@@ -893,3 +893,37 @@ fn ctrl_c_stops_watching_not_the_migration() {
     // Only polls: nothing cancelled.
     assert!(fake.requests().iter().all(|s| s.method == "GET"));
 }
+
+#[test]
+fn a_watch_rides_out_an_rms_that_briefly_fails() {
+    let dir = tempfile::tempdir().expect("dir");
+    let token = token_file(dir.path());
+    let fake = Fake::start(|_, n| match n {
+        0 => answer(migration("running", 1, false)),
+        1 | 2 => (503, json!({"error": "restarting"}).to_string()),
+        _ => answer(migration("completed", round_count(), true)),
+    });
+    let out = livemig(
+        &fake.url,
+        &token,
+        &["migration", "watch", "7", "--watch-interval", "50ms"],
+    )
+    .output()
+    .expect("run");
+    let text = ok(out.clone());
+    let err = stderr(&out);
+    assert_eq!(err.matches("still watching").count(), 1, "{err}");
+    assert!(
+        err.contains("503") && err.contains("restarting") && err.contains("answers again"),
+        "{err}"
+    );
+    assert!(text.contains("completed (host-a -> host-b)"), "{text}");
+    assert_eq!(fake.requests().len(), 4);
+    // A refused token is not transient: the watch ends at once.
+    let fake = Fake::start(|_, _| (401, json!({"error": "bad token"}).to_string()));
+    let out = livemig(&fake.url, &token, &["migration", "watch", "7"])
+        .output()
+        .expect("run");
+    assert!(fails(&out, 2).contains("401"));
+    assert_eq!(fake.requests().len(), 1);
+}
