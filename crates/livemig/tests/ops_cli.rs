@@ -927,3 +927,55 @@ fn a_watch_rides_out_an_rms_that_briefly_fails() {
     assert!(fails(&out, 2).contains("401"));
     assert_eq!(fake.requests().len(), 1);
 }
+
+#[test]
+fn help_documents_exit_codes_and_man_pages_and_completions_cover_the_commands() {
+    for args in [["vm", "migrate"], ["migration", "watch"]] {
+        let out = Command::cargo_bin("livemig")
+            .expect("binary")
+            .args(args)
+            .arg("--help")
+            .output()
+            .expect("run");
+        let help = ok(out);
+        for word in [
+            "Exit codes",
+            "0 completed",
+            "1 failed",
+            "3 unknown",
+            "4 cancelled",
+            "5 --watch-timeout",
+            "130 Ctrl-C",
+            "LIVEMIG_RMS",
+            "LIVEMIG_TOKEN_FILE",
+            "[default: http://127.0.0.1:7700]",
+            "[default: 10m]",
+        ] {
+            assert!(help.contains(word), "{args:?} {word}: {help}");
+        }
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    ok(Command::cargo_bin("livemig")
+        .expect("binary")
+        .args(["man", "--out"])
+        .arg(dir.path())
+        .output()
+        .expect("run"));
+    for page in [
+        "livemig-host-list.1",
+        "livemig-vm-create.1",
+        "livemig-vm-migrate.1",
+        "livemig-migration-cancel.1",
+        "livemig-migration-watch.1",
+    ] {
+        assert!(dir.path().join(page).is_file(), "{page}");
+    }
+    let bash = ok(Command::cargo_bin("livemig")
+        .expect("binary")
+        .args(["completions", "bash"])
+        .output()
+        .expect("run"));
+    for word in ["watch-timeout", "token-file", "migration", "host"] {
+        assert!(bash.contains(word), "{word}");
+    }
+}
