@@ -141,6 +141,9 @@ impl Rms {
         if base.host_str().is_none_or(str::is_empty) || base.cannot_be_a_base() {
             bail!("--rms `{}` has no host (e.g. {DEFAULT_RMS})", args.rms);
         }
+        if !base.username().is_empty() || base.password().is_some() {
+            bail!("--rms: give no user or password in the URL; the token file authenticates");
+        }
         if base.query().is_some() || base.fragment().is_some() {
             bail!("--rms `{}`: give the base URL without ? or #", args.rms);
         }
