@@ -36,27 +36,40 @@ pub const TIMED_OUT: i32 = 5;
 /// Exit code: Ctrl-C stopped the watch.
 pub const INTERRUPTED: i32 = 130;
 
-/// The flags of a watch (`vm migrate --watch`, `migration watch`).
+/// The flags of a watch (`vm migrate --watch`, `migration watch`). Unset, they take the
+/// defaults their help shows (so that `vm migrate` can tell them given without `--watch`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct WatchArgs {
-    /// Stop watching after this long (the migration goes on; exit 5).
-    #[arg(long, value_name = "TIME", default_value = "10m")]
-    pub watch_timeout: String,
-    /// Time between two polls of the migration.
-    #[arg(long, value_name = "TIME", default_value = "300ms")]
-    pub watch_interval: String,
+    /// Stop watching after this long (the migration goes on; exit 5). [default: 10m]
+    #[arg(long, value_name = "TIME")]
+    pub watch_timeout: Option<String>,
+    /// Time between two polls of the migration (at least 50ms). [default: 300ms]
+    #[arg(long, value_name = "TIME")]
+    pub watch_interval: Option<String>,
 }
 
 impl WatchArgs {
+    /// Whether either flag was given.
+    pub fn given(&self) -> bool {
+        self.watch_timeout.is_some() || self.watch_interval.is_some()
+    }
+
     /// The checked flags; `json` for NDJSON output.
     pub fn watch(&self, json: bool) -> Result<Watch> {
-        let interval = crate::args::positive_duration("watch-interval", &self.watch_interval)?;
+        let interval = crate::args::positive_duration(
+            "watch-interval",
+            self.watch_interval.as_deref().unwrap_or("300ms"),
+        )?;
         if interval < Duration::from_millis(50) {
             anyhow::bail!("--watch-interval must be at least 50ms");
         }
+        let timeout = crate::args::positive_duration(
+            "watch-timeout",
+            self.watch_timeout.as_deref().unwrap_or("10m"),
+        )?;
         Ok(Watch {
             interval,
-            timeout: crate::args::positive_duration("watch-timeout", &self.watch_timeout)?,
+            timeout,
             json,
         })
     }

@@ -381,6 +381,21 @@ fn bad_sizes_and_settings_are_refused_before_any_request() {
     .output()
     .expect("run");
     fails(&out, 2);
+    for args in [
+        &["vm", "migrate", "web-1", "--watch-timeout", "1m"][..],
+        &[
+            "vm",
+            "migrate",
+            "web-1",
+            "--watch",
+            "--watch-interval",
+            "1ms",
+        ][..],
+        &["migration", "watch", "7", "--watch-timeout", "0s"][..],
+    ] {
+        let err = fails(&livemig(&fake.url, &token, args).output().expect("run"), 2);
+        assert!(err.contains("--watch-"), "{args:?}: {err}");
+    }
     // A token file others can read is refused, as the agent refuses it.
     let open = dir.path().join("open.token");
     std::fs::write(&open, "s3cret\n").expect("write");

@@ -108,6 +108,8 @@ pub fn run(a: Args) -> Result<()> {
     };
     let watching = if a.watch {
         Some(a.watching.watch(a.json)?)
+    } else if a.watching.given() {
+        bail!("--watch-timeout and --watch-interval go with --watch");
     } else {
         None
     };
