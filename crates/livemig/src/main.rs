@@ -113,7 +113,7 @@ Every operator command takes --rms URL (or LIVEMIG_RMS; default http://127.0.0.1
 and --timeout (per request, default 10s)."
     )]
     Vm(Vm),
-    /// List, show, watch and cancel the RMS's migrations (operator commands).
+    /// List, show, watch, cancel and resolve the RMS's migrations (operator commands).
     #[command(
         subcommand,
         after_long_help = "Examples:

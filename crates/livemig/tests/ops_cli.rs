@@ -994,3 +994,25 @@ fn help_documents_exit_codes_and_man_pages_and_completions_cover_the_commands() 
         assert!(bash.contains(word), "{word}");
     }
 }
+
+#[test]
+fn migration_resolve_names_the_host() {
+    let dir = tempfile::tempdir().expect("dir");
+    let token = token_file(dir.path());
+    let fake = Fake::start(|_, _| answer(migration("completed", 2, false)));
+    let text = ok(livemig(
+        &fake.url,
+        &token,
+        &["migration", "resolve", "7", "--host", "host-b"],
+    )
+    .output()
+    .expect("run"));
+    assert!(text.contains("completed"), "{text}");
+    let seen = fake.only();
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("POST", "/api/v1/migrations/7/resolve")
+    );
+    assert_eq!(seen.json(), json!({"host": "host-b"}));
+    assert_eq!(seen.authorization.as_deref(), Some("Bearer s3cret"));
+}

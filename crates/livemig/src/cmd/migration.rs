@@ -1,4 +1,5 @@
-//! `livemig migration list | show | watch | cancel`: the migrations the RMS runs and ran.
+//! `livemig migration list | show | watch | cancel | resolve`: the migrations the RMS runs and
+//! ran.
 
 use anyhow::Result;
 use livemig_rms::{MigrationId, MigrationView};
@@ -52,6 +53,30 @@ The RMS answers at once; the migration ends `cancelled` (the guest on the source
 after, or completes if it was already past its commit point. A refusal (409) prints the
 RMS's reason and exits 2.")]
     Cancel(IdArgs),
+    /// Settle a migration whose outcome is unknown: the operator found the guest on --host.
+    #[command(after_long_help = "Examples:
+  livemig migration resolve 7 --host host-b
+  livemig migration resolve 7 --host host-a --json
+
+Only for a migration in state `unknown`, after checking where the guest runs (the agents'
+reports, or `livemig resolve` on the source for an engine hand-over). --host names the source
+(the migration becomes failed) or the destination (completed; the VM's location moves).")]
+    Resolve(ResolveArgs),
+}
+
+/// `livemig migration resolve` flags.
+#[derive(Debug, clap::Args)]
+pub struct ResolveArgs {
+    /// The migration's id.
+    pub id: u64,
+    /// The host the guest runs on: the migration's source or its destination.
+    #[arg(long, value_name = "HOST")]
+    pub host: String,
+    #[command(flatten)]
+    pub rms: RmsArgs,
+    /// Print the RMS's JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `livemig migration list` flags.
@@ -111,6 +136,19 @@ pub fn run(command: Command) -> Result<()> {
             with_rms(Rms::new(&a.rms)?, |rms| async move {
                 let view = watch::watch(&rms, MigrationId(a.id), w).await?;
                 watch::finish(&view)
+            })
+        }
+        Command::Resolve(a) => {
+            if a.host.trim().is_empty() {
+                anyhow::bail!("--host is empty");
+            }
+            with_rms(Rms::new(&a.rms)?, |rms| async move {
+                let id = a.id.to_string();
+                let body = serde_json::json!({"host": a.host});
+                let m = rms
+                    .post::<_, MigrationView>(&["api", "v1", "migrations", &id, "resolve"], &body)
+                    .await?;
+                print(&m, a.json, ops_view::migration)
             })
         }
         Command::Cancel(a) => with_rms(Rms::new(&a.rms)?, |rms| async move {
