@@ -11,6 +11,9 @@
 //!   [`cmd::qemu_bench`]: `livemig qemu bench`; [`rt`]: their async runtime.
 //! - [`cmd::agent`]: `livemig agent`, the per-host migration monitor's HTTP API.
 //! - [`cmd::rms`]: `livemig rms`, the Resource Management System.
+//! - [`cmd::host`], [`cmd::vm`], [`cmd::vm_migrate`], [`cmd::migration`]: the operator
+//!   commands, clients of the RMS's HTTP API; [`rms_client`]: their connection flags, token
+//!   and requests; [`ops_view`]: their tables; [`watch`]: following a migration, exit codes.
 //! - [`cmd::completions`], [`cmd::man`]: shell completions and manual pages, generated from
 //!   these definitions.
 //! - [`table`]: human tables; [`plot`]: SVG/PNG plots; [`progress`]: live round progress.
@@ -23,13 +26,16 @@
 
 mod args;
 mod cmd;
+mod ops_view;
 mod out;
 mod outcome;
 mod plot;
 mod progress;
+mod rms_client;
 mod rt;
 mod signals;
 mod table;
+mod watch;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -86,6 +92,36 @@ enum Command {
     /// Run the Resource Management System: the API operators and agents use, the orchestrator,
     /// its store.
     Rms(Box<cmd::rms::Args>),
+    /// The RMS's hosts (operator command; --rms, --token-file).
+    #[command(
+        subcommand,
+        after_long_help = "Examples:
+  livemig host list
+  livemig host list --json"
+    )]
+    Host(cmd::host::Command),
+    /// Create, list, show, delete and migrate the RMS's VMs (operator commands).
+    #[command(
+        subcommand,
+        after_long_help = "Examples:
+  livemig vm create web-1 --memory 1GiB --workload idle
+  livemig vm list
+  livemig vm migrate web-1 --to host-b --watch
+
+Every operator command takes --rms URL (or LIVEMIG_RMS; default http://127.0.0.1:7700),
+--token-file FILE (or LIVEMIG_TOKEN_FILE; the RMS's bearer token on its first line, mode 600)
+and --timeout (per request, default 10s)."
+    )]
+    Vm(Vm),
+    /// List, show, watch, cancel and resolve the RMS's migrations (operator commands).
+    #[command(
+        subcommand,
+        after_long_help = "Examples:
+  livemig migration list
+  livemig migration watch 7
+  livemig migration cancel 7"
+    )]
+    Migration(cmd::migration::Command),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cmd::completions::Args),
     /// Print the manual page, or write one page per command into a directory.
@@ -100,6 +136,16 @@ enum Qemu {
     Run(cmd::qemu::Command),
     /// Boot the test guest and migrate it under every policy and QEMU's defaults, side by side.
     Bench(Box<cmd::qemu_bench::BenchArgs>),
+}
+
+/// `livemig vm` subcommands: `create`, `list`, `show` and `delete` from `cmd::vm`, `migrate`
+/// from `cmd::vm_migrate` (joined here, so that neither module imports the other).
+#[derive(Debug, Subcommand)]
+enum Vm {
+    #[command(flatten)]
+    Run(cmd::vm::Command),
+    /// Ask the RMS to migrate a VM; --watch follows it to its end.
+    Migrate(Box<cmd::vm_migrate::Args>),
 }
 
 /// Diagnostics to stderr: `RUST_LOG` filters (default `warn`); colour only on a terminal.
@@ -150,6 +196,10 @@ fn main() {
         Command::Qemu(Qemu::Bench(a)) => cmd::qemu_bench::run(*a),
         Command::Agent(a) => cmd::agent::run(*a),
         Command::Rms(a) => cmd::rms::run(*a),
+        Command::Host(c) => cmd::host::run(c),
+        Command::Vm(Vm::Run(c)) => cmd::vm::run(c),
+        Command::Vm(Vm::Migrate(a)) => cmd::vm_migrate::run(*a),
+        Command::Migration(c) => cmd::migration::run(c),
         Command::Completions(a) => cmd::completions::run(a, Cli::command()),
         Command::Man(a) => cmd::man::run(a, Cli::command()),
     };
@@ -164,7 +214,7 @@ fn main() {
         tracing::debug!(code, error = %format!("{e:#}"), "command failed");
         let chain: Vec<String> = e
             .chain()
-            .filter(|c| c.downcast_ref::<outcome::Ended>().is_none())
+            .filter(|c| !outcome::is_exit_marker(*c))
             .map(|c| c.to_string())
             .collect();
         out::note(&format!("livemig: error: {}", chain.join(": ")));

@@ -92,9 +92,38 @@ pub fn ended(outcome: Outcome, context: String) -> anyhow::Error {
     anyhow::Error::new(Ended { outcome }).context(context)
 }
 
-/// The exit code of a command's error: the outcome's, or 2 (usage; nothing started).
+/// An error that ends a command with its own exit code (the operator commands' `--watch`,
+/// whose codes `watch.rs` lists); like [`Ended`], it is not shown on the error line.
+#[derive(Debug)]
+pub struct ExitWith {
+    pub code: i32,
+}
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.code)
+    }
+}
+
+impl std::error::Error for ExitWith {}
+
+/// An error that ends a command with `code`; `context` is the error line.
+pub fn exit_with(code: i32, context: String) -> anyhow::Error {
+    anyhow::Error::new(ExitWith { code }).context(context)
+}
+
+/// Whether `e` is only a marker of the exit code ([`Ended`], [`ExitWith`]), not a message.
+pub fn is_exit_marker(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<Ended>().is_some() || e.downcast_ref::<ExitWith>().is_some()
+}
+
+/// The exit code of a command's error: the outcome's, the one it carries, or 2 (usage; nothing
+/// started).
 pub fn exit_code(e: &anyhow::Error) -> i32 {
-    e.downcast_ref::<Ended>().map_or(2, |x| x.outcome.code())
+    if let Some(x) = e.downcast_ref::<Ended>() {
+        return x.outcome.code();
+    }
+    e.downcast_ref::<ExitWith>().map_or(2, |x| x.code)
 }
 
 /// Writes `text` and a newline to stdout; failures are ignored (a migration's outcome never

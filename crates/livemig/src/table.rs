@@ -7,7 +7,7 @@ use livemig_policy::Branch;
 use livemig_sim::bench::{meets_targets, PolicyResult, ScenarioResult};
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
-fn new_table(header: &[&str]) -> Table {
+pub fn new_table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
     for i in 1..header.len() {
@@ -18,7 +18,7 @@ fn new_table(header: &[&str]) -> Table {
     t
 }
 
-fn branch(b: Branch) -> &'static str {
+pub fn branch(b: Branch) -> &'static str {
     match b {
         Branch::Raise => "raise",
         Branch::KeepOrLower => "keep/lower",
