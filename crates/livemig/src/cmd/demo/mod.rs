@@ -1,4 +1,7 @@
-//! `livemig demo`: both ends on loopback with a generated key, live progress, the round table.
+//! `livemig demo`: both ends on loopback with a generated key, live progress, the round table;
+//! with `--hosts N`, the whole system (RMS and N agents) on loopback ([`system`]).
+
+mod system;
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +29,12 @@ use crate::table;
 #[command(after_long_help = "Examples:
   livemig demo
   livemig demo --policy dirty-factor --memory 512MiB
-  livemig demo --workload uniform:rate=64MiB/s --compress --json")]
+  livemig demo --workload uniform:rate=64MiB/s --compress --json
+  livemig demo --hosts 3
+
+With --hosts N it starts the whole system on loopback instead: `livemig rms` and N
+`livemig agent` processes with a fresh token, creates a VM on host-1, asks the RMS to move
+it, follows the migration round by round, shows where the VMs run, and stops everything.")]
 pub struct Args {
     #[command(flatten)]
     pub guest: GuestArgs,
@@ -42,10 +50,22 @@ pub struct Args {
     /// Print the result as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Run the whole system instead: the RMS and this many agents on loopback (2 to 8).
+    #[arg(long, value_name = "N")]
+    pub hosts: Option<usize>,
 }
 
 /// Runs `livemig demo`.
 pub fn run(args: Args) -> Result<()> {
+    if let Some(hosts) = args.hosts {
+        return system::run(system::Plan {
+            hosts,
+            memory: args.guest.memory.clone(),
+            workload: args.guest.workload.clone(),
+            policy: args.policy.0.to_string(),
+            json: args.json,
+        });
+    }
     let cfg = args.guest.policy_config(&args.settings)?;
     let timeouts = args.timeouts.timeouts()?;
     let progress_format = args.progress.format(args.json);
