@@ -33,7 +33,7 @@ pub enum MigrationError {
     Vm(String),
     #[error("unknown policy `{0}`")]
     Policy(String),
-    #[error("invalid policy settings: {0}")]
+    #[error("{0}")]
     Settings(String),
     #[error("data_address must be IP:PORT: `{0}`")]
     Address(String),

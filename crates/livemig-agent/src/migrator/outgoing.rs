@@ -41,13 +41,20 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
             .ok_or_else(|| MigrationError::NoVm(req.vm.clone()))?;
         (Arc::clone(&vm.guest), vm.memory_bytes, vm.workload.clone())
     };
-    let spec = req.settings.clone().unwrap_or_default();
+    let mut spec = req.settings.clone().unwrap_or_default();
+    if spec.stop_remaining.is_none() {
+        // The default stop level (64 MiB) exceeds a small guest: then stop at an eighth of it.
+        let default = livemig_policy::PolicyConfig::default().stop_remaining;
+        if default >= memory as f64 {
+            spec.stop_remaining = Some((memory / 8).to_string());
+        }
+    }
     let policy_cfg = spec
         .resolve(memory as f64)
         .map_err(|e| MigrationError::Settings(super::incoming::error_chain(&e)))?;
     if policy_cfg.page_size != PAGE {
         return Err(MigrationError::Settings(format!(
-            "the engine moves {PAGE}-byte pages; page_size must be {PAGE}"
+            "invalid policy settings: the engine moves {PAGE}-byte pages; page_size must be {PAGE}"
         )));
     }
     let send_cfg = SenderConfig {
@@ -62,10 +69,10 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
     };
     send_cfg
         .check(policy_cfg.min_bandwidth)
-        .map_err(|e| MigrationError::Settings(e.to_string()))?;
+        .map_err(|e| MigrationError::Settings(format!("invalid sender settings: {e}")))?;
     let mut policy = kind
         .build(policy_cfg)
-        .map_err(|e| MigrationError::Settings(e.to_string()))?;
+        .map_err(|e| MigrationError::Settings(format!("invalid policy settings: {e}")))?;
     {
         let mut s = agent.lock();
         if s.migrations.contains(req.migration) {

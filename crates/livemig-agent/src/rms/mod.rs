@@ -13,4 +13,29 @@ pub mod outbox;
 
 pub use client::{RmsClient, RmsError};
 pub use link::{run_link, LinkConfig};
-pub use outbox::{deliver, Outbound, Outbox};
+pub use outbox::{deliver, Inbox, Outbound, Outbox};
+
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::Agent;
+
+/// Light events queued for the RMS at most (beyond, progress is dropped).
+pub const LIGHT_EVENTS_QUEUED: usize = 256;
+
+/// Starts the registration loop and the outbox's delivery on the current runtime, both until
+/// `stop`. Cancel `stop` after the server has stopped, so that the events of migrations it
+/// cancelled are still delivered.
+pub fn spawn(
+    client: RmsClient,
+    inbox: Inbox,
+    link: LinkConfig,
+    agent: Arc<Agent>,
+    stop: CancellationToken,
+) -> (JoinHandle<()>, JoinHandle<()>) {
+    let l = tokio::spawn(run_link(client.clone(), agent, link, stop.clone()));
+    let d = tokio::spawn(deliver(client, inbox, stop));
+    (l, d)
+}
