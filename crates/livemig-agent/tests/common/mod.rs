@@ -28,11 +28,13 @@ pub struct Options {
 
 impl Options {
     pub fn new(name: &str, total_bytes: u64) -> Options {
-        let mut migrator = MigratorConfig::default();
-        migrator.timeout = Duration::from_secs(5);
-        migrator.max_pause = Duration::from_secs(15);
-        migrator.resolve_timeout = Duration::from_secs(15);
-        migrator.sample_s = 0.2;
+        let migrator = MigratorConfig {
+            timeout: Duration::from_secs(5),
+            max_pause: Duration::from_secs(15),
+            resolve_timeout: Duration::from_secs(15),
+            sample_s: 0.2,
+            ..MigratorConfig::default()
+        };
         Options {
             name: name.to_string(),
             total_bytes,
