@@ -46,8 +46,8 @@ fn a_missing_empty_or_exposed_token_file_is_exit_2_with_one_line() {
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     assert!(one_error_line(&agent(&open).output().expect("run")).contains("chmod 600"));
     let mut rms = agent(&missing);
-    rms.args(["--rms", "http://198.18.0.1:7900"]);
-    assert!(one_error_line(&rms.output().expect("run")).contains("--rms is coming"));
+    rms.args(["--rms", "https://198.18.0.1:7900"]);
+    assert!(one_error_line(&rms.output().expect("run")).contains("--rms"));
 }
 
 #[test]
