@@ -454,3 +454,72 @@ fn the_new_routes_need_the_token_and_well_formed_bodies() {
         assert_eq!(r.status, 400, "unknown fields are refused: {}", r.body);
     }
 }
+
+#[test]
+fn stopping_the_agent_cancels_its_outgoing_migration_before_the_commit() {
+    let rms = FakeRms::start(0.2);
+    let mut a = agent("host-a", &rms);
+    let b = agent("host-b", &rms);
+    let mem = 32 * MIB;
+    let workload = "uniform:rate=1MiB/s";
+    start_vm(&a, "vm5", mem, workload);
+    let res = reserve(&b, mem);
+    let data = incoming(&b, 11, &res, "vm5", mem, workload, KEY_1);
+    let slow = json!({"bandwidth": "2MiB/s", "min_bandwidth": "1MiB/s", "max_bandwidth": "2MiB/s"});
+    let r = outgoing(&a, 11, "vm5", &data, KEY_1, slow);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(wait_until(WAIT, || rms.has_event(
+        "host-a",
+        11,
+        "round_started"
+    )));
+    assert!(a.stop(), "the agent stopped within its bounds");
+    // The cancel reached the RMS before the agent's link ended, and B gave the memory back.
+    assert!(
+        rms.has_event("host-a", 11, "cancelled"),
+        "{:?}",
+        rms.of("events")
+    );
+    assert!(
+        wait_until(WAIT, || state(&b, 11).as_deref() == Some("failed")),
+        "{:?}",
+        state(&b, 11)
+    );
+    assert_eq!(info(&b)["memory_free_bytes"].as_u64(), Some(128 * MIB));
+    assert_eq!(vms(&b), Vec::<String>::new());
+}
+
+#[test]
+fn a_heartbeat_answered_404_registers_again() {
+    let rms = FakeRms::start(0.1);
+    let _a = agent("host-a", &rms);
+    assert!(wait_until(WAIT, || rms.of("heartbeat").len() >= 2));
+    assert_eq!(rms.of("register").len(), 1);
+    rms.forget.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        wait_until(WAIT, || rms.of("register").len() == 2),
+        "{}",
+        rms.of("register").len()
+    );
+    let beats = rms.of("heartbeat").len();
+    assert!(wait_until(WAIT, || rms.of("heartbeat").len() > beats));
+}
+
+#[test]
+fn an_agent_started_before_its_rms_keeps_trying_until_it_registers() {
+    // A port with nobody on it, then the RMS on that very port.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = probe.local_addr().expect("address").port();
+    drop(probe);
+    let mut o = Options::new("host-a", 64 * MIB);
+    o.rms = Some((format!("http://127.0.0.1:{port}"), 0.2));
+    let a = Harness::start_with(o);
+    // It serves meanwhile.
+    assert_eq!(info(&a)["name"], "host-a");
+    std::thread::sleep(Duration::from_millis(600)); // let a few attempts fail
+    let rms = FakeRms::start_on(port, 0.2);
+    assert!(
+        wait_until(WAIT, || !rms.of("register").is_empty()),
+        "no registration once the RMS came up"
+    );
+}

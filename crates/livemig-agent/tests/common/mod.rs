@@ -255,6 +255,8 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub struct FakeRms {
     pub url: String,
     pub seen: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+    /// When set, the next heartbeat is answered 404 (the RMS forgot the host).
+    pub forget: Arc<std::sync::atomic::AtomicBool>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -262,14 +264,22 @@ impl FakeRms {
     /// Answers registrations `{"heartbeat_s": heartbeat_s}`, everything else 204; refuses a
     /// wrong token with 401 (not recorded).
     pub fn start(heartbeat_s: f64) -> FakeRms {
+        FakeRms::start_on(0, heartbeat_s)
+    }
+
+    /// [`FakeRms::start`] on 127.0.0.1:`port`.
+    pub fn start_on(port: u16, heartbeat_s: f64) -> FakeRms {
         use axum::body::Bytes;
         use axum::http::{HeaderMap, StatusCode};
         use axum::response::IntoResponse;
-        let seen: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+        type Seen = Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>;
+        let seen: Seen = Arc::default();
+        let forget = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let record =
-            |path: &'static str, seen: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>| {
+            |path: &'static str, seen: Seen, forget: Arc<std::sync::atomic::AtomicBool>| {
                 move |headers: HeaderMap, body: Bytes| {
                     let seen = Arc::clone(&seen);
+                    let forget = Arc::clone(&forget);
                     async move {
                         let auth = headers
                             .get("authorization")
@@ -277,6 +287,9 @@ impl FakeRms {
                             .unwrap_or("");
                         if auth != format!("Bearer {TOKEN}") {
                             return StatusCode::UNAUTHORIZED.into_response();
+                        }
+                        if path == "heartbeat" && forget.swap(false, Ordering::Relaxed) {
+                            return StatusCode::NOT_FOUND.into_response();
                         }
                         let v: serde_json::Value =
                             serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
@@ -296,19 +309,19 @@ impl FakeRms {
         let app = axum::Router::new()
             .route(
                 "/api/v1/agents/register",
-                axum::routing::post(record("register", Arc::clone(&seen))),
+                axum::routing::post(record("register", Arc::clone(&seen), Arc::clone(&forget))),
             )
             .route(
                 "/api/v1/agents/heartbeat",
-                axum::routing::post(record("heartbeat", Arc::clone(&seen))),
+                axum::routing::post(record("heartbeat", Arc::clone(&seen), Arc::clone(&forget))),
             )
             .route(
                 "/api/v1/agents/events",
-                axum::routing::post(record("events", Arc::clone(&seen))),
+                axum::routing::post(record("events", Arc::clone(&seen), Arc::clone(&forget))),
             )
             .route(
                 "/api/v1/agents/reports",
-                axum::routing::post(record("reports", Arc::clone(&seen))),
+                axum::routing::post(record("reports", Arc::clone(&seen), Arc::clone(&forget))),
             );
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -316,7 +329,7 @@ impl FakeRms {
             .build()
             .expect("runtime");
         let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
             .expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         runtime.spawn(async move {
@@ -325,6 +338,7 @@ impl FakeRms {
         FakeRms {
             url,
             seen,
+            forget,
             runtime: Some(runtime),
         }
     }
