@@ -116,3 +116,158 @@ fn serves_healthz_and_stops_on_sigterm() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+/// A stand-in RMS on a std listener: records `(request line, authorization, body)` and
+/// answers registrations `{"heartbeat_s": 0.1}`, everything else 204.
+fn fake_rms() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", l.local_addr().expect("address"));
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>> =
+        std::sync::Arc::default();
+    let s = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut r = BufReader::new(conn);
+            let mut first = String::new();
+            if r.read_line(&mut first).is_err() {
+                continue;
+            }
+            let (mut len, mut auth) = (0usize, String::new());
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                let lower = h.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                if lower.starts_with("authorization:") {
+                    auth = h["authorization:".len()..].trim().to_string();
+                }
+            }
+            let mut body = vec![0u8; len.min(1 << 20)];
+            let _ = std::io::Read::read_exact(&mut r, &mut body);
+            let line = first.trim().to_string();
+            let answer = if line.contains("/register") {
+                let b = r#"{"heartbeat_s":0.1}"#;
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                    b.len()
+                )
+            } else {
+                "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_string()
+            };
+            s.lock()
+                .expect("lock")
+                .push((line, auth, String::from_utf8_lossy(&body).to_string()));
+            let _ = r.get_mut().write_all(answer.as_bytes());
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn with_rms_it_registers_and_heartbeats_with_its_token() {
+    let dir = tempfile::tempdir().expect("dir");
+    let token = dir.path().join("agent.token");
+    std::fs::write(&token, "secret\n").expect("write");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (url, seen) = fake_rms();
+    let mut child = Proc::new(cargo_bin("livemig"))
+        .args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "host-a",
+            "--json",
+        ])
+        .arg("--token-file")
+        .arg(&token)
+        .args([
+            "--capacity-memory",
+            "64MiB",
+            "--rms",
+            &url,
+            "--timeout",
+            "9s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout).read_line(&mut line).expect("line");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let addr = v["listening"].as_str().expect("address").to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let s = seen.lock().expect("lock").clone();
+        let reg = s
+            .iter()
+            .find(|(l, _, _)| l.contains("/api/v1/agents/register"));
+        let beat = s
+            .iter()
+            .any(|(l, _, _)| l.contains("/api/v1/agents/heartbeat"));
+        if let (Some(reg), true) = (reg, beat) {
+            break Some(reg.clone());
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let pid = child.id().to_string();
+    let _ = Proc::new("kill").args(["-TERM", &pid]).status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the agent did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (first, auth, body) = got.unwrap_or_else(|| {
+        panic!(
+            "no registration and heartbeat: {:?}",
+            seen.lock().expect("lock")
+        )
+    });
+    assert!(first.starts_with("POST "), "{first}");
+    assert_eq!(auth, "Bearer secret");
+    let reg: serde_json::Value = serde_json::from_str(&body).expect("register JSON");
+    assert_eq!(reg["name"], "host-a", "{reg}");
+    assert_eq!(reg["address"].as_str(), Some(addr.as_str()), "{reg}");
+    assert_eq!(reg["data_host"], "127.0.0.1", "{reg}");
+    assert_eq!(reg["timeout_s"], 9.0, "{reg}");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn rms_flags_are_checked_before_starting() {
+    let dir = tempfile::tempdir().expect("dir");
+    let token = dir.path().join("agent.token");
+    std::fs::write(&token, "secret\n").expect("write");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let mut wildcard = Command::cargo_bin("livemig").expect("binary");
+    wildcard
+        .args(["agent", "--listen", "0.0.0.0:0", "--name", "host-a"])
+        .arg("--token-file")
+        .arg(&token)
+        .args(["--capacity-memory", "64MiB", "--rms", "http://127.0.0.1:9"])
+        .timeout(Duration::from_secs(20));
+    assert!(one_error_line(&wildcard.output().expect("run")).contains("--data-host"));
+    let mut bad = agent(&token);
+    bad.args(["--heartbeat", "0s"]);
+    assert!(one_error_line(&bad.output().expect("run")).contains("--heartbeat"));
+}

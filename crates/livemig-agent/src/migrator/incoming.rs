@@ -50,7 +50,11 @@ pub fn prepare(agent: &Arc<Agent>, req: IncomingRequest) -> Result<IncomingReady
         if s.migrations.contains(req.migration) {
             return Err(MigrationError::Known(req.migration));
         }
-        if s.vms.contains_key(&req.vm.name) || s.migrations.busy(&req.vm.name) {
+        // The book knows a VM being started (its guest still filling) before `vms` does.
+        if s.vms.contains_key(&req.vm.name)
+            || s.book.vms().contains_key(&req.vm.name)
+            || s.migrations.busy(&req.vm.name)
+        {
             return Err(MigrationError::VmHere(req.vm.name));
         }
         let held = s
