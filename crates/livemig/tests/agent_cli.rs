@@ -117,16 +117,15 @@ fn serves_healthz_and_stops_on_sigterm() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// A stand-in RMS on a std listener: records `(request line, authorization, body)` and
-/// answers registrations `{"heartbeat_s": 0.1}`, everything else 204.
-fn fake_rms() -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
-) {
+/// What the stand-in RMS saw: `(request line, authorization, body)`.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+/// A stand-in RMS on a std listener: records what it is sent and answers registrations
+/// `{"heartbeat_s": 0.1}`, everything else 204.
+fn fake_rms() -> (String, Seen) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", l.local_addr().expect("address"));
-    let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>> =
-        std::sync::Arc::default();
+    let seen: Seen = std::sync::Arc::default();
     let s = std::sync::Arc::clone(&seen);
     std::thread::spawn(move || {
         for conn in l.incoming() {
