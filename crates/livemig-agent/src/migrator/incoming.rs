@@ -204,7 +204,26 @@ fn land(
         }
         Ok(Served::Failed(e)) => failed(error_chain(&e)),
         Ok(Served::Unknown(held)) => {
-            let reason = error_chain(&held.reason);
+            let mut reason = error_chain(&held.reason);
+            if let Some(dir) = &agent.migrator().hold_dir {
+                let session = hex(&held.session);
+                match super::hold::save(
+                    dir,
+                    "destination",
+                    &session,
+                    None,
+                    &held.guest,
+                    held.digest,
+                    &reason,
+                ) {
+                    Ok(p) => {
+                        reason = format!("{reason}; the held copy is saved in {}", p.display())
+                    }
+                    Err(e) => {
+                        tracing::error!(migration = id, error = %error_chain(&e), "cannot save the held copy; it is kept in memory only")
+                    }
+                }
+            }
             {
                 let mut s = agent.lock();
                 if let Some(m) = s.migrations.get_mut(id) {

@@ -5,16 +5,20 @@
 //!   becomes a VM of this host.
 //! - [`outgoing`]: `POST /api/v1/outgoing` and its cancel: the engine's sender on a thread of
 //!   its own, every event forwarded to the RMS.
+//! - [`hold`]: a paused copy of unknown outcome saved to a hold file.
+//! - [`error`]: why a migration request is refused.
 //!
 //! Each migration runs on a thread of its own (the engine blocks); its events go to the
 //! RMS through the [`crate::rms::Outbox`], which never blocks it.
 
 pub mod error;
+pub mod hold;
 pub mod incoming;
 pub mod outgoing;
 pub mod table;
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use error::MigrationError;
@@ -38,6 +42,10 @@ pub struct MigratorConfig {
     /// After the commit, how long the source tries to learn the outcome (more than
     /// `timeout`).
     pub resolve_timeout: Duration,
+    /// Where a paused copy whose hand-over's outcome is unknown is saved (source in doubt,
+    /// destination holding a verified copy its source did not settle); `None`: kept in memory
+    /// only, lost when the agent stops.
+    pub hold_dir: Option<PathBuf>,
 }
 
 impl MigratorConfig {
@@ -52,6 +60,7 @@ impl MigratorConfig {
             sample_s: send.sample_s,
             max_pause: send.max_pause,
             resolve_timeout: send.resolve_timeout,
+            hold_dir: None,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use livemig_api::{LocalState, MigrationNo, OutgoingRequest, Role};
-use livemig_engine::{Control, Key, SenderConfig};
+use livemig_engine::{Control, Guest, Key, SenderConfig};
 use livemig_policy::{Event, PolicyKind, Timeouts};
 
 use super::{Entry, MigrationError};
@@ -108,14 +108,23 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
                         observe,
                         Some(&mut redial),
                     );
-                    r.map(|(report, _)| report)
-                        .map_err(|e| (e.in_doubt(), super::incoming::error_chain(&e), true))
+                    r.map(|(report, _)| report).map_err(|e| Ended {
+                        in_doubt: e.in_doubt(),
+                        session: e.session().map(str::to_string),
+                        why: super::incoming::error_chain(&e),
+                        engine_said: true,
+                    })
                 }
-                Err(e) => Err((false, super::incoming::error_chain(&e), false)),
+                Err(e) => Err(Ended {
+                    in_doubt: false,
+                    session: None,
+                    why: super::incoming::error_chain(&e),
+                    engine_said: false,
+                }),
             };
-            drop(guest);
             match result {
                 Ok(report) => {
+                    drop(guest);
                     // Handed over: the destination runs the guest; this copy is destroyed.
                     let gone = {
                         let mut s = a.lock();
@@ -127,7 +136,24 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
                     tracing::info!(migration = id, %vm, "handed over; the source's copy is destroyed");
                     a.report(id, report);
                 }
-                Err((in_doubt, why, engine_said)) => {
+                Err(Ended {
+                    in_doubt,
+                    session,
+                    why,
+                    engine_said,
+                }) => {
+                    if in_doubt {
+                        // The guest stays paused here until someone settles the hand-over.
+                        if let Some(dir) = &cfg.hold_dir {
+                            let session = session.as_deref().unwrap_or("unknown");
+                            let digest = guest.memory().digest();
+                            match super::hold::save(dir, "source", session, Some(to.to_string()), &guest, digest, &why) {
+                                Ok(p) => tracing::warn!(migration = id, path = %p.display(), "outcome unknown: the paused guest is saved"),
+                                Err(e) => tracing::error!(migration = id, error = %super::incoming::error_chain(&e), "outcome unknown and the paused guest cannot be saved; it is kept in memory only"),
+                            }
+                        }
+                    }
+                    drop(guest);
                     if !engine_said {
                         // The engine never ran: tell the RMS as it would have.
                         a.observe(
@@ -158,6 +184,15 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
     }
     tracing::info!(migration = id, vm = %req.vm, target = %req.target, to = %to, policy = %req.policy, "outgoing migration starts");
     Ok(())
+}
+
+/// How a migration ended without a hand-over.
+struct Ended {
+    in_doubt: bool,
+    session: Option<String>,
+    why: String,
+    /// Whether the engine ran (it then told the observer itself).
+    engine_said: bool,
 }
 
 /// Asks migration `id` to stop before its commit point.

@@ -71,6 +71,10 @@ pub struct Args {
     /// How long an incoming migration's listener waits for its source.
     #[arg(long, default_value = "120s")]
     pub accept_timeout: String,
+    /// Where a paused copy whose hand-over's outcome is unknown is saved (settle it with
+    /// `livemig resolve`).
+    #[arg(long, default_value = ".")]
+    pub hold_dir: PathBuf,
     /// How long an unused capacity reservation holds its memory.
     #[arg(long, default_value = "30s")]
     pub reservation_ttl: String,
@@ -127,8 +131,12 @@ pub fn run(args: Args) -> Result<()> {
         .as_deref()
         .map(|v| positive_duration("timeout", v).map(|d| d.as_secs_f64()))
         .transpose()?;
+    if !args.hold_dir.is_dir() {
+        bail!("--hold-dir {} is not a directory", args.hold_dir.display());
+    }
     let migrator = MigratorConfig {
         accept_timeout: positive_duration("accept-timeout", &args.accept_timeout)?,
+        hold_dir: Some(args.hold_dir.clone()),
         ..MigratorConfig::new(data_host)
     };
     if args.max_connections == 0 || args.max_connections > 4096 {
