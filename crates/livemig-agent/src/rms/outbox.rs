@@ -2,7 +2,7 @@
 //! one task.
 //!
 //! Queuing never blocks and never waits on the network. Light events (progress, a grant,
-//! a received round) are dropped while [`Outbox::light_cap`] of them wait; every other event
+//! a received round, a refused peer) are dropped while [`Outbox::light_cap`] of them wait; every other event
 //! and every report is kept (a migration has a bounded number of them) and retried a few
 //! times with backoff when the RMS cannot be reached.
 
@@ -33,12 +33,16 @@ pub enum Outbound {
 }
 
 impl Outbound {
-    /// Whether it may be dropped (it only tells how far a migration got).
+    /// Whether it may be dropped: it only tells how far a migration got, or that a stray
+    /// peer was turned away (a port scan must not fill the queue).
     pub fn light(&self) -> bool {
         matches!(
             self,
             Outbound::Event(AgentEvent {
-                event: Event::Progress { .. } | Event::CapGranted { .. } | Event::Received { .. },
+                event: Event::Progress { .. }
+                    | Event::CapGranted { .. }
+                    | Event::Received { .. }
+                    | Event::Discarded { .. },
                 ..
             })
         )
