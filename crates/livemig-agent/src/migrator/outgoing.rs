@@ -170,7 +170,13 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
                         LocalState::Failed
                     };
                     // In doubt the guest stays paused here, for an operator to settle.
-                    a.lock().migrations.finish(id, state);
+                    {
+                        let mut s = a.lock();
+                        if let Some(m) = s.migrations.get_mut(id) {
+                            m.in_doubt = in_doubt;
+                        }
+                        s.migrations.finish(id, state);
+                    }
                     tracing::warn!(migration = id, %vm, in_doubt, error = %why, "outgoing migration ended without a hand-over");
                 }
             }

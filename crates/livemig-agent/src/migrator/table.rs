@@ -80,6 +80,9 @@ pub struct Entry {
     pub reservation: Option<String>,
     /// Destination: a verified copy, paused, that its source did not settle.
     pub held: Option<Held>,
+    /// Source: committed but the outcome is unknown; the guest stays paused here and its VM
+    /// may neither migrate again nor be deleted until someone settles it.
+    pub in_doubt: bool,
     pub stats: Stats,
     /// Order of ending (for dropping the oldest finished entries).
     finished: Option<u64>,
@@ -97,6 +100,7 @@ impl Entry {
             stop: None,
             reservation: None,
             held: None,
+            in_doubt: false,
             stats: Stats::default(),
             finished: None,
         }
@@ -160,7 +164,7 @@ impl Table {
         let mut done: Vec<(u64, MigrationNo)> = self
             .entries
             .iter()
-            .filter(|(_, e)| e.state != LocalState::Held)
+            .filter(|(_, e)| e.state != LocalState::Held && !e.in_doubt)
             .filter_map(|(id, e)| e.finished.map(|n| (n, *id)))
             .collect();
         if done.len() > MAX_FINISHED {
