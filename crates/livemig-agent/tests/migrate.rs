@@ -198,6 +198,27 @@ fn a_vm_migrates_from_a_to_b_and_the_rms_hears_every_step() {
         m.contains("livemig_agent_migration_rounds{migration=\"1\",role=\"source\"}"),
         "{m}"
     );
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let src = "{migration=\"1\",role=\"source\"}";
+    assert!(
+        value(
+            &m,
+            &format!("livemig_agent_migration_cap_bytes_per_second{src}")
+        ) > 0.0
+    );
+    assert!(value(&m, &format!("livemig_agent_migration_bytes{src}")) >= mem as f64);
+    assert!(
+        value(
+            &m,
+            &format!("livemig_agent_migration_downtime_seconds{src}")
+        ) > 0.0
+    );
     let m = b.call("GET", "/metrics", None).body;
     assert!(
         m.contains("livemig_agent_migration_bytes{migration=\"1\",role=\"destination\"}"),
