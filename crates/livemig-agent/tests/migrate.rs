@@ -51,6 +51,18 @@ fn start_vm(h: &Harness, name: &str, memory: u64, workload: &str) {
     assert_eq!(r.status, 201, "{}", r.body);
 }
 
+/// Waits until the guest has written as many pages as it has (most of them are then data).
+fn wait_for_writes(h: &Harness, vm: &str, memory: u64) {
+    let pages = memory / 4096;
+    assert!(
+        wait_until(WAIT, || {
+            h.call("GET", &format!("/api/v1/vms/{vm}"), None).json()["writes"].as_u64()
+                >= Some(2 * pages)
+        }),
+        "the guest does not write"
+    );
+}
+
 fn reserve(h: &Harness, memory: u64) -> String {
     let r = h.post("/api/v1/capacity", &json!({ "memory_bytes": memory }));
     assert_eq!(r.status, 200, "{}", r.body);
@@ -235,8 +247,11 @@ fn a_cancel_before_the_commit_leaves_the_vm_on_a_and_frees_b() {
     let a = agent("host-a", &rms);
     let b = agent("host-b", &rms);
     let mem = 32 * MIB;
-    let workload = "uniform:rate=1MiB/s";
+    // Guests start zeroed and zero pages cost next to nothing on the wire: a writer this fast
+    // fills the memory with data first, so round 1 really moves 32 MiB.
+    let workload = "uniform:rate=64MiB/s";
     start_vm(&a, "vm2", mem, workload);
+    wait_for_writes(&a, "vm2", mem);
     let res = reserve(&b, mem);
     let data = incoming(&b, 7, &res, "vm2", mem, workload, KEY_1);
     // 2 MiB/s: round 1 alone takes about 16 s; the cancel comes long before the commit.
@@ -482,8 +497,9 @@ fn stopping_the_agent_cancels_its_outgoing_migration_before_the_commit() {
     let mut a = agent("host-a", &rms);
     let b = agent("host-b", &rms);
     let mem = 32 * MIB;
-    let workload = "uniform:rate=1MiB/s";
+    let workload = "uniform:rate=64MiB/s";
     start_vm(&a, "vm5", mem, workload);
+    wait_for_writes(&a, "vm5", mem);
     let res = reserve(&b, mem);
     let data = incoming(&b, 11, &res, "vm5", mem, workload, KEY_1);
     let slow = json!({"bandwidth": "2MiB/s", "min_bandwidth": "1MiB/s", "max_bandwidth": "2MiB/s"});
