@@ -270,3 +270,148 @@ fn rms_flags_are_checked_before_starting() {
     bad.args(["--heartbeat", "0s"]);
     assert!(one_error_line(&bad.output().expect("run")).contains("--heartbeat"));
 }
+
+/// A running `livemig agent` and its API address; killed when dropped.
+struct Running {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_agent(name: &str, token: &std::path::Path, rms: &str) -> Running {
+    let mut child = Proc::new(cargo_bin("livemig"))
+        .args(["agent", "--listen", "127.0.0.1:0", "--name", name, "--json"])
+        .arg("--token-file")
+        .arg(token)
+        .args(["--capacity-memory", "128MiB", "--rms", rms])
+        .arg("--hold-dir")
+        .arg(token.parent().expect("dir"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout).read_line(&mut line).expect("line");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let addr = v["listening"].as_str().expect("address").to_string();
+    Running { child, addr }
+}
+
+/// One request with the token; the status and the JSON body.
+fn call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\nAuthorization: Bearer secret\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let json = out
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+#[test]
+fn two_agent_processes_migrate_a_vm_as_the_rms_asks() {
+    let dir = tempfile::tempdir().expect("dir");
+    let token = dir.path().join("agent.token");
+    std::fs::write(&token, "secret\n").expect("write");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (url, seen) = fake_rms();
+    let a = spawn_agent("host-a", &token, &url);
+    let b = spawn_agent("host-b", &token, &url);
+    let mem = 16u64 << 20;
+    let vm =
+        serde_json::json!({"name": "vm1", "memory_bytes": mem, "workload": "uniform:rate=4MiB/s"});
+    assert_eq!(call(&a.addr, "POST", "/api/v1/vms", Some(vm)).0, 201);
+    let (status, answer) = call(
+        &b.addr,
+        "POST",
+        "/api/v1/capacity",
+        Some(serde_json::json!({ "memory_bytes": mem })),
+    );
+    assert_eq!(status, 200);
+    let reservation = answer["reservation"]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let key = "ab".repeat(32);
+    let (status, ready) = call(
+        &b.addr,
+        "POST",
+        "/api/v1/incoming",
+        Some(serde_json::json!({
+            "migration": 4, "reservation": reservation, "key": key,
+            "vm": {"name": "vm1", "memory_bytes": mem, "workload": "uniform:rate=4MiB/s", "kind": "sim"},
+        })),
+    );
+    assert_eq!(status, 201, "{ready}");
+    let (status, r) = call(
+        &a.addr,
+        "POST",
+        "/api/v1/outgoing",
+        Some(serde_json::json!({
+            "migration": 4, "vm": "vm1", "target": "host-b",
+            "data_address": ready["data_address"], "key": key, "policy": "predictive",
+        })),
+    );
+    assert_eq!(status, 202, "{r}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let on_b =
+            call(&b.addr, "GET", "/api/v1/info", None).1["vms"] == serde_json::json!(["vm1"]);
+        let on_a = call(&a.addr, "GET", "/api/v1/info", None).1["vms"] == serde_json::json!([]);
+        if on_a && on_b {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not migrated: {:?}",
+            call(&a.addr, "GET", "/api/v1/report", None)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = seen.lock().expect("lock").clone();
+        let events = |host: &str, event: &str| {
+            s.iter().any(|(l, _, b)| {
+                l.contains("/agents/events")
+                    && b.contains(&format!("\"host\":\"{host}\""))
+                    && b.contains(&format!("\"event\":\"{event}\""))
+            })
+        };
+        if events("host-a", "handed_over")
+            && events("host-b", "resumed")
+            && s.iter().any(|(l, _, _)| l.contains("/agents/reports"))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
