@@ -131,6 +131,9 @@ impl Agent {
 
     /// An event of migration `id`: counted, remembered (the commit), sent to the RMS.
     pub fn observe(&self, id: MigrationNo, e: &Event) {
+        if !matches!(e, Event::Progress { .. }) {
+            tracing::debug!(migration = id, event = ?e, "migration event");
+        }
         {
             let mut s = self.lock();
             if let Some(m) = s.migrations.get_mut(id) {
