@@ -1,13 +1,20 @@
-//! The agent's live state: its name, token, clock, capacity book and the VMs it runs.
+//! The agent's live state: its name, token, clock, capacity book, the VMs it runs and the
+//! migrations it takes part in.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use livemig_api::{LocalState, MigrationNo, RunReport, VmInfo};
 use livemig_engine::{Guest, InitialContent, SimGuest, SimGuestConfig};
+use livemig_policy::report::MigrationReport;
+use livemig_policy::Event;
 
 use crate::api::{Info, VmKind, VmRequest, VmView};
 use crate::capacity::{BookConfig, CapacityBook};
 use crate::error::ApiError;
+use crate::migrator::{MigratorConfig, Table};
+use crate::rms::Outbox;
 use crate::token::Token;
 
 /// Seconds on the agent's clock (Unix time in the binary; tests drive their own).
@@ -50,6 +57,7 @@ impl Vm {
 pub struct Inner {
     pub book: CapacityBook,
     pub vms: BTreeMap<String, Vm>,
+    pub migrations: Table,
 }
 
 /// Everything the routes share.
@@ -58,6 +66,10 @@ pub struct Agent {
     pub token: Token,
     clock: Clock,
     inner: Mutex<Inner>,
+    migrator: MigratorConfig,
+    outbox: Option<Outbox>,
+    stopping: AtomicBool,
+    registered: AtomicBool,
 }
 
 impl std::fmt::Debug for Agent {
@@ -75,7 +87,133 @@ impl Agent {
             inner: Mutex::new(Inner {
                 book: CapacityBook::new(book),
                 vms: BTreeMap::new(),
+                migrations: Table::default(),
             }),
+            migrator: MigratorConfig::default(),
+            outbox: None,
+            stopping: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
+        }
+    }
+
+    /// Migrations run under `cfg` (listeners on its `data_host`).
+    pub fn with_migrator(mut self, cfg: MigratorConfig) -> Agent {
+        self.migrator = cfg;
+        self
+    }
+
+    /// Migration events and reports go to the RMS through `outbox`.
+    pub fn with_outbox(mut self, outbox: Outbox) -> Agent {
+        self.outbox = Some(outbox);
+        self
+    }
+
+    pub fn migrator(&self) -> &MigratorConfig {
+        &self.migrator
+    }
+
+    pub fn outbox(&self) -> Option<&Outbox> {
+        self.outbox.as_ref()
+    }
+
+    /// Whether the RMS has this host registered (as far as the agent knows).
+    pub fn is_registered(&self) -> bool {
+        self.registered.load(Ordering::Relaxed)
+    }
+
+    pub fn set_registered(&self, yes: bool) {
+        self.registered.store(yes, Ordering::Relaxed);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// An event of migration `id`: counted, remembered (the commit), sent to the RMS.
+    pub fn observe(&self, id: MigrationNo, e: &Event) {
+        if !matches!(e, Event::Progress { .. }) {
+            tracing::debug!(migration = id, event = ?e, "migration event");
+        }
+        {
+            let mut s = self.lock();
+            if let Some(m) = s.migrations.get_mut(id) {
+                m.stats.observe(e);
+                if matches!(e, Event::Committed) {
+                    m.committed = true;
+                }
+            }
+        }
+        if let Some(o) = &self.outbox {
+            o.event(id, e);
+        }
+    }
+
+    /// The final report of migration `id`, for the RMS.
+    pub fn report(&self, id: MigrationNo, report: MigrationReport) {
+        if let Some(o) = &self.outbox {
+            o.report(id, report);
+        }
+    }
+
+    /// The agent stops: no new migrations; outgoing ones are cancelled (those past their
+    /// commit point complete), listeners waiting for a source stop.
+    pub fn stop_migrations(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        let s = self.lock();
+        for (id, m) in s.migrations.iter() {
+            if m.state != LocalState::Migrating {
+                continue;
+            }
+            if let Some(c) = &m.control {
+                if !m.committed {
+                    tracing::info!(
+                        migration = id,
+                        "stopping: cancelling the outgoing migration"
+                    );
+                    c.cancel();
+                }
+            }
+            if let Some(stop) = &m.stop {
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Migrations still running here.
+    pub fn migrating(&self) -> usize {
+        self.lock()
+            .migrations
+            .iter()
+            .filter(|(_, m)| m.state == LocalState::Migrating)
+            .count()
+    }
+
+    /// The VMs as the RMS knows them.
+    pub fn vm_infos(&self) -> Vec<VmInfo> {
+        self.lock()
+            .vms
+            .iter()
+            .map(|(n, v)| VmInfo {
+                name: n.clone(),
+                memory_bytes: v.memory_bytes,
+                workload: v.workload.clone(),
+                kind: livemig_api::VmKind::Sim,
+            })
+            .collect()
+    }
+
+    /// `GET /api/v1/report`.
+    pub fn run_report(&self) -> RunReport {
+        let vms = self.vm_infos();
+        let s = self.lock();
+        RunReport {
+            host: self.name.clone(),
+            vms,
+            migrations: s
+                .migrations
+                .iter()
+                .map(|(id, m)| (*id, m.local()))
+                .collect(),
         }
     }
 
@@ -133,6 +271,15 @@ impl Agent {
         let now = self.now();
         let total = {
             let mut s = self.lock();
+            if s.migrations.busy(&req.name) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::CONFLICT,
+                    format!(
+                        "a VM named `{}` is migrating to or from this host",
+                        req.name
+                    ),
+                ));
+            }
             s.book.admit(now, &req.name, req.memory_bytes)?;
             s.book.total_bytes()
         };
@@ -165,6 +312,12 @@ impl Agent {
     /// writer thread) off the async threads.
     pub fn remove_vm(&self, name: &str) -> Result<(VmView, Vm), ApiError> {
         let mut s = self.lock();
+        if s.migrations.busy(name) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                format!("the VM `{name}` is migrating"),
+            ));
+        }
         let vm = s
             .vms
             .remove(name)

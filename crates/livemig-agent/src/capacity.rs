@@ -208,6 +208,24 @@ impl CapacityBook {
         Ok(r)
     }
 
+    /// An incoming migration took reservation `id`: it no longer expires; the migration's end
+    /// claims it ([`CapacityBook::claim`]) or releases it ([`CapacityBook::release`]).
+    pub fn pin(&mut self, now: f64, id: &str) -> Result<Reservation, CapacityError> {
+        self.expire(now);
+        let r = self
+            .reservations
+            .get_mut(id)
+            .ok_or_else(|| CapacityError::UnknownReservation(id.to_string()))?;
+        r.expires_at = f64::INFINITY;
+        Ok(r.clone())
+    }
+
+    /// The live reservation `id`, if any (expired ones are dropped first).
+    pub fn reservation(&mut self, now: f64, id: &str) -> Option<&Reservation> {
+        self.expire(now);
+        self.reservations.get(id)
+    }
+
     /// A VM started here directly (not by migration), if its memory is free.
     pub fn admit(&mut self, now: f64, vm: &str, memory_bytes: u64) -> Result<(), CapacityError> {
         self.expire(now);
@@ -318,6 +336,25 @@ mod tests {
         ));
         assert_eq!(b.remove_vm("vm1"), Ok(4 * MIB));
         assert_eq!(b.free_bytes(), 10 * MIB);
+    }
+
+    #[test]
+    fn a_pinned_reservation_never_expires_until_claimed_or_released() {
+        let mut b = book(10 * MIB);
+        let r = accepted(b.inquire(0.0, 4 * MIB));
+        assert_eq!(b.pin(1.0, &r.id).map(|x| x.memory_bytes), Ok(4 * MIB));
+        assert!(b.expire(1e9).is_empty());
+        assert_eq!(
+            b.reservation(1e9, &r.id).map(|x| x.memory_bytes),
+            Some(4 * MIB)
+        );
+        b.claim(1e9, &r.id, "vm1").expect("claimed");
+        assert_eq!((b.vm_bytes(), b.reserved_bytes()), (4 * MIB, 0));
+        let late = accepted(b.inquire(0.0, MIB));
+        assert!(matches!(
+            b.pin(31.0, &late.id),
+            Err(CapacityError::UnknownReservation(_))
+        ));
     }
 
     #[test]

@@ -13,8 +13,9 @@
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - [`server`]: the accept loop: bounded connections, header and request timeouts, a clean
 //!   stop on a cancellation token.
-//!
-//! Not here yet: registering with the RMS and heartbeats, migrations in and out.
+//! - [`migrator`]: migrations in (a keyed listener per migration) and out (the engine's
+//!   sender), their table, their per-migration numbers.
+//! - [`rms`]: the RMS client: registration, heartbeats, the outbox of events and reports.
 
 pub mod agent;
 pub mod api;
@@ -22,11 +23,14 @@ pub mod body;
 pub mod capacity;
 pub mod error;
 pub mod metrics;
+pub mod migrator;
+pub mod rms;
 pub mod routes;
 pub mod server;
 pub mod token;
 
 pub use agent::{system_clock, Agent, Clock};
 pub use capacity::{Answer, BookConfig, CapacityBook};
+pub use migrator::MigratorConfig;
 pub use server::{run, ServerConfig};
 pub use token::{Token, TokenError};

@@ -25,6 +25,26 @@ pub struct Sample {
     pub unauthorized: u64,
     pub bad_requests: u64,
     pub timeouts: u64,
+    /// The migrations this agent knows of.
+    pub migrations: Vec<MigrationSample>,
+    /// Light events for the RMS dropped because too many were queued.
+    pub events_dropped: u64,
+    /// Whether the RMS has this host registered.
+    pub registered: bool,
+}
+
+/// One migration's numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrationSample {
+    pub id: u64,
+    /// `source` or `destination`.
+    pub role: &'static str,
+    pub rounds: u32,
+    /// Bytes sent (source) or received (destination).
+    pub bytes: f64,
+    pub cap_bytes_per_s: f64,
+    pub avg_dirty_factor: f64,
+    pub downtime_s: f64,
 }
 
 impl Counters {
@@ -96,6 +116,65 @@ pub fn render(s: &Sample) -> String {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
+    for (name, kind, help, value) in [
+        (
+            "livemig_agent_rms_events_dropped_total",
+            "counter",
+            "Progress events for the RMS dropped because too many were queued.",
+            s.events_dropped,
+        ),
+        (
+            "livemig_agent_rms_registered",
+            "gauge",
+            "1 when the RMS has this host registered.",
+            u64::from(s.registered),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    type Field = fn(&MigrationSample) -> f64;
+    let per_migration: [(&str, &str, Field); 5] = [
+        (
+            "livemig_agent_migration_rounds",
+            "Pre-copy rounds ended (source) or received (destination).",
+            |m| f64::from(m.rounds),
+        ),
+        (
+            "livemig_agent_migration_bytes",
+            "Memory bytes sent (source) or received (destination).",
+            |m| m.bytes,
+        ),
+        (
+            "livemig_agent_migration_cap_bytes_per_second",
+            "The bandwidth cap in force.",
+            |m| m.cap_bytes_per_s,
+        ),
+        (
+            "livemig_agent_migration_avg_dirty_factor",
+            "The policy's average dirty factor after the last round.",
+            |m| m.avg_dirty_factor,
+        ),
+        (
+            "livemig_agent_migration_downtime_seconds",
+            "The guest's pause, once handed over.",
+            |m| m.downtime_s,
+        ),
+    ];
+    for (name, help, field) in per_migration {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for m in &s.migrations {
+            let _ = writeln!(
+                out,
+                "{name}{{migration=\"{}\",role=\"{}\"}} {}",
+                m.id,
+                m.role,
+                field(m)
+            );
+        }
+    }
     out
 }
 
@@ -114,14 +193,32 @@ mod tests {
             unauthorized: 2,
             bad_requests: 0,
             timeouts: 0,
+            migrations: vec![MigrationSample {
+                id: 7,
+                role: "source",
+                rounds: 3,
+                bytes: 1e6,
+                cap_bytes_per_s: 5e5,
+                avg_dirty_factor: 0.5,
+                downtime_s: 0.1,
+            }],
+            events_dropped: 0,
+            registered: true,
         };
         let text = render(&s);
+        assert!(
+            text.contains("\nlivemig_agent_migration_rounds{migration=\"7\",role=\"source\"} 3\n"),
+            "{text}"
+        );
         assert!(
             text.contains("\nlivemig_agent_memory_free_bytes 4\n"),
             "{text}"
         );
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, 8);
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 8);
+        assert_eq!(samples, 8 + 2 + 5);
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("# TYPE")).count(),
+            8 + 2 + 5
+        );
     }
 }

@@ -9,6 +9,10 @@
 //! | `GET /api/v1/vms` | `[VmView]` |
 //! | `POST /api/v1/vms {name, memory_bytes, workload, kind?}` | 201 [`VmView`]; 409 no room or name taken; 422 |
 //! | `GET /api/v1/vms/{name}`, `DELETE /api/v1/vms/{name}` | 200 [`VmView`]; 404 |
+//! | `POST /api/v1/incoming` [`IncomingRequest`] | 201 [`IncomingReady`]; 404 unknown reservation; 409 VM here or migration known; 422 |
+//! | `POST /api/v1/outgoing` [`OutgoingRequest`] | 202 `{migration, state}`; 404 no such VM; 409 VM busy; 422 |
+//! | `DELETE /api/v1/outgoing/{migration}` | 202 cancel asked; 404 unknown; 409 past the commit point or ended |
+//! | `GET /api/v1/report` | [`RunReport`](livemig_api::RunReport) |
 //! | `GET /metrics` | Prometheus text |
 
 use std::sync::atomic::Ordering;
@@ -27,7 +31,9 @@ use crate::agent::Agent;
 use crate::api::{Answer, CapacityRequest, Released, VmRequest};
 use crate::body::{BodyLimit, Json};
 use crate::error::{json, ApiError};
-use crate::metrics::{self, Counters, Sample};
+use crate::metrics::{self, Counters, MigrationSample, Sample};
+use crate::migrator::{incoming, outgoing};
+use livemig_api::{IncomingRequest, OutgoingRequest};
 
 /// The limits the routes enforce.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +62,13 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/capacity/{id}", axum::routing::delete(release))
         .route("/api/v1/vms", get(list_vms).post(create_vm))
         .route("/api/v1/vms/{name}", get(get_vm).delete(delete_vm))
+        .route("/api/v1/incoming", axum::routing::post(incoming))
+        .route("/api/v1/outgoing", axum::routing::post(outgoing))
+        .route(
+            "/api/v1/outgoing/{migration}",
+            axum::routing::delete(cancel_outgoing),
+        )
+        .route("/api/v1/report", get(report))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -193,6 +206,52 @@ async fn delete_vm(
     Ok(json(StatusCode::OK, &view))
 }
 
+async fn incoming(
+    State(app): Shared,
+    Json(req): Json<IncomingRequest>,
+) -> Result<Response, ApiError> {
+    // Binding a socket and starting a thread: quick, but not async work.
+    let agent = Arc::clone(&app.agent);
+    let ready = tokio::task::spawn_blocking(move || incoming::prepare(&agent, req))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??;
+    Ok(json(StatusCode::CREATED, &ready))
+}
+
+async fn outgoing(
+    State(app): Shared,
+    Json(req): Json<OutgoingRequest>,
+) -> Result<Response, ApiError> {
+    let agent = Arc::clone(&app.agent);
+    let id = req.migration;
+    tokio::task::spawn_blocking(move || outgoing::start(&agent, req))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({"migration": id, "state": "migrating"}),
+    ))
+}
+
+async fn cancel_outgoing(
+    State(app): Shared,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let raw = path(id)?;
+    let id: u64 = raw
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a migration number")))?;
+    outgoing::cancel(&app.agent, id)?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({"migration": id, "cancel": "asked"}),
+    ))
+}
+
+async fn report(State(app): Shared) -> Response {
+    json(StatusCode::OK, &app.agent.run_report())
+}
+
 async fn metrics(State(app): Shared) -> Response {
     let info = app.agent.info();
     let (unauthorized, bad_requests, timeouts) = app.counters.load();
@@ -205,6 +264,9 @@ async fn metrics(State(app): Shared) -> Response {
         unauthorized,
         bad_requests,
         timeouts,
+        migrations: migration_samples(&app.agent),
+        events_dropped: app.agent.outbox().map_or(0, |o| o.dropped()),
+        registered: app.agent.is_registered(),
     });
     (
         StatusCode::OK,
@@ -212,4 +274,24 @@ async fn metrics(State(app): Shared) -> Response {
         text,
     )
         .into_response()
+}
+
+fn migration_samples(agent: &Agent) -> Vec<MigrationSample> {
+    agent
+        .lock()
+        .migrations
+        .iter()
+        .map(|(id, m)| MigrationSample {
+            id: *id,
+            role: match m.role {
+                livemig_api::Role::Source => "source",
+                livemig_api::Role::Destination => "destination",
+            },
+            rounds: m.stats.rounds,
+            bytes: m.stats.bytes,
+            cap_bytes_per_s: m.stats.cap_bytes_per_s,
+            avg_dirty_factor: m.stats.avg_dirty_factor,
+            downtime_s: m.stats.downtime_s,
+        })
+        .collect()
 }

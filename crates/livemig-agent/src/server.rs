@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub connection_lifetime: Duration,
     /// How long a stop waits for requests in flight before it drops them.
     pub shutdown_grace: Duration,
+    /// How long a stop waits for cancelled migrations to end (those past their commit point
+    /// complete on their own threads).
+    pub migration_grace: Duration,
 }
 
 impl Default for ServerConfig {
@@ -48,12 +51,15 @@ impl Default for ServerConfig {
             max_connections: 64,
             connection_lifetime: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(5),
+            migration_grace: Duration::from_secs(20),
         }
     }
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled; then stops accepting, lets
-/// requests in flight finish within `shutdown_grace`, and returns.
+/// Serves the API on `listener` until `shutdown` is cancelled; then stops accepting, cancels
+/// the outgoing migrations not yet committed and the listeners still waiting, lets requests in
+/// flight finish within `shutdown_grace` and migrations within `migration_grace`, and
+/// returns.
 pub async fn run(
     listener: TcpListener,
     agent: Arc<Agent>,
@@ -61,7 +67,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let app = Arc::new(App {
-        agent,
+        agent: Arc::clone(&agent),
         counters: Counters::default(),
         limits: RouteLimits {
             body_limit: cfg.body_limit,
@@ -135,6 +141,7 @@ pub async fn run(
         });
     }
     drop(listener);
+    agent.stop_migrations();
     // Every connection has been told to close; give them the grace, then drop the rest.
     let grace = tokio::time::sleep(cfg.shutdown_grace);
     tokio::pin!(grace);
@@ -151,5 +158,16 @@ pub async fn run(
                 break;
             }
         }
+    }
+    let until = tokio::time::Instant::now() + cfg.migration_grace;
+    while agent.migrating() > 0 {
+        if tokio::time::Instant::now() >= until {
+            tracing::warn!(
+                left = agent.migrating(),
+                "migrations still running after the grace"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

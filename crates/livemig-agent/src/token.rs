@@ -54,32 +54,10 @@ impl Token {
     /// [`MAX_TOKEN_FILE_BYTES`], or readable by anyone but its owner (a token others can
     /// read is not a secret).
     pub fn load(path: &Path) -> Result<Token, TokenError> {
-        use std::io::Read;
-        use std::os::unix::fs::PermissionsExt;
-        let shown = path.display().to_string();
-        let read = |source| TokenError::Read {
-            path: shown.clone(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(read)?;
-        let mode = file.metadata().map_err(read)?.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(TokenError::Exposed {
-                path: shown,
-                mode: mode & 0o777,
-            });
-        }
-        let mut bytes = Vec::new();
-        file.take(MAX_TOKEN_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(read)?;
-        if bytes.len() as u64 > MAX_TOKEN_FILE_BYTES {
-            return Err(TokenError::TooLarge { path: shown });
-        }
-        let text = String::from_utf8(bytes).map_err(|_| TokenError::NotText {
-            path: shown.clone(),
-        })?;
-        Token::new(text.lines().next().unwrap_or("")).ok_or(TokenError::Empty { path: shown })
+        let text = read_secret(path)?;
+        Token::new(&text).ok_or(TokenError::Empty {
+            path: path.display().to_string(),
+        })
     }
 
     /// Whether an `Authorization` header value carries this token.
@@ -93,6 +71,41 @@ impl Token {
         let given: [u8; 32] = Sha256::digest(given).into();
         given.ct_eq(&self.digest).into()
     }
+}
+
+/// The token's text from the token file (first line, trimmed; the same checks as
+/// [`Token::load`]): what the agent's client sends the RMS.
+pub fn read_secret(path: &Path) -> Result<String, TokenError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display().to_string();
+    let read = |source| TokenError::Read {
+        path: shown.clone(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let mode = file.metadata().map_err(read)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(TokenError::Exposed {
+            path: shown,
+            mode: mode & 0o777,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read)?;
+    if bytes.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(TokenError::TooLarge { path: shown });
+    }
+    let text = String::from_utf8(bytes).map_err(|_| TokenError::NotText {
+        path: shown.clone(),
+    })?;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return Err(TokenError::Empty { path: shown });
+    }
+    Ok(line.to_string())
 }
 
 #[cfg(test)]

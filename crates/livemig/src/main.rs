@@ -87,7 +87,8 @@ enum Command {
   livemig qemu bench --policies predictive,dirty-factor,qemu-native"
     )]
     Qemu(Qemu),
-    /// Run the per-host migration monitor: HTTP API for capacity, VMs and metrics.
+    /// Run the per-host migration monitor: HTTP API for capacity, VMs, migrations and metrics;
+    /// registers with an RMS when given one.
     Agent(Box<cmd::agent::Args>),
     /// Run the Resource Management System: the API operators and agents use, the orchestrator,
     /// its store.

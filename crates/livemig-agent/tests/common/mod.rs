@@ -9,31 +9,78 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use livemig_agent::{Agent, BookConfig, ServerConfig, Token};
+use livemig_agent::rms::{LinkConfig, Outbox, RmsClient};
+use livemig_agent::{Agent, BookConfig, MigratorConfig, ServerConfig, Token};
 use tokio_util::sync::CancellationToken;
 
 pub const TOKEN: &str = "test-token-1234";
 pub const MIB: u64 = 1 << 20;
+
+/// How [`Harness::start_with`] sets an agent up.
+pub struct Options {
+    pub name: String,
+    pub total_bytes: u64,
+    pub server: ServerConfig,
+    pub migrator: MigratorConfig,
+    /// The RMS to register with (`http://…`), and the heartbeat period to use.
+    pub rms: Option<(String, f64)>,
+}
+
+impl Options {
+    pub fn new(name: &str, total_bytes: u64) -> Options {
+        let migrator = MigratorConfig {
+            timeout: Duration::from_secs(5),
+            max_pause: Duration::from_secs(15),
+            resolve_timeout: Duration::from_secs(15),
+            sample_s: 0.2,
+            ..MigratorConfig::default()
+        };
+        Options {
+            name: name.to_string(),
+            total_bytes,
+            server: ServerConfig::default(),
+            migrator,
+            rms: None,
+        }
+    }
+}
 
 /// An agent serving on `127.0.0.1:0` in its own runtime; stopped when dropped.
 pub struct Harness {
     pub addr: SocketAddr,
     clock: Arc<AtomicU64>,
     shutdown: CancellationToken,
+    rms_stop: CancellationToken,
     runtime: Option<tokio::runtime::Runtime>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Harness {
     pub fn start(total_bytes: u64, cfg: ServerConfig) -> Harness {
+        let mut o = Options::new("host-a", total_bytes);
+        o.server = cfg;
+        Harness::start_with(o)
+    }
+
+    pub fn start_with(o: Options) -> Harness {
         let clock = Arc::new(AtomicU64::new(1000f64.to_bits()));
         let c = Arc::clone(&clock);
-        let agent = Agent::new(
-            "host-a".into(),
+        let mut agent = Agent::new(
+            o.name.clone(),
             Token::new(TOKEN).expect("token"),
-            BookConfig::new(total_bytes),
+            BookConfig::new(o.total_bytes),
             Arc::new(move || f64::from_bits(c.load(Ordering::Relaxed))),
-        );
+        )
+        .with_migrator(o.migrator.clone());
+        let mut rms = None;
+        if let Some((url, heartbeat_s)) = &o.rms {
+            let (outbox, inbox) = Outbox::new(&o.name, 64);
+            agent = agent.with_outbox(outbox);
+            let client = RmsClient::new(url, TOKEN).expect("RMS URL");
+            rms = Some((client, inbox, *heartbeat_s));
+        }
+        let agent = Arc::new(agent);
+        let cfg = o.server;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -44,19 +91,31 @@ impl Harness {
             .expect("bind");
         let addr = listener.local_addr().expect("address");
         let shutdown = CancellationToken::new();
-        let server = runtime.spawn(livemig_agent::run(
-            listener,
-            Arc::new(agent),
-            cfg,
-            shutdown.clone(),
-        ));
+        let rms_stop = CancellationToken::new();
+        if let Some((client, inbox, heartbeat_s)) = rms {
+            let link = LinkConfig {
+                address: addr.to_string(),
+                data_host: o.migrator.data_host.to_string(),
+                timeout_s: Some(30.0),
+                heartbeat_s: Some(heartbeat_s),
+            };
+            let _guard = runtime.enter();
+            livemig_agent::rms::spawn(client, inbox, link, Arc::clone(&agent), rms_stop.clone());
+        }
+        let server = runtime.spawn(livemig_agent::run(listener, agent, cfg, shutdown.clone()));
         Harness {
             addr,
             clock,
             shutdown,
+            rms_stop,
             runtime: Some(runtime),
             server: Some(server),
         }
+    }
+
+    /// A request with the right token and a JSON body.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> Reply {
+        self.call("POST", path, Some(&body.to_string()))
     }
 
     /// Moves the agent's clock forward.
@@ -78,7 +137,8 @@ impl Harness {
             return true;
         };
         let done =
-            rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), server).await });
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), server).await });
+        self.rms_stop.cancel();
         rt.shutdown_timeout(Duration::from_secs(2));
         done.is_ok()
     }
@@ -174,5 +234,138 @@ fn parse(raw: &[u8]) -> Reply {
         status,
         headers,
         body: body.to_string(),
+    }
+}
+
+/// Polls `cond` every 20 ms for at most `limit`; whether it came true.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A stand-in for the RMS: records what agents send it.
+pub struct FakeRms {
+    pub url: String,
+    pub seen: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+    /// When set, the next heartbeat is answered 404 (the RMS forgot the host).
+    pub forget: Arc<std::sync::atomic::AtomicBool>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl FakeRms {
+    /// Answers registrations `{"heartbeat_s": heartbeat_s}`, everything else 204; refuses a
+    /// wrong token with 401 (not recorded).
+    pub fn start(heartbeat_s: f64) -> FakeRms {
+        FakeRms::start_on(0, heartbeat_s)
+    }
+
+    /// [`FakeRms::start`] on 127.0.0.1:`port`.
+    pub fn start_on(port: u16, heartbeat_s: f64) -> FakeRms {
+        use axum::body::Bytes;
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        type Seen = Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>;
+        let seen: Seen = Arc::default();
+        let forget = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let record =
+            |path: &'static str, seen: Seen, forget: Arc<std::sync::atomic::AtomicBool>| {
+                move |headers: HeaderMap, body: Bytes| {
+                    let seen = Arc::clone(&seen);
+                    let forget = Arc::clone(&forget);
+                    async move {
+                        let auth = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        if auth != format!("Bearer {TOKEN}") {
+                            return StatusCode::UNAUTHORIZED.into_response();
+                        }
+                        if path == "heartbeat" && forget.swap(false, Ordering::Relaxed) {
+                            return StatusCode::NOT_FOUND.into_response();
+                        }
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                        seen.lock().expect("lock").push((path.to_string(), v));
+                        if path == "register" {
+                            (
+                                StatusCode::OK,
+                                serde_json::json!({ "heartbeat_s": heartbeat_s }).to_string(),
+                            )
+                                .into_response()
+                        } else {
+                            StatusCode::NO_CONTENT.into_response()
+                        }
+                    }
+                }
+            };
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/agents/register",
+                axum::routing::post(record("register", Arc::clone(&seen), Arc::clone(&forget))),
+            )
+            .route(
+                "/api/v1/agents/heartbeat",
+                axum::routing::post(record("heartbeat", Arc::clone(&seen), Arc::clone(&forget))),
+            )
+            .route(
+                "/api/v1/agents/events",
+                axum::routing::post(record("events", Arc::clone(&seen), Arc::clone(&forget))),
+            )
+            .route(
+                "/api/v1/agents/reports",
+                axum::routing::post(record("reports", Arc::clone(&seen), Arc::clone(&forget))),
+            );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        runtime.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeRms {
+            url,
+            seen,
+            forget,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// What was recorded under `kind` (`register`, `heartbeat`, `events`, `reports`).
+    pub fn of(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Whether `host` sent an event named `event` for `migration`.
+    pub fn has_event(&self, host: &str, migration: u64, event: &str) -> bool {
+        self.of("events").iter().any(|e| {
+            e["host"] == host && e["migration"] == migration && e["event"]["event"] == event
+        })
+    }
+}
+
+impl Drop for FakeRms {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
     }
 }

@@ -1,14 +1,19 @@
-//! `livemig agent`: the per-host migration monitor's HTTP API (capacity, VMs, metrics).
+//! `livemig agent`: the per-host migration monitor: its HTTP API (capacity, VMs, migrations
+//! in and out, metrics) and, with `--rms`, its registration and heartbeats.
 //!
 //! Every flag and the token file are checked before the socket is bound (exit 2 on any of
-//! them). SIGINT or SIGTERM stops it cleanly: no new connections, requests in flight get a
-//! short grace, the VMs it ran are stopped.
+//! them). SIGINT or SIGTERM stops it cleanly: no new connections, heartbeats stop, outgoing
+//! migrations not yet committed are cancelled (their guests keep running here), listeners
+//! waiting for a source close, requests in flight get a short grace, the VMs it ran are
+//! stopped.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use livemig_agent::{Agent, BookConfig, ServerConfig, Token};
+use livemig_agent::rms::{LinkConfig, Outbox, RmsClient, LIGHT_EVENTS_QUEUED};
+use livemig_agent::{Agent, BookConfig, MigratorConfig, ServerConfig, Token};
 use livemig_workload::units;
 use tokio_util::sync::CancellationToken;
 
@@ -19,11 +24,18 @@ use crate::args::positive_duration;
 #[command(after_long_help = "Examples:
   livemig agent --listen 0.0.0.0:7800 --name host-a --token-file agent.token --capacity-memory 8GiB
   livemig agent --listen 127.0.0.1:0 --name a --token-file agent.token --capacity-memory 256MiB --json
+  livemig agent --listen 0.0.0.0:7800 --data-host 198.18.0.2 --name host-b --token-file agent.token \
+      --capacity-memory 8GiB --rms http://198.18.0.1:7900
 
 The token file holds the bearer token on its first line and must be readable by its owner
 only (chmod 600). Every request but GET /healthz carries `Authorization: Bearer <token>`.
 API: GET /api/v1/info, POST /api/v1/capacity, DELETE /api/v1/capacity/{id}, GET|POST
-/api/v1/vms, GET|DELETE /api/v1/vms/{name}, GET /metrics (docs/system.md).")]
+/api/v1/vms, GET|DELETE /api/v1/vms/{name}, POST /api/v1/incoming, POST /api/v1/outgoing,
+DELETE /api/v1/outgoing/{migration}, GET /api/v1/report, GET /metrics (docs/system.md).
+
+With --rms the agent registers with the RMS (retrying until it answers; it never exits
+because the RMS is down), then sends heartbeats, and forwards every migration event and
+report. The same token authenticates both directions. Without --rms it runs standalone.")]
 pub struct Args {
     /// Address to listen on (HOST:PORT; port 0 picks one and prints it).
     #[arg(long)]
@@ -37,10 +49,32 @@ pub struct Args {
     /// Memory this host gives to VMs and reservations (e.g. 8GiB).
     #[arg(long)]
     pub capacity_memory: String,
-    /// The RMS to register with and heartbeat to. Coming: not in this version (giving it is
-    /// an error).
+    /// The RMS to register with, heartbeat to and send migration events to
+    /// (`http://HOST:PORT`); omit to run standalone.
     #[arg(long, value_name = "URL")]
     pub rms: Option<String>,
+    /// The IP migration listeners bind to, reachable by the other agents. [default: the IP of
+    /// --listen; required with --rms when --listen is a wildcard address]
+    #[arg(long, value_name = "IP")]
+    pub data_host: Option<IpAddr>,
+    /// Where the RMS reaches this agent's API (HOST:PORT). [default: --listen, its wildcard
+    /// IP replaced by --data-host]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// Heartbeat period; by default the one the RMS gives at registration.
+    #[arg(long, value_name = "TIME")]
+    pub heartbeat: Option<String>,
+    /// How long the RMS may hear nothing before it calls this host lost (sent at
+    /// registration); by default the RMS's own.
+    #[arg(long, value_name = "TIME")]
+    pub timeout: Option<String>,
+    /// How long an incoming migration's listener waits for its source.
+    #[arg(long, default_value = "120s")]
+    pub accept_timeout: String,
+    /// Where a paused copy whose hand-over's outcome is unknown is saved (settle it with
+    /// `livemig resolve`).
+    #[arg(long, default_value = ".")]
+    pub hold_dir: PathBuf,
     /// How long an unused capacity reservation holds its memory.
     #[arg(long, default_value = "30s")]
     pub reservation_ttl: String,
@@ -54,8 +88,10 @@ pub struct Args {
 
 /// Runs `livemig agent` until SIGINT or SIGTERM.
 pub fn run(args: Args) -> Result<()> {
-    if args.rms.is_some() {
-        bail!("--rms is coming: registration and heartbeats are not in this version");
+    let rms_url = args.rms.clone();
+    if let Some(url) = &rms_url {
+        // Checked now (the token is checked below): a bad URL is a usage error.
+        RmsClient::new(url, "-").with_context(|| format!("--rms {url}"))?;
     }
     let name_ok = !args.name.is_empty()
         && args.name.len() <= 64
@@ -72,6 +108,37 @@ pub fn run(args: Args) -> Result<()> {
         bail!("--capacity-memory must be at least one page (4KiB)");
     }
     let ttl = positive_duration("reservation-ttl", &args.reservation_ttl)?;
+    let listen: SocketAddr = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {} must be IP:PORT", args.listen))?;
+    let data_host = match args.data_host {
+        Some(ip) if ip.is_unspecified() => bail!("--data-host must be one address, not {ip}"),
+        Some(ip) => ip,
+        None if !listen.ip().is_unspecified() => listen.ip(),
+        None if rms_url.is_some() => bail!(
+            "--listen {listen} does not say which address other agents reach: give --data-host"
+        ),
+        None => IpAddr::from([127, 0, 0, 1]),
+    };
+    let heartbeat_s = args
+        .heartbeat
+        .as_deref()
+        .map(|v| positive_duration("heartbeat", v).map(|d| d.as_secs_f64()))
+        .transpose()?;
+    let timeout_s = args
+        .timeout
+        .as_deref()
+        .map(|v| positive_duration("timeout", v).map(|d| d.as_secs_f64()))
+        .transpose()?;
+    if !args.hold_dir.is_dir() {
+        bail!("--hold-dir {} is not a directory", args.hold_dir.display());
+    }
+    let migrator = MigratorConfig {
+        accept_timeout: positive_duration("accept-timeout", &args.accept_timeout)?,
+        hold_dir: Some(args.hold_dir.clone()),
+        ..MigratorConfig::new(data_host)
+    };
     if args.max_connections == 0 || args.max_connections > 4096 {
         bail!("--max-connections must be between 1 and 4096");
     }
@@ -79,12 +146,22 @@ pub fn run(args: Args) -> Result<()> {
     book.reservation_ttl_s = ttl.as_secs_f64();
     // Reservation ids carry this start's time, so an id from an earlier run names nothing.
     book.id_prefix = format!("{}-{}", args.name, (livemig_agent::system_clock())() as u64);
-    let agent = Arc::new(Agent::new(
+    let mut agent = Agent::new(
         args.name.clone(),
         token,
         book,
         livemig_agent::system_clock(),
-    ));
+    )
+    .with_migrator(migrator);
+    let mut rms = None;
+    if let Some(url) = &rms_url {
+        let secret = livemig_agent::token::read_secret(&args.token_file)?;
+        let client = RmsClient::new(url, &secret).with_context(|| format!("--rms {url}"))?;
+        let (outbox, inbox) = Outbox::new(&args.name, LIGHT_EVENTS_QUEUED);
+        agent = agent.with_outbox(outbox);
+        rms = Some((client, inbox));
+    }
+    let agent = Arc::new(agent);
     let cfg = ServerConfig {
         max_connections: args.max_connections,
         ..ServerConfig::default()
@@ -96,14 +173,41 @@ pub fn run(args: Args) -> Result<()> {
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(&args.listen))
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr()?.to_string();
+    let local = listener.local_addr()?;
+    let address = local.to_string();
+    let advertised = args.advertise.clone().unwrap_or_else(|| {
+        let ip = if local.ip().is_unspecified() {
+            data_host
+        } else {
+            local.ip()
+        };
+        SocketAddr::new(ip, local.port()).to_string()
+    });
     let line = if args.json {
         serde_json::json!({"listening": address, "name": args.name}).to_string()
     } else {
         format!("listening on {address}")
     };
     crate::out::emit_line(&line)?;
-    rt.block_on(livemig_agent::run(listener, agent, cfg, stop));
+    rt.block_on(async move {
+        let rms_stop = CancellationToken::new();
+        let tasks = rms.map(|(client, inbox)| {
+            let link = LinkConfig {
+                address: advertised,
+                data_host: data_host.to_string(),
+                timeout_s,
+                heartbeat_s,
+            };
+            livemig_agent::rms::spawn(client, inbox, link, Arc::clone(&agent), rms_stop.clone())
+        });
+        livemig_agent::run(listener, agent, cfg, stop).await;
+        // The server has stopped its migrations: the last events go out, then the link ends.
+        rms_stop.cancel();
+        if let Some((link, deliver)) = tasks {
+            let _ = link.await;
+            let _ = deliver.await;
+        }
+    });
     // The VMs stop when the agent is dropped (their writer threads are joined).
     tracing::debug!("agent stopped");
     Ok(())

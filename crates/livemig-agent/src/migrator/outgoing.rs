@@ -1,0 +1,223 @@
+//! `POST /api/v1/outgoing` and `DELETE /api/v1/outgoing/{migration}`: the engine's sender on a
+//! thread of its own, under the policy the RMS names, cancellable until its commit point.
+//!
+//! Every event goes to the RMS; on a hand-over the guest leaves this host (its memory is
+//! freed) and the report follows; on a failure or a cancel the guest keeps running here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use livemig_api::{LocalState, MigrationNo, OutgoingRequest, Role};
+use livemig_engine::{Control, Guest, Key, SenderConfig};
+use livemig_policy::{Event, PolicyKind, Timeouts};
+
+use super::{Entry, MigrationError};
+use crate::agent::Agent;
+
+/// The engine's page size: the only one a `sim` guest migrates with.
+const PAGE: f64 = livemig_engine::wire::PAGE_SIZE as f64;
+
+/// Checks the request, builds the policy and starts the migration; it runs on.
+pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationError> {
+    let key = Key::from_hex(&req.key.0).ok_or(MigrationError::BadKey)?;
+    let to: SocketAddr = req
+        .data_address
+        .parse()
+        .map_err(|_| MigrationError::Address(req.data_address.clone()))?;
+    let kind: PolicyKind = req
+        .policy
+        .parse()
+        .map_err(|_| MigrationError::Policy(req.policy.clone()))?;
+    if agent.is_stopping() {
+        return Err(MigrationError::Stopping);
+    }
+    let cfg = agent.migrator().clone();
+    let control = Control::new();
+    let (guest, memory, workload) = {
+        let s = agent.lock();
+        let vm = s
+            .vms
+            .get(&req.vm)
+            .ok_or_else(|| MigrationError::NoVm(req.vm.clone()))?;
+        (Arc::clone(&vm.guest), vm.memory_bytes, vm.workload.clone())
+    };
+    let mut spec = req.settings.clone().unwrap_or_default();
+    if spec.stop_remaining.is_none() {
+        // The default stop level (64 MiB) exceeds a small guest: then stop at an eighth of it.
+        let default = livemig_policy::PolicyConfig::default().stop_remaining;
+        if default >= memory as f64 {
+            spec.stop_remaining = Some((memory / 8).to_string());
+        }
+    }
+    let policy_cfg = spec
+        .resolve(memory as f64)
+        .map_err(|e| MigrationError::Settings(super::incoming::error_chain(&e)))?;
+    if policy_cfg.page_size != PAGE {
+        return Err(MigrationError::Settings(format!(
+            "invalid policy settings: the engine moves {PAGE}-byte pages; page_size must be {PAGE}"
+        )));
+    }
+    let send_cfg = SenderConfig {
+        stop_remaining: policy_cfg.stop_remaining,
+        sample_s: cfg.sample_s,
+        workload: Some(workload),
+        timeout: cfg.timeout,
+        max_pause: cfg.max_pause,
+        resolve_timeout: cfg.resolve_timeout,
+        timeouts: Timeouts::default(),
+        ..SenderConfig::default()
+    };
+    send_cfg
+        .check(policy_cfg.min_bandwidth)
+        .map_err(|e| MigrationError::Settings(format!("invalid sender settings: {e}")))?;
+    let mut policy = kind
+        .build(policy_cfg)
+        .map_err(|e| MigrationError::Settings(format!("invalid policy settings: {e}")))?;
+    {
+        let mut s = agent.lock();
+        if s.migrations.contains(req.migration) {
+            return Err(MigrationError::Known(req.migration));
+        }
+        if !s.vms.contains_key(&req.vm) {
+            return Err(MigrationError::NoVm(req.vm.clone()));
+        }
+        if s.migrations.busy(&req.vm) {
+            return Err(MigrationError::Busy(req.vm.clone()));
+        }
+        let mut e = Entry::new(Role::Source, &req.vm);
+        e.control = Some(control.clone());
+        s.migrations.insert(req.migration, e);
+    }
+    let a = Arc::clone(agent);
+    let id = req.migration;
+    let vm = req.vm.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("outgoing-{id}"))
+        .spawn(move || {
+            let observe = &mut |e: &Event| a.observe(id, e);
+            let result = match livemig_engine::net::connect(to, cfg.timeout) {
+                Ok(mut stream) => {
+                    let mut redial = || livemig_engine::net::connect(to, cfg.timeout);
+                    let r = livemig_engine::migrate_measured(
+                        &mut stream,
+                        &key,
+                        guest.as_ref(),
+                        policy.as_mut(),
+                        &send_cfg,
+                        &control,
+                        observe,
+                        Some(&mut redial),
+                    );
+                    r.map(|(report, _)| report).map_err(|e| Ended {
+                        in_doubt: e.in_doubt(),
+                        session: e.session().map(str::to_string),
+                        why: super::incoming::error_chain(&e),
+                        engine_said: true,
+                    })
+                }
+                Err(e) => Err(Ended {
+                    in_doubt: false,
+                    session: None,
+                    why: super::incoming::error_chain(&e),
+                    engine_said: false,
+                }),
+            };
+            match result {
+                Ok(report) => {
+                    drop(guest);
+                    // Handed over: the destination runs the guest; this copy is destroyed.
+                    let gone = {
+                        let mut s = a.lock();
+                        let _ = s.book.remove_vm(&vm);
+                        s.migrations.finish(id, LocalState::HandedOver);
+                        s.vms.remove(&vm)
+                    };
+                    drop(gone);
+                    tracing::info!(migration = id, %vm, "handed over; the source's copy is destroyed");
+                    a.report(id, report);
+                }
+                Err(Ended {
+                    in_doubt,
+                    session,
+                    why,
+                    engine_said,
+                }) => {
+                    if in_doubt {
+                        // The guest stays paused here until someone settles the hand-over.
+                        if let Some(dir) = &cfg.hold_dir {
+                            let session = session.as_deref().unwrap_or("unknown");
+                            let digest = guest.memory().digest();
+                            match super::hold::save(dir, "source", session, Some(to.to_string()), &guest, digest, &why) {
+                                Ok(p) => tracing::warn!(migration = id, path = %p.display(), "outcome unknown: the paused guest is saved"),
+                                Err(e) => tracing::error!(migration = id, error = %super::incoming::error_chain(&e), "outcome unknown and the paused guest cannot be saved; it is kept in memory only"),
+                            }
+                        }
+                    }
+                    drop(guest);
+                    if !engine_said {
+                        // The engine never ran: tell the RMS as it would have.
+                        a.observe(
+                            id,
+                            &Event::Failed {
+                                error: why.clone(),
+                                outcome: "failed_source_running".into(),
+                            },
+                        );
+                    }
+                    let state = if control.is_cancelled() && !in_doubt {
+                        LocalState::Cancelled
+                    } else {
+                        LocalState::Failed
+                    };
+                    // In doubt the guest stays paused here, for an operator to settle.
+                    {
+                        let mut s = a.lock();
+                        if let Some(m) = s.migrations.get_mut(id) {
+                            m.in_doubt = in_doubt;
+                        }
+                        s.migrations.finish(id, state);
+                    }
+                    tracing::warn!(migration = id, %vm, in_doubt, error = %why, "outgoing migration ended without a hand-over");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        agent
+            .lock()
+            .migrations
+            .finish(req.migration, LocalState::Failed);
+        return Err(MigrationError::Thread(e));
+    }
+    tracing::info!(migration = id, vm = %req.vm, target = %req.target, to = %to, policy = %req.policy, "outgoing migration starts");
+    Ok(())
+}
+
+/// How a migration ended without a hand-over.
+struct Ended {
+    in_doubt: bool,
+    session: Option<String>,
+    why: String,
+    /// Whether the engine ran (it then told the observer itself).
+    engine_said: bool,
+}
+
+/// Asks migration `id` to stop before its commit point.
+pub fn cancel(agent: &Agent, id: MigrationNo) -> Result<(), MigrationError> {
+    let s = agent.lock();
+    let e = s
+        .migrations
+        .get(id)
+        .filter(|e| e.role == Role::Source)
+        .ok_or(MigrationError::UnknownOutgoing(id))?;
+    if e.committed {
+        return Err(MigrationError::Committed(id));
+    }
+    match (&e.control, e.state) {
+        (Some(c), LocalState::Migrating) => {
+            c.cancel();
+            tracing::info!(migration = id, "cancel asked");
+            Ok(())
+        }
+        _ => Err(MigrationError::Ended(id)),
+    }
+}

@@ -1,0 +1,137 @@
+//! One request to the RMS: JSON in, status and JSON out, under a timeout.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The longest an RMS request may take (connect included).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why an RMS request did not get the answer wanted.
+#[derive(Debug, thiserror::Error)]
+pub enum RmsError {
+    #[error("the RMS URL `{0}` is not an http:// URL")]
+    Url(String),
+    #[error("cannot encode the request")]
+    Encode(#[source] serde_json::Error),
+    #[error("the request to the RMS failed")]
+    Request(#[source] reqwest::Error),
+    #[error("the RMS answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("cannot decode the RMS's answer")]
+    Decode(#[source] serde_json::Error),
+    #[error("cannot build the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+impl RmsError {
+    /// The status the RMS answered, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            RmsError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// The RMS's address and the token it expects.
+#[derive(Clone)]
+pub struct RmsClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for RmsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RmsClient")
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+impl RmsClient {
+    /// A client of the RMS at `base` (`http://HOST:PORT`, no path) sending `token`.
+    pub fn new(base: &str, token: &str) -> Result<RmsClient, RmsError> {
+        let base = base.trim_end_matches('/');
+        let rest = base
+            .strip_prefix("http://")
+            .ok_or_else(|| RmsError::Url(base.to_string()))?;
+        if rest.is_empty() || rest.contains('/') || rest.contains(char::is_whitespace) {
+            return Err(RmsError::Url(base.to_string()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(REQUEST_TIMEOUT)
+            .no_proxy()
+            .build()
+            .map_err(RmsError::Client)?;
+        Ok(RmsClient {
+            base: base.to_string(),
+            token: token.to_string(),
+            http,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// POSTs `body` as JSON to `path`; a 2xx answer's body is returned, anything else is an
+    /// error.
+    pub async fn post<B: Serialize>(&self, path: &str, body: &B) -> Result<Vec<u8>, RmsError> {
+        let bytes = serde_json::to_vec(body).map_err(RmsError::Encode)?;
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(bytes)
+            .send()
+            .await
+            .map_err(RmsError::Request)?;
+        let status = r.status().as_u16();
+        // Answers are small; a larger one is cut (the timeout bounds the wait).
+        let body = r.bytes().await.map_err(RmsError::Request)?;
+        if !(200..300).contains(&status) {
+            let mut text = String::from_utf8_lossy(&body[..body.len().min(512)]).to_string();
+            text.retain(|c| !c.is_control());
+            return Err(RmsError::Status { status, body: text });
+        }
+        Ok(body.to_vec())
+    }
+
+    /// [`RmsClient::post`] that decodes the answer.
+    pub async fn post_for<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, RmsError> {
+        let bytes = self.post(path, body).await?;
+        serde_json::from_slice(&bytes).map_err(RmsError::Decode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_http_base_urls() {
+        assert!(RmsClient::new("http://127.0.0.1:7900", "t").is_ok());
+        assert!(RmsClient::new("http://rms:7900/", "t").is_ok());
+        for bad in [
+            "https://rms",
+            "rms:7900",
+            "http://",
+            "http://a/b",
+            "http://a b",
+        ] {
+            assert!(
+                matches!(RmsClient::new(bad, "t"), Err(RmsError::Url(_))),
+                "{bad}"
+            );
+        }
+    }
+}

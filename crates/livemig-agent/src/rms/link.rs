@@ -1,0 +1,103 @@
+//! Registration and heartbeats: register until the RMS answers (never giving up while the
+//! agent runs), then heartbeat every `heartbeat_s`; a 404 means the RMS forgot this host, so
+//! it registers again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use livemig_api::{Heartbeat, Register, Registered};
+use tokio_util::sync::CancellationToken;
+
+use super::client::RmsClient;
+use crate::agent::Agent;
+
+/// The first pause between two registration attempts (doubled up to [`MAX_BACKOFF`]).
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// The longest pause between two registration attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// The heartbeat period is kept within these bounds whatever the RMS says.
+pub const HEARTBEAT_BOUNDS_S: (f64, f64) = (0.1, 300.0);
+
+/// What the agent tells the RMS about itself besides its state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkConfig {
+    /// Where its API listens, as the RMS can reach it (`HOST:PORT`).
+    pub address: String,
+    /// The IP its migration listeners bind to.
+    pub data_host: String,
+    /// How long it may stay silent (None: the RMS's default).
+    pub timeout_s: Option<f64>,
+    /// The heartbeat period when the RMS does not say (it always does) or to override it.
+    pub heartbeat_s: Option<f64>,
+}
+
+/// Registers, then heartbeats, until `stop`.
+pub async fn run_link(
+    client: RmsClient,
+    agent: Arc<Agent>,
+    cfg: LinkConfig,
+    stop: CancellationToken,
+) {
+    'register: loop {
+        let mut pause = FIRST_BACKOFF;
+        let registered: Registered = loop {
+            let body = register_body(&agent, &cfg);
+            match client.post_for("/api/v1/agents/register", &body).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    tracing::warn!(error = %e, rms = client.base(), retry_in = ?pause, "cannot register with the RMS");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = stop.cancelled() => return,
+            }
+            pause = (pause * 2).min(MAX_BACKOFF);
+        };
+        let every = cfg.heartbeat_s.unwrap_or(registered.heartbeat_s);
+        let every = if every.is_finite() {
+            every.clamp(HEARTBEAT_BOUNDS_S.0, HEARTBEAT_BOUNDS_S.1)
+        } else {
+            HEARTBEAT_BOUNDS_S.1
+        };
+        agent.set_registered(true);
+        tracing::info!(
+            rms = client.base(),
+            heartbeat_s = every,
+            "registered with the RMS"
+        );
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(every)) => {}
+                _ = stop.cancelled() => return,
+            }
+            let info = agent.info();
+            let beat = Heartbeat {
+                name: info.name,
+                memory_free_bytes: info.memory_free_bytes,
+            };
+            match client.post("/api/v1/agents/heartbeat", &beat).await {
+                Ok(_) => {}
+                Err(e) if e.status() == Some(404) => {
+                    tracing::warn!("the RMS does not know this host any more; registering again");
+                    agent.set_registered(false);
+                    continue 'register;
+                }
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+}
+
+fn register_body(agent: &Agent, cfg: &LinkConfig) -> Register {
+    let info = agent.info();
+    Register {
+        name: info.name,
+        address: cfg.address.clone(),
+        data_host: cfg.data_host.clone(),
+        memory_total_bytes: info.memory_total_bytes,
+        memory_free_bytes: info.memory_free_bytes,
+        timeout_s: cfg.timeout_s,
+        vms: agent.vm_infos(),
+    }
+}
