@@ -46,9 +46,13 @@ pub struct AgentClient {
 
 impl AgentClient {
     pub fn new(secret: &Secret, timeout: Duration) -> Result<AgentClient, CallError> {
+        // No pooled connections: calls are few, and a connection kept across a link cut or an
+        // agent restart would fail the next call instead of a fresh connect succeeding.
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
+            .pool_max_idle_per_host(0)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| CallError::Transport {
                 url: String::new(),

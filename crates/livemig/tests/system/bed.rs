@@ -339,6 +339,18 @@ impl System {
         last
     }
 
+    /// The migration's view, polled until it is terminal (`unknown` is waited through).
+    pub fn wait_terminal(&self, id: u64, limit: Duration) -> Value {
+        let mut last = Value::Null;
+        self.wait_for(limit, &format!("migration {id} finishes"), || {
+            last = self.cli_json(&["migration", "show", &id.to_string()]);
+            ["completed", "failed", "cancelled"]
+                .iter()
+                .any(|s| last["state"] == *s)
+        });
+        last
+    }
+
     /// Where the RMS places `vm`.
     pub fn rms_host_of(&self, vm: &str) -> String {
         self.cli_json(&["vm", "show", vm])["host"]

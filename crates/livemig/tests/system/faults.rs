@@ -1,1 +1,115 @@
-//! Faults (to come).
+//! Faults in the middle of a migration, each ending with the guest on exactly one host (or,
+//! when its own host dies, on none, as documented) and the RMS saying so.
+//!
+//! Every migration here runs under the `fixed` policy at 2 MiB/s over a 100 Mbit/s link, after
+//! the guest has written for a while: round 1 then takes several seconds, so a fault injected
+//! a second after the source connected lands in the middle of it.
+
+use std::time::{Duration, Instant};
+
+use crate::bed::{self, RmsOpts, System};
+use crate::{create, runs_only_on};
+
+/// A 2-host system with vm1 (64 MiB, writing 1 MiB/s) on h1, its memory written for 3 s.
+fn two_hosts(opts: RmsOpts) -> System {
+    let mut sys = System::up(2, "100mbit", opts);
+    sys.start_agent(1, "256MiB");
+    sys.start_agent(2, "256MiB");
+    sys.wait_alive(2);
+    create(&sys, "vm1", "64MiB", "uniform:rate=1MiB/s", 1);
+    std::thread::sleep(Duration::from_secs(3));
+    sys
+}
+
+/// Starts vm1's migration to h2 at a fixed 2 MiB/s; returns its id once the source has
+/// connected (the RMS marks the reservation used) and a second more has passed.
+fn start_slow(sys: &System) -> u64 {
+    let settings = sys.dir.path().join("slow.toml");
+    std::fs::write(&settings, "bandwidth = \"2MiB/s\"\n").expect("settings");
+    let settings = settings.display().to_string();
+    let v = sys.cli_json(&[
+        "vm", "migrate", "vm1", "--to", "h2", "--policy", "fixed", "--settings", &settings,
+    ]);
+    let id = v["id"].as_u64().unwrap_or_else(|| panic!("an id: {v}"));
+    sys.wait_for(Duration::from_secs(20), "the migration runs", || {
+        let m = sys.cli_json(&["migration", "show", &id.to_string()]);
+        m["state"] == "running"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let m = sys.cli_json(&["migration", "show", &id.to_string()]);
+    assert_eq!(m["state"], "running", "still in round 1: {m}");
+    id
+}
+
+#[test]
+fn the_target_agent_killed_mid_round_leaves_the_vm_on_the_source() {
+    let mut sys = two_hosts(RmsOpts::default());
+    let id = start_slow(&sys);
+    sys.kill_agent(2);
+    let m = sys.wait_end(id, Duration::from_secs(60));
+    assert_eq!(m["state"], "failed", "{m}\n{}", sys.logs());
+    // h2 is gone (its process died with whatever it had received); h1 runs the guest.
+    assert_eq!(sys.rms_host_of("vm1"), "h1");
+    assert!(sys.agent_vms(1).contains(&"vm1".to_string()));
+    sys.start_agent(2, "256MiB");
+    sys.wait_alive(2);
+    runs_only_on(&sys, 1, "vm1");
+}
+
+#[test]
+fn a_link_cut_mid_round_leaves_the_vm_on_the_source() {
+    let mut sys = two_hosts(RmsOpts::default());
+    let id = start_slow(&sys);
+    sys.link(2, false);
+    // h2 is lost to the RMS (its heartbeats cannot arrive): the migration is `unknown` until
+    // the source, asked to stop, says the guest stayed (or its frame deadline ends the
+    // migration first): either way it ends failed, never completed.
+    let m = sys.wait_terminal(id, Duration::from_secs(90));
+    assert_eq!(m["state"], "failed", "{m}\n{}", sys.logs());
+    sys.link(2, true);
+    sys.wait_alive(2);
+    // The destination discarded its partial copy: only h1 runs the guest.
+    runs_only_on(&sys, 1, "vm1");
+    // And the VM migrates fine once the link is back.
+    let o = sys.cli(&["vm", "migrate", "vm1", "--to", "h2", "--watch"]);
+    assert!(o.status.success(), "{}\n{}", bed::text(&o), sys.logs());
+    runs_only_on(&sys, 2, "vm1");
+    let _ = &mut sys;
+}
+
+#[test]
+fn the_source_agent_killed_mid_round_takes_its_guest_and_nothing_runs_twice() {
+    // A SimGuest lives in its agent's process: killing the source's agent kills the guest
+    // (docs/operations.md). The RMS must not claim it moved, and the destination must not run
+    // the partial copy.
+    let mut sys = two_hosts(RmsOpts::default());
+    let id = start_slow(&sys);
+    sys.kill_agent(1);
+    let m = sys.wait_end(id, Duration::from_secs(60));
+    assert_eq!(m["state"], "unknown", "{m}\n{}", sys.logs());
+    assert_eq!(sys.rms_host_of("vm1"), "h1", "the location did not move");
+    // The destination threw its partial copy away.
+    sys.wait_for(Duration::from_secs(30), "h2 runs nothing", || {
+        sys.agent_vms(2).is_empty()
+    });
+    let info = sys.agent_get(2, "/api/v1/info").expect("h2 answers");
+    assert_eq!(info["memory_free_bytes"].as_u64(), Some(256 * bed::MIB), "{info}");
+    // A new migration of the VM waits for an operator.
+    let o = sys.cli(&["vm", "migrate", "vm1", "--to", "h2"]);
+    assert!(!o.status.success(), "{}", bed::text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown"), "{}", bed::text(&o));
+}
+
+#[test]
+fn the_rms_killed_mid_migration_and_restarted_finishes_it() {
+    let mut sys = two_hosts(RmsOpts::default());
+    let id = start_slow(&sys);
+    sys.kill_rms();
+    std::thread::sleep(Duration::from_secs(2));
+    let restarted = Instant::now();
+    sys.start_rms();
+    let m = sys.wait_end(id, Duration::from_secs(90));
+    eprintln!("the migration ended {:?} after the RMS restarted", restarted.elapsed());
+    assert_eq!(m["state"], "completed", "{m}\n{}", sys.logs());
+    runs_only_on(&sys, 2, "vm1");
+}

@@ -236,6 +236,8 @@ async fn drive(rms: &Rms, plan: &Plan, memory: u64) -> Result<MigrationView> {
         json: plan.json,
     };
     let view = watch::watch(rms, id, w).await?;
+    // Free memory is what the agents last reported: wait for a heartbeat or two.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let hosts = rms
         .get::<Vec<HostView>>(&["api", "v1", "hosts"])
         .await?
