@@ -170,7 +170,15 @@ fn run(
         let cmd = match rx.recv_timeout(wait) {
             Ok(c) => Some(c),
             Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // A clean stop hands the lease over at once instead of letting it run out.
+                if leading.is_some() {
+                    if let Err(e) = store.resign() {
+                        tracing::warn!(error = %e, "could not give the lease up; it runs out by itself");
+                    }
+                }
+                return Ok(());
+            }
         };
         if let Some(l) = &leading {
             if Instant::now() >= next_renewal {

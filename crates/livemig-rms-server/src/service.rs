@@ -59,6 +59,11 @@ pub enum RmsError {
     Panicked,
 }
 
+/// Drops a store on a blocking thread (a PostgreSQL client may not be dropped on an async one).
+async fn drop_off_async(store: Box<dyn Store>) {
+    let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+}
+
 /// Waits until this RMS holds the store's lease as `holder` (a standby polls every
 /// [`lease::RENEW_EVERY`]); `None` when `shutdown` came first.
 pub async fn await_leadership(
@@ -95,11 +100,17 @@ pub async fn await_leadership(
                     last_seen = Some((other, epoch));
                 }
             }
-            Err(e @ StoreError::BadLease(_)) => return Err(RmsError::Lease(e)),
+            Err(e @ StoreError::BadLease(_)) => {
+                drop_off_async(store).await;
+                return Err(RmsError::Lease(e));
+            }
             Err(e) => tracing::warn!(error = %e, "cannot reach the store for the lease; retrying"),
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
+            _ = shutdown.cancelled() => {
+                drop_off_async(store).await;
+                return Ok(None);
+            }
             _ = tokio::time::sleep(lease::RENEW_EVERY) => {}
         }
     }
@@ -119,7 +130,21 @@ pub async fn run(
     clock: Clock,
     shutdown: CancellationToken,
 ) -> Result<(), RmsError> {
-    let snapshot = store.load().map_err(RmsError::Load)?;
+    // The store is synchronous (PostgreSQL's client blocks on a runtime of its own): every
+    // call of it stays off the async threads.
+    let (store, loaded) = tokio::task::spawn_blocking(move || {
+        let r = store.load();
+        (store, r)
+    })
+    .await
+    .map_err(|_| RmsError::Panicked)?;
+    let snapshot = match loaded {
+        Ok(s) => s,
+        Err(e) => {
+            drop_off_async(store).await;
+            return Err(RmsError::Load(e));
+        }
+    };
     let known: Vec<(String, String)> = snapshot
         .hosts
         .iter()

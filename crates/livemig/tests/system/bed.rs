@@ -91,6 +91,13 @@ pub struct System {
 impl System {
     /// `hosts` hosts linked at `rate` (tc syntax), the RMS and no agents yet.
     pub fn up(hosts: usize, rate: &str, rms: RmsOpts) -> System {
+        let mut sys = System::bed(hosts, rate, rms);
+        sys.start_rms();
+        sys
+    }
+
+    /// The testbed alone: no RMS, no agents.
+    pub fn bed(hosts: usize, rate: &str, rms: RmsOpts) -> System {
         require_root();
         let prefix = format!(
             "lm-s{}x{}",
@@ -116,7 +123,6 @@ impl System {
         };
         let up = sys.testbed(&["up", &hosts.to_string()], rate);
         assert!(up.status.success(), "testbed up: {}", text(&up));
-        sys.start_rms();
         sys
     }
 
@@ -207,6 +213,29 @@ impl System {
             .stderr(err)
             .spawn()
             .expect("the standby starts")
+    }
+
+    /// A throwaway PostgreSQL cluster in the switch namespace (beside the RMS), its URL.
+    pub fn start_postgres(&mut self) -> (tempfile::TempDir, String) {
+        // Outside the test's private directory: the cluster runs as the `postgres` user.
+        let dir = tempfile::tempdir().expect("a directory for the cluster");
+        let o = System::exec(&self.switch_ns(), "bash")
+            .arg(script("postgres.sh"))
+            .arg("start")
+            .arg(dir.path())
+            .output()
+            .expect("postgres.sh runs");
+        assert!(o.status.success(), "postgres.sh start: {}", text(&o));
+        let url = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        (dir, url)
+    }
+
+    pub fn stop_postgres(&self, dir: &Path) {
+        let _ = System::exec(&self.switch_ns(), "bash")
+            .arg(script("postgres.sh"))
+            .arg("stop")
+            .arg(dir)
+            .output();
     }
 
     pub fn kill_rms(&mut self) {

@@ -28,7 +28,15 @@ fn start_slow(sys: &System) -> u64 {
     std::fs::write(&settings, "bandwidth = \"2MiB/s\"\n").expect("settings");
     let settings = settings.display().to_string();
     let v = sys.cli_json(&[
-        "vm", "migrate", "vm1", "--to", "h2", "--policy", "fixed", "--settings", &settings,
+        "vm",
+        "migrate",
+        "vm1",
+        "--to",
+        "h2",
+        "--policy",
+        "fixed",
+        "--settings",
+        &settings,
     ]);
     let id = v["id"].as_u64().unwrap_or_else(|| panic!("an id: {v}"));
     sys.wait_for(Duration::from_secs(20), "the migration runs", || {
@@ -93,11 +101,19 @@ fn the_source_agent_killed_mid_round_takes_its_guest_and_nothing_runs_twice() {
         sys.agent_vms(2).is_empty()
     });
     let info = sys.agent_get(2, "/api/v1/info").expect("h2 answers");
-    assert_eq!(info["memory_free_bytes"].as_u64(), Some(256 * bed::MIB), "{info}");
+    assert_eq!(
+        info["memory_free_bytes"].as_u64(),
+        Some(256 * bed::MIB),
+        "{info}"
+    );
     // A new migration of the VM waits for an operator.
     let o = sys.cli(&["vm", "migrate", "vm1", "--to", "h2"]);
     assert!(!o.status.success(), "{}", bed::text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown"), "{}", bed::text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unknown"),
+        "{}",
+        bed::text(&o)
+    );
 }
 
 #[test]
@@ -109,7 +125,56 @@ fn the_rms_killed_mid_migration_and_restarted_finishes_it() {
     let restarted = Instant::now();
     sys.start_rms();
     let m = sys.wait_end(id, Duration::from_secs(90));
-    eprintln!("the migration ended {:?} after the RMS restarted", restarted.elapsed());
+    eprintln!(
+        "the migration ended {:?} after the RMS restarted",
+        restarted.elapsed()
+    );
     assert_eq!(m["state"], "completed", "{m}\n{}", sys.logs());
     runs_only_on(&sys, 2, "vm1");
+}
+
+#[test]
+fn postgres_failover_between_two_rms_processes_mid_migration() {
+    use std::io::BufRead;
+    let mut sys = System::bed(2, "100mbit", RmsOpts::default());
+    let (pg_dir, url) = sys.start_postgres();
+    sys.rms_opts.db = Some(url);
+    sys.rms_opts.name = Some("rms-a".into());
+    sys.start_rms();
+    // The standby waits for the lease: it binds the RMS's address only once it leads.
+    let mut standby = sys.start_standby_rms();
+    let out = standby.stdout.take().expect("the standby's stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(out).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        lines.map_while(Result::ok).for_each(drop);
+    });
+    sys.start_agent(1, "256MiB");
+    sys.start_agent(2, "256MiB");
+    sys.wait_alive(2);
+    create(&sys, "vm1", "64MiB", "uniform:rate=1MiB/s", 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        rx.try_recv().is_err(),
+        "the standby must not serve while rms-a leads"
+    );
+    let id = start_slow(&sys);
+    let killed = Instant::now();
+    sys.kill_rms();
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("the standby did not take over\n{}", sys.logs()));
+    let took = killed.elapsed();
+    eprintln!("the standby took over {took:?} after the leader died: {line}");
+    assert!(line.contains("listening"), "{line}");
+    assert!(took <= Duration::from_secs(15), "takeover took {took:?}");
+    sys.rms.push(standby);
+    let m = sys.wait_terminal(id, Duration::from_secs(90));
+    assert_eq!(m["state"], "completed", "{m}\n{}", sys.logs());
+    runs_only_on(&sys, 2, "vm1");
+    sys.kill_rms();
+    sys.stop_postgres(pg_dir.path());
 }
