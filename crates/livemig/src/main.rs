@@ -25,6 +25,7 @@
 //! (`RUST_LOG=livemig=debug`); the user-facing output does not depend on it.
 
 mod args;
+mod cluster;
 mod cmd;
 mod ops_view;
 mod out;
@@ -77,6 +78,9 @@ enum Command {
     Demo(Box<cmd::demo::Args>),
     /// Benchmark the data path: throughput against a plain loopback copy, cap accuracy.
     BenchEngine(cmd::bench_engine::Args),
+    /// Benchmark the system on loopback: migrations per minute through the RMS with many small
+    /// VMs, recovery time after an RMS crash.
+    BenchRms(cmd::bench_rms::Args),
     /// Drive real QEMU live migrations with a policy (QMP), record dirty traces, benchmark.
     #[command(
         subcommand,
@@ -193,6 +197,7 @@ fn main() {
         Command::Demo(a) => cmd::demo::run(*a),
         Command::Resolve(a) => cmd::resolve::run(a),
         Command::BenchEngine(a) => cmd::bench_engine::run(a),
+        Command::BenchRms(a) => cmd::bench_rms::run(a),
         Command::Qemu(Qemu::Run(c)) => cmd::qemu::run(c),
         Command::Qemu(Qemu::Bench(a)) => cmd::qemu_bench::run(*a),
         Command::Agent(a) => cmd::agent::run(*a),

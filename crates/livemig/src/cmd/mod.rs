@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod bench;
 pub mod bench_engine;
+pub mod bench_rms;
 pub mod completions;
 pub mod demo;
 pub mod host;

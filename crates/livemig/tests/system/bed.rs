@@ -112,7 +112,7 @@ impl System {
             std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))
                 .expect("chmod");
         }
-        let mut sys = System {
+        let sys = System {
             prefix,
             dir,
             hosts,

@@ -3,9 +3,6 @@
 //! creates a VM on the first host, asks the RMS to migrate it where it sees fit, follows the
 //! migration round by round, checks where the guest runs, and stops everything it started.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -13,8 +10,9 @@ use livemig_rms::api::{Created, HostView};
 use livemig_rms::{MigrationId, MigrationRequest, MigrationView, VmKind, VmRequest};
 use livemig_workload::units;
 
+use crate::cluster::Cluster;
 use crate::outcome;
-use crate::rms_client::{Rms, RmsArgs};
+use crate::rms_client::Rms;
 use crate::{ops_view, watch};
 
 /// What the system demo runs.
@@ -25,79 +23,6 @@ pub struct Plan {
     pub workload: String,
     pub policy: String,
     pub json: bool,
-}
-
-/// The processes the demo started; stopped (SIGTERM, then SIGKILL) when dropped.
-struct Cluster {
-    dir: tempfile::TempDir,
-    children: Vec<(String, Child)>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.children {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for (what, c) in &mut self.children {
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(50))
-                    }
-                    _ => {
-                        tracing::warn!(%what, "did not stop within 5 s; killed");
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        break;
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl Cluster {
-    /// Starts `livemig ARGS`; returns the address from its first line (`{"listening": ...}`).
-    fn spawn(&mut self, what: &str, args: &[&str]) -> Result<String> {
-        let exe = std::env::current_exe().context("cannot find this program to start")?;
-        let log = self.dir.path().join(format!("{what}.log"));
-        let err = std::fs::File::create(&log)?;
-        let mut child = Command::new(exe)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("cannot start the {what}"))?;
-        let out = child.stdout.take().context("no stdout")?;
-        self.children.push((what.to_string(), child));
-        let mut lines = BufReader::new(out).lines();
-        let first = lines.next().transpose()?.unwrap_or_default();
-        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
-        let v: serde_json::Value = serde_json::from_str(&first).with_context(|| {
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            format!("the {what} did not start: {}", log.trim())
-        })?;
-        v["listening"]
-            .as_str()
-            .map(str::to_string)
-            .with_context(|| format!("the {what} printed no address: {first}"))
-    }
-}
-
-fn token(dir: &Path) -> Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let key = livemig_engine::Key::generate()?;
-    let path = dir.join("token");
-    std::fs::write(&path, format!("{}\n", key.to_hex()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(path)
 }
 
 fn say(json: bool, line: &str) {
@@ -113,66 +38,33 @@ pub fn run(plan: Plan) -> Result<()> {
     }
     let memory = units::parse_size(&plan.memory).context("--memory")? as u64;
     livemig_workload::Workload::parse_self_contained(&plan.workload).context("--workload")?;
-    let mut cluster = Cluster {
-        dir: tempfile::tempdir().context("cannot make a temporary directory")?,
-        children: Vec::new(),
-    };
-    let token = token(cluster.dir.path())?;
-    let token_s = token.display().to_string();
-    let db = format!("sqlite:{}", cluster.dir.path().join("rms.db").display());
-    let rms_addr = cluster.spawn(
-        "rms",
+    // The first host is the smallest, so the RMS moves the VM to one of the others.
+    let capacities: Vec<String> = (1..=plan.hosts)
+        .map(|i| format!("{}", memory * if i == 1 { 2 } else { 3 }))
+        .collect();
+    let cluster = Cluster::start(
+        &capacities,
         &[
-            "rms",
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-            &db,
-            "--token-file",
-            &token_s,
             "--heartbeat",
             "500ms",
             "--host-timeout",
             "5s",
             "--default-policy",
             &plan.policy,
-            "--json",
         ],
     )?;
-    say(plan.json, &format!("demo: the RMS listens on {rms_addr}"));
-    let rms_url = format!("http://{rms_addr}");
-    // The first host is the smallest, so the RMS moves the VM to one of the others.
-    for i in 1..=plan.hosts {
-        let capacity =
-            units::fmt_bytes((memory * if i == 1 { 2 } else { 3 }) as f64).replace(' ', "");
-        let name = format!("host-{i}");
-        let addr = cluster.spawn(
-            &name,
-            &[
-                "agent",
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                &name,
-                "--token-file",
-                &token_s,
-                "--capacity-memory",
-                &capacity,
-                "--rms",
-                &rms_url,
-                "--json",
-            ],
-        )?;
+    say(
+        plan.json,
+        &format!("demo: the RMS listens on {}", cluster.rms_addr),
+    );
+    for ((name, addr), capacity) in cluster.hosts.iter().zip(&capacities) {
+        let cap = units::fmt_bytes(capacity.parse::<f64>().unwrap_or(0.0));
         say(
             plan.json,
-            &format!("demo: agent {name} listens on {addr} ({capacity})"),
+            &format!("demo: agent {name} listens on {addr} ({cap})"),
         );
     }
-    let rms = Rms::new(&RmsArgs {
-        rms: rms_url,
-        token_file: Some(token),
-        timeout: "10s".into(),
-    })?;
+    let rms = cluster.client()?;
     let rt = crate::rt::runtime()?;
     let view = rt.block_on(drive(&rms, &plan, memory))?;
     drop(cluster);
