@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use livemig_api::{LocalState, MigrationNo, RunReport, VmInfo};
 use livemig_engine::{Guest, InitialContent, SimGuest, SimGuestConfig};
+use livemig_http::Token;
 use livemig_policy::report::MigrationReport;
 use livemig_policy::Event;
 
@@ -15,7 +16,6 @@ use crate::capacity::{BookConfig, CapacityBook};
 use crate::error::ApiError;
 use crate::migrator::{MigratorConfig, Table};
 use crate::rms::Outbox;
-use crate::token::Token;
 
 /// Seconds on the agent's clock (Unix time in the binary; tests drive their own).
 pub type Clock = Arc<dyn Fn() -> f64 + Send + Sync>;

@@ -3,7 +3,6 @@
 //! Map of the crate:
 //! - [`capacity`]: the capacity book (sans-IO, time as a parameter): total memory, VMs,
 //!   expiring reservations; inquiries answered `accepted` or `refused` with a reason.
-//! - [`token`]: the bearer token file and the constant-time check.
 //! - [`api`]: the JSON shapes of `/api/v1`.
 //! - [`agent`]: the live state shared by the routes: name, token, clock, book, VMs
 //!   (`SimGuest`).
@@ -27,10 +26,9 @@ pub mod migrator;
 pub mod rms;
 pub mod routes;
 pub mod server;
-pub mod token;
 
 pub use agent::{system_clock, Agent, Clock};
 pub use capacity::{Answer, BookConfig, CapacityBook};
+pub use livemig_http::{Token, TokenError};
 pub use migrator::MigratorConfig;
 pub use server::{run, ServerConfig};
-pub use token::{Token, TokenError};

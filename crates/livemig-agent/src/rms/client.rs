@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use livemig_http::Secret;
+use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -39,7 +41,7 @@ impl RmsError {
 #[derive(Clone)]
 pub struct RmsClient {
     base: String,
-    token: String,
+    token: Secret,
     http: reqwest::Client,
 }
 
@@ -53,7 +55,7 @@ impl std::fmt::Debug for RmsClient {
 
 impl RmsClient {
     /// A client of the RMS at `base` (`http://HOST:PORT`, no path) sending `token`.
-    pub fn new(base: &str, token: &str) -> Result<RmsClient, RmsError> {
+    pub fn new(base: &str, token: Secret) -> Result<RmsClient, RmsError> {
         let base = base.trim_end_matches('/');
         let rest = base
             .strip_prefix("http://")
@@ -69,9 +71,22 @@ impl RmsClient {
             .map_err(RmsError::Client)?;
         Ok(RmsClient {
             base: base.to_string(),
-            token: token.to_string(),
+            token,
             http,
         })
+    }
+
+    /// `req` with `Authorization: Bearer <token>`, the value marked sensitive (kept out of
+    /// `Debug` output) as reqwest's `bearer_auth` marks it. A token that cannot be a header
+    /// value goes as text, for reqwest to refuse when the request is sent.
+    fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match HeaderValue::try_from(self.token.bearer()) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                req.header(AUTHORIZATION, v)
+            }
+            Err(_) => req.header(AUTHORIZATION, self.token.bearer()),
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -83,9 +98,7 @@ impl RmsClient {
     pub async fn post<B: Serialize>(&self, path: &str, body: &B) -> Result<Vec<u8>, RmsError> {
         let bytes = serde_json::to_vec(body).map_err(RmsError::Encode)?;
         let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+            .authorize(self.http.post(format!("{}{path}", self.base)))
             .header("content-type", "application/json")
             .body(bytes)
             .send()
@@ -119,8 +132,8 @@ mod tests {
 
     #[test]
     fn only_plain_http_base_urls() {
-        assert!(RmsClient::new("http://127.0.0.1:7900", "t").is_ok());
-        assert!(RmsClient::new("http://rms:7900/", "t").is_ok());
+        assert!(RmsClient::new("http://127.0.0.1:7900", Secret::new("t")).is_ok());
+        assert!(RmsClient::new("http://rms:7900/", Secret::new("t")).is_ok());
         for bad in [
             "https://rms",
             "rms:7900",
@@ -129,7 +142,7 @@ mod tests {
             "http://a b",
         ] {
             assert!(
-                matches!(RmsClient::new(bad, "t"), Err(RmsError::Url(_))),
+                matches!(RmsClient::new(bad, Secret::new("t")), Err(RmsError::Url(_))),
                 "{bad}"
             );
         }

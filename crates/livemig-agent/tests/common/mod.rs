@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use livemig_agent::rms::{LinkConfig, Outbox, RmsClient};
 use livemig_agent::{Agent, BookConfig, MigratorConfig, ServerConfig, Token};
+use livemig_http::Secret;
 use tokio_util::sync::CancellationToken;
 
 pub const TOKEN: &str = "test-token-1234";
@@ -76,7 +77,7 @@ impl Harness {
         if let Some((url, heartbeat_s)) = &o.rms {
             let (outbox, inbox) = Outbox::new(&o.name, 64);
             agent = agent.with_outbox(outbox);
-            let client = RmsClient::new(url, TOKEN).expect("RMS URL");
+            let client = RmsClient::new(url, Secret::new(TOKEN)).expect("RMS URL");
             rms = Some((client, inbox, *heartbeat_s));
         }
         let agent = Arc::new(agent);

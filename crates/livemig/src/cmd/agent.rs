@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use livemig_agent::rms::{LinkConfig, Outbox, RmsClient, LIGHT_EVENTS_QUEUED};
 use livemig_agent::{Agent, BookConfig, MigratorConfig, ServerConfig, Token};
+use livemig_http::Secret;
 use livemig_workload::units;
 use tokio_util::sync::CancellationToken;
 
@@ -91,7 +92,7 @@ pub fn run(args: Args) -> Result<()> {
     let rms_url = args.rms.clone();
     if let Some(url) = &rms_url {
         // Checked now (the token is checked below): a bad URL is a usage error.
-        RmsClient::new(url, "-").with_context(|| format!("--rms {url}"))?;
+        RmsClient::new(url, Secret::new("-")).with_context(|| format!("--rms {url}"))?;
     }
     let name_ok = !args.name.is_empty()
         && args.name.len() <= 64
@@ -102,7 +103,7 @@ pub fn run(args: Args) -> Result<()> {
     if !name_ok {
         bail!("--name must be 1 to 64 characters of A-Z a-z 0-9 . _ -");
     }
-    let token = Token::load(&args.token_file)?;
+    let (token, secret) = Token::load_secret(&args.token_file)?;
     let memory = units::parse_size(&args.capacity_memory).context("--capacity-memory")?;
     if !(memory >= 4096.0 && memory < u64::MAX as f64) {
         bail!("--capacity-memory must be at least one page (4KiB)");
@@ -155,8 +156,7 @@ pub fn run(args: Args) -> Result<()> {
     .with_migrator(migrator);
     let mut rms = None;
     if let Some(url) = &rms_url {
-        let secret = livemig_agent::token::read_secret(&args.token_file)?;
-        let client = RmsClient::new(url, &secret).with_context(|| format!("--rms {url}"))?;
+        let client = RmsClient::new(url, secret).with_context(|| format!("--rms {url}"))?;
         let (outbox, inbox) = Outbox::new(&args.name, LIGHT_EVENTS_QUEUED);
         agent = agent.with_outbox(outbox);
         rms = Some((client, inbox));
