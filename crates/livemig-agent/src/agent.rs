@@ -7,13 +7,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use livemig_api::{LocalState, MigrationNo, RunReport, VmInfo};
 use livemig_engine::{Guest, InitialContent, SimGuest, SimGuestConfig};
-use livemig_http::Token;
+use livemig_http::{ApiError, Token};
 use livemig_policy::report::MigrationReport;
 use livemig_policy::Event;
 
 use crate::api::{Info, VmKind, VmRequest, VmView};
 use crate::capacity::{BookConfig, CapacityBook};
-use crate::error::ApiError;
 use crate::migrator::{MigratorConfig, Table};
 use crate::rms::Outbox;
 

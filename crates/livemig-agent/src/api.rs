@@ -73,7 +73,4 @@ pub struct Released {
 }
 
 /// Every error: `{"error": "..."}` with a 4xx or 5xx status.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-}
+pub use livemig_api::ErrorBody;

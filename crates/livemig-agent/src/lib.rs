@@ -1,4 +1,5 @@
 //! The per-host migration monitor (agent): its capacity book, the VMs it runs, its HTTP API.
+//! The HTTP plumbing (token, bodies, errors, guard, accept loop) is `livemig_http`'s.
 //!
 //! Map of the crate:
 //! - [`capacity`]: the capacity book (sans-IO, time as a parameter): total memory, VMs,
@@ -6,21 +7,18 @@
 //! - [`api`]: the JSON shapes of `/api/v1`.
 //! - [`agent`]: the live state shared by the routes: name, token, clock, book, VMs
 //!   (`SimGuest`).
-//! - [`body`]: JSON request bodies under a cap, decoded strictly.
-//! - [`error`]: every error as `{"error": "..."}` with its status.
-//! - [`routes`]: the axum router, the token check, the per-request timeout.
+//! - [`routes`]: the axum router behind `livemig_http`'s guard (token, request timeout,
+//!   body cap); the statuses of capacity errors.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
-//! - [`server`]: the accept loop: bounded connections, header and request timeouts, a clean
-//!   stop on a cancellation token.
+//! - [`server`]: `livemig_http`'s accept loop, plus the migrations' part of a stop: cancel
+//!   those not yet committed at once, wait a grace for the rest.
 //! - [`migrator`]: migrations in (a keyed listener per migration) and out (the engine's
 //!   sender), their table, their per-migration numbers.
 //! - [`rms`]: the RMS client: registration, heartbeats, the outbox of events and reports.
 
 pub mod agent;
 pub mod api;
-pub mod body;
 pub mod capacity;
-pub mod error;
 pub mod metrics;
 pub mod migrator;
 pub mod rms;

@@ -1,18 +1,6 @@
 //! `GET /metrics`: the Prometheus text exposition format (version 0.0.4), written by hand.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Counters the server keeps.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Requests refused for a missing or wrong token.
-    pub unauthorized: AtomicU64,
-    /// Requests refused for their body (malformed, too large).
-    pub bad_requests: AtomicU64,
-    /// Requests that ran out of time.
-    pub timeouts: AtomicU64,
-}
 
 /// One sample of everything `/metrics` shows.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +10,7 @@ pub struct Sample {
     pub memory_reserved_bytes: u64,
     pub vms: usize,
     pub reservations: usize,
+    /// The guard's counters (`livemig_http::Counters`).
     pub unauthorized: u64,
     pub bad_requests: u64,
     pub timeouts: u64,
@@ -45,16 +34,6 @@ pub struct MigrationSample {
     pub cap_bytes_per_s: f64,
     pub avg_dirty_factor: f64,
     pub downtime_s: f64,
-}
-
-impl Counters {
-    pub fn load(&self) -> (u64, u64, u64) {
-        (
-            self.unauthorized.load(Ordering::Relaxed),
-            self.bad_requests.load(Ordering::Relaxed),
-            self.timeouts.load(Ordering::Relaxed),
-        )
-    }
 }
 
 /// The exposition text.

@@ -1,4 +1,5 @@
-//! The HTTP routes: `/healthz` open to all, everything else behind the bearer token.
+//! The HTTP routes: `/healthz` open to all, everything else behind the bearer token (the
+//! guard of `livemig_http` checks it, bounds every request and counts refusals).
 //!
 //! | route | answer |
 //! |---|---|
@@ -15,46 +16,35 @@
 //! | `GET /api/v1/report` | [`RunReport`](livemig_api::RunReport) |
 //! | `GET /metrics` | Prometheus text |
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Router};
+use axum::Router;
+use livemig_http::guard::path;
+use livemig_http::{json, ApiError, Guard, Json};
 
 use crate::agent::Agent;
 use crate::api::{Answer, CapacityRequest, Released, VmRequest};
-use crate::body::{BodyLimit, Json};
-use crate::error::{json, ApiError};
-use crate::metrics::{self, Counters, MigrationSample, Sample};
+use crate::capacity::CapacityError;
+use crate::metrics::{self, MigrationSample, Sample};
 use crate::migrator::{incoming, outgoing};
 use livemig_api::{IncomingRequest, OutgoingRequest};
-
-/// The limits the routes enforce.
-#[derive(Debug, Clone, Copy)]
-pub struct RouteLimits {
-    /// The largest request body, bytes.
-    pub body_limit: usize,
-    /// The longest a request may take once its headers are read.
-    pub request_timeout: Duration,
-}
 
 /// What every handler sees.
 #[derive(Debug)]
 pub struct App {
     pub agent: Arc<Agent>,
-    pub counters: Counters,
-    pub limits: RouteLimits,
+    /// The token check, the request timeout and the body cap, with their counters.
+    pub guard: Arc<Guard>,
 }
 
 type Shared = State<Arc<App>>;
 
-/// The whole API.
+/// The whole API, behind the guard (`/healthz` open).
 pub fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/api/v1/info", get(info))
@@ -69,71 +59,23 @@ pub fn router(app: Arc<App>) -> Router {
             axum::routing::delete(cancel_outgoing),
         )
         .route("/api/v1/report", get(report))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(app.clone(), authorize));
-    api.route("/healthz", get(healthz))
-        .layer(middleware::from_fn_with_state(app.clone(), bounded))
-        .layer(Extension(BodyLimit(app.limits.body_limit)))
-        .with_state(app)
+        .route("/metrics", get(metrics));
+    app.guard.wrap(api).with_state(app)
 }
 
-/// Refuses a request without the right bearer token: 401, and nothing runs.
-async fn authorize(State(app): Shared, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
-    if app.agent.token.admits(given) {
-        return next.run(req).await;
+impl From<CapacityError> for ApiError {
+    fn from(e: CapacityError) -> ApiError {
+        let status = match e {
+            CapacityError::UnknownReservation(_) | CapacityError::UnknownVm(_) => {
+                StatusCode::NOT_FOUND
+            }
+            CapacityError::VmExists(_)
+            | CapacityError::NoMemory { .. }
+            | CapacityError::TooManyVms(_) => StatusCode::CONFLICT,
+            CapacityError::ZeroMemory => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError::new(status, e.to_string())
     }
-    app.counters.unauthorized.fetch_add(1, Ordering::Relaxed);
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "missing or wrong token (Authorization: Bearer <token>)",
-    )
-    .into_response()
-}
-
-/// Every request ends within the request timeout (503 after it) and is counted.
-async fn bounded(State(app): Shared, req: Request, next: Next) -> Response {
-    let limit = app.limits.request_timeout;
-    let r = match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => {
-            app.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the request took longer than {} s", limit.as_secs_f64()),
-            )
-            .into_response();
-        }
-    };
-    if matches!(
-        r.status(),
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE
-    ) {
-        app.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-    }
-    r
-}
-
-async fn healthz() -> Response {
-    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
-}
-
-async fn not_found() -> ApiError {
-    ApiError::not_found("no such route")
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
-}
-
-fn path(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
-    p.map(|Path(s)| s)
-        .map_err(|e| ApiError::bad_request(format!("invalid path: {e}")))
 }
 
 async fn info(State(app): Shared) -> Response {
@@ -254,7 +196,7 @@ async fn report(State(app): Shared) -> Response {
 
 async fn metrics(State(app): Shared) -> Response {
     let info = app.agent.info();
-    let (unauthorized, bad_requests, timeouts) = app.counters.load();
+    let (unauthorized, bad_requests, timeouts) = app.guard.counters.load();
     let text = metrics::render(&Sample {
         memory_total_bytes: info.memory_total_bytes,
         memory_free_bytes: info.memory_free_bytes,

@@ -1,42 +1,23 @@
-//! The accept loop: bounded connections, bounded header reads, bounded connection lifetimes,
-//! a clean stop on the cancellation token.
-//!
-//! Each connection is served by hyper's HTTP/1.1 server with a header read timeout; at most
-//! `max_connections` are served at once (further ones wait in the listen backlog until a slot
-//! frees, which an idle or junk connection does within the header timeout). A connection
-//! lives at most `connection_lifetime`; then it is closed after its current request.
+//! The agent's server: `livemig_http`'s accept loop (bounded connections, header and request
+//! timeouts, a clean stop on the cancellation token) serving the agent's routes, plus the
+//! migrations' part of a stop.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
+use livemig_http::Guard;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::Agent;
-use crate::body::DEFAULT_BODY_LIMIT;
-use crate::metrics::Counters;
-use crate::routes::{router, App, RouteLimits};
+use crate::routes::{router, App};
 
 /// The server's limits.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The largest request body, bytes.
-    pub body_limit: usize,
-    /// How long a client has to send a request's headers.
-    pub header_read_timeout: Duration,
-    /// How long a request may take once its headers are in.
-    pub request_timeout: Duration,
-    /// Connections served at once.
-    pub max_connections: usize,
-    /// The longest a connection is kept (keep-alive included).
-    pub connection_lifetime: Duration,
-    /// How long a stop waits for requests in flight before it drops them.
-    pub shutdown_grace: Duration,
+    /// The HTTP limits: body cap, header and request timeouts, connections, the stop's grace
+    /// for requests in flight.
+    pub http: livemig_http::ServerConfig,
     /// How long a stop waits for cancelled migrations to end (those past their commit point
     /// complete on their own threads).
     pub migration_grace: Duration,
@@ -45,12 +26,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
-            body_limit: DEFAULT_BODY_LIMIT,
-            header_read_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(30),
-            max_connections: 64,
-            connection_lifetime: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(5),
+            http: livemig_http::ServerConfig::default(),
             migration_grace: Duration::from_secs(20),
         }
     }
@@ -66,99 +42,22 @@ pub async fn run(
     cfg: ServerConfig,
     shutdown: CancellationToken,
 ) {
+    let guard = Guard::new(
+        agent.token.clone(),
+        cfg.http.body_limit,
+        cfg.http.request_timeout,
+    );
     let app = Arc::new(App {
         agent: Arc::clone(&agent),
-        counters: Counters::default(),
-        limits: RouteLimits {
-            body_limit: cfg.body_limit,
-            request_timeout: cfg.request_timeout,
-        },
+        guard,
     });
-    let service = TowerToHyperService::new(router(app));
-    let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
-    let mut conns = JoinSet::new();
-    loop {
-        // Reap finished connections so the set stays as small as the slots.
-        while conns.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = Arc::clone(&slots).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little, never spin or stop.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        let shutdown = shutdown.clone();
-        let cfg = cfg.clone();
-        conns.spawn(async move {
-            let _permit = permit;
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(cfg.header_read_timeout)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let lifetime = tokio::time::sleep(cfg.connection_lifetime);
-            tokio::pin!(lifetime);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "connection ended");
-                        }
-                        break;
-                    }
-                    _ = &mut lifetime => {
-                        if closing {
-                            break;
-                        }
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                        // Whatever is in flight gets the request timeout, then the socket goes.
-                        lifetime.as_mut().reset(tokio::time::Instant::now() + cfg.request_timeout);
-                    }
-                    _ = shutdown.cancelled(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                        lifetime.as_mut().reset(tokio::time::Instant::now() + cfg.shutdown_grace);
-                    }
-                }
-            }
-        });
-    }
-    drop(listener);
-    agent.stop_migrations();
-    // Every connection has been told to close; give them the grace, then drop the rest.
-    let grace = tokio::time::sleep(cfg.shutdown_grace);
-    tokio::pin!(grace);
-    loop {
-        tokio::select! {
-            j = conns.join_next() => match j {
-                Some(Err(e)) if e.is_panic() => tracing::error!(error = %e, "a connection task panicked"),
-                Some(_) => {}
-                None => break,
-            },
-            _ = &mut grace => {
-                tracing::warn!(left = conns.len(), "connections still open after the grace; dropped");
-                conns.abort_all();
-                break;
-            }
-        }
-    }
+    let serve = livemig_http::serve(listener, router(app), cfg.http, shutdown.clone());
+    // The migrations are stopped as soon as the stop is asked, not after the requests' grace.
+    let stop = async {
+        shutdown.cancelled().await;
+        agent.stop_migrations();
+    };
+    tokio::join!(serve, stop);
     let until = tokio::time::Instant::now() + cfg.migration_grace;
     while agent.migrating() > 0 {
         if tokio::time::Instant::now() >= until {

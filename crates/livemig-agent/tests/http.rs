@@ -105,7 +105,10 @@ fn bodies_over_the_cap_are_413_declared_or_chunked() {
     let h = Harness::start(
         16 * MIB,
         ServerConfig {
-            body_limit: 1024,
+            http: livemig_http::ServerConfig {
+                body_limit: 1024,
+                ..livemig_http::ServerConfig::default()
+            },
             ..ServerConfig::default()
         },
     );
@@ -286,8 +289,11 @@ fn junk_connections_leave_the_service_running() {
     let mut h = Harness::start(
         16 * MIB,
         ServerConfig {
-            header_read_timeout: Duration::from_millis(500),
-            max_connections: 8,
+            http: livemig_http::ServerConfig {
+                header_read_timeout: Duration::from_millis(500),
+                max_connections: 8,
+                ..livemig_http::ServerConfig::default()
+            },
             ..ServerConfig::default()
         },
     );

@@ -2,9 +2,9 @@
 
 use axum::http::StatusCode;
 use livemig_api::MigrationNo;
+use livemig_http::ApiError;
 
 use crate::capacity::CapacityError;
-use crate::error::ApiError;
 
 /// A refused migration request.
 #[derive(Debug, thiserror::Error)]

@@ -163,7 +163,10 @@ pub fn run(args: Args) -> Result<()> {
     }
     let agent = Arc::new(agent);
     let cfg = ServerConfig {
-        max_connections: args.max_connections,
+        http: livemig_http::ServerConfig {
+            max_connections: args.max_connections,
+            ..livemig_http::ServerConfig::default()
+        },
         ..ServerConfig::default()
     };
     let stop = CancellationToken::new();
