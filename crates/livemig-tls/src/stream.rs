@@ -88,6 +88,13 @@ impl TlsStream {
         self.conn.peer_certificates()
     }
 
+    /// The negotiated cipher suite's name (e.g. `TLS13_AES_256_GCM_SHA384`).
+    pub fn cipher_suite(&self) -> Option<String> {
+        self.conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+    }
+
     /// The underlying socket (for its address, or to shut it down from another thread via
     /// `try_clone`).
     pub fn socket(&self) -> &TcpStream {
