@@ -14,9 +14,18 @@ use crate::error::TlsError;
 use crate::files::KeyPem;
 use crate::identity::Identity;
 
-/// The crypto provider every configuration here uses: ring (no C build beyond ring's own).
+/// The crypto provider every configuration here uses: ring (no C build beyond ring's own),
+/// its TLS 1.3 suites with AES-128-GCM first (the fastest with AES instructions; both ends
+/// are ours, so this order decides).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite;
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![
+        cipher_suite::TLS13_AES_128_GCM_SHA256,
+        cipher_suite::TLS13_AES_256_GCM_SHA384,
+        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(p)
 }
 
 /// Every certificate in `pem`, in order (a chain: the leaf first).
