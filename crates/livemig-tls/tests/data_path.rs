@@ -541,3 +541,54 @@ fn a_reconnecting_source_settles_over_tls() {
     let seen = seen.lock().expect("lock");
     assert_eq!(seen.refused_secure, 0, "{:?}", seen.refused);
 }
+
+#[test]
+fn plain_and_tls_ends_refuse_each_other_cleanly() {
+    let p = pki();
+    let src = guest(4, "idle");
+
+    // A plain source to a TLS destination: refused at the destination's TLS handshake.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let dest = destination(l, acceptor(&p), Arc::clone(&seen), Arc::clone(&stop));
+    let mut s = net::connect(addr, TIMEOUT).expect("connect");
+    let mut redial = || net::connect(addr, TIMEOUT).map(net::boxed);
+    let (_, r) = migrate(&mut s, &src, &mut redial);
+    assert!(
+        r.is_err(),
+        "a plain source cannot migrate to a TLS destination"
+    );
+    assert!(src.is_running());
+    drop(s);
+    let t0 = Instant::now();
+    while seen.lock().expect("lock").refused_secure == 0 && t0.elapsed() < TIMEOUT * 2 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = dest.join();
+    assert!(seen.lock().expect("lock").refused_secure >= 1);
+    assert_eq!(seen.lock().expect("lock").claimed, 0);
+
+    // A TLS source to a plain destination: its handshake fails, nothing is migrated.
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let dest = destination(l, Plain, Arc::clone(&seen), Arc::clone(&stop));
+    let e = connector(&p)
+        .connect(addr, DEST, TIMEOUT)
+        .expect_err("a plain destination does not speak TLS");
+    assert!(
+        matches!(
+            e,
+            TlsError::Handshake(_) | TlsError::HandshakeEof | TlsError::Io(_)
+        ),
+        "{}",
+        chain(&e)
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = dest.join();
+    assert_eq!(seen.lock().expect("lock").claimed, 0);
+}
