@@ -10,7 +10,8 @@
 //! - [`limiter`]: the token bucket (time as a parameter).
 //! - [`meter`]: wire bytes per 10 ms, the 100 ms peak, per-window rates.
 //! - [`keepalive`]: `Wait` frames during long local work (prefault, digests).
-//! - [`net`]: connect, accept and socket timeouts: every network wait is bounded.
+//! - [`net`]: connect, accept and socket timeouts: every network wait is bounded; the
+//!   [`net::Transport`] a migration runs over and the [`net::Upgrade`] hook (TLS) of `serve`.
 //! - [`sender`]: the source's state machine: handshake, rounds driving a `Policy`,
 //!   stop-and-copy, the commit protocol, settling a lost hand-over by reconnecting; produces
 //!   the `MigrationReport` (executor `engine`).
@@ -42,4 +43,4 @@ pub use guest::{Guest, InitialContent, SimGuest, SimGuestConfig};
 pub use livemig_policy::Control;
 pub use receiver::{receive, Held, Landing, Received, ReceiverConfig, RecvError};
 pub use sender::{migrate, migrate_measured, Event, Redial, SendError, SenderConfig};
-pub use serve::{serve, ServeConfig, ServeError, ServeEvent, Served};
+pub use serve::{serve, serve_with, ServeConfig, ServeError, ServeEvent, Served};

@@ -1,4 +1,6 @@
-//! TCP helpers that bound every wait: connect, accept, and read/write timeouts on the socket.
+//! TCP helpers that bound every wait: connect, accept, and read/write timeouts on the socket;
+//! the [`Transport`] a migration runs over, and the [`Upgrade`] an accepted connection goes
+//! through first (nothing for plain TCP; a TLS handshake in `livemig-tls`).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -17,7 +19,13 @@ pub enum NetError {
     AcceptTimeout(Duration),
     #[error("the socket failed")]
     Io(#[from] std::io::Error),
+    /// The connection was made but its upgrade (a TLS handshake) failed.
+    #[error("the secure channel could not be set up")]
+    Secure(#[source] UpgradeError),
 }
+
+/// Why an [`Upgrade`] failed (a TLS handshake's typed error, boxed).
+pub type UpgradeError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A byte stream a migration runs over: reads, writes, and ending this side's writing.
 pub trait Transport: Read + Write {
@@ -29,6 +37,40 @@ pub trait Transport: Read + Write {
 impl Transport for TcpStream {
     fn close_write(&mut self) {
         let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn close_write(&mut self) {
+        (**self).close_write();
+    }
+}
+
+/// A transport boxed, for a [`crate::Redial`] that may return plain or secured streams.
+pub fn boxed<'a, T: Transport + 'a>(s: T) -> Box<dyn Transport + 'a> {
+    Box::new(s)
+}
+
+/// What an accepted connection becomes before the engine's handshake runs on it.
+///
+/// [`crate::serve::serve_with`] calls it on the connection's own thread, after the socket's
+/// timeouts are set; it must finish within `limit` (the receiver's handshake deadline). A
+/// failure is logged as a refusal ([`crate::RecvError::Secure`]) and never ends the loop.
+pub trait Upgrade: Sync {
+    /// The stream the engine then reads and writes.
+    type Stream: Transport;
+    /// Upgrades `stream` (e.g. the server side of a TLS handshake) within `limit`.
+    fn upgrade(&self, stream: TcpStream, limit: Duration) -> Result<Self::Stream, UpgradeError>;
+}
+
+/// No upgrade: the engine runs on the TCP stream itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Plain;
+
+impl Upgrade for Plain {
+    type Stream = TcpStream;
+    fn upgrade(&self, stream: TcpStream, _limit: Duration) -> Result<TcpStream, UpgradeError> {
+        Ok(stream)
     }
 }
 

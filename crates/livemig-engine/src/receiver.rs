@@ -103,6 +103,10 @@ pub enum RecvError {
     Key(#[from] KeyError),
     #[error("the source sent {0} keep-alives in a row without progress")]
     Stalled(u32),
+    /// The connection's upgrade (the TLS handshake) failed: the peer never reached the
+    /// engine's handshake.
+    #[error("the secure channel could not be set up")]
+    Secure(#[source] crate::net::UpgradeError),
     #[error("{state}")]
     Forged {
         state: &'static str,
@@ -119,6 +123,7 @@ impl RecvError {
             RecvError::Auth
             | RecvError::Version(_)
             | RecvError::Geometry { .. }
+            | RecvError::Secure(_)
             | RecvError::Evicted => true,
             RecvError::Wire { state, .. }
             | RecvError::Transition { state, .. }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Key;
 use crate::guest::{Guest, SimGuest};
-use crate::net::{self, NetError};
+use crate::net::{self, NetError, Plain, Upgrade};
 use crate::receiver::{receive_with, Held, Host, Landing, Received, ReceiverConfig, RecvError};
 use crate::wire::{ResolveDecision, ResolveStatus, SESSION_ID_LEN};
 
@@ -232,6 +232,22 @@ pub fn serve(
     stop: &AtomicBool,
     log: &(dyn Fn(&ServeEvent<'_>) + Sync),
 ) -> Result<Served, ServeError> {
+    serve_with(listener, key, cfg, stop, log, &Plain)
+}
+
+/// [`serve`] with every accepted connection first going through `upgrade` (a TLS handshake,
+/// bounded by the receiver's handshake deadline) on its own thread; the engine's handshake
+/// then runs on the upgraded stream. A failed upgrade is a refusal
+/// ([`RecvError::Secure`]): logged, never the end of the loop. Connections still upgrading
+/// count against `max_connections` like any peer that has not proved the key.
+pub fn serve_with<U: Upgrade>(
+    listener: &TcpListener,
+    key: &Key,
+    cfg: &ServeConfig,
+    stop: &AtomicBool,
+    log: &(dyn Fn(&ServeEvent<'_>) + Sync),
+    upgrade: &U,
+) -> Result<Served, ServeError> {
     listener.set_nonblocking(true).map_err(NetError::Io)?;
     let shared = Arc::new(Shared {
         log,
@@ -328,7 +344,6 @@ pub fn serve(
         };
         let (shared, waiting, limiter) = (Arc::clone(&shared), &waiting, &limiter);
         scope.spawn(move || {
-            let mut stream = stream;
             let host = ConnHost {
                 shared: shared.as_ref(),
                 claimed: AtomicBool::new(false),
@@ -337,9 +352,11 @@ pub fn serve(
                 waiting,
                 peer: peer.clone(),
             };
-            let r = receive_with(&mut stream, key, &cfg.receiver, &host);
+            let r = match upgrade.upgrade(stream, cfg.receiver.handshake_deadline) {
+                Ok(mut stream) => receive_with(&mut stream, key, &cfg.receiver, &host),
+                Err(e) => Err(RecvError::Secure(e)),
+            };
             let claimed = host.claimed.load(Ordering::Relaxed);
-            drop(stream);
             match r {
                 Ok(Landing::Migrated(rx)) => {
                     let mut s = lock(&shared.slot);

@@ -226,7 +226,8 @@ fn run_case_with(rule: Option<Rule>, extra: Option<Inject>, partition: bool) -> 
     let mut at_pause = None;
     let src_ref = &src;
     let mut s = livemig_engine::net::connect(paddr, TIMEOUT).expect("connect");
-    let mut redial = || livemig_engine::net::connect(paddr, TIMEOUT);
+    let mut redial =
+        || livemig_engine::net::connect(paddr, TIMEOUT).map(livemig_engine::net::boxed);
     let r = livemig_engine::migrate_measured(
         &mut s,
         &key(1),

@@ -97,7 +97,9 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
             let observe = &mut |e: &Event| a.observe(id, e);
             let result = match livemig_engine::net::connect(to, cfg.timeout) {
                 Ok(mut stream) => {
-                    let mut redial = || livemig_engine::net::connect(to, cfg.timeout);
+                    let mut redial = || {
+                        livemig_engine::net::connect(to, cfg.timeout).map(livemig_engine::net::boxed)
+                    };
                     let r = livemig_engine::migrate_measured(
                         &mut stream,
                         &key,

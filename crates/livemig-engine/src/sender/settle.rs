@@ -1,18 +1,19 @@
 //! Settling a hand-over whose last messages were lost: the source reconnects
 //! ([`Mode::Resolve`]), tells the destination what it decided and learns what it did.
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::auth::Key;
-use crate::net::NetError;
+use crate::net::{NetError, Transport};
 use crate::wire::{Message, Mode, ResolveDecision, ResolveStatus, SESSION_ID_LEN};
 
 use super::link::{handshake, Link};
 use super::{SendError, SenderPhase, REDIAL_EVERY};
 
-/// Reconnects to the destination (a fresh TCP connection, timeouts set) to settle a hand-over.
-pub type Redial<'a> = dyn FnMut() -> Result<TcpStream, NetError> + 'a;
+/// Reconnects to the destination (a fresh connection, timeouts set, upgraded as the first
+/// one was: e.g. under TLS) to settle a hand-over. Plain TCP:
+/// `|| net::connect(addr, timeout).map(net::boxed)`.
+pub type Redial<'a> = dyn FnMut() -> Result<Box<dyn Transport + 'a>, NetError> + 'a;
 
 /// A session id as hex.
 pub fn hex(id: &[u8]) -> String {
@@ -51,8 +52,8 @@ pub fn resolve(
     }
 }
 
-fn resolve_once(
-    stream: &mut TcpStream,
+fn resolve_once<S: Transport>(
+    stream: &mut S,
     key: &Key,
     id: &[u8; SESSION_ID_LEN],
     decision: ResolveDecision,

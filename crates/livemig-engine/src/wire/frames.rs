@@ -147,5 +147,13 @@ pub fn write_within(w: &mut impl Write, frame: &[u8], deadline: Deadline) -> Res
             late(deadline)?;
         }
     }
-    w.flush().map_err(|e| io_err(e, true))
+    // A buffering transport (TLS) may still hold part of the frame: flushing it is bounded by
+    // the same deadline (a socket's flush does nothing).
+    loop {
+        match w.flush() {
+            Ok(()) => return Ok(()),
+            Err(e) if try_again(&e, deadline) => late(deadline)?,
+            Err(e) => return Err(io_err(e, true)),
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! `livemig bench-engine`: the data path's throughput with no cap against a plain loopback
-//! socket copy measured in the same run, and cap accuracy per 100 ms window.
+//! socket copy measured in the same run, the same migration over mutual TLS (what TLS costs),
+//! and cap accuracy per 100 ms window.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -8,13 +9,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use livemig_engine::meter::WireMeter;
+use livemig_engine::net::Transport;
 use livemig_engine::wire::{HEADER_LEN, MAX_BATCH_PAGES, PAGE_SIZE};
 use livemig_engine::{
-    migrate_measured, net, InitialContent, Key, ReceiverConfig, SenderConfig, SimGuest,
-    SimGuestConfig,
+    migrate_measured, net, Control, Guest, InitialContent, Key, ReceiverConfig, SendError,
+    SenderConfig, SimGuest, SimGuestConfig,
 };
 use livemig_policy::report::MigrationReport;
-use livemig_policy::{PolicyConfig, PolicyKind};
+use livemig_policy::{Policy, PolicyConfig, PolicyKind};
+use livemig_tls::{Acceptor, Ca, Connector, Identity};
 use livemig_workload::units::{self, fmt_bytes, fmt_rate};
 
 use crate::out;
@@ -24,7 +27,11 @@ use crate::out;
 #[command(after_long_help = "Examples:
   livemig bench-engine
   livemig bench-engine --memory 512MiB --repeat 5
-  livemig bench-engine --cap 100Mbit/s --cap-duration 5s --json")]
+  livemig bench-engine --cap 100Mbit/s --cap-duration 5s --json
+
+Every run moves the guest twice, over plain TCP and over mutual TLS (TLS 1.3, ring, the
+certificates a CA made for the run issued), one after the other on loopback: the ratio of the
+medians is what TLS costs the data path.")]
 pub struct Args {
     /// Guest memory moved by each uncapped run (and by each plain socket copy), rounded down
     /// to whole 4 KiB pages: from one page to 64 GiB, and at most half the host's available
@@ -200,7 +207,84 @@ fn source_bytes(size: usize) -> impl ExactSizeIterator<Item = u8> {
 
 /// One engine migration of an idle guest with random content, one round at `cap`.
 fn engine_once(memory: u64, cap: f64) -> Result<(MigrationReport, WireMeter)> {
-    engine_steered(memory, cap, None).map(|(r, m, _)| (r, m))
+    engine_steered(memory, cap, None, None).map(|(r, m, _)| (r, m))
+}
+
+/// The data path under mutual TLS as agents run it: a CA made for the run, a certificate for
+/// each end.
+struct Tls {
+    acceptor: Acceptor,
+    connector: Connector,
+    /// The cipher suite the last connection negotiated (shown with the results).
+    suite: std::sync::Mutex<String>,
+}
+
+/// The name in the destination's certificate (loopback).
+const TLS_NAME: &str = "bench-destination";
+
+impl Tls {
+    fn new() -> Result<Tls> {
+        let ca = Ca::generate("livemig bench CA")?;
+        let issue = |name: &str| -> Result<Identity> {
+            let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+            let (key, csr) = Identity::generate_csr(name, &[ip])?;
+            let cert = ca.issue(&csr, name, &[ip], livemig_tls::HOST_VALIDITY)?;
+            Ok(Identity {
+                cert_chain_pem: cert,
+                key,
+            })
+        };
+        let (dest, src) = (issue(TLS_NAME)?, issue("bench-source")?);
+        Ok(Tls {
+            acceptor: Acceptor::new(livemig_tls::server_config(
+                &dest.cert_chain_pem,
+                &dest.key,
+                Some(ca.cert_pem()),
+            )?),
+            connector: Connector::new(livemig_tls::client_config(ca.cert_pem(), Some(&src))?),
+            suite: std::sync::Mutex::new(String::new()),
+        })
+    }
+}
+
+/// One engine migration over TLS, no cap; returns the round's rate and the cipher suite.
+fn engine_tls_once(memory: u64, tls: &Tls) -> Result<(f64, String)> {
+    let (r, _, _) = engine_steered(memory, 1e12, None, Some(tls))?;
+    let round = r.rounds.first().context("no round ran")?;
+    let suite = tls
+        .suite
+        .lock()
+        .map_or_else(|e| e.into_inner().clone(), |s| s.clone());
+    Ok((round.bytes_sent / round.duration_s, suite))
+}
+
+/// The sender's half of a run, on any transport.
+#[allow(clippy::too_many_arguments)]
+fn send_on<S: Transport>(
+    stream: &mut S,
+    key: &Key,
+    guest: &dyn Guest,
+    policy: &mut dyn Policy,
+    cfg: &SenderConfig,
+    control: &Control,
+    tx: &mut Option<std::sync::mpsc::Sender<Instant>>,
+) -> Result<(MigrationReport, WireMeter), SendError> {
+    migrate_measured(
+        stream,
+        key,
+        guest,
+        policy,
+        cfg,
+        control,
+        &mut |e| {
+            if matches!(e, livemig_policy::Event::RoundStarted { .. }) {
+                if let Some(t) = tx.take() {
+                    let _ = t.send(Instant::now());
+                }
+            }
+        },
+        None,
+    )
 }
 
 /// A grant step: lowered to `grant` (bytes/s) `at_s` after round 1 starts, lifted `for_s`
@@ -218,6 +302,7 @@ fn engine_steered(
     memory: u64,
     cap: f64,
     step: Option<Step>,
+    tls: Option<&Tls>,
 ) -> Result<(MigrationReport, WireMeter, Option<f64>)> {
     let guest = SimGuest::start(
         &SimGuestConfig {
@@ -240,8 +325,19 @@ fn engine_steered(
     let key = Key::generate()?;
     let (mut a, mut b) = loopback_pair()?;
     let dk = key.clone();
-    let dest = std::thread::spawn(move || {
-        livemig_engine::receive(&mut b, &dk, &ReceiverConfig::default()).map(|_| ())
+    let acceptor = tls.map(|t| t.acceptor.clone());
+    let dest = std::thread::spawn(move || -> Result<()> {
+        let cfg = ReceiverConfig::default();
+        match acceptor {
+            Some(acc) => {
+                let mut s = acc.accept(b, TIMEOUT)?;
+                livemig_engine::receive(&mut s, &dk, &cfg)?;
+            }
+            None => {
+                livemig_engine::receive(&mut b, &dk, &cfg)?;
+            }
+        }
+        Ok(())
     });
     let send_cfg = SenderConfig {
         sample_s: 0.0,
@@ -262,24 +358,32 @@ fn engine_steered(
         Some(at)
     });
     let mut tx = Some(tx);
-    let r = migrate_measured(
-        &mut a,
-        &key,
-        &guest,
-        policy.as_mut(),
-        &send_cfg,
-        &control,
-        &mut |e| {
-            if matches!(e, livemig_policy::Event::RoundStarted { .. }) {
-                if let Some(t) = tx.take() {
-                    let _ = t.send(Instant::now());
-                }
-            }
-        },
-        None,
-    );
+    let r = match tls {
+        Some(t) => {
+            let mut s = t.connector.wrap(a, TLS_NAME, TIMEOUT)?;
+            let suite = s.cipher_suite().unwrap_or_default();
+            *t.suite.lock().unwrap_or_else(|e| e.into_inner()) = suite;
+            send_on(
+                &mut s,
+                &key,
+                &guest,
+                policy.as_mut(),
+                &send_cfg,
+                &control,
+                &mut tx,
+            )
+        }
+        None => send_on(
+            &mut a,
+            &key,
+            &guest,
+            policy.as_mut(),
+            &send_cfg,
+            &control,
+            &mut tx,
+        ),
+    };
     drop(tx);
-    drop(a);
     dest.join()
         .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?
         .context("the receiver failed")?;
@@ -334,30 +438,40 @@ pub fn run(args: Args) -> Result<()> {
     let mut hot = Vec::new();
     let mut plain = Vec::new();
     let mut engine = Vec::new();
+    let mut engine_tls = Vec::new();
+    let tls = Tls::new().context("cannot set up TLS for the run")?;
+    let mut suite = String::new();
     for i in 0..repeat {
         let h = socket_copy(memory, false)?;
         let p = socket_copy(memory, true)?;
         let (r, _) = engine_once(memory, 1e12)?;
         let round = r.rounds.first().context("no round ran")?;
         let e = round.bytes_sent / round.duration_s;
+        let (t, s) = engine_tls_once(memory, &tls).context("the run over TLS")?;
+        suite = s;
         if !args.json {
             out::note(&format!(
-                "run {}: socket copy, 1 MiB buffers {}; socket copy, memory to memory {}; engine (no cap, random pages) {}",
+                "run {}: socket copy, 1 MiB buffers {}; socket copy, memory to memory {}; engine (no cap, random pages) {}; engine over TLS {}",
                 i + 1,
                 fmt_rate(h),
                 fmt_rate(p),
-                fmt_rate(e)
+                fmt_rate(e),
+                fmt_rate(t)
             ));
         }
         hot.push(h);
         plain.push(p);
         engine.push(e);
+        engine_tls.push(t);
     }
     let (h, p, e) = (
         median(hot.clone()),
         median(plain.clone()),
         median(engine.clone()),
     );
+    let t = median(engine_tls.clone());
+    // Each run's own TLS/plain pair, for the spread of the ratio.
+    let paired: Vec<f64> = engine_tls.iter().zip(&engine).map(|(t, e)| t / e).collect();
 
     let (r, meter) = engine_once(cap_memory, cap)?;
     let d = r.rounds.first().map_or(0.0, |x| x.duration_s);
@@ -381,7 +495,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut reactions = Vec::new();
     let mut unsettled = 0usize;
     for _ in 0..repeat {
-        let (_, meter, at) = engine_steered(cap_memory, cap, Some(step))?;
+        let (_, meter, at) = engine_steered(cap_memory, cap, Some(step), None)?;
         match at.and_then(|at| grant_reaction(&meter, at, grant, at + step.for_s)) {
             Some(r) => reactions.push(r),
             None => unsettled += 1,
@@ -407,6 +521,12 @@ pub fn run(args: Args) -> Result<()> {
             "median_engine_bytes_per_s": e,
             "engine_over_memory_to_memory_copy": e / p,
             "engine_over_hot_buffer_copy": e / h,
+            "engine_tls_bytes_per_s": engine_tls,
+            "median_engine_tls_bytes_per_s": t,
+            "tls_cipher_suite": suite,
+            "engine_tls_over_engine": t / e,
+            "engine_tls_over_engine_per_run": paired,
+            "tls_cost_pct": 100.0 * (1.0 - t / e),
             "cap_bytes_per_s": cap,
             "cap_window_ratios": ratios,
             "cap_windows_within_5pct": within,
@@ -446,6 +566,22 @@ pub fn run(args: Args) -> Result<()> {
             "  engine / memory-to-memory copy {:.1} %; engine / 1 MiB-buffer copy {:.1} %",
             100.0 * e / p,
             100.0 * e / h
+        );
+        let _ = writeln!(
+            text,
+            "  engine over mutual TLS ({suite})         median {}",
+            fmt_rate(t)
+        );
+        let _ = writeln!(
+            text,
+            "  engine over TLS / plain engine {:.1} %: TLS costs {:.1} % of the throughput (per run {})",
+            100.0 * t / e,
+            100.0 * (1.0 - t / e),
+            paired
+                .iter()
+                .map(|r| format!("{:.1} %", 100.0 * r))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let _ = writeln!(
             text,

@@ -97,7 +97,7 @@ pub fn run(args: Args) -> Result<()> {
         Err(e) => return Err(failed(e.into(), &guest)),
     };
     let mut progress = Progress::new(progress_format);
-    let mut redial = || livemig_engine::net::connect(addr, timeout);
+    let mut redial = || livemig_engine::net::connect(addr, timeout).map(livemig_engine::net::boxed);
     let result = livemig_engine::migrate_measured(
         &mut stream,
         &key,

@@ -73,7 +73,8 @@ pub fn run(args: Args) -> Result<()> {
         let id = session_bytes(&info.session).with_context(|| {
             format!("{shown}: the session id is not {SESSION_ID_LEN} hex bytes")
         })?;
-        let mut dial = || livemig_engine::net::connect(addr, timeout);
+        let mut dial =
+            || livemig_engine::net::connect(addr, timeout).map(livemig_engine::net::boxed);
         let status = livemig_engine::sender::resolve(
             &mut dial,
             &key,

@@ -125,7 +125,7 @@ pub fn run(args: Args) -> Result<()> {
         )
     })?;
     let mut progress = Progress::new(progress_format);
-    let mut redial = || net::connect(addr, timeout);
+    let mut redial = || net::connect(addr, timeout).map(net::boxed);
     let sent = livemig_engine::migrate_measured(
         &mut stream,
         &key,
