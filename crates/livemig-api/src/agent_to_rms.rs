@@ -43,6 +43,10 @@ pub struct Register {
     /// The VMs it runs now.
     #[serde(default)]
     pub vms: Vec<VmInfo>,
+    /// A certificate signing request (PEM) for the host's TLS key, generated on the host;
+    /// an RMS with a CA answers with a certificate in [`Registered::cert_pem`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr_pem: Option<String>,
 }
 
 /// The RMS's answer to [`Register`].
@@ -50,6 +54,12 @@ pub struct Register {
 pub struct Registered {
     /// How often to send [`Heartbeat`] (seconds).
     pub heartbeat_s: f64,
+    /// The host's certificate (PEM), issued by the RMS's CA for [`Register::csr_pem`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_pem: Option<String>,
+    /// The RMS's CA certificate (PEM), the trust anchor of the migrations' TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
 }
 
 /// "I am alive", with the host's free memory.

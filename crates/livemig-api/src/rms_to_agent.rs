@@ -25,6 +25,9 @@ pub struct IncomingRequest {
     pub reservation: String,
     pub vm: VmInfo,
     pub key: MigrationKey,
+    /// Serve the data stream over mutual TLS with the host's certificate.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// The destination listens for this migration's data stream here (`IP:PORT`).
@@ -47,6 +50,9 @@ pub struct OutgoingRequest {
     pub policy: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<PolicySpec>,
+    /// Connect over mutual TLS; the destination's certificate must name the IP of `data_address`.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// Which end of a migration an agent is.
@@ -79,6 +85,9 @@ pub struct LocalMigration {
     pub role: Role,
     pub vm: String,
     pub state: LocalState,
+    /// The data stream runs (ran) over mutual TLS.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// `GET /api/v1/report`: what the agent runs and the migrations it knows of, for the RMS's
