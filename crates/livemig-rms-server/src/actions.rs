@@ -45,6 +45,7 @@ pub async fn dispatch(
     driver: Driver,
     client: AgentClient,
     counters: Arc<ActionCounters>,
+    tls: bool,
     shutdown: CancellationToken,
 ) {
     let mut tasks = JoinSet::new();
@@ -62,13 +63,19 @@ pub async fn dispatch(
             },
         };
         let (driver, client, counters) = (driver.clone(), client.clone(), Arc::clone(&counters));
-        tasks.spawn(async move { carry_out(job, &driver, &client, &counters).await });
+        tasks.spawn(async move { carry_out(job, &driver, &client, &counters, tls).await });
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
 }
 
-async fn carry_out(job: Job, driver: &Driver, client: &AgentClient, counters: &ActionCounters) {
+async fn carry_out(
+    job: Job,
+    driver: &Driver,
+    client: &AgentClient,
+    counters: &ActionCounters,
+    tls: bool,
+) {
     match job.effect.clone() {
         Effect::AskCapacity {
             migration,
@@ -123,7 +130,7 @@ async fn carry_out(job: Job, driver: &Driver, client: &AgentClient, counters: &A
         }
         Effect::StartMigration { .. } => {
             counters.starts.fetch_add(1, Ordering::Relaxed);
-            start(job, driver, client, counters).await;
+            start(job, driver, client, counters, tls).await;
         }
         Effect::SetLocation { vm, host } => {
             tracing::info!(%vm, %host, "the VM runs on its new host");
@@ -136,7 +143,14 @@ async fn carry_out(job: Job, driver: &Driver, client: &AgentClient, counters: &A
     }
 }
 
-async fn start(job: Job, driver: &Driver, client: &AgentClient, counters: &ActionCounters) {
+/// `tls`: the RMS has a CA, so both agents carry the data stream over mutual TLS.
+async fn start(
+    job: Job,
+    driver: &Driver,
+    client: &AgentClient,
+    counters: &ActionCounters,
+    tls: bool,
+) {
     let Effect::StartMigration {
         migration,
         vm,
@@ -188,6 +202,7 @@ async fn start(job: Job, driver: &Driver, client: &AgentClient, counters: &Actio
             },
         },
         key: key.clone(),
+        tls,
     };
     let ready = match client.incoming(dst_addr, &incoming).await {
         Ok(r) => r,
@@ -206,6 +221,7 @@ async fn start(job: Job, driver: &Driver, client: &AgentClient, counters: &Actio
         key,
         policy,
         settings: settings.map(|s| *s),
+        tls,
     };
     match client.outgoing(src_addr, &outgoing).await {
         Ok(()) => tracing::info!(%migration, %source, %target, "the source migrates"),

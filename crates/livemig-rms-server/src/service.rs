@@ -8,6 +8,7 @@ use livemig_http::{Guard, Secret, ServerConfig, Token};
 use livemig_rms::{Config, Input};
 use livemig_store::lease::{self, Leadership};
 use livemig_store::{Store, StoreError};
+use livemig_tls::Ca;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -128,6 +129,7 @@ pub async fn run(
     cfg: RmsConfig,
     server: ServerConfig,
     clock: Clock,
+    ca: Option<Arc<Ca>>,
     shutdown: CancellationToken,
 ) -> Result<(), RmsError> {
     // The store is synchronous (PostgreSQL's client blocks on a runtime of its own): every
@@ -181,6 +183,7 @@ pub async fn run(
         running.driver.clone(),
         client.clone(),
         Arc::clone(&counters),
+        ca.is_some(),
         shutdown.clone(),
     ));
     // Recovery before serving: every unfinished migration is decided from what the agents
@@ -197,6 +200,7 @@ pub async fn run(
         guard,
         actions: counters,
         heartbeat_s: cfg.heartbeat_s,
+        ca,
     });
     livemig_http::serve(listener, router(Arc::clone(&app)), server, shutdown.clone()).await;
     shutdown.cancel();

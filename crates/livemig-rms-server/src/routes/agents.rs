@@ -7,7 +7,11 @@ use livemig_api::{AgentEvent, AgentReportPost, Heartbeat, Register, Registered};
 use livemig_http::{json, ApiError, Json};
 use livemig_rms::{Input, MigrationId, OrchestratorError, VmKind};
 
-use super::{refused, Shared};
+use std::net::IpAddr;
+
+use livemig_tls::HOST_VALIDITY;
+
+use super::{refused, App, Shared};
 use crate::driver::DriverError;
 
 /// The longest host name.
@@ -45,6 +49,7 @@ pub async fn register(State(app): Shared, Json(r): Json<Register>) -> Result<Res
             ));
         }
     }
+    let (cert_pem, ca_pem) = issue(&app, &r)?;
     app.driver
         .input(Input::AddHost {
             name: r.name.clone(),
@@ -83,13 +88,54 @@ pub async fn register(State(app): Shared, Json(r): Json<Register>) -> Result<Res
             }
         }
     }
-    tracing::info!(host = %r.name, address = %r.address, "an agent registered");
+    tracing::info!(host = %r.name, address = %r.address, certificate = cert_pem.is_some(), "an agent registered");
     Ok(json(
         StatusCode::OK,
         &Registered {
             heartbeat_s: app.heartbeat_s,
+            cert_pem,
+            ca_pem,
         },
     ))
+}
+
+/// With a CA: a certificate for the agent's request, naming its host name and its data IP
+/// (what the sources connect to and check), and the CA certificate. Without a CA: nothing.
+/// A request or a name the CA refuses is a 422 with the reason.
+fn issue(app: &App, r: &Register) -> Result<(Option<String>, Option<String>), ApiError> {
+    let Some(ca) = app.ca.as_deref() else {
+        return Ok((None, None));
+    };
+    let ca_pem = Some(ca.cert_pem().to_string());
+    let Some(csr) = r.csr_pem.as_deref() else {
+        return Ok((None, ca_pem));
+    };
+    let ip: IpAddr = r.data_host.parse().map_err(|_| {
+        ApiError::unprocessable(format!(
+            "data_host `{}` is not an IP address (the certificate names it)",
+            r.data_host
+        ))
+    })?;
+    match ca.issue(csr, &r.name, &[ip], HOST_VALIDITY) {
+        Ok(cert) => Ok((Some(cert), ca_pem)),
+        Err(e) => Err(ApiError::unprocessable(format!(
+            "no certificate for `{}`: {}",
+            r.name,
+            chain(&e)
+        ))),
+    }
+}
+
+/// An error and its sources, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 pub async fn heartbeat(State(app): Shared, Json(h): Json<Heartbeat>) -> Result<Response, ApiError> {

@@ -38,6 +38,9 @@ pub struct App {
     pub actions: Arc<ActionCounters>,
     /// How often agents heartbeat (told at registration).
     pub heartbeat_s: f64,
+    /// The installation's CA: registrations get a host certificate, migrations run over TLS.
+    /// `None`: no TLS (plain data streams).
+    pub ca: Option<Arc<livemig_tls::Ca>>,
 }
 
 pub type Shared = axum::extract::State<Arc<App>>;

@@ -43,6 +43,20 @@ impl Rms {
     }
 
     pub async fn start_at(dir: &Path, host_timeout_s: f64, listen: &str) -> Rms {
+        Rms::start_full(dir, host_timeout_s, listen, None).await
+    }
+
+    /// With a CA: registrations get certificates, migrations ask for TLS.
+    pub async fn start_with_ca(dir: &Path, host_timeout_s: f64, ca: livemig_tls::Ca) -> Rms {
+        Rms::start_full(dir, host_timeout_s, "127.0.0.1:0", Some(Arc::new(ca))).await
+    }
+
+    pub async fn start_full(
+        dir: &Path,
+        host_timeout_s: f64,
+        listen: &str,
+        ca: Option<Arc<livemig_tls::Ca>>,
+    ) -> Rms {
         let url =
             livemig_store::StoreUrl::parse(&format!("sqlite:{}", dir.join("rms.db").display()))
                 .expect("a store url");
@@ -70,6 +84,7 @@ impl Rms {
             cfg,
             server,
             livemig_rms_server::system_clock(),
+            ca,
             stop.clone(),
         ));
         Rms { addr, stop, task }
