@@ -69,6 +69,7 @@ pub struct Agent {
     outbox: Option<Outbox>,
     stopping: AtomicBool,
     registered: AtomicBool,
+    tls: crate::tls::HostTls,
 }
 
 impl std::fmt::Debug for Agent {
@@ -92,7 +93,13 @@ impl Agent {
             outbox: None,
             stopping: AtomicBool::new(false),
             registered: AtomicBool::new(false),
+            tls: crate::tls::HostTls::default(),
         }
+    }
+
+    /// The host's TLS key, request and issued certificate.
+    pub fn tls(&self) -> &crate::tls::HostTls {
+        &self.tls
     }
 
     /// Migrations run under `cfg` (listeners on its `data_host`).

@@ -24,6 +24,7 @@ pub mod migrator;
 pub mod rms;
 pub mod routes;
 pub mod server;
+pub mod tls;
 
 pub use agent::{system_clock, Agent, Clock};
 pub use capacity::{Answer, BookConfig, CapacityBook};

@@ -49,6 +49,10 @@ pub enum MigrationError {
     Thread(#[source] std::io::Error),
     #[error("the agent is stopping")]
     Stopping,
+    #[error("TLS was asked for but this host has no certificate from the RMS's CA (did it register with an RMS that has a CA, and did it accept the CA?)")]
+    NoIdentity,
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
 }
 
 impl From<MigrationError> for ApiError {
@@ -57,16 +61,20 @@ impl From<MigrationError> for ApiError {
         let status = match &e {
             E::Capacity(c) => return ApiError::from(c.clone()),
             E::UnknownOutgoing(_) | E::NoVm(_) => StatusCode::NOT_FOUND,
-            E::Known(_) | E::Committed(_) | E::Ended(_) | E::Busy(_) | E::VmHere(_) => {
-                StatusCode::CONFLICT
-            }
+            E::Known(_)
+            | E::Committed(_)
+            | E::Ended(_)
+            | E::Busy(_)
+            | E::VmHere(_)
+            | E::NoIdentity => StatusCode::CONFLICT,
             E::BadKey
             | E::SizeMismatch { .. }
             | E::Kind
             | E::Vm(_)
             | E::Policy(_)
             | E::Settings(_)
-            | E::Address(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            | E::Address(_)
+            | E::Tls(_) => StatusCode::UNPROCESSABLE_ENTITY,
             E::Listen { .. } | E::Thread(_) => StatusCode::INTERNAL_SERVER_ERROR,
             E::Stopping => StatusCode::SERVICE_UNAVAILABLE,
         };

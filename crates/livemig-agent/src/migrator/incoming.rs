@@ -29,6 +29,19 @@ pub fn prepare(agent: &Arc<Agent>, req: IncomingRequest) -> Result<IncomingReady
     if agent.is_stopping() {
         return Err(MigrationError::Stopping);
     }
+    let acceptor = match req.tls {
+        false => None,
+        true => {
+            let issued = agent.tls().issued().ok_or(MigrationError::NoIdentity)?;
+            let server = livemig_tls::server_config(
+                &issued.identity.cert_chain_pem,
+                &issued.identity.key,
+                Some(&issued.ca_pem),
+            )
+            .map_err(|e| MigrationError::Tls(error_chain(&e)))?;
+            Some(livemig_tls::Acceptor::new(server))
+        }
+    };
     let cfg = agent.migrator().clone();
     let listener = TcpListener::bind(SocketAddr::new(cfg.data_host, 0)).map_err(|source| {
         MigrationError::Listen {
@@ -75,6 +88,7 @@ pub fn prepare(agent: &Arc<Agent>, req: IncomingRequest) -> Result<IncomingReady
         let mut e = Entry::new(Role::Destination, &req.vm.name);
         e.stop = Some(Arc::clone(&stop));
         e.reservation = Some(req.reservation.clone());
+        e.tls = req.tls;
         s.migrations.insert(req.migration, e);
         held
     };
@@ -99,7 +113,12 @@ pub fn prepare(agent: &Arc<Agent>, req: IncomingRequest) -> Result<IncomingReady
         .name(format!("incoming-{id}"))
         .spawn(move || {
             let log = |e: &ServeEvent<'_>| log_event(&a, id, e);
-            let served = livemig_engine::serve(&listener, &key, &serve_cfg, &stop, &log);
+            let served = match &acceptor {
+                Some(tls) => {
+                    livemig_engine::serve::serve_with(&listener, &key, &serve_cfg, &stop, &log, tls)
+                }
+                None => livemig_engine::serve(&listener, &key, &serve_cfg, &stop, &log),
+            };
             drop(listener);
             land(&a, id, vm, &reservation, served);
         });
@@ -109,7 +128,7 @@ pub fn prepare(agent: &Arc<Agent>, req: IncomingRequest) -> Result<IncomingReady
         s.migrations.finish(req.migration, LocalState::Failed);
         return Err(MigrationError::Thread(e));
     }
-    tracing::info!(migration = id, vm = %req.vm.name, %data_address, "waiting for an incoming migration");
+    tracing::info!(migration = id, vm = %req.vm.name, %data_address, tls = req.tls, "waiting for an incoming migration");
     Ok(IncomingReady { data_address })
 }
 

@@ -31,6 +31,17 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
     if agent.is_stopping() {
         return Err(MigrationError::Stopping);
     }
+    let connector = match req.tls {
+        false => None,
+        true => {
+            let issued = agent.tls().issued().ok_or(MigrationError::NoIdentity)?;
+            let client = livemig_tls::client_config(&issued.ca_pem, Some(&issued.identity))
+                .map_err(|e| MigrationError::Tls(super::incoming::error_chain(&e)))?;
+            Some(livemig_tls::Connector::new(client))
+        }
+    };
+    // The destination's certificate names its data IP (an IP SAN).
+    let server_name = to.ip().to_string();
     let cfg = agent.migrator().clone();
     let control = Control::new();
     let (guest, memory, workload) = {
@@ -86,6 +97,7 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
         }
         let mut e = Entry::new(Role::Source, &req.vm);
         e.control = Some(control.clone());
+        e.tls = req.tls;
         s.migrations.insert(req.migration, e);
     }
     let a = Arc::clone(agent);
@@ -95,35 +107,53 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
         .name(format!("outgoing-{id}"))
         .spawn(move || {
             let observe = &mut |e: &Event| a.observe(id, e);
-            let result = match livemig_engine::net::connect(to, cfg.timeout) {
-                Ok(mut stream) => {
-                    let mut redial = || {
-                        livemig_engine::net::connect(to, cfg.timeout).map(livemig_engine::net::boxed)
-                    };
-                    let r = livemig_engine::migrate_measured(
-                        &mut stream,
-                        &key,
-                        guest.as_ref(),
-                        policy.as_mut(),
-                        &send_cfg,
-                        &control,
-                        observe,
-                        Some(&mut redial),
-                    );
-                    r.map(|(report, _)| report).map_err(|e| Ended {
-                        in_doubt: e.in_doubt(),
-                        session: e.session().map(str::to_string),
-                        why: super::incoming::error_chain(&e),
-                        engine_said: true,
-                    })
-                }
-                Err(e) => Err(Ended {
-                    in_doubt: false,
-                    session: None,
-                    why: super::incoming::error_chain(&e),
-                    engine_said: false,
-                }),
+            let not_connected = |e: &dyn std::error::Error| Ended {
+                in_doubt: false,
+                session: None,
+                why: super::incoming::error_chain(e),
+                engine_said: false,
             };
+            type Stream<'a> = Box<dyn livemig_engine::net::Transport + 'a>;
+            type BoxedRedial<'a> = Box<livemig_engine::Redial<'a>>;
+            let connected: Result<(Stream<'_>, BoxedRedial<'_>), Ended> = match &connector {
+                None => livemig_engine::net::connect(to, cfg.timeout)
+                    .map(|stream| {
+                        let redial: BoxedRedial<'_> = Box::new(move || {
+                            livemig_engine::net::connect(to, cfg.timeout)
+                                .map(livemig_engine::net::boxed)
+                        });
+                        (livemig_engine::net::boxed(stream), redial)
+                    })
+                    .map_err(|e| not_connected(&e)),
+                Some(tls) => tls
+                    .connect(to, &server_name, cfg.timeout)
+                    .map(|stream| {
+                        tracing::info!(migration = id, cipher = ?stream.cipher_suite(), "the data stream runs over TLS");
+                        let redial: BoxedRedial<'_> =
+                            Box::new(tls.redial(to, &server_name, cfg.timeout));
+                        (livemig_engine::net::boxed(stream), redial)
+                    })
+                    .map_err(|e| not_connected(&e)),
+            };
+            let result = connected.and_then(|(mut stream, mut redial)| {
+                livemig_engine::migrate_measured(
+                    &mut stream,
+                    &key,
+                    guest.as_ref(),
+                    policy.as_mut(),
+                    &send_cfg,
+                    &control,
+                    observe,
+                    Some(&mut *redial),
+                )
+                .map(|(report, _)| report)
+                .map_err(|e| Ended {
+                    in_doubt: e.in_doubt(),
+                    session: e.session().map(str::to_string),
+                    why: super::incoming::error_chain(&e),
+                    engine_said: true,
+                })
+            });
             match result {
                 Ok(report) => {
                     drop(guest);

@@ -84,6 +84,8 @@ pub struct Entry {
     /// may neither migrate again nor be deleted until someone settles it.
     pub in_doubt: bool,
     pub stats: Stats,
+    /// The data stream runs over mutual TLS.
+    pub tls: bool,
     /// Order of ending (for dropping the oldest finished entries).
     finished: Option<u64>,
 }
@@ -102,6 +104,7 @@ impl Entry {
             held: None,
             in_doubt: false,
             stats: Stats::default(),
+            tls: false,
             finished: None,
         }
     }
@@ -111,6 +114,7 @@ impl Entry {
             role: self.role,
             vm: self.vm.clone(),
             state: self.state,
+            tls: self.tls,
         }
     }
 }

@@ -38,10 +38,11 @@ pub async fn run_link(
     cfg: LinkConfig,
     stop: CancellationToken,
 ) {
+    let csr = certificate_request(&agent, &cfg);
     'register: loop {
         let mut pause = FIRST_BACKOFF;
         let registered: Registered = loop {
-            let body = register_body(&agent, &cfg);
+            let body = register_body(&agent, &cfg, csr.clone());
             match client.post_for("/api/v1/agents/register", &body).await {
                 Ok(r) => break r,
                 Err(e) => {
@@ -60,6 +61,7 @@ pub async fn run_link(
         } else {
             HEARTBEAT_BOUNDS_S.1
         };
+        take_certificate(&agent, registered.cert_pem, registered.ca_pem);
         agent.set_registered(true);
         tracing::info!(
             rms = client.base(),
@@ -89,7 +91,46 @@ pub async fn run_link(
     }
 }
 
-fn register_body(agent: &Agent, cfg: &LinkConfig) -> Register {
+/// The host's certificate request (its key stays in memory here), naming its host name and
+/// its data IP; none if the request cannot be made (the agent then runs without TLS).
+fn certificate_request(agent: &Agent, cfg: &LinkConfig) -> Option<String> {
+    let ip = match cfg.data_host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip,
+        Err(_) => {
+            tracing::warn!(data_host = %cfg.data_host, "the data host is not an IP address: no certificate request");
+            return None;
+        }
+    };
+    match agent.tls().request(&agent.name, &[ip]) {
+        Ok(csr) => Some(csr),
+        Err(e) => {
+            let why = crate::migrator::incoming::error_chain(&e);
+            tracing::warn!(error = %why, "cannot make a certificate request: migrations here run without TLS");
+            None
+        }
+    }
+}
+
+/// Keeps the certificate the RMS issued, if it passes the trust checks.
+fn take_certificate(agent: &Agent, cert_pem: Option<String>, ca_pem: Option<String>) {
+    let Some(cert) = cert_pem else {
+        if ca_pem.is_some() {
+            tracing::warn!(
+                "the RMS has a CA but issued no certificate: TLS migrations will be refused here"
+            );
+        }
+        return;
+    };
+    match agent.tls().accept(cert, ca_pem) {
+        Ok(()) => tracing::info!("took the host certificate the RMS issued"),
+        Err(e) => {
+            let why = crate::migrator::incoming::error_chain(&e);
+            tracing::error!(error = %why, "refused the certificate the RMS issued: TLS migrations will be refused here");
+        }
+    }
+}
+
+fn register_body(agent: &Agent, cfg: &LinkConfig, csr_pem: Option<String>) -> Register {
     let info = agent.info();
     Register {
         name: info.name,
@@ -99,5 +140,6 @@ fn register_body(agent: &Agent, cfg: &LinkConfig) -> Register {
         memory_free_bytes: info.memory_free_bytes,
         timeout_s: cfg.timeout_s,
         vms: agent.vm_infos(),
+        csr_pem,
     }
 }
