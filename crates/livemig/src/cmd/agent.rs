@@ -58,6 +58,11 @@ pub struct Args {
     /// --listen; required with --rms when --listen is a wildcard address]
     #[arg(long, value_name = "IP")]
     pub data_host: Option<IpAddr>,
+    /// The RMS's CA certificate (its `ca.pem`), copied here by the operator: the certificate
+    /// the RMS issues at registration is used only if the RMS's CA is this one. Without it,
+    /// the CA the RMS returns at the first registration is trusted (trust on first use).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Where the RMS reaches this agent's API (HOST:PORT). [default: --listen, its wildcard
     /// IP replaced by --data-host]
     #[arg(long, value_name = "HOST:PORT")]
@@ -192,6 +197,12 @@ pub fn run(args: Args) -> Result<()> {
         format!("listening on {address}")
     };
     crate::out::emit_line(&line)?;
+    if let Some(path) = &args.ca_file {
+        let pem = livemig_tls::files::read_cert(path).context("--ca-file")?;
+        livemig_tls::config::parse_certs(&pem)
+            .with_context(|| format!("--ca-file {}", path.display()))?;
+        agent.tls().set_anchor(pem);
+    }
     rt.block_on(async move {
         let rms_stop = CancellationToken::new();
         let tasks = rms.map(|(client, inbox)| {

@@ -58,9 +58,30 @@ pub struct Args {
     /// predecessor's lease (10 s); give a fixed name to take over one's own lease at once.
     #[arg(long)]
     pub name: Option<String>,
+    /// The installation's CA: `ca.pem` (644) and `ca.key` (600) in DIR, generated on the
+    /// first start. With it, registrations get host certificates and migrations run over
+    /// mutual TLS; without it, the data streams are plain TCP.
+    #[arg(long, value_name = "DIR")]
+    pub ca_dir: Option<PathBuf>,
     /// Print the listening address as JSON (`{"listening": ...}`).
     #[arg(long)]
     pub json: bool,
+}
+
+/// Loads the CA from `dir`, or generates and saves it there on the first start.
+fn load_or_generate_ca(dir: &std::path::Path) -> Result<livemig_tls::Ca> {
+    let cert = dir.join("ca.pem");
+    let key = dir.join("ca.key");
+    if cert.exists() || key.exists() {
+        return livemig_tls::Ca::load(&cert, &key)
+            .with_context(|| format!("cannot load the CA from {}", dir.display()));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let ca = livemig_tls::Ca::generate("livemig CA").context("cannot generate the CA")?;
+    ca.save(&cert, &key)
+        .with_context(|| format!("cannot save the CA in {}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), "generated the installation's CA");
+    Ok(ca)
 }
 
 /// Runs `livemig rms` until SIGINT or SIGTERM.
@@ -78,6 +99,10 @@ pub fn run(args: Args) -> Result<()> {
     if <livemig_policy::PolicyKind as std::str::FromStr>::from_str(&args.default_policy).is_err() {
         bail!("--default-policy: unknown policy `{}`", args.default_policy);
     }
+    let ca = match &args.ca_dir {
+        Some(dir) => Some(std::sync::Arc::new(load_or_generate_ca(dir)?)),
+        None => None,
+    };
     let url = StoreUrl::parse(&args.db).context("--db")?;
     let store =
         livemig_store::open(&url).with_context(|| format!("cannot open the store {}", args.db))?;
@@ -121,6 +146,7 @@ pub fn run(args: Args) -> Result<()> {
         cfg,
         ServerConfig::default(),
         livemig_rms_server::system_clock(),
+        ca,
         stop,
     ))?;
     tracing::debug!("rms stopped");
