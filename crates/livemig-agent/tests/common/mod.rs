@@ -270,6 +270,16 @@ impl FakeRms {
 
     /// [`FakeRms::start`] on 127.0.0.1:`port`.
     pub fn start_on(port: u16, heartbeat_s: f64) -> FakeRms {
+        FakeRms::start_full(port, heartbeat_s, None)
+    }
+
+    /// [`FakeRms::start`] with a CA: a registration's certificate request is answered with a
+    /// certificate naming the host and its data IP, and the CA certificate.
+    pub fn start_with_ca(heartbeat_s: f64, ca: livemig_tls::Ca) -> FakeRms {
+        FakeRms::start_full(0, heartbeat_s, Some(Arc::new(ca)))
+    }
+
+    fn start_full(port: u16, heartbeat_s: f64, ca: Option<Arc<livemig_tls::Ca>>) -> FakeRms {
         use axum::body::Bytes;
         use axum::http::{HeaderMap, StatusCode};
         use axum::response::IntoResponse;
@@ -278,9 +288,11 @@ impl FakeRms {
         let forget = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let record =
             |path: &'static str, seen: Seen, forget: Arc<std::sync::atomic::AtomicBool>| {
+                let ca = ca.clone();
                 move |headers: HeaderMap, body: Bytes| {
                     let seen = Arc::clone(&seen);
                     let forget = Arc::clone(&forget);
+                    let ca = ca.clone();
                     async move {
                         let auth = headers
                             .get("authorization")
@@ -294,13 +306,23 @@ impl FakeRms {
                         }
                         let v: serde_json::Value =
                             serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-                        seen.lock().expect("lock").push((path.to_string(), v));
+                        seen.lock().expect("lock").push((path.to_string(), v.clone()));
                         if path == "register" {
-                            (
-                                StatusCode::OK,
-                                serde_json::json!({ "heartbeat_s": heartbeat_s }).to_string(),
-                            )
-                                .into_response()
+                            let mut answer = serde_json::json!({ "heartbeat_s": heartbeat_s });
+                            if let Some(ca) = &ca {
+                                answer["ca_pem"] = ca.cert_pem().into();
+                                if let (Some(csr), Some(name), Some(ip)) = (
+                                    v["csr_pem"].as_str(),
+                                    v["name"].as_str(),
+                                    v["data_host"].as_str().and_then(|h| h.parse().ok()),
+                                ) {
+                                    let cert = ca
+                                        .issue(csr, name, &[ip], livemig_tls::HOST_VALIDITY)
+                                        .expect("a certificate");
+                                    answer["cert_pem"] = cert.into();
+                                }
+                            }
+                            (StatusCode::OK, answer.to_string()).into_response()
                         } else {
                             StatusCode::NO_CONTENT.into_response()
                         }
