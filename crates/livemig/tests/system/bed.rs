@@ -64,6 +64,8 @@ pub struct RmsOpts {
     /// `--db`; the default is a SQLite file in the test's directory.
     pub db: Option<String>,
     pub name: Option<String>,
+    /// `--ca-dir` in the test's directory: migrations run over mutual TLS.
+    pub ca_dir: bool,
 }
 
 impl Default for RmsOpts {
@@ -73,6 +75,7 @@ impl Default for RmsOpts {
             heartbeat: "500ms",
             db: None,
             name: None,
+            ca_dir: false,
         }
     }
 }
@@ -192,6 +195,9 @@ impl System {
             .env("RUST_LOG", "livemig=info,livemig_rms_server=info");
         if let Some(n) = &self.rms_opts.name {
             cmd.args(["--name", n]);
+        }
+        if self.rms_opts.ca_dir {
+            cmd.arg("--ca-dir").arg(self.dir.path().join("ca"));
         }
         let log = self.dir.path().join(format!("rms{}.log", self.rms.len()));
         let child = System::spawn_listening(cmd, "the RMS", &log);

@@ -101,6 +101,33 @@ fn a_vm_moves_through_the_rms_and_everyone_agrees_where_it_runs() {
 }
 
 #[test]
+fn with_a_ca_a_vm_migrates_over_mutual_tls() {
+    let opts = RmsOpts {
+        ca_dir: true,
+        ..RmsOpts::default()
+    };
+    let mut sys = System::up(2, "1gbit", opts);
+    sys.start_agent(1, "256MiB");
+    sys.start_agent(2, "256MiB");
+    sys.wait_alive(2);
+    create(&sys, "vm1", "32MiB", "uniform:rate=4MiB/s", 1);
+    let o = sys.cli(&["vm", "migrate", "vm1", "--to", "h2", "--watch"]);
+    assert!(o.status.success(), "{}\n{}", bed::text(&o), sys.logs());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("completed"), "{out}");
+    runs_only_on(&sys, 2, "vm1");
+    // Both ends say the data stream ran over TLS.
+    for i in [1, 2] {
+        let r = sys.agent_get(i, "/api/v1/report").expect("a report");
+        let tls: Vec<bool> = r["migrations"]
+            .as_object()
+            .map(|m| m.values().map(|v| v["tls"] == true).collect())
+            .unwrap_or_default();
+        assert_eq!(tls, vec![true], "h{i}: {r}");
+    }
+}
+
+#[test]
 fn a_full_host_refuses_and_the_next_one_gets_the_vm() {
     // Heartbeats every 30 s: the RMS's picture of free memory is the registration's, so it
     // asks h2 (the most free memory on paper) first.
