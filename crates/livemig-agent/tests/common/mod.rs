@@ -306,7 +306,9 @@ impl FakeRms {
                         }
                         let v: serde_json::Value =
                             serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-                        seen.lock().expect("lock").push((path.to_string(), v.clone()));
+                        seen.lock()
+                            .expect("lock")
+                            .push((path.to_string(), v.clone()));
                         if path == "register" {
                             let mut answer = serde_json::json!({ "heartbeat_s": heartbeat_s });
                             if let Some(ca) = &ca {
