@@ -8,6 +8,31 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
+/// Refuses what no record may hold: a NUL character in a string (PostgreSQL cannot store it)
+/// and an integer beyond `i64::MAX` (neither store can). Refused here, at the door, they never
+/// reach a store whose failure would stop the service.
+fn check(v: &serde_json::Value) -> Result<(), ApiError> {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.contains('\0') => Err(ApiError::bad_request(
+            "invalid JSON body: a string holds a NUL character",
+        )),
+        Value::Number(n) if n.is_u64() && n.as_i64().is_none() => Err(ApiError::bad_request(
+            format!("invalid JSON body: {n} is larger than {}", i64::MAX),
+        )),
+        Value::Array(a) => a.iter().try_for_each(check),
+        Value::Object(o) => o.iter().try_for_each(|(k, v)| {
+            if k.contains('\0') {
+                return Err(ApiError::bad_request(
+                    "invalid JSON body: a key holds a NUL character",
+                ));
+            }
+            check(v)
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The default cap on a request body, bytes.
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
@@ -52,7 +77,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
                 )))
             }
         };
-        serde_json::from_slice(&bytes)
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        check(&value)?;
+        T::deserialize(value)
             .map(Json)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     }

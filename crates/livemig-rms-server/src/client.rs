@@ -19,7 +19,7 @@ pub enum CallError {
     /// No answer: refused, reset, timed out. The agent may or may not have acted.
     #[error("no answer from {url}: {reason}")]
     Transport { url: String, reason: String },
-    /// The agent answered with an error: it did not act.
+    /// The agent answered with an error status (4xx: it did not act; 5xx: it may have).
     #[error("{url} answered {status}: {message}")]
     Refused {
         url: String,
@@ -31,9 +31,10 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// Whether the agent said no (so it certainly did not act).
+    /// Whether the agent said no (a 4xx: so it certainly did not act). A 5xx is no proof:
+    /// a request that timed out on the agent's side may still be carried out there.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, CallError::Refused { .. })
+        matches!(self, CallError::Refused { status, .. } if (400..500).contains(status))
     }
 }
 

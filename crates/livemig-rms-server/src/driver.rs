@@ -119,6 +119,8 @@ pub struct Running {
 pub struct Leading {
     pub holder: String,
     pub epoch: u64,
+    /// When the call that granted the lease started (the lease runs from no earlier).
+    pub granted: Instant,
 }
 
 /// Why the driver stopped taking changes.
@@ -131,7 +133,8 @@ pub enum Stop {
 }
 
 /// Starts the driver over `orchestrator` and `store`; `jobs` receives the actions in order;
-/// the clock ticks the orchestrator every `tick`; `leading` is renewed while it runs.
+/// the clock ticks the orchestrator every `tick` once `Input::Restarted` (recovery) was
+/// handled; `leading` is renewed while it runs.
 pub fn start(
     orchestrator: Orchestrator,
     store: Box<dyn Store>,
@@ -160,10 +163,12 @@ fn run(
     jobs: tokio::sync::mpsc::UnboundedSender<Job>,
 ) -> Result<(), Stop> {
     let mut next_tick = Instant::now();
+    let mut ticking = false;
     // When the last renewal that succeeded started (the lease runs from the database's now,
     // which is no earlier).
-    let mut renewed = Instant::now();
-    let mut next_renewal = Instant::now() + lease::RENEW_EVERY;
+    let mut renewed = leading.as_ref().map_or_else(Instant::now, |l| l.granted);
+    // Renew at once: loading the store and binding the address took some of the lease.
+    let mut next_renewal = Instant::now();
     loop {
         let due = next_tick.min(next_renewal);
         let wait = due.saturating_duration_since(Instant::now());
@@ -203,7 +208,9 @@ fn run(
             Some(Command::Input(input, reply)) => Some((*input, reply)),
             None => None,
         };
-        if Instant::now() >= next_tick {
+        // No clock before recovery: while agents are being asked what they run, nobody's
+        // heartbeat is heard, and a tick would call every host lost.
+        if ticking && Instant::now() >= next_tick {
             next_tick = Instant::now() + tick;
             // A tick is never refused; only the store can fail it.
             let _ =
@@ -212,6 +219,10 @@ fn run(
         let Some((input, reply)) = input else {
             continue;
         };
+        if matches!(input, Input::Restarted { .. }) {
+            ticking = true;
+            next_tick = Instant::now();
+        }
         let result = step(&mut o, &mut *store, &jobs, input).map_err(failed)?;
         if let Some(reply) = reply {
             let _ = reply.send(result.map_err(DriverError::from));

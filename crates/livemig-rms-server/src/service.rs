@@ -75,6 +75,7 @@ pub async fn await_leadership(
     let mut last_seen: Option<(String, u64)> = None;
     loop {
         let h = holder.to_string();
+        let asked = std::time::Instant::now();
         let (back, r) = tokio::task::spawn_blocking(move || {
             let r = store.lead(&h, lease::TTL);
             (store, r)
@@ -88,6 +89,7 @@ pub async fn await_leadership(
                 let leading = Leading {
                     holder: holder.to_string(),
                     epoch,
+                    granted: asked,
                 };
                 return Ok(Some((store, leading)));
             }

@@ -87,12 +87,31 @@ async fn bad_bodies_are_refused_with_a_reason() {
         (b"{not json".to_vec(), "invalid JSON"),
         (br#"{"vm": 3}"#.to_vec(), "invalid JSON"),
         (br#"{"vm": "v", "surprise": 1}"#.to_vec(), "unknown field"),
+        // What no store can hold is refused at the door (a store failure would stop the RMS).
+        (br#"{"vm": "v\u0000"}"#.to_vec(), "NUL"),
+        (
+            br#"{"vm": "v", "settings": {"rounds": 18446744073709551615}}"#.to_vec(),
+            "larger than",
+        ),
     ] {
         let r = send(body).send().await.expect("an answer");
         assert_eq!(r.status().as_u16(), 400);
         let v: serde_json::Value = r.json_or_text().await;
         assert!(v["error"].as_str().is_some_and(|e| e.contains(want)), "{v}");
     }
+    // A registration with an impossible size changes nothing either.
+    let (status, v) = call(
+        Method::POST,
+        &rms.url("/api/v1/agents/register"),
+        Some(
+            json!({"name": "x", "address": "127.0.0.1:1", "data_host": "127.0.0.1",
+            "memory_total_bytes": u64::MAX, "memory_free_bytes": 1}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    let (_, hosts) = call(Method::GET, &rms.url("/api/v1/hosts"), None).await;
+    assert_eq!(hosts, json!([]));
     let big = vec![b' '; 65 * 1024];
     let r = send(big).send().await.expect("an answer");
     assert_eq!(r.status().as_u16(), 413);

@@ -90,14 +90,20 @@ pub fn decide(m: &Migration, reports: &BTreeMap<String, AgentReport>) -> Verdict
                     m.source, m.vm
                 ),
             },
-            Some(LocalState::Failed | LocalState::Cancelled | LocalState::Held) | None => {
-                Verdict::Failed {
-                    reason: format!(
-                        "after the restart {} runs {} and no longer migrates it",
-                        m.source, m.vm
-                    ),
-                }
-            }
+            // The source keeps its copy paused while the hand-over is in doubt: the
+            // destination may have resumed it too; only the two sides' settlement can say.
+            Some(LocalState::Held) => Verdict::Unknown {
+                reason: format!(
+                    "{} holds {} paused: whether {target} committed it is in doubt",
+                    m.source, m.vm
+                ),
+            },
+            Some(LocalState::Failed | LocalState::Cancelled) | None => Verdict::Failed {
+                reason: format!(
+                    "after the restart {} runs {} and no longer migrates it",
+                    m.source, m.vm
+                ),
+            },
         },
         (false, false) => {
             let held = dst.migrations.get(&m.id) == Some(&LocalState::Held);
@@ -219,7 +225,7 @@ mod tests {
                             (Not, Not) => "unknown",
                             (Runs, Not) => match sl {
                                 Some(Migrating) => "continue",
-                                Some(HandedOver) => "unknown",
+                                Some(HandedOver | Held) => "unknown",
                                 _ => "failed",
                             },
                         };

@@ -97,8 +97,10 @@ pub(crate) fn validate(holder: &str, ttl: Duration) -> Result<i64, StoreError> {
 /// `lead(holder)` against the row as it stands, for a store that last led with `ours`.
 ///
 /// - held by `holder` at `ours`' epoch and live: renew, same epoch;
-/// - free, expired, or held by `holder` under another epoch (an earlier process of the same
-///   name, or this store after its lease lapsed): take it, epoch + 1;
+/// - free or expired: take it, epoch + 1;
+/// - held live by `holder` under another epoch: a store that never led here (a restarted
+///   process of the same name) takes it, epoch + 1, fencing its predecessor; a store that led
+///   before follows (a newer process of its name took over: it must not take it back);
 /// - held live by another: follow.
 pub(crate) fn decide(row: &LeaseRow, holder: &str, ours: Option<&Lease>) -> Step {
     let current = &row.lease;
@@ -106,7 +108,7 @@ pub(crate) fn decide(row: &LeaseRow, holder: &str, ours: Option<&Lease>) -> Step
     if renew {
         return Step::Write(current.clone());
     }
-    if !row.live() || current.holder == holder {
+    if !row.live() || (current.holder == holder && ours.is_none()) {
         return Step::Write(Lease {
             holder: holder.to_string(),
             epoch: current.epoch.saturating_add(1),
@@ -192,12 +194,21 @@ mod tests {
         let ours = lease("a", 4);
         assert_eq!(
             decide(&row("a", 4, 10), "a", Some(&ours)),
-            Step::Write(ours)
+            Step::Write(ours.clone())
         );
         assert_eq!(
             decide(&row("a", 4, 10), "a", None),
             Step::Write(lease("a", 5)),
             "a new process under the same name takes over and fences the old one"
+        );
+        assert_eq!(
+            decide(&row("a", 5, 10), "a", Some(&ours)),
+            Step::Follow(Leadership::Follower {
+                holder: "a".into(),
+                epoch: 5,
+                expires_in: Duration::from_millis(10),
+            }),
+            "the old process of a name never takes its successor's lease back"
         );
         assert_eq!(
             decide(&row("b", 7, 2500), "a", Some(&lease("a", 6))),

@@ -54,6 +54,9 @@ impl Drop for Cluster {
     }
 }
 
+/// How long a process may take to say where it listens.
+const START_LIMIT: Duration = Duration::from_secs(60);
+
 /// Starts `livemig ARGS` logging to `log`; returns it and the address of its first line
 /// (`{"listening": ...}`).
 fn spawn(args: &[String], log: &Path, what: &str) -> Result<(Child, String)> {
@@ -71,9 +74,17 @@ fn spawn(args: &[String], log: &Path, what: &str) -> Result<(Child, String)> {
         let _ = child.kill();
         anyhow::bail!("the {what} has no stdout");
     };
-    let mut lines = BufReader::new(out).lines();
-    let first = lines.next().transpose()?.unwrap_or_default();
-    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(out).lines();
+        let _ = tx.send(lines.next());
+        lines.map_while(Result::ok).for_each(drop);
+    });
+    // A process that prints nothing is not waited for forever.
+    let first = match rx.recv_timeout(START_LIMIT) {
+        Ok(Some(Ok(line))) => line,
+        _ => String::new(),
+    };
     let address = serde_json::from_str::<serde_json::Value>(&first)
         .ok()
         .and_then(|v| v["listening"].as_str().map(str::to_string));
@@ -160,7 +171,7 @@ impl Cluster {
     }
 
     /// SIGKILLs the RMS (a crash), then starts it again on the same address and store;
-    /// returns once it listens (its recovery done).
+    /// returns once it listens (it answers once its recovery is done).
     pub fn crash_and_restart_rms(&mut self) -> Result<()> {
         if let Some(mut c) = self.rms.take() {
             let _ = c.kill();

@@ -109,11 +109,17 @@ impl Entry {
         }
     }
 
+    /// What the RMS is told. A source whose hand-over is in doubt keeps its copy paused: it
+    /// reports `held`, never `failed` (which would say the guest runs here).
     pub fn local(&self) -> LocalMigration {
         LocalMigration {
             role: self.role,
             vm: self.vm.clone(),
-            state: self.state,
+            state: if self.in_doubt {
+                LocalState::Held
+            } else {
+                self.state
+            },
             tls: self.tls,
         }
     }
@@ -143,11 +149,13 @@ impl Table {
         self.entries.iter()
     }
 
-    /// Whether `vm` is in a migration that has not ended (either way), or held here.
+    /// Whether `vm` is in a migration that has not ended (either way), held here, or paused
+    /// here after a hand-over in doubt.
     pub fn busy(&self, vm: &str) -> bool {
-        self.entries
-            .values()
-            .any(|e| e.vm == vm && matches!(e.state, LocalState::Migrating | LocalState::Held))
+        self.entries.values().any(|e| {
+            e.vm == vm
+                && (e.in_doubt || matches!(e.state, LocalState::Migrating | LocalState::Held))
+        })
     }
 
     pub fn insert(&mut self, id: MigrationNo, e: Entry) {

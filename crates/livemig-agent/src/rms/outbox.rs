@@ -18,10 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::RmsClient;
 
-/// Attempts at delivering a kept event or a report before it is given up (logged).
-pub const ATTEMPTS: u32 = 5;
-/// The first pause between two attempts (doubled each time).
+/// How long a kept event or a report is retried before it is given up (logged): longer than
+/// an RMS restart or a standby's takeover (13 s), so a hand-over is not lost to one.
+pub const KEPT_FOR: Duration = Duration::from_secs(120);
+/// The first pause between two attempts (doubled each time, up to [`MAX_BACKOFF`]).
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// The longest pause between two attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a stopping agent keeps delivering what is queued.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
@@ -160,25 +163,31 @@ async fn send(client: &RmsClient, inbox: &Inbox, o: Outbound, stop: &Cancellatio
             return;
         }
     };
-    let attempts = if light { 1 } else { ATTEMPTS };
+    let give_up = tokio::time::Instant::now() + KEPT_FOR;
     let mut pause = FIRST_BACKOFF;
-    for attempt in 1..=attempts {
-        match client.post(path, &body).await {
+    loop {
+        let e = match client.post(path, &body).await {
             Ok(_) => return,
-            // The RMS answered: retrying would get the same answer.
-            Err(e) if e.status().is_some() => {
+            Err(e) => e,
+        };
+        match e.status() {
+            // The RMS said no (unknown migration, a contradiction): retrying gets the same.
+            Some(s) if (400..500).contains(&s) && s != 429 => {
                 tracing::warn!(error = %e, path, "the RMS refused a message");
                 return;
             }
-            Err(e) if attempt == attempts => {
-                tracing::warn!(error = %e, path, attempts, "cannot reach the RMS; message dropped");
+            // Unreachable, busy or stopping (5xx, 429): worth another try.
+            _ if light => return,
+            _ if tokio::time::Instant::now() + pause > give_up || stop.is_cancelled() => {
+                tracing::warn!(error = %e, path, "cannot deliver to the RMS; message dropped");
+                return;
             }
-            Err(_) => {
+            _ => {
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = stop.cancelled() => {}
                 }
-                pause *= 2;
+                pause = (pause * 2).min(MAX_BACKOFF);
             }
         }
     }

@@ -32,6 +32,21 @@ fn check_host(name: &str) -> Result<(), ApiError> {
     }
 }
 
+fn check_vm(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_HOST_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(format!(
+            "a VM name is 1 to {MAX_HOST_NAME} characters of A-Z a-z 0-9 . _ -"
+        )))
+    }
+}
+
 /// An agent (re)introduces itself and the VMs it runs. A VM the RMS places elsewhere is not
 /// moved by a registration: the location table changes only on a confirmed hand-over.
 pub async fn register(State(app): Shared, Json(r): Json<Register>) -> Result<Response, ApiError> {
@@ -48,6 +63,30 @@ pub async fn register(State(app): Shared, Json(r): Json<Register>) -> Result<Res
                 "timeout_s must be between 0 and 3600 seconds",
             ));
         }
+    }
+    // Until hosts prove who they are with certificates, a name is taken at its word: an alive
+    // host's name re-registered from another address would divert its migrations (and their
+    // keys) there. Refused until the host is lost (its timeout), or comes back from the same
+    // address.
+    let (name, address) = (r.name.clone(), r.address.clone());
+    let clash = app
+        .driver
+        .read(move |o| {
+            o.host(&name)
+                .filter(|h| h.is_alive() && h.address != address)
+                .map(|h| h.address.clone())
+        })
+        .await
+        .map_err(refused)?;
+    if let Some(old) = clash {
+        return Err(ApiError::conflict(format!(
+            "host `{}` is alive at {old}: registering it from {} is refused until it is lost \
+             (stop the other agent, or wait for its timeout)",
+            r.name, r.address
+        )));
+    }
+    for vm in &r.vms {
+        check_vm(&vm.name)?;
     }
     let (cert_pem, ca_pem) = issue(&app, &r)?;
     app.driver
@@ -82,7 +121,20 @@ pub async fn register(State(app): Shared, Json(r): Json<Register>) -> Result<Res
             })
             .await;
         match added {
-            Ok(_) | Err(DriverError::Refused(OrchestratorError::VmExists(_))) => {}
+            Ok(_) => {}
+            Err(DriverError::Refused(OrchestratorError::VmExists(_))) => {
+                // Recorded already: fine if here; elsewhere, two hosts may run it.
+                let (n, host) = (name.clone(), r.name.clone());
+                let elsewhere = app
+                    .driver
+                    .read(move |o| o.vm(&n).map(|v| v.host.clone()).filter(|h| *h != host))
+                    .await
+                    .ok()
+                    .flatten();
+                if let Some(other) = elsewhere {
+                    tracing::error!(vm = %name, reported_by = %r.name, recorded_on = %other, "an agent reports running a VM the RMS places on another host: two hosts may run it; an operator must look");
+                }
+            }
             Err(e) => {
                 tracing::warn!(host = %r.name, vm = %name, error = %e, "a VM the agent runs was not recorded")
             }

@@ -222,6 +222,9 @@ impl Store for PgStore {
 }
 
 /// A new connection with the session settings every store connection has.
+/// The longest any statement (or an idle transaction) may take.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn connect(config: &Config, shown: &str) -> Result<Client, StoreError> {
     let mut client = config.connect(NoTls).map_err(|source| StoreError::Open {
         path: shown.to_string(),
@@ -229,8 +232,13 @@ fn connect(config: &Config, shown: &str) -> Result<Client, StoreError> {
     })?;
     client
         .batch_execute(&format!(
-            "SET lock_timeout = '{}ms'; SET TIME ZONE 'UTC'",
-            LOCK_TIMEOUT.as_millis()
+            // A stalled server must not hold the RMS (or the lease row) forever: every
+            // statement, and every transaction left idle, ends within bounds.
+            "SET lock_timeout = '{}ms'; SET statement_timeout = '{}ms'; \
+             SET idle_in_transaction_session_timeout = '{}ms'; SET TIME ZONE 'UTC'",
+            LOCK_TIMEOUT.as_millis(),
+            STATEMENT_TIMEOUT.as_millis(),
+            STATEMENT_TIMEOUT.as_millis()
         ))
         .map_err(StoreError::db("configuring the session"))?;
     Ok(client)

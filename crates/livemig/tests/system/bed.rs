@@ -89,6 +89,8 @@ pub struct System {
     pub agents: Vec<Option<Child>>,
     pub token: PathBuf,
     pub rms_opts: RmsOpts,
+    /// A PostgreSQL cluster's directory, when one runs.
+    postgres: Option<tempfile::TempDir>,
 }
 
 impl System {
@@ -123,6 +125,7 @@ impl System {
             agents: (0..hosts).map(|_| None).collect(),
             token,
             rms_opts: rms,
+            postgres: None,
         };
         let up = sys.testbed(&["up", &hosts.to_string()], rate);
         assert!(up.status.success(), "testbed up: {}", text(&up));
@@ -167,16 +170,21 @@ impl System {
             .spawn()
             .unwrap_or_else(|e| panic!("{what} starts: {e}"));
         let out = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(out).lines();
-        match lines.next() {
-            Some(Ok(line)) if line.contains("listening") => {}
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(out).lines();
+            let _ = tx.send(lines.next());
+            lines.map_while(Result::ok).for_each(drop);
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(Ok(line))) if line.contains("listening") => {}
             other => {
                 let _ = child.kill();
+                let _ = child.wait();
                 let log = std::fs::read_to_string(log).unwrap_or_default();
-                panic!("{what} did not start: {other:?}\n{log}");
+                panic!("{what} did not start within 60 s: {other:?}\n{log}");
             }
         }
-        std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
         child
     }
 
@@ -221,8 +229,9 @@ impl System {
             .expect("the standby starts")
     }
 
-    /// A throwaway PostgreSQL cluster in the switch namespace (beside the RMS), its URL.
-    pub fn start_postgres(&mut self) -> (tempfile::TempDir, String) {
+    /// A throwaway PostgreSQL cluster in the switch namespace (beside the RMS), its URL; it
+    /// is stopped when the system is dropped.
+    pub fn start_postgres(&mut self) -> String {
         // Outside the test's private directory: the cluster runs as the `postgres` user.
         let dir = tempfile::tempdir().expect("a directory for the cluster");
         let o = System::exec(&self.switch_ns(), "bash")
@@ -233,15 +242,18 @@ impl System {
             .expect("postgres.sh runs");
         assert!(o.status.success(), "postgres.sh start: {}", text(&o));
         let url = String::from_utf8_lossy(&o.stdout).trim().to_string();
-        (dir, url)
+        self.postgres = Some(dir);
+        url
     }
 
-    pub fn stop_postgres(&self, dir: &Path) {
-        let _ = System::exec(&self.switch_ns(), "bash")
-            .arg(script("postgres.sh"))
-            .arg("stop")
-            .arg(dir)
-            .output();
+    fn stop_postgres(&mut self) {
+        if let Some(dir) = self.postgres.take() {
+            let _ = System::exec(&self.switch_ns(), "bash")
+                .arg(script("postgres.sh"))
+                .arg("stop")
+                .arg(dir.path())
+                .output();
+        }
     }
 
     pub fn kill_rms(&mut self) {
@@ -424,6 +436,7 @@ impl Drop for System {
             let _ = c.wait();
         }
         self.kill_rms();
+        self.stop_postgres();
         let _ = self.testbed(&["down"], "1gbit");
     }
 }

@@ -66,7 +66,7 @@ fn the_target_agent_killed_mid_round_leaves_the_vm_on_the_source() {
 
 #[test]
 fn a_link_cut_mid_round_leaves_the_vm_on_the_source() {
-    let mut sys = two_hosts(RmsOpts::default());
+    let sys = two_hosts(RmsOpts::default());
     let id = start_slow(&sys);
     sys.link(2, false);
     // h2 is lost to the RMS (its heartbeats cannot arrive): the migration is `unknown` until
@@ -82,7 +82,6 @@ fn a_link_cut_mid_round_leaves_the_vm_on_the_source() {
     let o = sys.cli(&["vm", "migrate", "vm1", "--to", "h2", "--watch"]);
     assert!(o.status.success(), "{}\n{}", bed::text(&o), sys.logs());
     runs_only_on(&sys, 2, "vm1");
-    let _ = &mut sys;
 }
 
 #[test]
@@ -137,13 +136,15 @@ fn the_rms_killed_mid_migration_and_restarted_finishes_it() {
 fn postgres_failover_between_two_rms_processes_mid_migration() {
     use std::io::BufRead;
     let mut sys = System::bed(2, "100mbit", RmsOpts::default());
-    let (pg_dir, url) = sys.start_postgres();
+    let url = sys.start_postgres();
     sys.rms_opts.db = Some(url);
     sys.rms_opts.name = Some("rms-a".into());
     sys.start_rms();
     // The standby waits for the lease: it binds the RMS's address only once it leads.
     let mut standby = sys.start_standby_rms();
     let out = standby.stdout.take().expect("the standby's stdout");
+    // Killed with the rest when the system drops, whatever happens below.
+    sys.rms.push(standby);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = std::io::BufReader::new(out).lines();
@@ -163,7 +164,9 @@ fn postgres_failover_between_two_rms_processes_mid_migration() {
     );
     let id = start_slow(&sys);
     let killed = Instant::now();
-    sys.kill_rms();
+    // The leader dies (SIGKILL); the standby (the last RMS started) is left running.
+    let leader = sys.rms.remove(0);
+    kill(leader);
     let line = rx
         .recv_timeout(Duration::from_secs(20))
         .unwrap_or_else(|_| panic!("the standby did not take over\n{}", sys.logs()));
@@ -171,10 +174,12 @@ fn postgres_failover_between_two_rms_processes_mid_migration() {
     eprintln!("the standby took over {took:?} after the leader died: {line}");
     assert!(line.contains("listening"), "{line}");
     assert!(took <= Duration::from_secs(15), "takeover took {took:?}");
-    sys.rms.push(standby);
     let m = sys.wait_terminal(id, Duration::from_secs(90));
     assert_eq!(m["state"], "completed", "{m}\n{}", sys.logs());
     runs_only_on(&sys, 2, "vm1");
-    sys.kill_rms();
-    sys.stop_postgres(pg_dir.path());
+}
+
+fn kill(mut c: std::process::Child) {
+    let _ = c.kill();
+    let _ = c.wait();
 }

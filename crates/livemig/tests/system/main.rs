@@ -204,8 +204,9 @@ fn a_silent_agent_is_lost_within_its_timeout_and_gets_no_new_vms() {
         state_of(&sys.cli_json(&["host", "list"]), "h2") == Some("lost".into())
     });
     let took = frozen.elapsed();
+    // Its timeout (2 s), a tick (250 ms), and the CLI's own polling on a busy machine.
     assert!(
-        took < Duration::from_millis(2000 + 1500),
+        took < Duration::from_millis(2000 + 3000),
         "lost after {took:?}, its timeout is 2 s"
     );
     // h2 has the most room but is lost: a new VM goes to h1; asking for h2 is refused.
