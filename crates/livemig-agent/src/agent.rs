@@ -14,7 +14,7 @@ use livemig_policy::Event;
 use crate::api::{Info, VmKind, VmRequest, VmView};
 use crate::capacity::{BookConfig, CapacityBook};
 use crate::migrator::{MigratorConfig, Table};
-use crate::rms::Outbox;
+use crate::rms::outbox::Outbox;
 
 /// Seconds on the agent's clock (Unix time in the binary; tests drive their own).
 pub type Clock = Arc<dyn Fn() -> f64 + Send + Sync>;

@@ -1,6 +1,6 @@
 //! What can go wrong in a store: one error type for every backend.
 
-use crate::lease::Lease;
+use crate::term::Lease;
 use crate::url::UrlError;
 
 /// The database library's own error, whichever backend raised it.

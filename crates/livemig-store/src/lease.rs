@@ -21,13 +21,7 @@ pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The longest holder name, in bytes.
 pub const MAX_HOLDER_LEN: usize = 256;
 
-/// A holder and the epoch it led at. The epoch grows by one at every takeover, so a lease
-/// names one leadership term.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    pub holder: String,
-    pub epoch: u64,
-}
+pub use crate::term::Lease;
 
 /// What [`crate::Store::lead`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,6 +24,7 @@ pub mod pg;
 mod rows;
 pub mod sqlite;
 pub mod store;
+mod term;
 pub mod url;
 
 pub use error::{DbError, StoreError};

@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 
 use crate::config::provider;
 use crate::error::TlsError;
 use crate::files::{self, KeyPem};
+use crate::names::host_names;
 
 /// How long a CA certificate is valid.
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -67,7 +68,7 @@ impl Ca {
     /// A CA from its certificate and key; refused when the key is not the certificate's.
     pub fn from_pem(cert_pem: &str, key: &KeyPem) -> Result<Ca, TlsError> {
         let key = KeyPair::from_pem(key.as_str()).map_err(TlsError::Cert)?;
-        let cert = crate::config::parse_certs(cert_pem)?;
+        let cert = crate::pem::parse_certs(cert_pem)?;
         let spki = spki_of(&cert[0])?;
         if spki != key.public_key_raw() {
             return Err(TlsError::KeyMismatch);
@@ -140,21 +141,6 @@ fn common_name(name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     dn
-}
-
-/// The subject alternative names of a host: its DNS name and its addresses.
-pub(crate) fn host_names(host_name: &str, ips: &[IpAddr]) -> Result<Vec<SanType>, TlsError> {
-    let bad = || TlsError::HostName(host_name.to_string());
-    // A DNS name as certificate verification understands it (no IP literal, no junk).
-    let dns = rustls::pki_types::DnsName::try_from(host_name).map_err(|_| bad())?;
-    if host_name.parse::<IpAddr>().is_ok() {
-        return Err(bad());
-    }
-    let mut names = vec![SanType::DnsName(
-        dns.as_ref().to_string().try_into().map_err(|_| bad())?,
-    )];
-    names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-    Ok(names)
 }
 
 fn set_validity(params: &mut CertificateParams, validity: Duration) -> Result<(), TlsError> {

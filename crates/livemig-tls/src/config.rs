@@ -5,14 +5,13 @@
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::error::TlsError;
 use crate::files::KeyPem;
 use crate::identity::Identity;
+pub use crate::pem::{parse_certs, parse_key};
 
 /// The crypto provider every configuration here uses: ring (no C build beyond ring's own),
 /// its TLS 1.3 suites with AES-128-GCM first (the fastest with AES instructions; both ends
@@ -26,35 +25,6 @@ pub fn provider() -> Arc<CryptoProvider> {
         cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
     ];
     Arc::new(p)
-}
-
-/// Every certificate in `pem`, in order (a chain: the leaf first).
-pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::BadPem {
-            what: "certificate",
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoPem {
-            what: "certificate",
-        });
-    }
-    Ok(certs)
-}
-
-/// The private key in `key`.
-pub fn parse_key(key: &KeyPem) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(key.as_str().as_bytes()).map_err(|source| match source {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPem {
-            what: "private key",
-        },
-        source => TlsError::BadPem {
-            what: "private key",
-            source,
-        },
-    })
 }
 
 /// The trust anchors: every certificate of `ca_pem`.

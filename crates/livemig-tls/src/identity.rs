@@ -6,9 +6,9 @@ use std::path::Path;
 
 use rcgen::{CertificateParams, DnType, KeyPair};
 
-use crate::ca::host_names;
 use crate::error::TlsError;
 use crate::files::{self, KeyPem};
+use crate::names::host_names;
 
 /// A certificate (chain, the host's first) and its private key.
 #[derive(Debug, Clone)]
@@ -40,8 +40,8 @@ impl Identity {
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Identity, TlsError> {
         let key = files::read_key(key_path)?;
         let cert_chain_pem = files::read_cert(cert_path)?;
-        crate::config::parse_certs(&cert_chain_pem)?;
-        crate::config::parse_key(&key)?;
+        crate::pem::parse_certs(&cert_chain_pem)?;
+        crate::pem::parse_key(&key)?;
         Ok(Identity {
             cert_chain_pem,
             key,

@@ -11,6 +11,8 @@
 //! - [`connect`]: [`Connector`] (the source: connect, redial) and [`Acceptor`] (the
 //!   destination: the engine's `Upgrade` for `serve_with`).
 //! - [`error`]: the one error type, [`TlsError`].
+//! - `names`: what a host's certificate names (its DNS name, its IPs); `pem`: PEM text into
+//!   rustls's types (re-exported by [`config`]).
 
 pub mod ca;
 pub mod config;
@@ -18,6 +20,8 @@ pub mod connect;
 pub mod error;
 pub mod files;
 pub mod identity;
+mod names;
+mod pem;
 pub mod stream;
 
 pub use ca::{Ca, CA_VALIDITY, HOST_VALIDITY};
