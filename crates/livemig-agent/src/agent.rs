@@ -29,7 +29,7 @@ pub fn system_clock() -> Clock {
 }
 
 /// The longest VM name.
-pub const MAX_VM_NAME: usize = 64;
+pub const MAX_VM_NAME: usize = livemig_api::MAX_NAME;
 
 /// A VM this host runs.
 #[derive(Debug)]
@@ -335,12 +335,7 @@ impl Agent {
 
 /// A VM name: 1 to [`MAX_VM_NAME`] characters of `A-Z a-z 0-9 . _ -`.
 pub fn check_vm_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_VM_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if livemig_api::is_valid_name(name) {
         Ok(())
     } else {
         Err(ApiError::unprocessable(format!(

@@ -21,6 +21,19 @@ pub use rms_to_agent::{
     IncomingReady, IncomingRequest, LocalMigration, LocalState, OutgoingRequest, Role, RunReport,
 };
 
+/// The longest host or VM name.
+pub const MAX_NAME: usize = 64;
+
+/// The one naming rule for hosts and VMs: 1 to [`MAX_NAME`] characters of
+/// `A-Z a-z 0-9 . _ -` (safe in a URL path segment, a log line and a file name).
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// What runs a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -56,4 +69,18 @@ impl MigrationKey {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_naming_rule() {
+        assert!(is_valid_name("host-a_1.x"));
+        assert!(is_valid_name(&"a".repeat(MAX_NAME)));
+        for bad in ["", "a/b", "a b", "é", "a\0", &"a".repeat(MAX_NAME + 1)] {
+            assert!(!is_valid_name(bad), "{bad:?}");
+        }
+    }
 }

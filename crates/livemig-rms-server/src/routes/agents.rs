@@ -15,15 +15,10 @@ use super::{refused, App, Shared};
 use crate::driver::DriverError;
 
 /// The longest host name.
-pub const MAX_HOST_NAME: usize = 64;
+pub const MAX_HOST_NAME: usize = livemig_api::MAX_NAME;
 
 fn check_host(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_HOST_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if livemig_api::is_valid_name(name) {
         Ok(())
     } else {
         Err(ApiError::unprocessable(format!(
@@ -33,12 +28,7 @@ fn check_host(name: &str) -> Result<(), ApiError> {
 }
 
 fn check_vm(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_HOST_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if livemig_api::is_valid_name(name) {
         Ok(())
     } else {
         Err(ApiError::unprocessable(format!(

@@ -16,7 +16,7 @@ use crate::client::CallError;
 use crate::metrics;
 
 /// The longest VM name (the agents' rule).
-pub const MAX_VM_NAME: usize = 64;
+pub const MAX_VM_NAME: usize = livemig_api::MAX_NAME;
 
 /// The answer to `POST /api/v1/vms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,12 +81,7 @@ pub async fn vm(
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_VM_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if livemig_api::is_valid_name(name) {
         Ok(())
     } else {
         Err(ApiError::unprocessable(format!(

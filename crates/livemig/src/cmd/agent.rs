@@ -99,13 +99,7 @@ pub fn run(args: Args) -> Result<()> {
         // Checked now (the token is checked below): a bad URL is a usage error.
         RmsClient::new(url, Secret::new("-")).with_context(|| format!("--rms {url}"))?;
     }
-    let name_ok = !args.name.is_empty()
-        && args.name.len() <= 64
-        && args
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if !name_ok {
+    if !livemig_api::is_valid_name(&args.name) {
         bail!("--name must be 1 to 64 characters of A-Z a-z 0-9 . _ -");
     }
     let (token, secret) = Token::load_secret(&args.token_file)?;
