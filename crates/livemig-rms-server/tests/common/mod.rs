@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
-use livemig_api::{IncomingRequest, OutgoingRequest, RunReport, VmInfo};
+use livemig_api::{IncomingRequest, OutgoingRequest, VmInfo};
 use livemig_http::{ServerConfig, Token};
 use livemig_rms_server::RmsConfig;
 use serde_json::{json, Value};
@@ -538,5 +538,3 @@ pub async fn wait_state(rms: &Rms, id: u64, states: &[&str]) -> Value {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
-
-pub fn report_shape(_: &RunReport) {}
