@@ -17,7 +17,8 @@ use rcgen::{
 use crate::config::provider;
 use crate::error::TlsError;
 use crate::files::{self, KeyPem};
-use crate::names::host_names;
+use crate::identity::Identity;
+use crate::names::names;
 
 /// How long a CA certificate is valid.
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -113,10 +114,40 @@ impl Ca {
         ips: &[IpAddr],
         validity: Duration,
     ) -> Result<String, TlsError> {
+        self.issue_names(csr_pem, &[host_name], ips, validity)
+    }
+
+    /// A key and a certificate for a service of the CA's own installation (the RMS's API):
+    /// made here, named by `dns_names` (the first is the common name) and `ips`.
+    pub fn issue_identity(
+        &self,
+        dns_names: &[&str],
+        ips: &[IpAddr],
+        validity: Duration,
+    ) -> Result<Identity, TlsError> {
+        let first = dns_names
+            .first()
+            .ok_or_else(|| TlsError::HostName(String::new()))?;
+        let (key, csr) = Identity::generate_csr(first, ips)?;
+        let cert = self.issue_names(&csr, dns_names, ips, validity)?;
+        Ok(Identity {
+            cert_chain_pem: cert,
+            key,
+        })
+    }
+
+    /// [`Ca::issue`] naming several DNS names (the first is the common name).
+    pub fn issue_names(
+        &self,
+        csr_pem: &str,
+        dns_names: &[&str],
+        ips: &[IpAddr],
+        validity: Duration,
+    ) -> Result<String, TlsError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(TlsError::Csr)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = common_name(host_name);
-        params.subject_alt_names = host_names(host_name, ips)?;
+        params.distinguished_name = common_name(dns_names.first().copied().unwrap_or_default());
+        params.subject_alt_names = names(dns_names, ips)?;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![

@@ -81,3 +81,22 @@ pub fn client_config(ca_pem: &str, identity: Option<&Identity>) -> Result<Client
     cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
 }
+
+/// The TLS configuration of an HTTP client of the API (the RMS calling agents, agents and the
+/// operator CLI calling the RMS): trusting `ca_pem` only, or nothing at all without one (an
+/// `https://` URL then fails its handshake; plain `http://` never uses it). Every HTTP client
+/// is built with one of these, so none falls back to a process-wide default provider.
+pub fn https_client_config(ca_pem: Option<&str>) -> Result<ClientConfig, TlsError> {
+    match ca_pem {
+        Some(ca) => client_config(ca, None),
+        None => {
+            let mut cfg = ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(TlsError::Config)?
+                .with_root_certificates(RootCertStore::empty())
+                .with_no_client_auth();
+            cfg.resumption = rustls::client::Resumption::disabled();
+            Ok(cfg)
+        }
+    }
+}

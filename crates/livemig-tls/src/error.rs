@@ -53,6 +53,7 @@ pub enum TlsError {
     HandshakeTimeout(std::time::Duration),
     #[error("the peer closed the connection during the TLS handshake")]
     HandshakeEof,
+    #[cfg(feature = "engine")]
     #[error("cannot connect")]
     Connect(#[source] livemig_engine::net::NetError),
     #[error("the socket failed")]

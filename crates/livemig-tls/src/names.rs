@@ -9,15 +9,26 @@ use crate::error::TlsError;
 
 /// The subject alternative names of a host: its DNS name and its addresses.
 pub(crate) fn host_names(host_name: &str, ips: &[IpAddr]) -> Result<Vec<SanType>, TlsError> {
-    let bad = || TlsError::HostName(host_name.to_string());
-    // A DNS name as certificate verification understands it (no IP literal, no junk).
-    let dns = rustls::pki_types::DnsName::try_from(host_name).map_err(|_| bad())?;
-    if host_name.parse::<IpAddr>().is_ok() {
-        return Err(bad());
+    names(&[host_name], ips)
+}
+
+/// Subject alternative names: DNS names (at least one) and addresses.
+pub(crate) fn names(dns_names: &[&str], ips: &[IpAddr]) -> Result<Vec<SanType>, TlsError> {
+    if dns_names.is_empty() {
+        return Err(TlsError::HostName(String::new()));
     }
-    let mut names = vec![SanType::DnsName(
-        dns.as_ref().to_string().try_into().map_err(|_| bad())?,
-    )];
+    let mut names = Vec::with_capacity(dns_names.len() + ips.len());
+    for host_name in dns_names {
+        let bad = || TlsError::HostName(host_name.to_string());
+        // A DNS name as certificate verification understands it (no IP literal, no junk).
+        let dns = rustls::pki_types::DnsName::try_from(*host_name).map_err(|_| bad())?;
+        if host_name.parse::<IpAddr>().is_ok() {
+            return Err(bad());
+        }
+        names.push(SanType::DnsName(
+            dns.as_ref().to_string().try_into().map_err(|_| bad())?,
+        ));
+    }
     names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     Ok(names)
 }
