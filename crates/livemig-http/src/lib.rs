@@ -19,5 +19,5 @@ pub mod token;
 pub use body::{BodyLimit, Json, DEFAULT_BODY_LIMIT};
 pub use error::{json, ApiError};
 pub use guard::{Counters, Guard};
-pub use server::{serve, ServerConfig};
+pub use server::{serve, serve_tls, ServerConfig, TlsAcceptor};
 pub use token::{Secret, Token, TokenError};

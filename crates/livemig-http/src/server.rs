@@ -17,6 +17,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use tokio_rustls::TlsAcceptor;
+
 use axum::Router;
 
 use crate::body::DEFAULT_BODY_LIMIT;
@@ -59,6 +61,19 @@ pub async fn serve(
     cfg: ServerConfig,
     shutdown: CancellationToken,
 ) {
+    serve_tls(listener, router, cfg, None, shutdown).await
+}
+
+/// [`serve`] over TLS when `tls` is given: every connection's handshake must finish within
+/// the header read timeout, a failed one closes the connection (logged at debug level: port
+/// scans and plain-HTTP clients make many).
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    cfg: ServerConfig,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let service = TowerToHyperService::new(router);
     let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
     let mut conns = JoinSet::new();
@@ -88,39 +103,30 @@ pub async fn serve(
         let service = service.clone();
         let shutdown = shutdown.clone();
         let cfg = cfg.clone();
+        let tls = tls.clone();
         conns.spawn(async move {
             let _permit = permit;
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(cfg.header_read_timeout)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let lifetime = tokio::time::sleep(cfg.connection_lifetime);
-            tokio::pin!(lifetime);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "connection ended");
-                        }
-                        break;
-                    }
-                    _ = &mut lifetime => {
-                        if closing {
-                            break;
-                        }
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                        // Whatever is in flight gets the request timeout, then the socket goes.
-                        lifetime.as_mut().reset(tokio::time::Instant::now() + cfg.request_timeout);
-                    }
-                    _ = shutdown.cancelled(), if !closing => {
-                        closing = true;
-                        conn.as_mut().graceful_shutdown();
-                        lifetime.as_mut().reset(tokio::time::Instant::now() + cfg.shutdown_grace);
-                    }
+            match tls {
+                None => drive(TokioIo::new(stream), service, &cfg, &shutdown, peer).await,
+                Some(acceptor) => {
+                    // The handshake gets the header timeout: a client that connects and says
+                    // nothing (a port scan, plain HTTP) holds its slot no longer than that.
+                    let hs = tokio::time::timeout(cfg.header_read_timeout, acceptor.accept(stream));
+                    let tls_stream = tokio::select! {
+                        r = hs => match r {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        },
+                        _ = shutdown.cancelled() => return,
+                    };
+                    drive(TokioIo::new(tls_stream), service, &cfg, &shutdown, peer).await
                 }
             }
         });
@@ -140,6 +146,51 @@ pub async fn serve(
                 tracing::warn!(left = conns.len(), "connections still open after the grace; dropped");
                 conns.abort_all();
                 break;
+            }
+        }
+    }
+}
+
+/// Serves one connection (plain or TLS) until it ends, its lifetime is up, or the stop.
+async fn drive<I>(
+    io: TokioIo<I>,
+    service: TowerToHyperService<Router>,
+    cfg: &ServerConfig,
+    shutdown: &CancellationToken,
+    peer: std::net::SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(64 * 1024)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let lifetime = tokio::time::sleep(cfg.connection_lifetime);
+    tokio::pin!(lifetime);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended");
+                }
+                break;
+            }
+            _ = &mut lifetime => {
+                if closing {
+                    break;
+                }
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+                // Whatever is in flight gets the request timeout, then the socket goes.
+                lifetime.as_mut().reset(tokio::time::Instant::now() + cfg.request_timeout);
+            }
+            _ = shutdown.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+                lifetime.as_mut().reset(tokio::time::Instant::now() + cfg.shutdown_grace);
             }
         }
     }
