@@ -43,10 +43,23 @@ impl CallError {
 pub struct AgentClient {
     http: reqwest::Client,
     bearer: String,
+    /// `https` when the RMS has a CA (agents serve their API over TLS), else `http`.
+    scheme: &'static str,
 }
 
 impl AgentClient {
-    pub fn new(secret: &Secret, timeout: Duration) -> Result<AgentClient, CallError> {
+    /// A client sending `secret`; with `ca_pem`, it calls agents over HTTPS and trusts only
+    /// certificates that CA issued (naming the address called).
+    pub fn new(
+        secret: &Secret,
+        timeout: Duration,
+        ca_pem: Option<&str>,
+    ) -> Result<AgentClient, CallError> {
+        let failed = |reason: String| CallError::Transport {
+            url: String::new(),
+            reason,
+        };
+        let tls = livemig_tls::https_client_config(ca_pem).map_err(|e| failed(e.to_string()))?;
         // No pooled connections: calls are few, and a connection kept across a link cut or an
         // agent restart would fail the next call instead of a fresh connect succeeding.
         let http = reqwest::Client::builder()
@@ -54,14 +67,14 @@ impl AgentClient {
             .connect_timeout(timeout)
             .pool_max_idle_per_host(0)
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .tls_backend_preconfigured(tls)
             .build()
-            .map_err(|e| CallError::Transport {
-                url: String::new(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| failed(e.to_string()))?;
         Ok(AgentClient {
             http,
             bearer: secret.bearer(),
+            scheme: if ca_pem.is_some() { "https" } else { "http" },
         })
     }
 
@@ -72,7 +85,7 @@ impl AgentClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, CallError> {
-        let url = format!("http://{address}{path}");
+        let url = format!("{}://{address}{path}", self.scheme);
         let mut req = self
             .http
             .request(method, &url)

@@ -25,4 +25,4 @@ pub mod service;
 
 pub use driver::Leading;
 pub use driver::{system_clock, Clock};
-pub use service::{await_leadership, run, RmsConfig, RmsError};
+pub use service::{await_leadership, run, RmsConfig, RmsError, RmsTls};

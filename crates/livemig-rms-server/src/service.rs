@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use livemig_http::{Guard, Secret, ServerConfig, Token};
+use std::net::IpAddr;
+
+use livemig_http::{Guard, Secret, ServerConfig, TlsAcceptor, Token};
 use livemig_rms::{Config, Input};
 use livemig_store::lease::{self, Leadership};
 use livemig_store::{Store, StoreError};
-use livemig_tls::Ca;
+use livemig_tls::{Ca, Identity, TlsError, HOST_VALIDITY};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +45,30 @@ impl Default for RmsConfig {
     }
 }
 
+/// The RMS's TLS: the installation's CA (it issues agents' certificates and is the only
+/// anchor the RMS trusts when it calls agents) and the RMS's own certificate, which its API
+/// presents (HTTPS).
+#[derive(Debug, Clone)]
+pub struct RmsTls {
+    pub ca: Arc<Ca>,
+    pub identity: Identity,
+}
+
+impl RmsTls {
+    /// The RMS's own certificate, issued now by `ca` for `dns_names` (the first is the common
+    /// name) and `ips`, valid for [`HOST_VALIDITY`] (a new one at every start).
+    pub fn issue(ca: Arc<Ca>, dns_names: &[&str], ips: &[IpAddr]) -> Result<RmsTls, TlsError> {
+        let identity = ca.issue_identity(dns_names, ips, HOST_VALIDITY)?;
+        Ok(RmsTls { ca, identity })
+    }
+
+    fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
+        let cfg =
+            livemig_tls::server_config(&self.identity.cert_chain_pem, &self.identity.key, None)?;
+        Ok(TlsAcceptor::from(Arc::new(cfg)))
+    }
+}
+
 /// Why the RMS could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum RmsError {
@@ -52,6 +78,8 @@ pub enum RmsError {
     Stopped(#[source] Stop),
     #[error("cannot take the lease")]
     Lease(#[source] StoreError),
+    #[error("cannot build the API's TLS configuration")]
+    Tls(#[source] livemig_tls::TlsError),
     #[error("cannot build the agent client")]
     Client(#[source] CallError),
     #[error("cannot start the driver thread")]
@@ -131,7 +159,7 @@ pub async fn run(
     cfg: RmsConfig,
     server: ServerConfig,
     clock: Clock,
-    ca: Option<Arc<Ca>>,
+    tls: Option<RmsTls>,
     shutdown: CancellationToken,
 ) -> Result<(), RmsError> {
     // The store is synchronous (PostgreSQL's client blocks on a runtime of its own): every
@@ -178,7 +206,17 @@ pub async fn run(
         on_end.cancel();
         r
     });
-    let client = AgentClient::new(&secret, cfg.agent_timeout).map_err(RmsError::Client)?;
+    let ca = tls.as_ref().map(|t| Arc::clone(&t.ca));
+    let acceptor = match &tls {
+        Some(t) => Some(t.acceptor().map_err(RmsError::Tls)?),
+        None => None,
+    };
+    let client = AgentClient::new(
+        &secret,
+        cfg.agent_timeout,
+        ca.as_deref().map(|c| c.cert_pem()),
+    )
+    .map_err(RmsError::Client)?;
     let counters = Arc::new(ActionCounters::default());
     let dispatcher = tokio::spawn(actions::dispatch(
         jobs_rx,
@@ -204,7 +242,14 @@ pub async fn run(
         heartbeat_s: cfg.heartbeat_s,
         ca,
     });
-    livemig_http::serve(listener, router(Arc::clone(&app)), server, shutdown.clone()).await;
+    livemig_http::serve_tls(
+        listener,
+        router(Arc::clone(&app)),
+        server,
+        acceptor,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     if let Err(e) = dispatcher.await {
         tracing::error!(error = %e, "the dispatcher failed");

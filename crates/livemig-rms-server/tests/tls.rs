@@ -1,9 +1,9 @@
-//! An RMS with a CA issues host certificates at registration and refuses what it cannot
-//! certify.
+//! An RMS with a CA serves its API over HTTPS, issues host certificates at registration and
+//! refuses what it cannot certify.
 
 mod common;
 
-use common::{call, Rms};
+use common::{call_by, client, Rms, TOKEN};
 use reqwest::Method;
 use serde_json::json;
 
@@ -22,7 +22,14 @@ async fn registration_with_a_ca_issues_a_certificate_naming_the_host_and_its_dat
     let ca = livemig_tls::Ca::generate("test CA").expect("a CA");
     let ca_pem = ca.cert_pem().to_string();
     let rms = Rms::start_with_ca(dir.path(), 30.0, ca).await;
-    let url = format!("http://{}/api/v1/agents/register", rms.addr);
+    let url = rms.url("/api/v1/agents/register");
+    assert!(url.starts_with("https://"), "{url}");
+    let https = client(Some(&ca_pem));
+    let call = |m: Method, u: &str, b: Option<serde_json::Value>| {
+        let https = https.clone();
+        let u = u.to_string();
+        async move { call_by(&https, m, &u, b, Some(TOKEN)).await }
+    };
     let ip: std::net::IpAddr = "127.0.0.2".parse().expect("an IP");
     let (key, csr) = livemig_tls::Identity::generate_csr("host-a", &[ip]).expect("a CSR");
     let (status, body) = call(
@@ -45,16 +52,18 @@ async fn registration_with_a_ca_issues_a_certificate_naming_the_host_and_its_dat
     livemig_tls::server_config(&identity.cert_chain_pem, &identity.key, Some(&ca_pem))
         .expect("a server configuration");
     livemig_tls::client_config(&ca_pem, Some(&identity)).expect("a client configuration");
-    // Without a request: the CA only.
+    // Without a request: refused (the RMS could not call that agent's HTTPS API).
     let (status, body) = call(
         Method::POST,
         &url,
         Some(register("host-b", "127.0.0.3", None)),
     )
     .await;
-    assert_eq!(status, 200, "{body}");
-    assert!(body.get("cert_pem").is_none(), "{body}");
-    assert!(body["ca_pem"].is_string(), "{body}");
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.to_string().contains("needs a certificate request"),
+        "{body}"
+    );
     // A request that is not one is a 422 with the reason.
     let (status, body) = call(
         Method::POST,
@@ -67,5 +76,47 @@ async fn registration_with_a_ca_issues_a_certificate_naming_the_host_and_its_dat
         body.to_string().contains("no certificate for `host-c`"),
         "{body}"
     );
+    rms.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_is_https_only_and_trusts_nobody_else() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let ca = livemig_tls::Ca::generate("test CA").expect("a CA");
+    let ca_pem = ca.cert_pem().to_string();
+    let rms = Rms::start_with_ca(dir.path(), 30.0, ca).await;
+    let https = client(Some(&ca_pem));
+    let hosts = rms.url("/api/v1/hosts");
+    let (status, body) = call_by(&https, Method::GET, &hosts, None, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    // Still the token: TLS is not authentication.
+    let (status, _) = call_by(&https, Method::GET, &hosts, None, Some("wrong")).await;
+    assert_eq!(status, 401);
+    // Plain HTTP to the HTTPS port gets no answer.
+    let plain = format!("http://{}/healthz", rms.addr);
+    assert!(common::http().get(&plain).send().await.is_err());
+    // A client trusting another CA (a man in the middle's view of it) fails its handshake.
+    let other = livemig_tls::Ca::generate("other CA").expect("a CA");
+    let wrong = client(Some(other.cert_pem()));
+    assert!(wrong.get(rms.url("/healthz")).send().await.is_err());
+    // A client trusting nothing fails too.
+    assert!(client(None).get(rms.url("/healthz")).send().await.is_err());
+    // A connection that says nothing (a port scan) and one sending junk for a handshake do
+    // not stop the RMS from serving.
+    let idle = tokio::net::TcpStream::connect(rms.addr)
+        .await
+        .expect("connect");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut junk = tokio::net::TcpStream::connect(rms.addr)
+            .await
+            .expect("connect");
+        let _ = junk
+            .write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0, 0])
+            .await;
+    }
+    let (status, _) = call_by(&https, Method::GET, &rms.url("/healthz"), None, None).await;
+    assert_eq!(status, 200);
+    drop(idle);
     rms.stop().await;
 }

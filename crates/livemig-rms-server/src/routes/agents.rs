@@ -141,16 +141,21 @@ pub async fn register(State(app): Shared, Json(r): Json<Register>) -> Result<Res
     ))
 }
 
-/// With a CA: a certificate for the agent's request, naming its host name and its data IP
-/// (what the sources connect to and check), and the CA certificate. Without a CA: nothing.
-/// A request or a name the CA refuses is a 422 with the reason.
+/// With a CA: a certificate for the agent's request, naming its host name, its data IP (what
+/// the sources connect to and check) and its API's IP (what the RMS connects to and checks),
+/// and the CA certificate. Without a CA: nothing. With a CA, a registration without a
+/// request is refused (the RMS could not call an agent without a certificate: its API is
+/// HTTPS); a request or a name the CA refuses is a 422 with the reason.
 fn issue(app: &App, r: &Register) -> Result<(Option<String>, Option<String>), ApiError> {
     let Some(ca) = app.ca.as_deref() else {
         return Ok((None, None));
     };
     let ca_pem = Some(ca.cert_pem().to_string());
     let Some(csr) = r.csr_pem.as_deref() else {
-        return Ok((None, ca_pem));
+        return Err(ApiError::unprocessable(
+            "this RMS runs TLS: a registration needs a certificate request (csr_pem); \
+             start the agent with --ca-file and an https:// --rms URL",
+        ));
     };
     let ip: IpAddr = r.data_host.parse().map_err(|_| {
         ApiError::unprocessable(format!(
@@ -158,7 +163,19 @@ fn issue(app: &App, r: &Register) -> Result<(Option<String>, Option<String>), Ap
             r.data_host
         ))
     })?;
-    match ca.issue(csr, &r.name, &[ip], HOST_VALIDITY) {
+    let mut ips = vec![ip];
+    let mut dns = vec![r.name.as_str()];
+    // The API's address (HOST:PORT, checked before): its host as the RMS will call it.
+    if let Some((host, _port)) = r.address.rsplit_once(':') {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match host.parse::<IpAddr>() {
+            Ok(api) if api != ip => ips.push(api),
+            Ok(_) => {}
+            Err(_) if host != r.name => dns.push(host),
+            Err(_) => {}
+        }
+    }
+    match ca.issue_names(csr, &dns, &ips, HOST_VALIDITY) {
         Ok(cert) => Ok((Some(cert), ca_pem)),
         Err(e) => Err(ApiError::unprocessable(format!(
             "no certificate for `{}`: {}",

@@ -33,6 +33,8 @@ pub fn token_file(dir: &Path) -> PathBuf {
 /// A running RMS.
 pub struct Rms {
     pub addr: SocketAddr,
+    /// With a CA: its certificate (the API is HTTPS, its certificate names 127.0.0.1).
+    pub ca_pem: Option<String>,
     pub stop: CancellationToken,
     pub task: tokio::task::JoinHandle<Result<(), livemig_rms_server::RmsError>>,
 }
@@ -75,6 +77,12 @@ impl Rms {
             shutdown_grace: Duration::from_millis(200),
             ..ServerConfig::default()
         };
+        let ca_pem = ca.as_ref().map(|c| c.cert_pem().to_string());
+        let tls = ca.map(|ca| {
+            let ip: std::net::IpAddr = addr.ip();
+            livemig_rms_server::RmsTls::issue(ca, &["localhost"], &[ip])
+                .expect("the RMS's certificate")
+        });
         let task = tokio::spawn(livemig_rms_server::run(
             listener,
             store,
@@ -84,10 +92,15 @@ impl Rms {
             cfg,
             server,
             livemig_rms_server::system_clock(),
-            ca,
+            tls,
             stop.clone(),
         ));
-        Rms { addr, stop, task }
+        Rms {
+            addr,
+            ca_pem,
+            stop,
+            task,
+        }
     }
 
     pub async fn stop(self) {
@@ -100,13 +113,25 @@ impl Rms {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}{}", self.addr, path)
     }
 }
 
+/// A client trusting nothing (plain HTTP only).
 pub fn http() -> reqwest::Client {
+    client(None)
+}
+
+/// A client trusting `ca_pem` (HTTPS), or nothing.
+pub fn client(ca_pem: Option<&str>) -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .tls_backend_preconfigured(livemig_tls::https_client_config(ca_pem).expect("TLS"))
         .build()
         .expect("a client")
 }
@@ -122,7 +147,18 @@ pub async fn call_as(
     body: Option<Value>,
     token: Option<&str>,
 ) -> (u16, Value) {
-    let mut req = http().request(method, url);
+    call_by(&http(), method, url, body, token).await
+}
+
+/// [`call_as`] with `client`.
+pub async fn call_by(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> (u16, Value) {
+    let mut req = client.request(method, url);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
