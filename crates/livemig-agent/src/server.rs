@@ -21,6 +21,8 @@ pub struct ServerConfig {
     /// How long a stop waits for cancelled migrations to end (those past their commit point
     /// complete on their own threads).
     pub migration_grace: Duration,
+    /// Serve the API over HTTPS with the certificate the RMS issues (see `tls`).
+    pub https: bool,
 }
 
 impl Default for ServerConfig {
@@ -28,6 +30,7 @@ impl Default for ServerConfig {
         ServerConfig {
             http: livemig_http::ServerConfig::default(),
             migration_grace: Duration::from_secs(20),
+            https: false,
         }
     }
 }
@@ -51,7 +54,20 @@ pub async fn run(
         agent: Arc::clone(&agent),
         guard,
     });
-    let serve = livemig_http::serve(listener, router(app), cfg.http, shutdown.clone());
+    let acceptor = if cfg.https {
+        match agent.tls().api_acceptor() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                // Never serve in clear what was asked to be HTTPS.
+                tracing::error!(error = %e, "cannot build the API's TLS configuration: not serving");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let serve =
+        livemig_http::serve_tls(listener, router(app), cfg.http, acceptor, shutdown.clone());
     // The migrations are stopped as soon as the stop is asked, not after the requests' grace.
     let stop = async {
         shutdown.cancelled().await;

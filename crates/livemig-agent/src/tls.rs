@@ -2,23 +2,28 @@
 //! certificate request sent at registration, the certificate the RMS's CA issued for it and
 //! the CA certificate every peer must chain to.
 //!
-//! Trust bootstrap: with an operator-provided trust anchor (`--ca-file`), the CA certificate
-//! the RMS returns must be that one, or the certificate is not used. Without one, the first
-//! CA the RMS returns is trusted and pinned for the agent's life (trust on first
-//! registration); a later registration returning another CA is refused.
+//! Trust bootstrap: the operator copies the RMS's CA certificate to the host (`--ca-file`);
+//! the RMS's API is checked against it, and a certificate the RMS issues is used only if it
+//! chains to it. Without that anchor no issued certificate is used (there is no trust on first
+//! use: the RMS's answer could come from anyone on the path).
+//!
+//! The certificate also serves the agent's own HTTPS API through a [`CertSlot`]: the server
+//! starts before the first registration (handshakes fail until a certificate is there) and
+//! takes a renewed certificate without a restart.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use livemig_tls::{Identity, KeyPem, TlsError};
+use livemig_http::TlsAcceptor;
+use livemig_tls::{CertSlot, Identity, KeyPem, TlsError};
 
 /// Why an issued certificate is not used.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("the RMS's CA is not the trust anchor given to this agent (--ca-file)")]
     NotAnchor,
-    #[error("the RMS's CA differs from the one trusted at first registration")]
-    CaChanged,
+    #[error("this agent has no trust anchor (--ca-file): it uses no certificate")]
+    NoAnchor,
     #[error("the RMS returned a certificate without its CA")]
     NoCa,
     #[error("the issued certificate is unusable")]
@@ -38,17 +43,16 @@ pub struct Issued {
 struct State {
     /// The key and the request made for it.
     request: Option<(KeyPem, String)>,
-    /// The operator's anchor, or the CA pinned at first registration.
+    /// The operator's anchor: the RMS's CA certificate.
     anchor: Option<String>,
-    /// Whether `anchor` is the operator's (a mismatch says so).
-    operator_anchor: bool,
     issued: Option<Issued>,
 }
 
-/// The host's TLS state (shared by the link and the migrators).
+/// The host's TLS state (shared by the link, the migrators and the API server).
 #[derive(Debug, Default)]
 pub struct HostTls {
     state: Mutex<State>,
+    slot: Arc<CertSlot>,
 }
 
 impl HostTls {
@@ -58,9 +62,12 @@ impl HostTls {
 
     /// The operator-provided CA certificate every issued certificate must chain to.
     pub fn set_anchor(&self, ca_pem: String) {
-        let mut s = self.lock();
-        s.anchor = Some(ca_pem);
-        s.operator_anchor = true;
+        self.lock().anchor = Some(ca_pem);
+    }
+
+    /// The operator's anchor, if any.
+    pub fn anchor(&self) -> Option<String> {
+        self.lock().anchor.clone()
     }
 
     /// The certificate request for `name` and `ips` (made once; the key stays in memory).
@@ -75,19 +82,15 @@ impl HostTls {
     }
 
     /// Takes the certificate the RMS issued (and its CA), after checking the CA against the
-    /// anchor (or pinning it) and that the certificate, key and CA make working configurations.
+    /// anchor and that the certificate, key and CA make working configurations; from the next
+    /// handshake on, the API serves it.
     pub fn accept(&self, cert_pem: String, ca_pem: Option<String>) -> Result<(), IdentityError> {
         let ca_pem = ca_pem.ok_or(IdentityError::NoCa)?;
         let mut s = self.lock();
         match &s.anchor {
-            Some(a) if !same_cert(a, &ca_pem) => {
-                return Err(if s.operator_anchor {
-                    IdentityError::NotAnchor
-                } else {
-                    IdentityError::CaChanged
-                });
-            }
-            _ => {}
+            None => return Err(IdentityError::NoAnchor),
+            Some(a) if !same_cert(a, &ca_pem) => return Err(IdentityError::NotAnchor),
+            Some(_) => {}
         }
         let key = s
             .request
@@ -101,9 +104,7 @@ impl HostTls {
         livemig_tls::server_config(&identity.cert_chain_pem, &identity.key, Some(&ca_pem))
             .map_err(IdentityError::Unusable)?;
         livemig_tls::client_config(&ca_pem, Some(&identity)).map_err(IdentityError::Unusable)?;
-        if s.anchor.is_none() {
-            s.anchor = Some(ca_pem.clone());
-        }
+        self.slot.set(&identity).map_err(IdentityError::Unusable)?;
         s.issued = Some(Issued { identity, ca_pem });
         Ok(())
     }
@@ -111,6 +112,12 @@ impl HostTls {
     /// The issued identity, if any.
     pub fn issued(&self) -> Option<Issued> {
         self.lock().issued.clone()
+    }
+
+    /// The API's TLS: presents the issued certificate (none yet: handshakes fail).
+    pub fn api_acceptor(&self) -> Result<TlsAcceptor, TlsError> {
+        let cfg = livemig_tls::slot_server_config(Arc::clone(&self.slot))?;
+        Ok(TlsAcceptor::from(Arc::new(cfg)))
     }
 }
 

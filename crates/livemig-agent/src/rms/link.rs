@@ -1,6 +1,7 @@
 //! Registration and heartbeats: register until the RMS answers (never giving up while the
 //! agent runs), then heartbeat every `heartbeat_s`; a 404 means the RMS forgot this host, so
-//! it registers again.
+//! it registers again. A host holding a certificate registers again every [`RENEW_AFTER`]:
+//! each registration issues a fresh certificate, so it never runs out (90 days).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,8 @@ use crate::agent::Agent;
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// The longest pause between two registration attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// How long a certificate is used before a registration renews it (a third of its validity).
+pub const RENEW_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The heartbeat period is kept within these bounds whatever the RMS says.
 pub const HEARTBEAT_BOUNDS_S: (f64, f64) = (0.1, 300.0);
 
@@ -62,6 +65,10 @@ pub async fn run_link(
             HEARTBEAT_BOUNDS_S.1
         };
         take_certificate(&agent, registered.cert_pem, registered.ca_pem);
+        let renew_at = agent
+            .tls()
+            .issued()
+            .map(|_| tokio::time::Instant::now() + RENEW_AFTER);
         agent.set_registered(true);
         tracing::info!(
             rms = client.base(),
@@ -72,6 +79,10 @@ pub async fn run_link(
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs_f64(every)) => {}
                 _ = stop.cancelled() => return,
+            }
+            if renew_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                tracing::info!("renewing the host certificate: registering again");
+                continue 'register;
             }
             let info = agent.info();
             let beat = Heartbeat {

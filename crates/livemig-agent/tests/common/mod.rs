@@ -25,6 +25,8 @@ pub struct Options {
     pub migrator: MigratorConfig,
     /// The RMS to register with (`http://…`), and the heartbeat period to use.
     pub rms: Option<(String, f64)>,
+    /// The trust anchor (`--ca-file`): the RMS's CA certificate.
+    pub ca_pem: Option<String>,
 }
 
 impl Options {
@@ -42,6 +44,7 @@ impl Options {
             server: ServerConfig::default(),
             migrator,
             rms: None,
+            ca_pem: None,
         }
     }
 }
@@ -77,8 +80,12 @@ impl Harness {
         if let Some((url, heartbeat_s)) = &o.rms {
             let (outbox, inbox) = Outbox::new(&o.name, 64);
             agent = agent.with_outbox(outbox);
-            let client = RmsClient::new(url, Secret::new(TOKEN)).expect("RMS URL");
+            let client =
+                RmsClient::new(url, Secret::new(TOKEN), o.ca_pem.as_deref()).expect("RMS URL");
             rms = Some((client, inbox, *heartbeat_s));
+        }
+        if let Some(pem) = &o.ca_pem {
+            agent.tls().set_anchor(pem.clone());
         }
         let agent = Arc::new(agent);
         let cfg = o.server;
