@@ -166,6 +166,7 @@ impl Cluster {
         Rms::new(&RmsArgs {
             rms: format!("http://{}", self.rms_addr),
             token_file: Some(self.token.clone()),
+            ca_file: None,
             timeout: "10s".into(),
         })
     }

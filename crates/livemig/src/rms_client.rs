@@ -21,9 +21,13 @@ pub const DEFAULT_RMS: &str = "http://127.0.0.1:7700";
 /// Where the RMS is and how to talk to it: shared by every operator command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RmsArgs {
-    /// The RMS's base URL (plain http).
+    /// The RMS's base URL: https:// for an RMS with a CA (give --ca-file), http:// otherwise.
     #[arg(long, value_name = "URL", env = "LIVEMIG_RMS", default_value = DEFAULT_RMS)]
     pub rms: String,
+    /// The RMS's CA certificate (the `ca.pem` of its --ca-dir): an https:// RMS must present
+    /// a certificate it issued.
+    #[arg(long, value_name = "FILE", env = "LIVEMIG_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// File holding the RMS's bearer token on its first line (mode 600, as the RMS's own).
     #[arg(long, value_name = "FILE", env = "LIVEMIG_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -133,10 +137,28 @@ impl Rms {
     pub fn new(args: &RmsArgs) -> Result<Rms> {
         let base = Url::parse(args.rms.trim())
             .with_context(|| format!("--rms `{}` is not a URL (e.g. {DEFAULT_RMS})", args.rms))?;
+        let ca_pem = match &args.ca_file {
+            Some(path) => {
+                let pem = livemig_tls::files::read_cert(path).context("--ca-file")?;
+                livemig_tls::config::parse_certs(&pem)
+                    .with_context(|| format!("--ca-file {}", path.display()))?;
+                Some(pem)
+            }
+            None => None,
+        };
         match base.scheme() {
+            "http" if ca_pem.is_some() => {
+                bail!("--ca-file is for an https:// RMS; give its https:// URL with --rms")
+            }
             "http" => {}
-            "https" => bail!("--rms: https is not supported by this build; give an http:// URL"),
-            other => bail!("--rms: `{other}:` URLs are not supported; give an http:// URL"),
+            "https" if ca_pem.is_none() => bail!(
+                "--rms {}: an https:// RMS needs its CA certificate: give --ca-file (or LIVEMIG_CA_FILE), the ca.pem of the RMS's --ca-dir",
+                args.rms
+            ),
+            "https" => {}
+            other => {
+                bail!("--rms: `{other}:` URLs are not supported; give an https:// or http:// URL")
+            }
         }
         if base.host_str().is_none_or(str::is_empty) || base.cannot_be_a_base() {
             bail!("--rms `{}` has no host (e.g. {DEFAULT_RMS})", args.rms);
@@ -157,6 +179,10 @@ impl Rms {
             .connect_timeout(timeout)
             // The token goes to the RMS only: a redirect elsewhere is an error, not a hop.
             .redirect(reqwest::redirect::Policy::none())
+            .tls_backend_preconfigured(
+                livemig_tls::https_client_config(ca_pem.as_deref())
+                    .context("cannot set up TLS (--ca-file)")?,
+            )
             .build()
             .context("cannot set up the HTTP client")?;
         Ok(Rms {
@@ -337,8 +363,27 @@ mod tests {
         RmsArgs {
             rms: rms.into(),
             token_file: None,
+            ca_file: None,
             timeout: "10s".into(),
         }
+    }
+
+    #[test]
+    fn https_needs_the_ca_file_and_http_refuses_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = livemig_tls::Ca::generate("test CA").expect("a CA");
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, ca.cert_pem()).expect("write");
+        let e = Rms::new(&args("https://h:7700")).expect_err("no CA");
+        assert!(e.to_string().contains("--ca-file"), "{e}");
+        let mut a = args("https://h:7700");
+        a.ca_file = Some(path.clone());
+        assert!(Rms::new(&a).is_ok());
+        a.rms = "http://h:7700".into();
+        assert!(Rms::new(&a).is_err());
+        std::fs::write(&path, "not a certificate").expect("write");
+        a.rms = "https://h:7700".into();
+        assert!(Rms::new(&a).is_err());
     }
 
     #[test]
@@ -358,6 +403,7 @@ mod tests {
             "h:7700",
             "https://h",
             "ftp://h",
+            "file:///etc/passwd",
             "http://h/?x=1",
             "nonsense",
         ] {

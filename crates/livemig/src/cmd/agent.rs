@@ -26,7 +26,7 @@ use crate::args::positive_duration;
   livemig agent --listen 0.0.0.0:7800 --name host-a --token-file agent.token --capacity-memory 8GiB
   livemig agent --listen 127.0.0.1:0 --name a --token-file agent.token --capacity-memory 256MiB --json
   livemig agent --listen 0.0.0.0:7800 --data-host 198.18.0.2 --name host-b --token-file agent.token \
-      --capacity-memory 8GiB --rms http://198.18.0.1:7900
+      --capacity-memory 8GiB --rms https://198.18.0.1:7900 --ca-file /etc/livemig/ca.pem
 
 The token file holds the bearer token on its first line and must be readable by its owner
 only (chmod 600). Every request but GET /healthz carries `Authorization: Bearer <token>`.
@@ -36,7 +36,10 @@ DELETE /api/v1/outgoing/{migration}, GET /api/v1/report, GET /metrics (docs/syst
 
 With --rms the agent registers with the RMS (retrying until it answers; it never exits
 because the RMS is down), then sends heartbeats, and forwards every migration event and
-report. The same token authenticates both directions. Without --rms it runs standalone.")]
+report. The same token authenticates both directions. With --ca-file (an RMS with a CA) the
+RMS's API is HTTPS and checked against that CA, this host's key stays here (the RMS signs
+its request), and this agent's API and migrations run over TLS with the issued certificate.
+Without --rms it runs standalone.")]
 pub struct Args {
     /// Address to listen on (HOST:PORT; port 0 picks one and prints it).
     #[arg(long)]
@@ -51,17 +54,19 @@ pub struct Args {
     #[arg(long)]
     pub capacity_memory: String,
     /// The RMS to register with, heartbeat to and send migration events to
-    /// (`http://HOST:PORT`); omit to run standalone.
+    /// (`https://HOST:PORT` with --ca-file, or `http://HOST:PORT` for an RMS without a CA);
+    /// omit to run standalone.
     #[arg(long, value_name = "URL")]
     pub rms: Option<String>,
     /// The IP migration listeners bind to, reachable by the other agents. [default: the IP of
     /// --listen; required with --rms when --listen is a wildcard address]
     #[arg(long, value_name = "IP")]
     pub data_host: Option<IpAddr>,
-    /// The RMS's CA certificate (its `ca.pem`), copied here by the operator: the certificate
-    /// the RMS issues at registration is used only if the RMS's CA is this one. Without it,
-    /// the CA the RMS returns at the first registration is trusted (trust on first use).
-    #[arg(long, value_name = "FILE")]
+    /// The RMS's CA certificate (the `ca.pem` of its --ca-dir), copied here by the operator;
+    /// needed by an https:// --rms. The RMS's API must present a certificate it issued, the
+    /// certificate the RMS issues at registration is used only if it chains to it, and this
+    /// agent's API then serves HTTPS with that certificate.
+    #[arg(long, value_name = "FILE", requires = "rms")]
     pub ca_file: Option<PathBuf>,
     /// Where the RMS reaches this agent's API (HOST:PORT). [default: --listen, its wildcard
     /// IP replaced by --data-host]
@@ -95,9 +100,22 @@ pub struct Args {
 /// Runs `livemig agent` until SIGINT or SIGTERM.
 pub fn run(args: Args) -> Result<()> {
     let rms_url = args.rms.clone();
+    let ca_pem = match &args.ca_file {
+        Some(path) => {
+            let pem = livemig_tls::files::read_cert(path).context("--ca-file")?;
+            livemig_tls::config::parse_certs(&pem)
+                .with_context(|| format!("--ca-file {}", path.display()))?;
+            Some(pem)
+        }
+        None => None,
+    };
     if let Some(url) = &rms_url {
         // Checked now (the token is checked below): a bad URL is a usage error.
-        RmsClient::new(url, Secret::new("-")).with_context(|| format!("--rms {url}"))?;
+        RmsClient::new(url, Secret::new("-"), ca_pem.as_deref())
+            .with_context(|| format!("--rms {url}"))?;
+        if ca_pem.is_some() && !url.starts_with("https://") {
+            bail!("--ca-file is for an https:// --rms (an RMS with a CA serves HTTPS only)");
+        }
     }
     if !livemig_api::is_valid_name(&args.name) {
         bail!("--name must be 1 to 64 characters of A-Z a-z 0-9 . _ -");
@@ -155,7 +173,8 @@ pub fn run(args: Args) -> Result<()> {
     .with_migrator(migrator);
     let mut rms = None;
     if let Some(url) = &rms_url {
-        let client = RmsClient::new(url, secret).with_context(|| format!("--rms {url}"))?;
+        let client = RmsClient::new(url, secret, ca_pem.as_deref())
+            .with_context(|| format!("--rms {url}"))?;
         let (outbox, inbox) = Outbox::new(&args.name, LIGHT_EVENTS_QUEUED);
         agent = agent.with_outbox(outbox);
         rms = Some((client, inbox));
@@ -166,6 +185,7 @@ pub fn run(args: Args) -> Result<()> {
             max_connections: args.max_connections,
             ..livemig_http::ServerConfig::default()
         },
+        https: ca_pem.is_some(),
         ..ServerConfig::default()
     };
     let stop = CancellationToken::new();
@@ -191,10 +211,7 @@ pub fn run(args: Args) -> Result<()> {
         format!("listening on {address}")
     };
     crate::out::emit_line(&line)?;
-    if let Some(path) = &args.ca_file {
-        let pem = livemig_tls::files::read_cert(path).context("--ca-file")?;
-        livemig_tls::config::parse_certs(&pem)
-            .with_context(|| format!("--ca-file {}", path.display()))?;
+    if let Some(pem) = ca_pem {
         agent.tls().set_anchor(pem);
     }
     rt.block_on(async move {

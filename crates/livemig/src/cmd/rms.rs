@@ -6,6 +6,7 @@
 //! grace, the store is closed. Migrations in flight go on on their agents; the next start
 //! recovers them from the store and the agents' reports.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -59,10 +60,16 @@ pub struct Args {
     #[arg(long)]
     pub name: Option<String>,
     /// The installation's CA: `ca.pem` (644) and `ca.key` (600) in DIR, generated on the
-    /// first start. With it, registrations get host certificates and migrations run over
-    /// mutual TLS; without it, the data streams are plain TCP.
+    /// first start. With it, the API is HTTPS (agents and the operator CLI need `ca.pem`:
+    /// `--ca-file`), registrations get host certificates, the RMS calls agents over HTTPS and
+    /// migrations run over mutual TLS; without it, everything is plain TCP.
     #[arg(long, value_name = "DIR")]
     pub ca_dir: Option<PathBuf>,
+    /// A name or IP address the RMS's certificate carries besides the defaults (this
+    /// machine's host name, `localhost`, 127.0.0.1, ::1 and the --listen IP unless it is a
+    /// wildcard): every name clients use in the RMS URL. Repeatable; with --ca-dir only.
+    #[arg(long, value_name = "NAME|IP", requires = "ca_dir")]
+    pub tls_san: Vec<String>,
     /// Print the listening address as JSON (`{"listening": ...}`).
     #[arg(long)]
     pub json: bool,
@@ -99,8 +106,16 @@ pub fn run(args: Args) -> Result<()> {
     if <livemig_policy::PolicyKind as std::str::FromStr>::from_str(&args.default_policy).is_err() {
         bail!("--default-policy: unknown policy `{}`", args.default_policy);
     }
-    let ca = match &args.ca_dir {
-        Some(dir) => Some(std::sync::Arc::new(load_or_generate_ca(dir)?)),
+    let tls = match &args.ca_dir {
+        Some(dir) => {
+            let ca = std::sync::Arc::new(load_or_generate_ca(dir)?);
+            let (dns, ips) = certificate_names(&args.listen, &args.tls_san)?;
+            let dns: Vec<&str> = dns.iter().map(String::as_str).collect();
+            Some(
+                livemig_rms_server::RmsTls::issue(ca, &dns, &ips)
+                    .context("cannot issue the RMS's own certificate (--tls-san)")?,
+            )
+        }
         None => None,
     };
     let url = StoreUrl::parse(&args.db).context("--db")?;
@@ -146,11 +161,52 @@ pub fn run(args: Args) -> Result<()> {
         cfg,
         ServerConfig::default(),
         livemig_rms_server::system_clock(),
-        ca,
+        tls,
         stop,
     ))?;
     tracing::debug!("rms stopped");
     Ok(())
+}
+
+/// What the RMS's certificate names: `localhost`, this machine's host name (when it is a
+/// valid DNS name), the loopback addresses, the --listen IP unless a wildcard, and `extra`.
+fn certificate_names(listen: &str, extra: &[String]) -> Result<(Vec<String>, Vec<IpAddr>)> {
+    let mut dns = vec!["localhost".to_string()];
+    let host = hostname();
+    if rustls_name_ok(&host) && host != "localhost" {
+        dns.push(host);
+    }
+    let mut ips: Vec<IpAddr> = vec![Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()];
+    if let Ok(a) = listen.parse::<std::net::SocketAddr>() {
+        if !a.ip().is_unspecified() {
+            ips.push(a.ip());
+        }
+    }
+    for s in extra {
+        match s.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) if rustls_name_ok(s) => dns.push(s.clone()),
+            Err(_) => bail!("--tls-san `{s}` is neither an IP address nor a valid DNS name"),
+        }
+    }
+    dns.dedup();
+    ips.sort();
+    ips.dedup();
+    Ok((dns, ips))
+}
+
+/// Whether `name` is a DNS name a certificate can carry (not an IP literal).
+fn rustls_name_ok(name: &str) -> bool {
+    name.parse::<IpAddr>().is_err()
+        && !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
 }
 
 /// This machine's name (`/proc/sys/kernel/hostname`), or `rms` when it cannot be read.

@@ -177,6 +177,7 @@ mod tests {
             rms: RmsArgs {
                 rms: crate::rms_client::DEFAULT_RMS.into(),
                 token_file: None,
+                ca_file: None,
                 timeout: "10s".into(),
             },
             json: false,

@@ -263,6 +263,20 @@ impl System {
         }
     }
 
+    /// With a CA: the RMS's API is HTTPS and every client gives its `ca.pem`.
+    fn rms_url(&self) -> String {
+        if self.rms_opts.ca_dir {
+            format!("https://{RMS_ADDR}")
+        } else {
+            format!("http://{RMS_ADDR}")
+        }
+    }
+
+    /// The CA certificate the RMS made in its `--ca-dir` (on its first start).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca").join("ca.pem")
+    }
+
     /// Starts host `i`'s agent with `capacity` (e.g. "256MiB").
     pub fn start_agent(&mut self, i: usize, capacity: &str) {
         let ip = host_ip(i);
@@ -271,8 +285,11 @@ impl System {
             .args(["--name", &System::host_name(i), "--token-file"])
             .arg(&self.token)
             .args(["--capacity-memory", capacity])
-            .args(["--rms", &format!("http://{RMS_ADDR}")])
+            .args(["--rms", &self.rms_url()])
             .env("RUST_LOG", "livemig=info,livemig_agent=info");
+        if self.rms_opts.ca_dir {
+            cmd.arg("--ca-file").arg(self.ca_file());
+        }
         let log = self.dir.path().join(format!("agent{i}.log"));
         let child = System::spawn_listening(cmd, "an agent", &log);
         self.agents[i - 1] = Some(child);
@@ -297,12 +314,14 @@ impl System {
 
     /// The operator CLI, run beside the RMS.
     pub fn cli(&self, args: &[&str]) -> Output {
-        System::exec(&self.switch_ns(), cargo_bin("livemig"))
-            .args(args)
-            .args(["--rms", &format!("http://{RMS_ADDR}"), "--token-file"])
-            .arg(&self.token)
-            .output()
-            .expect("the CLI runs")
+        let mut cmd = System::exec(&self.switch_ns(), cargo_bin("livemig"));
+        cmd.args(args)
+            .args(["--rms", &self.rms_url(), "--token-file"])
+            .arg(&self.token);
+        if self.rms_opts.ca_dir {
+            cmd.arg("--ca-file").arg(self.ca_file());
+        }
+        cmd.output().expect("the CLI runs")
     }
 
     /// The CLI's `--json` answer; panics with its output unless it exits 0.
@@ -318,18 +337,26 @@ impl System {
     /// `GET path` on host `i`'s agent (from the switch), its JSON; `None` when it does not
     /// answer 2xx within 3 s.
     pub fn agent_get(&self, i: usize, path: &str) -> Option<Value> {
-        let url = format!("http://{}:{AGENT_PORT}{path}", host_ip(i));
-        let o = System::exec(&self.switch_ns(), "curl")
-            .args([
-                "-sf",
-                "-m",
-                "3",
-                "-H",
-                &format!("Authorization: Bearer {TOKEN}"),
-                &url,
-            ])
-            .output()
-            .expect("curl runs");
+        let scheme = if self.rms_opts.ca_dir {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{}:{AGENT_PORT}{path}", host_ip(i));
+        let mut curl = System::exec(&self.switch_ns(), "curl");
+        curl.args([
+            "-sf",
+            "-m",
+            "3",
+            "-H",
+            &format!("Authorization: Bearer {TOKEN}"),
+            &url,
+        ]);
+        if self.rms_opts.ca_dir {
+            // The agents' API presents the certificate the RMS issued: checked against the CA.
+            curl.arg("--cacert").arg(self.ca_file());
+        }
+        let o = curl.output().expect("curl runs");
         if !o.status.success() {
             return None;
         }

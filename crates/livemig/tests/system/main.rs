@@ -101,7 +101,7 @@ fn a_vm_moves_through_the_rms_and_everyone_agrees_where_it_runs() {
 }
 
 #[test]
-fn with_a_ca_a_vm_migrates_over_mutual_tls() {
+fn with_a_ca_the_apis_are_https_and_a_vm_migrates_over_mutual_tls() {
     let opts = RmsOpts {
         ca_dir: true,
         ..RmsOpts::default()
@@ -124,6 +124,18 @@ fn with_a_ca_a_vm_migrates_over_mutual_tls() {
             .map(|m| m.values().map(|v| v["tls"] == true).collect())
             .unwrap_or_default();
         assert_eq!(tls, vec![true], "h{i}: {r}");
+    }
+    // Nothing answers in clear: not the RMS, not the agents (their APIs present the
+    // certificates the RMS issued, which `agent_get` checked against the CA above).
+    for url in [
+        format!("http://{}/healthz", bed::RMS_ADDR),
+        format!("http://{}:{}/healthz", bed::host_ip(1), bed::AGENT_PORT),
+    ] {
+        let o = System::exec(&sys.switch_ns(), "curl")
+            .args(["-sf", "-m", "3", &url])
+            .output()
+            .expect("curl runs");
+        assert!(!o.status.success(), "{url} answered in clear");
     }
 }
 
