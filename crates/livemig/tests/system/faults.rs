@@ -183,3 +183,102 @@ fn kill(mut c: std::process::Child) {
     let _ = c.kill();
     let _ = c.wait();
 }
+
+/// The TCP listeners in namespace `ns` (`ss`), as addresses to connect to from inside it.
+fn listeners(ns: &str) -> Vec<String> {
+    let o = System::exec(ns, "ss")
+        .args(["-Htln"])
+        .output()
+        .expect("ss runs");
+    assert!(o.status.success(), "ss: {}", bed::text(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .filter_map(|a| {
+            let (ip, port) = a.rsplit_once(':')?;
+            let ip = match ip {
+                "*" | "0.0.0.0" => "127.0.0.1",
+                ip if ip.contains(':') || ip.contains('[') => return None,
+                ip => ip,
+            };
+            Some(format!("{ip}/{port}"))
+        })
+        .collect()
+}
+
+/// What a scanner sends to an open port: nothing, random bytes, an HTTP request with a
+/// huge declared body, the start of a TLS record with a huge length, a half-open connection.
+const PROBES: &[&str] = &[
+    "exec 3<>/dev/tcp/$T && exec 3>&-",
+    "exec 3<>/dev/tcp/$T && head -c 65536 /dev/urandom >&3",
+    "exec 3<>/dev/tcp/$T && printf 'POST /api/v1/vms HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 99999999999\\r\\n\\r\\n{{{{' >&3 && sleep 1",
+    "exec 3<>/dev/tcp/$T && printf '\\x16\\x03\\x01\\xff\\xff\\x01\\x00' >&3 && sleep 1",
+    "exec 3<>/dev/tcp/$T && sleep 2",
+];
+
+#[test]
+fn a_port_scan_of_every_listener_leaves_every_service_running() {
+    let sys = two_hosts(RmsOpts::default());
+    let id = start_slow(&sys);
+    // A data listener waiting for a source (one the RMS never asked for: its key is unknown
+    // to anyone), so that a migration's data port is scanned too.
+    let r = sys
+        .agent_post(
+            1,
+            "/api/v1/capacity",
+            &serde_json::json!({"memory_bytes": 4096}),
+        )
+        .expect("a reservation");
+    let reservation = r["reservation"]["id"].as_str().expect("an id").to_string();
+    let ready = sys
+        .agent_post(
+            1,
+            "/api/v1/incoming",
+            &serde_json::json!({"migration": 9999, "reservation": reservation,
+                "vm": {"name": "decoy", "memory_bytes": 4096, "workload": "idle", "kind": "sim"},
+                "key": "ab".repeat(32)}),
+        )
+        .expect("a data listener");
+    let data = ready["data_address"]
+        .as_str()
+        .expect("an address")
+        .replace(':', "/");
+    let mut scanned = Vec::new();
+    for ns in [sys.switch_ns(), sys.host_ns(1), sys.host_ns(2)] {
+        let targets = listeners(&ns);
+        for t in &targets {
+            for probe in PROBES {
+                // Each probe is bounded; whatever the service answers (or not) is fine.
+                let _ = System::exec(&ns, "timeout")
+                    .args(["5", "bash", "-c", probe])
+                    .env("T", t)
+                    .output()
+                    .expect("bash runs");
+            }
+        }
+        scanned.push((ns, targets));
+    }
+    // The RMS, both agents' APIs and h2's data listener (at least) were scanned.
+    let count: Vec<usize> = scanned.iter().map(|(_, t)| t.len()).collect();
+    assert!(count.iter().all(|c| *c >= 1), "{scanned:?}");
+    assert!(scanned[1].1.contains(&data), "{data} not in {scanned:?}");
+    // The decoy's listener still waits for its source: junk did not end it.
+    let report = sys.agent_get(1, "/api/v1/report").expect("h1's report");
+    assert_eq!(
+        report["migrations"]["9999"]["state"], "migrating",
+        "{report}"
+    );
+    // Every service still answers, and the migration finishes as if nothing happened.
+    let m = sys.wait_end(id, Duration::from_secs(120));
+    assert_eq!(m["state"], "completed", "{m}\n{}", sys.logs());
+    runs_only_on(&sys, 2, "vm1");
+    for i in [1, 2] {
+        assert!(
+            sys.agent_get(i, "/healthz").is_some(),
+            "h{i} does not answer"
+        );
+    }
+    let hosts = sys.cli_json(&["host", "list"]);
+    assert_eq!(hosts.as_array().map(Vec::len), Some(2), "{hosts}");
+    eprintln!("scanned: {scanned:?}");
+}
