@@ -241,6 +241,7 @@ pub async fn run(
         actions: counters,
         heartbeat_s: cfg.heartbeat_s,
         ca,
+        names: Default::default(),
     });
     livemig_http::serve_tls(
         listener,

@@ -255,3 +255,41 @@ async fn a_silent_host_is_lost_and_gets_no_vms() {
     alive.cancel();
     rms.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_creates_of_one_name_at_once_start_one_vm_on_one_host() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let rms = Rms::start(dir.path(), 30.0).await;
+    let slow = Behaviour {
+        slow_vm: Some(Duration::from_millis(500)),
+        ..Behaviour::default()
+    };
+    let a = FakeAgent::start("a", rms.addr, 1024 * MIB, slow.clone()).await;
+    let b = FakeAgent::start("b", rms.addr, 1024 * MIB, slow).await;
+    let body = |h: &str| json!({"name": "vm1", "memory_bytes": 64 * MIB, "workload": "idle", "kind": "sim", "host": h});
+    let url = rms.url("/api/v1/vms");
+    let (one, two) = tokio::join!(
+        call(Method::POST, &url, Some(body("a"))),
+        call(Method::POST, &url, Some(body("b")))
+    );
+    let mut statuses = [one.0, two.0];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409], "{one:?} {two:?}");
+    // Only one agent was asked to start it.
+    let started = a.seen.lock().expect("seen").vms.len() + b.seen.lock().expect("seen").vms.len();
+    assert_eq!(started, 1);
+    // A migration request while a delete stops the VM is refused, not recorded.
+    let del = rms.url("/api/v1/vms/vm1");
+    let (deleted, submitted) = tokio::join!(call(Method::DELETE, &del, None), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        call(
+            Method::POST,
+            &rms.url("/api/v1/migrations"),
+            Some(json!({"vm": "vm1"})),
+        )
+        .await
+    });
+    assert_eq!(deleted.0, 200, "{deleted:?}");
+    assert_eq!(submitted.0, 409, "{submitted:?}");
+    rms.stop().await;
+}

@@ -15,6 +15,7 @@
 //! | `GET /metrics` | Prometheus text |
 
 pub mod agents;
+pub mod names;
 pub mod public;
 
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct App {
     /// The installation's CA: registrations get a host certificate, migrations run over TLS.
     /// `None`: no TLS (plain data streams).
     pub ca: Option<Arc<livemig_tls::Ca>>,
+    /// VM names with a create or delete in progress.
+    pub names: names::NameLocks,
 }
 
 pub type Shared = axum::extract::State<Arc<App>>;

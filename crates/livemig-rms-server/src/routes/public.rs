@@ -100,6 +100,7 @@ pub async fn create_vm(
     if req.memory_bytes == 0 {
         return Err(ApiError::unprocessable("memory_bytes must be positive"));
     }
+    let _held = app.names.take(&req.name)?;
     let (name, wanted, memory) = (req.name.clone(), req.host.clone(), req.memory_bytes);
     let placed = app
         .driver
@@ -182,6 +183,7 @@ pub async fn delete_vm(
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let name = path(name)?;
+    let _held = app.names.take(&name)?;
     let n = name.clone();
     let (vm, address) = app
         .driver
@@ -223,6 +225,8 @@ pub async fn submit(
     State(app): Shared,
     Json(req): Json<MigrationRequest>,
 ) -> Result<Response, ApiError> {
+    // Held while the request is recorded: a delete cannot stop the VM in between.
+    let _held = app.names.take(&req.vm)?;
     let step = app
         .driver
         .input(Input::Submit(req))

@@ -188,6 +188,8 @@ pub struct Behaviour {
     pub fail: bool,
     /// As a source, post nothing after `connected` until told (the migration stays running).
     pub hang: bool,
+    /// Take this long to start or stop a VM (a slow guest).
+    pub slow_vm: Option<Duration>,
 }
 
 /// What a fake agent saw and holds.
@@ -365,11 +367,19 @@ async fn create_vm(State(f): State<Fake>, body: String) -> Response {
             return livemig_http::json(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()}))
         }
     };
+    let slow = lock(&f.behaviour).slow_vm;
+    if let Some(d) = slow {
+        tokio::time::sleep(d).await;
+    }
     lock(&f.seen).vms.push(vm.clone());
     livemig_http::json(StatusCode::CREATED, &json!(vm))
 }
 
 async fn delete_vm(State(f): State<Fake>, UrlPath(name): UrlPath<String>) -> Response {
+    let slow = lock(&f.behaviour).slow_vm;
+    if let Some(d) = slow {
+        tokio::time::sleep(d).await;
+    }
     let mut seen = lock(&f.seen);
     let before = seen.vms.len();
     seen.vms.retain(|v| v.name != name);
