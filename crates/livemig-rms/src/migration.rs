@@ -166,10 +166,17 @@ pub struct Migration {
     pub committed: bool,
     /// Why a cancel was sent to the source's agent (its answer is awaited).
     pub cancel: Option<CancelCause>,
+    /// The rounds the source reported, the first [`MAX_ROUNDS_KEPT`] of them (the report
+    /// has the totals).
     pub rounds: Vec<RoundRecord>,
     pub report: Option<Box<MigrationReport>>,
     pub error: Option<String>,
 }
+
+/// The most round records kept per migration: every round is persisted with the whole
+/// migration, so a source that never converges (a policy without a round limit, a hostile
+/// agent) must not grow the record without bound. Policies stop long before (`max_rounds`).
+pub const MAX_ROUNDS_KEPT: usize = 1000;
 
 impl Migration {
     /// A new, queued migration.

@@ -5,7 +5,7 @@
 use livemig_policy::event::Event;
 
 use super::{Effect, Orchestrator, OrchestratorError};
-use crate::migration::{CancelCause, MigrationId, MigrationState};
+use crate::migration::{CancelCause, MigrationId, MigrationState, MAX_ROUNDS_KEPT};
 
 /// The `outcome` of a `failed` event that says the guest runs on the source.
 pub const OUTCOME_SOURCE_RUNNING: &str = "failed_source_running";
@@ -77,10 +77,17 @@ impl Orchestrator {
             Event::Connected { .. } if from_source => self.mark_reservation_used(id, effects),
             Event::Accepted { .. } if from_target => self.mark_reservation_used(id, effects),
             Event::RoundEnded { record } if from_source => {
-                if let Some(m) = self.migrations.get_mut(&id) {
-                    m.rounds.push((**record).clone());
+                let kept = match self.migrations.get_mut(&id) {
+                    Some(m) if m.rounds.len() < MAX_ROUNDS_KEPT => {
+                        m.rounds.push((**record).clone());
+                        true
+                    }
+                    _ => false,
+                };
+                // A round past the cap changes nothing on record: nothing to persist.
+                if kept {
+                    self.save(id, effects);
                 }
-                self.save(id, effects);
             }
             Event::StopAndCopy { .. } if from_source && !unknown => {
                 self.set_state(id, MigrationState::SwitchingOver);

@@ -401,7 +401,33 @@ fn rounds_and_the_report_are_recorded() {
         "progress is not persisted"
     );
     let view = o.migration(id).expect("exists").view();
-    assert_eq!(view.rounds, vec![record]);
+    assert_eq!(view.rounds, vec![record.clone()]);
+    // The record keeps at most MAX_ROUNDS_KEPT rounds; later ones are not persisted.
+    let more = crate::migration::MAX_ROUNDS_KEPT + 5;
+    let mut saves = 0;
+    for round in 2..=more {
+        let mut r = record.clone();
+        r.round = round as u32;
+        saves += run(
+            &mut o,
+            event(
+                id,
+                "a",
+                Event::RoundEnded {
+                    record: Box::new(r),
+                },
+            ),
+        )
+        .len();
+    }
+    let kept = &o.migration(id).expect("exists").rounds;
+    assert_eq!(kept.len(), crate::migration::MAX_ROUNDS_KEPT);
+    assert_eq!(saves, crate::migration::MAX_ROUNDS_KEPT - 1);
+    let view = o.migration(id).expect("exists").view();
+    let view = crate::api::MigrationView {
+        rounds: vec![view.rounds[0].clone()],
+        ..view
+    };
     let json = serde_json::to_value(&view).expect("serialises");
     for key in [
         "id", "vm", "source", "target", "state", "attempts", "rounds",
