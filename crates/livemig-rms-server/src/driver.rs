@@ -213,8 +213,9 @@ fn run(
         if ticking && Instant::now() >= next_tick {
             next_tick = Instant::now() + tick;
             // A tick is never refused; only the store can fail it.
-            let _ =
-                step(&mut o, &mut *store, &jobs, Input::Tick { now: clock() }).map_err(failed)?;
+            if let Err(e) = step(&mut o, &mut *store, &jobs, Input::Tick { now: clock() }) {
+                return Err(failed(&mut *store, leading.is_some(), e));
+            }
         }
         let Some((input, reply)) = input else {
             continue;
@@ -223,7 +224,10 @@ fn run(
             ticking = true;
             next_tick = Instant::now();
         }
-        let result = step(&mut o, &mut *store, &jobs, input).map_err(failed)?;
+        let result = match step(&mut o, &mut *store, &jobs, input) {
+            Ok(r) => r,
+            Err(e) => return Err(failed(&mut *store, leading.is_some(), e)),
+        };
         if let Some(reply) = reply {
             let _ = reply.send(result.map_err(DriverError::from));
         }
@@ -235,8 +239,19 @@ fn lost(why: String) -> Stop {
     Stop::LostLease(why)
 }
 
-fn failed(e: StoreError) -> Stop {
+/// A store write failed: this RMS stops. Its picture may be ahead of the store now, so it
+/// must not act again; if it leads (and was not fenced off), it gives the lease up so that a
+/// standby takes over from the store at once rather than after the lease's ttl.
+fn failed(store: &mut dyn Store, leading: bool, e: StoreError) -> Stop {
     tracing::error!(error = %e, "the store failed: this RMS stops taking changes; restart it to recover from the store");
+    if leading && !matches!(e, StoreError::Fenced { .. }) {
+        match store.resign() {
+            Ok(()) => tracing::info!("gave the lease up: a standby can take over now"),
+            Err(r) => {
+                tracing::warn!(error = %r, "could not give the lease up; it runs out by itself")
+            }
+        }
+    }
     Stop::from(e)
 }
 
@@ -284,5 +299,115 @@ fn job(o: &Orchestrator, effect: Effect) -> Job {
         effect,
         addresses,
         vm,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use livemig_rms::Config;
+    use livemig_store::{Snapshot, StoreUrl};
+
+    use super::*;
+
+    /// A store whose writes fail on demand and which remembers a resignation.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: Box<dyn Store>,
+        fail: Arc<AtomicBool>,
+        resigned: Arc<AtomicBool>,
+    }
+
+    impl Store for Flaky {
+        fn apply(&mut self, change: &livemig_rms::Change) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::BadLease("the disk is gone (test)"));
+            }
+            self.inner.apply(change)
+        }
+        fn lead(&mut self, holder: &str, ttl: Duration) -> Result<Leadership, StoreError> {
+            self.inner.lead(holder, ttl)
+        }
+        fn resign(&mut self) -> Result<(), StoreError> {
+            self.resigned.store(true, Ordering::SeqCst);
+            self.inner.resign()
+        }
+        fn load(&self) -> Result<Snapshot, StoreError> {
+            self.inner.load()
+        }
+        fn hosts(&self) -> Result<Vec<livemig_rms::Host>, StoreError> {
+            self.inner.hosts()
+        }
+        fn host(&self, name: &str) -> Result<Option<livemig_rms::Host>, StoreError> {
+            self.inner.host(name)
+        }
+        fn vms(&self) -> Result<Vec<Vm>, StoreError> {
+            self.inner.vms()
+        }
+        fn vm(&self, name: &str) -> Result<Option<Vm>, StoreError> {
+            self.inner.vm(name)
+        }
+        fn migrations(&self) -> Result<Vec<livemig_rms::Migration>, StoreError> {
+            self.inner.migrations()
+        }
+        fn migration(
+            &self,
+            id: livemig_rms::MigrationId,
+        ) -> Result<Option<livemig_rms::Migration>, StoreError> {
+            self.inner.migration(id)
+        }
+    }
+
+    #[test]
+    fn a_failed_write_stops_the_driver_and_gives_the_lease_up() {
+        let url = StoreUrl::parse("sqlite::memory:").expect("url");
+        let mut inner = livemig_store::open(&url).expect("store");
+        let Ok(Leadership::Leader { epoch }) = inner.lead("rms-a", lease::TTL) else {
+            panic!("leads")
+        };
+        let fail = Arc::new(AtomicBool::new(false));
+        let resigned = Arc::new(AtomicBool::new(false));
+        let store = Flaky {
+            inner,
+            fail: Arc::clone(&fail),
+            resigned: Arc::clone(&resigned),
+        };
+        let leading = Leading {
+            holder: "rms-a".into(),
+            epoch,
+            granted: Instant::now(),
+        };
+        let (jobs, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let running = start(
+            Orchestrator::new(Config::default(), 0.0),
+            Box::new(store),
+            Arc::new(|| 0.0),
+            Duration::from_millis(20),
+            Some(leading),
+            jobs,
+        )
+        .expect("starts");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let add = |name: &str| Input::AddHost {
+            name: name.into(),
+            address: "127.0.0.1:1".into(),
+            memory_total_bytes: 1 << 30,
+            timeout_s: None,
+        };
+        rt.block_on(running.driver.input(add("a")))
+            .expect("written");
+        assert!(!resigned.load(Ordering::SeqCst));
+        fail.store(true, Ordering::SeqCst);
+        assert!(rt.block_on(running.driver.input(add("b"))).is_err());
+        let ended = running.thread.join().expect("no panic");
+        assert!(matches!(ended, Err(Stop::Store(_))), "{ended:?}");
+        assert!(
+            resigned.load(Ordering::SeqCst),
+            "the lease was not given up"
+        );
     }
 }
