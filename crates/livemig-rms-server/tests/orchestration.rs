@@ -293,3 +293,65 @@ async fn two_creates_of_one_name_at_once_start_one_vm_on_one_host() {
     assert_eq!(submitted.0, 409, "{submitted:?}");
     rms.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_list_filters_and_pages() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let rms = Rms::start(dir.path(), 30.0).await;
+    let _a = FakeAgent::start("a", rms.addr, 4096 * MIB, Behaviour::default()).await;
+    let _b = FakeAgent::start("b", rms.addr, 4096 * MIB, Behaviour::default()).await;
+    for vm in ["vm1", "vm2", "vm3"] {
+        create(&rms, vm, Some("a")).await;
+    }
+    let mut ids = Vec::new();
+    for vm in ["vm1", "vm2", "vm3"] {
+        ids.push(migrate(&rms, vm, Some("b")).await);
+    }
+    let list = |q: &str| {
+        let url = rms.url(&format!("/api/v1/migrations{q}"));
+        async move {
+            let resp = http()
+                .get(&url)
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .send()
+                .await
+                .expect("answers");
+            let status = resp.status().as_u16();
+            let next = resp
+                .headers()
+                .get("x-next-after")
+                .map(|v| v.to_str().expect("text").to_string());
+            let bytes = resp.bytes().await.expect("a body");
+            let body: Value = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| json!(String::from_utf8_lossy(&bytes)));
+            (status, next, body)
+        }
+    };
+    let ids_of = |v: &Value| -> Vec<u64> {
+        v.as_array()
+            .expect("a list")
+            .iter()
+            .map(|m| m["id"].as_u64().expect("an id"))
+            .collect()
+    };
+    let (status, next, all) = list("").await;
+    assert_eq!((status, next), (200, None));
+    assert_eq!(ids_of(&all), ids);
+    // Two at a time: the header names where the next page starts.
+    let (_, next, page) = list("?limit=2").await;
+    assert_eq!(ids_of(&page), ids[..2].to_vec());
+    let next = next.expect("a next page");
+    let (_, last, page) = list(&format!("?limit=2&after={next}")).await;
+    assert_eq!(ids_of(&page), ids[2..].to_vec());
+    assert_eq!(last, None);
+    // By VM.
+    let (_, _, one) = list("?vm=vm2").await;
+    assert_eq!(ids_of(&one), vec![ids[1]]);
+    // Junk is a 400 with the reason.
+    let (status, _, body) = list("?limit=0").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("limit"), "{body}");
+    let (status, _, _) = list("?colour=red").await;
+    assert_eq!(status, 400);
+    rms.stop().await;
+}

@@ -120,6 +120,8 @@ impl std::error::Error for RmsError {}
 pub struct Answer<T> {
     pub value: T,
     pub json: serde_json::Value,
+    /// A paged list's next page starts after this id (`x-next-after`).
+    pub next_after: Option<u64>,
 }
 
 /// A connection to the RMS: base URL, token, per-request deadline.
@@ -206,7 +208,45 @@ impl Rms {
 
     /// `GET` the API path `segments` and decode the answer.
     pub async fn get<T: DeserializeOwned>(&self, segments: &[&str]) -> Result<Answer<T>, RmsError> {
-        self.call(Method::GET, segments, None::<&()>).await
+        self.call(Method::GET, segments, &[], None::<&()>).await
+    }
+
+    /// Every page of the paged list at `segments` (`query` as filters), joined: each next
+    /// page is asked with `after=` the id the previous one named.
+    pub async fn get_all<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Answer<Vec<T>>, RmsError> {
+        let mut value = Vec::new();
+        let mut json = Vec::new();
+        let mut after: Option<u64> = None;
+        loop {
+            // The cursor replaces the caller's own `after` from the second page on.
+            let mut q: Vec<(&str, String)> = query
+                .iter()
+                .filter(|(k, _)| after.is_none() || *k != "after")
+                .cloned()
+                .collect();
+            if let Some(a) = after {
+                q.push(("after", a.to_string()));
+            }
+            let page: Answer<Vec<T>> = self.call(Method::GET, segments, &q, None::<&()>).await?;
+            value.extend(page.value);
+            if let serde_json::Value::Array(items) = page.json {
+                json.extend(items);
+            }
+            match page.next_after {
+                // A cursor that does not move would loop for ever.
+                Some(n) if after.is_none_or(|a| n > a) => after = Some(n),
+                _ => break,
+            }
+        }
+        Ok(Answer {
+            value,
+            json: serde_json::Value::Array(json),
+            next_after: None,
+        })
     }
 
     /// `POST` `body` as JSON to `segments` and decode the answer.
@@ -215,7 +255,7 @@ impl Rms {
         segments: &[&str],
         body: &B,
     ) -> Result<Answer<T>, RmsError> {
-        self.call(Method::POST, segments, Some(body)).await
+        self.call(Method::POST, segments, &[], Some(body)).await
     }
 
     /// `DELETE` `segments` and decode the answer.
@@ -223,16 +263,21 @@ impl Rms {
         &self,
         segments: &[&str],
     ) -> Result<Answer<T>, RmsError> {
-        self.call(Method::DELETE, segments, None::<&()>).await
+        self.call(Method::DELETE, segments, &[], None::<&()>).await
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         segments: &[&str],
+        query: &[(&str, String)],
         body: Option<&B>,
     ) -> Result<Answer<T>, RmsError> {
-        let url = self.url(segments);
+        let mut url = self.url(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
         let request = format!("{method} {}", url.path());
         let shown = self.base.as_str().trim_end_matches('/').to_string();
         let mut req = self
@@ -264,6 +309,11 @@ impl Rms {
         };
         let mut resp = req.send().await.map_err(transport)?;
         let status = resp.status();
+        let next_after = resp
+            .headers()
+            .get("x-next-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         let mut bytes = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(transport)? {
             if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
@@ -289,7 +339,9 @@ impl Rms {
                 }
             });
         }
-        decode(&request, &bytes)
+        let mut answer = decode(&request, &bytes)?;
+        answer.next_after = next_after;
+        Ok(answer)
     }
 }
 
@@ -352,7 +404,11 @@ fn decode<T: DeserializeOwned>(request: &str, bytes: &[u8]) -> Result<Answer<T>,
         serde_json::from_slice(bytes).map_err(malformed)?
     };
     let value = T::deserialize(&json).map_err(malformed)?;
-    Ok(Answer { value, json })
+    Ok(Answer {
+        value,
+        json,
+        next_after: None,
+    })
 }
 
 #[cfg(test)]

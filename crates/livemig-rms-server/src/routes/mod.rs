@@ -8,13 +8,14 @@
 //! | `GET /api/v1/vms`, `GET /api/v1/vms/{name}` | `[Vm]`, `Vm` |
 //! | `DELETE /api/v1/vms/{name}` | 200 `Vm`; 409 while a migration holds it |
 //! | `POST /api/v1/migrations {vm, target?, policy?, settings?}` | 202 `{id}` |
-//! | `GET /api/v1/migrations`, `GET /api/v1/migrations/{id}` | `[MigrationView]`, `MigrationView` |
+//! | `GET /api/v1/migrations?state&vm&after&limit`, `GET /api/v1/migrations/{id}` | `[MigrationView]` (paged: [`listing`]), `MigrationView` |
 //! | `DELETE /api/v1/migrations/{id}` | 202 `MigrationView` (cancel asked); 409 too late or over |
 //! | `POST /api/v1/migrations/{id}/resolve {host}` | 200 `MigrationView` (an `unknown` settled) |
 //! | `POST /api/v1/agents/{register,heartbeat,events,reports}` | see `livemig_api::agent_to_rms` |
 //! | `GET /metrics` | Prometheus text |
 
 pub mod agents;
+pub mod listing;
 pub mod names;
 pub mod public;
 

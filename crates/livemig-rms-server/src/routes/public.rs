@@ -1,7 +1,7 @@
 //! The operators' routes: hosts, VMs, migrations, metrics.
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use livemig_api::VmInfo;
@@ -11,6 +11,7 @@ use livemig_rms::api::Created;
 use livemig_rms::{Input, MigrationId, MigrationRequest, MigrationState, VmKind, VmRequest};
 use serde::{Deserialize, Serialize};
 
+use super::listing::{Filter, NEXT_HEADER};
 use super::{refused, Shared};
 use crate::client::CallError;
 use crate::metrics;
@@ -238,13 +239,35 @@ pub async fn submit(
     Ok(json(StatusCode::ACCEPTED, &Created { id }))
 }
 
-pub async fn migrations(State(app): Shared) -> Result<Response, ApiError> {
-    let v: Vec<_> = app
+pub async fn migrations(
+    State(app): Shared,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let filter = Filter::parse(query.as_deref())?;
+    let limit = filter.limit;
+    // One more than asked: whether there is a next page.
+    let mut v: Vec<_> = app
         .driver
-        .read(|o| o.migrations().map(|m| m.view()).collect::<Vec<_>>())
+        .read(move |o| {
+            o.migrations()
+                .filter(|m| filter.matches(m))
+                .take(limit + 1)
+                .map(|m| m.view())
+                .collect::<Vec<_>>()
+        })
         .await
         .map_err(refused)?;
-    Ok(json(StatusCode::OK, &v))
+    let more = v.len() > limit;
+    v.truncate(limit);
+    let mut resp = json(StatusCode::OK, &v);
+    if more {
+        if let Some(last) = v.last() {
+            if let Ok(h) = header::HeaderValue::from_str(&last.id.0.to_string()) {
+                resp.headers_mut().insert(NEXT_HEADER, h);
+            }
+        }
+    }
+    Ok(resp)
 }
 
 async fn view(app: &crate::routes::App, id: MigrationId) -> Result<Response, ApiError> {

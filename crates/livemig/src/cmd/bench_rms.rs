@@ -290,8 +290,13 @@ async fn move_all(rms: &Rms, vms: usize) -> Result<(f64, usize, usize)> {
     }
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
+        // Only this repetition's migrations: the list grows with every repetition.
+        let after = ids.iter().map(|i| i.0).min().unwrap_or(1).saturating_sub(1);
         let all = rms
-            .get::<Vec<MigrationView>>(&["api", "v1", "migrations"])
+            .get_all::<MigrationView>(
+                &["api", "v1", "migrations"],
+                &[("after", after.to_string())],
+            )
             .await?
             .value;
         let ours: Vec<&MigrationView> = all.iter().filter(|m| ids.contains(&m.id)).collect();

@@ -82,6 +82,13 @@ pub struct ResolveArgs {
 /// `livemig migration list` flags.
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
+    /// Only migrations in this state (queued, placing, running, switching_over, completed,
+    /// failed, cancelled, unknown).
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<String>,
+    /// Only migrations of this VM.
+    #[arg(long, value_name = "VM")]
+    pub vm: Option<String>,
     #[command(flatten)]
     pub rms: RmsArgs,
     /// Print the RMS's JSON instead of a table.
@@ -119,8 +126,15 @@ pub struct WatchIdArgs {
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::List(a) => with_rms(Rms::new(&a.rms)?, |rms| async move {
+            let mut query = Vec::new();
+            if let Some(s) = &a.state {
+                query.push(("state", s.clone()));
+            }
+            if let Some(v) = &a.vm {
+                query.push(("vm", v.clone()));
+            }
             let all = rms
-                .get::<Vec<MigrationView>>(&["api", "v1", "migrations"])
+                .get_all::<MigrationView>(&["api", "v1", "migrations"], &query)
                 .await?;
             print(&all, a.json, |m| ops_view::migrations(m).to_string())
         }),
