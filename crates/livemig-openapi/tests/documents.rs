@@ -33,7 +33,24 @@ fn the_committed_documents_match_the_code() {
         }
         match std::fs::read_to_string(&path) {
             Ok(committed) if committed == fresh => {}
-            Ok(_) => stale.push(format!("{file} differs from what the code generates")),
+            Ok(committed) => {
+                let n = committed.lines().count().max(fresh.lines().count());
+                let (line, (old, new)) = committed
+                    .lines()
+                    .chain(std::iter::repeat("<end>"))
+                    .zip(fresh.lines().chain(std::iter::repeat("<end>")))
+                    .take(n)
+                    .enumerate()
+                    .find(|(_, (a, b))| a != b)
+                    .unwrap_or((n, ("(line endings)", "(line endings)")));
+                stale.push(format!(
+                    "{file} differs from what the code generates, first at line {}:\n  \
+                     committed: {}\n  generated: {}",
+                    line + 1,
+                    old.trim(),
+                    new.trim()
+                ));
+            }
             Err(e) => stale.push(format!("{file} cannot be read: {e}")),
         }
     }
