@@ -15,6 +15,10 @@
 //! | `DELETE /api/v1/outgoing/{migration}` | 202 cancel asked; 404 unknown; 409 past the commit point or ended |
 //! | `GET /api/v1/report` | [`RunReport`](livemig_api::RunReport) |
 //! | `GET /metrics` | Prometheus text |
+//!
+//! The whole contract, bodies and statuses, is `docs/openapi/agent.json`, built by `livemig-openapi`:
+//! a route added to [`ROUTES`] fails its tests until its table lists it (then
+//! `LIVEMIG_BLESS=1 cargo test -p livemig-openapi` rewrites the document).
 
 use std::sync::Arc;
 

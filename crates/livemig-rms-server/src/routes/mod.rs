@@ -13,6 +13,10 @@
 //! | `POST /api/v1/migrations/{id}/resolve {host}` | 200 `MigrationView` (an `unknown` settled) |
 //! | `POST /api/v1/agents/{register,heartbeat,events,reports}` | see `livemig_api::agent_to_rms` |
 //! | `GET /metrics` | Prometheus text |
+//!
+//! The whole contract, bodies and statuses, is `docs/openapi/rms.json`, built by `livemig-openapi`:
+//! a route added to [`ROUTES`] fails its tests until its table lists it (then
+//! `LIVEMIG_BLESS=1 cargo test -p livemig-openapi` rewrites the document).
 
 pub mod agents;
 pub mod public;
