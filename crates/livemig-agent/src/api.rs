@@ -1,12 +1,14 @@
 //! The JSON shapes of the agent's `/api/v1` (serde only, snake_case). Requests refuse unknown
 //! fields, so a misspelt field is an error, never silently ignored.
 
+use livemig_api::MigrationNo;
 use serde::{Deserialize, Serialize};
 
 pub use crate::capacity::{Answer, Granted};
 
 /// `GET /api/v1/info`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct Info {
     pub name: String,
     pub memory_total_bytes: u64,
@@ -21,6 +23,7 @@ pub struct Info {
 
 /// `POST /api/v1/capacity`: can this host take a VM of this size?
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CapacityRequest {
     pub memory_bytes: u64,
@@ -28,6 +31,7 @@ pub struct CapacityRequest {
 
 /// What runs a VM (the RMS's `VmKind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum VmKind {
     Sim,
@@ -36,6 +40,7 @@ pub enum VmKind {
 
 /// `POST /api/v1/vms`: start a VM on this host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmRequest {
     /// 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
@@ -55,6 +60,7 @@ fn sim() -> VmKind {
 
 /// A VM this host runs (`GET /api/v1/vms` lists them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct VmView {
     pub name: String,
     pub memory_bytes: u64,
@@ -67,9 +73,29 @@ pub struct VmView {
 
 /// `{"released": id}`, the answer to `DELETE /api/v1/capacity/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct Released {
     pub released: String,
     pub memory_bytes: u64,
+}
+
+/// The 202 answer to `POST /api/v1/outgoing`: the migration runs (its events follow).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+pub struct OutgoingStarted {
+    pub migration: MigrationNo,
+    /// Always `migrating`.
+    pub state: String,
+}
+
+/// The 202 answer to `DELETE /api/v1/outgoing/{migration}`: the cancel is asked (its outcome
+/// comes as the migration's events).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+pub struct CancelAsked {
+    pub migration: MigrationNo,
+    /// Always `asked`.
+    pub cancel: String,
 }
 
 /// Every error: `{"error": "..."}` with a 4xx or 5xx status.

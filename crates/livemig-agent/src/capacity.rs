@@ -47,6 +47,7 @@ pub struct Reservation {
 
 /// The part of a reservation the asker needs (the RMS's `Reservation` shape).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct Granted {
     pub id: String,
     pub expires_at: f64,
@@ -55,6 +56,7 @@ pub struct Granted {
 /// The answer to a capacity inquiry (the RMS's `Answer` shape: `{"answer": "accepted",
 /// "reservation": {id, expires_at}}` or `{"answer": "refused", "reason": "..."}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum Answer {
     Accepted { reservation: Granted },

@@ -15,6 +15,10 @@
 //! | `DELETE /api/v1/outgoing/{migration}` | 202 cancel asked; 404 unknown; 409 past the commit point or ended |
 //! | `GET /api/v1/report` | [`RunReport`](livemig_api::RunReport) |
 //! | `GET /metrics` | Prometheus text |
+//!
+//! The whole contract, bodies and statuses, is `docs/openapi/agent.json`, built by `livemig-openapi`:
+//! a route added to [`ROUTES`] fails its tests until its table lists it (then
+//! `LIVEMIG_BLESS=1 cargo test -p livemig-openapi` rewrites the document).
 
 use std::sync::Arc;
 
@@ -22,13 +26,13 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{on, MethodFilter};
 use axum::Router;
 use livemig_http::guard::path;
 use livemig_http::{json, ApiError, Guard, Json};
 
 use crate::agent::Agent;
-use crate::api::{Answer, CapacityRequest, Released, VmRequest};
+use crate::api::{Answer, CancelAsked, CapacityRequest, OutgoingStarted, Released, VmRequest};
 use crate::capacity::CapacityError;
 use crate::metrics::{self, MigrationSample, Sample};
 use crate::migrator::{incoming, outgoing};
@@ -44,23 +48,38 @@ pub struct App {
 
 type Shared = State<Arc<App>>;
 
+/// Declares the routes once: [`ROUTES`] lists them and `api` serves them, so the two cannot
+/// disagree (the OpenAPI document of `livemig-openapi` is checked against [`ROUTES`]).
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:path,)*) => {
+        /// Every route behind the token, `(method, path)` in axum's syntax. The open
+        /// `GET /healthz` is the guard's ([`livemig_http::guard::HEALTHZ`]).
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path),)*];
+
+        fn api() -> Router<Arc<App>> {
+            Router::new()$(.route($path, on(MethodFilter::$method, $handler)))*
+        }
+    };
+}
+
+routes! {
+    GET "/api/v1/info" => info,
+    POST "/api/v1/capacity" => inquire,
+    DELETE "/api/v1/capacity/{id}" => release,
+    GET "/api/v1/vms" => list_vms,
+    POST "/api/v1/vms" => create_vm,
+    GET "/api/v1/vms/{name}" => get_vm,
+    DELETE "/api/v1/vms/{name}" => delete_vm,
+    POST "/api/v1/incoming" => incoming,
+    POST "/api/v1/outgoing" => outgoing,
+    DELETE "/api/v1/outgoing/{migration}" => cancel_outgoing,
+    GET "/api/v1/report" => report,
+    GET "/metrics" => metrics,
+}
+
 /// The whole API, behind the guard (`/healthz` open).
 pub fn router(app: Arc<App>) -> Router {
-    let api = Router::new()
-        .route("/api/v1/info", get(info))
-        .route("/api/v1/capacity", axum::routing::post(inquire))
-        .route("/api/v1/capacity/{id}", axum::routing::delete(release))
-        .route("/api/v1/vms", get(list_vms).post(create_vm))
-        .route("/api/v1/vms/{name}", get(get_vm).delete(delete_vm))
-        .route("/api/v1/incoming", axum::routing::post(incoming))
-        .route("/api/v1/outgoing", axum::routing::post(outgoing))
-        .route(
-            "/api/v1/outgoing/{migration}",
-            axum::routing::delete(cancel_outgoing),
-        )
-        .route("/api/v1/report", get(report))
-        .route("/metrics", get(metrics));
-    app.guard.wrap(api).with_state(app)
+    app.guard.wrap(api()).with_state(app)
 }
 
 impl From<CapacityError> for ApiError {
@@ -171,7 +190,10 @@ async fn outgoing(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??;
     Ok(json(
         StatusCode::ACCEPTED,
-        &serde_json::json!({"migration": id, "state": "migrating"}),
+        &OutgoingStarted {
+            migration: id,
+            state: "migrating".to_string(),
+        },
     ))
 }
 
@@ -186,7 +208,10 @@ async fn cancel_outgoing(
     outgoing::cancel(&app.agent, id)?;
     Ok(json(
         StatusCode::ACCEPTED,
-        &serde_json::json!({"migration": id, "cancel": "asked"}),
+        &CancelAsked {
+            migration: id,
+            cancel: "asked".to_string(),
+        },
     ))
 }
 

@@ -15,6 +15,7 @@ use crate::{MigrationNo, VmKind};
 
 /// A VM an agent runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmInfo {
     pub name: String,
@@ -26,6 +27,7 @@ pub struct VmInfo {
 
 /// An agent introduces itself (at start, and again whenever the RMS answers a heartbeat 404).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Register {
     /// The host's name, 1 to 64 of `A-Z a-z 0-9 . _ -`.
@@ -51,6 +53,7 @@ pub struct Register {
 
 /// The RMS's answer to [`Register`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct Registered {
     /// How often to send [`Heartbeat`] (seconds).
     pub heartbeat_s: f64,
@@ -64,6 +67,7 @@ pub struct Registered {
 
 /// "I am alive", with the host's free memory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     pub name: String,
@@ -72,6 +76,7 @@ pub struct Heartbeat {
 
 /// One event of a migration this agent runs (as source or destination).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AgentEvent {
     /// The sending host.
@@ -82,6 +87,7 @@ pub struct AgentEvent {
 
 /// The source's final report of a migration (what `--json` prints for one migration).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AgentReportPost {
     pub host: String,

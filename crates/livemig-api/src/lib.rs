@@ -36,6 +36,10 @@ pub fn is_valid_name(name: &str) -> bool {
 
 /// What runs a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+// Named apart from the RMS's and the agent's own `VmKind` (the same names on the wire), which
+// share the OpenAPI documents with it.
+#[cfg_attr(feature = "openapi", schemars(rename = "VmInfoKind"))]
 #[serde(rename_all = "snake_case")]
 pub enum VmKind {
     /// A simulated guest (`SimGuest`: real memory, a writer thread).
@@ -49,6 +53,7 @@ pub type MigrationNo = u64;
 
 /// A migration's pre-shared key, 32 bytes as 64 lowercase hex digits. Its `Debug` hides it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct MigrationKey(pub String);
 
@@ -67,6 +72,7 @@ impl MigrationKey {
 
 /// Every error answer: `{"error": "..."}` with a 4xx or 5xx status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct ErrorBody {
     pub error: String,
 }

@@ -19,6 +19,7 @@ use crate::{MigrationKey, MigrationNo};
 /// To the destination: get ready to receive `vm` for `migration`, into the room held by
 /// `reservation`, from a source that proves `key`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct IncomingRequest {
     pub migration: MigrationNo,
@@ -32,12 +33,14 @@ pub struct IncomingRequest {
 
 /// The destination listens for this migration's data stream here (`IP:PORT`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct IncomingReady {
     pub data_address: String,
 }
 
 /// To the source: migrate `vm` to `target`'s `data_address`, proving `key`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OutgoingRequest {
     pub migration: MigrationNo,
@@ -57,6 +60,7 @@ pub struct OutgoingRequest {
 
 /// Which end of a migration an agent is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Source,
@@ -65,6 +69,7 @@ pub enum Role {
 
 /// What an agent's executor says about one migration it took part in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LocalState {
     /// Its executor still runs the migration (rounds, stop-and-copy, or settling a commit).
@@ -81,6 +86,7 @@ pub enum LocalState {
 
 /// One migration an agent took part in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct LocalMigration {
     pub role: Role,
     pub vm: String,
@@ -93,6 +99,7 @@ pub struct LocalMigration {
 /// `GET /api/v1/report`: what the agent runs and the migrations it knows of, for the RMS's
 /// recovery after a restart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct RunReport {
     pub host: String,
     /// The VMs running here.

@@ -16,6 +16,9 @@ use crate::body::BodyLimit;
 use crate::error::{json, ApiError};
 use crate::token::Token;
 
+/// The one route open without a token: `GET /healthz` answers `{"status": "ok"}`.
+pub const HEALTHZ: &str = "/healthz";
+
 /// Counters the guard keeps (for `/metrics`).
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -66,7 +69,7 @@ impl Guard {
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(Arc::clone(self), authorize));
-        api.route("/healthz", get(healthz))
+        api.route(HEALTHZ, get(healthz))
             .layer(middleware::from_fn_with_state(Arc::clone(self), bounded))
             .layer(Extension(BodyLimit(self.body_limit)))
     }

@@ -6,6 +6,7 @@ use crate::stats::Factors;
 
 /// Why pre-copy ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// D_k <= h (claim 3).
@@ -47,6 +48,7 @@ impl StopReason {
 
 /// The branch a policy took, for the audit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Branch {
     /// rhobar_k > T: B_{k+1} = max(B_k, B*).
@@ -67,6 +69,7 @@ pub enum Branch {
 
 /// The next step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     /// Run round k+1 with this cap (bytes/s).
@@ -77,6 +80,7 @@ pub enum Action {
 
 /// The inputs and intermediate values of one decision (section 4's audit record).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct Audit {
     /// k.
     pub round: u32,
@@ -134,6 +138,7 @@ impl Audit {
 
 /// A policy's answer after round k.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct Decision {
     /// What to do next.
     #[serde(flatten)]

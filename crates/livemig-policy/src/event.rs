@@ -11,6 +11,7 @@ use crate::timeout::Overdue;
 
 /// What happened in a migration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// The migration starts (before the handshake or the sample).

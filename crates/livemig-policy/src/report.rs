@@ -7,6 +7,7 @@ use crate::stats::RoundStats;
 
 /// Which executor ran a migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Executor {
     /// The simulator (`livemig-sim`).
@@ -30,6 +31,7 @@ impl Executor {
 
 /// One pre-copy round as reported (round 1 is the full copy).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct RoundRecord {
     pub round: u32,
     /// The cap the round ran under: the policy's wish bounded by the grant (time-weighted when
@@ -51,6 +53,7 @@ pub struct RoundRecord {
 
 /// The whole migration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct Summary {
     /// Remaining dirty bytes at the end of pre-copy were at most h.
     pub converged: bool,
@@ -80,6 +83,7 @@ pub struct Summary {
 
 /// A migration's result: `{policy, memory_bytes, threshold, rounds, summary}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct MigrationReport {
     pub policy: String,
     pub memory_bytes: f64,

@@ -30,6 +30,7 @@ pub const DEFAULT_QEMU_BANDWIDTH: &str = "128MiB/s";
 /// Unknown keys are refused by the structure that holds it (a scenario), not here: serde
 /// cannot refuse unknown keys inside a flattened structure.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct PolicySpec {
     /// N, the round limit.
     #[serde(default)]

@@ -21,6 +21,7 @@ pub struct RoundStats {
 /// seen at each elapsed time. Points are `(elapsed_s, distinct_dirty_bytes)`, elapsed > 0,
 /// in increasing order of time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct DirtySample {
     pub points: Vec<(f64, f64)>,
 }

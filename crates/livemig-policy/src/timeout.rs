@@ -8,6 +8,7 @@ pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// What to do when a timeout fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TimeoutAction {
     /// Cancel: the guest keeps running on the source.
@@ -59,6 +60,7 @@ impl Timeouts {
 
 /// Which timeout fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TimeoutKind {
     /// The whole pre-copy took longer than the per-GiB completion timeout.
@@ -69,6 +71,7 @@ pub enum TimeoutKind {
 
 /// A fired timeout: what and what to do.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct Overdue {
     pub kind: TimeoutKind,
     pub action: TimeoutAction,

@@ -9,6 +9,7 @@ use crate::migration::{Attempt, Migration, MigrationId, MigrationState};
 
 /// Whether the RMS hears from a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum HostState {
     /// Heard from within its timeout: may receive VMs and reservations.
@@ -19,6 +20,7 @@ pub enum HostState {
 
 /// `GET /api/v1/hosts` returns a list of these.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct HostView {
     pub name: String,
     pub address: String,
@@ -31,6 +33,7 @@ pub struct HostView {
 
 /// What runs a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum VmKind {
     /// A simulated guest (`SimGuest`: real memory, a writer thread).
@@ -41,6 +44,7 @@ pub enum VmKind {
 
 /// `POST /api/v1/vms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VmRequest {
     pub name: String,
@@ -55,6 +59,7 @@ pub struct VmRequest {
 
 /// `POST /api/v1/migrations`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MigrationRequest {
     pub vm: String,
@@ -71,12 +76,14 @@ pub struct MigrationRequest {
 
 /// The 202 answer to `POST /api/v1/migrations`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct Created {
     pub id: MigrationId,
 }
 
 /// `GET /api/v1/migrations/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct MigrationView {
     pub id: MigrationId,
     pub vm: String,

@@ -67,6 +67,7 @@ impl Host {
 /// A VM and where it runs: `host` is the location table's entry, changed only by a confirmed
 /// hand-over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct Vm {
     pub name: String,
     pub memory_bytes: u64,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// A migration's id, allocated by the RMS in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct MigrationId(pub u64);
 
@@ -25,6 +26,7 @@ impl std::fmt::Display for MigrationId {
 /// - `switching_over` → `completed`, `failed`, `cancelled`, `unknown`
 /// - `unknown` → `completed`, `failed`, `cancelled` (an agent's report or an operator)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationState {
     /// Accepted; waits for a free migration slot.
@@ -102,6 +104,7 @@ impl MigrationState {
 
 /// A host's answer to "can you take this VM?".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AnswerKind {
     Accepted,
@@ -110,6 +113,7 @@ pub enum AnswerKind {
 
 /// One host asked during placement, and what came of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct Attempt {
     pub host: String,
     pub answer: AnswerKind,

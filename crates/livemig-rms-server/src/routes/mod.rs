@@ -13,6 +13,10 @@
 //! | `POST /api/v1/migrations/{id}/resolve {host}` | 200 `MigrationView` (an `unknown` settled) |
 //! | `POST /api/v1/agents/{register,heartbeat,events,reports}` | see `livemig_api::agent_to_rms` |
 //! | `GET /metrics` | Prometheus text |
+//!
+//! The whole contract, bodies and statuses, is `docs/openapi/rms.json`, built by `livemig-openapi`:
+//! a route added to [`ROUTES`] fails its tests until its table lists it (then
+//! `LIVEMIG_BLESS=1 cargo test -p livemig-openapi` rewrites the document).
 
 pub mod agents;
 pub mod listing;
@@ -22,7 +26,7 @@ pub mod public;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{on, MethodFilter};
 use axum::Router;
 use livemig_http::{ApiError, Guard};
 use livemig_rms::OrchestratorError;
@@ -49,30 +53,41 @@ pub struct App {
 
 pub type Shared = axum::extract::State<Arc<App>>;
 
+/// Declares the routes once: [`ROUTES`] lists them and `api` serves them, so the two cannot
+/// disagree (the OpenAPI document of `livemig-openapi` is checked against [`ROUTES`]).
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:path,)*) => {
+        /// Every route behind the token, `(method, path)` in axum's syntax. The open
+        /// `GET /healthz` is the guard's ([`livemig_http::guard::HEALTHZ`]).
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path),)*];
+
+        fn api() -> Router<Arc<App>> {
+            Router::new()$(.route($path, on(MethodFilter::$method, $handler)))*
+        }
+    };
+}
+
+routes! {
+    GET "/api/v1/hosts" => public::hosts,
+    GET "/api/v1/vms" => public::vms,
+    POST "/api/v1/vms" => public::create_vm,
+    GET "/api/v1/vms/{name}" => public::vm,
+    DELETE "/api/v1/vms/{name}" => public::delete_vm,
+    GET "/api/v1/migrations" => public::migrations,
+    POST "/api/v1/migrations" => public::submit,
+    GET "/api/v1/migrations/{id}" => public::migration,
+    DELETE "/api/v1/migrations/{id}" => public::cancel,
+    POST "/api/v1/migrations/{id}/resolve" => public::resolve,
+    POST "/api/v1/agents/register" => agents::register,
+    POST "/api/v1/agents/heartbeat" => agents::heartbeat,
+    POST "/api/v1/agents/events" => agents::event,
+    POST "/api/v1/agents/reports" => agents::report,
+    GET "/metrics" => public::metrics,
+}
+
 /// The whole API.
 pub fn router(app: Arc<App>) -> Router {
-    let api = Router::new()
-        .route("/api/v1/hosts", get(public::hosts))
-        .route("/api/v1/vms", get(public::vms).post(public::create_vm))
-        .route(
-            "/api/v1/vms/{name}",
-            get(public::vm).delete(public::delete_vm),
-        )
-        .route(
-            "/api/v1/migrations",
-            get(public::migrations).post(public::submit),
-        )
-        .route(
-            "/api/v1/migrations/{id}",
-            get(public::migration).delete(public::cancel),
-        )
-        .route("/api/v1/migrations/{id}/resolve", post(public::resolve))
-        .route("/api/v1/agents/register", post(agents::register))
-        .route("/api/v1/agents/heartbeat", post(agents::heartbeat))
-        .route("/api/v1/agents/events", post(agents::event))
-        .route("/api/v1/agents/reports", post(agents::report))
-        .route("/metrics", get(public::metrics));
-    app.guard.wrap(api).with_state(app)
+    app.guard.wrap(api()).with_state(app)
 }
 
 /// The status of a refused input (`docs/system.md`).

@@ -21,6 +21,7 @@ pub const MAX_VM_NAME: usize = livemig_api::MAX_NAME;
 
 /// The answer to `POST /api/v1/vms`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct VmCreated {
     pub name: String,
     pub host: String,
@@ -28,6 +29,7 @@ pub struct VmCreated {
 
 /// `POST /api/v1/migrations/{id}/resolve`: the operator found the guest running on `host`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResolveRequest {
     pub host: String,
