@@ -37,6 +37,8 @@ pub struct ActionCounters {
     pub releases: AtomicU64,
     pub flags: AtomicU64,
     pub agent_errors: AtomicU64,
+    /// Agents that registered a VM the RMS places on another host.
+    pub location_conflicts: AtomicU64,
 }
 
 /// Runs jobs until `shutdown`; every task is joined (or aborted after it) before returning.

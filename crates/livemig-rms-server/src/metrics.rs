@@ -86,6 +86,11 @@ pub fn render(p: &Picture, a: &ActionCounters, c: &Counters) -> String {
             "Agent calls without a usable answer.",
             load(&a.agent_errors),
         ),
+        (
+            "location_conflicts_total",
+            "Registrations of a VM the RMS places on another host (two hosts may run it: an operator must look).",
+            load(&a.location_conflicts),
+        ),
     ] {
         gauge(name, help, "counter", &[(String::new(), v)]);
     }

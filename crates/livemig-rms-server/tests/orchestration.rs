@@ -355,3 +355,28 @@ async fn the_migration_list_filters_and_pages() {
     assert_eq!(status, 400);
     rms.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_reported_by_two_hosts_stays_where_it_is_and_is_counted() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let rms = Rms::start(dir.path(), 30.0).await;
+    let a = FakeAgent::start("a", rms.addr, 1024 * MIB, Behaviour::default()).await;
+    let b = FakeAgent::start("b", rms.addr, 1024 * MIB, Behaviour::default()).await;
+    create(&rms, "vm1", Some("a")).await;
+    // b says it runs vm1 too (a copy someone started by hand, a resumed stale copy…).
+    let copy = a.seen.lock().expect("seen").vms[0].clone();
+    b.seen.lock().expect("seen").vms.push(copy);
+    b.register(1024 * MIB).await;
+    // The location does not move on a claim; the conflict is counted for an operator.
+    assert_eq!(vm_on(&rms, "vm1").await["host"], "a");
+    let (status, metrics) = call(Method::GET, &rms.url("/metrics"), None).await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics
+            .as_str()
+            .expect("text")
+            .contains("livemig_rms_location_conflicts_total 1"),
+        "{metrics}"
+    );
+    rms.stop().await;
+}

@@ -122,6 +122,9 @@ pub async fn register(State(app): Shared, Json(r): Json<Register>) -> Result<Res
                     .ok()
                     .flatten();
                 if let Some(other) = elsewhere {
+                    app.actions
+                        .location_conflicts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::error!(vm = %name, reported_by = %r.name, recorded_on = %other, "an agent reports running a VM the RMS places on another host: two hosts may run it; an operator must look");
                 }
             }
