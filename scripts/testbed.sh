@@ -3,14 +3,21 @@
 # "switch", in a namespace of its own), addresses in 198.18.0.0/24, tc shaping on each link.
 # Nothing is created in the root namespace's network. See docs/testbed.md.
 #
-# Usage: scripts/testbed.sh up N        N hosts (2..8): <prefix>-h1 .. <prefix>-hN
+# Usage: scripts/testbed.sh up N [--system [--tls]]   N hosts (2..8): <prefix>-h1 .. <prefix>-hN
 #        scripts/testbed.sh down        removes everything (succeeds when nothing is up)
 #        scripts/testbed.sh status [--json]
+#
+# With --system, `up` also starts the RMS in the switch namespace (198.18.0.1:7700, SQLite)
+# and an agent in every host namespace (256 MiB each), with a fresh token; with --tls the RMS
+# has a CA and every API is HTTPS. `status` then prints how to point the CLI at it.
 #
 # Environment:
 #   LM_TESTBED_RATE    rate of each host link, each direction (tc syntax: 1gbit, 200mbit; default 1gbit)
 #   LM_TESTBED_PREFIX  namespace prefix (default "lm": lm-h1 .., lm-switch); tests use their own
 #   LM_TESTBED_STATE   state directory (default /run/livemig-testbed)
+#   LIVEMIG_BIN        the livemig binary for --system (default: livemig on PATH, else
+#                      target/release/livemig, else target/debug/livemig)
+#   LM_TESTBED_CAPACITY  each agent's --capacity-memory for --system (default 256MiB)
 # Needs root and iproute2 (ip, tc).
 set -euo pipefail
 
@@ -27,6 +34,10 @@ BRIDGE=br0
 RMS_ADDR=198.18.0.1
 STATE_FILE="$STATE_DIR/$PREFIX.state"
 LOCK_FILE="$STATE_DIR/$PREFIX.lock"
+# --system: the token, the RMS's store and CA, the logs.
+SYSTEM_DIR="$STATE_DIR/$PREFIX.d"
+RMS_PORT=7700
+AGENT_PORT=7800
 
 die() {
   echo "testbed: $*" >&2
@@ -35,6 +46,87 @@ die() {
 usage() {
   sed -n '6,8p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
+}
+
+# The livemig binary for --system.
+livemig_bin() {
+  local here
+  here="$(cd "$(dirname "$0")/.." && pwd)"
+  if [[ -n "${LIVEMIG_BIN:-}" ]]; then
+    [[ -x "$LIVEMIG_BIN" ]] || die "LIVEMIG_BIN=$LIVEMIG_BIN is not an executable"
+    echo "$LIVEMIG_BIN"
+  elif command -v livemig >/dev/null; then
+    command -v livemig
+  elif [[ -x "$here/target/release/livemig" ]]; then
+    echo "$here/target/release/livemig"
+  elif [[ -x "$here/target/debug/livemig" ]]; then
+    echo "$here/target/debug/livemig"
+  else
+    die "--system needs the livemig binary: build it (cargo build --release) or set LIVEMIG_BIN"
+  fi
+}
+
+# The CLI's connection flags for the system of this testbed.
+cli_flags() {
+  if [[ -e "$SYSTEM_DIR/ca/ca.pem" ]]; then
+    echo "--rms https://$RMS_ADDR:$RMS_PORT --ca-file $SYSTEM_DIR/ca/ca.pem --token-file $SYSTEM_DIR/token"
+  else
+    echo "--rms http://$RMS_ADDR:$RMS_PORT --token-file $SYSTEM_DIR/token"
+  fi
+}
+
+# Waits (up to 30 s) until the RMS lists N alive hosts.
+wait_alive() {
+  local bin="$1" n="$2" alive=0
+  for _ in $(seq 1 150); do
+    # shellcheck disable=SC2046
+    alive="$(ip netns exec "$SWITCH_NS" "$bin" host list --json $(cli_flags) 2>/dev/null |
+      grep -Eo '"state": *"alive"' | wc -l || true)"
+    ((alive >= n)) && return 0
+    sleep 0.2
+  done
+  local f
+  for f in "$SYSTEM_DIR"/*.log; do
+    echo "== $f" >&2
+    tail -5 "$f" >&2
+  done
+  die "the RMS sees $alive of $n agents alive after 30 s"
+}
+
+# Starts the RMS and one agent per host (--system).
+start_system() {
+  local n="$1" tls="$2" bin i ns capacity="${LM_TESTBED_CAPACITY:-256MiB}"
+  bin="$(livemig_bin)"
+  mkdir -p "$SYSTEM_DIR"
+  chmod 700 "$SYSTEM_DIR"
+  (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$SYSTEM_DIR/token")
+  # The services must not inherit the lock (fd 9): it would outlive this script.
+  local rms_args=(rms --listen "$RMS_ADDR:$RMS_PORT" --name testbed-rms
+    --db "sqlite:$SYSTEM_DIR/rms.db" --token-file "$SYSTEM_DIR/token")
+  ((tls)) && rms_args+=(--ca-dir "$SYSTEM_DIR/ca")
+  ip netns exec "$SWITCH_NS" setsid "$bin" "${rms_args[@]}" \
+    </dev/null >"$SYSTEM_DIR/rms.log" 2>&1 9>&- &
+  # The RMS writes its CA on start: the agents need its certificate.
+  for _ in $(seq 1 150); do
+    grep -q "listening on" "$SYSTEM_DIR/rms.log" 2>/dev/null && break
+    sleep 0.2
+  done
+  grep -q "listening on" "$SYSTEM_DIR/rms.log" || die "the RMS did not start: $(tail -5 "$SYSTEM_DIR/rms.log")"
+  local scheme=http tls_args=()
+  if ((tls)); then
+    scheme=https
+    tls_args=(--ca-file "$SYSTEM_DIR/ca/ca.pem")
+  fi
+  for ((i = 1; i <= n; i++)); do
+    ns="$(host_ns "$i")"
+    mkdir -p "$SYSTEM_DIR/h$i"
+    ip netns exec "$ns" setsid "$bin" agent --listen "$(host_addr "$i"):$AGENT_PORT" \
+      --name "h$i" --token-file "$SYSTEM_DIR/token" --capacity-memory "$capacity" \
+      --rms "$scheme://$RMS_ADDR:$RMS_PORT" "${tls_args[@]}" --hold-dir "$SYSTEM_DIR/h$i" \
+      </dev/null >"$SYSTEM_DIR/agent-h$i.log" 2>&1 9>&- &
+  done
+  wait_alive "$bin" "$n"
+  echo "system" >>"$STATE_FILE"
 }
 
 host_ns() { echo "$PREFIX-h$1"; }
@@ -94,7 +186,17 @@ on_up_exit() {
 }
 
 cmd_up() {
-  local n="${1:-}"
+  local n="${1:-}" system=0 tls=0
+  shift || true
+  while (($#)); do
+    case "$1" in
+    --system) system=1 ;;
+    --tls) tls=1 ;;
+    *) die "up: unknown option '$1' (--system, --tls)" ;;
+    esac
+    shift
+  done
+  ((tls == 0 || system == 1)) || die "up: --tls goes with --system"
   if ! [[ "$n" =~ ^[1-9][0-9]?$ ]] || ((n < MIN_HOSTS || n > MAX_HOSTS)); then
     die "up needs a host count from $MIN_HOSTS to $MAX_HOSTS (got '${n}')"
   fi
@@ -141,8 +243,15 @@ cmd_up() {
     echo "hosts=$n"
     echo "rate=$RATE"
   } >"$STATE_FILE"
+  if ((system)); then
+    start_system "$n" "$tls"
+  fi
   UP_DONE=1
   echo "testbed up: $n hosts ($(host_ns 1)..$(host_ns "$n")), switch $SWITCH_NS, $RATE per link"
+  if ((system)); then
+    echo "system up: the RMS at $RMS_ADDR:$RMS_PORT, an agent in every host; try:"
+    echo "  ip netns exec $SWITCH_NS livemig host list $(cli_flags)"
+  fi
 }
 
 # Kills what runs inside NS (TERM, then KILL).
@@ -177,6 +286,7 @@ teardown() {
   for ns in $(our_namespaces); do
     ip netns del "$ns" || failed=1
   done
+  rm -rf "$SYSTEM_DIR"
   rm -f "$STATE_FILE" "$LOCK_FILE"
   rmdir "$STATE_DIR" 2>/dev/null || true
   [[ -z "$(our_namespaces)" ]] || failed=1
@@ -218,6 +328,9 @@ cmd_status() {
       "$PREFIX" "$SWITCH_NS" "$BRIDGE" "$RMS_ADDR" "${rate:-unknown}"
   else
     echo "testbed '$PREFIX': $n hosts, switch $SWITCH_NS (bridge $BRIDGE, RMS address $RMS_ADDR), configured rate ${rate:-unknown}"
+    if grep -qx system "$STATE_FILE" 2>/dev/null; then
+      echo "system: ip netns exec $SWITCH_NS livemig host list $(cli_flags)"
+    fi
     printf '%-16s %-16s %-12s %-12s %s\n' HOST ADDRESS EGRESS INGRESS PROCESSES
   fi
   for ((i = 1; i <= n; i++)); do

@@ -53,8 +53,13 @@ struct Testbed {
 
 impl Testbed {
     fn new() -> Self {
+        Self::named("t")
+    }
+
+    /// A testbed whose prefix is `lm-<tag><pid>` (one per test of this binary).
+    fn named(tag: &str) -> Self {
         Self {
-            prefix: format!("lm-t{}", std::process::id()),
+            prefix: format!("lm-{tag}{}", std::process::id()),
             children: Vec::new(),
         }
     }
@@ -69,6 +74,7 @@ impl Testbed {
             .args(args)
             .env("LM_TESTBED_PREFIX", &self.prefix)
             .env("LM_TESTBED_RATE", RATE)
+            .env("LIVEMIG_BIN", cargo_bin("livemig"))
             .output()
             .expect("run scripts/testbed.sh")
     }
@@ -111,20 +117,24 @@ fn reap_stale_testbeds() {
         .args(["netns", "list"])
         .output()
         .expect("ip netns list");
-    let mut stale: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    let mut stale: Vec<(char, String)> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| l.split_whitespace().next()?.strip_prefix("lm-t"))
-        .filter_map(|rest| rest.split_once('-').map(|(pid, _)| pid.to_string()))
-        .filter(|pid| pid.chars().all(|c| c.is_ascii_digit()))
-        .filter(|pid| !Path::new("/proc").join(pid).exists())
+        .filter_map(|l| {
+            let rest = l.split_whitespace().next()?.strip_prefix("lm-")?;
+            let tag = rest.chars().next().filter(|c| *c == 't' || *c == 'y')?;
+            let (pid, _) = rest[1..].split_once('-')?;
+            Some((tag, pid.to_string()))
+        })
+        .filter(|(_, pid)| pid.chars().all(|c| c.is_ascii_digit()))
+        .filter(|(_, pid)| !Path::new("/proc").join(pid).exists())
         .collect();
     stale.sort();
     stale.dedup();
-    for pid in stale {
+    for (tag, pid) in stale {
         let _ = Proc::new("bash")
             .arg(script())
             .arg("down")
-            .env("LM_TESTBED_PREFIX", format!("lm-t{pid}"))
+            .env("LM_TESTBED_PREFIX", format!("lm-{tag}{pid}"))
             .output();
     }
 }
@@ -292,4 +302,75 @@ fn three_hosts_reach_each_other_shaping_holds_and_down_leaves_nothing() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn up_with_the_system_starts_an_https_rms_and_an_agent_per_host_and_down_stops_them() {
+    require_root_and_iproute2();
+    reap_stale_testbeds();
+    let bed = Testbed::named("y");
+    let up = bed.script(&["up", "2", "--system", "--tls"]);
+    assert!(up.status.success(), "up: {}", text(&up));
+    let out = String::from_utf8_lossy(&up.stdout).to_string();
+    assert!(out.contains("system up"), "{out}");
+    // The CLI, pointed as `status` says, sees both agents alive over HTTPS.
+    let status = bed.script(&["status"]);
+    let said = String::from_utf8_lossy(&status.stdout).to_string();
+    let line = said
+        .lines()
+        .find_map(|l| l.strip_prefix("system: "))
+        .unwrap_or_else(|| panic!("no system line: {said}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        &words[..4],
+        ["ip", "netns", "exec", &format!("{}-switch", bed.prefix)]
+    );
+    assert!(line.contains("https://"), "{line}");
+    let hosts = Proc::new("ip")
+        .args(&words[1..4])
+        .arg(cargo_bin("livemig"))
+        .args(&words[5..])
+        .arg("--json")
+        .output()
+        .expect("the CLI runs");
+    assert!(hosts.status.success(), "{}", text(&hosts));
+    let list: serde_json::Value = serde_json::from_slice(&hosts.stdout).expect("JSON");
+    let alive = list
+        .as_array()
+        .map(|a| a.iter().filter(|h| h["state"] == "alive").count());
+    assert_eq!(alive, Some(2), "{list}");
+    // `down` stops the RMS and the agents and removes their files.
+    let pids: Vec<String> = ["switch", "h1", "h2"]
+        .iter()
+        .flat_map(|n| {
+            let o = Proc::new("ip")
+                .args(["netns", "pids", &format!("{}-{n}", bed.prefix)])
+                .output()
+                .expect("ip netns pids");
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(pids.len() >= 3, "the RMS and two agents run: {pids:?}");
+    let down = bed.script(&["down"]);
+    assert!(down.status.success(), "down: {}", text(&down));
+    // Gone, or a zombie waiting for init to reap it (it runs no more).
+    let running = |pid: &String| {
+        std::fs::read_to_string(Path::new("/proc").join(pid).join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')))
+            .unwrap_or(false)
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(running) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for pid in &pids {
+        assert!(!running(pid), "process {pid} survived down");
+    }
+    assert!(bed.namespaces().is_empty(), "{:?}", bed.namespaces());
+    let dir = Path::new("/run/livemig-testbed").join(format!("{}.d", bed.prefix));
+    assert!(!dir.exists(), "{} is left", dir.display());
 }
