@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::migration::MigrationId;
 
 pub use admission::{effective_priority, DEFAULT_AGING_PER_S};
-pub use need::{closed_form, minimum, Need};
+pub use need::{closed_form, from_sample, minimum, Need};
 
 /// The migration network's capacity: a rate for the shared uplink and, optionally, a limit
 /// for each host's NIC (what migrations out of and into the host may use together).

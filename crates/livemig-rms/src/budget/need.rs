@@ -8,8 +8,10 @@
 //! rho <= (h / R)^(1/n) = T(R, h, n), i.e. B >= P / T(R, h, n) = P (R / h)^(1/n).
 //! Before the migration R = M and n = N, so the need is P / T, T the method's threshold.
 
+use livemig_policy::predictive::growth::{Growth, Point};
 use livemig_policy::predictive::plan::{self, Plan};
 use livemig_policy::predictive::{B_MARGIN, RESIDUAL_Z};
+use livemig_policy::stats::DirtySample;
 use livemig_policy::threshold;
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +44,28 @@ pub fn closed_form(dirty_rate: f64, remaining: f64, stop: f64, rounds: u32) -> O
     let t = threshold::derived(remaining, stop, rounds);
     let b = dirty_rate / t;
     (t > 0.0 && b.is_finite()).then_some(b)
+}
+
+/// The estimate of a migration that has not started, from its pre-migration dirty-log
+/// sample (`(t, D(t))` points): the rate is the steepest line through the origin and a point,
+/// `max D(t) / t` (what the policy's fit falls back to with too few points, the conservative
+/// choice), and the growth is the predictive policy's fit of the same points (`None` when no
+/// point is usable; then the rate is 0 and the need is the floor).
+pub fn from_sample(sample: &DirtySample, memory_bytes: f64) -> (f64, Option<Growth>) {
+    let points: Vec<Point> = sample
+        .valid_points()
+        .map(|(t, d)| Point {
+            t_s: t,
+            dirty_bytes: d,
+            weight: 1.0,
+        })
+        .collect();
+    let rate = points
+        .iter()
+        .map(|p| p.dirty_bytes / p.t_s)
+        .filter(|r| r.is_finite())
+        .fold(0.0, f64::max);
+    (rate, Growth::fit(&points, memory_bytes))
 }
 
 /// The lowest rate, at least the floor and at most `reach` (the most the migration could
@@ -85,7 +109,6 @@ pub fn minimum(d: &Demand, reach: f64) -> Need {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use livemig_policy::predictive::growth::Growth;
 
     const MIB: f64 = 1024.0 * 1024.0;
     const GIB: f64 = 1024.0 * MIB;
@@ -161,6 +184,27 @@ mod tests {
             Need::Converges(MIB * B_MARGIN)
         );
         assert!(line > 100.0 * MIB);
+    }
+
+    #[test]
+    fn a_sample_gives_the_steepest_line_and_the_policys_fit() {
+        let sample = DirtySample {
+            points: vec![
+                (1.0, 10.0 * MIB),
+                (2.0, 16.0 * MIB),
+                (4.0, 20.0 * MIB),
+                (f64::NAN, 1.0),
+                (0.0, 5.0),
+            ],
+        };
+        let (rate, g) = from_sample(&sample, GIB);
+        assert_eq!(rate, 10.0 * MIB);
+        let g = g.expect("three points fit");
+        assert!(g.predict(4.0) < 40.0 * MIB, "saturates: {g:?}");
+        assert_eq!(
+            from_sample(&DirtySample { points: vec![] }, GIB),
+            (0.0, None)
+        );
     }
 
     #[test]
