@@ -80,8 +80,11 @@ pub struct Demand {
     pub memory_bytes: f64,
     /// The bytes the next round must send (M before round 1; D_k after round k).
     pub remaining_bytes: f64,
-    /// The dirtying-rate estimate P (bytes/s, >= 0): the pre-migration dirty sample's rate
-    /// before the migration starts, the mean of the measured P_k after.
+    /// The dirtying-rate estimate P (bytes/s, >= 0): the steepest line through the origin
+    /// and an observation, `max D / t` over the pre-migration sample's points
+    /// ([`need::from_sample`]) and, once running, the finished rounds' `(t_k, D_k)`. Not the
+    /// mean of the P_k: distinct dirtying saturates, so later, shorter rounds dirty faster
+    /// than the mean says (`docs/predictive.md`).
     pub dirty_rate_bytes_per_s: f64,
     /// The predictive policy's growth estimate, when there is one; it replaces the constant
     /// rate in [`need::minimum`].
