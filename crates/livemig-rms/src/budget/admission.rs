@@ -94,16 +94,17 @@ pub fn budget(budget: &Budget, running: &[Demand], queue: &[Queued<'_>], backfil
             .find(|c| free(c, &used) - reserved.get(*c).copied().unwrap_or(0.0) < need);
         let reason = match (head, short_beside_running, short_beside_promise) {
             (Some(h), _, _) if !backfill => Some(Reason::BehindHead { head: h }),
-            (_, None, None) => None,
-            (None, Some(c), _) | (Some(_), Some(c), _) => Some(Reason::NoRoom {
+            (_, Some(c), _) => Some(Reason::NoRoom {
                 constraint: c.clone(),
                 need_bytes_per_s: need,
                 free_bytes_per_s: free(c, &used),
             }),
-            (h, None, Some(c)) => Some(Reason::Reserved {
-                head: h.unwrap_or(d.id),
+            (Some(h), None, Some(c)) => Some(Reason::Reserved {
+                head: h,
                 constraint: c.clone(),
             }),
+            // Fits beside the running and beside the promise (none without a head).
+            (_, None, _) => None,
         };
         match reason {
             None => {
