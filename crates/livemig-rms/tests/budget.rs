@@ -1,5 +1,5 @@
 //! Property tests of the migration-bandwidth budget (`livemig_rms::budget`):
-//! - grants never exceed the uplink nor any host's NIC limit;
+//! - grants never exceed the uplink nor any host's NIC limit, and leave none of them idle;
 //! - every admitted migration gets at least its minimum, and the minimums fit;
 //! - the queue is ordered, numbered and partitioned (admitted or waiting, never both);
 //! - no starvation: under a stream of arrivals of any priority, a waiting migration starts;
@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use livemig_policy::predictive::growth::Growth;
 use livemig_rms::budget::allocate::Limits;
-use livemig_rms::budget::{minimum, plan, Budget, Constraint, Demand, Need, Plan, Scheme};
+use livemig_rms::budget::{minimum, plan, Budget, Constraint, Demand, Need, Plan, Reason, Scheme};
 use livemig_rms::MigrationId;
 use proptest::prelude::*;
 
@@ -147,7 +147,7 @@ fn load(p: &Plan, all: &[&Demand], limits: &Limits) -> BTreeMap<Constraint, f64>
 
 proptest! {
     #[test]
-    fn grants_never_exceed_the_uplink_or_a_nic((b, running, waiting, scheme, now) in case()) {
+    fn grants_never_exceed_a_limit_and_leave_none_idle((b, running, waiting, scheme, now) in case()) {
         let p = plan(&scheme, &b, &running, &waiting, now).expect("valid input");
         let all: Vec<&Demand> = running.iter().chain(&waiting).collect();
         let limits = Limits::new(&b, all.iter().copied());
@@ -155,9 +155,17 @@ proptest! {
             let cap = limits.cap(&c);
             prop_assert!(used <= cap * (1.0 + EPS), "{c}: {used} > {cap}");
         }
+        let used = load(&p, &all, &limits);
         for g in &p.grants {
             let cap = g.bytes_per_s.expect("the budget caps every grant");
             prop_assert!(cap.is_finite() && cap >= 0.0, "{g:?}");
+            // Work-conserving: a migration below its ceiling has a full limit in its way.
+            let d = all.iter().find(|d| d.id == g.id).expect("a grant for a known migration");
+            let at_ceiling = d.ceiling_bytes_per_s.is_some_and(|c| cap >= c * (1.0 - EPS));
+            let blocked = limits.crossed(d).iter().any(|c| {
+                limits.cap(c) - used.get(c).copied().unwrap_or(0.0) <= limits.cap(c) * EPS
+            });
+            prop_assert!(at_ceiling || blocked, "{g:?} could have more");
         }
     }
 
@@ -214,6 +222,30 @@ proptest! {
             prop_assert!(pair[0].effective_priority >= pair[1].effective_priority);
         }
         prop_assert_eq!(p.grants.len(), running.len() + p.admitted.len());
+        // The reasons say what is true: the head is the first feasible waiting migration, a
+        // missing room is really missing, and only the head is waited behind.
+        let head = p
+            .waiting
+            .iter()
+            .find(|w| !matches!(w.reason, Reason::CannotConverge { .. }))
+            .map(|w| w.id);
+        for w in &p.waiting {
+            match &w.reason {
+                Reason::NoRoom { need_bytes_per_s, free_bytes_per_s, .. } => {
+                    prop_assert!(need_bytes_per_s > free_bytes_per_s, "{w:?}");
+                }
+                Reason::Reserved { head: h, .. } | Reason::BehindHead { head: h } => {
+                    prop_assert_eq!(Some(*h), head);
+                    prop_assert!(Some(w.id) != head);
+                }
+                Reason::CannotConverge { .. } => {}
+                other => prop_assert!(false, "a baseline's reason under the budget: {other:?}"),
+            }
+        }
+        if let Some(h) = head {
+            let first = p.waiting.iter().find(|w| w.id == h).map(|w| &w.reason);
+            prop_assert!(matches!(first, Some(Reason::NoRoom { .. })), "{first:?}");
+        }
     }
 
     #[test]
