@@ -3,6 +3,8 @@
 //!
 //! Map of the crate:
 //! - [`api`]: the JSON shapes of the planned `/api/v1` (hosts, VMs, migrations).
+//! - [`budget`]: the shared migration-bandwidth budget: admission by prediction, grants,
+//!   the baselines (`sequential`, `fixed-slots`, `unlimited`).
 //! - [`migration`]: one migration's record and its state machine ([`MigrationState`]).
 //! - [`inventory`]: host and VM records, the location table, host liveness.
 //! - [`placement`]: which hosts to ask, best first.
@@ -13,6 +15,7 @@
 //! Pure code: no I/O and no clock. Time arrives as `Input::Tick { now }` (seconds).
 
 pub mod api;
+pub mod budget;
 pub mod inventory;
 pub mod migration;
 pub mod orchestrator;
