@@ -8,7 +8,7 @@
 //! | `POST /api/v1/capacity {memory_bytes}` | 200 [`Answer`] (accepted or refused: both are answers) |
 //! | `DELETE /api/v1/capacity/{id}` | 200 [`Released`]; 404 |
 //! | `GET /api/v1/vms` | `[VmView]` |
-//! | `POST /api/v1/vms {name, memory_bytes, workload, kind?}` | 201 [`VmView`]; 409 no room or name taken; 422 |
+//! | `POST /api/v1/vms {name, memory_bytes, workload, kind?}` | 201 [`VmView`]; 409 no room or name taken; 422; 503 QEMU or the guest image missing (kind `qemu`) |
 //! | `GET /api/v1/vms/{name}`, `DELETE /api/v1/vms/{name}` | 200 [`VmView`]; 404 |
 //! | `POST /api/v1/incoming` [`IncomingRequest`] | 201 [`IncomingReady`]; 404 unknown reservation; 409 VM here or migration known; 422 |
 //! | `POST /api/v1/outgoing` [`OutgoingRequest`] | 202 `{migration, state}`; 404 no such VM; 409 VM busy; 422 |
@@ -28,10 +28,10 @@ use livemig_http::guard::path;
 use livemig_http::{json, ApiError, Guard, Json};
 
 use crate::agent::Agent;
-use crate::api::{Answer, CapacityRequest, Released, VmRequest};
+use crate::api::{Answer, CapacityRequest, Released, VmKind, VmRequest};
 use crate::capacity::CapacityError;
 use crate::metrics::{self, MigrationSample, Sample};
-use crate::migrator::{incoming, outgoing};
+use crate::migrator::{incoming, outgoing, qemu_in};
 use livemig_api::{IncomingRequest, OutgoingRequest};
 
 /// What every handler sees.
@@ -117,9 +117,12 @@ async fn create_vm(State(app): Shared, Json(req): Json<VmRequest>) -> Result<Res
     // Filling guest memory is slow, blocking work; it finishes (or gives its memory back)
     // even if this request times out, so the book and the VM list always agree.
     let agent = Arc::clone(&app.agent);
-    let view = tokio::task::spawn_blocking(move || agent.start_vm(req))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??;
+    let view = match req.kind {
+        VmKind::Qemu => agent.start_qemu_vm(req).await?,
+        VmKind::Sim => tokio::task::spawn_blocking(move || agent.start_vm(req))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??,
+    };
     tracing::info!(vm = %view.name, memory_bytes = view.memory_bytes, "started a VM");
     Ok(json(StatusCode::CREATED, &view))
 }
@@ -142,8 +145,9 @@ async fn delete_vm(
 ) -> Result<Response, ApiError> {
     let name = path(name)?;
     let (view, vm) = app.agent.remove_vm(&name)?;
-    // Dropping the guest joins its writer thread: not on an async thread.
-    drop(tokio::task::spawn_blocking(move || drop(vm)));
+    // A QEMU quits (bounded) before the answer; a simulated guest's writer thread is joined
+    // off the async threads.
+    vm.shut_down().await;
     tracing::info!(vm = %name, "stopped a VM");
     Ok(json(StatusCode::OK, &view))
 }
@@ -152,11 +156,17 @@ async fn incoming(
     State(app): Shared,
     Json(req): Json<IncomingRequest>,
 ) -> Result<Response, ApiError> {
-    // Binding a socket and starting a thread: quick, but not async work.
     let agent = Arc::clone(&app.agent);
-    let ready = tokio::task::spawn_blocking(move || incoming::prepare(&agent, req))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??;
+    let ready = match req.vm.kind {
+        // Starts the destination QEMU (async), then binds and hands over to a thread.
+        livemig_api::VmKind::Qemu => qemu_in::prepare(&agent, req).await?,
+        // Binding a socket and starting a thread: quick, but not async work.
+        livemig_api::VmKind::Sim => {
+            tokio::task::spawn_blocking(move || incoming::prepare(&agent, req))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??
+        }
+    };
     Ok(json(StatusCode::CREATED, &ready))
 }
 

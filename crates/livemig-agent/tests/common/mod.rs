@@ -25,6 +25,8 @@ pub struct Options {
     pub migrator: MigratorConfig,
     /// The RMS to register with (`http://…`), and the heartbeat period to use.
     pub rms: Option<(String, f64)>,
+    /// Where QEMU VMs live and boot from.
+    pub qemu: Option<livemig_agent::QemuConfig>,
 }
 
 impl Options {
@@ -42,6 +44,7 @@ impl Options {
             server: ServerConfig::default(),
             migrator,
             rms: None,
+            qemu: None,
         }
     }
 }
@@ -73,6 +76,9 @@ impl Harness {
             Arc::new(move || f64::from_bits(c.load(Ordering::Relaxed))),
         )
         .with_migrator(o.migrator.clone());
+        if let Some(q) = &o.qemu {
+            agent = agent.with_qemu(q.clone());
+        }
         let mut rms = None;
         if let Some((url, heartbeat_s)) = &o.rms {
             let (outbox, inbox) = Outbox::new(&o.name, 64);
