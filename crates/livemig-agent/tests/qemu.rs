@@ -47,7 +47,8 @@ fn agent(name: &str, rms: Option<&FakeRms>, state: &Path, guest: &Path) -> Harne
     Harness::start_with(o)
 }
 
-/// QEMU processes whose command line names `dir` (live ones: a zombie's is empty).
+/// QEMU processes (a `-qmp` argument) whose command line names `dir` (live ones: a
+/// zombie's is empty).
 fn qemus_under(dir: &Path) -> usize {
     let needle = dir.display().to_string();
     std::fs::read_dir("/proc")
@@ -55,7 +56,7 @@ fn qemus_under(dir: &Path) -> usize {
             d.filter_map(Result::ok)
                 .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
                 .map(|c| String::from_utf8_lossy(&c).into_owned())
-                .filter(|c| c.contains("qemu") && c.contains(&needle))
+                .filter(|c| c.split('\0').any(|a| a == "-qmp") && c.contains(&needle))
                 .count()
         })
         .unwrap_or(0)
