@@ -289,6 +289,19 @@ impl QemuVm {
         self.process().start_kill();
     }
 
+    /// Kills QEMU and waits (blocking, at most `limit`) until it is gone; whether it is.
+    pub fn kill_and_wait(&self, limit: Duration) -> bool {
+        self.kill();
+        let until = std::time::Instant::now() + limit;
+        while self.is_alive() {
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// Stops QEMU: `quit` over QMP, then SIGKILL if it has not exited within [`QUIT_WAIT`];
     /// returns once it is gone (or after another second of waiting for the kill).
     pub async fn stop(&self) {

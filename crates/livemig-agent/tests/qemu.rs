@@ -102,6 +102,7 @@ fn incoming(h: &Harness, migration: u64, reservation: &str, key: &str) -> String
             "reservation": reservation,
             "vm": {"name": "q1", "memory_bytes": MEM, "workload": LOAD, "kind": "qemu"},
             "key": key,
+            "tls": true,
         }),
     );
     assert_eq!(r.status, 201, "{}", r.body);
@@ -111,7 +112,7 @@ fn incoming(h: &Harness, migration: u64, reservation: &str, key: &str) -> String
         .to_string()
 }
 
-fn outgoing(h: &Harness, migration: u64, data: &str, key: &str) {
+fn outgoing(h: &Harness, migration: u64, data: &str, key: &str, bandwidth: &str) {
     let r = h.post(
         "/api/v1/outgoing",
         &json!({
@@ -121,7 +122,8 @@ fn outgoing(h: &Harness, migration: u64, data: &str, key: &str) {
             "data_address": data,
             "key": key,
             "policy": "fixed",
-            "settings": {"bandwidth": "100MiB/s", "stop_remaining": "8MiB"},
+            "settings": {"bandwidth": bandwidth, "stop_remaining": "8MiB"},
+            "tls": true,
         }),
     );
     assert_eq!(r.status, 202, "{}", r.body);
@@ -164,11 +166,14 @@ fn qemu_vms_are_refused_cleanly_and_quit_when_the_agent_stops() {
     );
 }
 
+/// Over mutual TLS (the stand-in RMS has a CA): a stream with the wrong key, a cancelled
+/// migration, then one that completes.
 #[test]
 fn a_qemu_vm_migrates_between_agents_through_the_keyed_relay() {
     let img = image();
     let guest = img.kernel.parent().expect("guest dir").to_path_buf();
-    let rms = FakeRms::start(0.2);
+    let ca = livemig_tls::Ca::generate("test CA").expect("a CA");
+    let rms = FakeRms::start_with_ca(0.2, ca);
     let (da, db) = (
         tempfile::tempdir().expect("tempdir"),
         tempfile::tempdir().expect("tempdir"),
@@ -190,7 +195,7 @@ fn a_qemu_vm_migrates_between_agents_through_the_keyed_relay() {
     let res = reserve(&b);
     let data = incoming(&b, 1, &res, KEY_1);
     assert_eq!(qemus_under(db.path()), 1, "B's destination QEMU waits");
-    outgoing(&a, 1, &data, KEY_2);
+    outgoing(&a, 1, &data, KEY_2, "100MiB/s");
     assert!(
         wait_until(WAIT, || state(&a, 1).as_deref() == Some("failed")),
         "{:?}",
@@ -210,18 +215,51 @@ fn a_qemu_vm_migrates_between_agents_through_the_keyed_relay() {
     assert!(wait_until(WAIT, || writes(&a, "q1") > before + 5));
     assert_eq!(vm(&a, "q1")["running"], true);
 
-    // The real one.
+    // Cancelled in round 1 (4 MiB/s: a minute for the first pass): QEMU's migration is
+    // cancelled, the guest runs on at A, B's QEMU is killed and its reservation released.
     let res = reserve(&b);
     let data = incoming(&b, 2, &res, KEY_1);
-    outgoing(&a, 2, &data, KEY_1);
+    outgoing(&a, 2, &data, KEY_1, "4MiB/s");
     assert!(
-        wait_until(WAIT, || state(&a, 2).as_deref() == Some("handed_over")
-            && state(&b, 2).as_deref() == Some("handed_over")),
-        "a: {:?}, b: {:?}, events {:?}",
-        state(&a, 2),
-        state(&b, 2),
+        wait_until(WAIT, || rms.has_event("host-a", 2, "round_started")
+            && rms.has_event("host-b", 2, "accepted")),
+        "{:?}",
         rms.of("events")
     );
+    std::thread::sleep(Duration::from_secs(1));
+    let r = a.call("DELETE", "/api/v1/outgoing/2", None);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert!(
+        wait_until(WAIT, || state(&a, 2).as_deref() == Some("cancelled")
+            && state(&b, 2).as_deref() == Some("failed")),
+        "a: {:?}, b: {:?}",
+        state(&a, 2),
+        state(&b, 2)
+    );
+    assert!(wait_until(Duration::from_secs(10), || qemus_under(
+        db.path()
+    ) == 0));
+    assert_eq!(free(&b), 1024 * MIB);
+    let before = writes(&a, "q1");
+    assert!(wait_until(WAIT, || writes(&a, "q1") > before + 5));
+    assert_eq!(vm(&a, "q1")["running"], true);
+
+    // The real one.
+    let res = reserve(&b);
+    let data = incoming(&b, 3, &res, KEY_1);
+    outgoing(&a, 3, &data, KEY_1, "100MiB/s");
+    assert!(
+        wait_until(WAIT, || state(&a, 3).as_deref() == Some("handed_over")
+            && state(&b, 3).as_deref() == Some("handed_over")),
+        "a: {:?}, b: {:?}, events {:?}",
+        state(&a, 3),
+        state(&b, 3),
+        rms.of("events")
+    );
+    let local = |h: &Harness| {
+        h.call("GET", "/api/v1/report", None).json()["migrations"]["3"]["tls"].clone()
+    };
+    assert_eq!((local(&a), local(&b)), (json!(true), json!(true)));
     let r = a.call("GET", "/api/v1/vms/q1", None);
     assert_eq!(r.status, 404, "the source's VM is gone: {}", r.body);
     assert!(
@@ -257,17 +295,18 @@ fn a_qemu_vm_migrates_between_agents_through_the_keyed_relay() {
                 "handed_over",
             ]
             .iter()
-            .all(|e| rms.has_event("host-a", 2, e))
+            .all(|e| rms.has_event("host-a", 3, e))
                 && ["accepted", "resumed"]
                     .iter()
-                    .all(|e| rms.has_event("host-b", 2, e))
-                && rms.of("reports").iter().any(|r| r["migration"] == 2)
+                    .all(|e| rms.has_event("host-b", 3, e))
+                && rms.of("reports").iter().any(|r| r["migration"] == 3)
         }),
-        "{:?}",
+        "{:?}\nreports: {:?}",
         rms.of("events")
             .iter()
             .map(|e| format!("{} {} {}", e["host"], e["migration"], e["event"]["event"]))
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>(),
+        rms.of("reports")
     );
     // DELETE quits QEMU.
     let r = b.call("DELETE", "/api/v1/vms/q1", None);

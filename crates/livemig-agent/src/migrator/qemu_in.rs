@@ -36,6 +36,8 @@ pub const DEST_WAIT: Duration = Duration::from_secs(30);
 /// A relayed stream silent this long is given up (QEMU sends continuously once it started;
 /// the source's dirty-rate sample and setup come before).
 pub const IDLE: Duration = Duration::from_secs(60);
+/// How long a killed destination QEMU may take to be gone before `F` is sent.
+const KILL_WAIT: Duration = Duration::from_secs(5);
 /// The socket's read and write timeouts (polls: the deadlines decide).
 const POLL: Duration = Duration::from_millis(250);
 
@@ -115,7 +117,15 @@ fn receive(
     let copied = relay::copy(&mut stream, &mut local, IDLE, &slot.stop);
     // QEMU reads to the end of what it got: a truncated stream fails at once.
     drop(local);
+    // `F` tells the source it may run the guest again: only once this QEMU is gone for sure.
     let verdict = |v: Verdict, stream: &mut Stream| {
+        if v == Verdict::Failed && !q.kill_and_wait(KILL_WAIT) {
+            tracing::error!(
+                migration = id,
+                "the destination QEMU does not die; no verdict is sent (the source stays paused)"
+            );
+            return;
+        }
         let b = session.verdict(&slot.key, v);
         if let Err(e) = relay::write_full(stream, &b, cfg.timeout) {
             tracing::warn!(migration = id, error = %e, ?v, "cannot send the verdict to the source");
@@ -125,7 +135,6 @@ fn receive(
     let bytes = match copied {
         Ok(n) => n,
         Err(e) => {
-            q.kill();
             verdict(Verdict::Failed, &mut stream);
             return Err(format!("the relay failed: {e}"));
         }
@@ -139,7 +148,6 @@ fn receive(
         verdict(Verdict::Resumed, &mut stream);
         Ok(session_id)
     } else {
-        q.kill();
         verdict(Verdict::Failed, &mut stream);
         Err(format!(
             "the destination QEMU did not run within {DEST_WAIT:?} after {bytes} bytes"

@@ -39,8 +39,9 @@ use livemig_api::{LocalState, OutgoingRequest, Role};
 use livemig_engine::net::Transport;
 use livemig_engine::{Control, Key};
 use livemig_policy::{Event, PolicyKind};
-use livemig_qemu::governor::{Governor, GovernorConfig, GovernorError};
+use livemig_qemu::governor::{Governor, GovernorConfig, GovernorError, CANCEL_WAIT};
 use livemig_qemu::saved::default_state_file;
+use livemig_qemu::types::{MigrationInfo, StatusInfo};
 
 use super::incoming::error_chain;
 use super::qemu_in::{DEST_WAIT, IDLE};
@@ -292,13 +293,17 @@ impl Run<'_> {
                 self.finish(LocalState::Cancelled, false);
             }
             Err(e) => {
-                let running = match &e {
+                let mut running = match &e {
                     GovernorError::Failed { source_running, .. }
                     | GovernorError::TimedOut { source_running, .. }
                     | GovernorError::Cancelled { source_running } => *source_running,
-                    // Refused before QEMU's migration started: it runs as before.
-                    _ => Some(true),
+                    _ => None,
                 };
+                if running.is_none() {
+                    // Ask QEMU afresh (a QMP session that broke, a refusal before anything
+                    // started), cancelling a migration still under way.
+                    running = self.handle.block_on(source_state(&self.r.vm));
+                }
                 let why = error_chain(&e);
                 match running {
                     Some(true) => self.failed_running(why),
@@ -351,6 +356,40 @@ impl Run<'_> {
             Err(why) => self.in_doubt(why),
         }
     }
+}
+
+/// Where the guest is, asked on a fresh QMP session: `Some(true)` when it runs here with no
+/// migration under way (one still running with the guest running is cancelled first);
+/// `None` when QEMU does not answer or is switching over (paused mid-migration).
+async fn source_state(vm: &QemuVm) -> Option<bool> {
+    let ask = async {
+        let mut c = vm.qmp().await.ok()?;
+        let info: MigrationInfo = c.execute_as("query-migrate", None).await.ok()?;
+        if info.status.is_running() {
+            let st: StatusInfo = c.execute_as("query-status", None).await.ok()?;
+            if !st.running {
+                return None;
+            }
+            c.execute("migrate_cancel", None).await.ok()?;
+            let until = tokio::time::Instant::now() + CANCEL_WAIT;
+            loop {
+                let q: MigrationInfo = c.execute_as("query-migrate", None).await.ok()?;
+                if !q.status.is_running() {
+                    break;
+                }
+                if tokio::time::Instant::now() >= until {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let st: StatusInfo = c.execute_as("query-status", None).await.ok()?;
+        Some(st.running)
+    };
+    tokio::time::timeout(CANCEL_WAIT + Duration::from_secs(10), ask)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Accepts QEMU's connection on `listener` (bounded; `abandon` ends the wait), relays it onto
