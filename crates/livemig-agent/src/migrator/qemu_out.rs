@@ -147,6 +147,31 @@ pub fn start(agent: &Arc<Agent>, r: Request) -> Result<(), MigrationError> {
     Ok(())
 }
 
+/// What becomes of one of the governor's events.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Route {
+    /// To the RMS as it is.
+    Forward,
+    /// To the RMS, and from now on a cancel is refused (QEMU's stop-and-copy: the governor
+    /// ignores a cancel from there).
+    ForwardPastCancel,
+    /// Kept back: QEMU's downtime, for the `handed_over` told once the destination proved
+    /// its QEMU runs.
+    Downtime(f64),
+    /// Kept back: the outcome (`verified`, `failed`) is this agent's to tell.
+    Keep,
+}
+
+/// Routes one of the governor's events.
+pub fn route(e: &Event) -> Route {
+    match e {
+        Event::HandedOver { downtime_s } => Route::Downtime(*downtime_s),
+        Event::Verified { .. } | Event::Failed { .. } => Route::Keep,
+        Event::StopAndCopy { .. } => Route::ForwardPastCancel,
+        _ => Route::Forward,
+    }
+}
+
 /// How the relay ended.
 struct RelayEnd {
     copied: Result<u64, relay::RelayError>,
@@ -245,16 +270,16 @@ impl Run<'_> {
             let forward = scope.spawn(move || {
                 let mut downtime = None;
                 while let Some(e) = rx.blocking_recv() {
-                    match &e {
-                        Event::HandedOver { downtime_s } => downtime = Some(*downtime_s),
-                        Event::Verified { .. } | Event::Failed { .. } => {}
-                        Event::StopAndCopy { .. } => {
+                    match route(&e) {
+                        Route::Forward => agent.observe(id, &e),
+                        Route::ForwardPastCancel => {
                             if let Some(m) = agent.lock().migrations.get_mut(id) {
                                 m.committed = true;
                             }
                             agent.observe(id, &e);
                         }
-                        _ => agent.observe(id, &e),
+                        Route::Downtime(d) => downtime = Some(d),
+                        Route::Keep => {}
                     }
                 }
                 downtime
@@ -456,5 +481,32 @@ fn accept_qemu(
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outcome_events_are_the_agents_to_tell() {
+        assert_eq!(
+            route(&Event::HandedOver { downtime_s: 0.5 }),
+            Route::Downtime(0.5)
+        );
+        let failed = Event::Failed {
+            error: "x".into(),
+            outcome: "the source VM is still running".into(),
+        };
+        assert_eq!(route(&failed), Route::Keep);
+        assert_eq!(route(&Event::Verified { how: "qemu".into() }), Route::Keep);
+        let round = Event::RoundStarted {
+            round: 1,
+            wish_bytes_per_s: 1.0,
+            cap_bytes_per_s: 1.0,
+            bytes: 1.0,
+        };
+        assert_eq!(route(&round), Route::Forward);
+        assert_eq!(route(&Event::Committed), Route::Forward);
     }
 }

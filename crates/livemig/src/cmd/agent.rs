@@ -143,6 +143,18 @@ pub fn run(args: Args) -> Result<()> {
         .as_deref()
         .map(|v| positive_duration("timeout", v).map(|d| d.as_secs_f64()))
         .transpose()?;
+    if args.state_dir.exists() && !args.state_dir.is_dir() {
+        bail!(
+            "--state-dir {} is not a directory",
+            args.state_dir.display()
+        );
+    }
+    if let Some(d) = &args.guest_dir {
+        // Checked at every QEMU VM's start (503 when missing); a typo shows at once here.
+        if !d.is_dir() {
+            bail!("--guest-dir {} is not a directory", d.display());
+        }
+    }
     if !args.hold_dir.is_dir() {
         bail!("--hold-dir {} is not a directory", args.hold_dir.display());
     }
