@@ -9,8 +9,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::net::TcpListener;
+use std::sync::atomic::AtomicBool;
+use std::thread::JoinHandle;
+
 use common::{wait_until, FakeRms, Harness, Options, MIB};
+use livemig_agent::migrator::relay::{self, Verdict};
 use livemig_agent::QemuConfig;
+use livemig_engine::Key;
 use livemig_qemu::vm::GuestImage;
 use serde_json::{json, Value};
 
@@ -113,20 +119,46 @@ fn incoming(h: &Harness, migration: u64, reservation: &str, key: &str) -> String
 }
 
 fn outgoing(h: &Harness, migration: u64, data: &str, key: &str, bandwidth: &str) {
+    send(h, migration, "q1", data, key, bandwidth, true);
+}
+
+fn send(h: &Harness, migration: u64, vm: &str, data: &str, key: &str, bw: &str, tls: bool) {
     let r = h.post(
         "/api/v1/outgoing",
         &json!({
             "migration": migration,
-            "vm": "q1",
+            "vm": vm,
             "target": "host-b",
             "data_address": data,
             "key": key,
             "policy": "fixed",
-            "settings": {"bandwidth": bandwidth, "stop_remaining": "8MiB"},
-            "tls": true,
+            "settings": {"bandwidth": bw, "stop_remaining": "8MiB"},
+            "tls": tls,
         }),
     );
     assert_eq!(r.status, 202, "{}", r.body);
+}
+
+/// A stand-in destination on plain TCP: proves `key`, swallows QEMU's stream, then answers
+/// `verdict` (or closes without one). Returns its address and the bytes it got.
+fn fake_destination(key: &str, verdict: Option<Verdict>) -> (String, JoinHandle<u64>) {
+    let key = Key::from_hex(key).expect("key");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("address").to_string();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("the source connects");
+        s.set_read_timeout(Some(Duration::from_millis(250)))
+            .expect("timeout");
+        let limit = Duration::from_secs(10);
+        let session = relay::accept(&mut s, &key, limit).expect("the source proves the key");
+        let n = relay::copy(&mut s, &mut std::io::sink(), WAIT, &AtomicBool::new(false))
+            .expect("QEMU's stream");
+        if let Some(v) = verdict {
+            relay::write_full(&mut s, &session.verdict(&key, v), limit).expect("verdict");
+        }
+        n
+    });
+    (addr, t)
 }
 
 #[test]
@@ -159,6 +191,25 @@ fn qemu_vms_are_refused_cleanly_and_quit_when_the_agent_stops() {
     assert_eq!(r.json()["kind"], "qemu");
     assert_eq!(free(&a), 1024 * MIB - MEM);
     assert_eq!(qemus_under(dir.path()), 1);
+    // A destination that takes the whole stream but never says whether its QEMU runs: the
+    // outcome is unknown, so the source's QEMU stays paused and the VM cannot be deleted.
+    assert!(
+        wait_until(WAIT, || writes(&a, "q0") >= 3),
+        "the guest does not boot: {}",
+        vm(&a, "q0")
+    );
+    let (data, dest) = fake_destination(KEY_1, None);
+    send(&a, 7, "q0", &data, KEY_1, "100MiB/s", false);
+    let got = dest.join().expect("the stand-in destination");
+    assert!(got > 8 << 20, "QEMU's stream: {got} bytes");
+    assert!(
+        wait_until(WAIT, || state(&a, 7).as_deref() == Some("held")),
+        "{:?}",
+        state(&a, 7)
+    );
+    assert_eq!(vm(&a, "q0")["running"], false, "paused in doubt");
+    let r = a.call("DELETE", "/api/v1/vms/q0", None);
+    assert_eq!(r.status, 409, "{}", r.body);
     assert!(a.stop(), "the agent stops in time");
     assert!(
         wait_until(Duration::from_secs(5), || qemus_under(dir.path()) == 0),
@@ -243,6 +294,27 @@ fn a_qemu_vm_migrates_between_agents_through_the_keyed_relay() {
     let before = writes(&a, "q1");
     assert!(wait_until(WAIT, || writes(&a, "q1") > before + 5));
     assert_eq!(vm(&a, "q1")["running"], true);
+
+    // A destination whose QEMU did not run (a proven `F`): QEMU completed, so the source was
+    // paused; it runs again, and the migration failed.
+    let (data, dest) = fake_destination(KEY_2, Some(Verdict::Failed));
+    send(&a, 10, "q1", &data, KEY_2, "100MiB/s", false);
+    let got = dest.join().expect("the stand-in destination");
+    assert!(got > 8 << 20, "QEMU's stream: {got} bytes");
+    assert!(
+        wait_until(WAIT, || state(&a, 10).as_deref() == Some("failed")),
+        "{:?}",
+        state(&a, 10)
+    );
+    assert_eq!(vm(&a, "q1")["running"], true);
+    let before = writes(&a, "q1");
+    assert!(
+        wait_until(WAIT, || writes(&a, "q1") > before + 5),
+        "the guest runs again at A"
+    );
+    assert!(rms.of("events").iter().any(|e| e["migration"] == 10
+        && e["event"]["event"] == "failed"
+        && e["event"]["outcome"] == "failed_source_running"));
 
     // The real one.
     let res = reserve(&b);
