@@ -118,7 +118,11 @@ async fn create_vm(State(app): Shared, Json(req): Json<VmRequest>) -> Result<Res
     // even if this request times out, so the book and the VM list always agree.
     let agent = Arc::clone(&app.agent);
     let view = match req.kind {
-        VmKind::Qemu => agent.start_qemu_vm(req).await?,
+        // A task of its own for the same reason: QEMU starts (or the memory is given back)
+        // whether or not anyone still waits for the answer.
+        VmKind::Qemu => tokio::spawn(async move { agent.start_qemu_vm(req).await })
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??,
         VmKind::Sim => tokio::task::spawn_blocking(move || agent.start_vm(req))
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??,
@@ -145,9 +149,10 @@ async fn delete_vm(
 ) -> Result<Response, ApiError> {
     let name = path(name)?;
     let (view, vm) = app.agent.remove_vm(&name)?;
-    // A QEMU quits (bounded) before the answer; a simulated guest's writer thread is joined
-    // off the async threads.
-    vm.shut_down().await;
+    // A QEMU quits (bounded) before the answer, in a task of its own (it finishes even if
+    // the request times out); a simulated guest's writer thread is joined off the async
+    // threads.
+    let _ = tokio::spawn(vm.shut_down()).await;
     tracing::info!(vm = %name, "stopped a VM");
     Ok(json(StatusCode::OK, &view))
 }
@@ -159,7 +164,13 @@ async fn incoming(
     let agent = Arc::clone(&app.agent);
     let ready = match req.vm.kind {
         // Starts the destination QEMU (async), then binds and hands over to a thread.
-        livemig_api::VmKind::Qemu => qemu_in::prepare(&agent, req).await?,
+        // (A task of its own: the table and the reservation are settled even if the request
+        // times out meanwhile.)
+        livemig_api::VmKind::Qemu => {
+            tokio::spawn(async move { qemu_in::prepare(&agent, req).await })
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??
+        }
         // Binding a socket and starting a thread: quick, but not async work.
         livemig_api::VmKind::Sim => {
             tokio::task::spawn_blocking(move || incoming::prepare(&agent, req))
