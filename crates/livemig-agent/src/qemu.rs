@@ -1,6 +1,6 @@
 //! QEMU VMs (kind `qemu`): the project's test guest (kernel + initramfs running
 //! `livemig-guest-load`) under QEMU with TCG, one process per VM, in a directory of its own
-//! under the agent's state directory (`<state-dir>/<vm-name>/`: `vm.qmp`, `vm.serial`,
+//! under the agent's state directory (`<state-dir>/vm-<vm-name>/`: `vm.qmp`, `vm.serial`,
 //! `vm.stderr`, and the migration sockets).
 //!
 //! - Memory: the request's `memory_bytes` is QEMU's `-m` in KiB, exactly (no rounding, so the
@@ -151,9 +151,10 @@ pub fn check_load(spec: &str, memory_bytes: u64) -> Result<(), QemuError> {
     Ok(())
 }
 
-/// The directory of VM `name`.
+/// The directory of VM `name`: `vm-<name>`, so that the names `.` and `..` (valid VM names)
+/// stay inside the state directory.
 pub fn vm_dir(state_dir: &Path, name: &str) -> PathBuf {
-    state_dir.join(name)
+    state_dir.join(format!("vm-{name}"))
 }
 
 /// The last whole heartbeat in console text.
@@ -381,6 +382,18 @@ mod tests {
             Err(QemuError::Buffer { .. })
         ));
         assert!(check_load(&"x".repeat(MAX_LOAD + 1), m).is_err());
+    }
+
+    #[test]
+    fn a_vm_directory_stays_inside_the_state_directory() {
+        let state = Path::new("/s");
+        for name in [".", "..", "a", "-x"] {
+            let d = vm_dir(state, name);
+            assert_eq!(d.parent(), Some(state), "{name}");
+            assert!(d.file_name().is_some(), "{name}");
+            assert!(d.starts_with(state));
+        }
+        assert_eq!(vm_dir(state, ".."), Path::new("/s/vm-.."));
     }
 
     #[test]
