@@ -14,6 +14,7 @@ use livemig_policy::Event;
 use crate::api::{Info, VmKind, VmRequest, VmView};
 use crate::capacity::{BookConfig, CapacityBook};
 use crate::migrator::{MigratorConfig, Table};
+use crate::qemu::{QemuConfig, QemuVm};
 use crate::rms::outbox::Outbox;
 
 /// Seconds on the agent's clock (Unix time in the binary; tests drive their own).
@@ -31,23 +32,50 @@ pub fn system_clock() -> Clock {
 /// The longest VM name.
 pub const MAX_VM_NAME: usize = livemig_api::MAX_NAME;
 
+/// What runs a VM: a simulated guest in this process, or a QEMU process.
+#[derive(Debug, Clone)]
+pub enum GuestHandle {
+    Sim(Arc<SimGuest>),
+    Qemu(Arc<QemuVm>),
+}
+
 /// A VM this host runs.
 #[derive(Debug)]
 pub struct Vm {
     pub memory_bytes: u64,
     pub workload: String,
-    pub guest: Arc<SimGuest>,
+    pub guest: GuestHandle,
 }
 
 impl Vm {
     fn view(&self, name: &str) -> VmView {
+        let (kind, running, writes) = match &self.guest {
+            GuestHandle::Sim(g) => (VmKind::Sim, g.is_running(), g.self_check().0),
+            GuestHandle::Qemu(q) => (VmKind::Qemu, q.is_running(), q.heartbeat().unwrap_or(0)),
+        };
         VmView {
             name: name.to_string(),
             memory_bytes: self.memory_bytes,
             workload: self.workload.clone(),
-            kind: VmKind::Sim,
-            running: self.guest.is_running(),
-            writes: self.guest.self_check().0,
+            kind,
+            running,
+            writes,
+        }
+    }
+
+    fn kind(&self) -> livemig_api::VmKind {
+        match self.guest {
+            GuestHandle::Sim(_) => livemig_api::VmKind::Sim,
+            GuestHandle::Qemu(_) => livemig_api::VmKind::Qemu,
+        }
+    }
+
+    /// Stops the guest: a QEMU quits (bounded), a simulated guest's writer thread is joined
+    /// off the async threads.
+    pub async fn shut_down(self) {
+        match self.guest {
+            GuestHandle::Qemu(q) => q.destroy().await,
+            GuestHandle::Sim(g) => drop(tokio::task::spawn_blocking(move || drop(g))),
         }
     }
 }
@@ -66,6 +94,7 @@ pub struct Agent {
     clock: Clock,
     inner: Mutex<Inner>,
     migrator: MigratorConfig,
+    qemu: QemuConfig,
     outbox: Option<Outbox>,
     stopping: AtomicBool,
     registered: AtomicBool,
@@ -90,6 +119,7 @@ impl Agent {
                 migrations: Table::default(),
             }),
             migrator: MigratorConfig::default(),
+            qemu: QemuConfig::default(),
             outbox: None,
             stopping: AtomicBool::new(false),
             registered: AtomicBool::new(false),
@@ -112,6 +142,16 @@ impl Agent {
     pub fn with_outbox(mut self, outbox: Outbox) -> Agent {
         self.outbox = Some(outbox);
         self
+    }
+
+    /// QEMU VMs live under `cfg.state_dir` and boot the image in `cfg.guest_dir`.
+    pub fn with_qemu(mut self, cfg: QemuConfig) -> Agent {
+        self.qemu = cfg;
+        self
+    }
+
+    pub fn qemu(&self) -> &QemuConfig {
+        &self.qemu
     }
 
     pub fn migrator(&self) -> &MigratorConfig {
@@ -203,7 +243,7 @@ impl Agent {
                 name: n.clone(),
                 memory_bytes: v.memory_bytes,
                 workload: v.workload.clone(),
-                kind: livemig_api::VmKind::Sim,
+                kind: v.kind(),
             })
             .collect()
     }
@@ -254,41 +294,57 @@ impl Agent {
         self.lock().vms.get(name).map(|v| v.view(name))
     }
 
-    /// Starts a VM: checks the request, takes its memory in the book, then builds the guest
-    /// (slow: it fills memory; the caller runs this off the async threads). On failure the
-    /// memory is given back.
-    pub fn start_vm(&self, req: VmRequest) -> Result<VmView, ApiError> {
+    /// Checks a request to start a VM and takes its memory in the book (given back by
+    /// [`Agent::forget_vm`] if the guest then fails to start).
+    fn admit_vm(&self, req: &VmRequest) -> Result<u64, ApiError> {
         check_vm_name(&req.name)?;
+        match req.kind {
+            VmKind::Sim => {
+                // (`is_multiple_of` is newer than the workspace's rust-version.)
+                let page = livemig_engine::wire::PAGE_SIZE as u64;
+                if req.memory_bytes / page * page != req.memory_bytes {
+                    return Err(ApiError::unprocessable(
+                        "memory_bytes must be a whole number of 4096-byte pages",
+                    ));
+                }
+                // A workload from the network must not name a file on this host.
+                livemig_workload::Workload::parse_self_contained(&req.workload)
+                    .map_err(|e| ApiError::unprocessable(format!("invalid workload: {e}")))?;
+            }
+            VmKind::Qemu => {
+                crate::qemu::memory_arg(req.memory_bytes)?;
+                crate::qemu::check_load(&req.workload, req.memory_bytes)?;
+            }
+        }
+        let now = self.now();
+        let mut s = self.lock();
+        if s.migrations.busy(&req.name) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                format!(
+                    "a VM named `{}` is migrating to or from this host",
+                    req.name
+                ),
+            ));
+        }
+        s.book.admit(now, &req.name, req.memory_bytes)?;
+        Ok(s.book.total_bytes())
+    }
+
+    fn forget_vm(&self, name: &str) {
+        let _ = self.lock().book.remove_vm(name);
+    }
+
+    /// Starts a `sim` VM: checks the request, takes its memory in the book, then builds the
+    /// guest (slow: it fills memory; the caller runs this off the async threads). On failure
+    /// the memory is given back.
+    pub fn start_vm(&self, req: VmRequest) -> Result<VmView, ApiError> {
         if req.kind != VmKind::Sim {
             return Err(ApiError::unprocessable(
-                "kind `qemu` is not supported by this agent yet; use `sim`",
+                "a qemu VM starts through Agent::start_qemu_vm",
             ));
         }
-        // (`is_multiple_of` is newer than the workspace's rust-version.)
-        let page = livemig_engine::wire::PAGE_SIZE as u64;
-        if req.memory_bytes / page * page != req.memory_bytes {
-            return Err(ApiError::unprocessable(
-                "memory_bytes must be a whole number of 4096-byte pages",
-            ));
-        }
-        // A workload from the network must not name a file on this host.
-        livemig_workload::Workload::parse_self_contained(&req.workload)
-            .map_err(|e| ApiError::unprocessable(format!("invalid workload: {e}")))?;
-        let now = self.now();
-        let total = {
-            let mut s = self.lock();
-            if s.migrations.busy(&req.name) {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::CONFLICT,
-                    format!(
-                        "a VM named `{}` is migrating to or from this host",
-                        req.name
-                    ),
-                ));
-            }
-            s.book.admit(now, &req.name, req.memory_bytes)?;
-            s.book.total_bytes()
-        };
+        let total = self.admit_vm(&req)?;
         let cfg = SimGuestConfig {
             memory_bytes: req.memory_bytes,
             workload: req.workload.clone(),
@@ -298,7 +354,7 @@ impl Agent {
         let guest = match SimGuest::start(&cfg, total) {
             Ok(g) => Arc::new(g),
             Err(e) => {
-                let _ = self.lock().book.remove_vm(&req.name);
+                self.forget_vm(&req.name);
                 return Err(ApiError::unprocessable(format!(
                     "cannot start the guest: {e}"
                 )));
@@ -307,11 +363,61 @@ impl Agent {
         let vm = Vm {
             memory_bytes: req.memory_bytes,
             workload: req.workload,
-            guest,
+            guest: GuestHandle::Sim(guest),
         };
         let view = vm.view(&req.name);
         self.lock().vms.insert(req.name, vm);
         Ok(view)
+    }
+
+    /// Starts a `qemu` VM: checks the request, takes its memory in the book, starts QEMU
+    /// (waiting for its QMP socket; the guest then boots on its own). On failure the memory
+    /// is given back: 503 when QEMU or the guest image is missing, 422 for a bad request.
+    pub async fn start_qemu_vm(&self, req: VmRequest) -> Result<VmView, ApiError> {
+        self.admit_vm(&req)?;
+        let started =
+            QemuVm::start(&self.qemu, &req.name, req.memory_bytes, &req.workload, None).await;
+        let q = match started {
+            Ok(q) => Arc::new(q),
+            Err(e) => {
+                self.forget_vm(&req.name);
+                return Err(e.into());
+            }
+        };
+        let vm = Vm {
+            memory_bytes: req.memory_bytes,
+            workload: req.workload,
+            guest: GuestHandle::Qemu(q),
+        };
+        let view = vm.view(&req.name);
+        self.lock().vms.insert(req.name, vm);
+        Ok(view)
+    }
+
+    /// The agent stops: its QEMU VMs quit (bounded) and leave the table. A QEMU paused after
+    /// a hand-over in doubt is quit too (this agent cannot settle it once gone); simulated
+    /// guests stop when the agent is dropped, as before.
+    pub async fn stop_qemu_vms(&self) {
+        let vms: Vec<(String, Vm)> = {
+            let mut s = self.lock();
+            let names: Vec<String> = s
+                .vms
+                .iter()
+                .filter(|(_, v)| matches!(v.guest, GuestHandle::Qemu(_)))
+                .map(|(n, _)| n.clone())
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|n| {
+                    let _ = s.book.remove_vm(&n);
+                    s.vms.remove(&n).map(|v| (n, v))
+                })
+                .collect()
+        };
+        for (name, vm) in vms {
+            tracing::info!(vm = %name, "stopping: QEMU quits");
+            vm.shut_down().await;
+        }
     }
 
     /// Stops a VM and frees its memory; returns it so that the caller drops it (joining its

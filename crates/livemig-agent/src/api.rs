@@ -47,9 +47,10 @@ pub struct VmRequest {
     pub name: String,
     /// A whole number of 4 KiB pages.
     pub memory_bytes: u64,
-    /// A workload spec without files (`uniform:rate=1MiB/s`; `trace:` is refused).
+    /// `sim`: a workload spec without files (`uniform:rate=1MiB/s`; `trace:` is refused).
+    /// `qemu`: the test guest's load spec (`idle`, `uniform:rate=1MiB/s,buffer=32MiB`).
     pub workload: String,
-    /// `sim` (the default); `qemu` is not in this slice.
+    /// `sim` (the default) or `qemu` (the test guest under QEMU; see [`crate::qemu`]).
     #[serde(default = "sim")]
     pub kind: VmKind,
 }
@@ -67,7 +68,8 @@ pub struct VmView {
     pub workload: String,
     pub kind: VmKind,
     pub running: bool,
-    /// Page writes the guest has made so far (it grows while the guest runs).
+    /// `sim`: page writes the guest has made so far; `qemu`: the guest's last heartbeat
+    /// number (its serial console). It grows while the guest runs.
     pub writes: u64,
 }
 

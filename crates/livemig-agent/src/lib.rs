@@ -6,7 +6,9 @@
 //!   expiring reservations; inquiries answered `accepted` or `refused` with a reason.
 //! - [`api`]: the JSON shapes of `/api/v1`.
 //! - [`agent`]: the live state shared by the routes: name, token, clock, book, VMs
-//!   (`SimGuest`).
+//!   (`SimGuest`, or a QEMU process).
+//! - [`qemu`]: QEMU VMs (kind `qemu`): the test guest under TCG in a directory of its own,
+//!   how `memory_bytes` maps to `-m`, the heartbeat as `writes`, a bounded stop.
 //! - [`routes`]: the axum router behind `livemig_http`'s guard (token, request timeout,
 //!   body cap); the statuses of capacity errors.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
@@ -21,6 +23,7 @@ pub mod api;
 pub mod capacity;
 pub mod metrics;
 pub mod migrator;
+pub mod qemu;
 pub mod rms;
 pub mod routes;
 pub mod server;
@@ -30,4 +33,5 @@ pub use agent::{system_clock, Agent, Clock};
 pub use capacity::{Answer, BookConfig, CapacityBook};
 pub use livemig_http::{Token, TokenError};
 pub use migrator::MigratorConfig;
+pub use qemu::QemuConfig;
 pub use server::{run, ServerConfig};

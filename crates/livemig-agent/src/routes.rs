@@ -8,7 +8,7 @@
 //! | `POST /api/v1/capacity {memory_bytes}` | 200 [`Answer`] (accepted or refused: both are answers) |
 //! | `DELETE /api/v1/capacity/{id}` | 200 [`Released`]; 404 |
 //! | `GET /api/v1/vms` | `[VmView]` |
-//! | `POST /api/v1/vms {name, memory_bytes, workload, kind?}` | 201 [`VmView`]; 409 no room or name taken; 422 |
+//! | `POST /api/v1/vms {name, memory_bytes, workload, kind?}` | 201 [`VmView`]; 409 no room or name taken; 422; 503 QEMU or the guest image missing (kind `qemu`) |
 //! | `GET /api/v1/vms/{name}`, `DELETE /api/v1/vms/{name}` | 200 [`VmView`]; 404 |
 //! | `POST /api/v1/incoming` [`IncomingRequest`] | 201 [`IncomingReady`]; 404 unknown reservation; 409 VM here or migration known; 422 |
 //! | `POST /api/v1/outgoing` [`OutgoingRequest`] | 202 `{migration, state}`; 404 no such VM; 409 VM busy; 422 |
@@ -32,10 +32,12 @@ use livemig_http::guard::path;
 use livemig_http::{json, ApiError, Guard, Json};
 
 use crate::agent::Agent;
-use crate::api::{Answer, CancelAsked, CapacityRequest, OutgoingStarted, Released, VmRequest};
+use crate::api::{
+    Answer, CancelAsked, CapacityRequest, OutgoingStarted, Released, VmKind, VmRequest,
+};
 use crate::capacity::CapacityError;
 use crate::metrics::{self, MigrationSample, Sample};
-use crate::migrator::{incoming, outgoing};
+use crate::migrator::{incoming, outgoing, qemu_in};
 use livemig_api::{IncomingRequest, OutgoingRequest};
 
 /// What every handler sees.
@@ -136,9 +138,16 @@ async fn create_vm(State(app): Shared, Json(req): Json<VmRequest>) -> Result<Res
     // Filling guest memory is slow, blocking work; it finishes (or gives its memory back)
     // even if this request times out, so the book and the VM list always agree.
     let agent = Arc::clone(&app.agent);
-    let view = tokio::task::spawn_blocking(move || agent.start_vm(req))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??;
+    let view = match req.kind {
+        // A task of its own for the same reason: QEMU starts (or the memory is given back)
+        // whether or not anyone still waits for the answer.
+        VmKind::Qemu => tokio::spawn(async move { agent.start_qemu_vm(req).await })
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??,
+        VmKind::Sim => tokio::task::spawn_blocking(move || agent.start_vm(req))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??,
+    };
     tracing::info!(vm = %view.name, memory_bytes = view.memory_bytes, "started a VM");
     Ok(json(StatusCode::CREATED, &view))
 }
@@ -161,8 +170,10 @@ async fn delete_vm(
 ) -> Result<Response, ApiError> {
     let name = path(name)?;
     let (view, vm) = app.agent.remove_vm(&name)?;
-    // Dropping the guest joins its writer thread: not on an async thread.
-    drop(tokio::task::spawn_blocking(move || drop(vm)));
+    // A QEMU quits (bounded) before the answer, in a task of its own (it finishes even if
+    // the request times out); a simulated guest's writer thread is joined off the async
+    // threads.
+    let _ = tokio::spawn(vm.shut_down()).await;
     tracing::info!(vm = %name, "stopped a VM");
     Ok(json(StatusCode::OK, &view))
 }
@@ -171,11 +182,23 @@ async fn incoming(
     State(app): Shared,
     Json(req): Json<IncomingRequest>,
 ) -> Result<Response, ApiError> {
-    // Binding a socket and starting a thread: quick, but not async work.
     let agent = Arc::clone(&app.agent);
-    let ready = tokio::task::spawn_blocking(move || incoming::prepare(&agent, req))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??;
+    let ready = match req.vm.kind {
+        // Starts the destination QEMU (async), then binds and hands over to a thread.
+        // (A task of its own: the table and the reservation are settled even if the request
+        // times out meanwhile.)
+        livemig_api::VmKind::Qemu => {
+            tokio::spawn(async move { qemu_in::prepare(&agent, req).await })
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??
+        }
+        // Binding a socket and starting a thread: quick, but not async work.
+        livemig_api::VmKind::Sim => {
+            tokio::task::spawn_blocking(move || incoming::prepare(&agent, req))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}")))??
+        }
+    };
     Ok(json(StatusCode::CREATED, &ready))
 }
 

@@ -37,8 +37,8 @@ impl Default for ServerConfig {
 
 /// Serves the API on `listener` until `shutdown` is cancelled; then stops accepting, cancels
 /// the outgoing migrations not yet committed and the listeners still waiting, lets requests in
-/// flight finish within `shutdown_grace` and migrations within `migration_grace`, and
-/// returns.
+/// flight finish within `shutdown_grace` and migrations within `migration_grace`, stops its
+/// QEMU VMs (quit, then kill; bounded), and returns.
 pub async fn run(
     listener: TcpListener,
     agent: Arc<Agent>,
@@ -85,4 +85,5 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    agent.stop_qemu_vms().await;
 }

@@ -413,7 +413,8 @@ pub const AGENT: &[Op] = &[
         ok: (201, "The VM runs", Body::Json(schema::<agent_api::VmView>)),
         errors: &[
             (409, "No room, the name is taken, too many VMs, or a VM of that name is migrating"),
-            (422, "An invalid name, kind, size (whole 4 KiB pages, not zero) or workload"),
+            (422, "An invalid name, kind, size (whole 4 KiB pages, not zero; for `qemu` at least 64 MiB, a multiple of 8 KiB and not of 256 KiB) or workload"),
+            (503, "A `qemu` VM on a host without QEMU or the guest image, or QEMU did not start; or the request took too long"),
         ],
         secured: true,
     },
@@ -438,7 +439,7 @@ pub const AGENT: &[Op] = &[
         ok: (200, "The VM as it was", Body::Json(schema::<agent_api::VmView>)),
         errors: &[
             (404, "No VM of that name runs here"),
-            (409, "The VM is migrating"),
+            (409, "The VM is migrating, or a `qemu` VM is held paused here after a hand-over in doubt"),
         ],
         secured: true,
     },

@@ -325,6 +325,11 @@ impl Vm {
         let _ = self.child.kill().await;
     }
 
+    /// Sends SIGKILL without waiting (a synchronous caller; [`Vm::is_alive`] reaps it later).
+    pub fn start_kill(&mut self) {
+        let _ = self.child.start_kill();
+    }
+
     /// Whether QEMU is still alive.
     pub fn is_alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -269,6 +269,13 @@ fn rms_flags_are_checked_before_starting() {
     let mut bad = agent(&token);
     bad.args(["--heartbeat", "0s"]);
     assert!(one_error_line(&bad.output().expect("run")).contains("--heartbeat"));
+    // QEMU VMs' directories: the state directory must not be a file, the guest's must exist.
+    let mut bad = agent(&token);
+    bad.arg("--state-dir").arg(&token);
+    assert!(one_error_line(&bad.output().expect("run")).contains("--state-dir"));
+    let mut bad = agent(&token);
+    bad.arg("--guest-dir").arg(dir.path().join("nowhere"));
+    assert!(one_error_line(&bad.output().expect("run")).contains("--guest-dir"));
 }
 
 /// A running `livemig agent` and its API address; killed when dropped.

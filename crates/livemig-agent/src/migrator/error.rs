@@ -27,8 +27,10 @@ pub enum MigrationError {
     VmHere(String),
     #[error("reservation `{id}` holds {held} bytes, the VM needs {asked}")]
     SizeMismatch { id: String, held: u64, asked: u64 },
-    #[error("only `sim` guests migrate through this agent")]
+    #[error("this path migrates `sim` guests only")]
     Kind,
+    #[error(transparent)]
+    Qemu(#[from] crate::qemu::QemuError),
     #[error("invalid VM: {0}")]
     Vm(String),
     #[error("unknown policy `{0}`")]
@@ -60,6 +62,7 @@ impl From<MigrationError> for ApiError {
         use MigrationError as E;
         let status = match &e {
             E::Capacity(c) => return ApiError::from(c.clone()),
+            E::Qemu(q) => q.status(),
             E::UnknownOutgoing(_) | E::NoVm(_) => StatusCode::NOT_FOUND,
             E::Known(_)
             | E::Committed(_)

@@ -16,16 +16,25 @@ use livemig_engine::{Guest, Key, ReceiverConfig};
 use livemig_policy::Event;
 
 use super::{Entry, MigrationError};
-use crate::agent::{check_vm_name, Agent, Vm};
+use crate::agent::{check_vm_name, Agent, GuestHandle, Vm};
 
-/// Checks the request, pins its reservation, binds the listener and starts serving it on a
-/// thread of its own; returns where the source must connect.
-pub fn prepare(agent: &Arc<Agent>, req: IncomingRequest) -> Result<IncomingReady, MigrationError> {
+/// What [`reserve`] set up for one incoming migration: its listener, bound and keyed, and
+/// its pinned reservation in the table.
+pub(super) struct Slot {
+    pub key: Key,
+    pub acceptor: Option<livemig_tls::Acceptor>,
+    pub listener: TcpListener,
+    pub data_address: String,
+    pub stop: Arc<AtomicBool>,
+    /// The reservation's memory (the VM's).
+    pub memory: u64,
+}
+
+/// Checks the request (whatever the VM's kind), builds the TLS acceptor when asked, binds the
+/// listener, pins the reservation and enters the migration in the table.
+pub(super) fn reserve(agent: &Agent, req: &IncomingRequest) -> Result<Slot, MigrationError> {
     let key = Key::from_hex(&req.key.0).ok_or(MigrationError::BadKey)?;
     check_vm_name(&req.vm.name).map_err(|e| MigrationError::Vm(e.message))?;
-    if req.vm.kind != VmKind::Sim {
-        return Err(MigrationError::Kind);
-    }
     if agent.is_stopping() {
         return Err(MigrationError::Stopping);
     }
@@ -42,7 +51,7 @@ pub fn prepare(agent: &Arc<Agent>, req: IncomingRequest) -> Result<IncomingReady
             Some(livemig_tls::Acceptor::new(server))
         }
     };
-    let cfg = agent.migrator().clone();
+    let cfg = agent.migrator();
     let listener = TcpListener::bind(SocketAddr::new(cfg.data_host, 0)).map_err(|source| {
         MigrationError::Listen {
             addr: cfg.data_host.to_string(),
@@ -68,7 +77,7 @@ pub fn prepare(agent: &Arc<Agent>, req: IncomingRequest) -> Result<IncomingReady
             || s.book.vms().contains_key(&req.vm.name)
             || s.migrations.busy(&req.vm.name)
         {
-            return Err(MigrationError::VmHere(req.vm.name));
+            return Err(MigrationError::VmHere(req.vm.name.clone()));
         }
         let held = s
             .book
@@ -79,7 +88,7 @@ pub fn prepare(agent: &Arc<Agent>, req: IncomingRequest) -> Result<IncomingReady
             })?;
         if held != req.vm.memory_bytes {
             return Err(MigrationError::SizeMismatch {
-                id: req.reservation,
+                id: req.reservation.clone(),
                 held,
                 asked: req.vm.memory_bytes,
             });
@@ -92,6 +101,31 @@ pub fn prepare(agent: &Arc<Agent>, req: IncomingRequest) -> Result<IncomingReady
         s.migrations.insert(req.migration, e);
         held
     };
+    Ok(Slot {
+        key,
+        acceptor,
+        listener,
+        data_address,
+        stop,
+        memory,
+    })
+}
+
+/// Checks the request, pins its reservation, binds the listener and starts serving it on a
+/// thread of its own; returns where the source must connect.
+pub fn prepare(agent: &Arc<Agent>, req: IncomingRequest) -> Result<IncomingReady, MigrationError> {
+    if req.vm.kind != VmKind::Sim {
+        return Err(MigrationError::Kind);
+    }
+    let Slot {
+        key,
+        acceptor,
+        listener,
+        data_address,
+        stop,
+        memory,
+    } = reserve(agent, &req)?;
+    let cfg = agent.migrator().clone();
     let serve_cfg = ServeConfig {
         receiver: ReceiverConfig {
             // The guest must fit the memory reserved for it.
@@ -213,7 +247,7 @@ fn land(
                     Vm {
                         memory_bytes: vm.memory_bytes,
                         workload: vm.workload.clone(),
-                        guest: Arc::new(received.guest),
+                        guest: GuestHandle::Sim(Arc::new(received.guest)),
                     },
                 );
                 s.migrations.finish(id, LocalState::HandedOver);

@@ -5,6 +5,11 @@
 //!   becomes a VM of this host.
 //! - [`outgoing`]: `POST /api/v1/outgoing` and its cancel: the engine's sender on a thread of
 //!   its own, every event forwarded to the RMS.
+//! - [`qemu_in`], [`qemu_out`]: the same for `qemu` VMs: QEMU's own migration stream relayed
+//!   between the agents over the keyed (and TLS) connection, the source driven by
+//!   `livemig_qemu`'s governor under the policy.
+//! - [`relay`]: that connection's keyed handshake, the byte relay and the destination's
+//!   proven verdict.
 //! - [`hold`]: a paused copy of unknown outcome saved to a hold file.
 //! - [`error`]: why a migration request is refused.
 //!
@@ -15,6 +20,9 @@ pub mod error;
 pub mod hold;
 pub mod incoming;
 pub mod outgoing;
+pub mod qemu_in;
+pub mod qemu_out;
+pub mod relay;
 pub mod table;
 
 use std::net::IpAddr;

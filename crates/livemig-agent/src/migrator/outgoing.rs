@@ -3,6 +3,7 @@
 //!
 //! Every event goes to the RMS; on a hand-over the guest leaves this host (its memory is
 //! freed) and the report follows; on a failure or a cancel the guest keeps running here.
+//! A `qemu` VM goes through [`super::qemu_out`] once the request is checked.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use livemig_engine::{Control, Guest, Key, SenderConfig};
 use livemig_policy::{Event, PolicyKind, Timeouts};
 
 use super::{Entry, MigrationError};
-use crate::agent::Agent;
+use crate::agent::{Agent, GuestHandle};
 
 /// The engine's page size: the only one a `sim` guest migrates with.
 const PAGE: f64 = livemig_engine::wire::PAGE_SIZE as f64;
@@ -44,13 +45,33 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
     let server_name = to.ip().to_string();
     let cfg = agent.migrator().clone();
     let control = Control::new();
-    let (guest, memory, workload) = {
+    let (handle, memory, workload) = {
         let s = agent.lock();
         let vm = s
             .vms
             .get(&req.vm)
             .ok_or_else(|| MigrationError::NoVm(req.vm.clone()))?;
-        (Arc::clone(&vm.guest), vm.memory_bytes, vm.workload.clone())
+        (vm.guest.clone(), vm.memory_bytes, vm.workload.clone())
+    };
+    let guest = match handle {
+        GuestHandle::Sim(g) => g,
+        GuestHandle::Qemu(vm) => {
+            return super::qemu_out::start(
+                agent,
+                super::qemu_out::Request {
+                    req,
+                    key,
+                    to,
+                    kind,
+                    connector,
+                    server_name,
+                    control,
+                    vm,
+                    memory,
+                    workload,
+                },
+            )
+        }
     };
     let mut spec = req.settings.clone().unwrap_or_default();
     if spec.stop_remaining.is_none() {

@@ -27,6 +27,8 @@ pub struct Options {
     pub rms: Option<(String, f64)>,
     /// The trust anchor (`--ca-file`): the RMS's CA certificate.
     pub ca_pem: Option<String>,
+    /// Where QEMU VMs live and boot from.
+    pub qemu: Option<livemig_agent::QemuConfig>,
 }
 
 impl Options {
@@ -45,6 +47,7 @@ impl Options {
             migrator,
             rms: None,
             ca_pem: None,
+            qemu: None,
         }
     }
 }
@@ -76,6 +79,9 @@ impl Harness {
             Arc::new(move || f64::from_bits(c.load(Ordering::Relaxed))),
         )
         .with_migrator(o.migrator.clone());
+        if let Some(q) = &o.qemu {
+            agent = agent.with_qemu(q.clone());
+        }
         let mut rms = None;
         if let Some((url, heartbeat_s)) = &o.rms {
             let (outbox, inbox) = Outbox::new(&o.name, 64);
@@ -265,6 +271,8 @@ pub struct FakeRms {
     pub seen: Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
     /// When set, the next heartbeat is answered 404 (the RMS forgot the host).
     pub forget: Arc<std::sync::atomic::AtomicBool>,
+    /// Its CA's certificate, when it has one (the agents' `--ca-file`).
+    pub ca_pem: Option<String>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -287,6 +295,7 @@ impl FakeRms {
     }
 
     fn start_full(port: u16, heartbeat_s: f64, ca: Option<Arc<livemig_tls::Ca>>) -> FakeRms {
+        let ca_pem = ca.as_ref().map(|c| c.cert_pem().to_string());
         use axum::body::Bytes;
         use axum::http::{HeaderMap, StatusCode};
         use axum::response::IntoResponse;
@@ -371,6 +380,7 @@ impl FakeRms {
             url,
             seen,
             forget,
+            ca_pem,
             runtime: Some(runtime),
         }
     }

@@ -5,7 +5,7 @@
 //! them). SIGINT or SIGTERM stops it cleanly: no new connections, heartbeats stop, outgoing
 //! migrations not yet committed are cancelled (their guests keep running here), listeners
 //! waiting for a source close, requests in flight get a short grace, the VMs it ran are
-//! stopped.
+//! stopped (QEMU VMs quit over QMP, killed if they do not within a few seconds).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use livemig_agent::rms::{LinkConfig, Outbox, RmsClient, LIGHT_EVENTS_QUEUED};
-use livemig_agent::{Agent, BookConfig, MigratorConfig, ServerConfig, Token};
+use livemig_agent::{Agent, BookConfig, MigratorConfig, QemuConfig, ServerConfig, Token};
 use livemig_http::Secret;
 use livemig_workload::units;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,8 @@ use crate::args::positive_duration;
 #[command(after_long_help = "Examples:
   livemig agent --listen 0.0.0.0:7800 --name host-a --token-file agent.token --capacity-memory 8GiB
   livemig agent --listen 127.0.0.1:0 --name a --token-file agent.token --capacity-memory 256MiB --json
+  livemig agent --listen 127.0.0.1:7801 --name q --token-file agent.token --capacity-memory 1GiB \
+      --state-dir /run/livemig --guest-dir target/guest   # can host kind `qemu` VMs
   livemig agent --listen 0.0.0.0:7800 --data-host 198.18.0.2 --name host-b --token-file agent.token \
       --capacity-memory 8GiB --rms https://198.18.0.1:7900 --ca-file /etc/livemig/ca.pem
 
@@ -86,6 +88,16 @@ pub struct Args {
     /// `livemig resolve`).
     #[arg(long, default_value = ".")]
     pub hold_dir: PathBuf,
+    /// Where QEMU VMs (kind `qemu`) live: one directory per VM (QMP socket, serial console,
+    /// migration sockets), created when the first one starts. Keep it short: UNIX socket
+    /// paths are limited to about 100 bytes.
+    #[arg(long, default_value = "livemig-state")]
+    pub state_dir: PathBuf,
+    /// The test guest's image for QEMU VMs (`vmlinuz`, `initramfs.cpio.gz`, built by
+    /// scripts/build-guest.sh). [default: $LIVEMIG_GUEST_DIR, else $CARGO_TARGET_DIR/guest,
+    /// else target/guest] The QEMU binary is qemu-system-x86_64, or $LIVEMIG_QEMU.
+    #[arg(long, value_name = "DIR")]
+    pub guest_dir: Option<PathBuf>,
     /// How long an unused capacity reservation holds its memory.
     #[arg(long, default_value = "30s")]
     pub reservation_ttl: String,
@@ -149,6 +161,18 @@ pub fn run(args: Args) -> Result<()> {
         .as_deref()
         .map(|v| positive_duration("timeout", v).map(|d| d.as_secs_f64()))
         .transpose()?;
+    if args.state_dir.exists() && !args.state_dir.is_dir() {
+        bail!(
+            "--state-dir {} is not a directory",
+            args.state_dir.display()
+        );
+    }
+    if let Some(d) = &args.guest_dir {
+        // Checked at every QEMU VM's start (503 when missing); a typo shows at once here.
+        if !d.is_dir() {
+            bail!("--guest-dir {} is not a directory", d.display());
+        }
+    }
     if !args.hold_dir.is_dir() {
         bail!("--hold-dir {} is not a directory", args.hold_dir.display());
     }
@@ -170,7 +194,11 @@ pub fn run(args: Args) -> Result<()> {
         book,
         livemig_agent::system_clock(),
     )
-    .with_migrator(migrator);
+    .with_migrator(migrator)
+    .with_qemu(QemuConfig {
+        state_dir: args.state_dir.clone(),
+        guest_dir: args.guest_dir.clone(),
+    });
     let mut rms = None;
     if let Some(url) = &rms_url {
         let client = RmsClient::new(url, secret, ca_pem.as_deref())

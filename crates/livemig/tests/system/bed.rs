@@ -279,6 +279,44 @@ impl System {
 
     /// Starts host `i`'s agent with `capacity` (e.g. "256MiB").
     pub fn start_agent(&mut self, i: usize, capacity: &str) {
+        self.start_agent_with(i, capacity, &[]);
+    }
+
+    /// Starts host `i`'s agent able to run `qemu` VMs: its state directory is `h<i>` in the
+    /// test's directory, its guest image in `guest`.
+    pub fn start_qemu_agent(&mut self, i: usize, capacity: &str, guest: &Path) {
+        let state = self.qemu_state_dir(i);
+        let (state, guest) = (state.display().to_string(), guest.display().to_string());
+        self.start_agent_with(i, capacity, &["--state-dir", &state, "--guest-dir", &guest]);
+    }
+
+    /// Where host `i`'s agent keeps its QEMU VMs.
+    pub fn qemu_state_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("h{i}"))
+    }
+
+    /// Stops host `i`'s agent as an operator would (SIGTERM), waiting at most `limit`;
+    /// whether it exited in time.
+    pub fn stop_agent(&mut self, i: usize, limit: Duration) -> bool {
+        let Some(mut c) = self.agents[i - 1].take() else {
+            return true;
+        };
+        let _ = Proc::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(_)) = c.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    fn start_agent_with(&mut self, i: usize, capacity: &str, extra: &[&str]) {
         let ip = host_ip(i);
         let mut cmd = System::exec(&self.host_ns(i), cargo_bin("livemig"));
         cmd.args(["agent", "--listen", &format!("{ip}:{AGENT_PORT}")])
@@ -286,6 +324,7 @@ impl System {
             .arg(&self.token)
             .args(["--capacity-memory", capacity])
             .args(["--rms", &self.rms_url()])
+            .args(extra)
             .env("RUST_LOG", "livemig=info,livemig_agent=info");
         if self.rms_opts.ca_dir {
             cmd.arg("--ca-file").arg(self.ca_file());

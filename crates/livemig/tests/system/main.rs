@@ -4,6 +4,7 @@
 
 mod bed;
 mod faults;
+mod qemu;
 
 use std::time::Duration;
 
