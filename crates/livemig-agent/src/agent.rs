@@ -394,18 +394,29 @@ impl Agent {
         Ok(view)
     }
 
-    /// The agent stops: its QEMU VMs quit (bounded) and leave the table. A QEMU paused after
-    /// a hand-over in doubt is quit too (this agent cannot settle it once gone); simulated
-    /// guests stop when the agent is dropped, as before.
+    /// The agent stops: its QEMU VMs quit (bounded) and leave the table. A QEMU VM that is
+    /// still migrating, or paused after a hand-over in doubt, is left as it is (its QEMU may
+    /// hold the only copy of the guest): logged, and unmanaged from then on (settle it over its
+    /// QMP socket, `docs/qemu-agents.md`). Simulated guests stop when the agent is dropped.
     pub async fn stop_qemu_vms(&self) {
         let vms: Vec<(String, Vm)> = {
             let mut s = self.lock();
-            let names: Vec<String> = s
+            let (busy, names): (Vec<String>, Vec<String>) = s
                 .vms
                 .iter()
                 .filter(|(_, v)| matches!(v.guest, GuestHandle::Qemu(_)))
                 .map(|(n, _)| n.clone())
-                .collect();
+                .partition(|n| s.migrations.busy(n));
+            for name in &busy {
+                if let Some(Vm {
+                    guest: GuestHandle::Qemu(q),
+                    ..
+                }) = s.vms.get(name)
+                {
+                    q.detach();
+                }
+                tracing::error!(vm = %name, "stopping: this QEMU VM is migrating or its hand-over is in doubt; its QEMU is left running as it is, unmanaged (see docs/qemu-agents.md)");
+            }
             names
                 .into_iter()
                 .filter_map(|n| {

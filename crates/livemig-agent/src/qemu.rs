@@ -328,6 +328,11 @@ impl QemuVm {
     }
 
     /// Stops QEMU and removes its directory (best effort).
+    /// Leaves QEMU running when this handle goes (see `livemig_qemu::vm::Vm::detach`).
+    pub fn detach(&self) {
+        self.process().detach();
+    }
+
     pub async fn destroy(&self) {
         self.stop().await;
         if let Err(e) = std::fs::remove_dir_all(&self.spec.dir) {

@@ -211,10 +211,39 @@ fn qemu_vms_are_refused_cleanly_and_quit_when_the_agent_stops() {
     assert_eq!(vm(&a, "q0")["running"], false, "paused in doubt");
     let r = a.call("DELETE", "/api/v1/vms/q0", None);
     assert_eq!(r.status, 409, "{}", r.body);
+    // Another QEMU VM, settled: it quits with its agent.
+    let r = a.post(
+        "/api/v1/vms",
+        &json!({"name": "q1", "memory_bytes": MEM, "workload": "idle", "kind": "qemu"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(qemus_under(dir.path()), 2);
     assert!(a.stop(), "the agent stops in time");
+    // The paused source may hold the only copy of the guest: the stop leaves it alone.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(qemus_under(dir.path()), 1, "the QEMU in doubt was killed");
+    kill_qemus_under(dir.path());
+}
+
+/// Kills the QEMU processes whose command line names `dir` (the test's own leftovers).
+fn kill_qemus_under(dir: &Path) {
+    let needle = dir.display().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.split('\0').any(|a| a == "-qmp") && cmd.contains(&needle) {
+            if let Some(pid) = e.file_name().to_str() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", pid])
+                    .status();
+            }
+        }
+    }
     assert!(
-        wait_until(Duration::from_secs(5), || qemus_under(dir.path()) == 0),
-        "QEMU outlived its agent"
+        wait_until(Duration::from_secs(5), || qemus_under(dir) == 0),
+        "the leftover QEMU did not die"
     );
 }
 

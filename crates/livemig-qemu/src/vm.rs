@@ -212,7 +212,8 @@ impl VmSpec {
 #[derive(Debug)]
 pub struct Vm {
     pub spec: VmSpec,
-    child: Child,
+    /// `None` once detached: QEMU then outlives this handle.
+    child: Option<Child>,
 }
 
 impl Vm {
@@ -238,13 +239,16 @@ impl Vm {
                 qemu: qemu.clone(),
                 source,
             })?;
-        let mut vm = Vm { spec, child };
+        let mut vm = Vm {
+            spec,
+            child: Some(child),
+        };
         let until = tokio::time::Instant::now() + wait;
         loop {
             if vm.spec.qmp_path().exists() {
                 return Ok(vm);
             }
-            if let Ok(Some(_)) = vm.child.try_wait() {
+            if let Some(Ok(Some(_))) = vm.child.as_mut().map(Child::try_wait) {
                 return Err(VmError::Exited {
                     name: vm.spec.name.clone(),
                     stderr: std::fs::read_to_string(vm.spec.stderr_path())
@@ -317,22 +321,35 @@ impl Vm {
 
     /// QEMU's process id.
     pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+        self.child.as_ref().and_then(Child::id)
     }
 
-    /// Kills QEMU (SIGKILL) and reaps it.
+    /// Kills QEMU (SIGKILL) and reaps it (nothing once detached).
     pub async fn kill(&mut self) {
-        let _ = self.child.kill().await;
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill().await;
+        }
     }
 
     /// Sends SIGKILL without waiting (a synchronous caller; [`Vm::is_alive`] reaps it later).
     pub fn start_kill(&mut self) {
-        let _ = self.child.start_kill();
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
     }
 
-    /// Whether QEMU is still alive.
+    /// Whether QEMU is still alive (as far as this handle knows: false once detached).
     pub fn is_alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// Lets QEMU outlive this handle: it is no longer killed when the handle is dropped (a
+    /// stopping agent leaves a guest whose hand-over is in doubt running as it is).
+    pub fn detach(&mut self) {
+        if let Some(c) = self.child.take() {
+            // Dropping the handle would kill QEMU (`kill_on_drop`); forgetting it does not.
+            std::mem::forget(c);
+        }
     }
 }
 
