@@ -23,9 +23,10 @@
 //! From QEMU's stop-and-copy on, a cancel is refused (the governor ignores it from there).
 //!
 //! If the source agent dies mid-migration, its relay ends with it: QEMU's migration fails on
-//! its socket and QEMU resumes the guest on the source (before completion), or the source
-//! stays paused after a completion whose stream reached the destination whole (which then
-//! runs the guest). QEMU outlives the agent; its settings changed by the governor are saved in
+//! its socket and QEMU resumes the guest on the source (before its last bytes are written),
+//! or the source stays paused after QEMU completed into the dead socket (the destination then
+//! ran the guest if its stream was whole, else nobody does until an operator `cont`s the
+//! source: `docs/qemu-agents.md`). QEMU outlives the agent; its settings changed by the governor are saved in
 //! `<vm-dir>/vm.qmp.livemig-params.json` (`livemig qemu restore --qmp <vm-dir>/vm.qmp`).
 
 use std::net::SocketAddr;
