@@ -105,6 +105,10 @@ pub fn all(
     Ok(())
 }
 
+/// The most rounds left a demand may carry: far above any policy's round limit, low enough
+/// that the planner's simulation of them stays cheap.
+pub const MAX_ROUNDS_LEFT: u32 = 10_000;
+
 fn positive(v: f64) -> bool {
     v.is_finite() && v > 0.0
 }
@@ -142,6 +146,14 @@ fn validate_demand(d: &Demand) -> Result<(), BudgetError> {
     }
     if !d.submitted_at.is_finite() {
         return Err(bad("the submission time", "finite", d.submitted_at));
+    }
+    // The predictive planner's work grows with the rounds left (it simulates them).
+    if d.rounds_left > MAX_ROUNDS_LEFT {
+        return Err(bad(
+            "the rounds left",
+            "at most 10000",
+            f64::from(d.rounds_left),
+        ));
     }
     if d.remaining_bytes > d.memory_bytes {
         return Err(BudgetError::RemainingAboveMemory {
@@ -268,6 +280,13 @@ mod tests {
                 }),
                 "growth",
             ),
+            (
+                Demand {
+                    rounds_left: MAX_ROUNDS_LEFT + 1,
+                    ..demand(1)
+                },
+                "rounds left",
+            ),
         ];
         for (d, words) in cases {
             let e = plan(&Scheme::BUDGET, &b, &[], &[d], 0.0).expect_err(words);
@@ -275,6 +294,26 @@ mod tests {
         }
         let e = plan(&Scheme::Unlimited, &b, &[demand(1)], &[demand(1)], 0.0);
         assert_eq!(e, Err(BudgetError::Duplicate(MigrationId(1))));
+    }
+
+    #[test]
+    fn the_most_rounds_left_with_a_growth_that_never_converges_plans_quickly() {
+        // The planner simulates the rounds: at the cap it must still answer at once.
+        let d = Demand {
+            rounds_left: MAX_ROUNDS_LEFT,
+            ..demand(1)
+        }
+        .with_growth(Growth::linear(1e12, 1e13));
+        let started = std::time::Instant::now();
+        let p = plan(
+            &Scheme::BUDGET,
+            &Budget::uplink(100.0 * MIB),
+            &[],
+            &[d],
+            0.0,
+        );
+        assert!(p.is_ok(), "{p:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
