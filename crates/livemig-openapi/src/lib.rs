@@ -100,7 +100,7 @@ pub struct Op {
     pub ok: (u16, &'static str, Body),
     /// The refusals particular to this route (`ErrorBody`): status, when.
     pub errors: &'static [(u16, &'static str)],
-    /// Behind the bearer token (every route but `/healthz`).
+    /// Behind the bearer token (every route but `/healthz` and the RMS's dashboard files).
     pub secured: bool,
 }
 
