@@ -34,7 +34,9 @@
   function takeTokenFromFragment() {
     const m = /(?:^#|&)token=([^&]*)/.exec(window.location.hash);
     if (m) {
-      sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+      let t = m[1];
+      try { t = decodeURIComponent(t); } catch (_) { /* kept as written */ }
+      sessionStorage.setItem(TOKEN_KEY, t);
       // Out of the address bar and the history.
       history.replaceState(null, "", window.location.pathname + window.location.search);
     }
