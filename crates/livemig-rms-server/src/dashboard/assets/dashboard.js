@@ -210,6 +210,12 @@
       tr.append(free, list);
       return tr;
     });
+    if (!rows.length) {
+      const td = el("td", "No host has registered.", "empty");
+      td.colSpan = 5;
+      rows.push(el("tr"));
+      rows[0].append(td);
+    }
     $("hosts").tBodies[0].replaceChildren(...rows);
     $("hosts-count").textContent = "(" + hosts.length + " hosts, " + vms.length + " VMs)";
   }
@@ -329,7 +335,8 @@
     let xMin = o.xMin !== undefined ? o.xMin : Math.min(...xs);
     let xMax = o.xMax !== undefined ? o.xMax : Math.max(...xs);
     if (!(xMax > xMin)) { xMin -= 1; xMax += 1; }
-    const yMax = niceMax(Math.max(...ys) * 1.05);
+    // At least 4 MiB/s high: an idle chart reads 0 to 4 MiB/s, not fractions of a byte.
+    const yMax = niceMax(Math.max(Math.max(...ys) * 1.05, 4 * 1024 * 1024));
     const px = (x) => L + ((x - xMin) / (xMax - xMin)) * (W - L - R);
     const py = (y) => H - B - (y / yMax) * (H - T - B);
 
