@@ -451,6 +451,8 @@ async fn the_dashboard_shows_the_hosts_and_a_running_migration_live() {
     for s in alive.iter().chain([&alive_c]) {
         s.cancel();
     }
+    // A heartbeat under way ends before the RMS stops.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     rms.stop().await;
 }
 
