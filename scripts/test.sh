@@ -10,8 +10,9 @@ say() { printf '\n== %s\n' "$*"; }
 # a static busybox, cpio for the initramfs); iproute2 (ip, tc) for the namespace testbed
 # (scripts/testbed.sh), whose test needs root; postgresql for the store's PostgreSQL tests (a
 # throwaway cluster, scripts/postgres.sh: Debian's own cluster is not used); curl for the
-# system tests, which ask agents inside the testbed's namespaces directly.
-PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static cpio iproute2 postgresql curl)
+# system tests, which ask agents inside the testbed's namespaces directly; chromium for the
+# RMS dashboard's test in a headless browser.
+PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static cpio iproute2 postgresql curl chromium)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,4 +1,5 @@
-//! The layers every router wears: the bearer token on everything but `/healthz`, a timeout on
+//! The layers every router wears: the bearer token on everything but `/healthz` (and the
+//! routes a router declares open: [`Guard::wrap_with_open`]), a timeout on
 //! every request, the body cap, and counters of what was refused.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,11 +66,24 @@ impl Guard {
     /// `api` behind the token, plus an open `GET /healthz`, every request bounded and counted,
     /// unknown routes and methods answered in JSON.
     pub fn wrap<S: Clone + Send + Sync + 'static>(self: &Arc<Guard>, api: Router<S>) -> Router<S> {
+        self.wrap_with_open(api, Router::new())
+    }
+
+    /// [`Guard::wrap`], plus the routes of `open` served without a token (the RMS's dashboard
+    /// page and its static assets, which carry no data: the page asks the API for it with the
+    /// token). Only the exact routes of `open` are open; any other path, unknown ones included,
+    /// still needs the token.
+    pub fn wrap_with_open<S: Clone + Send + Sync + 'static>(
+        self: &Arc<Guard>,
+        api: Router<S>,
+        open: Router<S>,
+    ) -> Router<S> {
         let api = api
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(Arc::clone(self), authorize));
         api.route(HEALTHZ, get(healthz))
+            .merge(open)
             .layer(middleware::from_fn_with_state(Arc::clone(self), bounded))
             .layer(Extension(BodyLimit(self.body_limit)))
     }

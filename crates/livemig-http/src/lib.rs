@@ -5,8 +5,8 @@
 //! - [`token`]: the bearer token file (owner-only) and the constant-time check.
 //! - [`body`]: JSON request bodies under a cap, decoded strictly.
 //! - [`error`]: every error as `{"error": "..."}` with its status.
-//! - [`guard`]: the layers every router wears: the token check (all but `/healthz`), the
-//!   per-request timeout, counters of refusals.
+//! - [`guard`]: the layers every router wears: the token check (all but `/healthz` and the
+//!   routes a router declares open), the per-request timeout, counters of refusals.
 //! - [`server`]: the accept loop: bounded connections, header and request timeouts, a clean
 //!   stop on a cancellation token.
 

@@ -17,13 +17,16 @@
 //! - every request and answer body is the schema of the Rust type the handler decodes or
 //!   encodes (one contract for both directions: what the services' serde *accepts*, so a
 //!   field with a serde default is optional even in an answer that always carries it), but
-//!   the guard's `{"status": "ok"}` of `/healthz`, written here by hand;
+//!   the guard's `{"status": "ok"}` of `/healthz`, written here by hand, and the dashboard's
+//!   static files (text of a media type);
 //! - the route tables ([`RMS`], [`AGENT`]) hold each route's method, path, summary, body type
 //!   and answers per status, read from the handlers. A test checks that they list exactly the
 //!   routes the routers serve (`livemig_rms_server::routes::ROUTES`,
-//!   `livemig_agent::routes::ROUTES`, and the guard's open `GET /healthz`), so a route added
+//!   `livemig_agent::routes::ROUTES`, the RMS's open `livemig_rms_server::routes::OPEN_ROUTES`
+//!   and the guard's open `GET /healthz`), so a route added
 //!   to a router without a line here fails the tests;
-//! - the statuses every route may answer are added to each: 401 (token; all but `/healthz`),
+//! - the statuses every route may answer are added to each: 401 (token; all but the open
+//!   routes),
 //!   503 (the request timeout), and 400/413 for a route that takes a body (malformed, too
 //!   large) or 400 for one with a path parameter.
 
@@ -65,6 +68,9 @@ pub enum Body {
     Literal(fn() -> Value),
     /// Prometheus text (`text/plain; version=0.0.4`).
     Prometheus,
+    /// A static file compiled into the service, of this media type (the dashboard's page,
+    /// script and style sheet).
+    Static(&'static str),
     /// No body.
     Empty,
 }
@@ -94,7 +100,7 @@ pub struct Op {
     pub ok: (u16, &'static str, Body),
     /// The refusals particular to this route (`ErrorBody`): status, when.
     pub errors: &'static [(u16, &'static str)],
-    /// Behind the bearer token (every route but `/healthz`).
+    /// Behind the bearer token (every route but `/healthz` and the RMS's dashboard files).
     pub secured: bool,
 }
 
@@ -354,6 +360,39 @@ pub const RMS: &[Op] = &[
         errors: &[],
         secured: true,
     },
+    Op {
+        method: "GET",
+        path: "/",
+        id: "dashboard",
+        summary: "The dashboard: a web page of the hosts, VMs and live migrations (no token needed: it asks this API with the token it is given)",
+        params: &[],
+        request: None,
+        ok: (200, "The page (strict Content-Security-Policy, no caching)", Body::Static("text/html")),
+        errors: &[],
+        secured: false,
+    },
+    Op {
+        method: "GET",
+        path: "/assets/dashboard.js",
+        id: "dashboardScript",
+        summary: "The dashboard's script (no token needed)",
+        params: &[],
+        request: None,
+        ok: (200, "The script", Body::Static("text/javascript")),
+        errors: &[],
+        secured: false,
+    },
+    Op {
+        method: "GET",
+        path: "/assets/dashboard.css",
+        id: "dashboardStyle",
+        summary: "The dashboard's style sheet (no token needed)",
+        params: &[],
+        request: None,
+        ok: (200, "The style sheet", Body::Static("text/css")),
+        errors: &[],
+        secured: false,
+    },
     HEALTHZ,
 ];
 
@@ -582,6 +621,17 @@ fn document(title: &str, description: &str, ops: &[Op]) -> Value {
         assert!(prev.is_none(), "{} {} is listed twice", op.method, op.path);
     }
 
+    let open: Vec<String> = ops
+        .iter()
+        .filter(|op| !op.secured)
+        .map(|op| format!("`{}`", op.path))
+        .collect();
+    let open = match open.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => "none".into(),
+    };
+
     let schemas = g.take_definitions(true);
     json!({
         "openapi": "3.1.0",
@@ -589,7 +639,7 @@ fn document(title: &str, description: &str, ops: &[Op]) -> Value {
             "title": title,
             "version": env!("CARGO_PKG_VERSION"),
             "description": format!(
-                "{description}\n\nEvery route but `/healthz` needs `Authorization: Bearer <token>`. \
+                "{description}\n\nEvery route but {open} needs `Authorization: Bearer <token>`. \
                  Every error answer is `{{\"error\": \"...\"}}` (`ErrorBody`); besides the statuses \
                  listed, any route may answer 500 on an internal fault. Generated from the Rust \
                  types by `livemig-openapi`."
@@ -624,6 +674,7 @@ fn body(g: &mut SchemaGenerator, b: Body) -> Option<Value> {
         Body::List(f) => json(json!({"type": "array", "items": f(g).to_value()})),
         Body::Literal(f) => json(f()),
         Body::Prometheus => Some(json!({"text/plain": {"schema": {"type": "string"}}})),
+        Body::Static(media) => Some(json!({media: {"schema": {"type": "string"}}})),
         Body::Empty => None,
     }
 }

@@ -97,7 +97,12 @@ fn same_routes(name: &str, ops: &[Op], routes: &[(&str, &str)]) {
 
 #[test]
 fn the_tables_list_exactly_the_routes_the_routers_serve() {
-    same_routes("RMS", RMS, livemig_rms_server::routes::ROUTES);
+    let rms: Vec<_> = livemig_rms_server::routes::ROUTES
+        .iter()
+        .chain(livemig_rms_server::routes::OPEN_ROUTES)
+        .copied()
+        .collect();
+    same_routes("RMS", RMS, &rms);
     same_routes("agent", AGENT, livemig_agent::routes::ROUTES);
 }
 
@@ -268,4 +273,15 @@ fn the_schemas_follow_the_serde_attributes() {
     let event = s("Event").to_string();
     assert!(event.contains("\"round_started\""), "tagged by `event`");
     assert!(rms["paths"]["/healthz"]["get"]["security"] == serde_json::json!([]));
+    for path in ["/", "/assets/dashboard.js", "/assets/dashboard.css"] {
+        let op = &rms["paths"][path]["get"];
+        assert!(op["security"] == serde_json::json!([]), "{path} is open");
+        assert!(
+            op["responses"].get("401").is_none(),
+            "{path} wants no token"
+        );
+    }
+    assert!(rms["paths"]["/api/v1/hosts"]["get"]
+        .get("security")
+        .is_none());
 }

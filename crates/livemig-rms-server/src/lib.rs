@@ -12,10 +12,12 @@
 //! - [`recover`]: after a restart, what each agent runs.
 //! - [`routes`]: the HTTP API (operators and agents).
 //! - [`metrics`] renders `GET /metrics`.
+//! - [`dashboard`]: the web page at `/` and its assets, compiled in.
 //! - [`service`]: [`run`], the whole process.
 
 pub mod actions;
 pub mod client;
+pub mod dashboard;
 pub mod driver;
 pub mod keys;
 pub mod metrics;

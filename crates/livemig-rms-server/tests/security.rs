@@ -1,5 +1,6 @@
-//! Every route but `/healthz` wants the token (401, nothing changes); bodies are capped and
-//! decoded strictly (413, 400 with the reason); junk on the socket leaves the RMS serving.
+//! Every route but `/healthz` and the dashboard's files wants the token (401, nothing changes);
+//! bodies are capped and decoded strictly (413, 400 with the reason); junk on the socket leaves
+//! the RMS serving.
 
 mod common;
 
@@ -163,4 +164,68 @@ impl JsonOrText for reqwest::Response {
         let b = self.bytes().await.expect("a body");
         serde_json::from_slice(&b).unwrap_or_else(|_| json!(String::from_utf8_lossy(&b)))
     }
+}
+
+/// The dashboard's page and assets answer without a token, with their strict headers; every
+/// API route, and any other path, still wants it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_dashboard_files_are_open() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let rms = Rms::start(dir.path(), 30.0).await;
+    let client = http();
+    for (method, path) in livemig_rms_server::routes::OPEN_ROUTES {
+        assert_eq!(*method, "GET");
+        let r = client
+            .get(rms.url(path))
+            .send()
+            .await
+            .expect("the RMS answers");
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        let h = r.headers();
+        let header = |name: &str| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert_eq!(
+            header("content-security-policy"),
+            livemig_rms_server::dashboard::CSP,
+            "{path}"
+        );
+        assert!(header("content-security-policy").contains("script-src 'self';"));
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("cache-control"), "no-store", "{path}");
+        let kind = header("content-type");
+        let wanted = match *path {
+            "/" => "text/html",
+            p if p.ends_with(".js") => "text/javascript",
+            _ => "text/css",
+        };
+        assert!(kind.starts_with(wanted), "{path}: {kind}");
+        assert!(!r.text().await.expect("a body").is_empty());
+    }
+    // Every API route, its parameters filled in, wants the token.
+    for (method, path) in livemig_rms_server::routes::ROUTES {
+        let path = path.replace("{name}", "v").replace("{id}", "1");
+        let method = Method::from_bytes(method.as_bytes()).expect("a method");
+        let (status, v) = call_as(method.clone(), &rms.url(&path), None, None).await;
+        assert_eq!(status, 401, "{method} {path}: {v}");
+    }
+    // So does any path the dashboard does not serve.
+    for path in [
+        "/index.html",
+        "/assets/",
+        "/assets/other.js",
+        "/assets/dashboard.js/x",
+        "/api/v1/budget",
+        "/favicon.ico",
+    ] {
+        let (status, v) = call_as(Method::GET, &rms.url(path), None, None).await;
+        assert_eq!(status, 401, "GET {path}: {v}");
+    }
+    // The open routes are read-only.
+    let (status, _) = call_as(Method::POST, &rms.url("/"), Some(json!({})), None).await;
+    assert_eq!(status, 405);
+    rms.stop().await;
 }

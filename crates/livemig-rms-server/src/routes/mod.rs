@@ -1,5 +1,5 @@
 //! The RMS's HTTP API: the operators' routes ([`public`]) and the agents' ([`agents`]), all
-//! behind the bearer token but `/healthz`.
+//! behind the bearer token but `/healthz` and the dashboard's static files ([`OPEN_ROUTES`]).
 //!
 //! | request | answer |
 //! |---|---|
@@ -13,6 +13,7 @@
 //! | `POST /api/v1/migrations/{id}/resolve {host}` | 200 `MigrationView` (an `unknown` settled) |
 //! | `POST /api/v1/agents/{register,heartbeat,events,reports}` | see `livemig_api::agent_to_rms` |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /`, `GET /assets/dashboard.{js,css}` | the dashboard (no token: [`crate::dashboard`]) |
 //!
 //! The whole contract, bodies and statuses, is `docs/openapi/rms.json`, built by `livemig-openapi`:
 //! a route added to [`ROUTES`] fails its tests until its table lists it (then
@@ -33,6 +34,7 @@ use livemig_rms::OrchestratorError;
 
 use crate::actions::ActionCounters;
 use crate::client::AgentClient;
+use crate::dashboard;
 use crate::driver::{Driver, DriverError};
 
 /// What every handler sees.
@@ -53,41 +55,61 @@ pub struct App {
 
 pub type Shared = axum::extract::State<Arc<App>>;
 
-/// Declares the routes once: [`ROUTES`] lists them and `api` serves them, so the two cannot
-/// disagree (the OpenAPI document of `livemig-openapi` is checked against [`ROUTES`]).
+/// Declares the routes once: [`ROUTES`] and [`OPEN_ROUTES`] list them and `api` and `open`
+/// serve them, so the lists and the routers cannot disagree (the OpenAPI document of
+/// `livemig-openapi` is checked against both).
 macro_rules! routes {
-    ($($method:ident $path:literal => $handler:path,)*) => {
+    (
+        open { $($omethod:ident $opath:literal => $ohandler:path,)* }
+        token { $($method:ident $path:literal => $handler:path,)* }
+    ) => {
         /// Every route behind the token, `(method, path)` in axum's syntax. The open
-        /// `GET /healthz` is the guard's ([`livemig_http::guard::HEALTHZ`]).
+        /// `GET /healthz` is the guard's ([`livemig_http::guard::HEALTHZ`]), the other open
+        /// routes are [`OPEN_ROUTES`].
         pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path),)*];
+
+        /// The routes served without a token: the dashboard's page and its static assets
+        /// ([`crate::dashboard`]). They carry no data; the page asks [`ROUTES`] with the token.
+        pub const OPEN_ROUTES: &[(&str, &str)] = &[$((stringify!($omethod), $opath),)*];
 
         fn api() -> Router<Arc<App>> {
             Router::new()$(.route($path, on(MethodFilter::$method, $handler)))*
+        }
+
+        fn open() -> Router<Arc<App>> {
+            Router::new()$(.route($opath, on(MethodFilter::$omethod, $ohandler)))*
         }
     };
 }
 
 routes! {
-    GET "/api/v1/hosts" => public::hosts,
-    GET "/api/v1/vms" => public::vms,
-    POST "/api/v1/vms" => public::create_vm,
-    GET "/api/v1/vms/{name}" => public::vm,
-    DELETE "/api/v1/vms/{name}" => public::delete_vm,
-    GET "/api/v1/migrations" => public::migrations,
-    POST "/api/v1/migrations" => public::submit,
-    GET "/api/v1/migrations/{id}" => public::migration,
-    DELETE "/api/v1/migrations/{id}" => public::cancel,
-    POST "/api/v1/migrations/{id}/resolve" => public::resolve,
-    POST "/api/v1/agents/register" => agents::register,
-    POST "/api/v1/agents/heartbeat" => agents::heartbeat,
-    POST "/api/v1/agents/events" => agents::event,
-    POST "/api/v1/agents/reports" => agents::report,
-    GET "/metrics" => public::metrics,
+    open {
+        GET "/" => dashboard::page,
+        GET "/assets/dashboard.js" => dashboard::script,
+        GET "/assets/dashboard.css" => dashboard::style,
+    }
+    token {
+        GET "/api/v1/hosts" => public::hosts,
+        GET "/api/v1/vms" => public::vms,
+        POST "/api/v1/vms" => public::create_vm,
+        GET "/api/v1/vms/{name}" => public::vm,
+        DELETE "/api/v1/vms/{name}" => public::delete_vm,
+        GET "/api/v1/migrations" => public::migrations,
+        POST "/api/v1/migrations" => public::submit,
+        GET "/api/v1/migrations/{id}" => public::migration,
+        DELETE "/api/v1/migrations/{id}" => public::cancel,
+        POST "/api/v1/migrations/{id}/resolve" => public::resolve,
+        POST "/api/v1/agents/register" => agents::register,
+        POST "/api/v1/agents/heartbeat" => agents::heartbeat,
+        POST "/api/v1/agents/events" => agents::event,
+        POST "/api/v1/agents/reports" => agents::report,
+        GET "/metrics" => public::metrics,
+    }
 }
 
 /// The whole API.
 pub fn router(app: Arc<App>) -> Router {
-    app.guard.wrap(api()).with_state(app)
+    app.guard.wrap_with_open(api(), open()).with_state(app)
 }
 
 /// The status of a refused input (`docs/system.md`).

@@ -452,17 +452,22 @@ pub async fn post_event(rms: SocketAddr, host: &str, migration: u64, event: Valu
 }
 
 fn round_record(k: u32) -> Value {
+    round_record_at(k, 1.0e8, 4.0e5)
+}
+
+/// Round `k`'s record under the cap `cap` (bytes/s) with the guest dirtying `dirty` bytes/s.
+pub fn round_record_at(k: u32, cap: f64, dirty: f64) -> Value {
     use livemig_policy::report::RoundRecord;
     use livemig_policy::{Audit, Branch, Decision, StopReason};
     let audit = Audit {
         round: k,
-        cap_bytes_per_s: 1.0e8,
-        effective_bytes_per_s: 1.0e8,
-        dirty_rate_bytes_per_s: 4.0e5,
-        factor: 0.004,
-        avg_factor: 0.004,
+        cap_bytes_per_s: cap,
+        effective_bytes_per_s: cap,
+        dirty_rate_bytes_per_s: dirty,
+        factor: dirty / cap,
+        avg_factor: dirty / cap,
         threshold: Some(0.8),
-        mean_dirty_rate_bytes_per_s: 4.0e5,
+        mean_dirty_rate_bytes_per_s: dirty,
         estimate_bytes_per_s: None,
         remaining_bytes: 4096.0,
         branch: Branch::Stop,
@@ -472,15 +477,15 @@ fn round_record(k: u32) -> Value {
     };
     let r = RoundRecord {
         round: k,
-        cap_bytes_per_s: 1.0e8,
-        wish_bytes_per_s: 1.0e8,
+        cap_bytes_per_s: cap,
+        wish_bytes_per_s: cap,
         bytes_sent: 1.0e6,
         duration_s: 0.01,
-        effective_bytes_per_s: 1.0e8,
+        effective_bytes_per_s: cap,
         dirty_bytes: 4096.0,
-        dirty_rate_bytes_per_s: 4.0e5,
-        factor: 0.004,
-        avg_factor: 0.004,
+        dirty_rate_bytes_per_s: dirty,
+        factor: dirty / cap,
+        avg_factor: dirty / cap,
         decision: Decision::stop(StopReason::RemainingBelowStopLevel, audit),
     };
     serde_json::to_value(r).expect("a round serialises")

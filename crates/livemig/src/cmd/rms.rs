@@ -26,8 +26,10 @@ use crate::args::positive_duration;
   livemig rms --listen 127.0.0.1:0 --db sqlite::memory: --token-file rms.token --json
 
 The token file holds the cluster's bearer token on its first line (mode 600); agents and the
-operator CLI use the same token. Every request but GET /healthz carries
-`Authorization: Bearer <token>`. API: docs/system.md; operations: docs/operations.md.")]
+operator CLI use the same token. Every request but GET /healthz and the dashboard's files
+carries `Authorization: Bearer <token>`. The dashboard: open http://HOST:PORT/#token=TOKEN in
+a browser (it needs nothing from the internet). API: docs/system.md; operations:
+docs/operations.md.")]
 pub struct Args {
     /// Address to listen on (HOST:PORT; port 0 picks one and prints it).
     #[arg(long, default_value = "127.0.0.1:7700")]
