@@ -229,7 +229,7 @@ pub const RMS: &[Op] = &[
             query("state", "Only migrations in this state (queued, placing, running, switching_over, completed, failed, cancelled, unknown)", false),
             query("vm", "Only migrations of this VM", false),
             query("after", "Only migrations with a greater id (the `x-next-after` of the previous page)", true),
-            query("limit", "At most this many (1 to 1000; default 1000)", true),
+            query("limit", "At most this many (1 to 100; default 100)", true),
         ],
         request: None,
         ok: (

@@ -10,6 +10,10 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// The deadline of starting or stopping a VM on an agent: a QEMU VM boots (or quits) before
+/// the agent answers, which takes longer than a question.
+pub const VM_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The largest answer read from an agent.
 pub const MAX_ANSWER_BYTES: usize = 4 << 20;
 
@@ -85,11 +89,26 @@ impl AgentClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, CallError> {
+        self.call_within(method, address, path, body, None).await
+    }
+
+    /// [`AgentClient::call`] with its own deadline instead of the client's.
+    async fn call_within<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        address: &str,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<T, CallError> {
         let url = format!("{}://{address}{path}", self.scheme);
         let mut req = self
             .http
             .request(method, &url)
             .header("authorization", &self.bearer);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         if let Some(b) = body {
             let bytes = serde_json::to_vec(b).map_err(|e| CallError::Malformed {
                 url: url.clone(),
@@ -144,9 +163,15 @@ impl AgentClient {
     /// Drops a reservation.
     pub async fn release(&self, address: &str, reservation: &str) -> Result<(), CallError> {
         let path = format!("/api/v1/capacity/{reservation}");
-        self.call::<(), serde_json::Value>(Method::DELETE, address, &path, None)
-            .await
-            .map(drop)
+        self.call_within::<(), serde_json::Value>(
+            Method::DELETE,
+            address,
+            &path,
+            None,
+            Some(VM_CALL_TIMEOUT),
+        )
+        .await
+        .map(drop)
     }
 
     /// Prepares the destination.
@@ -186,8 +211,14 @@ impl AgentClient {
         address: &str,
         vm: &livemig_api::VmInfo,
     ) -> Result<serde_json::Value, CallError> {
-        self.call(Method::POST, address, "/api/v1/vms", Some(vm))
-            .await
+        self.call_within(
+            Method::POST,
+            address,
+            "/api/v1/vms",
+            Some(vm),
+            Some(VM_CALL_TIMEOUT),
+        )
+        .await
     }
 
     /// Stops a VM on the agent.

@@ -8,8 +8,9 @@
 use livemig_http::ApiError;
 use livemig_rms::{Migration, MigrationState};
 
-/// The most migrations in one answer (each view carries its rounds).
-pub const MAX_PAGE: usize = 1000;
+/// The most migrations in one answer: each view carries its rounds (up to 1000 of them), so
+/// a page stays within tens of MiB (the CLI reads at most 64 MiB).
+pub const MAX_PAGE: usize = 100;
 /// The header naming the `after` of the next page, when there is one.
 pub const NEXT_HEADER: &str = "x-next-after";
 /// The longest query string read.
@@ -152,7 +153,7 @@ mod tests {
         for bad in [
             "state=flying",
             "limit=0",
-            "limit=1001",
+            "limit=101",
             "limit=-1",
             "after=x",
             "vm=a/b",

@@ -149,10 +149,16 @@ pub async fn create_vm(
             VmKind::Qemu => livemig_api::VmKind::Qemu,
         },
     };
-    app.client
-        .start_vm(&address, &info)
-        .await
-        .map_err(agent_error)?;
+    if let Err(e) = app.client.start_vm(&address, &info).await {
+        // No answer or a 5xx: the agent may start it all the same. It is not recorded, so
+        // stop it (best effort) rather than leave it running unaccounted for.
+        if !e.is_refusal() {
+            if let Err(stop) = app.client.stop_vm(&address, &req.name).await {
+                tracing::error!(vm = %req.name, %host, error = %stop, "a VM whose start got no clear answer may run unrecorded on its agent");
+            }
+        }
+        return Err(agent_error(e));
+    }
     let added = app
         .driver
         .input(Input::AddVm {
