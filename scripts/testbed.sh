@@ -119,10 +119,11 @@ start_system() {
   fi
   for ((i = 1; i <= n; i++)); do
     ns="$(host_ns "$i")"
-    mkdir -p "$SYSTEM_DIR/h$i"
+    mkdir -p "$SYSTEM_DIR/h$i/vms"
     ip netns exec "$ns" setsid "$bin" agent --listen "$(host_addr "$i"):$AGENT_PORT" \
       --name "h$i" --token-file "$SYSTEM_DIR/token" --capacity-memory "$capacity" \
       --rms "$scheme://$RMS_ADDR:$RMS_PORT" "${tls_args[@]}" --hold-dir "$SYSTEM_DIR/h$i" \
+      --state-dir "$SYSTEM_DIR/h$i/vms" \
       </dev/null >"$SYSTEM_DIR/agent-h$i.log" 2>&1 9>&- &
   done
   wait_alive "$bin" "$n"

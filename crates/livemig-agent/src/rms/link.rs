@@ -18,6 +18,8 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15);
 /// How long a certificate is used before a registration renews it (a third of its validity).
 pub const RENEW_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How soon a failed renewal is tried again.
+pub const RENEW_RETRY: Duration = Duration::from_secs(600);
 /// The heartbeat period is kept within these bounds whatever the RMS says.
 pub const HEARTBEAT_BOUNDS_S: (f64, f64) = (0.1, 300.0);
 
@@ -65,7 +67,7 @@ pub async fn run_link(
             HEARTBEAT_BOUNDS_S.1
         };
         take_certificate(&agent, registered.cert_pem, registered.ca_pem);
-        let renew_at = agent
+        let mut renew_at = agent
             .tls()
             .issued()
             .map(|_| tokio::time::Instant::now() + RENEW_AFTER);
@@ -81,8 +83,24 @@ pub async fn run_link(
                 _ = stop.cancelled() => return,
             }
             if renew_at.is_some_and(|t| tokio::time::Instant::now() >= t) {
-                tracing::info!("renewing the host certificate: registering again");
-                continue 'register;
+                // One attempt; heartbeats go on whatever its outcome (a renewal that keeps
+                // failing must not make the host look lost while its certificate is valid).
+                let body = register_body(&agent, &cfg, csr.clone());
+                let next = match client
+                    .post_for::<_, Registered>("/api/v1/agents/register", &body)
+                    .await
+                {
+                    Ok(r) => {
+                        take_certificate(&agent, r.cert_pem, r.ca_pem);
+                        tracing::info!("renewed the host certificate");
+                        RENEW_AFTER
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?RENEW_RETRY, "cannot renew the host certificate");
+                        RENEW_RETRY
+                    }
+                };
+                renew_at = Some(tokio::time::Instant::now() + next);
             }
             let info = agent.info();
             let beat = Heartbeat {

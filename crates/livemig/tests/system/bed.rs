@@ -373,25 +373,32 @@ impl System {
             .unwrap_or_else(|e| panic!("livemig {args:?}: not JSON ({e}): {}", text(&o)))
     }
 
-    /// `POST body` to `path` on host `i`'s agent (plain HTTP, from the switch), its JSON;
-    /// `None` when it does not answer 2xx within 3 s.
+    /// `POST body` to `path` on host `i`'s agent (from the switch), its JSON; `None` when it
+    /// does not answer 2xx within 3 s.
     pub fn agent_post(&self, i: usize, path: &str, body: &Value) -> Option<Value> {
-        let url = format!("http://{}:{AGENT_PORT}{path}", host_ip(i));
-        let o = System::exec(&self.switch_ns(), "curl")
-            .args([
-                "-sf",
-                "-m",
-                "3",
-                "-H",
-                &format!("Authorization: Bearer {TOKEN}"),
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                &body.to_string(),
-                &url,
-            ])
-            .output()
-            .expect("curl runs");
+        let scheme = if self.rms_opts.ca_dir {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://{}:{AGENT_PORT}{path}", host_ip(i));
+        let mut curl = System::exec(&self.switch_ns(), "curl");
+        curl.args([
+            "-sf",
+            "-m",
+            "3",
+            "-H",
+            &format!("Authorization: Bearer {TOKEN}"),
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body.to_string(),
+            &url,
+        ]);
+        if self.rms_opts.ca_dir {
+            curl.arg("--cacert").arg(self.ca_file());
+        }
+        let o = curl.output().expect("curl runs");
         if !o.status.success() {
             return None;
         }

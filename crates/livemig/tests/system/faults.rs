@@ -218,7 +218,22 @@ const PROBES: &[&str] = &[
 
 #[test]
 fn a_port_scan_of_every_listener_leaves_every_service_running() {
-    let sys = two_hosts(RmsOpts::default());
+    scan_every_listener(RmsOpts::default());
+}
+
+#[test]
+fn a_port_scan_of_every_tls_listener_leaves_every_service_running() {
+    scan_every_listener(RmsOpts {
+        ca_dir: true,
+        ..RmsOpts::default()
+    });
+}
+
+/// Mid-migration, every listener of the testbed gets the probes; then every service answers
+/// and the migration completes.
+fn scan_every_listener(opts: RmsOpts) {
+    let tls = opts.ca_dir;
+    let sys = two_hosts(opts);
     let id = start_slow(&sys);
     // A data listener waiting for a source (one the RMS never asked for: its key is unknown
     // to anyone), so that a migration's data port is scanned too.
@@ -236,7 +251,7 @@ fn a_port_scan_of_every_listener_leaves_every_service_running() {
             "/api/v1/incoming",
             &serde_json::json!({"migration": 9999, "reservation": reservation,
                 "vm": {"name": "decoy", "memory_bytes": 4096, "workload": "idle", "kind": "sim"},
-                "key": "ab".repeat(32)}),
+                "key": "ab".repeat(32), "tls": tls}),
         )
         .expect("a data listener");
     let data = ready["data_address"]
@@ -258,7 +273,7 @@ fn a_port_scan_of_every_listener_leaves_every_service_running() {
         }
         scanned.push((ns, targets));
     }
-    // The RMS, both agents' APIs and h2's data listener (at least) were scanned.
+    // The RMS, both agents' APIs and the decoy's data listener on h1 (at least) were scanned.
     let count: Vec<usize> = scanned.iter().map(|(_, t)| t.len()).collect();
     assert!(count.iter().all(|c| *c >= 1), "{scanned:?}");
     assert!(scanned[1].1.contains(&data), "{data} not in {scanned:?}");
