@@ -181,6 +181,8 @@ impl Rms {
             .connect_timeout(timeout)
             // The token goes to the RMS only: a redirect elsewhere is an error, not a hop.
             .redirect(reqwest::redirect::Policy::none())
+            // The token goes to the RMS itself, never through a proxy from the environment.
+            .no_proxy()
             .tls_backend_preconfigured(
                 livemig_tls::https_client_config(ca_pem.as_deref())
                     .context("cannot set up TLS (--ca-file)")?,
