@@ -37,7 +37,7 @@ pub const DEST_WAIT: Duration = Duration::from_secs(30);
 /// the source's dirty-rate sample and setup come before).
 pub const IDLE: Duration = Duration::from_secs(60);
 /// How long a killed destination QEMU may take to be gone before `F` is sent.
-const KILL_WAIT: Duration = Duration::from_secs(5);
+pub const KILL_WAIT: Duration = Duration::from_secs(5);
 /// The socket's read and write timeouts (polls: the deadlines decide).
 const POLL: Duration = Duration::from_millis(250);
 
@@ -229,8 +229,15 @@ fn handshake(
     Ok((stream, session))
 }
 
-/// Whether QEMU reports `running` within `wait` (it exits when its incoming load fails).
+/// Whether QEMU reports `running` within `wait` (it exits when its incoming load fails);
+/// `wait` bounds the whole, QMP calls included.
 async fn wait_running(q: &QemuVm, wait: Duration) -> bool {
+    tokio::time::timeout(wait, poll_running(q, wait))
+        .await
+        .unwrap_or(false)
+}
+
+async fn poll_running(q: &QemuVm, wait: Duration) -> bool {
     let until = tokio::time::Instant::now() + wait;
     let mut qmp = None;
     while tokio::time::Instant::now() < until && q.is_alive() {

@@ -45,7 +45,7 @@ use livemig_qemu::saved::default_state_file;
 use livemig_qemu::types::{MigrationInfo, StatusInfo};
 
 use super::incoming::error_chain;
-use super::qemu_in::{DEST_WAIT, IDLE};
+use super::qemu_in::{DEST_WAIT, IDLE, KILL_WAIT};
 use super::relay::{self, Verdict};
 use super::{Entry, MigrationError, MigratorConfig};
 use crate::agent::Agent;
@@ -240,6 +240,17 @@ impl Run<'_> {
     }
 
     fn go(&self, gcfg: GovernorConfig, policy: Box<dyn livemig_policy::Policy>) {
+        // QMP first: without it nothing is sent to QEMU, so the guest certainly runs on as it
+        // was (a later failure to reach QEMU is a different matter: the outcome is asked).
+        let mut qmp = match self.handle.block_on(self.r.vm.qmp()) {
+            Ok(q) => q,
+            Err(e) => {
+                return self.failed_running(format!(
+                    "cannot reach QEMU's QMP socket, nothing was started: {}",
+                    error_chain(&e)
+                ))
+            }
+        };
         let (stream, session) = match self.connect() {
             Ok(x) => x,
             Err(why) => return self.failed_running(format!("cannot reach the destination: {why}")),
@@ -256,7 +267,9 @@ impl Run<'_> {
         let relay = {
             let abandon = Arc::clone(&abandon);
             let (key, session) = (self.r.key.clone(), session.clone());
-            let verdict_wait = DEST_WAIT + self.cfg.timeout;
+            // The destination's longest path to a verdict: QEMU not running within DEST_WAIT,
+            // then killed within KILL_WAIT; plus the data timeout and some slack.
+            let verdict_wait = DEST_WAIT + KILL_WAIT + self.cfg.timeout + Duration::from_secs(5);
             std::thread::Builder::new()
                 .name(format!("relay-{}", self.id))
                 .spawn(move || relay_out(listener, stream, &key, &session, &abandon, verdict_wait))
@@ -288,7 +301,6 @@ impl Run<'_> {
                 downtime
             });
             let result = self.handle.block_on(async {
-                let mut qmp = self.r.vm.qmp().await.map_err(GovernorError::Source)?;
                 Governor::new(gcfg)
                     .with_events(tx)
                     .with_steering(self.r.control.clone())
@@ -302,6 +314,9 @@ impl Run<'_> {
             let downtime = forward.join().ok().flatten();
             result.map(|rep| (rep, downtime))
         });
+        // QEMU serves one QMP client at a time: what follows (resuming the guest, asking
+        // where it runs) opens its own session.
+        drop(qmp);
         if result.is_err() {
             abandon.store(true, Ordering::Relaxed);
         }
