@@ -17,10 +17,12 @@
 //! - [`migrator`]: migrations in (a keyed listener per migration) and out (the engine's
 //!   sender), their table, their per-migration numbers.
 //! - [`rms`]: the RMS client: registration, heartbeats, the outbox of events and reports.
+//! - [`chain`]: an error and its sources on one line.
 
 pub mod agent;
 pub mod api;
 pub mod capacity;
+pub mod chain;
 pub mod metrics;
 pub mod migrator;
 pub mod qemu;

@@ -342,7 +342,7 @@ impl QemuVm {
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
-    crate::migrator::incoming::error_chain(e)
+    crate::chain::error_chain(e)
 }
 
 #[cfg(test)]
