@@ -19,7 +19,7 @@ use crate::actions::{self, ActionCounters};
 use crate::client::{AgentClient, CallError};
 use crate::driver::{self, Clock, Leading, Stop};
 use crate::recover;
-use crate::routes::{router, App};
+use crate::routes::{router, App, OwnNames};
 
 /// The RMS's settings (no live handles).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +52,9 @@ impl Default for RmsConfig {
 pub struct RmsTls {
     pub ca: Arc<Ca>,
     pub identity: Identity,
+    /// What the RMS's certificate names: no host may register these.
+    pub dns_names: Vec<String>,
+    pub ips: Vec<IpAddr>,
 }
 
 impl RmsTls {
@@ -59,7 +62,12 @@ impl RmsTls {
     /// name) and `ips`, valid for [`HOST_VALIDITY`] (a new one at every start).
     pub fn issue(ca: Arc<Ca>, dns_names: &[&str], ips: &[IpAddr]) -> Result<RmsTls, TlsError> {
         let identity = ca.issue_identity(dns_names, ips, HOST_VALIDITY)?;
-        Ok(RmsTls { ca, identity })
+        Ok(RmsTls {
+            ca,
+            identity,
+            dns_names: dns_names.iter().map(|s| s.to_string()).collect(),
+            ips: ips.to_vec(),
+        })
     }
 
     fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
@@ -242,6 +250,13 @@ pub async fn run(
         heartbeat_s: cfg.heartbeat_s,
         ca,
         names: Default::default(),
+        own: tls
+            .as_ref()
+            .map(|t| OwnNames {
+                dns: t.dns_names.clone(),
+                ips: t.ips.clone(),
+            })
+            .unwrap_or_default(),
     });
     livemig_http::serve_tls(
         listener,

@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::json;
 
 fn register(name: &str, data_host: &str, csr: Option<&str>) -> serde_json::Value {
-    let mut r = json!({"name": name, "address": "127.0.0.1:1", "data_host": data_host,
+    let mut r = json!({"name": name, "address": format!("{data_host}:1"), "data_host": data_host,
         "memory_total_bytes": 1u64 << 30, "memory_free_bytes": 1u64 << 30});
     if let Some(c) = csr {
         r["csr_pem"] = c.into();
@@ -64,6 +64,22 @@ async fn registration_with_a_ca_issues_a_certificate_naming_the_host_and_its_dat
         body.to_string().contains("needs a certificate request"),
         "{body}"
     );
+    // A certificate is a claim: not on the RMS's own address or name, not on another host's.
+    let (_key, csr) = livemig_tls::Identity::generate_csr("host-x", &[]).expect("a CSR");
+    for (name, data_host, words) in [
+        ("host-x", "127.0.0.1", "the RMS's own address"),
+        ("localhost", "127.0.0.9", "a name of the RMS"),
+        ("host-y", "127.0.0.2", "host `host-a` is registered"),
+    ] {
+        let (status, body) = call(
+            Method::POST,
+            &url,
+            Some(register(name, data_host, Some(&csr))),
+        )
+        .await;
+        assert_eq!(status, 409, "{name}: {body}");
+        assert!(body.to_string().contains(words), "{name}: {body}");
+    }
     // A request that is not one is a 422 with the reason.
     let (status, body) = call(
         Method::POST,

@@ -78,6 +78,9 @@ pub async fn register(State(app): Shared, Json(r): Json<Register>) -> Result<Res
     for vm in &r.vms {
         check_vm(&vm.name)?;
     }
+    if app.ca.is_some() {
+        claimable(&app, &r).await?;
+    }
     let (cert_pem, ca_pem) = issue(&app, &r)?;
     app.driver
         .input(Input::AddHost {
@@ -185,6 +188,50 @@ fn issue(app: &App, r: &Register) -> Result<(Option<String>, Option<String>), Ap
             r.name,
             chain(&e)
         ))),
+    }
+}
+
+/// With a CA, a certificate is a claim on names and addresses: a registration may not name
+/// the RMS itself (its certificate's names and IPs), nor an IP another host's API is at.
+async fn claimable(app: &App, r: &Register) -> Result<(), ApiError> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    if let Ok(a) = r.address.parse::<std::net::SocketAddr>() {
+        ips.push(a.ip());
+    }
+    if let Ok(ip) = r.data_host.parse::<IpAddr>() {
+        ips.push(ip);
+    }
+    if let Some(ip) = ips.iter().find(|ip| app.own.ips.contains(ip)) {
+        return Err(ApiError::conflict(format!(
+            "{ip} is the RMS's own address: no host may register it"
+        )));
+    }
+    if app.own.dns.iter().any(|d| d.eq_ignore_ascii_case(&r.name)) {
+        return Err(ApiError::conflict(format!(
+            "`{}` is a name of the RMS itself: no host may register it",
+            r.name
+        )));
+    }
+    let name = r.name.clone();
+    let taken = app
+        .driver
+        .read(move |o| {
+            o.hosts()
+                .filter(|h| h.name != name)
+                .find(|h| {
+                    h.address
+                        .parse::<std::net::SocketAddr>()
+                        .is_ok_and(|a| ips.contains(&a.ip()))
+                })
+                .map(|h| (h.name.clone(), h.address.clone()))
+        })
+        .await
+        .map_err(refused)?;
+    match taken {
+        Some((other, at)) => Err(ApiError::conflict(format!(
+            "host `{other}` is registered at {at}: another host's certificate may not name its address"
+        ))),
+        None => Ok(()),
     }
 }
 

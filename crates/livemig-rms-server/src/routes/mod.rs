@@ -51,6 +51,15 @@ pub struct App {
     pub ca: Option<Arc<livemig_tls::Ca>>,
     /// VM names with a create or delete in progress.
     pub names: names::NameLocks,
+    /// What the RMS's own certificate names (with a CA): no host may claim it.
+    pub own: OwnNames,
+}
+
+/// The DNS names and IP addresses of the RMS's own certificate.
+#[derive(Debug, Clone, Default)]
+pub struct OwnNames {
+    pub dns: Vec<String>,
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 pub type Shared = axum::extract::State<Arc<App>>;
