@@ -49,6 +49,18 @@ pub enum MigrationState {
 }
 
 impl MigrationState {
+    /// Every state, in the order of the diagram above.
+    pub const ALL: [MigrationState; 8] = [
+        MigrationState::Queued,
+        MigrationState::Placing,
+        MigrationState::Running,
+        MigrationState::SwitchingOver,
+        MigrationState::Completed,
+        MigrationState::Failed,
+        MigrationState::Cancelled,
+        MigrationState::Unknown,
+    ];
+
     /// Whether nothing more happens to the migration.
     pub fn is_terminal(self) -> bool {
         matches!(

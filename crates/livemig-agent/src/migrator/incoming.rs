@@ -203,6 +203,23 @@ fn log_event(agent: &Agent, id: u64, e: &ServeEvent<'_>) {
     agent.observe(id, &event);
 }
 
+/// An incoming migration failed (the guest runs on its source): its reservation is released,
+/// its entry ends `failed`, the RMS is told.
+pub(super) fn give_back(agent: &Agent, id: u64, reservation: &str, why: String) {
+    {
+        let mut s = agent.lock();
+        let _ = s.book.release(reservation);
+        s.migrations.finish(id, LocalState::Failed);
+    }
+    agent.observe(
+        id,
+        &Event::Failed {
+            error: why,
+            outcome: "failed_source_running".into(),
+        },
+    );
+}
+
 /// The migration ended: the guest becomes a VM here, or the reservation is given back, or a
 /// held copy is kept.
 fn land(
@@ -213,19 +230,8 @@ fn land(
     served: Result<Served, livemig_engine::ServeError>,
 ) {
     let failed = |why: String| {
-        {
-            let mut s = agent.lock();
-            let _ = s.book.release(reservation);
-            s.migrations.finish(id, LocalState::Failed);
-        }
         tracing::info!(migration = id, error = %why, "incoming migration failed; its reservation is released");
-        agent.observe(
-            id,
-            &Event::Failed {
-                error: why,
-                outcome: "failed_source_running".into(),
-            },
-        );
+        give_back(agent, id, reservation, why);
     };
     match served {
         Ok(Served::Migrated(received)) => {

@@ -295,19 +295,8 @@ fn land(
         }
         Err(why) => {
             handle.block_on(q.destroy());
-            {
-                let mut s = agent.lock();
-                let _ = s.book.release(reservation);
-                s.migrations.finish(id, LocalState::Failed);
-            }
             tracing::info!(migration = id, error = %why, "incoming QEMU migration failed; its QEMU is gone and its reservation released");
-            agent.observe(
-                id,
-                &Event::Failed {
-                    error: why,
-                    outcome: "failed_source_running".into(),
-                },
-            );
+            super::incoming::give_back(agent, id, reservation, why);
         }
     }
 }

@@ -108,19 +108,9 @@ impl Filter {
 }
 
 fn state(value: &str) -> Result<MigrationState, ApiError> {
-    use MigrationState::*;
-    [
-        Queued,
-        Placing,
-        Running,
-        SwitchingOver,
-        Completed,
-        Failed,
-        Cancelled,
-        Unknown,
-    ]
-    .into_iter()
-    .find(|s| s.name() == value)
+    MigrationState::ALL
+        .into_iter()
+        .find(|s| s.name() == value)
     .ok_or_else(|| {
         ApiError::bad_request(format!(
             "state `{}` is not one of queued, placing, running, switching_over, completed, failed, cancelled, unknown",

@@ -330,16 +330,7 @@ pub async fn metrics(State(app): Shared) -> Result<Response, ApiError> {
         .driver
         .read(|o| {
             let mut by_state = std::collections::BTreeMap::<&'static str, u64>::new();
-            for s in [
-                MigrationState::Queued,
-                MigrationState::Placing,
-                MigrationState::Running,
-                MigrationState::SwitchingOver,
-                MigrationState::Completed,
-                MigrationState::Failed,
-                MigrationState::Cancelled,
-                MigrationState::Unknown,
-            ] {
+            for s in MigrationState::ALL {
                 by_state.insert(s.name(), 0);
             }
             for m in o.migrations() {

@@ -376,38 +376,27 @@ impl System {
     /// `POST body` to `path` on host `i`'s agent (from the switch), its JSON; `None` when it
     /// does not answer 2xx within 3 s.
     pub fn agent_post(&self, i: usize, path: &str, body: &Value) -> Option<Value> {
-        let scheme = if self.rms_opts.ca_dir {
-            "https"
-        } else {
-            "http"
-        };
-        let url = format!("{scheme}://{}:{AGENT_PORT}{path}", host_ip(i));
-        let mut curl = System::exec(&self.switch_ns(), "curl");
-        curl.args([
-            "-sf",
-            "-m",
-            "3",
-            "-H",
-            &format!("Authorization: Bearer {TOKEN}"),
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            &body.to_string(),
-            &url,
-        ]);
-        if self.rms_opts.ca_dir {
-            curl.arg("--cacert").arg(self.ca_file());
-        }
-        let o = curl.output().expect("curl runs");
-        if !o.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&o.stdout).ok()
+        let body = body.to_string();
+        self.agent_curl(
+            i,
+            path,
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &body,
+            ],
+        )
     }
 
     /// `GET path` on host `i`'s agent (from the switch), its JSON; `None` when it does not
     /// answer 2xx within 3 s.
     pub fn agent_get(&self, i: usize, path: &str) -> Option<Value> {
+        self.agent_curl(i, path, &[])
+    }
+
+    /// curl with the token and `extra` to `path` on host `i`'s agent, its JSON answer.
+    fn agent_curl(&self, i: usize, path: &str, extra: &[&str]) -> Option<Value> {
         let scheme = if self.rms_opts.ca_dir {
             "https"
         } else {
@@ -421,8 +410,9 @@ impl System {
             "3",
             "-H",
             &format!("Authorization: Bearer {TOKEN}"),
-            &url,
-        ]);
+        ])
+        .args(extra)
+        .arg(&url);
         if self.rms_opts.ca_dir {
             // The agents' API presents the certificate the RMS issued: checked against the CA.
             curl.arg("--cacert").arg(self.ca_file());
