@@ -60,6 +60,8 @@ pub struct Harness {
     rms_stop: CancellationToken,
     runtime: Option<tokio::runtime::Runtime>,
     server: Option<tokio::task::JoinHandle<()>>,
+    /// The RMS link's tasks (registration, delivery), awaited at stop as the binary does.
+    link: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Harness {
@@ -105,6 +107,7 @@ impl Harness {
             .expect("bind");
         let addr = listener.local_addr().expect("address");
         let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
         let rms_stop = CancellationToken::new();
         if let Some((client, inbox, heartbeat_s)) = rms {
             let link = LinkConfig {
@@ -114,10 +117,18 @@ impl Harness {
                 heartbeat_s: Some(heartbeat_s),
             };
             let _guard = runtime.enter();
-            livemig_agent::rms::spawn(client, inbox, link, Arc::clone(&agent), rms_stop.clone());
+            let (l, d) = livemig_agent::rms::spawn(
+                client,
+                inbox,
+                link,
+                Arc::clone(&agent),
+                rms_stop.clone(),
+            );
+            tasks = vec![l, d];
         }
         let server = runtime.spawn(livemig_agent::run(listener, agent, cfg, shutdown.clone()));
         Harness {
+            link: tasks,
             addr,
             clock,
             shutdown,
@@ -153,6 +164,10 @@ impl Harness {
         let done =
             rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), server).await });
         self.rms_stop.cancel();
+        // The last events go out before the runtime goes (the delivery drains, bounded).
+        for t in self.link.drain(..) {
+            let _ = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), t).await });
+        }
         rt.shutdown_timeout(Duration::from_secs(2));
         done.is_ok()
     }
