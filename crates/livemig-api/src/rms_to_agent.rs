@@ -56,6 +56,10 @@ pub struct OutgoingRequest {
     /// Connect over mutual TLS; the destination's certificate must name the IP of `data_address`.
     #[serde(default)]
     pub tls: bool,
+    /// The RMS's budget grant at the start: every round's cap (stop-and-copy included) is
+    /// bounded by it until a new grant arrives (bytes/s; absent: no bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_bytes_per_s: Option<f64>,
 }
 
 /// Which end of a migration an agent is.

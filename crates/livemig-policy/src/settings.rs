@@ -96,6 +96,19 @@ impl PolicySpec {
         set(&mut self.page_size, &over.page_size);
     }
 
+    /// These settings for a guest of `memory_bytes`: without a stop level, a guest no larger
+    /// than the default one (64 MiB) stops at an eighth of its memory (the default would
+    /// stop before round 1). The agents and the RMS's budget use the same rule.
+    pub fn for_guest(mut self, memory_bytes: u64) -> PolicySpec {
+        if self.stop_remaining.is_none() {
+            let default = PolicyConfig::default().stop_remaining;
+            if default >= memory_bytes as f64 {
+                self.stop_remaining = Some((memory_bytes / 8).to_string());
+            }
+        }
+        self
+    }
+
     /// Reads the units, fills unset fields with the defaults and validates, for a guest of
     /// `memory_bytes`.
     pub fn resolve(&self, memory_bytes: f64) -> Result<PolicyConfig, SettingsError> {

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::AgentClient;
 use crate::driver::{Driver, Job};
+use crate::grants::Grants;
 use crate::keys;
 
 /// The `outcome` of a synthesised `failed` event when the source's start was not confirmed.
@@ -39,6 +40,8 @@ pub struct ActionCounters {
     pub agent_errors: AtomicU64,
     /// Agents that registered a VM the RMS places on another host.
     pub location_conflicts: AtomicU64,
+    pub samples: AtomicU64,
+    pub grants: AtomicU64,
 }
 
 /// Runs jobs until `shutdown`; every task is joined (or aborted after it) before returning.
@@ -51,6 +54,7 @@ pub async fn dispatch(
     shutdown: CancellationToken,
 ) {
     let mut tasks = JoinSet::new();
+    let grants = Grants::default();
     loop {
         while let Some(r) = tasks.try_join_next() {
             if let Err(e) = r {
@@ -65,7 +69,15 @@ pub async fn dispatch(
             },
         };
         let (driver, client, counters) = (driver.clone(), client.clone(), Arc::clone(&counters));
-        tasks.spawn(async move { carry_out(job, &driver, &client, &counters, tls).await });
+        // Taken here, in the orchestrator's order, not in the task.
+        let ticket = match &job.effect {
+            Effect::Grant { migration, .. } => grants.ticket(*migration),
+            _ => 0,
+        };
+        let grants = grants.clone();
+        tasks.spawn(async move {
+            carry_out(job, &driver, &client, &counters, &grants, ticket, tls).await
+        });
     }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
@@ -76,6 +88,8 @@ async fn carry_out(
     driver: &Driver,
     client: &AgentClient,
     counters: &ActionCounters,
+    grants: &Grants,
+    ticket: u64,
     tls: bool,
 ) {
     match job.effect.clone() {
@@ -134,6 +148,44 @@ async fn carry_out(
             counters.starts.fetch_add(1, Ordering::Relaxed);
             start(job, driver, client, counters, tls).await;
         }
+        Effect::Sample {
+            migration,
+            host,
+            vm,
+            seconds,
+        } => {
+            counters.samples.fetch_add(1, Ordering::Relaxed);
+            let (sample, error) = match job.address(&host) {
+                None => (None, Some(format!("no address is known for `{host}`"))),
+                Some(a) => match client.sample(a, &vm, seconds).await {
+                    Ok(s) => (Some(s), None),
+                    Err(e) => {
+                        counters.agent_errors.fetch_add(1, Ordering::Relaxed);
+                        (None, Some(e.to_string()))
+                    }
+                },
+            };
+            feed(
+                driver,
+                Input::Sampled {
+                    migration,
+                    host,
+                    sample,
+                    error,
+                },
+            )
+            .await;
+        }
+        Effect::Grant {
+            migration,
+            host,
+            bytes_per_s,
+        } => {
+            counters.grants.fetch_add(1, Ordering::Relaxed);
+            if let Some(a) = job.address(&host) {
+                grants.send(client, a, migration, ticket, bytes_per_s).await;
+            }
+        }
         Effect::SetLocation { vm, host } => {
             tracing::info!(%vm, %host, "the VM runs on its new host");
         }
@@ -161,6 +213,7 @@ async fn start(
         reservation,
         policy,
         settings,
+        grant_bytes_per_s,
         ..
     } = job.effect.clone()
     else {
@@ -224,6 +277,7 @@ async fn start(
         policy,
         settings: settings.map(|s| *s),
         tls,
+        grant_bytes_per_s,
     };
     match client.outgoing(src_addr, &outgoing).await {
         Ok(()) => tracing::info!(%migration, %source, %target, "the source migrates"),

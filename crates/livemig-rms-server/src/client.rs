@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use livemig_api::{ErrorBody, IncomingReady, IncomingRequest, OutgoingRequest, RunReport};
 use livemig_http::Secret;
+use livemig_policy::DirtySample;
 use livemig_rms::Answer;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -49,6 +50,8 @@ pub struct AgentClient {
     bearer: String,
     /// `https` when the RMS has a CA (agents serve their API over TLS), else `http`.
     scheme: &'static str,
+    /// Every call's deadline unless it has its own.
+    timeout: Duration,
 }
 
 impl AgentClient {
@@ -79,6 +82,7 @@ impl AgentClient {
             http,
             bearer: secret.bearer(),
             scheme: if ca_pem.is_some() { "https" } else { "http" },
+            timeout,
         })
     }
 
@@ -200,6 +204,46 @@ impl AgentClient {
     }
 
     /// What the agent runs (recovery).
+    /// `PUT /api/v1/outgoing/{migration}/grant`: the rate the source's migration may use.
+    pub async fn grant(
+        &self,
+        address: &str,
+        migration: u64,
+        bytes_per_s: Option<f64>,
+    ) -> Result<(), CallError> {
+        let path = format!("/api/v1/outgoing/{migration}/grant");
+        let body = serde_json::json!({ "bytes_per_s": bytes_per_s });
+        self.call::<_, serde_json::Value>(Method::PUT, address, &path, Some(&body))
+            .await
+            .map(|_| ())
+    }
+
+    /// `POST /api/v1/vms/{name}/sample`: how fast `vm` dirties its memory, over `seconds`
+    /// (the call's deadline grows by the sample's length).
+    pub async fn sample(
+        &self,
+        address: &str,
+        vm: &str,
+        seconds: f64,
+    ) -> Result<DirtySample, CallError> {
+        #[derive(serde::Deserialize)]
+        struct VmSample {
+            sample: DirtySample,
+        }
+        let path = format!("/api/v1/vms/{vm}/sample");
+        let body = serde_json::json!({ "seconds": seconds });
+        let extra = Duration::from_secs_f64(seconds.clamp(0.0, 60.0));
+        self.call_within::<_, VmSample>(
+            Method::POST,
+            address,
+            &path,
+            Some(&body),
+            Some(self.timeout + extra),
+        )
+        .await
+        .map(|s| s.sample)
+    }
+
     pub async fn report(&self, address: &str) -> Result<RunReport, CallError> {
         self.call::<(), _>(Method::GET, address, "/api/v1/report", None)
             .await

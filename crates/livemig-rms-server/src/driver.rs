@@ -283,7 +283,9 @@ fn job(o: &Orchestrator, effect: Effect) -> Job {
         Effect::AskCapacity { host, .. }
         | Effect::Release { host, .. }
         | Effect::Cancel { host, .. }
-        | Effect::SetLocation { host, .. } => vec![host],
+        | Effect::SetLocation { host, .. }
+        | Effect::Sample { host, .. }
+        | Effect::Grant { host, .. } => vec![host],
         Effect::StartMigration { source, target, .. } => vec![source, target],
         Effect::Flag { .. } | Effect::Persist(_) => vec![],
     };

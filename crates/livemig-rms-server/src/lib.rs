@@ -8,6 +8,7 @@
 //! - [`actions`]: the dispatcher that carries out the actions against the agents and feeds
 //!   their answers back as inputs.
 //! - [`client`]: the agent client (token, deadlines, capped answers).
+//! - [`grants`]: budget grants sent to the sources in the order they were made.
 //! - [`keys`]: a fresh key per migration.
 //! - [`recover`]: after a restart, what each agent runs.
 //! - [`routes`]: the HTTP API (operators and agents).
@@ -19,6 +20,7 @@ pub mod actions;
 pub mod client;
 pub mod dashboard;
 pub mod driver;
+pub mod grants;
 pub mod keys;
 pub mod metrics;
 pub mod recover;

@@ -5,7 +5,7 @@ use livemig_policy::report::{MigrationReport, RoundRecord};
 use livemig_policy::PolicySpec;
 use serde::{Deserialize, Serialize};
 
-use crate::migration::{Attempt, Migration, MigrationId, MigrationState};
+use crate::migration::{Attempt, Migration, MigrationId, MigrationState, QueueSpot};
 
 /// Whether the RMS hears from a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +27,9 @@ pub struct HostView {
     pub state: HostState,
     pub memory_total_bytes: u64,
     pub memory_free_bytes: u64,
+    /// Drained by an operator: it takes no new VMs.
+    #[serde(default)]
+    pub draining: bool,
     /// The VMs the RMS places on this host (its location table), by name.
     pub vms: Vec<String>,
 }
@@ -72,6 +75,9 @@ pub struct MigrationRequest {
     /// The policy's settings as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<PolicySpec>,
+    /// Higher first in the budget's queue (0–255; 0 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
 }
 
 /// The 202 answer to `POST /api/v1/migrations`.
@@ -98,6 +104,21 @@ pub struct MigrationView {
     pub report: Option<Box<MigrationReport>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Its priority in the budget's queue.
+    #[serde(default)]
+    pub priority: u8,
+    /// While queued: its place in the queue and why it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSpot>,
+    /// The budget's grant while it runs (bytes/s; absent: no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_bytes_per_s: Option<f64>,
+    /// The lowest rate that converges under its estimate (the budget scheme only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_bytes_per_s: Option<f64>,
+    /// The dirtying rate it is planned by (bytes/s), once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_estimate_bytes_per_s: Option<f64>,
 }
 
 impl Migration {
@@ -117,6 +138,25 @@ impl Migration {
             rounds: self.rounds.clone(),
             report: self.report.clone(),
             error: self.error.clone(),
+            priority: self.budget.priority,
+            queue: (self.state == MigrationState::Queued)
+                .then(|| self.budget.waiting.clone())
+                .flatten(),
+            grant_bytes_per_s: self
+                .state
+                .is_active()
+                .then_some(self.budget.grant_bytes_per_s)
+                .flatten(),
+            minimum_bytes_per_s: self
+                .state
+                .is_active()
+                .then_some(self.budget.minimum_bytes_per_s)
+                .flatten(),
+            dirty_estimate_bytes_per_s: self
+                .budget
+                .estimate
+                .as_ref()
+                .map(|e| e.dirty_rate_bytes_per_s),
         }
     }
 }

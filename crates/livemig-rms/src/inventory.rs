@@ -19,6 +19,9 @@ pub struct Host {
     pub last_heard: f64,
     /// How long it may stay silent before it is lost (seconds).
     pub timeout_s: f64,
+    /// Drained by an operator: it takes no new VMs (its own VMs are migrated away).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl Host {
@@ -38,12 +41,18 @@ impl Host {
             memory_free_bytes: memory_total_bytes,
             last_heard: now,
             timeout_s,
+            draining: false,
         }
     }
 
-    /// Whether it may receive VMs and reservations.
+    /// Whether the RMS hears from it.
     pub fn is_alive(&self) -> bool {
         self.state == HostState::Alive
+    }
+
+    /// Whether it may receive VMs and reservations: alive and not drained.
+    pub fn takes_vms(&self) -> bool {
+        self.is_alive() && !self.draining
     }
 
     /// Whether an alive host has been silent past its timeout at `now`.
@@ -59,6 +68,7 @@ impl Host {
             state: self.state,
             memory_total_bytes: self.memory_total_bytes,
             memory_free_bytes: self.memory_free_bytes,
+            draining: self.draining,
             vms,
         }
     }
@@ -109,7 +119,8 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"name": "a", "address": "198.18.0.1:7000", "state": "alive",
-                "memory_total_bytes": 1024, "memory_free_bytes": 1024, "vms": ["vm1"]})
+                "memory_total_bytes": 1024, "memory_free_bytes": 1024, "draining": false,
+                "vms": ["vm1"]})
         );
     }
 }

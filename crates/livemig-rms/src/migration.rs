@@ -187,6 +187,62 @@ pub struct Migration {
     pub rounds: Vec<RoundRecord>,
     pub report: Option<Box<MigrationReport>>,
     pub error: Option<String>,
+    /// What the shared budget knows of it (priority, age, estimate, grant, place in the
+    /// queue); see `docs/budget.md`.
+    pub budget: Share,
+}
+
+/// A migration's part in the shared budget.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Share {
+    /// Higher first (0–255).
+    pub priority: u8,
+    /// When it was submitted (the RMS's clock): the queue's age.
+    pub submitted_at: f64,
+    /// The dirtying estimate it is admitted and granted by; `None` until the source's
+    /// sample arrived (or failed).
+    pub estimate: Option<Estimate>,
+    /// When the source was asked for a dirty sample, while the answer is awaited.
+    pub sample_asked_at: Option<f64>,
+    /// The rate last granted (bytes/s; `None`: no cap).
+    pub grant_bytes_per_s: Option<f64>,
+    /// The lowest rate that converges under its estimate, at the last plan.
+    pub minimum_bytes_per_s: Option<f64>,
+    /// What the round under way has to send (from the source's `round_started`).
+    pub remaining_bytes: Option<f64>,
+    /// The round under way (0 before round 1).
+    pub round: u32,
+    /// While queued: where in the queue and why it waits.
+    pub waiting: Option<QueueSpot>,
+}
+
+/// The estimate the budget plans a migration by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// P: the steepest line through the origin and an observation (bytes/s).
+    pub dirty_rate_bytes_per_s: f64,
+    /// The predictive policy's fit of the sample, when there is one.
+    #[serde(default)]
+    pub growth: Option<livemig_policy::predictive::growth::Growth>,
+    /// Why it is what it is: `sample`, `rounds` (refined from finished rounds) or
+    /// `no_sample: ...` (the sample failed: the need is taken as the floor until round 1).
+    pub source: String,
+}
+
+/// A queued migration's place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+pub struct QueueSpot {
+    /// 1 for the head of the queue.
+    pub position: usize,
+    /// Priority plus aging.
+    pub effective_priority: f64,
+    /// Why it waits, in words.
+    pub reason: String,
+    /// The reason's kind: `sampling`, `no_room`, `reserved`, `behind_head`,
+    /// `cannot_converge`, `source_busy`, `host_slots`, `total_slots`, `slots`.
+    pub code: String,
 }
 
 /// The most round records kept per migration: every round is persisted with the whole
@@ -222,6 +278,7 @@ impl Migration {
             rounds: Vec::new(),
             report: None,
             error: None,
+            budget: Share::default(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Which hosts to ask, in which order: with a requested target only it; otherwise every alive
-//! host but the source, the most free memory first (ties by name, so the order is stable).
+//! host that takes VMs (not drained) but the source, the most free memory first (ties by name, so the order is stable).
 
 use crate::inventory::Host;
 
@@ -12,7 +12,7 @@ pub fn candidates<'a>(
 ) -> Vec<String> {
     let mut alive: Vec<&Host> = hosts
         .into_iter()
-        .filter(|h| h.is_alive() && h.name != source)
+        .filter(|h| h.takes_vms() && h.name != source)
         .filter(|h| requested.is_none_or(|t| h.name == t))
         .collect();
     alive.sort_by(|a, b| {

@@ -229,6 +229,7 @@ fn input(o: &mut Orchestrator, op: &Op) -> Option<Input> {
             target: target.map(|t| HOSTS[t].to_string()),
             policy: None,
             settings: None,
+            priority: None,
         }),
         Op::Accept { mig, host, ttl } => Input::Answer {
             migration: pick(*mig)?,

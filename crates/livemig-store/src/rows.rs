@@ -18,6 +18,7 @@ pub(crate) const HOST_COLUMNS: &[&str] = &[
     "memory_free_bytes",
     "last_heard",
     "timeout_s",
+    "draining",
 ];
 
 pub(crate) const VM_COLUMNS: &[&str] = &["name", "memory_bytes", "workload", "kind", "host"];
@@ -43,6 +44,7 @@ pub(crate) const MIGRATION_COLUMNS: &[&str] = &[
     "rounds",
     "report",
     "error",
+    "budget",
 ];
 
 /// How a backend writes the `i`th (1-based) statement parameter: `?1` or `$1`.
@@ -222,6 +224,7 @@ pub(crate) fn host_values(h: &Host) -> Result<Vec<Value>, StoreError> {
         w.int("memory_free_bytes", h.memory_free_bytes)?,
         w.real("last_heard", h.last_heard)?,
         w.real("timeout_s", h.timeout_s)?,
+        Value::Flag(h.draining),
     ])
 }
 
@@ -278,6 +281,7 @@ pub(crate) fn migration_values(m: &Migration) -> Result<Vec<Value>, StoreError> 
         w.json("rounds", &m.rounds)?,
         w.json_opt("report", m.report.as_ref())?,
         w.text_opt("error", m.error.as_deref())?,
+        w.json("budget", &m.budget)?,
     ])
 }
 
@@ -379,6 +383,7 @@ pub(crate) fn host<C: Cells + ?Sized>(row: &C) -> Result<Host, StoreError> {
         memory_free_bytes: r.uint(4, "memory_free_bytes")?,
         last_heard: r.real(5, "last_heard")?,
         timeout_s: r.real(6, "timeout_s")?,
+        draining: r.flag(7, "draining")?,
     })
 }
 
@@ -420,6 +425,7 @@ pub(crate) fn migration<C: Cells + ?Sized>(row: &C) -> Result<Migration, StoreEr
         rounds: r.json(17, "rounds")?,
         report: r.json_opt(18, "report")?,
         error: r.text_opt(19, "error")?,
+        budget: r.json_opt(20, "budget")?.unwrap_or_default(),
     })
 }
 

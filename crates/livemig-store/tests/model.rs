@@ -151,6 +151,7 @@ fn input(o: &mut Orchestrator, store: &dyn Store, op: &Op) -> Option<Input> {
             target: target.map(|t| HOSTS[t].to_string()),
             policy: None,
             settings: None,
+            priority: None,
         }),
         Op::Accept { mig, host, ttl } => Input::Answer {
             migration: pick(*mig)?,

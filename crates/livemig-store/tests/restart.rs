@@ -62,6 +62,7 @@ fn a_running_migration_survives_a_restart_and_feeds_recovery(db: &TestDb) {
                 target: None,
                 policy: None,
                 settings: None,
+                priority: None,
             }),
         );
         let id = step.created.expect("a migration");

@@ -11,6 +11,9 @@
 //! | `GET /api/v1/migrations?state&vm&after&limit`, `GET /api/v1/migrations/{id}` | `[MigrationView]` (paged: [`listing`]), `MigrationView` |
 //! | `DELETE /api/v1/migrations/{id}` | 202 `MigrationView` (cancel asked); 409 too late or over |
 //! | `POST /api/v1/migrations/{id}/resolve {host}` | 200 `MigrationView` (an `unknown` settled) |
+//! | `GET /api/v1/budget` | `BudgetView`: the scheme, the budget, every running migration's grant |
+//! | `POST /api/v1/hosts/{name}/drain` | 202 `DrainStarted`: the host takes no new VMs, its VMs are submitted |
+//! | `GET /api/v1/hosts/{name}/drain`, `DELETE …/drain` | `DrainProgress` (`DELETE`: takes VMs again) |
 //! | `POST /api/v1/agents/{register,heartbeat,events,reports}` | see `livemig_api::agent_to_rms` |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /`, `GET /assets/dashboard.{js,css}` | the dashboard (no token: [`crate::dashboard`]) |
@@ -20,6 +23,7 @@
 //! `LIVEMIG_BLESS=1 cargo test -p livemig-openapi` rewrites the document).
 
 pub mod agents;
+pub mod fleet;
 pub mod listing;
 pub mod names;
 pub mod public;
@@ -108,6 +112,10 @@ routes! {
         GET "/api/v1/migrations/{id}" => public::migration,
         DELETE "/api/v1/migrations/{id}" => public::cancel,
         POST "/api/v1/migrations/{id}/resolve" => public::resolve,
+        GET "/api/v1/budget" => fleet::budget,
+        POST "/api/v1/hosts/{name}/drain" => fleet::drain,
+        GET "/api/v1/hosts/{name}/drain" => fleet::drain_progress,
+        DELETE "/api/v1/hosts/{name}/drain" => fleet::undrain,
         POST "/api/v1/agents/register" => agents::register,
         POST "/api/v1/agents/heartbeat" => agents::heartbeat,
         POST "/api/v1/agents/events" => agents::event,

@@ -119,11 +119,14 @@ pub async fn create_vm(
                     Some(x) if !x.is_alive() => Err(ApiError::conflict(format!(
                         "host `{h}` is lost: it gets no new VMs"
                     ))),
+                    Some(x) if x.draining => Err(ApiError::conflict(format!(
+                        "host `{h}` is being drained: it gets no new VMs"
+                    ))),
                     Some(x) => Ok((x.name.clone(), x.address.clone())),
                 },
                 None => o
                     .hosts()
-                    .filter(|h| h.is_alive() && h.memory_free_bytes >= memory)
+                    .filter(|h| h.takes_vms() && h.memory_free_bytes >= memory)
                     .max_by(|a, b| {
                         a.memory_free_bytes
                             .cmp(&b.memory_free_bytes)
@@ -132,7 +135,7 @@ pub async fn create_vm(
                     .map(|h| (h.name.clone(), h.address.clone()))
                     .ok_or_else(|| {
                         ApiError::conflict(format!(
-                            "no alive host has {memory} bytes free for the VM"
+                            "no alive host that is not drained has {memory} bytes free for the VM"
                         ))
                     }),
             }

@@ -261,6 +261,56 @@ pub enum Reason {
     TotalSlots { limit: u32 },
 }
 
+impl Reason {
+    /// The reason's kind, as the API names it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reason::NoRoom { .. } => "no_room",
+            Reason::Reserved { .. } => "reserved",
+            Reason::BehindHead { .. } => "behind_head",
+            Reason::CannotConverge { .. } => "cannot_converge",
+            Reason::SourceBusy { .. } => "source_busy",
+            Reason::HostSlots { .. } => "host_slots",
+            Reason::TotalSlots { .. } => "total_slots",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: f64| b / (1024.0 * 1024.0);
+        match self {
+            Reason::NoRoom {
+                constraint,
+                need_bytes_per_s,
+                free_bytes_per_s,
+            } => write!(
+                f,
+                "needs {:.1} MiB/s to converge; {constraint} has {:.1} MiB/s free",
+                mib(*need_bytes_per_s),
+                mib(*free_bytes_per_s)
+            ),
+            Reason::Reserved { head, constraint } => write!(
+                f,
+                "would fit, but only in what {constraint} keeps for migration {head} (the head of the queue)"
+            ),
+            Reason::BehindHead { head } => write!(f, "behind migration {head}, the head of the queue"),
+            Reason::CannotConverge { reach_bytes_per_s } => write!(
+                f,
+                "does not converge at any rate it could get (at most {:.1} MiB/s)",
+                mib(*reach_bytes_per_s)
+            ),
+            Reason::SourceBusy { host, running } => {
+                write!(f, "{host} already sends migration {running}")
+            }
+            Reason::HostSlots { host, limit } => {
+                write!(f, "{host}'s {limit} outbound slots are taken")
+            }
+            Reason::TotalSlots { limit } => write!(f, "all {limit} migration slots are taken"),
+        }
+    }
+}
+
 /// A waiting migration, its place and why it waits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Waiting {

@@ -111,6 +111,7 @@ impl Orchestrator {
         let lapsed = inventory::lapsed(self.hosts.values(), self.now);
         self.hosts_lost(&lapsed, effects);
         self.answer_timeouts(effects);
+        self.sample_timeouts(effects);
         self.reservation_expiries(effects);
     }
 

@@ -7,10 +7,12 @@
 //! leaves a store that recovery ([`crate::recovery`]) can read: the RMS never acts on a
 //! state it has not written down.
 
+mod drain;
 mod hosts;
 mod placing;
 mod rule;
 mod running;
+mod sharing;
 #[cfg(test)]
 mod tests;
 
@@ -18,16 +20,23 @@ use std::collections::BTreeMap;
 
 use livemig_policy::event::Event;
 use livemig_policy::report::MigrationReport;
+use livemig_policy::stats::DirtySample;
 use livemig_policy::PolicySpec;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{HostView, MigrationRequest, VmKind};
+use crate::budget;
 use crate::inventory::{Host, Vm};
 use crate::migration::{Migration, MigrationId, MigrationState, Reservation};
 use crate::recovery::AgentReport;
 
+pub use drain::DrainProgress;
 pub use rule::check_persist_before_act;
 pub use running::OUTCOME_SOURCE_RUNNING;
+pub use sharing::{
+    estimate_from, policy_bounds, scheme_name, BudgetConfig, BudgetView, GrantView,
+    MAX_SAMPLE_POINTS,
+};
 
 /// The orchestrator's settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,6 +50,8 @@ pub struct Config {
     pub host_timeout_s: f64,
     /// The policy of a migration request that names none.
     pub default_policy: String,
+    /// The shared migration budget; `None`: `max_active` slots alone decide.
+    pub budget: Option<BudgetConfig>,
 }
 
 impl Default for Config {
@@ -50,6 +61,7 @@ impl Default for Config {
             answer_timeout_s: 5.0,
             host_timeout_s: 10.0,
             default_policy: "dirty-factor".to_string(),
+            budget: None,
         }
     }
 }
@@ -127,6 +139,17 @@ pub enum Input {
         migration: MigrationId,
         host: String,
     },
+    /// The source's dirty sample of a queued migration's VM, or why there is none.
+    Sampled {
+        migration: MigrationId,
+        host: String,
+        sample: Option<DirtySample>,
+        error: Option<String>,
+    },
+    /// An operator drains `host`: it takes no new VMs, and each of its VMs is migrated.
+    Drain { host: String },
+    /// `host` takes VMs again (its drain's migrations go on).
+    Undrain { host: String },
 }
 
 /// A state change the shell writes to the store before it carries out any later effect.
@@ -169,6 +192,21 @@ pub enum Effect {
         key_id: String,
         policy: String,
         settings: Option<Box<PolicySpec>>,
+        /// The budget's grant at the start (bytes/s; `None`: no cap).
+        grant_bytes_per_s: Option<f64>,
+    },
+    /// Ask the source's agent for a dirty sample of `vm` over `seconds`.
+    Sample {
+        migration: MigrationId,
+        host: String,
+        vm: String,
+        seconds: f64,
+    },
+    /// Tell the source's agent the rate `migration` may use from now on.
+    Grant {
+        migration: MigrationId,
+        host: String,
+        bytes_per_s: Option<f64>,
     },
     /// Tell `host`'s agent (the source) to cancel `migration` (ignored after its commit).
     Cancel {
@@ -196,6 +234,8 @@ impl Effect {
 pub struct Step {
     pub effects: Vec<Effect>,
     pub created: Option<MigrationId>,
+    /// The migrations a drain submitted.
+    pub drained: Vec<MigrationId>,
 }
 
 /// Why an input was refused; the orchestrator's state is unchanged.
@@ -248,6 +288,8 @@ pub enum OrchestratorError {
     CancelUnknown(MigrationId),
     #[error("migration {0} is not in `unknown`: there is nothing to resolve")]
     NotUnknown(MigrationId),
+    #[error("host `{0}` is being drained: it takes no new VMs")]
+    Draining(String),
 }
 
 /// The RMS's orchestration core.
@@ -259,6 +301,9 @@ pub struct Orchestrator {
     hosts: BTreeMap<String, Host>,
     vms: BTreeMap<String, Vm>,
     migrations: BTreeMap<MigrationId, Migration>,
+    /// The budget's last plan (for its view) and why the last one failed, if it did.
+    last_plan: Option<budget::Plan>,
+    plan_error: Option<String>,
 }
 
 impl Orchestrator {
@@ -292,6 +337,8 @@ impl Orchestrator {
                 .collect(),
             vms: vms.into_iter().map(|v| (v.name.clone(), v)).collect(),
             migrations,
+            last_plan: None,
+            plan_error: None,
         }
     }
 
@@ -332,7 +379,11 @@ impl Orchestrator {
                 host,
                 memory_free_bytes,
             } => self.heartbeat(&host, memory_free_bytes, &mut step.effects)?,
-            Input::Submit(req) => step.created = Some(self.submit(req, &mut step.effects)?),
+            Input::Submit(req) => {
+                let id = self.submit(req, &mut step.effects)?;
+                self.ask_sample(id, &mut step.effects);
+                step.created = Some(id);
+            }
             Input::Answer {
                 migration,
                 host,
@@ -360,8 +411,17 @@ impl Orchestrator {
             Input::Resolve { migration, host } => {
                 self.resolve(migration, &host, &mut step.effects)?
             }
+            Input::Sampled {
+                migration,
+                host,
+                sample,
+                error,
+            } => self.sampled(migration, &host, sample, error, &mut step.effects)?,
+            Input::Drain { host } => step.drained = self.drain(&host, &mut step.effects)?,
+            Input::Undrain { host } => self.undrain(&host, &mut step.effects)?,
         }
         self.schedule(&mut step.effects);
+        self.grants_travel_with_starts(&mut step.effects);
         Ok(step)
     }
 

@@ -63,13 +63,15 @@ impl Orchestrator {
         self.next_id += 1;
         let mut m = Migration::new(id, &vm.name, &vm.host, req.target, &policy);
         m.settings = req.settings;
+        m.budget.priority = req.priority.unwrap_or(0);
+        m.budget.submitted_at = self.now;
         self.migrations.insert(id, m);
         self.save(id, effects);
         Ok(id)
     }
 
-    /// Starts queued migrations, oldest first, while slots are free.
-    pub(super) fn schedule(&mut self, effects: &mut Vec<Effect>) {
+    /// Without a budget: starts queued migrations, oldest first, while slots are free.
+    pub(super) fn schedule_slots(&mut self, effects: &mut Vec<Effect>) {
         loop {
             let active = self
                 .migrations
@@ -91,7 +93,7 @@ impl Orchestrator {
         }
     }
 
-    fn start_placing(&mut self, id: MigrationId, effects: &mut Vec<Effect>) {
+    pub(super) fn start_placing(&mut self, id: MigrationId, effects: &mut Vec<Effect>) {
         let Some(m) = self.migrations.get(&id) else {
             return;
         };
@@ -121,7 +123,7 @@ impl Orchestrator {
         m.pending = None;
         while !m.candidates.is_empty() {
             let host = m.candidates.remove(0);
-            if self.hosts.get(&host).is_some_and(|h| h.is_alive()) {
+            if self.hosts.get(&host).is_some_and(|h| h.takes_vms()) {
                 m.pending = Some(PendingAsk {
                     host: host.clone(),
                     asked_at: now,
@@ -175,7 +177,7 @@ impl Orchestrator {
         effects: &mut Vec<Effect>,
     ) -> Result<(), OrchestratorError> {
         let now = self.now;
-        let alive = self.hosts.get(host).is_some_and(|h| h.is_alive());
+        let alive = self.hosts.get(host).is_some_and(|h| h.takes_vms());
         let m = self.migration_mut(id)?;
         let pending = m.state == MigrationState::Placing
             && m.pending.as_ref().is_some_and(|p| p.host == host);
@@ -187,7 +189,9 @@ impl Orchestrator {
         let unused = match (&reservation, pending) {
             (None, _) => None,
             (Some(_), false) => Some("late: no longer asked; reservation released".to_string()),
-            (Some(_), true) if !alive => Some("host lost; reservation released".to_string()),
+            (Some(_), true) if !alive => {
+                Some("host lost or drained; reservation released".to_string())
+            }
             (Some(r), true) if !r.expires_at.is_finite() || r.expires_at <= now => {
                 Some("the reservation expired on arrival; released".to_string())
             }
@@ -221,6 +225,7 @@ impl Orchestrator {
                         key_id: format!("migration-{id}"),
                         policy: m.policy.clone(),
                         settings: m.settings.clone().map(Box::new),
+                        grant_bytes_per_s: m.budget.grant_bytes_per_s,
                     });
                 }
             }

@@ -32,6 +32,19 @@ pub fn check_persist_before_act(effects: &[Effect]) -> Result<(), String> {
             Effect::Cancel { migration, host } => {
                 last_of(*migration).is_some_and(|m| m.cancel.is_some() && m.source == *host)
             }
+            Effect::Sample {
+                migration, host, ..
+            } => last_of(*migration).is_some_and(|m| {
+                m.state == MigrationState::Queued
+                    && m.budget.sample_asked_at.is_some()
+                    && m.source == *host
+            }),
+            Effect::Grant {
+                migration,
+                host,
+                bytes_per_s,
+            } => last_of(*migration)
+                .is_some_and(|m| m.budget.grant_bytes_per_s == *bytes_per_s && m.source == *host),
             Effect::Flag { migration, .. } => {
                 last_of(*migration).is_some_and(|m| m.state == MigrationState::Unknown)
             }

@@ -76,7 +76,11 @@ impl Orchestrator {
             Event::Resumed { .. } if from_target => self.complete(id, effects),
             Event::Connected { .. } if from_source => self.mark_reservation_used(id, effects),
             Event::Accepted { .. } if from_target => self.mark_reservation_used(id, effects),
+            Event::RoundStarted { round, bytes, .. } if from_source => {
+                self.round_started(id, *round, *bytes);
+            }
             Event::RoundEnded { record } if from_source => {
+                self.round_ended(id, record);
                 let kept = match self.migrations.get_mut(&id) {
                     Some(m) if m.rounds.len() < MAX_ROUNDS_KEPT => {
                         m.rounds.push((**record).clone());

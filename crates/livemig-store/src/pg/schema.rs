@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
         include_str!("../../migrations/postgres/0002_vm_delete.sql"),
     ),
     (3, include_str!("../../migrations/postgres/0003_leader.sql")),
+    (4, include_str!("../../migrations/postgres/0004_budget.sql")),
 ];
 
 /// The advisory lock that serialises migrations of one database (any value; fixed so every

@@ -10,6 +10,7 @@ pub const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../../migrations/0001_init.sql")),
     (2, include_str!("../../migrations/0002_vm_delete.sql")),
     (3, include_str!("../../migrations/0003_leader.sql")),
+    (4, include_str!("../../migrations/0004_budget.sql")),
 ];
 
 /// The newest schema this build knows.

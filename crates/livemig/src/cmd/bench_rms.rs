@@ -282,6 +282,7 @@ async fn move_all(rms: &Rms, vms: usize) -> Result<(f64, usize, usize)> {
             target: None,
             policy: None,
             settings: None,
+            priority: None,
         };
         let c = rms
             .post::<_, Created>(&["api", "v1", "migrations"], &req)

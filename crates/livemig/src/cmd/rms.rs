@@ -12,8 +12,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use livemig_http::{ServerConfig, Token};
+use livemig_rms::budget::{Budget, Scheme};
+use livemig_rms::orchestrator::BudgetConfig;
 use livemig_rms_server::RmsConfig;
 use livemig_store::StoreUrl;
+use livemig_workload::units;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::positive_duration;
@@ -41,9 +44,32 @@ pub struct Args {
     /// File holding the bearer token (first line; mode 600).
     #[arg(long)]
     pub token_file: PathBuf,
-    /// Migrations placing or running at once; more wait `queued`.
+    /// Without --budget: migrations placing or running at once; more wait `queued`.
     #[arg(long, default_value_t = 4)]
     pub max_active: usize,
+    /// The migration network's capacity for migrations together, e.g. `1Gbit` or
+    /// `100MiB/s`: the shared uplink's budget. Every running migration gets a grant that
+    /// bounds its policy's caps; the grants never add up to more (docs/budget.md). Without
+    /// it, --max-active slots alone limit migrations and nothing caps their sum.
+    #[arg(long, value_name = "RATE")]
+    pub budget: Option<String>,
+    /// Each host's NIC limit for migrations (out and in together), with --budget.
+    #[arg(long, value_name = "RATE", requires = "budget")]
+    pub host_nic: Option<String>,
+    /// How the budget is shared: `budget` (admission by prediction: a migration starts when
+    /// the rate it needs to converge fits; the rest goes shortest-remaining first),
+    /// `sequential` (one per source host, uncapped), `fixed-slots` (2 per source host and 5
+    /// in all, each capped at budget / 5), `unlimited` (all at once, uncapped).
+    #[arg(long, value_enum, default_value = "budget", requires = "budget")]
+    pub scheme: SchemeArg,
+    /// How long a source samples a queued VM's dirtying before admission (`budget` only).
+    #[arg(
+        long,
+        default_value = "1s",
+        value_name = "DURATION",
+        requires = "budget"
+    )]
+    pub sample: String,
     /// How long a host may stay silent before it is marked lost (unless it registered its own).
     #[arg(long, default_value = "10s")]
     pub host_timeout: String,
@@ -75,6 +101,46 @@ pub struct Args {
     /// Print the listening address as JSON (`{"listening": ...}`).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--scheme`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemeArg {
+    Budget,
+    Sequential,
+    FixedSlots,
+    Unlimited,
+}
+
+/// The budget of `--budget`, `--host-nic`, `--scheme` and `--sample`.
+fn budget_config(args: &Args) -> Result<Option<BudgetConfig>> {
+    let Some(b) = &args.budget else {
+        return Ok(None);
+    };
+    let rate = |flag: &str, v: &str| -> Result<f64> {
+        let r = units::parse_rate_with_unit(v).with_context(|| format!("--{flag} `{v}`"))?;
+        if !(r.is_finite() && r > 0.0) {
+            bail!("--{flag} must be a positive rate");
+        }
+        Ok(r)
+    };
+    let mut budget = Budget::uplink(rate("budget", b)?);
+    if let Some(n) = &args.host_nic {
+        budget.default_host_nic_bytes_per_s = Some(rate("host-nic", n)?);
+    }
+    let scheme = match args.scheme {
+        SchemeArg::Budget => Scheme::BUDGET,
+        SchemeArg::Sequential => Scheme::Sequential,
+        SchemeArg::FixedSlots => Scheme::FIXED_SLOTS,
+        SchemeArg::Unlimited => Scheme::Unlimited,
+    };
+    let sample = positive_duration("sample", &args.sample)?.as_secs_f64();
+    if sample > 10.0 {
+        bail!("--sample must be at most 10 s (the agents refuse longer samples)");
+    }
+    let mut bc = BudgetConfig::new(budget, scheme);
+    bc.sample_s = sample.max(0.2);
+    Ok(Some(bc))
 }
 
 /// Loads the CA from `dir`, or generates and saves it there on the first start.
@@ -128,6 +194,7 @@ pub fn run(args: Args) -> Result<()> {
     cfg.orchestrator.host_timeout_s = host_timeout.as_secs_f64();
     cfg.orchestrator.answer_timeout_s = answer_timeout.as_secs_f64();
     cfg.orchestrator.default_policy = args.default_policy.clone();
+    cfg.orchestrator.budget = budget_config(&args)?;
     cfg.heartbeat_s = heartbeat.as_secs_f64();
     cfg.agent_timeout = answer_timeout.min(Duration::from_secs(10));
     let holder = match args.name.clone() {

@@ -50,6 +50,10 @@ pub struct Args {
     /// The policy's settings from a file (TOML, or JSON when it ends in .json).
     #[arg(long, value_name = "FILE")]
     pub settings: Option<PathBuf>,
+    /// Its priority in the RMS's budget queue, 0–255 (higher first; a waiting migration
+    /// gains a level a minute, so none waits for ever).
+    #[arg(long, value_name = "0-255")]
+    pub priority: Option<u8>,
     /// Follow the migration until it ends; the exit code says how it ended.
     #[arg(long)]
     pub watch: bool,
@@ -105,6 +109,7 @@ pub fn run(a: Args) -> Result<()> {
         target: a.to.clone(),
         policy: a.policy.map(|p| p.0.name().to_string()),
         settings: a.settings.as_deref().map(settings).transpose()?,
+        priority: a.priority,
     };
     let watching = if a.watch {
         Some(a.watching.watch(a.json)?)

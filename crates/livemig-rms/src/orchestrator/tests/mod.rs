@@ -72,6 +72,7 @@ pub(super) fn submit(o: &mut Orchestrator, vm: &str, target: Option<&str>) -> Mi
             target: target.map(String::from),
             policy: None,
             settings: None,
+            priority: None,
         }))
         .unwrap_or_else(|e| panic!("submit: {e}"));
     check_persist_before_act(&step.effects).unwrap_or_else(|e| panic!("{e}"));

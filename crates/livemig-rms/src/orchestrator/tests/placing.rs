@@ -12,6 +12,7 @@ fn placement_asks_the_most_free_memory_first_and_starts_on_acceptance() {
             target: None,
             policy: Some("xen".into()),
             settings: None,
+            priority: None,
         }))
         .expect("admitted");
     let id = step.created.expect("an id");
@@ -105,6 +106,7 @@ fn submissions_that_are_refused() {
             target: target.map(String::from),
             policy: policy.map(String::from),
             settings: None,
+            priority: None,
         })
     };
     let err = |o: &mut Orchestrator, i| o.handle(i).expect_err("refused");

@@ -173,6 +173,7 @@ fn an_unknown_outcome_blocks_the_vm_until_settled() {
         target: None,
         policy: None,
         settings: None,
+        priority: None,
     });
     let err = o.handle(again).expect_err("blocked");
     assert_eq!(

@@ -117,6 +117,7 @@ async fn drive(rms: &Rms, plan: &Plan, memory: u64) -> Result<MigrationView> {
         target: None,
         policy: Some(plan.policy.clone()),
         settings: None,
+        priority: None,
     };
     let created = rms
         .post::<_, Created>(&["api", "v1", "migrations"], &req)

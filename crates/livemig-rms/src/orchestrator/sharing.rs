@@ -1,0 +1,504 @@
+//! The shared budget in the orchestrator: a queued migration's dirty sample, the plan after
+//! every input (who starts, what each running migration is granted, why the others wait),
+//! and the grants sent to the sources. Without a budget in [`Config`], `max_active` slots
+//! decide alone (the behaviour before the budget). `docs/budget.md` says why.
+
+use livemig_policy::report::RoundRecord;
+use livemig_policy::stats::DirtySample;
+use livemig_policy::{PolicyConfig, PolicySpec};
+use serde::{Deserialize, Serialize};
+
+use super::{Config, Effect, Orchestrator, OrchestratorError};
+use crate::budget::{self, Budget, Demand, Scheme};
+use crate::migration::{Estimate, Migration, MigrationId, MigrationState, QueueSpot};
+use crate::placement;
+
+/// The RMS's shared budget: the network's capacity for migrations and how it is shared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetConfig {
+    pub budget: Budget,
+    pub scheme: Scheme,
+    /// How long a source samples a queued VM's dirtying before it is admitted (seconds;
+    /// `budget` only: the baselines do not predict).
+    pub sample_s: f64,
+}
+
+impl BudgetConfig {
+    /// `scheme` over `budget`, with a one-second sample.
+    pub fn new(budget: Budget, scheme: Scheme) -> BudgetConfig {
+        BudgetConfig {
+            budget,
+            scheme,
+            sample_s: 1.0,
+        }
+    }
+
+    /// Whether admission waits for a dirty sample.
+    pub fn samples(&self) -> bool {
+        matches!(self.scheme, Scheme::Budget { .. })
+    }
+}
+
+/// The most points of a sample the RMS reads (an agent's answer is not trusted to be short).
+pub const MAX_SAMPLE_POINTS: usize = 64;
+
+/// A grant is re-sent only when it moves by more than this fraction (or appears or goes).
+const GRANT_CHANGE: f64 = 0.01;
+
+/// The budget's state as `GET /api/v1/budget` shows it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+pub struct BudgetView {
+    /// `budget`, `sequential`, `fixed-slots`, `unlimited`; `slots` without a budget.
+    pub scheme: String,
+    /// The shared uplink's budget (bytes/s); `None` without a budget.
+    pub uplink_bytes_per_s: Option<f64>,
+    /// The sum of the grants of the running migrations (bytes/s); uncapped ones count 0.
+    pub granted_bytes_per_s: f64,
+    /// Running migrations without a cap (the `sequential` and `unlimited` baselines).
+    pub uncapped: usize,
+    pub running: Vec<GrantView>,
+    pub waiting: usize,
+    /// Limits the running minimums alone exceed.
+    pub overcommitted: Vec<String>,
+    /// Why the last plan could not be made (nothing new started then), if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One running migration's grant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+pub struct GrantView {
+    pub id: MigrationId,
+    pub vm: String,
+    pub source: String,
+    pub target: Option<String>,
+    pub grant_bytes_per_s: Option<f64>,
+    pub minimum_bytes_per_s: Option<f64>,
+}
+
+/// The policy's bounds for a guest of `memory` bytes, as the source's agent resolves them
+/// (a small guest stops at an eighth of its memory, as in the agent); the defaults when the
+/// settings do not resolve (the agent refuses those: the migration fails there).
+pub fn policy_bounds(settings: Option<&PolicySpec>, memory: u64) -> PolicyConfig {
+    let spec = settings.cloned().unwrap_or_default().for_guest(memory);
+    spec.resolve(memory as f64)
+        .unwrap_or_else(|_| PolicyConfig {
+            memory_bytes: memory as f64,
+            ..PolicyConfig::default()
+        })
+}
+
+/// The estimate from a source's sample: the steepest line through a point, and the
+/// predictive fit (at most [`MAX_SAMPLE_POINTS`] points are read).
+pub fn estimate_from(sample: &DirtySample, memory: u64) -> Estimate {
+    let sample = DirtySample {
+        points: sample
+            .points
+            .iter()
+            .take(MAX_SAMPLE_POINTS)
+            .copied()
+            .collect(),
+    };
+    let (rate, growth) = budget::from_sample(&sample, memory as f64);
+    Estimate {
+        dirty_rate_bytes_per_s: if rate.is_finite() { rate } else { 0.0 },
+        growth,
+        source: "sample".into(),
+    }
+}
+
+/// The estimate raised by a finished round: P = the steepest of the sample's and the
+/// rounds' `D_k / t_k` (a round's own dirtying is what the next rounds will see).
+fn refine(estimate: Option<&Estimate>, record: &RoundRecord) -> Option<Estimate> {
+    let r = record.dirty_bytes / record.duration_s;
+    if !(r.is_finite() && r >= 0.0 && record.duration_s > 0.0) {
+        return None;
+    }
+    let mut e = estimate.cloned().unwrap_or(Estimate {
+        dirty_rate_bytes_per_s: 0.0,
+        growth: None,
+        source: "rounds".into(),
+    });
+    if r > e.dirty_rate_bytes_per_s {
+        e.dirty_rate_bytes_per_s = r;
+        e.source = "rounds".into();
+        // The fit came from the sample alone; a round that dirties faster than it says
+        // makes it wrong: the line takes over.
+        e.growth = None;
+    }
+    Some(e)
+}
+
+impl Orchestrator {
+    /// `GET /api/v1/budget`.
+    pub fn budget_view(&self) -> BudgetView {
+        let Some(bc) = &self.config.budget else {
+            return BudgetView {
+                scheme: "slots".into(),
+                ..BudgetView::default()
+            };
+        };
+        let running: Vec<GrantView> = self
+            .migrations
+            .values()
+            .filter(|m| m.state.is_active())
+            .map(|m| GrantView {
+                id: m.id,
+                vm: m.vm.clone(),
+                source: m.source.clone(),
+                target: m.target.clone(),
+                grant_bytes_per_s: m.budget.grant_bytes_per_s,
+                minimum_bytes_per_s: m.budget.minimum_bytes_per_s,
+            })
+            .collect();
+        let plan = self.last_plan.as_ref();
+        BudgetView {
+            scheme: scheme_name(&bc.scheme).into(),
+            uplink_bytes_per_s: Some(bc.budget.uplink_bytes_per_s),
+            granted_bytes_per_s: running.iter().filter_map(|g| g.grant_bytes_per_s).sum(),
+            uncapped: running
+                .iter()
+                .filter(|g| g.grant_bytes_per_s.is_none())
+                .count(),
+            running,
+            waiting: self
+                .migrations
+                .values()
+                .filter(|m| m.state == MigrationState::Queued)
+                .count(),
+            overcommitted: plan
+                .map(|p| p.overcommitted.iter().map(|c| c.to_string()).collect())
+                .unwrap_or_default(),
+            error: self.plan_error.clone(),
+        }
+    }
+
+    /// A newly queued migration: under the budget its source samples the VM first.
+    pub(super) fn ask_sample(&mut self, id: MigrationId, effects: &mut Vec<Effect>) {
+        let Some(bc) = &self.config.budget else {
+            return;
+        };
+        if !bc.samples() {
+            return;
+        }
+        let seconds = bc.sample_s;
+        let now = self.now;
+        let Some(m) = self.migrations.get_mut(&id) else {
+            return;
+        };
+        m.budget.sample_asked_at = Some(now);
+        let (host, vm) = (m.source.clone(), m.vm.clone());
+        self.save(id, effects);
+        effects.push(Effect::Sample {
+            migration: id,
+            host,
+            vm,
+            seconds,
+        });
+    }
+
+    /// The source's sample arrived (or could not be taken: `error`).
+    pub(super) fn sampled(
+        &mut self,
+        id: MigrationId,
+        host: &str,
+        sample: Option<DirtySample>,
+        error: Option<String>,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), OrchestratorError> {
+        let memory = self.memory_of(id);
+        let m = self.migration_mut(id)?;
+        if host != m.source {
+            return Err(OrchestratorError::NotAParty {
+                migration: id,
+                host: host.to_string(),
+            });
+        }
+        // Late (already decided, or a second answer): nothing to do.
+        if m.state != MigrationState::Queued || m.budget.estimate.is_some() {
+            return Ok(());
+        }
+        m.budget.sample_asked_at = None;
+        m.budget.estimate = Some(match (sample, error) {
+            (Some(s), None) => estimate_from(&s, memory),
+            (_, e) => no_sample(e.as_deref().unwrap_or("no sample in the answer")),
+        });
+        self.save(id, effects);
+        Ok(())
+    }
+
+    /// Samples not answered within the sample's length plus the answer timeout count as
+    /// failed: the migration is planned at its floor until its first round says more.
+    pub(super) fn sample_timeouts(&mut self, effects: &mut Vec<Effect>) {
+        let Some(bc) = &self.config.budget else {
+            return;
+        };
+        let limit = bc.sample_s + self.config.answer_timeout_s;
+        let now = self.now;
+        let overdue: Vec<MigrationId> = self
+            .migrations
+            .values()
+            .filter(|m| m.state == MigrationState::Queued && m.budget.estimate.is_none())
+            .filter(|m| m.budget.sample_asked_at.is_some_and(|t| now - t > limit))
+            .map(|m| m.id)
+            .collect();
+        for id in overdue {
+            if let Some(m) = self.migrations.get_mut(&id) {
+                m.budget.sample_asked_at = None;
+                m.budget.estimate = Some(no_sample(&format!("no answer within {limit} s")));
+            }
+            self.save(id, effects);
+        }
+    }
+
+    /// The source's `round_started` and `round_ended`: what is left and the estimate.
+    pub(super) fn round_started(&mut self, id: MigrationId, round: u32, bytes: f64) {
+        if let Some(m) = self.migrations.get_mut(&id) {
+            if bytes.is_finite() && bytes >= 0.0 {
+                m.budget.remaining_bytes = Some(bytes);
+            }
+            m.budget.round = round;
+        }
+    }
+
+    pub(super) fn round_ended(&mut self, id: MigrationId, record: &RoundRecord) {
+        if let Some(m) = self.migrations.get_mut(&id) {
+            if let Some(e) = refine(m.budget.estimate.as_ref(), record) {
+                m.budget.estimate = Some(e);
+            }
+        }
+    }
+
+    /// Starts what may start and re-grants what runs: the slots without a budget, the plan
+    /// of the configured scheme with one.
+    pub(super) fn schedule(&mut self, effects: &mut Vec<Effect>) {
+        match self.config.budget.clone() {
+            None => self.schedule_slots(effects),
+            Some(bc) => self.schedule_budget(&bc, effects),
+        }
+    }
+
+    fn schedule_budget(&mut self, bc: &BudgetConfig, effects: &mut Vec<Effect>) {
+        let mut running = Vec::new();
+        let mut waiting = Vec::new();
+        let mut sampling = Vec::new();
+        for m in self.migrations.values() {
+            if m.state.is_active() {
+                running.push(self.demand(m, bc));
+            } else if m.state == MigrationState::Queued {
+                if bc.samples() && m.budget.estimate.is_none() {
+                    sampling.push(m.id);
+                } else {
+                    waiting.push(self.demand(m, bc));
+                }
+            }
+        }
+        let plan = match budget::plan(&bc.scheme, &bc.budget, &running, &waiting, self.now) {
+            Ok(p) => p,
+            Err(e) => {
+                // Inputs are checked when they arrive; this is a bug or a hostile estimate
+                // that got through. Fail closed: nothing new starts, grants stay as sent.
+                self.plan_error = Some(e.to_string());
+                return;
+            }
+        };
+        self.plan_error = None;
+        for id in &plan.admitted {
+            if let Some(m) = self.migrations.get_mut(id) {
+                m.budget.waiting = None;
+            }
+            self.start_placing(*id, effects);
+        }
+        let sampling_from = plan.waiting.len();
+        for w in &plan.waiting {
+            let spot = QueueSpot {
+                position: w.position,
+                effective_priority: w.effective_priority,
+                reason: w.reason.to_string(),
+                code: w.reason.code().into(),
+            };
+            self.set_spot(w.id, spot, effects);
+        }
+        for (i, id) in sampling.iter().enumerate() {
+            let spot = QueueSpot {
+                position: sampling_from + i + 1,
+                effective_priority: 0.0,
+                reason: "its source is sampling how fast it dirties memory".into(),
+                code: "sampling".into(),
+            };
+            self.set_spot(*id, spot, effects);
+        }
+        for g in &plan.grants {
+            self.apply_grant(g, effects);
+        }
+        self.last_plan = Some(plan);
+    }
+
+    fn set_spot(&mut self, id: MigrationId, spot: QueueSpot, effects: &mut Vec<Effect>) {
+        let Some(m) = self.migrations.get_mut(&id) else {
+            return;
+        };
+        let changed = m
+            .budget
+            .waiting
+            .as_ref()
+            .is_none_or(|s| s.position != spot.position || s.code != spot.code);
+        m.budget.waiting = Some(spot);
+        if changed {
+            self.save(id, effects);
+        }
+    }
+
+    fn apply_grant(&mut self, g: &budget::Grant, effects: &mut Vec<Effect>) {
+        let Some(m) = self.migrations.get_mut(&g.id) else {
+            return;
+        };
+        m.budget.minimum_bytes_per_s = g.minimum_bytes_per_s;
+        let changed = match (m.budget.grant_bytes_per_s, g.bytes_per_s) {
+            (None, None) => false,
+            (Some(a), Some(b)) => (a - b).abs() > GRANT_CHANGE * a.max(b),
+            _ => true,
+        };
+        if !changed {
+            return;
+        }
+        m.budget.grant_bytes_per_s = g.bytes_per_s;
+        // A placing migration's grant travels with its start; a running one's is sent.
+        let send = matches!(
+            m.state,
+            MigrationState::Running | MigrationState::SwitchingOver
+        ) && !m.committed;
+        let host = m.source.clone();
+        self.save(g.id, effects);
+        if send {
+            effects.push(Effect::Grant {
+                migration: g.id,
+                host,
+                bytes_per_s: g.bytes_per_s,
+            });
+        }
+    }
+
+    /// What the allocator knows of `m`.
+    fn demand(&self, m: &Migration, bc: &BudgetConfig) -> Demand {
+        let memory = self.vms.get(&m.vm).map_or(0, |v| v.memory_bytes).max(1);
+        let pc = policy_bounds(m.settings.as_ref(), memory);
+        let rate = m
+            .budget
+            .estimate
+            .as_ref()
+            .map_or(0.0, |e| e.dirty_rate_bytes_per_s);
+        let growth = m.budget.estimate.as_ref().and_then(|e| e.growth);
+        let (remaining, rounds_left) = match m.state {
+            MigrationState::Queued | MigrationState::Placing => (memory as f64, pc.max_rounds),
+            // Pausing: only what stop-and-copy sends is left; the floor is its need.
+            MigrationState::SwitchingOver => (pc.stop_remaining, pc.max_rounds),
+            _ => (
+                m.budget.remaining_bytes.unwrap_or(memory as f64),
+                pc.max_rounds
+                    .saturating_sub(m.budget.round.saturating_sub(1))
+                    .max(1),
+            ),
+        };
+        let floor = pc.min_bandwidth.min(bc.budget.uplink_bytes_per_s);
+        Demand {
+            id: m.id,
+            source: m.source.clone(),
+            target: self.tentative_target(m),
+            memory_bytes: memory as f64,
+            remaining_bytes: remaining.max(0.0),
+            dirty_rate_bytes_per_s: rate,
+            growth,
+            rounds_left,
+            stop_bytes: pc.stop_remaining,
+            floor_bytes_per_s: floor,
+            ceiling_bytes_per_s: Some(pc.max_bandwidth.max(floor)),
+            priority: m.budget.priority,
+            submitted_at: m.budget.submitted_at,
+        }
+    }
+
+    /// Where a migration goes, or would go: its target, the host being asked, the next
+    /// candidate, the requested host, or the best-ranked host now (`?` when none: it
+    /// crosses no NIC but the uplink, and its placement will fail).
+    fn tentative_target(&self, m: &Migration) -> String {
+        m.target
+            .clone()
+            .or_else(|| m.pending.as_ref().map(|p| p.host.clone()))
+            .or_else(|| m.candidates.first().cloned())
+            .or_else(|| m.requested_target.clone())
+            .or_else(|| {
+                placement::candidates(self.hosts.values(), &m.source, None)
+                    .into_iter()
+                    .next()
+            })
+            .unwrap_or_else(|| "?".into())
+    }
+
+    fn memory_of(&self, id: MigrationId) -> u64 {
+        self.migrations
+            .get(&id)
+            .and_then(|m| self.vms.get(&m.vm))
+            .map_or(0, |v| v.memory_bytes)
+    }
+
+    /// Fills every `StartMigration` of a step with the grant the step ended with (a grant
+    /// of a migration started in the same step is not sent apart: it travels with the
+    /// start, so it cannot arrive before it).
+    pub(super) fn grants_travel_with_starts(&self, effects: &mut Vec<Effect>) {
+        let started: Vec<MigrationId> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::StartMigration { migration, .. } => Some(*migration),
+                _ => None,
+            })
+            .collect();
+        if started.is_empty() {
+            return;
+        }
+        effects.retain(
+            |e| !matches!(e, Effect::Grant { migration, .. } if started.contains(migration)),
+        );
+        for e in effects.iter_mut() {
+            if let Effect::StartMigration {
+                migration,
+                grant_bytes_per_s,
+                ..
+            } = e
+            {
+                *grant_bytes_per_s = self
+                    .migrations
+                    .get(migration)
+                    .and_then(|m| m.budget.grant_bytes_per_s);
+            }
+        }
+    }
+}
+
+fn no_sample(why: &str) -> Estimate {
+    Estimate {
+        dirty_rate_bytes_per_s: 0.0,
+        growth: None,
+        source: format!("no_sample: {why}"),
+    }
+}
+
+/// The scheme's name on the command line and in the API.
+pub fn scheme_name(s: &Scheme) -> &'static str {
+    match s {
+        Scheme::Budget { .. } => "budget",
+        Scheme::Sequential => "sequential",
+        Scheme::FixedSlots { .. } => "fixed-slots",
+        Scheme::Unlimited => "unlimited",
+    }
+}
+
+impl Config {
+    /// The same settings with `budget` shared by its scheme.
+    pub fn with_budget(mut self, budget: BudgetConfig) -> Config {
+        self.budget = Some(budget);
+        self
+    }
+}
