@@ -43,6 +43,8 @@ use livemig_api::{
 };
 use livemig_rms::api::{Created, HostView, MigrationRequest, MigrationView, VmRequest};
 use livemig_rms::inventory::Vm;
+use livemig_rms::orchestrator::{BudgetView, DrainProgress};
+use livemig_rms_server::routes::fleet::DrainStarted;
 use livemig_rms_server::routes::public::{ResolveRequest, VmCreated};
 
 /// Where the committed documents live, from the workspace root.
@@ -153,6 +155,7 @@ const HEALTHZ: Op = Op {
 
 const VM_NAME: Param = string("name", "The VM's name (1 to 64 of `A-Z a-z 0-9 . _ -`)");
 const MIGRATION_ID: Param = number("id", "The migration's id");
+const HOST_NAME: Param = string("name", "The host's name (1 to 64 of `A-Z a-z 0-9 . _ -`)");
 
 /// The RMS's routes (`livemig_rms_server::routes`).
 pub const RMS: &[Op] = &[
@@ -294,6 +297,54 @@ pub const RMS: &[Op] = &[
             (404, "No migration has that id, or no host has that name"),
             (409, "The migration is not `unknown`, or the host takes no part in it"),
         ],
+        secured: true,
+    },
+    Op {
+        method: "GET",
+        path: "/api/v1/budget",
+        id: "getBudget",
+        summary: "The shared migration budget: its scheme, its rate, every running migration's grant",
+        params: &[],
+        request: None,
+        ok: (200, "The budget as it stands (`slots` without a budget)", Body::Json(schema::<BudgetView>)),
+        errors: &[],
+        secured: true,
+    },
+    Op {
+        method: "POST",
+        path: "/api/v1/hosts/{name}/drain",
+        id: "drainHost",
+        summary: "Evacuate a host: it takes no new VMs, and each of its VMs is submitted for migration",
+        params: &[HOST_NAME],
+        request: None,
+        ok: (202, "Drained: the migrations submitted, and the drain's progress", Body::Json(schema::<DrainStarted>)),
+        errors: &[
+            (404, "No host has that name"),
+            (409, "Its host is lost, so its VMs cannot be migrated"),
+            (422, "Not a host name"),
+        ],
+        secured: true,
+    },
+    Op {
+        method: "GET",
+        path: "/api/v1/hosts/{name}/drain",
+        id: "drainProgress",
+        summary: "How far a host's drain is: VMs left, bytes left, the estimated time to empty",
+        params: &[HOST_NAME],
+        request: None,
+        ok: (200, "The drain's progress", Body::Json(schema::<DrainProgress>)),
+        errors: &[(404, "No host has that name"), (422, "Not a host name")],
+        secured: true,
+    },
+    Op {
+        method: "DELETE",
+        path: "/api/v1/hosts/{name}/drain",
+        id: "undrainHost",
+        summary: "The host takes VMs again (the migrations its drain started go on)",
+        params: &[HOST_NAME],
+        request: None,
+        ok: (200, "The host's drain progress, no longer draining", Body::Json(schema::<DrainProgress>)),
+        errors: &[(404, "No host has that name"), (422, "Not a host name")],
         secured: true,
     },
     Op {

@@ -43,13 +43,24 @@ impl Orchestrator {
         host: &str,
         effects: &mut Vec<Effect>,
     ) -> Result<Vec<MigrationId>, OrchestratorError> {
-        match self.hosts.get_mut(host) {
+        // Checked before anything changes: a refused input changes nothing.
+        match self.hosts.get(host) {
             None => return Err(OrchestratorError::UnknownHost(host.to_string())),
-            Some(h) => {
-                if !h.draining {
-                    h.draining = true;
-                    self.save_host(host, effects);
-                }
+            Some(h) if !h.is_alive() => {
+                return Err(OrchestratorError::HostLost {
+                    host: host.to_string(),
+                })
+            }
+            Some(_) => {}
+        }
+        let policy = &self.config.default_policy;
+        if policy.parse::<livemig_policy::PolicyKind>().is_err() {
+            return Err(OrchestratorError::UnknownPolicy(policy.clone()));
+        }
+        if let Some(h) = self.hosts.get_mut(host) {
+            if !h.draining {
+                h.draining = true;
+                self.save_host(host, effects);
             }
         }
         let vms: Vec<String> = self
@@ -67,10 +78,12 @@ impl Orchestrator {
                 settings: None,
                 priority: None,
             };
-            // A source that is lost refuses every one of them: nothing else can.
-            let id = self.submit(req, effects)?;
-            self.ask_sample(id, effects);
-            ids.push(id);
+            // The VM exists on an alive host, is free and the policy is known: submit cannot
+            // refuse it (checked above).
+            if let Ok(id) = self.submit(req, effects) {
+                self.ask_sample(id, effects);
+                ids.push(id);
+            }
         }
         Ok(ids)
     }

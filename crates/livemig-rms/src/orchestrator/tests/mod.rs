@@ -1,6 +1,7 @@
 //! Unit tests of the orchestrator: every transition and every refusal. Shared helpers here;
 //! the tests by topic in the submodules.
 
+mod budget;
 mod hosts;
 mod placing;
 mod running;
@@ -14,13 +15,15 @@ pub(super) const GIB: u64 = 1 << 30;
 /// Hosts a (the source, 8 GiB free), b (4 GiB free) and c (6 GiB free); vm1 and vm2
 /// (1 GiB each) on a.
 pub(super) fn cluster(max_active: usize) -> Orchestrator {
-    let mut o = Orchestrator::new(
-        Config {
-            max_active,
-            ..Config::default()
-        },
-        0.0,
-    );
+    cluster_with(Config {
+        max_active,
+        ..Config::default()
+    })
+}
+
+/// [`cluster`] under `config`.
+pub(super) fn cluster_with(config: Config) -> Orchestrator {
+    let mut o = Orchestrator::new(config, 0.0);
     for (i, (name, free)) in [("a", 8), ("b", 4), ("c", 6)].into_iter().enumerate() {
         run(
             &mut o,
