@@ -1,5 +1,5 @@
 //! The migrations this agent took part in: role, VM, local state, the live handles, and the
-//! numbers `/metrics` shows per migration.
+//! numbers `/metrics` shows per migration; and the VMs a dirty-log sample holds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
