@@ -10,6 +10,7 @@ use livemig_engine::{Guest, InitialContent, SimGuest, SimGuestConfig};
 use livemig_http::{ApiError, Token};
 use livemig_policy::report::MigrationReport;
 use livemig_policy::Event;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{Info, VmKind, VmRequest, VmView};
 use crate::capacity::{BookConfig, CapacityBook};
@@ -97,6 +98,8 @@ pub struct Agent {
     qemu: QemuConfig,
     outbox: Option<Outbox>,
     stopping: AtomicBool,
+    /// Cancelled when the agent stops (ends the dirty-log samples under way).
+    stop: CancellationToken,
     registered: AtomicBool,
     tls: crate::tls::HostTls,
 }
@@ -122,6 +125,7 @@ impl Agent {
             qemu: QemuConfig::default(),
             outbox: None,
             stopping: AtomicBool::new(false),
+            stop: CancellationToken::new(),
             registered: AtomicBool::new(false),
             tls: crate::tls::HostTls::default(),
         }
@@ -175,6 +179,11 @@ impl Agent {
         self.stopping.load(Ordering::Relaxed)
     }
 
+    /// Cancelled once the agent stops.
+    pub fn stop_token(&self) -> &CancellationToken {
+        &self.stop
+    }
+
     /// An event of migration `id`: counted, remembered (the commit), sent to the RMS.
     pub fn observe(&self, id: MigrationNo, e: &Event) {
         if !matches!(e, Event::Progress { .. }) {
@@ -201,10 +210,12 @@ impl Agent {
         }
     }
 
-    /// The agent stops: no new migrations; outgoing ones are cancelled (those past their
-    /// commit point complete), listeners waiting for a source stop.
+    /// The agent stops: no new migrations nor samples; outgoing ones are cancelled (those past
+    /// their commit point complete), listeners waiting for a source stop, dirty-log samples
+    /// under way end with an error.
     pub fn stop_migrations(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+        self.stop.cancel();
         let s = self.lock();
         for (id, m) in s.migrations.iter() {
             if m.state != LocalState::Migrating {
@@ -223,6 +234,11 @@ impl Agent {
                 stop.store(true, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Dirty-log samples under way here.
+    pub fn sampling(&self) -> usize {
+        self.lock().migrations.samples()
     }
 
     /// Migrations still running here.
@@ -406,7 +422,8 @@ impl Agent {
                 .iter()
                 .filter(|(_, v)| matches!(v.guest, GuestHandle::Qemu(_)))
                 .map(|(n, _)| n.clone())
-                .partition(|n| s.migrations.busy(n));
+                // (A sample under way is no reason to leave QEMU running: it ends at the stop.)
+                .partition(|n| s.migrations.in_migration(n));
             for name in &busy {
                 if let Some(Vm {
                     guest: GuestHandle::Qemu(q),
@@ -438,7 +455,7 @@ impl Agent {
         if s.migrations.busy(name) {
             return Err(ApiError::new(
                 axum::http::StatusCode::CONFLICT,
-                format!("the VM `{name}` is migrating"),
+                format!("the VM `{name}` is migrating or being sampled"),
             ));
         }
         let vm = s

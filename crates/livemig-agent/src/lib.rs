@@ -14,6 +14,7 @@
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - [`server`]: `livemig_http`'s accept loop, plus the migrations' part of a stop: cancel
 //!   those not yet committed at once, wait a grace for the rest.
+//! - [`sample`]: a VM's dirty-log sample on request, the VM held like a migrating one.
 //! - [`migrator`]: migrations in (a keyed listener per migration) and out (the engine's
 //!   sender), their table, their per-migration numbers.
 //! - [`rms`]: the RMS client: registration, heartbeats, the outbox of events and reports.
@@ -28,6 +29,7 @@ pub mod migrator;
 pub mod qemu;
 pub mod rms;
 pub mod routes;
+pub mod sample;
 pub mod server;
 pub mod tls;
 

@@ -9,10 +9,12 @@
 //! | `DELETE /api/v1/capacity/{id}` | 200 [`Released`]; 404 |
 //! | `GET /api/v1/vms` | `[VmView]` |
 //! | `POST /api/v1/vms {name, memory_bytes, workload, kind?}` | 201 [`VmView`]; 409 no room or name taken; 422; 503 QEMU or the guest image missing (kind `qemu`) |
-//! | `GET /api/v1/vms/{name}`, `DELETE /api/v1/vms/{name}` | 200 [`VmView`]; 404 |
+//! | `GET /api/v1/vms/{name}`, `DELETE /api/v1/vms/{name}` | 200 [`VmView`]; 404; 409 (delete) migrating or sampled |
+//! | `POST /api/v1/vms/{name}/sample` [`SampleRequest`] | 200 [`VmSample`] (sends nothing; the VM is held meanwhile, [`crate::sample`]); 404 no such VM; 409 migrating or sampled; 422 seconds not in 0.2..=10; 503 stopping, or QEMU's measurement failed |
 //! | `POST /api/v1/incoming` [`IncomingRequest`] | 201 [`IncomingReady`]; 404 unknown reservation; 409 VM here or migration known; 422 |
-//! | `POST /api/v1/outgoing` [`OutgoingRequest`] | 202 `{migration, state}`; 404 no such VM; 409 VM busy; 422 |
-//! | `DELETE /api/v1/outgoing/{migration}` | 202 cancel asked; 404 unknown; 409 past the commit point or ended |
+//! | `POST /api/v1/outgoing` [`OutgoingRequest`] | 202 `{migration, state}`; 404 no such VM; 409 VM busy (migrating or sampled); 422 |
+//! | `DELETE /api/v1/outgoing/{migration}` | 202 cancel asked; 400 not a number; 404 unknown; 409 past the commit point or ended |
+//! | `PUT /api/v1/outgoing/{migration}/grant` [`GrantRequest`] | 200 [`GrantApplied`] (every later cap, stop-and-copy's too, at most the grant); 400 not a number; 404 unknown; 409 incoming, or ended; 422 not finite or <= 0 |
 //! | `GET /api/v1/report` | [`RunReport`](livemig_api::RunReport) |
 //! | `GET /metrics` | Prometheus text |
 //!
@@ -38,7 +40,10 @@ use crate::api::{
 use crate::capacity::CapacityError;
 use crate::metrics::{self, MigrationSample, Sample};
 use crate::migrator::{incoming, outgoing, qemu_in};
-use livemig_api::{IncomingRequest, OutgoingRequest};
+use livemig_api::{
+    GrantApplied, GrantRequest, IncomingRequest, MigrationNo, OutgoingRequest, SampleRequest,
+    VmSample,
+};
 
 /// What every handler sees.
 #[derive(Debug)]
@@ -72,9 +77,11 @@ routes! {
     POST "/api/v1/vms" => create_vm,
     GET "/api/v1/vms/{name}" => get_vm,
     DELETE "/api/v1/vms/{name}" => delete_vm,
+    POST "/api/v1/vms/{name}/sample" => sample_vm,
     POST "/api/v1/incoming" => incoming,
     POST "/api/v1/outgoing" => outgoing,
     DELETE "/api/v1/outgoing/{migration}" => cancel_outgoing,
+    PUT "/api/v1/outgoing/{migration}/grant" => grant_outgoing,
     GET "/api/v1/report" => report,
     GET "/metrics" => metrics,
 }
@@ -220,14 +227,18 @@ async fn outgoing(
     ))
 }
 
+/// A migration's number from the path, or 400.
+fn migration_no(id: Result<Path<String>, PathRejection>) -> Result<MigrationNo, ApiError> {
+    let raw = path(id)?;
+    raw.parse()
+        .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a migration number")))
+}
+
 async fn cancel_outgoing(
     State(app): Shared,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let raw = path(id)?;
-    let id: u64 = raw
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("`{raw}` is not a migration number")))?;
+    let id = migration_no(id)?;
     outgoing::cancel(&app.agent, id)?;
     Ok(json(
         StatusCode::ACCEPTED,
@@ -236,6 +247,32 @@ async fn cancel_outgoing(
             cancel: "asked".to_string(),
         },
     ))
+}
+
+async fn grant_outgoing(
+    State(app): Shared,
+    id: Result<Path<String>, PathRejection>,
+    Json(req): Json<GrantRequest>,
+) -> Result<Response, ApiError> {
+    let id = migration_no(id)?;
+    outgoing::grant(&app.agent, id, req.bytes_per_s)?;
+    Ok(json(
+        StatusCode::OK,
+        &GrantApplied {
+            migration: id,
+            bytes_per_s: req.bytes_per_s,
+        },
+    ))
+}
+
+async fn sample_vm(
+    State(app): Shared,
+    name: Result<Path<String>, PathRejection>,
+    Json(req): Json<SampleRequest>,
+) -> Result<Response, ApiError> {
+    let name = path(name)?;
+    let sample: VmSample = crate::sample::take(&app.agent, name, req).await?;
+    Ok(json(StatusCode::OK, &sample))
 }
 
 async fn report(State(app): Shared) -> Response {

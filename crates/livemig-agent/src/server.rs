@@ -75,7 +75,8 @@ pub async fn run(
     };
     tokio::join!(serve, stop);
     let until = tokio::time::Instant::now() + cfg.migration_grace;
-    while agent.migrating() > 0 {
+    // (Samples end at once on the stop; their VMs are released before QEMU VMs stop.)
+    while agent.migrating() > 0 || agent.sampling() > 0 {
         if tokio::time::Instant::now() >= until {
             tracing::warn!(
                 left = agent.migrating(),

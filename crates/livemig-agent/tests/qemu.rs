@@ -1,7 +1,8 @@
 //! Agents hosting and migrating `qemu` VMs with real QEMU processes (TCG) and the test guest:
 //! refusals (memory size, missing image), a stop that quits QEMU, a stream keyed for another
-//! migration refused without harm, and a migration A → B through the keyed relay whose guest
-//! beats on at B while A's QEMU is gone. Never skipped: without QEMU or the guest image they
+//! migration refused without harm, a grant that reaches QEMU's cap, a migration A → B through
+//! the keyed relay whose guest beats on at B while A's QEMU is gone, and a dirty-rate sample
+//! over QMP that holds the VM meanwhile. Never skipped: without QEMU or the guest image they
 //! fail with the reason (scripts/test.sh installs both).
 
 mod common;
@@ -307,6 +308,32 @@ fn a_qemu_vm_migrates_between_agents_through_the_keyed_relay() {
         "{:?}",
         rms.of("events")
     );
+    // A grant reaches the governor through the same control handle: QEMU's cap follows.
+    let limit = 2.0 * MIB as f64;
+    let r = a.call(
+        "PUT",
+        "/api/v1/outgoing/2/grant",
+        Some(&json!({ "bytes_per_s": limit }).to_string()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        wait_until(WAIT, || rms.of("events").iter().any(|e| {
+            e["host"] == "host-a"
+                && e["migration"] == 2
+                && e["event"]["event"] == "cap_granted"
+                && e["event"]["cap_bytes_per_s"]
+                    .as_f64()
+                    .is_some_and(|c| c <= limit)
+        })),
+        "{:?}",
+        rms.of("events")
+    );
+    let r = b.call(
+        "PUT",
+        "/api/v1/outgoing/2/grant",
+        Some(&json!({ "bytes_per_s": limit }).to_string()),
+    );
+    assert_eq!(r.status, 409, "B's migration 2 comes in: {}", r.body);
     std::thread::sleep(Duration::from_secs(1));
     let r = a.call("DELETE", "/api/v1/outgoing/2", None);
     assert_eq!(r.status, 202, "{}", r.body);
@@ -419,4 +446,56 @@ fn a_qemu_vm_migrates_between_agents_through_the_keyed_relay() {
         "QEMU is gone when DELETE answers"
     );
     assert_eq!(free(&b), 1024 * MIB);
+}
+
+#[test]
+fn a_qemu_vm_is_sampled_over_qmp_and_held_meanwhile() {
+    let img = image();
+    let guest = img.kernel.parent().expect("guest dir").to_path_buf();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = agent("host-a", None, dir.path(), &guest);
+    let r = a.post(
+        "/api/v1/vms",
+        &json!({"name": "qs", "memory_bytes": MEM, "workload": "uniform:rate=8MiB/s,buffer=32MiB", "kind": "qemu"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(
+        wait_until(WAIT, || writes(&a, "qs") >= 3),
+        "the guest does not boot: {}",
+        vm(&a, "qs")
+    );
+    // 1.5 s: QEMU measures 2 whole seconds, one point; meanwhile the VM is held.
+    let addr = a.addr;
+    let long = std::thread::spawn(move || {
+        common::request(
+            addr,
+            "POST",
+            "/api/v1/vms/qs/sample",
+            Some(common::TOKEN),
+            Some(r#"{"seconds": 1.5}"#),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let r = a.post("/api/v1/vms/qs/sample", &json!({"seconds": 1}));
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = a.post(
+        "/api/v1/outgoing",
+        &json!({"migration": 1, "vm": "qs", "target": "b", "data_address": "127.0.0.1:9",
+                "key": KEY_1, "policy": "fixed"}),
+    );
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = long.join().expect("the sample's thread");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["vm"], "qs", "{v}");
+    let points = v["sample"]["points"].as_array().expect("points");
+    assert_eq!(points.len(), 1, "{v}");
+    assert!((points[0][0].as_f64().expect("t") - 2.0).abs() < 0.5, "{v}");
+    assert!(
+        points[0][1].as_f64().expect("bytes") > 0.0,
+        "the guest writes: {v}"
+    );
+    // Released: QMP is free for the next one.
+    let r = a.post("/api/v1/vms/qs/sample", &json!({"seconds": 0.2}));
+    assert_eq!(r.status, 200, "{}", r.body);
 }

@@ -4,8 +4,8 @@
 //! Map of the crate:
 //! - [`agent_to_rms`]: what an agent sends the RMS: registration, heartbeats, events and the
 //!   final report of the migrations it runs.
-//! - [`rms_to_agent`]: what the RMS asks of an agent: prepare an incoming migration, start or
-//!   cancel an outgoing one, report what it runs.
+//! - [`rms_to_agent`]: what the RMS asks of an agent: prepare an incoming migration, start,
+//!   cancel or bound (grant) an outgoing one, sample a VM's dirty log, report what it runs.
 //! - [`MigrationKey`]: a migration's pre-shared key as it travels (64 hex digits).
 //!
 //! Both directions carry the cluster's bearer token (`Authorization: Bearer …`); the data path
@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 pub use agent_to_rms::{AgentEvent, AgentReportPost, Heartbeat, Register, Registered, VmInfo};
 pub use rms_to_agent::{
-    IncomingReady, IncomingRequest, LocalMigration, LocalState, OutgoingRequest, Role, RunReport,
+    GrantApplied, GrantRequest, IncomingReady, IncomingRequest, LocalMigration, LocalState,
+    OutgoingRequest, Role, RunReport, SampleRequest, VmSample,
 };
 
 /// The longest host or VM name.

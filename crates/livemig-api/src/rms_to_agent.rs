@@ -6,11 +6,13 @@
 //! | `POST /api/v1/incoming` [`IncomingRequest`] | 201 [`IncomingReady`]; 404 unknown reservation; 409 VM already here |
 //! | `POST /api/v1/outgoing` [`OutgoingRequest`] | 202 (the migration runs; its events follow); 404 no such VM; 409 VM busy |
 //! | `DELETE /api/v1/outgoing/{migration}` | 202 cancel asked; 404 unknown; 409 past the commit point |
+//! | `PUT /api/v1/outgoing/{migration}/grant` [`GrantRequest`] | 200 [`GrantApplied`]; 404 unknown; 409 not an outgoing migration still running; 422 not a positive finite rate |
+//! | `POST /api/v1/vms/{name}/sample` [`SampleRequest`] | 200 [`VmSample`]; 404 no such VM; 409 VM busy (migrating or sampled); 422 seconds out of range |
 //! | `GET /api/v1/report` | 200 [`RunReport`] |
 
 use std::collections::BTreeMap;
 
-use livemig_policy::PolicySpec;
+use livemig_policy::{DirtySample, PolicySpec};
 use serde::{Deserialize, Serialize};
 
 use crate::agent_to_rms::VmInfo;
@@ -60,6 +62,62 @@ pub struct OutgoingRequest {
     /// bounded by it until a new grant arrives (bytes/s; absent: no bound).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_bytes_per_s: Option<f64>,
+}
+
+/// To the source: bound a running outgoing migration's cap (every round's and the
+/// stop-and-copy's) by `bytes_per_s`, or lift the bound (`null`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// Bytes per second, finite and > 0; `null`: no bound (the policy's caps alone).
+    pub bytes_per_s: Option<f64>,
+}
+
+impl GrantRequest {
+    /// Whether the grant is one an executor can run under: none, or finite and > 0.
+    pub fn is_valid(&self) -> bool {
+        self.bytes_per_s.is_none_or(|b| b.is_finite() && b > 0.0)
+    }
+}
+
+/// The grant in force from now on (the executor applies it within its steering bound).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+pub struct GrantApplied {
+    pub migration: MigrationNo,
+    pub bytes_per_s: Option<f64>,
+}
+
+/// The shortest dirty-log sample an agent takes, seconds.
+pub const MIN_SAMPLE_S: f64 = 0.2;
+/// The longest dirty-log sample an agent takes, seconds.
+pub const MAX_SAMPLE_S: f64 = 10.0;
+
+/// To an agent: sample a VM's dirty log for `seconds`, sending nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SampleRequest {
+    /// Finite, [`MIN_SAMPLE_S`] to [`MAX_SAMPLE_S`] (0.2 to 10). A `qemu` VM measures for
+    /// the whole seconds above it (1 to 10).
+    pub seconds: f64,
+}
+
+impl SampleRequest {
+    /// Whether `seconds` is finite and within [`MIN_SAMPLE_S`]..=[`MAX_SAMPLE_S`].
+    pub fn is_valid(&self) -> bool {
+        self.seconds.is_finite() && (MIN_SAMPLE_S..=MAX_SAMPLE_S).contains(&self.seconds)
+    }
+}
+
+/// A VM's dirty-log sample: `sim`, five points after clearing the log (distinct dirty
+/// bytes at each elapsed time); `qemu`, one point from QEMU's `calc-dirty-rate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+pub struct VmSample {
+    pub vm: String,
+    pub sample: DirtySample,
 }
 
 /// Which end of a migration an agent is.
@@ -119,6 +177,32 @@ mod tests {
     fn unknown_fields_are_refused() {
         let bad = r#"{"migration":1,"vm":"a","target":"b","data_address":"x:1","key":"00","policy":"p","extra":1}"#;
         assert!(serde_json::from_str::<OutgoingRequest>(bad).is_err());
+    }
+
+    #[test]
+    fn grants_and_samples_are_checked() {
+        for (b, ok) in [
+            (None, true),
+            (Some(1.0), true),
+            (Some(0.0), false),
+            (Some(-5.0), false),
+            (Some(f64::NAN), false),
+            (Some(f64::INFINITY), false),
+        ] {
+            assert_eq!(GrantRequest { bytes_per_s: b }.is_valid(), ok, "{b:?}");
+        }
+        for (s, ok) in [
+            (0.2, true),
+            (10.0, true),
+            (0.19, false),
+            (10.01, false),
+            (f64::NAN, false),
+            (f64::INFINITY, false),
+        ] {
+            assert_eq!(SampleRequest { seconds: s }.is_valid(), ok, "{s}");
+        }
+        let g: GrantRequest = serde_json::from_str(r#"{"bytes_per_s": null}"#).expect("null");
+        assert_eq!(g.bytes_per_s, None);
     }
 
     #[test]

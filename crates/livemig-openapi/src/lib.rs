@@ -38,8 +38,8 @@ use serde_json::{json, Map, Value};
 
 use livemig_agent::api as agent_api;
 use livemig_api::{
-    AgentEvent, AgentReportPost, ErrorBody, Heartbeat, IncomingReady, IncomingRequest,
-    OutgoingRequest, Register, Registered, RunReport,
+    AgentEvent, AgentReportPost, ErrorBody, GrantApplied, GrantRequest, Heartbeat, IncomingReady,
+    IncomingRequest, OutgoingRequest, Register, Registered, RunReport, SampleRequest, VmSample,
 };
 use livemig_rms::api::{Created, HostView, MigrationRequest, MigrationView, VmRequest};
 use livemig_rms::inventory::Vm;
@@ -529,7 +529,23 @@ pub const AGENT: &[Op] = &[
         ok: (200, "The VM as it was", Body::Json(schema::<agent_api::VmView>)),
         errors: &[
             (404, "No VM of that name runs here"),
-            (409, "The VM is migrating, or a `qemu` VM is held paused here after a hand-over in doubt"),
+            (409, "The VM is migrating or being sampled, or a `qemu` VM is held paused here after a hand-over in doubt"),
+        ],
+        secured: true,
+    },
+    Op {
+        method: "POST",
+        path: "/api/v1/vms/{name}/sample",
+        id: "sampleVm",
+        summary: "Sample a VM's dirty log, sending nothing (`sim`: the log cleared, then five points; `qemu`: QEMU's calc-dirty-rate for the whole seconds, one point); the VM is held as by a migration meanwhile",
+        params: &[VM_NAME],
+        request: Some(schema::<SampleRequest>),
+        ok: (200, "The sample: points of (elapsed seconds, distinct dirty bytes)", Body::Json(schema::<VmSample>)),
+        errors: &[
+            (404, "No VM of that name runs here"),
+            (409, "The VM is migrating, held after a hand-over in doubt, or being sampled already"),
+            (422, "seconds is not a finite number from 0.2 to 10"),
+            (503, "The agent is stopping (a sample under way ends with it), QEMU's QMP or its measurement failed, or the request took too long"),
         ],
         secured: true,
     },
@@ -577,6 +593,22 @@ pub const AGENT: &[Op] = &[
             (400, "The migration is not a number"),
             (404, "No such migration leaves this host"),
             (409, "Past its commit point, or ended"),
+        ],
+        secured: true,
+    },
+    Op {
+        method: "PUT",
+        path: "/api/v1/outgoing/{migration}/grant",
+        id: "grantOutgoing",
+        summary: "Source: bound a running migration's cap (every round's and the stop-and-copy's) by a grant, or lift it",
+        params: &[number("migration", "The migration's number")],
+        request: Some(schema::<GrantRequest>),
+        ok: (200, "The grant is in force; the executor applies it at its next steering (a `cap_granted` event)", Body::Json(schema::<GrantApplied>)),
+        errors: &[
+            (400, "The migration is not a number, or an invalid JSON body (malformed, the wrong shape, an unknown field)"),
+            (404, "No such migration here"),
+            (409, "The migration comes in here, or it has ended"),
+            (422, "bytes_per_s is not finite or not above 0"),
         ],
         secured: true,
     },

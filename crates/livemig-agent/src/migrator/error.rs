@@ -19,8 +19,12 @@ pub enum MigrationError {
     Committed(MigrationNo),
     #[error("migration {0} has ended")]
     Ended(MigrationNo),
-    #[error("the VM `{0}` is already migrating")]
+    #[error("the VM `{0}` is already migrating or being sampled")]
     Busy(String),
+    #[error("migration {0} does not leave this host (it comes in)")]
+    NotOutgoing(MigrationNo),
+    #[error("a grant is a finite number of bytes per second above 0, or null for none")]
+    BadGrant,
     #[error("no VM named `{0}` runs here")]
     NoVm(String),
     #[error("a VM named `{0}` already runs here")]
@@ -68,9 +72,11 @@ impl From<MigrationError> for ApiError {
             | E::Committed(_)
             | E::Ended(_)
             | E::Busy(_)
+            | E::NotOutgoing(_)
             | E::VmHere(_)
             | E::NoIdentity => StatusCode::CONFLICT,
             E::BadKey
+            | E::BadGrant
             | E::SizeMismatch { .. }
             | E::Kind
             | E::Vm(_)

@@ -1,10 +1,11 @@
 //! Migrations in and out of this host, as the RMS asks for them.
 //!
-//! - [`table`]: the migrations this agent took part in (local state, live handles, numbers).
+//! - [`table`]: the migrations this agent took part in (local state, live handles, numbers),
+//!   and the VMs held by a dirty-log sample ([`crate::sample`]).
 //! - [`incoming`]: `POST /api/v1/incoming`: a keyed listener per migration, the received guest
 //!   becomes a VM of this host.
-//! - [`outgoing`]: `POST /api/v1/outgoing` and its cancel: the engine's sender on a thread of
-//!   its own, every event forwarded to the RMS.
+//! - [`outgoing`]: `POST /api/v1/outgoing`, its cancel and its grant: the engine's sender on a
+//!   thread of its own, every event forwarded to the RMS.
 //! - [`qemu_in`], [`qemu_out`]: the same for `qemu` VMs: QEMU's own migration stream relayed
 //!   between the agents over the keyed (and TLS) connection, the source driven by
 //!   `livemig_qemu`'s governor under the policy.

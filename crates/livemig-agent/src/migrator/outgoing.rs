@@ -1,5 +1,7 @@
-//! `POST /api/v1/outgoing` and `DELETE /api/v1/outgoing/{migration}`: the engine's sender on a
-//! thread of its own, under the policy the RMS names, cancellable until its commit point.
+//! `POST /api/v1/outgoing`, `DELETE /api/v1/outgoing/{migration}` and
+//! `PUT /api/v1/outgoing/{migration}/grant`: the engine's sender on a thread of its own, under
+//! the policy the RMS names, cancellable until its commit point, its cap bounded by a grant
+//! until it ends.
 //!
 //! Every event goes to the RMS; on a hand-over the guest leaves this host (its memory is
 //! freed) and the report follows; on a failure or a cancel the guest keeps running here.
@@ -252,6 +254,35 @@ struct Ended {
     why: String,
     /// Whether the engine ran (it then told the observer itself).
     engine_said: bool,
+}
+
+/// Bounds the cap of outgoing migration `id` by `bytes_per_s` (`None`: lifts the bound).
+/// The migration's executor (the engine's sender or the QEMU governor) reads the grant from
+/// the same [`Control`] and bounds every round's cap, and the stop-and-copy's, by it.
+pub fn grant(
+    agent: &Agent,
+    id: MigrationNo,
+    bytes_per_s: Option<f64>,
+) -> Result<(), MigrationError> {
+    if !(livemig_api::GrantRequest { bytes_per_s }).is_valid() {
+        return Err(MigrationError::BadGrant);
+    }
+    let s = agent.lock();
+    let e = s
+        .migrations
+        .get(id)
+        .ok_or(MigrationError::UnknownOutgoing(id))?;
+    if e.role != Role::Source {
+        return Err(MigrationError::NotOutgoing(id));
+    }
+    match (&e.control, e.state) {
+        (Some(c), LocalState::Migrating) => {
+            c.grant(bytes_per_s);
+            tracing::info!(migration = id, ?bytes_per_s, "grant set");
+            Ok(())
+        }
+        _ => Err(MigrationError::Ended(id)),
+    }
 }
 
 /// Asks migration `id` to stop before its commit point.

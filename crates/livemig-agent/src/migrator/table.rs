@@ -1,7 +1,7 @@
 //! The migrations this agent took part in: role, VM, local state, the live handles, and the
-//! numbers `/metrics` shows per migration.
+//! numbers `/metrics` shows per migration; and the VMs a dirty-log sample holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -125,11 +125,13 @@ impl Entry {
     }
 }
 
-/// Every migration by its RMS number.
+/// Every migration by its RMS number, and the VMs whose dirty log is being sampled (held
+/// like a migrating VM: a sample clears the log a migration tracks).
 #[derive(Debug, Default)]
 pub struct Table {
     entries: BTreeMap<MigrationNo, Entry>,
     ended: u64,
+    sampling: BTreeSet<String>,
 }
 
 impl Table {
@@ -149,13 +151,37 @@ impl Table {
         self.entries.iter()
     }
 
+    /// Whether `vm` may not migrate, be sampled or be deleted now: it is in a migration
+    /// ([`Table::in_migration`]) or its dirty log is being sampled.
+    pub fn busy(&self, vm: &str) -> bool {
+        self.sampling.contains(vm) || self.in_migration(vm)
+    }
+
     /// Whether `vm` is in a migration that has not ended (either way), held here, or paused
     /// here after a hand-over in doubt.
-    pub fn busy(&self, vm: &str) -> bool {
+    pub fn in_migration(&self, vm: &str) -> bool {
         self.entries.values().any(|e| {
             e.vm == vm
                 && (e.in_doubt || matches!(e.state, LocalState::Migrating | LocalState::Held))
         })
+    }
+
+    /// Marks `vm` as being sampled; false (and nothing marked) if it is busy.
+    pub fn start_sample(&mut self, vm: &str) -> bool {
+        if self.busy(vm) {
+            return false;
+        }
+        self.sampling.insert(vm.to_string())
+    }
+
+    /// The sample of `vm` ended (either way).
+    pub fn end_sample(&mut self, vm: &str) {
+        self.sampling.remove(vm);
+    }
+
+    /// Samples under way.
+    pub fn samples(&self) -> usize {
+        self.sampling.len()
     }
 
     pub fn insert(&mut self, id: MigrationNo, e: Entry) {
@@ -203,6 +229,19 @@ mod tests {
         assert!(!t.busy("vm"));
         assert_eq!(t.iter().count(), MAX_FINISHED);
         assert!(!t.contains(0), "the oldest are forgotten first");
+    }
+
+    #[test]
+    fn a_sample_and_a_migration_exclude_each_other() {
+        let mut t = Table::default();
+        assert!(t.start_sample("vm"));
+        assert!(t.busy("vm") && !t.in_migration("vm"));
+        assert!(!t.start_sample("vm"), "one sample at a time");
+        t.end_sample("vm");
+        assert!(!t.busy("vm"));
+        t.insert(1, Entry::new(Role::Source, "vm"));
+        assert!(!t.start_sample("vm"), "no sample of a migrating VM");
+        assert_eq!(t.samples(), 0);
     }
 
     #[test]
