@@ -260,6 +260,7 @@ impl Agent {
                 memory_bytes: v.memory_bytes,
                 workload: v.workload.clone(),
                 kind: v.kind(),
+                content: None,
             })
             .collect()
     }
@@ -360,11 +361,19 @@ impl Agent {
                 "a qemu VM starts through Agent::start_qemu_vm",
             ));
         }
+        let content = match req.content.as_deref() {
+            None => InitialContent::Zero,
+            Some(c) => c.parse::<InitialContent>().map_err(|_| {
+                ApiError::unprocessable(format!(
+                    "content `{c}` is not zero, random or mixed:FRACTION"
+                ))
+            })?,
+        };
         let total = self.admit_vm(&req)?;
         let cfg = SimGuestConfig {
             memory_bytes: req.memory_bytes,
             workload: req.workload.clone(),
-            content: InitialContent::Zero,
+            content,
             seed: 1,
         };
         let guest = match SimGuest::start(&cfg, total) {

@@ -53,6 +53,10 @@ pub struct VmRequest {
     /// `sim` (the default) or `qemu` (the test guest under QEMU; see [`crate::qemu`]).
     #[serde(default = "sim")]
     pub kind: VmKind,
+    /// `sim`: what its memory holds at the start: `zero` (the default; zero pages cost
+    /// nothing to migrate), `random` (incompressible), `mixed:FRACTION` (that share zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
 
 fn sim() -> VmKind {

@@ -23,6 +23,10 @@ pub struct VmInfo {
     /// The workload spec the guest runs.
     pub workload: String,
     pub kind: VmKind,
+    /// `sim`: what its memory holds at the start (`zero`, `random`, `mixed:FRACTION` of zero
+    /// pages); absent: zero. Only a VM's start reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
 
 /// An agent introduces itself (at start, and again whenever the RMS answers a heartbeat 404).

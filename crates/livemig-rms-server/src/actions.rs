@@ -255,6 +255,7 @@ async fn start(
                 VmKind::Sim => livemig_api::VmKind::Sim,
                 VmKind::Qemu => livemig_api::VmKind::Qemu,
             },
+            content: None,
         },
         key: key.clone(),
         tls,

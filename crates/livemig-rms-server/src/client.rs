@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use livemig_api::rms_to_agent::{GrantRequest, SampleRequest, VmSample};
 use livemig_api::{ErrorBody, IncomingReady, IncomingRequest, OutgoingRequest, RunReport};
 use livemig_http::Secret;
 use livemig_policy::DirtySample;
@@ -212,7 +213,7 @@ impl AgentClient {
         bytes_per_s: Option<f64>,
     ) -> Result<(), CallError> {
         let path = format!("/api/v1/outgoing/{migration}/grant");
-        let body = serde_json::json!({ "bytes_per_s": bytes_per_s });
+        let body = GrantRequest { bytes_per_s };
         self.call::<_, serde_json::Value>(Method::PUT, address, &path, Some(&body))
             .await
             .map(|_| ())
@@ -226,13 +227,10 @@ impl AgentClient {
         vm: &str,
         seconds: f64,
     ) -> Result<DirtySample, CallError> {
-        #[derive(serde::Deserialize)]
-        struct VmSample {
-            sample: DirtySample,
-        }
         let path = format!("/api/v1/vms/{vm}/sample");
-        let body = serde_json::json!({ "seconds": seconds });
-        let extra = Duration::from_secs_f64(seconds.clamp(0.0, 60.0));
+        let body = SampleRequest { seconds };
+        // A QEMU measurement takes whole seconds, and QEMU may take a little longer to report.
+        let extra = Duration::from_secs_f64(seconds.clamp(0.0, 10.0).ceil() + 2.0);
         self.call_within::<_, VmSample>(
             Method::POST,
             address,

@@ -58,6 +58,9 @@ pub struct VmRequest {
     /// Where to start it; the RMS chooses when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// `sim`: its memory at the start (`zero`, `random`, `mixed:FRACTION`); zero when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
 
 /// `POST /api/v1/migrations`.

@@ -31,6 +31,13 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
         .policy
         .parse()
         .map_err(|_| MigrationError::Policy(req.policy.clone()))?;
+    // The RMS's budget grant at the start bounds round 1 already (a later grant replaces it).
+    if req
+        .grant_bytes_per_s
+        .is_some_and(|g| !(g.is_finite() && g > 0.0))
+    {
+        return Err(MigrationError::BadGrant);
+    }
     if agent.is_stopping() {
         return Err(MigrationError::Stopping);
     }
@@ -47,6 +54,7 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
     let server_name = to.ip().to_string();
     let cfg = agent.migrator().clone();
     let control = Control::new();
+    control.grant(req.grant_bytes_per_s);
     let (handle, memory, workload) = {
         let s = agent.lock();
         let vm = s
@@ -75,14 +83,8 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
             )
         }
     };
-    let mut spec = req.settings.clone().unwrap_or_default();
-    if spec.stop_remaining.is_none() {
-        // The default stop level (64 MiB) exceeds a small guest: then stop at an eighth of it.
-        let default = livemig_policy::PolicyConfig::default().stop_remaining;
-        if default >= memory as f64 {
-            spec.stop_remaining = Some((memory / 8).to_string());
-        }
-    }
+    // A small guest stops at an eighth of its memory (the RMS's budget plans by the same rule).
+    let spec = req.settings.clone().unwrap_or_default().for_guest(memory);
     let policy_cfg = spec
         .resolve(memory as f64)
         .map_err(|e| MigrationError::Settings(super::incoming::error_chain(&e)))?;

@@ -77,13 +77,12 @@ type Stream = Box<dyn Transport + Send>;
 /// thread of its own.
 pub fn start(agent: &Arc<Agent>, r: Request) -> Result<(), MigrationError> {
     let cfg = agent.migrator().clone();
-    let mut spec = r.req.settings.clone().unwrap_or_default();
-    if spec.stop_remaining.is_none() {
-        let default = livemig_policy::PolicyConfig::default().stop_remaining;
-        if default >= r.memory as f64 {
-            spec.stop_remaining = Some((r.memory / 8).to_string());
-        }
-    }
+    let spec = r
+        .req
+        .settings
+        .clone()
+        .unwrap_or_default()
+        .for_guest(r.memory);
     let policy_cfg = spec
         .resolve(r.memory as f64)
         .map_err(|e| MigrationError::Settings(error_chain(&e)))?;

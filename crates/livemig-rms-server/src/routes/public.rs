@@ -151,6 +151,7 @@ pub async fn create_vm(
             VmKind::Sim => livemig_api::VmKind::Sim,
             VmKind::Qemu => livemig_api::VmKind::Qemu,
         },
+        content: req.content.clone(),
     };
     if let Err(e) = app.client.start_vm(&address, &info).await {
         // No answer or a 5xx: the agent may start it all the same. It is not recorded, so

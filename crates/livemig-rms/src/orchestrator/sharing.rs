@@ -390,7 +390,14 @@ impl Orchestrator {
             .estimate
             .as_ref()
             .map_or(0.0, |e| e.dirty_rate_bytes_per_s);
-        let growth = m.budget.estimate.as_ref().and_then(|e| e.growth);
+        // The growth fit is the predictive policy's own model: it plans by it, so its need is
+        // the planner's. Another policy does not follow it; its need is the closed form from
+        // the steepest line, which does not extrapolate a saturation from a short sample.
+        let growth = if m.policy == "predictive" {
+            m.budget.estimate.as_ref().and_then(|e| e.growth)
+        } else {
+            None
+        };
         let (remaining, rounds_left) = match m.state {
             MigrationState::Queued | MigrationState::Placing => (memory as f64, pc.max_rounds),
             // Pausing: only what stop-and-copy sends is left; the floor is its need.

@@ -264,6 +264,7 @@ async fn create_vms(rms: &Rms, args: &Args, memory: u64) -> Result<()> {
             workload: args.workload.clone(),
             kind: VmKind::Sim,
             host: Some(format!("host-{}", i % args.hosts + 1)),
+            content: None,
         };
         rms.post::<_, serde_json::Value>(&["api", "v1", "vms"], &vm)
             .await?;

@@ -66,6 +66,11 @@ pub struct CreateArgs {
     /// Start it on this host; the RMS chooses when not given.
     #[arg(long, value_name = "HOST")]
     pub host: Option<String>,
+    /// `sim`: what its memory holds at the start: `zero` (zero pages cost nothing to
+    /// migrate), `random` (incompressible: every page is sent), `mixed:FRACTION` (that share
+    /// zero, e.g. mixed:0.5). [default: zero]
+    #[arg(long, value_name = "CONTENT")]
+    pub content: Option<String>,
     #[command(flatten)]
     pub rms: RmsArgs,
     /// Print the RMS's JSON instead of a line.
@@ -120,6 +125,18 @@ fn request(a: &CreateArgs) -> Result<VmRequest> {
     if a.host.as_deref().is_some_and(|h| h.trim().is_empty()) {
         bail!("--host is empty");
     }
+    if let Some(c) = &a.content {
+        let mixed = c
+            .strip_prefix("mixed:")
+            .and_then(|f| units::parse_fraction(f).ok())
+            .is_some_and(|f| (0.0..=1.0).contains(&f));
+        if !(c == "zero" || c == "random" || mixed) {
+            bail!("--content must be zero, random or mixed:FRACTION (got `{c}`)");
+        }
+        if a.kind == Kind::Qemu {
+            bail!("--content is for sim VMs (a QEMU guest's memory is its own)");
+        }
+    }
     Ok(VmRequest {
         name: a.name.clone(),
         memory_bytes: memory as u64,
@@ -129,6 +146,7 @@ fn request(a: &CreateArgs) -> Result<VmRequest> {
             Kind::Qemu => VmKind::Qemu,
         },
         host: a.host.clone(),
+        content: a.content.clone(),
     })
 }
 

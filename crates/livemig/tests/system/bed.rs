@@ -66,6 +66,8 @@ pub struct RmsOpts {
     pub name: Option<String>,
     /// `--ca-dir` in the test's directory: migrations run over mutual TLS.
     pub ca_dir: bool,
+    /// More flags of `livemig rms` (the budget's).
+    pub extra: Vec<String>,
 }
 
 impl Default for RmsOpts {
@@ -76,6 +78,7 @@ impl Default for RmsOpts {
             db: None,
             name: None,
             ca_dir: false,
+            extra: Vec::new(),
         }
     }
 }
@@ -207,6 +210,7 @@ impl System {
         if self.rms_opts.ca_dir {
             cmd.arg("--ca-dir").arg(self.dir.path().join("ca"));
         }
+        cmd.args(&self.rms_opts.extra);
         let log = self.dir.path().join(format!("rms{}.log", self.rms.len()));
         let child = System::spawn_listening(cmd, "the RMS", &log);
         self.rms.push(child);
@@ -424,6 +428,28 @@ impl System {
         serde_json::from_slice(&o.stdout).ok()
     }
 
+    /// `GET path` on the RMS (from the switch), its JSON; `None` unless 2xx within 3 s.
+    pub fn rms_get(&self, path: &str) -> Option<Value> {
+        let url = format!("{}{path}", self.rms_url());
+        let mut curl = System::exec(&self.switch_ns(), "curl");
+        curl.args([
+            "-sf",
+            "-m",
+            "3",
+            "-H",
+            &format!("Authorization: Bearer {TOKEN}"),
+        ])
+        .arg(&url);
+        if self.rms_opts.ca_dir {
+            curl.arg("--cacert").arg(self.ca_file());
+        }
+        let o = curl.output().expect("curl runs");
+        if !o.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&o.stdout).ok()
+    }
+
     /// The names of the VMs host `i`'s agent runs.
     pub fn agent_vms(&self, i: usize) -> Vec<String> {
         self.agent_get(i, "/api/v1/vms")
@@ -514,6 +540,67 @@ impl System {
             }
         }
         s
+    }
+}
+
+/// What enters the switch from the hosts, sampled every 100 ms in the switch namespace
+/// (the sum of the `rx_bytes` of every host's port on the bridge: each frame is counted
+/// once, as it enters the bridge), by a shell loop of builtins only.
+pub struct BridgeMeter {
+    child: Child,
+    samples: std::sync::Arc<std::sync::Mutex<Vec<(f64, u64)>>>,
+}
+
+impl BridgeMeter {
+    pub fn start(sys: &System) -> BridgeMeter {
+        let script = r#"while :; do s=0; for f in /sys/class/net/h[0-9]*/statistics/rx_bytes; do read -r v < "$f"; s=$((s + v)); done; echo "$EPOCHREALTIME $s"; sleep 0.1; done"#;
+        let mut child = System::exec(&sys.switch_ns(), "bash")
+            .args(["-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the bridge meter starts");
+        let out = child.stdout.take().expect("stdout");
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = std::sync::Arc::clone(&samples);
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let mut it = line.split_whitespace();
+                let (Some(t), Some(b)) = (it.next(), it.next()) else {
+                    continue;
+                };
+                if let (Ok(t), Ok(b)) = (t.parse::<f64>(), b.parse::<u64>()) {
+                    into.lock().unwrap_or_else(|p| p.into_inner()).push((t, b));
+                }
+            }
+        });
+        BridgeMeter { child, samples }
+    }
+
+    /// The highest rate over any window of at least `span` seconds (consecutive samples
+    /// joined until they span it): a 100 ms window, whatever the loop's jitter.
+    pub fn peak(&self, span: f64) -> f64 {
+        let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let mut best = 0.0f64;
+        for i in 0..s.len() {
+            if let Some(j) = (i + 1..s.len()).find(|&j| s[j].0 - s[i].0 >= span) {
+                let r = (s[j].1.saturating_sub(s[i].1)) as f64 / (s[j].0 - s[i].0);
+                best = best.max(r);
+            }
+        }
+        best
+    }
+
+    /// How many samples were taken.
+    pub fn len(&self) -> usize {
+        self.samples.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl Drop for BridgeMeter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

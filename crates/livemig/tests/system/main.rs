@@ -3,6 +3,7 @@
 //! Needs root, iproute2 and curl; fails, never skips, without them.
 
 mod bed;
+mod budget;
 mod faults;
 mod qemu;
 

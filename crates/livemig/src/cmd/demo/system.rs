@@ -100,6 +100,7 @@ async fn drive(rms: &Rms, plan: &Plan, memory: u64) -> Result<MigrationView> {
         workload: plan.workload.clone(),
         kind: VmKind::Sim,
         host: Some("host-1".into()),
+        content: None,
     };
     rms.post::<_, serde_json::Value>(&["api", "v1", "vms"], &vm)
         .await?;
