@@ -18,6 +18,7 @@
 #   LIVEMIG_BIN        the livemig binary for --system (default: livemig on PATH, else
 #                      target/release/livemig, else target/debug/livemig)
 #   LM_TESTBED_CAPACITY  each agent's --capacity-memory for --system (default 256MiB)
+#   LM_TESTBED_RMS_ARGS  more flags of the RMS for --system, e.g. "--budget 60MiB/s --scheme budget"
 # Needs root and iproute2 (ip, tc).
 set -euo pipefail
 
@@ -104,6 +105,10 @@ start_system() {
   local rms_args=(rms --listen "$RMS_ADDR:$RMS_PORT" --name testbed-rms
     --db "sqlite:$SYSTEM_DIR/rms.db" --token-file "$SYSTEM_DIR/token")
   ((tls)) && rms_args+=(--ca-dir "$SYSTEM_DIR/ca")
+  # More flags of the RMS (the budget's), split on spaces.
+  local extra
+  read -r -a extra <<<"${LM_TESTBED_RMS_ARGS:-}"
+  rms_args+=("${extra[@]}")
   ip netns exec "$SWITCH_NS" setsid "$bin" "${rms_args[@]}" \
     </dev/null >"$SYSTEM_DIR/rms.log" 2>&1 9>&- &
   # The RMS writes its CA on start: the agents need its certificate.

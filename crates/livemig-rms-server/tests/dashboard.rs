@@ -264,7 +264,13 @@ async fn the_dashboard_shows_the_hosts_and_a_running_migration_live() {
     let browser = Browser::start();
 
     let dir = tempfile::tempdir().expect("a temp dir");
-    let rms = Rms::start(dir.path(), 30.0).await;
+    // A budget the migrations share (the `unlimited` scheme: the fake agents take no samples
+    // or grants); the dashboard draws its line.
+    let budget = livemig_rms::orchestrator::BudgetConfig::new(
+        livemig_rms::budget::Budget::uplink(1.5e9),
+        livemig_rms::budget::Scheme::Unlimited,
+    );
+    let rms = Rms::start_with_budget(dir.path(), 30.0, budget).await;
     let hang = Behaviour {
         hang: true,
         ..Behaviour::default()
@@ -393,14 +399,14 @@ async fn the_dashboard_shows_the_hosts_and_a_running_migration_live() {
         );
         assert_eq!(cdp.eval("window.__marker"), json!("no reload"));
         assert_eq!(cdp.navigations, navigations, "the page navigated");
-        // No budget in the API yet (404): no budget line.
+        // The budget's line, from `GET /api/v1/budget`.
         assert_eq!(
             cdp.eval("document.getElementById('bandwidth-chart').dataset.budget"),
-            json!("none")
+            json!("1500000000")
         );
         assert_eq!(
             cdp.eval("document.querySelectorAll('#bandwidth-chart .s-budget').length"),
-            json!(0)
+            json!(1)
         );
 
         // Nothing but the RMS was asked for.

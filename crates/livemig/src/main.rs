@@ -81,6 +81,9 @@ enum Command {
     /// Benchmark the system on loopback: migrations per minute through the RMS with many small
     /// VMs, recovery time after an RMS crash.
     BenchRms(cmd::bench_rms::Args),
+    /// Benchmark the shared budget on the namespace testbed (root): drain a host of six guests
+    /// under each sharing scheme, measured on the switch.
+    BenchDrain(cmd::bench_drain::Args),
     /// Drive real QEMU live migrations with a policy (QMP), record dirty traces, benchmark.
     #[command(
         subcommand,
@@ -198,6 +201,7 @@ fn main() {
         Command::Resolve(a) => cmd::resolve::run(a),
         Command::BenchEngine(a) => cmd::bench_engine::run(a),
         Command::BenchRms(a) => cmd::bench_rms::run(a),
+        Command::BenchDrain(a) => cmd::bench_drain::run(a),
         Command::Qemu(Qemu::Run(c)) => cmd::qemu::run(c),
         Command::Qemu(Qemu::Bench(a)) => cmd::qemu_bench::run(*a),
         Command::Agent(a) => cmd::agent::run(*a),

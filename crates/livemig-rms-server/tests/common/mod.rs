@@ -45,12 +45,21 @@ impl Rms {
     }
 
     pub async fn start_at(dir: &Path, host_timeout_s: f64, listen: &str) -> Rms {
-        Rms::start_full(dir, host_timeout_s, listen, None).await
+        Rms::start_full(dir, host_timeout_s, listen, None, None).await
     }
 
     /// With a CA: registrations get certificates, migrations ask for TLS.
     pub async fn start_with_ca(dir: &Path, host_timeout_s: f64, ca: livemig_tls::Ca) -> Rms {
-        Rms::start_full(dir, host_timeout_s, "127.0.0.1:0", Some(Arc::new(ca))).await
+        Rms::start_full(dir, host_timeout_s, "127.0.0.1:0", Some(Arc::new(ca)), None).await
+    }
+
+    /// With a shared migration budget.
+    pub async fn start_with_budget(
+        dir: &Path,
+        host_timeout_s: f64,
+        budget: livemig_rms::orchestrator::BudgetConfig,
+    ) -> Rms {
+        Rms::start_full(dir, host_timeout_s, "127.0.0.1:0", None, Some(budget)).await
     }
 
     pub async fn start_full(
@@ -58,6 +67,7 @@ impl Rms {
         host_timeout_s: f64,
         listen: &str,
         ca: Option<Arc<livemig_tls::Ca>>,
+        budget: Option<livemig_rms::orchestrator::BudgetConfig>,
     ) -> Rms {
         let url =
             livemig_store::StoreUrl::parse(&format!("sqlite:{}", dir.join("rms.db").display()))
@@ -67,6 +77,7 @@ impl Rms {
         let mut cfg = RmsConfig::default();
         cfg.orchestrator.host_timeout_s = host_timeout_s;
         cfg.orchestrator.answer_timeout_s = 3.0;
+        cfg.orchestrator.budget = budget;
         cfg.heartbeat_s = 0.2;
         cfg.tick = Duration::from_millis(50);
         cfg.agent_timeout = Duration::from_secs(3);

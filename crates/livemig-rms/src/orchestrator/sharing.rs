@@ -42,8 +42,9 @@ impl BudgetConfig {
 /// The most points of a sample the RMS reads (an agent's answer is not trusted to be short).
 pub const MAX_SAMPLE_POINTS: usize = 64;
 
-/// A grant is re-sent only when it moves by more than this fraction (or appears or goes).
-const GRANT_CHANGE: f64 = 0.01;
+/// A grant that rises is re-sent only when it rises by more than this fraction; one that
+/// falls is always sent (the sum of the grants in force must stay within the budget).
+const GRANT_RISE: f64 = 0.01;
 
 /// The budget's state as `GET /api/v1/budget` shows it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -358,7 +359,7 @@ impl Orchestrator {
         m.budget.minimum_bytes_per_s = g.minimum_bytes_per_s;
         let changed = match (m.budget.grant_bytes_per_s, g.bytes_per_s) {
             (None, None) => false,
-            (Some(a), Some(b)) => (a - b).abs() > GRANT_CHANGE * a.max(b),
+            (Some(old), Some(new)) => new < old || new > old * (1.0 + GRANT_RISE),
             _ => true,
         };
         if !changed {

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_drain;
 pub mod bench_engine;
 pub mod bench_rms;
 pub mod completions;

@@ -72,14 +72,14 @@
     return r.json();
   }
 
-  // The budget hook. `GET /api/v1/budget` does not exist yet: a 404 means "no budget" and the
-  // bandwidth chart draws no line. When the RMS gets a budget, it answers
-  // `{"bytes_per_s": <number>}` (the total the running migrations share) and the line shows.
+  // The budget: `GET /api/v1/budget` names the uplink's budget (`uplink_bytes_per_s`) when
+  // the RMS has one; then the bandwidth chart draws its line. Without one (null), or from an
+  // RMS without the route (404), no line.
   async function askBudget() {
     state.budgetAsked = Date.now();
     try {
       const b = await get("/api/v1/budget");
-      const v = b && (typeof b.bytes_per_s === "number" ? b.bytes_per_s : b.total_bytes_per_s);
+      const v = b && b.uplink_bytes_per_s;
       state.budget = typeof v === "number" && isFinite(v) && v > 0 ? v : null;
     } catch (e) {
       if (e instanceof HttpError && e.status === 404) state.budget = null;
