@@ -46,10 +46,18 @@ pub struct DrainReport {
 
 /// Simulates the drain of `s` under each of `schemes`.
 pub fn drain(s: &DrainScenario, schemes: &[SchemeName]) -> Result<DrainReport, DrainError> {
-    let figures = schemes
-        .iter()
-        .map(|&scheme| run_scheme(s, scheme, &mut |_| {}).map(|(f, _)| f))
-        .collect::<Result<Vec<_>, _>>()?;
+    // The schemes are independent: one thread each (the result does not depend on it).
+    let results: Vec<Result<DrainFigures, DrainError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = schemes
+            .iter()
+            .map(|&scheme| scope.spawn(move || run_scheme(s, scheme, &mut |_| {}).map(|(f, _)| f)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let figures = results.into_iter().collect::<Result<Vec<_>, _>>()?;
     Ok(DrainReport {
         hosts: s.hosts,
         drain: s.drain,
