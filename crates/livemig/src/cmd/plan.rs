@@ -114,7 +114,7 @@ pub struct DrainArgs {
 fn rate(flag: &str, s: &str) -> Result<f64> {
     units::parse_rate(s)
         .or_else(|e| units::parse_rate(&format!("{}/s", s.trim())).map_err(|_| e))
-        .with_context(|| format!("{flag}"))
+        .with_context(|| flag.to_string())
 }
 
 fn size(flag: &str, s: &str) -> Result<f64> {
