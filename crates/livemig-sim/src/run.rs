@@ -16,6 +16,10 @@ pub enum SimError {
     Pilot(#[from] PilotError),
     #[error("round {round} has a zero transfer rate (cap {cap} bytes/s)")]
     ZeroRate { round: u32, cap: f64 },
+    #[error("the migration was stepped before it started or after it ended")]
+    Finished,
+    #[error("the step was ended with {left} bytes still to send")]
+    StepNotSent { left: f64 },
 }
 
 /// What a simulation needs besides the policy.
@@ -29,7 +33,7 @@ pub struct Setup<'a> {
 }
 
 /// A measured dirty count: the model's, with the link's relative noise.
-fn measured(setup: Setup<'_>, noise: &mut Noise, exact: f64) -> f64 {
+pub(crate) fn measured(setup: Setup<'_>, noise: &mut Noise, exact: f64) -> f64 {
     if setup.link.noise > 0.0 {
         (exact * (1.0 + setup.link.noise * noise.normal())).clamp(0.0, setup.memory_bytes)
     } else {
@@ -38,7 +42,7 @@ fn measured(setup: Setup<'_>, noise: &mut Noise, exact: f64) -> f64 {
 }
 
 /// The dirty-log sample taken during the `sample_s` seconds before the migration starts.
-fn sample(setup: Setup<'_>, noise: &mut Noise) -> DirtySample {
+pub(crate) fn sample(setup: Setup<'_>, noise: &mut Noise) -> DirtySample {
     let len = setup.link.sample_s;
     let points = (1..=SAMPLE_POINTS)
         .map(|i| {

@@ -4,6 +4,8 @@
 //!   guest, `--progress`, timeouts) and duration flags; no command imports another.
 //! - [`cmd::simulate`]: `livemig simulate`, one simulated migration.
 //! - [`cmd::bench`]: `livemig bench`, every policy over a scenario suite.
+//! - [`cmd::plan`]: `livemig plan drain`, draining hosts simulated under the budget and the
+//!   baselines (`livemig-fleet`).
 //! - [`cmd::receive`], [`cmd::migrate`]: the two ends of a real migration over TCP.
 //! - [`cmd::demo`]: both ends on loopback with live progress.
 //! - [`cmd::bench_engine`]: `livemig bench-engine`, the data path's throughput and cap accuracy.
@@ -74,6 +76,15 @@ enum Command {
     Migrate(Box<cmd::migrate::Args>),
     /// Settle a hand-over whose outcome was unknown (exit 3), from its hold file.
     Resolve(cmd::resolve::Args),
+    /// Plan at datacenter scale without running anything: simulate draining hosts under
+    /// livemig's budget and the baselines.
+    #[command(
+        subcommand,
+        after_long_help = "Examples:
+  livemig plan drain
+  livemig plan drain --hosts 10 --drain 2 --vms-per-host 20 --json"
+    )]
+    Plan(cmd::plan::Command),
     /// Both ends on loopback with a generated key: live progress, the round table, the summary.
     Demo(Box<cmd::demo::Args>),
     /// Benchmark the data path: throughput against a plain loopback copy, cap accuracy.
@@ -198,6 +209,7 @@ fn main() {
         Command::Receive(a) => cmd::receive::run(*a),
         Command::Migrate(a) => cmd::migrate::run(*a),
         Command::Demo(a) => cmd::demo::run(*a),
+        Command::Plan(c) => cmd::plan::run(c),
         Command::Resolve(a) => cmd::resolve::run(a),
         Command::BenchEngine(a) => cmd::bench_engine::run(a),
         Command::BenchRms(a) => cmd::bench_rms::run(a),

@@ -11,6 +11,7 @@ pub mod host;
 pub mod man;
 pub mod migrate;
 pub mod migration;
+pub mod plan;
 pub mod qemu;
 pub mod qemu_bench;
 pub mod receive;
