@@ -16,6 +16,13 @@ pub struct Picture {
     pub vms: u64,
     /// Migrations by state name (every state present).
     pub migrations: BTreeMap<&'static str, u64>,
+    pub hosts_draining: u64,
+    /// The shared budget (bytes/s), when the RMS has one.
+    pub budget_bytes_per_s: Option<f64>,
+    /// What the running migrations are granted together (bytes/s).
+    pub granted_bytes_per_s: f64,
+    /// Running migrations without a cap.
+    pub uncapped: u64,
 }
 
 /// The exposition text.
@@ -36,6 +43,32 @@ pub fn render(p: &Picture, a: &ActionCounters, c: &Counters) -> String {
             ("{state=\"alive\"}".into(), p.hosts_alive),
             ("{state=\"lost\"}".into(), p.hosts_lost),
         ],
+    );
+    gauge(
+        "hosts_draining",
+        "Hosts drained by an operator (they take no new VMs).",
+        "gauge",
+        &[(String::new(), p.hosts_draining)],
+    );
+    if let Some(b) = p.budget_bytes_per_s {
+        gauge(
+            "budget_bytes_per_second",
+            "The shared migration budget.",
+            "gauge",
+            &[(String::new(), b.round() as u64)],
+        );
+    }
+    gauge(
+        "granted_bytes_per_second",
+        "What the running migrations are granted together.",
+        "gauge",
+        &[(String::new(), p.granted_bytes_per_s.round() as u64)],
+    );
+    gauge(
+        "uncapped_migrations",
+        "Running migrations without a grant (no cap).",
+        "gauge",
+        &[(String::new(), p.uncapped)],
     );
     gauge(
         "vms",
@@ -85,6 +118,16 @@ pub fn render(p: &Picture, a: &ActionCounters, c: &Counters) -> String {
             "agent_errors_total",
             "Agent calls without a usable answer.",
             load(&a.agent_errors),
+        ),
+        (
+            "samples_total",
+            "Dirty samples asked of sources (budget admission).",
+            load(&a.samples),
+        ),
+        (
+            "grants_total",
+            "Grants sent to sources.",
+            load(&a.grants),
         ),
         (
             "location_conflicts_total",

@@ -340,11 +340,16 @@ pub async fn metrics(State(app): Shared) -> Result<Response, ApiError> {
             for m in o.migrations() {
                 *by_state.entry(m.state.name()).or_default() += 1;
             }
+            let b = o.budget_view();
             metrics::Picture {
                 hosts_alive: o.hosts().filter(|h| h.is_alive()).count() as u64,
                 hosts_lost: o.hosts().filter(|h| !h.is_alive()).count() as u64,
+                hosts_draining: o.hosts().filter(|h| h.draining).count() as u64,
                 vms: o.vms().count() as u64,
                 migrations: by_state,
+                budget_bytes_per_s: b.uplink_bytes_per_s,
+                granted_bytes_per_s: b.granted_bytes_per_s,
+                uncapped: b.uncapped as u64,
             }
         })
         .await
