@@ -16,7 +16,7 @@ fn exported() -> BTreeSet<String> {
             hosts_lost: 0,
             hosts_draining: 0,
             vms: 0,
-            migrations: Default::default(),
+            migrations: [("queued", 0), ("running", 1)].into_iter().collect(),
             budget_bytes_per_s: Some(1e8),
             granted_bytes_per_s: 0.0,
             uncapped: 0,
@@ -87,5 +87,8 @@ fn the_dashboard_queries_only_exported_metrics() {
     assert!(queried.contains("livemig_rms_budget_bytes_per_second"));
     assert!(queried.contains("livemig_rms_granted_bytes_per_second"));
     let missing: Vec<&String> = queried.difference(&exported).collect();
-    assert!(missing.is_empty(), "not exported: {missing:?}\nexported: {exported:?}");
+    assert!(
+        missing.is_empty(),
+        "not exported: {missing:?}\nexported: {exported:?}"
+    );
 }

@@ -405,7 +405,7 @@ async fn the_dashboard_shows_the_hosts_and_a_running_migration_live() {
             json!("1500000000")
         );
         assert_eq!(
-            cdp.eval("document.querySelectorAll('#bandwidth-chart .s-budget').length"),
+            cdp.eval("document.querySelectorAll('#bandwidth-chart line.s-budget').length"),
             json!(1)
         );
 

@@ -62,7 +62,11 @@ converges; time to empty and max downtime no worse than the best baseline that a
 within the budget.")]
 pub struct Args {
     /// The schemes to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "budget,sequential,fixed-slots,unlimited")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "budget,sequential,fixed-slots,unlimited"
+    )]
     pub schemes: Vec<String>,
     /// The RMS's migration budget (the shared uplink's).
     #[arg(long, default_value = "60MiB/s", value_name = "RATE")]
@@ -157,7 +161,10 @@ impl Bed {
     }
 
     fn token(&self) -> PathBuf {
-        self.state.path().join(format!("{}.d", self.prefix)).join("token")
+        self.state
+            .path()
+            .join(format!("{}.d", self.prefix))
+            .join("token")
     }
 
     /// This binary's CLI, run beside the RMS, with `--json`.
@@ -273,8 +280,17 @@ fn run_scheme(a: &Args, scheme: &str, budget: f64, timeout: Duration) -> Result<
     for (i, w) in MIX.iter().enumerate() {
         let name = format!("g{}", i + 1);
         bed.cli(&[
-            "vm", "create", &name, "--memory", &a.memory, "--workload", w, "--content",
-            "random", "--host", "h1",
+            "vm",
+            "create",
+            &name,
+            "--memory",
+            &a.memory,
+            "--workload",
+            w,
+            "--content",
+            "random",
+            "--host",
+            "h1",
         ])?;
     }
     // The writers run a while first, as a host's guests would.
@@ -290,7 +306,11 @@ fn run_scheme(a: &Args, scheme: &str, budget: f64, timeout: Duration) -> Result<
         .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
         .unwrap_or_default();
     if ids.len() != MIX.len() {
-        bail!("{scheme}: the drain submitted {} migrations, not {}", ids.len(), MIX.len());
+        bail!(
+            "{scheme}: the drain submitted {} migrations, not {}",
+            ids.len(),
+            MIX.len()
+        );
     }
     let mut views: Vec<MigrationView> = Vec::new();
     loop {
@@ -442,7 +462,12 @@ mod tests {
     #[test]
     fn the_peak_is_over_windows_of_at_least_the_span() {
         // 1 MB in the first 50 ms, then nothing: over 100 ms it is 10 MB/s, not 20.
-        let s = [(0.0, 0), (0.05, 1_000_000), (0.10, 1_000_000), (0.2, 1_000_000)];
+        let s = [
+            (0.0, 0),
+            (0.05, 1_000_000),
+            (0.10, 1_000_000),
+            (0.2, 1_000_000),
+        ];
         assert!((peak(&s, 0.1) - 10e6).abs() < 1.0, "{}", peak(&s, 0.1));
         assert_eq!(total(&s), 1e6);
         assert_eq!(peak(&s[..1], 0.1), 0.0);

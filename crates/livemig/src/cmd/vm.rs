@@ -192,6 +192,7 @@ mod tests {
             workload: "idle".into(),
             kind: Kind::Qemu,
             host: None,
+            content: None,
             rms: RmsArgs {
                 rms: crate::rms_client::DEFAULT_RMS.into(),
                 token_file: None,
@@ -210,5 +211,23 @@ mod tests {
         for bad in ["", "64", "lots", "1000B", "0B", "-4KiB"] {
             assert!(request(&args(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn content_is_checked_before_sending() {
+        let mut a = args("64MiB");
+        a.kind = Kind::Sim;
+        for good in ["zero", "random", "mixed:0.5", "mixed:25%"] {
+            a.content = Some(good.into());
+            let r = request(&a).unwrap_or_else(|e| panic!("{good}: {e}"));
+            assert_eq!(r.content.as_deref(), Some(good));
+        }
+        for bad in ["", "ones", "mixed:", "mixed:2", "mixed:-1"] {
+            a.content = Some(bad.into());
+            assert!(request(&a).is_err(), "{bad}");
+        }
+        a.kind = Kind::Qemu;
+        a.content = Some("random".into());
+        assert!(request(&a).is_err(), "a QEMU guest's memory is its own");
     }
 }
