@@ -48,9 +48,9 @@ const MIX: [&str; 6] = [
 
 /// `livemig bench-drain` flags.
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = "Examples:
-  sudo livemig bench-drain
-  sudo livemig bench-drain --schemes budget,fixed-slots --budget 40MiB/s --json
+#[command(after_long_help = "Examples (as root):
+  livemig bench-drain
+  livemig bench-drain --schemes budget,fixed-slots --budget 40MiB/s --json
 
 Runs from the repository's root (it calls scripts/testbed.sh; --testbed to say where it is).
 Needs root and iproute2. Each scheme takes about a minute: a testbed of 4 hosts is made, six

@@ -42,6 +42,9 @@ was cancelled: they run on the host); 2 the RMS could not be asked; 5 --watch-ti
 (the drain goes on); 130 Ctrl-C (stops watching, not the drain).")]
     Drain(DrainArgs),
     /// Let a drained host take VMs again (migrations its drain started go on).
+    #[command(after_long_help = "Examples:
+  livemig host undrain host-3
+  livemig host undrain host-3 --json")]
     Undrain(UndrainArgs),
 }
 
