@@ -55,13 +55,17 @@ pub fn draw(s: &DrainScenario) -> Result<Fleet, Overfull> {
     let mut vms = Vec::new();
     for (h, room) in free.iter_mut().enumerate() {
         let mut used = 0.0;
-        for _ in 0..s.vms_per_host {
+        for j in 0..s.vms_per_host as usize {
             let memory = s
                 .vm_memory_bytes
                 .get(rng.below(sizes) as usize)
                 .copied()
                 .unwrap_or(0.0);
-            let class = s.mix.pick(rng.below(total));
+            let class = if s.in_order {
+                j % s.mix.entries.len().max(1)
+            } else {
+                s.mix.pick(rng.below(total))
+            };
             used += memory;
             if h < s.drain as usize {
                 vms.push(DrainingVm {

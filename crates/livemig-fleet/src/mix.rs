@@ -18,7 +18,18 @@ pub const CLASSES: &[(&str, &str)] = &[
     ("hotcold", "hotcold:rate=300MiB/s,hot=10%,share=90%"),
     ("zipf", "zipf:rate=200MiB/s,s=1.1"),
     ("scan", "scan:rate=50MiB/s"),
+    // The six guests of `livemig bench-drain`, light to heavy.
+    ("u256k", "uniform:rate=256KiB/s"),
+    ("u2m", "uniform:rate=2MiB/s"),
+    ("u6m", "uniform:rate=6MiB/s"),
+    ("u12m", "uniform:rate=12MiB/s"),
+    ("u20m", "uniform:rate=20MiB/s"),
+    ("u40m", "uniform:rate=40MiB/s"),
 ];
+
+/// The mix of `livemig bench-drain`'s host, one VM of each class in order
+/// ([`DrainScenario::in_order`](crate::DrainScenario)).
+pub const TESTBED_MIX: &str = "u256k:1,u2m:1,u6m:1,u12m:1,u20m:1,u40m:1";
 
 /// The mix `livemig plan drain` uses unless told otherwise.
 pub const DEFAULT_MIX: &str = "idle:2,web:2,db:1,heavy:1";

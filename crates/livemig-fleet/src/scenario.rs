@@ -48,6 +48,9 @@ pub struct DrainScenario {
     pub stop_bytes: f64,
     /// Seed of the draws (sizes, classes, measurement noise).
     pub seed: u64,
+    /// A host's j-th VM is of the mix's class j (mod the classes) instead of a drawn one.
+    #[serde(default)]
+    pub in_order: bool,
 }
 
 impl Default for DrainScenario {
@@ -67,6 +70,7 @@ impl Default for DrainScenario {
             rounds: cfg.max_rounds,
             stop_bytes: cfg.stop_remaining,
             seed: 1,
+            in_order: false,
         }
     }
 }

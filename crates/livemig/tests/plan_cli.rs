@@ -84,3 +84,44 @@ fn plan_drain_refuses_bad_input_in_one_line() {
             .stderr(predicate::str::contains(says));
     }
 }
+
+/// The drain `bench-drain` measures on the testbed, simulated: the budget stays within U and
+/// converges every VM; the fixed slots cannot converge the heavy ones and take far longer;
+/// the uncapped schemes go over the budget.
+#[test]
+fn plan_drain_of_the_testbed_s_host_keeps_the_budget_s_claims() {
+    let out = livemig()
+        .args(["plan", "drain", "--testbed", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(v["migrations"], 6);
+    assert_eq!(v["policy"], "fixed");
+    let by = |name: &str| {
+        v["figures"]
+            .as_array()
+            .and_then(|a| a.iter().find(|f| f["scheme"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name}: {v}"))
+    };
+    let (budget, slots) = (by("budget"), by("fixed-slots"));
+    let f = |x: &serde_json::Value, k: &str| x[k].as_f64().unwrap_or(f64::NAN);
+    assert_eq!(budget["migrated"], 6, "{budget}");
+    assert_eq!(budget["not_converged"], 0, "{budget}");
+    assert!(f(&budget, "peak_over_budget") <= 1.0 + 1e-6, "{budget}");
+    assert!(slots["not_converged"].as_u64() >= Some(1), "{slots}");
+    assert!(
+        f(&budget, "time_to_empty_s") < f(&slots, "time_to_empty_s"),
+        "{v}"
+    );
+    assert!(
+        f(&budget, "downtime_max_s") < f(&slots, "downtime_max_s"),
+        "{v}"
+    );
+    for over in ["sequential", "unlimited"] {
+        assert!(f(&by(over), "peak_over_budget") > 1.5, "{over}: {v}");
+    }
+}

@@ -105,6 +105,11 @@ pub struct DrainArgs {
     /// Seed of the VMs' sizes and classes and of the measurement noise.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The drain `livemig bench-drain` measures on the testbed, to compare with it: 4 hosts
+    /// of 4 GiB, h1's six 256 MiB guests (one of each u256k..u40m, in order), a 60 MiB/s
+    /// budget, 1 Gbit/s NICs, the `fixed` policy. Other flags are ignored.
+    #[arg(long)]
+    pub testbed: bool,
     /// Print the figures as JSON (bytes, bytes/s, seconds).
     #[arg(long)]
     pub json: bool,
@@ -123,6 +128,29 @@ fn size(flag: &str, s: &str) -> Result<f64> {
 
 impl DrainArgs {
     fn scenario(&self) -> Result<DrainScenario> {
+        if self.testbed {
+            let s = DrainScenario {
+                hosts: 4,
+                drain: 1,
+                vms_per_host: 6,
+                host_memory_bytes: size("--host-memory", "4GiB")?,
+                vm_memory_bytes: vec![size("--memory", "256MiB")?],
+                mix: livemig_fleet::mix::TESTBED_MIX
+                    .parse()
+                    .context("the testbed's mix")?,
+                nic_bytes_per_s: 1e9 / 8.0,
+                budget_bytes_per_s: 60.0 * 1024.0 * 1024.0,
+                // The testbed's bridge is not shaped: the NICs are the physical limit.
+                uplink_bytes_per_s: Some(10e9 / 8.0),
+                policy: PolicyKind::Fixed,
+                rounds: 10,
+                stop_bytes: size("--stop", "64MiB")?,
+                seed: self.seed,
+                in_order: true,
+            };
+            s.validate()?;
+            return Ok(s);
+        }
         let sizes = self
             .memory
             .split(',')
@@ -152,6 +180,7 @@ impl DrainArgs {
             rounds: self.rounds,
             stop_bytes: size("--stop", &self.stop)?,
             seed: self.seed,
+            in_order: false,
         };
         s.validate()?;
         Ok(s)
