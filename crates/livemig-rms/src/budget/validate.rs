@@ -50,6 +50,21 @@ pub enum BudgetError {
     },
 }
 
+impl BudgetError {
+    /// The migration whose demand is at fault, when one is (the rest of the call is fine).
+    pub fn culprit(&self) -> Option<MigrationId> {
+        match self {
+            BudgetError::Demand { id, .. }
+            | BudgetError::RemainingAboveMemory { id, .. }
+            | BudgetError::CeilingBelowFloor { id, .. }
+            | BudgetError::NoHost { id }
+            | BudgetError::SameHost { id, .. } => Some(*id),
+            BudgetError::Duplicate(id) => Some(*id),
+            _ => None,
+        }
+    }
+}
+
 /// Checks a whole call of [`super::plan`].
 pub fn all(
     scheme: &Scheme,

@@ -160,6 +160,13 @@ impl Orchestrator {
 
     /// Applies the verdicts of [`recovery::reconcile`] to every unfinished migration.
     pub(super) fn restarted(&mut self, reports: &[AgentReport], effects: &mut Vec<Effect>) {
+        // A sample asked before the restart will not be answered: ask again (the budget's
+        // schedule asks every queued migration that has neither an estimate nor an ask).
+        for m in self.migrations.values_mut() {
+            if m.state == MigrationState::Queued && m.budget.estimate.is_none() {
+                m.budget.sample_asked_at = None;
+            }
+        }
         for r in reports {
             if let Some(h) = self.hosts.get_mut(&r.host) {
                 h.last_heard = self.now;

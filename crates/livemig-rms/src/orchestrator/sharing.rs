@@ -256,9 +256,11 @@ impl Orchestrator {
 
     /// The source's `round_started` and `round_ended`: what is left and the estimate.
     pub(super) fn round_started(&mut self, id: MigrationId, round: u32, bytes: f64) {
+        let memory = self.memory_of(id) as f64;
         if let Some(m) = self.migrations.get_mut(&id) {
             if bytes.is_finite() && bytes >= 0.0 {
-                m.budget.remaining_bytes = Some(bytes);
+                // Never more than the guest's memory, whatever an agent says.
+                m.budget.remaining_bytes = Some(bytes.min(memory));
             }
             m.budget.round = round;
         }
@@ -282,6 +284,20 @@ impl Orchestrator {
     }
 
     fn schedule_budget(&mut self, bc: &BudgetConfig, effects: &mut Vec<Effect>) {
+        // A queued migration the RMS never asked about (queued before the budget was
+        // configured, or before a restart that lost the ask) is asked now.
+        if bc.samples() {
+            let unasked: Vec<MigrationId> = self
+                .migrations
+                .values()
+                .filter(|m| m.state == MigrationState::Queued)
+                .filter(|m| m.budget.estimate.is_none() && m.budget.sample_asked_at.is_none())
+                .map(|m| m.id)
+                .collect();
+            for id in unasked {
+                self.ask_sample(id, effects);
+            }
+        }
         let mut running = Vec::new();
         let mut waiting = Vec::new();
         let mut sampling = Vec::new();
@@ -296,16 +312,28 @@ impl Orchestrator {
                 }
             }
         }
-        let plan = match budget::plan(&bc.scheme, &bc.budget, &running, &waiting, self.now) {
-            Ok(p) => p,
-            Err(e) => {
-                // Inputs are checked when they arrive; this is a bug or a hostile estimate
-                // that got through. Fail closed: nothing new starts, grants stay as sent.
-                self.plan_error = Some(e.to_string());
-                return;
+        // Inputs are clamped when they arrive, so a refusal is a bug or a hostile number that
+        // got through: the migration at fault is left out (it keeps its grant, or waits), so
+        // that one agent cannot stop every other migration's plan; what names none fails
+        // closed (nothing new starts, grants stay as sent).
+        self.plan_error = None;
+        let plan = loop {
+            match budget::plan(&bc.scheme, &bc.budget, &running, &waiting, self.now) {
+                Ok(p) => break p,
+                Err(e) => {
+                    self.plan_error = Some(e.to_string());
+                    let Some(bad) = e.culprit() else {
+                        return;
+                    };
+                    let before = running.len() + waiting.len();
+                    running.retain(|d| d.id != bad);
+                    waiting.retain(|d| d.id != bad);
+                    if running.len() + waiting.len() == before {
+                        return;
+                    }
+                }
             }
         };
-        self.plan_error = None;
         for id in &plan.admitted {
             if let Some(m) = self.migrations.get_mut(id) {
                 m.budget.waiting = None;
@@ -410,6 +438,10 @@ impl Orchestrator {
                     .max(1),
             ),
         };
+        // The planner's work grows with the rounds left: a huge N is planned as the most the
+        // allocator takes (its need only falls with more rounds).
+        let rounds_left = rounds_left.min(budget::validate::MAX_ROUNDS_LEFT);
+        let remaining = remaining.min(memory as f64);
         let floor = pc.min_bandwidth.min(bc.budget.uplink_bytes_per_s);
         Demand {
             id: m.id,

@@ -379,3 +379,60 @@ fn a_drain_submits_every_vm_and_sends_none_to_the_drained_host() {
         Err(OrchestratorError::UnknownHost(_))
     ));
 }
+
+#[test]
+fn a_hostile_number_from_an_agent_does_not_stop_the_others_plan() {
+    let mut o = shared(Scheme::BUDGET);
+    let (m1, _) = queue(&mut o, "vm1", 5.0 * MIB);
+    start(&mut o, m1);
+    // More left than the guest's memory: clamped, the plan goes on.
+    run(
+        &mut o,
+        event(
+            m1,
+            "a",
+            Event::RoundStarted {
+                round: 1,
+                wish_bytes_per_s: 1e300,
+                cap_bytes_per_s: 1e300,
+                bytes: 1e300,
+            },
+        ),
+    );
+    assert_eq!(
+        o.migration(m1).and_then(|m| m.budget.remaining_bytes),
+        Some(GIB as f64)
+    );
+    let (m2, _) = queue(&mut o, "vm2", 5.0 * MIB);
+    assert_eq!(state(&o, m2), MigrationState::Placing, "admitted");
+    assert_eq!(o.budget_view().error, None);
+    within_budget(&o);
+}
+
+#[test]
+fn a_migration_queued_without_an_ask_is_sampled_and_a_restart_asks_again() {
+    // Queued under slots (no budget, no room), then the RMS restarts with a budget.
+    let mut o = cluster(1);
+    let m1 = submit(&mut o, "vm1", None);
+    let m2 = submit(&mut o, "vm2", None);
+    assert_eq!(state(&o, m2), MigrationState::Queued);
+    let mut restored = Orchestrator::restore(
+        Config::default().with_budget(BudgetConfig::new(Budget::uplink(UPLINK), Scheme::BUDGET)),
+        0.0,
+        o.hosts().cloned(),
+        o.vms().cloned(),
+        o.migrations().cloned(),
+    );
+    let effects = run(&mut restored, Input::Restarted { reports: vec![] });
+    let asked: Vec<MigrationId> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Sample { migration, .. } => Some(*migration),
+            _ => None,
+        })
+        .collect();
+    assert!(asked.contains(&m2), "{effects:#?}");
+    // m1 was placing: a restart puts it back in the queue, where it is sampled too.
+    assert_eq!(state(&restored, m1), MigrationState::Queued);
+    assert!(asked.contains(&m1), "{effects:#?}");
+}
