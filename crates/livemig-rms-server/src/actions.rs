@@ -183,7 +183,9 @@ async fn carry_out(
         } => {
             counters.grants.fetch_add(1, Ordering::Relaxed);
             if let Some(a) = job.address(&host) {
-                grants.send(client, a, migration, ticket, bytes_per_s).await;
+                grants
+                    .send(client, driver, a, migration, ticket, bytes_per_s)
+                    .await;
             }
         }
         Effect::SetLocation { vm, host } => {

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use livemig_rms::MigrationId;
+use livemig_rms::{Input, MigrationId};
 
 use crate::client::{AgentClient, CallError};
+use crate::driver::Driver;
 
 /// How often a grant that found no migration yet is sent again (the source's start may
 /// still be on its way), and how long apart.
@@ -52,6 +53,7 @@ impl Grants {
     pub async fn send(
         &self,
         client: &AgentClient,
+        driver: &Driver,
         address: &str,
         migration: MigrationId,
         ticket: u64,
@@ -65,6 +67,7 @@ impl Grants {
             }
         };
         let _one_at_a_time = sending.lock().await;
+        let mut unapplied = false;
         for attempt in 1..=NOT_YET_TRIES {
             if !self.current(migration, ticket) {
                 return;
@@ -74,16 +77,30 @@ impl Grants {
                 Err(CallError::Refused { status: 404, .. }) if attempt < NOT_YET_TRIES => {
                     tokio::time::sleep(NOT_YET_PAUSE).await;
                 }
+                // Ended on the source: nothing to bound any more.
+                Err(CallError::Refused { status: 409, .. }) => break,
                 Err(e) => {
-                    // Ended, or the agent is unreachable: the next plan sends again if it runs.
-                    tracing::info!(%migration, error = %e, "a grant was not applied");
+                    // Not migrating there yet, or the agent is unreachable: the orchestrator
+                    // is told, and its next plan sends the grant in force again.
+                    tracing::info!(%migration, error = %e, "a grant was not applied; it is sent again");
+                    unapplied = true;
                     break;
                 }
             }
         }
-        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        if lines.get(&migration).is_some_and(|l| l.newest == ticket) {
-            lines.remove(&migration);
+        {
+            let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+            if lines.get(&migration).is_some_and(|l| l.newest == ticket) {
+                lines.remove(&migration);
+            }
+        }
+        if unapplied {
+            let _ = driver
+                .input(Input::GrantUnapplied {
+                    migration,
+                    bytes_per_s,
+                })
+                .await;
         }
     }
 }

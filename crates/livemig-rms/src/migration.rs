@@ -215,6 +215,9 @@ pub struct Share {
     pub round: u32,
     /// While queued: where in the queue and why it waits.
     pub waiting: Option<QueueSpot>,
+    /// The source did not take the last grant: it is sent again at the next plan.
+    #[serde(skip)]
+    pub grant_unapplied: bool,
 }
 
 /// The estimate the budget plans a migration by.

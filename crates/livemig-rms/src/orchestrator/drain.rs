@@ -88,6 +88,27 @@ impl Orchestrator {
         Ok(ids)
     }
 
+    /// Submits `vm`'s migration when `host`, where it runs, is drained and alive.
+    pub(super) fn evacuate_if_drained(&mut self, vm: &str, host: &str, effects: &mut Vec<Effect>) {
+        if !self
+            .hosts
+            .get(host)
+            .is_some_and(|h| h.draining && h.is_alive())
+        {
+            return;
+        }
+        let req = MigrationRequest {
+            vm: vm.to_string(),
+            target: None,
+            policy: None,
+            settings: None,
+            priority: None,
+        };
+        if let Ok(id) = self.submit(req, effects) {
+            self.ask_sample(id, effects);
+        }
+    }
+
     /// `host` takes VMs again.
     pub(super) fn undrain(
         &mut self,

@@ -48,8 +48,12 @@ impl Orchestrator {
             Some(_) => {}
         }
         let name = vm.name.clone();
+        let host = vm.host.clone();
         self.vms.insert(name.clone(), vm);
         self.save_vm(&name, effects);
+        // A VM that appears on a drained host (started just as the drain came, or known to
+        // an agent that registers again) leaves it too.
+        self.evacuate_if_drained(&name, &host, effects);
         Ok(())
     }
 

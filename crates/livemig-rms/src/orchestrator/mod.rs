@@ -150,6 +150,12 @@ pub enum Input {
     Drain { host: String },
     /// `host` takes VMs again (its drain's migrations go on).
     Undrain { host: String },
+    /// The source's agent did not take `migration`'s grant of `bytes_per_s` (the shell gave
+    /// up sending it): it is sent again at the next plan.
+    GrantUnapplied {
+        migration: MigrationId,
+        bytes_per_s: Option<f64>,
+    },
 }
 
 /// A state change the shell writes to the store before it carries out any later effect.
@@ -419,6 +425,10 @@ impl Orchestrator {
             } => self.sampled(migration, &host, sample, error, &mut step.effects)?,
             Input::Drain { host } => step.drained = self.drain(&host, &mut step.effects)?,
             Input::Undrain { host } => self.undrain(&host, &mut step.effects)?,
+            Input::GrantUnapplied {
+                migration,
+                bytes_per_s,
+            } => self.grant_unapplied(migration, bytes_per_s),
         }
         self.schedule(&mut step.effects);
         self.grants_travel_with_starts(&mut step.effects);

@@ -23,8 +23,10 @@ impl Orchestrator {
             .get(&req.vm)
             .ok_or_else(|| OrchestratorError::UnknownVm(req.vm.clone()))?;
         if let Some(t) = &req.target {
-            if !self.hosts.contains_key(t) {
-                return Err(OrchestratorError::UnknownHost(t.clone()));
+            match self.hosts.get(t) {
+                None => return Err(OrchestratorError::UnknownHost(t.clone())),
+                Some(h) if h.draining => return Err(OrchestratorError::Draining(t.clone())),
+                Some(_) => {}
             }
             if *t == vm.host {
                 return Err(OrchestratorError::TargetIsSource {

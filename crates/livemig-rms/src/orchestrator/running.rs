@@ -161,7 +161,12 @@ impl Orchestrator {
             v.host = target.clone();
         }
         self.save_vm(&vm, effects);
-        effects.push(Effect::SetLocation { vm, host: target });
+        effects.push(Effect::SetLocation {
+            vm: vm.clone(),
+            host: target.clone(),
+        });
+        // It arrived on a host drained while it was on its way: it leaves again.
+        self.evacuate_if_drained(&vm, &target, effects);
     }
 
     /// The guest runs on the source: the migration failed for `reason`.

@@ -94,20 +94,43 @@ pub fn policy_bounds(settings: Option<&PolicySpec>, memory: u64) -> PolicyConfig
 /// The estimate from a source's sample: the steepest line through a point, and the
 /// predictive fit (at most [`MAX_SAMPLE_POINTS`] points are read).
 pub fn estimate_from(sample: &DirtySample, memory: u64) -> Estimate {
+    // An agent's numbers are not trusted: a point outside a sample's possible range (longer
+    // than the longest sample, more dirty than the guest has memory, shorter than a
+    // millisecond) is dropped, and the fit is kept only if every number of it is finite (an
+    // infinity could not even be written to the store).
+    let memory_f = memory as f64;
     let sample = DirtySample {
         points: sample
             .points
             .iter()
             .take(MAX_SAMPLE_POINTS)
             .copied()
+            .filter(|&(t, d)| (1e-3..=MAX_SAMPLE_S).contains(&t) && (0.0..=memory_f).contains(&d))
             .collect(),
     };
-    let (rate, growth) = budget::from_sample(&sample, memory as f64);
+    let (rate, growth) = budget::from_sample(&sample, memory_f);
     Estimate {
         dirty_rate_bytes_per_s: if rate.is_finite() { rate } else { 0.0 },
-        growth,
+        growth: growth.filter(sane),
         source: "sample".into(),
     }
+}
+
+/// The longest sample an agent takes (seconds), with a margin for QEMU's whole seconds.
+const MAX_SAMPLE_S: f64 = 20.0;
+
+/// Every number of a growth fit is finite and none is negative.
+fn sane(g: &livemig_policy::predictive::growth::Growth) -> bool {
+    [
+        g.working_set_bytes,
+        g.tau_s,
+        g.linear_bytes_per_s,
+        g.exponent,
+        g.memory_bytes,
+        g.residual,
+    ]
+    .iter()
+    .all(|x| x.is_finite() && *x >= 0.0)
 }
 
 /// The estimate raised by a finished round: P = the steepest of the sample's and the
@@ -236,7 +259,9 @@ impl Orchestrator {
         let Some(bc) = &self.config.budget else {
             return;
         };
-        let limit = bc.sample_s + self.config.answer_timeout_s;
+        // As long as the RMS's own call may take: QEMU measures whole seconds (at least one),
+        // and the call allows 2 s more.
+        let limit = bc.sample_s.ceil().max(1.0) + 2.0 + self.config.answer_timeout_s;
         let now = self.now;
         let overdue: Vec<MigrationId> = self
             .migrations
@@ -251,6 +276,16 @@ impl Orchestrator {
                 m.budget.estimate = Some(no_sample(&format!("no answer within {limit} s")));
             }
             self.save(id, effects);
+        }
+    }
+
+    /// The source's agent did not take a grant (not migrating yet, unreachable): it is sent
+    /// again at the next plan, if it is still the one in force.
+    pub(super) fn grant_unapplied(&mut self, id: MigrationId, bytes_per_s: Option<f64>) {
+        if let Some(m) = self.migrations.get_mut(&id) {
+            if m.state.is_active() && m.budget.grant_bytes_per_s == bytes_per_s {
+                m.budget.grant_unapplied = true;
+            }
         }
     }
 
@@ -325,6 +360,15 @@ impl Orchestrator {
                     let Some(bad) = e.culprit() else {
                         return;
                     };
+                    if waiting.iter().any(|d| d.id == bad) {
+                        let spot = QueueSpot {
+                            position: 0,
+                            effective_priority: 0.0,
+                            reason: format!("the budget cannot plan it: {e}"),
+                            code: "invalid".into(),
+                        };
+                        self.set_spot(bad, spot, effects);
+                    }
                     let before = running.len() + waiting.len();
                     running.retain(|d| d.id != bad);
                     waiting.retain(|d| d.id != bad);
@@ -390,10 +434,12 @@ impl Orchestrator {
             (Some(old), Some(new)) => new < old || new > old * (1.0 + GRANT_RISE),
             _ => true,
         };
-        if !changed {
+        // A grant the source did not take is sent again, changed or not.
+        if !changed && !m.budget.grant_unapplied {
             return;
         }
         m.budget.grant_bytes_per_s = g.bytes_per_s;
+        m.budget.grant_unapplied = false;
         // A placing migration's grant travels with its start; a running one's is sent.
         let send = matches!(
             m.state,
@@ -452,7 +498,8 @@ impl Orchestrator {
             dirty_rate_bytes_per_s: rate,
             growth,
             rounds_left,
-            stop_bytes: pc.stop_remaining,
+            // h = 0 never converges; a page is the least that is ever left.
+            stop_bytes: pc.stop_remaining.max(4096.0),
             floor_bytes_per_s: floor,
             ceiling_bytes_per_s: Some(pc.max_bandwidth.max(floor)),
             priority: m.budget.priority,
@@ -501,19 +548,28 @@ impl Orchestrator {
         effects.retain(
             |e| !matches!(e, Effect::Grant { migration, .. } if started.contains(migration)),
         );
-        for e in effects.iter_mut() {
+        // The start's grant is the step's last; its record is persisted (again) just before
+        // the start, so that nothing is acted on before it is written.
+        let mut out = Vec::with_capacity(effects.len() + started.len());
+        for mut e in effects.drain(..) {
             if let Effect::StartMigration {
                 migration,
                 grant_bytes_per_s,
                 ..
-            } = e
+            } = &mut e
             {
-                *grant_bytes_per_s = self
-                    .migrations
-                    .get(migration)
-                    .and_then(|m| m.budget.grant_bytes_per_s);
+                if let Some(m) = self.migrations.get(migration) {
+                    if *grant_bytes_per_s != m.budget.grant_bytes_per_s {
+                        *grant_bytes_per_s = m.budget.grant_bytes_per_s;
+                        out.push(Effect::Persist(super::Change::Migration(Box::new(
+                            m.clone(),
+                        ))));
+                    }
+                }
             }
+            out.push(e);
         }
+        *effects = out;
     }
 }
 

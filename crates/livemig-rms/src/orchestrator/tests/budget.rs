@@ -436,3 +436,130 @@ fn a_migration_queued_without_an_ask_is_sampled_and_a_restart_asks_again() {
     assert_eq!(state(&restored, m1), MigrationState::Queued);
     assert!(asked.contains(&m1), "{effects:#?}");
 }
+
+#[test]
+fn a_grant_the_source_did_not_take_is_sent_again() {
+    let mut o = shared(Scheme::BUDGET);
+    let (m1, _) = queue(&mut o, "vm1", 10.0 * MIB);
+    let g = start(&mut o, m1);
+    // Nothing changed: the next plan sends nothing.
+    let quiet = run(&mut o, Input::Tick { now: 1.0 });
+    assert!(!quiet.iter().any(|e| matches!(e, Effect::Grant { .. })));
+    // The plan that follows (this very input's) sends it again.
+    let again = run(
+        &mut o,
+        Input::GrantUnapplied {
+            migration: m1,
+            bytes_per_s: g,
+        },
+    );
+    let sent: Vec<Option<f64>> = again
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Grant {
+                migration,
+                bytes_per_s,
+                ..
+            } if *migration == m1 => Some(*bytes_per_s),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, vec![g], "{again:#?}");
+    // An old grant's failure after a newer one changes nothing.
+    run(
+        &mut o,
+        Input::GrantUnapplied {
+            migration: m1,
+            bytes_per_s: Some(1.0),
+        },
+    );
+    let quiet = run(&mut o, Input::Tick { now: 3.0 });
+    assert!(!quiet.iter().any(|e| matches!(e, Effect::Grant { .. })));
+}
+
+#[test]
+fn a_hostile_sample_gives_a_finite_estimate_the_store_can_keep() {
+    let mut o = shared(Scheme::BUDGET);
+    let id = submit(&mut o, "vm1", None);
+    let hostile = DirtySample {
+        points: vec![(1e-300, 1e300), (f64::NAN, 1.0), (0.5, 1e30), (1e9, 1.0)],
+    };
+    run(
+        &mut o,
+        Input::Sampled {
+            migration: id,
+            host: "a".into(),
+            sample: Some(hostile),
+            error: None,
+        },
+    );
+    let m = o.migration(id).expect("there");
+    let e = m.budget.estimate.as_ref().expect("an estimate");
+    assert!(e.dirty_rate_bytes_per_s.is_finite());
+    // It round-trips through JSON (the store's form) unchanged.
+    let json = serde_json::to_string(&m.budget).expect("serialises");
+    let back: crate::migration::Share = serde_json::from_str(&json).expect("reads back");
+    assert_eq!(back.estimate, m.budget.estimate);
+    assert_eq!(o.budget_view().error, None);
+}
+
+#[test]
+fn a_stop_level_of_zero_does_not_stop_the_plan() {
+    let mut o = shared(Scheme::BUDGET);
+    let step = o
+        .handle(Input::Submit(MigrationRequest {
+            vm: "vm1".into(),
+            target: None,
+            policy: Some("dirty-factor".into()),
+            settings: Some(livemig_policy::PolicySpec {
+                stop_remaining: Some("0".into()),
+                ..Default::default()
+            }),
+            priority: None,
+        }))
+        .expect("submitted");
+    let bad = step.created.expect("an id");
+    run(&mut o, sampled(bad, 10.0 * MIB));
+    let (m2, _) = queue(&mut o, "vm2", 5.0 * MIB);
+    assert_eq!(state(&o, m2), MigrationState::Placing, "the others go on");
+    assert_eq!(o.budget_view().error, None);
+}
+
+#[test]
+fn a_vm_that_lands_on_a_drained_host_leaves_it_again() {
+    let mut o = shared(Scheme::Unlimited);
+    let m1 = submit(&mut o, "vm1", Some("b"));
+    run(&mut o, accept(m1, "b", 1e9));
+    run(&mut o, Input::Drain { host: "b".into() });
+    // Asking for a drained host by name is refused.
+    assert!(matches!(
+        o.handle(Input::Submit(MigrationRequest {
+            vm: "vm2".into(),
+            target: Some("b".into()),
+            policy: None,
+            settings: None,
+            priority: None,
+        })),
+        Err(OrchestratorError::Draining(_))
+    ));
+    // vm1 arrives on b after the drain: it is submitted again.
+    let effects = run(&mut o, event(m1, "a", handed_over()));
+    assert_eq!(location(&o, "vm1"), "b");
+    let again = o.holding("vm1").map(|m| m.id).expect("a new migration");
+    assert_ne!(again, m1);
+    assert!(asks(&effects).iter().all(|h| h != "b"), "{effects:#?}");
+    // A VM an agent of the drained host reports is submitted too.
+    run(
+        &mut o,
+        Input::AddVm {
+            name: "late".into(),
+            memory_bytes: GIB,
+            workload: "idle".into(),
+            kind: VmKind::Sim,
+            host: "b".into(),
+        },
+    );
+    assert!(o.holding("late").is_some());
+    let p = o.drain_progress("b").expect("known");
+    assert_eq!((p.vms_left, p.migrating, p.stuck.len()), (2, 2, 0), "{p:?}");
+}
