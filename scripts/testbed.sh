@@ -6,6 +6,7 @@
 # Usage: scripts/testbed.sh up N [--system [--tls]]   N hosts (2..8): <prefix>-h1 .. <prefix>-hN
 #        scripts/testbed.sh down        removes everything (succeeds when nothing is up)
 #        scripts/testbed.sh status [--json]
+#        scripts/testbed.sh meter       "SECONDS BYTES" every 100 ms: what enters the switch
 #
 # With --system, `up` also starts the RMS in the switch namespace (198.18.0.1:7700, SQLite)
 # and an agent in every host namespace (256 MiB each), with a fresh token; with --tls the RMS
@@ -45,7 +46,7 @@ die() {
   exit 1
 }
 usage() {
-  sed -n '6,8p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '6,9p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -355,8 +356,17 @@ cmd_status() {
   if ((json)); then printf '%s]}\n' "$rows"; fi
 }
 
+# Prints "SECONDS BYTES" every 100 ms until killed: the wall clock and the sum of the rx_bytes
+# of every host's port on the bridge (what entered the switch from the hosts, each frame once).
+# Builtins only in the loop, so that sampling costs no process per line.
+cmd_meter() {
+  ip netns list 2>/dev/null | grep -qx "$SWITCH_NS\( .*\)\?" || die "no testbed with prefix '$PREFIX' is up"
+  exec ip netns exec "$SWITCH_NS" bash -c 'while :; do s=0; for f in /sys/class/net/h[0-9]*/statistics/rx_bytes; do read -r v < "$f"; s=$((s + v)); done; echo "$EPOCHREALTIME $s"; sleep 0.1; done'
+}
+
 case "${1:-}" in
 up) shift; cmd_up "$@" ;;
+meter) shift; (($# == 0)) || usage; cmd_meter ;;
 down) shift; (($# == 0)) || usage; cmd_down ;;
 status) shift; cmd_status "$@" ;;
 *) usage ;;

@@ -21,7 +21,7 @@ pub mod share;
 
 use serde::{Deserialize, Serialize};
 
-pub use figures::{DrainFigures, Outcome, VmOutcome};
+pub use figures::{median, DrainFigures, Outcome, VmOutcome};
 pub use mix::{Mix, MixError};
 pub use run::{run_scheme, DrainError, SchemeName, Tick};
 pub use scenario::{DrainScenario, ScenarioError};

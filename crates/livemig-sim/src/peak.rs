@@ -46,6 +46,25 @@ pub fn window(segments: &[(f64, f64, f64)], window_s: f64) -> f64 {
     best / window_s
 }
 
+/// The highest rate (per second) over consecutive samples of a cumulative counter
+/// (`(seconds, count)`, in time order) that span at least `span_s`: a 100 ms window measured
+/// by a sampler whose period jitters. 0 with fewer than two samples that far apart.
+pub fn counters(samples: &[(f64, u64)], span_s: f64) -> f64 {
+    let mut best = 0.0f64;
+    let mut j = 0;
+    for (i, &(t0, c0)) in samples.iter().enumerate() {
+        j = j.max(i + 1);
+        while j < samples.len() && samples[j].0 - t0 < span_s {
+            j += 1;
+        }
+        let Some(&(t1, c1)) = samples.get(j) else {
+            break;
+        };
+        best = best.max(c1.saturating_sub(c0) as f64 / (t1 - t0));
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +88,19 @@ mod tests {
             assert!((a - b).abs() <= 1e-9 * b.max(1.0), "{segs:?}: {a} vs {b}");
         }
         assert!((window(cases[0], 0.1) - 550.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn counters_peak_over_windows_of_at_least_the_span() {
+        // 1 MB in the first 50 ms, then nothing: over 100 ms it is 10 MB/s, not 20.
+        let s = [
+            (0.0, 0),
+            (0.05, 1_000_000),
+            (0.10, 1_000_000),
+            (0.2, 1_000_000),
+        ];
+        assert!((super::counters(&s, 0.1) - 10e6).abs() < 1.0);
+        assert_eq!(super::counters(&s[..1], 0.1), 0.0);
+        assert_eq!(super::counters(&s[..2], 0.1), 0.0, "no pair spans 100 ms");
     }
 }

@@ -201,17 +201,16 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// The switch's counters every 100 ms, from a shell loop of builtins in its namespace.
+/// What enters the switch, every 100 ms (`scripts/testbed.sh meter`).
 struct Meter {
     child: Child,
     samples: Arc<Mutex<Vec<(f64, u64)>>>,
 }
 
 impl Meter {
-    fn start(ns: &str) -> Result<Meter> {
-        let script = r#"while :; do s=0; for f in /sys/class/net/h[0-9]*/statistics/rx_bytes; do read -r v < "$f"; s=$((s + v)); done; echo "$EPOCHREALTIME $s"; sleep 0.1; done"#;
-        let mut child = Proc::new("ip")
-            .args(["netns", "exec", ns, "bash", "-c", script])
+    fn start(bed: &Bed) -> Result<Meter> {
+        let mut child = bed
+            .cmd(&["meter"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -238,39 +237,11 @@ impl Meter {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        (s.len(), peak(&s, 0.1), total(&s))
-    }
-}
-
-/// The highest rate over consecutive samples spanning at least `span` seconds.
-pub fn peak(s: &[(f64, u64)], span: f64) -> f64 {
-    let mut best = 0.0f64;
-    for i in 0..s.len() {
-        if let Some(j) = (i + 1..s.len()).find(|&j| s[j].0 - s[i].0 >= span) {
-            let r = s[j].1.saturating_sub(s[i].1) as f64 / (s[j].0 - s[i].0);
-            best = best.max(r);
-        }
-    }
-    best
-}
-
-fn total(s: &[(f64, u64)]) -> f64 {
-    match (s.first(), s.last()) {
-        (Some(a), Some(b)) => b.1.saturating_sub(a.1) as f64,
-        _ => 0.0,
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+        let total = match (s.first(), s.last()) {
+            (Some(a), Some(b)) => b.1.saturating_sub(a.1) as f64,
+            _ => 0.0,
+        };
+        (s.len(), livemig_sim::peak::counters(&s, 0.1), total)
     }
 }
 
@@ -296,7 +267,7 @@ fn run_scheme(a: &Args, scheme: &str, budget: f64, timeout: Duration) -> Result<
     // The writers run a while first, as a host's guests would.
     std::thread::sleep(Duration::from_secs(2));
     stopped()?;
-    let meter = Meter::start(&bed.switch())?;
+    let meter = Meter::start(&bed)?;
     std::thread::sleep(Duration::from_millis(300));
     out::note(&format!("{scheme}: draining h1"));
     let start = Instant::now();
@@ -352,7 +323,7 @@ fn run_scheme(a: &Args, scheme: &str, budget: f64, timeout: Duration) -> Result<
         peak_bytes_per_s: peak,
         peak_over_budget: peak / budget,
         downtime_max_s: downtimes.iter().copied().fold(0.0, f64::max),
-        downtime_median_s: median(downtimes),
+        downtime_median_s: livemig_fleet::median(downtimes),
         completed,
         failed: views.len() - completed,
         not_converged,
@@ -453,25 +424,4 @@ pub fn run(a: Args) -> Result<()> {
         out::emit_line(&lines.join("\n"))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_peak_is_over_windows_of_at_least_the_span() {
-        // 1 MB in the first 50 ms, then nothing: over 100 ms it is 10 MB/s, not 20.
-        let s = [
-            (0.0, 0),
-            (0.05, 1_000_000),
-            (0.10, 1_000_000),
-            (0.2, 1_000_000),
-        ];
-        assert!((peak(&s, 0.1) - 10e6).abs() < 1.0, "{}", peak(&s, 0.1));
-        assert_eq!(total(&s), 1e6);
-        assert_eq!(peak(&s[..1], 0.1), 0.0);
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![]), 0.0);
-    }
 }

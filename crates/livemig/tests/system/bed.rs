@@ -399,6 +399,11 @@ impl System {
         self.agent_curl(i, path, &[])
     }
 
+    /// `GET path` on the RMS (from the switch), its JSON; `None` unless 2xx within 3 s.
+    pub fn rms_get(&self, path: &str) -> Option<Value> {
+        self.curl(&format!("{}{path}", self.rms_url()), &[])
+    }
+
     /// curl with the token and `extra` to `path` on host `i`'s agent, its JSON answer.
     fn agent_curl(&self, i: usize, path: &str, extra: &[&str]) -> Option<Value> {
         let scheme = if self.rms_opts.ca_dir {
@@ -406,7 +411,15 @@ impl System {
         } else {
             "http"
         };
-        let url = format!("{scheme}://{}:{AGENT_PORT}{path}", host_ip(i));
+        self.curl(
+            &format!("{scheme}://{}:{AGENT_PORT}{path}", host_ip(i)),
+            extra,
+        )
+    }
+
+    /// curl from the switch with the token and `extra` to `url` (checked against the CA when
+    /// there is one), its JSON answer; `None` unless 2xx within 3 s.
+    fn curl(&self, url: &str, extra: &[&str]) -> Option<Value> {
         let mut curl = System::exec(&self.switch_ns(), "curl");
         curl.args([
             "-sf",
@@ -416,31 +429,9 @@ impl System {
             &format!("Authorization: Bearer {TOKEN}"),
         ])
         .args(extra)
-        .arg(&url);
+        .arg(url);
         if self.rms_opts.ca_dir {
-            // The agents' API presents the certificate the RMS issued: checked against the CA.
-            curl.arg("--cacert").arg(self.ca_file());
-        }
-        let o = curl.output().expect("curl runs");
-        if !o.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&o.stdout).ok()
-    }
-
-    /// `GET path` on the RMS (from the switch), its JSON; `None` unless 2xx within 3 s.
-    pub fn rms_get(&self, path: &str) -> Option<Value> {
-        let url = format!("{}{path}", self.rms_url());
-        let mut curl = System::exec(&self.switch_ns(), "curl");
-        curl.args([
-            "-sf",
-            "-m",
-            "3",
-            "-H",
-            &format!("Authorization: Bearer {TOKEN}"),
-        ])
-        .arg(&url);
-        if self.rms_opts.ca_dir {
+            // The agents' and the RMS's APIs present certificates the CA issued.
             curl.arg("--cacert").arg(self.ca_file());
         }
         let o = curl.output().expect("curl runs");
@@ -543,9 +534,8 @@ impl System {
     }
 }
 
-/// What enters the switch from the hosts, sampled every 100 ms in the switch namespace
-/// (the sum of the `rx_bytes` of every host's port on the bridge: each frame is counted
-/// once, as it enters the bridge), by a shell loop of builtins only.
+/// What enters the switch from the hosts, every 100 ms (`scripts/testbed.sh meter`: the sum
+/// of the `rx_bytes` of every host's port on the bridge, each frame counted once).
 pub struct BridgeMeter {
     child: Child,
     samples: std::sync::Arc<std::sync::Mutex<Vec<(f64, u64)>>>,
@@ -553,9 +543,10 @@ pub struct BridgeMeter {
 
 impl BridgeMeter {
     pub fn start(sys: &System) -> BridgeMeter {
-        let script = r#"while :; do s=0; for f in /sys/class/net/h[0-9]*/statistics/rx_bytes; do read -r v < "$f"; s=$((s + v)); done; echo "$EPOCHREALTIME $s"; sleep 0.1; done"#;
-        let mut child = System::exec(&sys.switch_ns(), "bash")
-            .args(["-c", script])
+        let mut child = Proc::new("bash")
+            .arg(script("testbed.sh"))
+            .arg("meter")
+            .env("LM_TESTBED_PREFIX", &sys.prefix)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -577,18 +568,10 @@ impl BridgeMeter {
         BridgeMeter { child, samples }
     }
 
-    /// The highest rate over any window of at least `span` seconds (consecutive samples
-    /// joined until they span it): a 100 ms window, whatever the loop's jitter.
+    /// The highest rate over any window of at least `span` seconds.
     pub fn peak(&self, span: f64) -> f64 {
         let s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        let mut best = 0.0f64;
-        for i in 0..s.len() {
-            if let Some(j) = (i + 1..s.len()).find(|&j| s[j].0 - s[i].0 >= span) {
-                let r = (s[j].1.saturating_sub(s[i].1)) as f64 / (s[j].0 - s[i].0);
-                best = best.max(r);
-            }
-        }
-        best
+        livemig_sim::peak::counters(&s, span)
     }
 
     /// How many samples were taken.
