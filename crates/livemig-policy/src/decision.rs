@@ -109,6 +109,10 @@ pub struct Audit {
     /// The policy's estimate shows that not even B_max converges within N rounds.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub infeasible: bool,
+    /// What the policy's plan predicted this round would leave (`predictive`), to compare with
+    /// `remaining_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_remaining_bytes: Option<f64>,
     /// Free-text remark (e.g. why an estimate fell back to B_max).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -131,9 +135,20 @@ impl Audit {
             branch: Branch::Stop,
             clamped: false,
             infeasible: false,
+            predicted_remaining_bytes: None,
             note: None,
         }
     }
+}
+
+/// A policy's mid-round answer: raise the cap of the round under way now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+pub struct Raise {
+    /// The new cap the policy asks for (bytes/s), above the one in force.
+    pub wish_bytes_per_s: f64,
+    /// Why, in words (what the check saw against the plan).
+    pub reason: String,
 }
 
 /// A policy's answer after round k.

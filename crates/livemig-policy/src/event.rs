@@ -52,6 +52,17 @@ pub enum Event {
         granted_bytes_per_s: Option<f64>,
         cap_bytes_per_s: f64,
     },
+    /// The policy raised the cap of the round under way after a mid-round check.
+    Raised {
+        round: u32,
+        /// Seconds into the round.
+        elapsed_s: f64,
+        /// The policy's new cap.
+        wish_bytes_per_s: f64,
+        /// The cap in force now (the wish bounded by the grant).
+        cap_bytes_per_s: f64,
+        reason: String,
+    },
     /// A round ended; its record carries the policy's decision.
     RoundEnded { record: Box<RoundRecord> },
     /// A timeout fired.

@@ -41,12 +41,12 @@ pub use config::{
     ConfigError, PolicyConfig, MAX_DURATION_S, MAX_MEMORY_BYTES, MAX_RATE_BYTES_PER_S,
 };
 pub use control::Control;
-pub use decision::{Action, Audit, Branch, Decision, StopReason};
+pub use decision::{Action, Audit, Branch, Decision, Raise, StopReason};
 pub use event::{Event, Stamped};
 pub use kind::{PolicyKind, UnknownPolicy};
 pub use pilot::{Executor, Next, Pilot, PilotError, Setup, TimeoutAction, Timeouts};
 pub use settings::{PolicySpec, SettingsError};
-pub use stats::{DirtySample, RoundStats, StatsError};
+pub use stats::{DirtySample, RoundProbe, RoundStats, StatsError};
 
 /// One bandwidth policy: the executor asks it for round 1's cap, reports every finished round
 /// and obeys the returned [`Decision`].
@@ -65,6 +65,13 @@ pub trait Policy: Send + std::fmt::Debug {
     /// (call it before [`Policy::first_cap`]). Policies that do not use it ignore it.
     fn observe_sample(&mut self, sample: &DirtySample) {
         let _ = sample;
+    }
+    /// A mid-round check: what the round under way has done so far. A policy that sees the
+    /// round going worse than it planned (more dirtied, or slower) answers a higher cap for the
+    /// rest of the round. Policies that plan only between rounds ignore it.
+    fn during_round(&mut self, probe: &RoundProbe) -> Option<Raise> {
+        let _ = probe;
+        None
     }
 }
 
@@ -87,5 +94,8 @@ impl<P: Policy + ?Sized> Policy for &mut P {
     }
     fn observe_sample(&mut self, sample: &DirtySample) {
         (**self).observe_sample(sample)
+    }
+    fn during_round(&mut self, probe: &RoundProbe) -> Option<Raise> {
+        (**self).during_round(probe)
     }
 }

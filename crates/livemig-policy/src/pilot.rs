@@ -21,9 +21,10 @@
 pub use crate::report::Executor;
 pub use crate::timeout::{Overdue, TimeoutAction, TimeoutKind, Timeouts, GIB};
 
+use crate::decision::Raise;
 use crate::decision::{Action, Decision, StopReason};
-use crate::report::{MigrationReport, ReportBuilder, RoundRecord, StopCopy};
-use crate::stats::{DirtySample, RoundStats, StatsError};
+use crate::report::{MidRound, MigrationReport, ReportBuilder, RoundRecord, StopCopy};
+use crate::stats::{DirtySample, RoundProbe, RoundStats, StatsError};
 use crate::Policy;
 
 /// A policy that never chooses stop-and-copy is cut off after this many rounds.
@@ -109,6 +110,8 @@ pub struct Pilot<'p> {
     forced: Option<Overdue>,
     /// The executor switched over by itself, its own downtime test passed.
     switched: bool,
+    /// The policy's mid-round raises in the round under way.
+    raises: Vec<MidRound>,
 }
 
 impl<'p> Pilot<'p> {
@@ -137,6 +140,7 @@ impl<'p> Pilot<'p> {
             low: None,
             forced: None,
             switched: false,
+            raises: Vec::new(),
         }
     }
 
@@ -195,6 +199,7 @@ impl<'p> Pilot<'p> {
         self.cap_range = (self.cap, self.cap);
         // Progress is judged within a round: its bytes left to send fall while bytes move.
         self.low = None;
+        self.raises.clear();
     }
 
     /// What the executor does now.
@@ -245,6 +250,47 @@ impl<'p> Pilot<'p> {
         self.cap = cap;
         self.cap_range = (self.cap_range.0.min(cap), self.cap_range.1.max(cap));
         Some(cap)
+    }
+
+    /// A mid-round check at `now_s`: the round under way has sent `bytes_sent` and, where the
+    /// executor sees it, the guest has dirtied `dirtied_bytes` of distinct memory since the
+    /// round began. When the policy raises its wish, returns the raise and the new cap (bounded
+    /// by `grant`) for the executor to apply at once. Call it every few hundred milliseconds;
+    /// the policy rate-limits itself.
+    pub fn probe(
+        &mut self,
+        now_s: f64,
+        bytes_sent: f64,
+        dirtied_bytes: Option<f64>,
+        grant: Option<f64>,
+    ) -> Option<(Raise, f64)> {
+        let Stage::Round { round, started_s } = self.stage else {
+            return None;
+        };
+        let elapsed_s = (now_s - started_s).max(0.0);
+        let probe = RoundProbe {
+            round,
+            elapsed_s,
+            bytes_sent,
+            dirtied_bytes,
+            cap_bytes_per_s: self.cap,
+        };
+        let raise = self.policy.during_round(&probe)?;
+        // Only a finite raise above the wish in force is taken.
+        let wish = checked(raise.wish_bytes_per_s).ok()?;
+        if wish <= self.wish {
+            return None;
+        }
+        self.wish = wish;
+        self.raises.push(MidRound {
+            elapsed_s,
+            bytes_sent,
+            dirtied_bytes,
+            wish_bytes_per_s: wish,
+            reason: raise.reason.clone(),
+        });
+        let cap = self.steer(now_s, grant).unwrap_or(self.cap);
+        Some((raise, cap))
     }
 
     /// The executor started a new pass over the memory within the round under way (QEMU's
@@ -344,7 +390,9 @@ impl<'p> Pilot<'p> {
             audit.note = Some(format!("{o}: stop-and-copy forced"));
             decision = Decision::stop(StopReason::TimedOut, audit);
         }
-        self.builder.round_wished(&stats, self.wish, &decision);
+        let raises = std::mem::take(&mut self.raises);
+        self.builder
+            .round_wished(&stats, self.wish, &decision, raises);
         let now_s = started_s + stats.duration_s;
         match decision.action {
             Action::Continue {
@@ -476,7 +524,14 @@ pub fn replay<'p>(
         pilot.sample(s);
     }
     pilot.start(0.0, None)?;
+    let mut started_s = 0.0;
     for r in &report.rounds {
+        // The mid-round checks that raised the cap, with what they saw (the others changed
+        // nothing).
+        for m in &r.raises {
+            pilot.probe(started_s + m.elapsed_s, m.bytes_sent, m.dirtied_bytes, None);
+        }
+        started_s += r.duration_s;
         let stats = RoundStats {
             round: r.round,
             cap_bytes_per_s: r.cap_bytes_per_s,

@@ -49,6 +49,26 @@ pub struct RoundRecord {
     pub avg_factor: f64,
     /// The policy's decision after this round, with its audit record.
     pub decision: Decision,
+    /// The policy's mid-round raises of the cap during this round, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub raises: Vec<MidRound>,
+}
+
+/// A mid-round raise of the cap: the policy's [`crate::Raise`] and when in the round it came.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+pub struct MidRound {
+    /// Seconds into the round.
+    pub elapsed_s: f64,
+    /// What the check saw: bytes sent in the round so far, and distinct bytes dirtied since
+    /// it began where the executor sees them.
+    pub bytes_sent: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirtied_bytes: Option<f64>,
+    /// The cap the policy asked for from then on.
+    pub wish_bytes_per_s: f64,
+    /// Why.
+    pub reason: String,
 }
 
 /// The whole migration.
@@ -165,12 +185,18 @@ impl ReportBuilder {
     /// Records a finished round and the policy's decision on it (no grant: the policy's wish
     /// is the cap the round ran under).
     pub fn round(&mut self, s: &RoundStats, decision: &Decision) {
-        self.round_wished(s, s.cap_bytes_per_s, decision);
+        self.round_wished(s, s.cap_bytes_per_s, decision, Vec::new());
     }
 
     /// Records a finished round that ran under `s.cap_bytes_per_s` where the policy wished
     /// `wish`, and the policy's decision on it.
-    pub fn round_wished(&mut self, s: &RoundStats, wish: f64, decision: &Decision) {
+    pub fn round_wished(
+        &mut self,
+        s: &RoundStats,
+        wish: f64,
+        decision: &Decision,
+        raises: Vec<MidRound>,
+    ) {
         self.precopy_time_s += s.duration_s;
         if let Some(r) = decision.stop_reason() {
             self.stop_reason = Some(r);
@@ -187,6 +213,7 @@ impl ReportBuilder {
             factor: s.factor(),
             avg_factor: decision.audit.avg_factor,
             decision: decision.clone(),
+            raises,
         });
     }
 

@@ -17,6 +17,24 @@ pub struct RoundStats {
     pub dirty_bytes: f64,
 }
 
+/// What an executor sees of the round under way, for a mid-round check
+/// ([`crate::Policy::during_round`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundProbe {
+    /// k, the round under way.
+    pub round: u32,
+    /// Seconds since the round began.
+    pub elapsed_s: f64,
+    /// Bytes sent in the round so far.
+    pub bytes_sent: f64,
+    /// Distinct bytes dirtied since the round began, where the executor sees them mid-round
+    /// (the engine's dirty log, the simulator); `None` for QEMU, whose dirty bitmap is synced
+    /// only at the end of a pass.
+    pub dirtied_bytes: Option<f64>,
+    /// The cap in force.
+    pub cap_bytes_per_s: f64,
+}
+
 /// A dirty-log sample taken before migration: after clearing the log, the distinct dirty bytes
 /// seen at each elapsed time. Points are `(elapsed_s, distinct_dirty_bytes)`, elapsed > 0,
 /// in increasing order of time.
@@ -24,6 +42,11 @@ pub struct RoundStats {
 #[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 pub struct DirtySample {
     pub points: Vec<(f64, f64)>,
+    /// How finely the executor measured the rate behind the points (bytes/s), when it is
+    /// coarse: QEMU's `calc-dirty-rate` answers in whole MiB/s from sampled pages. Absent for
+    /// an exact dirty log (the simulator, the engine's `SimGuest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution_bytes_per_s: Option<f64>,
 }
 
 impl DirtySample {

@@ -125,6 +125,7 @@ fn round_one_comes_from_the_sample_not_b_min() {
         points: (1..=10)
             .map(|i| (0.1 * f64::from(i), t.predict(0.1 * f64::from(i))))
             .collect(),
+        ..DirtySample::default()
     });
     let b1 = p.first_cap();
     assert!(b1 > 10.0 * cfg().min_bandwidth, "{b1}");
@@ -153,6 +154,7 @@ fn infeasibility_is_reported_at_once_and_pre_copy_ends_when_rounds_stop_helping(
         points: (1..=10)
             .map(|i| (0.05 * f64::from(i), t.predict(0.05 * f64::from(i))))
             .collect(),
+        ..DirtySample::default()
     });
     let mut cap = p.first_cap();
     assert_eq!(cap, cfg().max_bandwidth);

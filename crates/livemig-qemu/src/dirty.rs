@@ -44,6 +44,7 @@ impl Measurement {
     pub fn sample(&self) -> DirtySample {
         DirtySample {
             points: vec![(self.period_s, self.rate_bytes_per_s * self.period_s)],
+            resolution_bytes_per_s: Some(RATE_UNIT),
         }
     }
 }

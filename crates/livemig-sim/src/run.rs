@@ -51,7 +51,93 @@ pub(crate) fn sample(setup: Setup<'_>, noise: &mut Noise) -> DirtySample {
             (t, measured(setup, noise, setup.model.distinct(written)))
         })
         .collect();
-    DirtySample { points }
+    DirtySample {
+        points,
+        resolution_bytes_per_s: None,
+    }
+}
+
+/// Seconds between mid-round checks (the policy's [`Policy::during_round`]).
+pub const PROBE_S: f64 = 0.25;
+pub(crate) const PROBE_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// One pre-copy round to run.
+struct Round {
+    round: u32,
+    start: f64,
+    to_send: f64,
+    cap: f64,
+    grant: Option<f64>,
+}
+
+/// What a round did: how long it took and the time-weighted cap it ran under.
+struct Ran {
+    duration: f64,
+    cap: f64,
+}
+
+/// Sends one round, checking with the policy every [`PROBE_S`] (the guest's distinct dirt so
+/// far, as a dirty log would show it); a raise applies from that instant.
+fn run_round(
+    setup: Setup<'_>,
+    pilot: &mut Pilot<'_>,
+    noise: &mut Noise,
+    r: Round,
+    segments: &mut Vec<(f64, f64, f64)>,
+    observer: &mut dyn FnMut(&Event),
+) -> Result<Ran, SimError> {
+    let mut cap = r.cap;
+    let mut rate = setup.link.rate(cap);
+    if rate <= 0.0 {
+        return Err(SimError::ZeroRate {
+            round: r.round,
+            cap,
+        });
+    }
+    let (mut t, mut sent, mut area) = (r.start, 0.0, 0.0);
+    // The segment at the current rate, for the wire peak: its start and bytes.
+    let (mut seg_t, mut seg_bytes) = (r.start, 0.0);
+    let mut k = 1.0;
+    loop {
+        let left = r.to_send - sent;
+        let end = t + left / rate;
+        let probe_at = r.start + k * PROBE_S;
+        if end <= probe_at {
+            area += cap * (end - t);
+            segments.push((seg_t, end - seg_t, seg_bytes + left));
+            t = end;
+            break;
+        }
+        let dt = probe_at - t;
+        sent += rate * dt;
+        seg_bytes += rate * dt;
+        area += cap * dt;
+        t = probe_at;
+        k += 1.0;
+        let written = setup.workload.rate.written(r.start, t);
+        let dirtied = measured(setup, noise, setup.model.distinct(written));
+        if let Some((raise, new_cap)) = pilot.probe(t, sent, Some(dirtied), r.grant) {
+            observer(&Event::Raised {
+                round: r.round,
+                elapsed_s: t - r.start,
+                wish_bytes_per_s: raise.wish_bytes_per_s,
+                cap_bytes_per_s: new_cap,
+                reason: raise.reason,
+            });
+            let new_rate = setup.link.rate(new_cap);
+            if new_rate > 0.0 && new_cap != cap {
+                segments.push((seg_t, t - seg_t, seg_bytes));
+                (seg_t, seg_bytes) = (t, 0.0);
+                cap = new_cap;
+                rate = new_rate;
+            }
+        }
+    }
+    let duration = t - r.start;
+    Ok(Ran {
+        duration,
+        cap: if duration > 0.0 { area / duration } else { cap },
+    })
 }
 
 /// Simulates one migration under `policy`.
@@ -77,6 +163,8 @@ pub fn simulate_observed(
     observer: &mut dyn FnMut(&Event),
 ) -> Result<MigrationReport, SimError> {
     let mut noise = Noise::new(setup.link.seed);
+    // Mid-round counts draw from their own stream: the rounds' noise stays what it was.
+    let mut probe_noise = Noise::new(setup.link.seed ^ PROBE_SEED);
     let sample = (setup.link.sample_s > 0.0).then(|| sample(setup, &mut noise));
     let mut pilot = Pilot::new(
         Box::new(policy),
@@ -127,18 +215,27 @@ pub fn simulate_observed(
             cap_bytes_per_s: cap,
             bytes: to_send,
         });
-        let rate = setup.link.rate(cap);
-        if rate <= 0.0 {
-            return Err(SimError::ZeroRate { round, cap });
-        }
-        let duration = to_send / rate;
-        let written = setup.workload.rate.written(now, now + duration);
+        let ran = run_round(
+            setup,
+            &mut pilot,
+            &mut probe_noise,
+            Round {
+                round,
+                start: now,
+                to_send,
+                cap,
+                grant,
+            },
+            &mut segments,
+            observer,
+        )?;
+        let written = setup.workload.rate.written(now, now + ran.duration);
         let dirty = measured(setup, &mut noise, setup.model.distinct(written));
         let stats = RoundStats {
             round,
-            cap_bytes_per_s: cap,
+            cap_bytes_per_s: ran.cap,
             bytes_sent: to_send,
-            duration_s: duration,
+            duration_s: ran.duration,
             dirty_bytes: dirty,
         };
         let (n, record) = pilot.end_measured(stats, grant)?;
@@ -146,8 +243,7 @@ pub fn simulate_observed(
             record: Box::new(record.clone()),
         });
         next = n;
-        segments.push((now, duration, to_send));
-        now += duration;
+        now += ran.duration;
         to_send = dirty;
     }
 }

@@ -24,7 +24,7 @@ use livemig_policy::report::{MigrationReport, StopCopy};
 use livemig_policy::{DirtySample, Policy};
 
 use crate::noise::Noise;
-use crate::run::{measured, sample, Setup, SimError, PEAK_WINDOW_S};
+use crate::run::{measured, sample, Setup, SimError, PEAK_WINDOW_S, PROBE_S, PROBE_SEED};
 
 /// What the migration is doing.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,6 +68,10 @@ pub struct Stepper<'a> {
     /// `(start, duration, bytes)` on the wire, equal-rate neighbours merged.
     segments: Vec<(f64, f64, f64)>,
     sent: f64,
+    /// The mid-round checks' own noise stream, as in [`crate::simulate`].
+    probe_noise: Noise,
+    /// Mid-round checks made in the round under way.
+    probes: u32,
 }
 
 impl<'a> Stepper<'a> {
@@ -102,6 +106,8 @@ impl<'a> Stepper<'a> {
             stop_memory: 0.0,
             segments: Vec::new(),
             sent: 0.0,
+            probe_noise: Noise::new(setup.link.seed ^ PROBE_SEED),
+            probes: 0,
         }
     }
 
@@ -127,6 +133,7 @@ impl<'a> Stepper<'a> {
 
     fn enter(&mut self, next: Next) {
         self.step_start = self.now;
+        self.probes = 0;
         match next {
             Next::Round { round, .. } => {
                 self.phase = Phase::Round { round };
@@ -190,6 +197,34 @@ impl<'a> Stepper<'a> {
     /// Every byte sent so far (state included).
     pub fn sent(&self) -> f64 {
         self.sent
+    }
+
+    /// Seconds until the next mid-round check of the round under way ([`Stepper::probe`]),
+    /// every [`PROBE_S`] from the round's start as in [`crate::simulate`]; `None` outside a
+    /// round. A caller that never probes runs the rounds without mid-round checks.
+    pub fn probe_in(&self) -> Option<f64> {
+        let Phase::Round { .. } = self.phase else {
+            return None;
+        };
+        let k = f64::from(self.probes + 1);
+        Some((self.step_start + k * PROBE_S - self.now).max(0.0))
+    }
+
+    /// The mid-round check now: the policy sees the round's bytes sent and the guest's
+    /// distinct dirt since the round began; returns the new cap when it raised it.
+    pub fn probe(&mut self, grant: Option<f64>) -> Option<f64> {
+        let Phase::Round { .. } = self.phase else {
+            return None;
+        };
+        self.probes += 1;
+        let setup = self.setup;
+        let written = setup.workload.rate.written(self.step_start, self.now);
+        let dirtied = measured(setup, &mut self.probe_noise, setup.model.distinct(written));
+        let (now, sent) = (self.now, self.step_bytes - self.left);
+        let pilot = self.pilot.as_mut()?;
+        pilot
+            .probe(now, sent, Some(dirtied), grant)
+            .map(|(_, cap)| cap)
     }
 
     /// Sends at `rate` bytes/s for `dt` seconds (no more than the step has left). Returns
@@ -284,7 +319,14 @@ mod tests {
         loop {
             let rate = s.ceiling();
             let dt = s.left() / rate;
-            assert!(s.advance(dt, rate), "one advance sends the step");
+            match s.probe_in() {
+                Some(p) if p < dt => {
+                    assert!(!s.advance(p, rate), "a check comes before the step's end");
+                    s.probe(grant);
+                    continue;
+                }
+                _ => assert!(s.advance(dt, rate), "one advance sends the step"),
+            }
             if let Stepped::Finished(r) = s.end_step(grant).expect("steps") {
                 return *r;
             }

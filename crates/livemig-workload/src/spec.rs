@@ -249,6 +249,21 @@ fn parse_steps(v: &str) -> Result<RateSeries, SpecError> {
 }
 
 impl Workload {
+    /// The same workload with its write rate held at its heaviest phase from the start, for a
+    /// workload whose rate changes (`None` when it is constant): what a causal policy could at
+    /// best be compared with when a burst or a ramp is coming.
+    pub fn held_at_peak(&self) -> Option<Workload> {
+        if self.rate.as_steps().len() < 2 {
+            return None;
+        }
+        let peak = self.rate.peak();
+        Some(Workload {
+            pattern: self.pattern,
+            rate: RateSeries::constant(peak).ok()?,
+            spec: format!("{} (held at its peak, {peak:.0} B/s)", self.spec),
+        })
+    }
+
     /// Parses a spec; `trace` files are resolved relative to `base` when not absolute.
     pub fn parse_in(spec: &str, base: Option<&Path>) -> Result<Workload, SpecError> {
         let spec = spec.trim();

@@ -135,6 +135,17 @@ impl Progress {
                     fmt_rate(*cap_bytes_per_s)
                 ),
             }),
+            Event::Raised {
+                round,
+                elapsed_s,
+                cap_bytes_per_s,
+                reason,
+                ..
+            } => self.line(format!(
+                "round {round}: cap raised to {} after {}: {reason}",
+                fmt_rate(*cap_bytes_per_s),
+                fmt_duration(*elapsed_s)
+            )),
             Event::RoundEnded { record } => {
                 if let Some(b) = self.bar.take() {
                     b.finish_and_clear();

@@ -8,16 +8,25 @@
 //! brings the remaining bytes to h within the rounds left ([`plan`]). Round 1 is planned from the
 //! sample. When not even B_max can converge it says so in the audit at once, runs at B_max, and
 //! ends pre-copy as soon as another round would not shrink what remains.
+//!
+//! The loop is closed ([`course`]): every round's measurement is compared with what its plan
+//! predicted; the plan works in effective bandwidth (a round that took longer than its cap
+//! allows teaches the slowness), scales the curve by how far the latest round lies above it,
+//! never lowers the cap after a round that left more than planned, and a mid-round check
+//! ([`Policy::during_round`]) raises the cap of a round that dirties more, or sends slower,
+//! than planned.
 
+pub mod course;
 pub mod growth;
 pub mod plan;
 
-use crate::decision::{Audit, Branch, Decision, StopReason};
+use crate::decision::{Audit, Branch, Decision, Raise, StopReason};
 use crate::dirty_factor::termination;
-use crate::stats::{DirtySample, FactorTracker, RoundStats, StatsError};
+use crate::stats::{DirtySample, FactorTracker, RoundProbe, RoundStats, StatsError};
 use crate::{threshold, Policy, PolicyConfig};
+use course::Course;
 use growth::{Growth, Point};
-use plan::Plan;
+use plan::{Curve, Plan, Scaled};
 
 /// The planned bandwidth is raised by this factor, a margin for estimation error.
 pub const B_MARGIN: f64 = 1.03;
@@ -31,6 +40,8 @@ pub const RESIDUAL_Z: f64 = 2.0;
 /// Under an infeasible estimate, pre-copy ends once a round is predicted to shrink the
 /// remaining bytes by less than this fraction.
 pub const MIN_PROGRESS: f64 = 0.05;
+/// A sample whose resolution is coarser than this fraction of its rate is called coarse.
+pub const COARSE: f64 = 0.02;
 
 /// The `predictive` policy.
 #[derive(Debug, Clone)]
@@ -41,6 +52,20 @@ pub struct Predictive {
     points: Vec<Point>,
     first_cap: Option<f64>,
     stopped: bool,
+    /// Learned from the rounds: how much longer rounds take than their cap allows.
+    slowness: f64,
+    /// The plan for the round under way.
+    course: Option<Course>,
+    /// Round 1 was planned from a coarse sample: said in round 1's audit.
+    coarse: Option<String>,
+}
+
+/// A plan's answer in caps: the cap to ask for and what it is predicted to do.
+struct Planned {
+    cap: f64,
+    /// The effective bandwidth behind the cap (cap / slowness, before the margin).
+    effective: f64,
+    plan: Plan,
 }
 
 impl Predictive {
@@ -54,6 +79,9 @@ impl Predictive {
             points: Vec::new(),
             first_cap: None,
             stopped: false,
+            slowness: 1.0,
+            course: None,
+            coarse: None,
         }
     }
 
@@ -61,29 +89,77 @@ impl Predictive {
         Growth::fit(&self.points, self.cfg.memory_bytes)
     }
 
-    fn plan(&self, g: &Growth, remaining: f64, rounds: u32) -> Plan {
-        match plan::lowest(
-            g,
+    fn aim(&self, g: &Growth) -> f64 {
+        self.cfg.stop_remaining / (1.0 + RESIDUAL_Z * g.residual)
+    }
+
+    /// The lowest cap that brings `remaining` to h within `rounds` under `curve`, planned in
+    /// effective bandwidth at slowness `q`.
+    fn plan(&self, curve: &Scaled, remaining: f64, rounds: u32, q: f64) -> Planned {
+        let plan = plan::lowest(
+            curve,
             remaining,
             rounds,
-            self.cfg.stop_remaining / (1.0 + RESIDUAL_Z * g.residual),
-            self.cfg.min_bandwidth,
-            self.cfg.max_bandwidth,
-        ) {
-            Plan::Converges { bandwidth, rounds } => Plan::Converges {
-                bandwidth: (bandwidth * B_MARGIN).min(self.cfg.max_bandwidth),
-                rounds,
+            self.aim(&curve.growth),
+            self.cfg.min_bandwidth / q,
+            self.cfg.max_bandwidth / q,
+        );
+        self.in_caps(plan, q)
+    }
+
+    fn in_caps(&self, plan: Plan, q: f64) -> Planned {
+        match plan {
+            Plan::Converges { bandwidth, .. } => Planned {
+                cap: (bandwidth * q * B_MARGIN).min(self.cfg.max_bandwidth),
+                effective: bandwidth,
+                plan,
             },
-            other => other,
+            Plan::Infeasible { .. } => Planned {
+                cap: self.cfg.max_bandwidth,
+                effective: self.cfg.max_bandwidth / q,
+                plan,
+            },
         }
+    }
+
+    /// Mid-round re-plan: the rest of the round under way and the rounds after it.
+    fn replan_mid(&self, c: &Course, p: &RoundProbe, q: f64) -> Option<(f64, Scaled)> {
+        let mut points = self.points.clone();
+        if let Some(d) = p.dirtied_bytes {
+            points.push(Point {
+                t_s: p.elapsed_s,
+                dirty_bytes: d,
+                weight: ROUND_WEIGHT,
+            });
+        }
+        let g = Growth::fit(&points, self.cfg.memory_bytes)?;
+        let curve = Scaled {
+            growth: g,
+            bias: c.curve.bias,
+        };
+        let plan = plan::lowest_mid(
+            &curve,
+            p.elapsed_s,
+            (c.to_send - p.bytes_sent).max(0.0),
+            c.rounds_after,
+            self.aim(&g),
+            self.cfg.min_bandwidth / q,
+            self.cfg.max_bandwidth / q,
+        );
+        Some((self.in_caps(plan, q).cap, curve))
     }
 }
 
-fn describe(g: &Growth) -> String {
+fn describe(c: &Scaled, q: f64) -> String {
+    let g = &c.growth;
     format!(
-        "growth W={:.0} B, tau={:.3} s, c={:.0} B/s, beta={:.2}, residual {:.3}",
-        g.working_set_bytes, g.tau_s, g.linear_bytes_per_s, g.exponent, g.residual
+        "growth W={:.0} B, tau={:.3} s, c={:.0} B/s, beta={:.2}, residual {:.3}; bias {:.2}, slowness {:.2}",
+        g.working_set_bytes, g.tau_s, g.linear_bytes_per_s, g.exponent, g.residual, c.bias, q
     )
+}
+
+fn mib(b: f64) -> f64 {
+    b / (1024.0 * 1024.0)
 }
 
 impl Policy for Predictive {
@@ -106,19 +182,105 @@ impl Policy for Predictive {
     }
 
     fn observe_sample(&mut self, sample: &DirtySample) {
-        self.points
-            .extend(sample.valid_points().map(|(t, d)| Point {
-                t_s: t,
-                dirty_bytes: d,
-                weight: 1.0,
-            }));
+        let valid: Vec<(f64, f64)> = sample.valid_points().collect();
+        let rate = valid.iter().map(|&(t, d)| d / t).fold(0.0, f64::max);
+        // A coarse sample is read at the top of its resolution: round 1 planned on a rate one
+        // step too low would be the slowest round of all.
+        let step = sample
+            .resolution_bytes_per_s
+            .filter(|r| r.is_finite() && *r > 0.0);
+        if let Some(r) = step {
+            if valid.len() < 3 || r > COARSE * rate {
+                self.coarse = Some(format!(
+                    "round 1 was planned from a coarse sample ({} point(s), {:.1} MiB/s steps, read as {:.1} MiB/s): the first rounds' measurements correct it",
+                    valid.len(),
+                    mib(r),
+                    mib(rate + r)
+                ));
+            }
+        }
+        self.points.extend(valid.iter().map(|&(t, d)| Point {
+            t_s: t,
+            dirty_bytes: (d + step.unwrap_or(0.0) * t).min(self.cfg.memory_bytes),
+            weight: 1.0,
+        }));
         let Some(g) = self.fit() else { return };
-        self.first_cap = Some(
-            match self.plan(&g, self.cfg.memory_bytes, self.cfg.max_rounds) {
-                Plan::Converges { bandwidth, .. } => bandwidth,
-                Plan::Infeasible { .. } => self.cfg.max_bandwidth,
-            },
-        );
+        let curve = Scaled {
+            growth: g,
+            bias: 1.0,
+        };
+        let m = self.cfg.memory_bytes;
+        let n = self.cfg.max_rounds;
+        let p = self.plan(&curve, m, n, 1.0);
+        self.first_cap = Some(p.cap);
+        self.course = Some(Course::new(1, m, p.effective, curve, n - 1));
+    }
+
+    fn during_round(&mut self, p: &RoundProbe) -> Option<Raise> {
+        let c = self
+            .course
+            .filter(|c| c.round == p.round && !self.stopped)?;
+        if p.elapsed_s < course::PROBE_EVERY_S
+            || p.elapsed_s - c.checked_s < course::PROBE_EVERY_S
+            || !(p.elapsed_s.is_finite() && p.bytes_sent.is_finite())
+        {
+            return None;
+        }
+        if let Some(c) = self.course.as_mut() {
+            c.checked_s = p.elapsed_s;
+        }
+        let min_excess = course::PROBE_MIN_EXCESS_OF_H * self.cfg.stop_remaining;
+        let expected = c.expected_by(p.elapsed_s);
+        let heavier = p.dirtied_bytes.filter(|d| {
+            d.is_finite()
+                && *d > expected * (1.0 + course::PROBE_TOLERANCE)
+                && *d - expected > min_excess
+        });
+        let planned_sent = c.sent_by(p.elapsed_s);
+        let slower = p.elapsed_s >= course::SLOW_CHECK_AFTER_S
+            && p.bytes_sent < planned_sent * (1.0 - course::PROBE_TOLERANCE)
+            && p.bytes_sent < c.to_send;
+        if heavier.is_none() && !slower {
+            return None;
+        }
+        let q = if slower && p.bytes_sent > 0.0 {
+            (p.cap_bytes_per_s * p.elapsed_s / p.bytes_sent)
+                .clamp(1.0, course::MAX_CORRECTION)
+                .max(self.slowness)
+        } else if slower {
+            course::MAX_CORRECTION
+        } else {
+            self.slowness
+        };
+        let (wish, curve) = self.replan_mid(&c, p, q)?;
+        if wish < p.cap_bytes_per_s * course::MIN_RAISE {
+            return None;
+        }
+        let effective = wish / q / B_MARGIN;
+        let left = (c.to_send - p.bytes_sent).max(0.0);
+        if let Some(c) = self.course.as_mut() {
+            c.curve = curve;
+            c.effective = effective;
+            c.predicted = curve.predict(p.elapsed_s + left / effective);
+        }
+        let why = match heavier {
+            Some(d) => format!(
+                "dirtied {:.1} MiB in {:.2} s where the plan expected {:.1} MiB",
+                mib(d),
+                p.elapsed_s,
+                mib(expected)
+            ),
+            None => format!(
+                "sent {:.1} MiB in {:.2} s where the plan expected {:.1} MiB",
+                mib(p.bytes_sent),
+                p.elapsed_s,
+                mib(planned_sent)
+            ),
+        };
+        Some(Raise {
+            wish_bytes_per_s: wish,
+            reason: format!("{why}: re-planned the rest of the round and the rounds left"),
+        })
     }
 
     fn after_round(&mut self, s: &RoundStats) -> Result<Decision, StatsError> {
@@ -127,6 +289,15 @@ impl Policy for Predictive {
         }
         let f = self.tracker.push(s)?;
         let mut audit = Audit::measured(&f, s.cap_bytes_per_s, s.dirty_bytes, Some(self.threshold));
+        let planned = self.course.take().filter(|c| c.round == s.round);
+        audit.predicted_remaining_bytes = planned.map(|c| c.predicted);
+        let mut notes: Vec<String> = Vec::new();
+        if s.round == 1 {
+            notes.extend(self.coarse.take());
+        }
+        if let Some(q) = course::slowness(s) {
+            self.slowness = q;
+        }
         for p in &mut self.points {
             p.weight *= RECENCY;
         }
@@ -139,37 +310,73 @@ impl Policy for Predictive {
         }
         if let Some(reason) = termination(&self.cfg, f.round, s.dirty_bytes) {
             self.stopped = true;
+            audit.note = (!notes.is_empty()).then(|| notes.join("; "));
             return Ok(Decision::stop(reason, audit));
         }
         let rounds_left = self.cfg.max_rounds - f.round;
         let Some(g) = self.fit() else {
             // No usable point (every round took no time): behave like B_max.
-            audit.note = Some("no growth estimate yet: B_max".into());
+            notes.push("no growth estimate yet: B_max".into());
+            audit.note = Some(notes.join("; "));
             return Ok(Decision::next(self.cfg.max_bandwidth, Branch::Plan, audit));
         };
-        match self.plan(&g, s.dirty_bytes, rounds_left) {
-            Plan::Converges { bandwidth, rounds } => {
-                let next = self.cfg.clamp(bandwidth);
-                audit.estimate_bytes_per_s = Some(bandwidth);
-                audit.clamped = next != bandwidth;
-                audit.note = Some(format!(
-                    "{}; reaches h in {rounds} more rounds",
-                    describe(&g)
+        let curve = Scaled {
+            growth: g,
+            bias: course::bias(&g, s),
+        };
+        // A round that left more than its plan predicted: the cap does not fall.
+        let floor = match planned {
+            Some(c) if s.dirty_bytes > c.predicted => {
+                if s.dirty_bytes > c.predicted * (1.0 + course::tolerance(RESIDUAL_Z, &g)) {
+                    notes.push(format!(
+                        "left {:.1} MiB where the plan predicted {:.1} MiB: re-planned from the measurement",
+                        mib(s.dirty_bytes),
+                        mib(c.predicted)
+                    ));
+                }
+                s.cap_bytes_per_s
+            }
+            _ => 0.0,
+        };
+        let q = self.slowness;
+        let p = self.plan(&curve, s.dirty_bytes, rounds_left, q);
+        notes.insert(0, describe(&curve, q));
+        match p.plan {
+            Plan::Converges { rounds, .. } => {
+                let wish = p.cap.max(floor);
+                let next = self.cfg.clamp(wish);
+                audit.estimate_bytes_per_s = Some(p.cap);
+                audit.clamped = next != wish;
+                notes.push(format!("reaches h in {rounds} more rounds"));
+                audit.note = Some(notes.join("; "));
+                self.course = Some(Course::new(
+                    s.round + 1,
+                    s.dirty_bytes,
+                    next / q / B_MARGIN,
+                    curve,
+                    rounds_left.saturating_sub(1),
                 ));
                 Ok(Decision::next(next, Branch::Plan, audit))
             }
             Plan::Infeasible { remaining } => {
                 audit.infeasible = true;
                 audit.estimate_bytes_per_s = Some(self.cfg.max_bandwidth);
-                let next_left = g.predict(s.dirty_bytes / self.cfg.max_bandwidth);
-                audit.note = Some(format!(
-                    "{}; even B_max leaves {remaining:.0} B after {rounds_left} more rounds",
-                    describe(&g)
+                let next_left = course::predicted(&curve, s.dirty_bytes, p.effective);
+                notes.push(format!(
+                    "even B_max leaves {remaining:.0} B after {rounds_left} more rounds"
                 ));
+                audit.note = Some(notes.join("; "));
                 if next_left >= s.dirty_bytes * (1.0 - MIN_PROGRESS) {
                     self.stopped = true;
                     return Ok(Decision::stop(StopReason::Infeasible, audit));
                 }
+                self.course = Some(Course::new(
+                    s.round + 1,
+                    s.dirty_bytes,
+                    p.effective,
+                    curve,
+                    rounds_left.saturating_sub(1),
+                ));
                 Ok(Decision::next(self.cfg.max_bandwidth, Branch::Plan, audit))
             }
         }

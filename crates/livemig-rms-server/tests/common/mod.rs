@@ -484,6 +484,7 @@ pub fn round_record_at(k: u32, cap: f64, dirty: f64) -> Value {
         branch: Branch::Stop,
         clamped: false,
         infeasible: false,
+        predicted_remaining_bytes: None,
         note: None,
     };
     let r = RoundRecord {
@@ -498,6 +499,7 @@ pub fn round_record_at(k: u32, cap: f64, dirty: f64) -> Value {
         factor: dirty / cap,
         avg_factor: dirty / cap,
         decision: Decision::stop(StopReason::RemainingBelowStopLevel, audit),
+        raises: Vec::new(),
     };
     serde_json::to_value(r).expect("a round serialises")
 }

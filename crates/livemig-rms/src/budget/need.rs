@@ -196,15 +196,13 @@ mod tests {
                 (f64::NAN, 1.0),
                 (0.0, 5.0),
             ],
+            ..DirtySample::default()
         };
         let (rate, g) = from_sample(&sample, GIB);
         assert_eq!(rate, 10.0 * MIB);
         let g = g.expect("three points fit");
         assert!(g.predict(4.0) < 40.0 * MIB, "saturates: {g:?}");
-        assert_eq!(
-            from_sample(&DirtySample { points: vec![] }, GIB),
-            (0.0, None)
-        );
+        assert_eq!(from_sample(&DirtySample::default(), GIB), (0.0, None));
     }
 
     #[test]

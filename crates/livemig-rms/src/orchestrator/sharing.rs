@@ -107,6 +107,7 @@ pub fn estimate_from(sample: &DirtySample, memory: u64) -> Estimate {
             .copied()
             .filter(|&(t, d)| (1e-3..=MAX_SAMPLE_S).contains(&t) && (0.0..=memory_f).contains(&d))
             .collect(),
+        resolution_bytes_per_s: None,
     };
     let (rate, growth) = budget::from_sample(&sample, memory_f);
     Estimate {

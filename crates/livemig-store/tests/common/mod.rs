@@ -224,6 +224,7 @@ pub fn round(k: u32) -> RoundRecord {
         branch: Branch::Stop,
         clamped: true,
         infeasible: false,
+        predicted_remaining_bytes: None,
         note: Some("a note".into()),
     };
     RoundRecord {
@@ -238,6 +239,7 @@ pub fn round(k: u32) -> RoundRecord {
         factor: 0.1 + 0.2,
         avg_factor: 1.0 / 3.0,
         decision: Decision::next(1.375e8, Branch::XenKeep, audit),
+        raises: Vec::new(),
     }
 }
 

@@ -37,6 +37,7 @@ fn sample(rate: f64) -> DirtySample {
         points: (1..=5)
             .map(|i| (0.2 * i as f64, 0.2 * i as f64 * rate))
             .collect(),
+        ..DirtySample::default()
     }
 }
 
@@ -258,9 +259,11 @@ fn rounds_refine_the_estimate_and_update_what_is_left() {
                 branch: Branch::KeepOrLower,
                 clamped: false,
                 infeasible: false,
+                predicted_remaining_bytes: None,
                 note: None,
             },
         },
+        raises: Vec::new(),
     };
     run(
         &mut o,
@@ -483,6 +486,7 @@ fn a_hostile_sample_gives_a_finite_estimate_the_store_can_keep() {
     let id = submit(&mut o, "vm1", None);
     let hostile = DirtySample {
         points: vec![(1e-300, 1e300), (f64::NAN, 1.0), (0.5, 1e30), (1e9, 1.0)],
+        ..DirtySample::default()
     };
     run(
         &mut o,

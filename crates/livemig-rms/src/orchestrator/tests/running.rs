@@ -354,6 +354,7 @@ fn rounds_and_the_report_are_recorded() {
         branch: Branch::KeepOrLower,
         clamped: false,
         infeasible: false,
+        predicted_remaining_bytes: None,
         note: None,
     };
     let record = RoundRecord {
@@ -373,6 +374,7 @@ fn rounds_and_the_report_are_recorded() {
             },
             audit,
         },
+        raises: Vec::new(),
     };
     let fx = run(
         &mut o,
