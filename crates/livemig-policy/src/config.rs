@@ -59,6 +59,9 @@ pub struct PolicyConfig {
     pub safety_rounds: u32,
     /// B_stop, the stop-and-copy cap; `None` means B_max.
     pub stop_bandwidth: Option<f64>,
+    /// Rescue: the largest share of the guest's CPU `predictive` may take away (0 < x <= 0.99)
+    /// when no bandwidth up to B_max converges; `None`: no rescue.
+    pub max_throttle: Option<f64>,
 }
 
 impl Default for PolicyConfig {
@@ -76,9 +79,13 @@ impl Default for PolicyConfig {
             downtime_limit_s: QEMU_DEFAULT_DOWNTIME_LIMIT_S,
             safety_rounds: QEMU_DEFAULT_SAFETY_ROUNDS,
             stop_bandwidth: None,
+            max_throttle: None,
         }
     }
 }
+
+/// The most of a guest's CPU a rescue may take away (QEMU's `max-cpu-throttle` default).
+pub const MAX_THROTTLE: f64 = 0.99;
 
 /// Why a [`PolicyConfig`] was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -106,6 +113,8 @@ pub enum ConfigError {
     Downtime(f64),
     #[error("the safety round limit must be at least 1, got {0}")]
     Safety(u32),
+    #[error("the largest throttle must be a fraction above 0 and at most 0.99, got {0}")]
+    Throttle(f64),
 }
 
 fn positive_rate(name: &'static str, value: f64) -> Result<(), ConfigError> {
@@ -180,6 +189,11 @@ impl PolicyConfig {
         }
         if self.safety_rounds == 0 {
             return Err(ConfigError::Safety(self.safety_rounds));
+        }
+        if let Some(x) = self.max_throttle {
+            if !(x > 0.0 && x <= MAX_THROTTLE) {
+                return Err(ConfigError::Throttle(x));
+            }
         }
         Ok(())
     }

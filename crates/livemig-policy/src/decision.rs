@@ -109,6 +109,10 @@ pub struct Audit {
     /// The policy's estimate shows that not even B_max converges within N rounds.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub infeasible: bool,
+    /// The rescue: the share of the guest's CPU to take away from the next round on (0.3 = the
+    /// guest runs 70 % of the time), when no bandwidth up to B_max converges without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<f64>,
     /// What the policy's plan predicted this round would leave (`predictive`), to compare with
     /// `remaining_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +139,7 @@ impl Audit {
             branch: Branch::Stop,
             clamped: false,
             infeasible: false,
+            throttle: None,
             predicted_remaining_bytes: None,
             note: None,
         }

@@ -228,6 +228,16 @@ impl<'p> Pilot<'p> {
         self.cap
     }
 
+    /// The rescue's throttle the policy asks for now: the share of the guest's CPU to take
+    /// away (0 when none). The executor applies it when it changes and lifts it once the
+    /// stop-and-copy is done (or the migration ends otherwise).
+    pub fn throttle(&self) -> f64 {
+        self.builder
+            .last_round()
+            .and_then(|r| r.decision.audit.throttle)
+            .unwrap_or(0.0)
+    }
+
     /// The round under way (0 before round 1 and during stop-and-copy).
     pub fn round(&self) -> u32 {
         match self.stage {

@@ -99,6 +99,10 @@ pub struct Summary {
     /// The first round after which the policy's estimate showed that not even B_max converges.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub infeasible_from_round: Option<u32>,
+    /// The rescue: the largest share of the guest's CPU the policy took away in any round
+    /// (see each round's `throttle`); absent when it never throttled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_throttle: Option<f64>,
 }
 
 /// A migration's result: `{policy, memory_bytes, threshold, rounds, summary}`.
@@ -169,6 +173,7 @@ impl ReportBuilder {
                     peak_cap_bytes_per_s: 0.0,
                     mean_bytes_per_s: 0.0,
                     infeasible_from_round: None,
+                    max_throttle: None,
                 },
             },
             precopy_time_s: 0.0,
@@ -263,6 +268,11 @@ impl ReportBuilder {
             .iter()
             .find(|x| x.decision.audit.infeasible)
             .map(|x| x.round);
+        s.max_throttle = r
+            .rounds
+            .iter()
+            .filter_map(|x| x.decision.audit.throttle)
+            .reduce(f64::max);
         s.mean_bytes_per_s = if s.total_time_s > 0.0 {
             s.total_bytes / s.total_time_s
         } else {

@@ -59,6 +59,10 @@ pub struct PolicySpec {
     /// The page size S (a size).
     #[serde(default)]
     pub page_size: Option<String>,
+    /// `predictive`'s rescue: the largest share of the guest's CPU it may take away when no
+    /// bandwidth up to B_max converges (a fraction, 0.9 = 90 %); unset: no rescue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_throttle: Option<f64>,
 }
 
 /// Why policy settings were refused.
@@ -87,6 +91,7 @@ impl PolicySpec {
     pub fn apply(&mut self, over: &PolicySpec) {
         self.rounds = over.rounds.or(self.rounds);
         self.threshold = over.threshold.or(self.threshold);
+        self.max_throttle = over.max_throttle.or(self.max_throttle);
         set(&mut self.stop_remaining, &over.stop_remaining);
         set(&mut self.min_bandwidth, &over.min_bandwidth);
         set(&mut self.max_bandwidth, &over.max_bandwidth);
@@ -143,6 +148,7 @@ impl PolicySpec {
             .unwrap_or(d.downtime_limit_s),
             safety_rounds: d.safety_rounds,
             stop_bandwidth: None,
+            max_throttle: self.max_throttle,
         };
         cfg.validate().map_err(SettingsError::Config)?;
         Ok(cfg)

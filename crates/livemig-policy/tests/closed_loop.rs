@@ -37,12 +37,26 @@ fn drive(
     slowness: f64,
     noise: &[f64],
 ) -> Vec<(f64, f64, Option<f64>, Option<f64>)> {
+    drive_throttled(policy, truth, slowness, noise).0
+}
+
+/// [`drive`], the guest slowed by the rescue's throttle: it runs `1 - throttle` of the time.
+/// Also returns every round's throttle.
+#[allow(clippy::type_complexity)]
+fn drive_throttled(
+    policy: &mut dyn Policy,
+    truth: &dyn Fn(f64) -> f64,
+    slowness: f64,
+    noise: &[f64],
+) -> (Vec<(f64, f64, Option<f64>, Option<f64>)>, Vec<f64>) {
     let mut out = Vec::new();
+    let mut throttles = Vec::new();
+    let mut throttle = 0.0;
     let mut cap = policy.first_cap();
     let mut to_send = cfg().memory_bytes;
     for (k, n) in noise.iter().enumerate() {
         let duration = slowness * to_send / cap;
-        let dirty = (truth(duration) * n).min(cfg().memory_bytes);
+        let dirty = (truth((1.0 - throttle) * duration) * n).min(cfg().memory_bytes);
         let d = policy
             .after_round(&RoundStats {
                 round: k as u32 + 1,
@@ -54,6 +68,8 @@ fn drive(
             .expect("in order");
         let next = d.next_cap();
         out.push((cap, dirty, d.audit.predicted_remaining_bytes, next));
+        throttles.push(throttle);
+        throttle = d.audit.throttle.unwrap_or(0.0);
         match d.action {
             Action::Continue {
                 next_cap_bytes_per_s,
@@ -64,7 +80,7 @@ fn drive(
             Action::StopAndCopy { .. } => break,
         }
     }
-    out
+    (out, throttles)
 }
 
 proptest! {
@@ -203,4 +219,35 @@ fn a_round_dirtying_more_than_planned_is_raised_mid_round() {
         "{} vs {cap}",
         r.wish_bytes_per_s
     );
+}
+
+#[test]
+fn rescue_throttles_just_enough_for_b_max_and_converges() {
+    // A guest writing 200 MiB/s over all its memory, B_max 100 MiB/s: no bandwidth converges.
+    let tight = PolicyConfig {
+        max_bandwidth: 100.0 * MIB,
+        ..cfg()
+    };
+    let truth = |t: f64| 200.0 * MIB * t;
+    let sample = DirtySample {
+        points: (1..=10).map(|i| (0.1 * f64::from(i), truth(0.1 * f64::from(i)))).collect(),
+        ..DirtySample::default()
+    };
+    // Without rescue: it gives up, far above h.
+    let mut plain = PolicyKind::Predictive.build(tight.clone()).expect("valid");
+    plain.observe_sample(&sample);
+    let rounds = drive(plain.as_mut(), &truth, 1.0, &[1.0; 10]);
+    assert!(rounds.last().expect("rounds").1 > 4.0 * tight.stop_remaining);
+    // With rescue: throttled by a little more than the half the guest must lose, converged.
+    let rescued_cfg = PolicyConfig {
+        max_throttle: Some(0.9),
+        ..tight
+    };
+    let mut p = PolicyKind::Predictive.build(rescued_cfg.clone()).expect("valid");
+    p.observe_sample(&sample);
+    let (rounds, throttles) = drive_throttled(p.as_mut(), &truth, 1.0, &[1.0; 10]);
+    let left = rounds.last().expect("rounds").1;
+    assert!(left <= rescued_cfg.stop_remaining, "{left}: {rounds:?} {throttles:?}");
+    let most = throttles.iter().copied().fold(0.0, f64::max);
+    assert!(most > 0.5 && most < 0.8, "throttle {most}: {throttles:?}");
 }

@@ -68,6 +68,8 @@ struct Round {
     to_send: f64,
     cap: f64,
     grant: Option<f64>,
+    /// The share of its time the guest runs (1 - the rescue's throttle).
+    keep: f64,
 }
 
 /// What a round did: how long it took and the time-weighted cap it ran under.
@@ -114,7 +116,7 @@ fn run_round(
         area += cap * dt;
         t = probe_at;
         k += 1.0;
-        let written = setup.workload.rate.written(r.start, t);
+        let written = r.keep * setup.workload.rate.written(r.start, t);
         let dirtied = measured(setup, noise, setup.model.distinct(written));
         if let Some((raise, new_cap)) = pilot.probe(t, sent, Some(dirtied), r.grant) {
             observer(&Event::Raised {
@@ -215,6 +217,8 @@ pub fn simulate_observed(
             cap_bytes_per_s: cap,
             bytes: to_send,
         });
+        // The rescue's throttle leaves the guest `keep` of its time: it writes that much less.
+        let keep = 1.0 - pilot.throttle();
         let ran = run_round(
             setup,
             &mut pilot,
@@ -225,11 +229,12 @@ pub fn simulate_observed(
                 to_send,
                 cap,
                 grant,
+                keep,
             },
             &mut segments,
             observer,
         )?;
-        let written = setup.workload.rate.written(now, now + ran.duration);
+        let written = keep * setup.workload.rate.written(now, now + ran.duration);
         let dirty = measured(setup, &mut noise, setup.model.distinct(written));
         let stats = RoundStats {
             round,

@@ -218,7 +218,8 @@ impl<'a> Stepper<'a> {
         };
         self.probes += 1;
         let setup = self.setup;
-        let written = setup.workload.rate.written(self.step_start, self.now);
+        let keep = 1.0 - self.pilot.as_ref().map_or(0.0, |p| p.throttle());
+        let written = keep * setup.workload.rate.written(self.step_start, self.now);
         let dirtied = measured(setup, &mut self.probe_noise, setup.model.distinct(written));
         let (now, sent) = (self.now, self.step_bytes - self.left);
         let pilot = self.pilot.as_mut()?;
@@ -264,7 +265,8 @@ impl<'a> Stepper<'a> {
         match self.phase {
             Phase::Round { round } => {
                 let (from, to) = (self.step_start, self.now);
-                let written = self.setup.workload.rate.written(from, to);
+                let keep = 1.0 - self.pilot.as_ref().map_or(0.0, |p| p.throttle());
+                let written = keep * self.setup.workload.rate.written(from, to);
                 let setup = self.setup;
                 let dirty = measured(setup, &mut self.noise, setup.model.distinct(written));
                 let bytes = self.step_bytes;

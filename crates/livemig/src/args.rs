@@ -144,6 +144,11 @@ pub struct PolicyArgs {
     pub threshold: Option<f64>,
     #[arg(long, value_name = "SIZE", help = format!("Page size. [default: {DEFAULT_PAGE_SIZE}]"))]
     pub page_size: Option<String>,
+    /// `predictive`'s rescue: when no bandwidth up to B_max converges, slow the guest by just
+    /// the share of its CPU that makes B_max converge, at most this fraction (0.9 = 90 %);
+    /// lifted when the stop-and-copy is done. [default: no rescue]
+    #[arg(long, value_name = "FRACTION")]
+    pub max_throttle: Option<f64>,
 }
 
 impl PolicyArgs {
@@ -159,6 +164,7 @@ impl PolicyArgs {
             bandwidth: self.bandwidth.clone(),
             downtime_limit: self.downtime_limit.clone(),
             page_size: self.page_size.clone(),
+            max_throttle: self.max_throttle,
         }
     }
 

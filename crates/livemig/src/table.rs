@@ -4,7 +4,7 @@ use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{CellAlignment, Table};
 use livemig_policy::report::MigrationReport;
 use livemig_policy::Branch;
-use livemig_sim::bench::{meets_targets, PolicyResult, ScenarioResult};
+use livemig_sim::bench::{meets_changing_target, meets_targets, PolicyResult, ScenarioResult};
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
 pub fn new_table(header: &[&str]) -> Table {
@@ -109,6 +109,7 @@ pub fn bench_scenario(r: &ScenarioResult) -> Table {
         "cap/oracle",
         "time/oracle",
         "down/oracle",
+        "cap/heaviest",
     ]);
     for p in &r.results {
         let s = &p.report.summary;
@@ -124,6 +125,7 @@ pub fn bench_scenario(r: &ScenarioResult) -> Table {
             ratio(p.peak_cap_ratio),
             ratio(p.total_time_ratio),
             ratio(p.downtime_ratio),
+            ratio(p.peak_cap_vs_heaviest),
         ]);
     }
     if let Some(o) = &r.oracle {
@@ -141,6 +143,7 @@ pub fn bench_scenario(r: &ScenarioResult) -> Table {
                 "1.00x".into(),
                 "1.00x".into(),
                 "1.00x".into(),
+                String::new(),
             ]);
         }
     }
@@ -224,10 +227,15 @@ pub fn bench_targets(results: &[ScenarioResult]) -> Table {
         "time <= 1.5x",
         "down <= +10%",
         "all four",
+        "changing: conv, cap <= 1.3x heaviest",
     ]);
     for (policy, rows) in feasible_by_policy(results) {
         let count =
             |f: &dyn Fn(&PolicyResult) -> bool| rows.iter().filter(|x| f(x)).count().to_string();
+        let changing: Vec<bool> = rows
+            .iter()
+            .filter_map(|x| meets_changing_target(x))
+            .collect();
         t.add_row(vec![
             policy,
             rows.len().to_string(),
@@ -236,6 +244,11 @@ pub fn bench_targets(results: &[ScenarioResult]) -> Table {
             count(&|x| x.total_time_ratio.is_some_and(|r| r <= 1.5)),
             count(&|x| x.downtime_ratio.is_none_or(|r| r <= 1.1)),
             count(&|x| meets_targets(x)),
+            format!(
+                "{}/{}",
+                changing.iter().filter(|ok| **ok).count(),
+                changing.len()
+            ),
         ]);
     }
     t

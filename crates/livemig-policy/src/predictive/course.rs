@@ -13,7 +13,7 @@
 //! with it.
 
 use super::growth::Growth;
-use super::plan::{Curve, Scaled};
+use super::plan::{Curve, Dilated, Scaled};
 use crate::stats::RoundStats;
 
 /// Rounds shorter than this do not update the slowness: their time is mostly fixed costs.
@@ -44,8 +44,10 @@ pub struct Course {
     pub to_send: f64,
     /// The effective bandwidth it was planned at (its cap / the slowness).
     pub effective: f64,
-    /// The curve it was planned with.
+    /// The curve it was planned with, and the share of the time the guest runs in it (1 - the
+    /// rescue's throttle).
     pub curve: Scaled,
+    pub keep: f64,
     /// What the plan predicts the round leaves.
     pub predicted: f64,
     /// Rounds allowed after this one.
@@ -61,6 +63,7 @@ impl Course {
         to_send: f64,
         effective: f64,
         curve: Scaled,
+        keep: f64,
         rounds_after: u32,
     ) -> Course {
         Course {
@@ -68,7 +71,8 @@ impl Course {
             to_send,
             effective,
             curve,
-            predicted: predicted(&curve, to_send, effective),
+            keep,
+            predicted: predicted(&Dilated { curve, keep }, to_send, effective),
             rounds_after,
             checked_s: 0.0,
         }
@@ -76,7 +80,15 @@ impl Course {
 
     /// Distinct bytes the plan expects dirtied `elapsed_s` into the round.
     pub fn expected_by(&self, elapsed_s: f64) -> f64 {
-        self.curve.predict(elapsed_s)
+        self.seen().predict(elapsed_s)
+    }
+
+    /// The curve as the round sees it, throttle included.
+    pub fn seen(&self) -> Dilated {
+        Dilated {
+            curve: self.curve,
+            keep: self.keep,
+        }
     }
 
     /// The bytes the plan expects sent `elapsed_s` into the round.
@@ -154,10 +166,13 @@ mod tests {
             growth: Growth::linear(10.0, 1e9),
             bias: 2.0,
         };
-        let c = Course::new(3, 1000.0, 100.0, curve, 2);
+        let c = Course::new(3, 1000.0, 100.0, curve, 1.0, 2);
         assert_eq!(c.predicted, 200.0);
         assert_eq!(c.expected_by(5.0), 100.0);
         assert_eq!(c.sent_by(5.0), 500.0);
         assert_eq!(c.sent_by(50.0), 1000.0);
+        // A guest throttled to half its time dirties as in half the time.
+        let t = Course::new(3, 1000.0, 100.0, curve, 0.5, 2);
+        assert_eq!(t.predicted, 100.0);
     }
 }

@@ -26,7 +26,7 @@ use crate::stats::{DirtySample, FactorTracker, RoundProbe, RoundStats, StatsErro
 use crate::{threshold, Policy, PolicyConfig};
 use course::Course;
 use growth::{Growth, Point};
-use plan::{Curve, Plan, Scaled};
+use plan::{Curve, Dilated, Plan, Scaled};
 
 /// The planned bandwidth is raised by this factor, a margin for estimation error.
 pub const B_MARGIN: f64 = 1.03;
@@ -42,6 +42,8 @@ pub const RESIDUAL_Z: f64 = 2.0;
 pub const MIN_PROGRESS: f64 = 0.05;
 /// A sample whose resolution is coarser than this fraction of its rate is called coarse.
 pub const COARSE: f64 = 0.02;
+/// The rescue's throttle is found to within this share of the guest's CPU.
+pub const THROTTLE_STEP: f64 = 0.005;
 
 /// The `predictive` policy.
 #[derive(Debug, Clone)]
@@ -58,6 +60,8 @@ pub struct Predictive {
     course: Option<Course>,
     /// Round 1 was planned from a coarse sample: said in round 1's audit.
     coarse: Option<String>,
+    /// The rescue's throttle asked for the round under way (0: none).
+    throttle: f64,
 }
 
 /// A plan's answer in caps: the cap to ask for and what it is predicted to do.
@@ -82,6 +86,7 @@ impl Predictive {
             slowness: 1.0,
             course: None,
             coarse: None,
+            throttle: 0.0,
         }
     }
 
@@ -93,11 +98,15 @@ impl Predictive {
         self.cfg.stop_remaining / (1.0 + RESIDUAL_Z * g.residual)
     }
 
-    /// The lowest cap that brings `remaining` to h within `rounds` under `curve`, planned in
-    /// effective bandwidth at slowness `q`.
-    fn plan(&self, curve: &Scaled, remaining: f64, rounds: u32, q: f64) -> Planned {
+    /// The lowest cap that brings `remaining` to h within `rounds` under `curve` seen through
+    /// a throttle that leaves the guest `keep` of its time, planned in effective bandwidth at
+    /// slowness `q`.
+    fn plan(&self, curve: &Scaled, keep: f64, remaining: f64, rounds: u32, q: f64) -> Planned {
         let plan = plan::lowest(
-            curve,
+            &Dilated {
+                curve: *curve,
+                keep,
+            },
             remaining,
             rounds,
             self.aim(&curve.growth),
@@ -105,6 +114,31 @@ impl Predictive {
             self.cfg.max_bandwidth / q,
         );
         self.in_caps(plan, q)
+    }
+
+    /// The rescue: the smallest throttle (at most the configured one) under which B_max
+    /// converges, with the bandwidth margin on the guest's speed; the largest when none does.
+    /// `None` when rescue is off.
+    fn rescue(&self, curve: &Scaled, remaining: f64, rounds: u32, q: f64) -> Option<(f64, Planned)> {
+        let max = self.cfg.max_throttle?;
+        let converges =
+            |x: f64| matches!(self.plan(curve, 1.0 - x, remaining, rounds, q).plan, Plan::Converges { .. });
+        let x = if !converges(max) {
+            max
+        } else {
+            let (mut lo, mut hi) = (0.0, max);
+            while hi - lo > THROTTLE_STEP {
+                let mid = 0.5 * (lo + hi);
+                if converges(mid) {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            // The margin: the guest keeps B_MARGIN less of its time than the bare answer.
+            (1.0 - (1.0 - hi) / B_MARGIN).min(max)
+        };
+        Some((x, self.plan(curve, 1.0 - x, remaining, rounds, q)))
     }
 
     fn in_caps(&self, plan: Plan, q: f64) -> Planned {
@@ -127,7 +161,8 @@ impl Predictive {
         let mut points = self.points.clone();
         if let Some(d) = p.dirtied_bytes {
             points.push(Point {
-                t_s: p.elapsed_s,
+                // In the guest's own time: a throttled guest ran `keep` of it.
+                t_s: p.elapsed_s * c.keep,
                 dirty_bytes: d,
                 weight: ROUND_WEIGHT,
             });
@@ -138,7 +173,10 @@ impl Predictive {
             bias: c.curve.bias,
         };
         let plan = plan::lowest_mid(
-            &curve,
+            &Dilated {
+                curve,
+                keep: c.keep,
+            },
             p.elapsed_s,
             (c.to_send - p.bytes_sent).max(0.0),
             c.rounds_after,
@@ -211,9 +249,9 @@ impl Policy for Predictive {
         };
         let m = self.cfg.memory_bytes;
         let n = self.cfg.max_rounds;
-        let p = self.plan(&curve, m, n, 1.0);
+        let p = self.plan(&curve, 1.0, m, n, 1.0);
         self.first_cap = Some(p.cap);
-        self.course = Some(Course::new(1, m, p.effective, curve, n - 1));
+        self.course = Some(Course::new(1, m, p.effective, curve, 1.0, n - 1));
     }
 
     fn during_round(&mut self, p: &RoundProbe) -> Option<Raise> {
@@ -261,7 +299,7 @@ impl Policy for Predictive {
         if let Some(c) = self.course.as_mut() {
             c.curve = curve;
             c.effective = effective;
-            c.predicted = curve.predict(p.elapsed_s + left / effective);
+            c.predicted = c.seen().predict(p.elapsed_s + left / effective);
         }
         let why = match heavier {
             Some(d) => format!(
@@ -298,12 +336,19 @@ impl Policy for Predictive {
         if let Some(q) = course::slowness(s) {
             self.slowness = q;
         }
+        // The fit is of the guest unthrottled: a round under a throttle that left it `keep` of
+        // its time counts as that much of the guest's time.
+        let keep = 1.0 - self.throttle;
+        let seen = RoundStats {
+            duration_s: s.duration_s * keep,
+            ..*s
+        };
         for p in &mut self.points {
             p.weight *= RECENCY;
         }
-        if s.duration_s > 0.0 {
+        if seen.duration_s > 0.0 {
             self.points.push(Point {
-                t_s: s.duration_s,
+                t_s: seen.duration_s,
                 dirty_bytes: s.dirty_bytes,
                 weight: ROUND_WEIGHT,
             });
@@ -322,7 +367,7 @@ impl Policy for Predictive {
         };
         let curve = Scaled {
             growth: g,
-            bias: course::bias(&g, s),
+            bias: course::bias(&g, &seen),
         };
         // A round that left more than its plan predicted: the cap does not fall.
         let floor = match planned {
@@ -339,8 +384,22 @@ impl Policy for Predictive {
             _ => 0.0,
         };
         let q = self.slowness;
-        let p = self.plan(&curve, s.dirty_bytes, rounds_left, q);
+        let mut p = self.plan(&curve, 1.0, s.dirty_bytes, rounds_left, q);
         notes.insert(0, describe(&curve, q));
+        self.throttle = 0.0;
+        if let Plan::Infeasible { remaining } = p.plan {
+            if let Some((x, rescued)) = self.rescue(&curve, s.dirty_bytes, rounds_left, q) {
+                audit.infeasible = true;
+                notes.push(format!(
+                    "even B_max leaves {remaining:.0} B after {rounds_left} more rounds: rescue throttles the guest by {:.1} %",
+                    100.0 * x
+                ));
+                self.throttle = x;
+                audit.throttle = Some(x);
+                p = rescued;
+            }
+        }
+        let keep = 1.0 - self.throttle;
         match p.plan {
             Plan::Converges { rounds, .. } => {
                 let wish = p.cap.max(floor);
@@ -354,6 +413,7 @@ impl Policy for Predictive {
                     s.dirty_bytes,
                     next / q / B_MARGIN,
                     curve,
+                    keep,
                     rounds_left.saturating_sub(1),
                 ));
                 Ok(Decision::next(next, Branch::Plan, audit))
@@ -361,7 +421,11 @@ impl Policy for Predictive {
             Plan::Infeasible { remaining } => {
                 audit.infeasible = true;
                 audit.estimate_bytes_per_s = Some(self.cfg.max_bandwidth);
-                let next_left = course::predicted(&curve, s.dirty_bytes, p.effective);
+                let next_left = course::predicted(
+                    &Dilated { curve, keep },
+                    s.dirty_bytes,
+                    p.effective,
+                );
                 notes.push(format!(
                     "even B_max leaves {remaining:.0} B after {rounds_left} more rounds"
                 ));
@@ -375,6 +439,7 @@ impl Policy for Predictive {
                     s.dirty_bytes,
                     p.effective,
                     curve,
+                    keep,
                     rounds_left.saturating_sub(1),
                 ));
                 Ok(Decision::next(self.cfg.max_bandwidth, Branch::Plan, audit))

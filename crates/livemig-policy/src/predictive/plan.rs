@@ -25,6 +25,20 @@ pub struct Scaled {
     pub bias: f64,
 }
 
+/// A curve seen through a throttle: the guest runs `keep` (= 1 - throttle) of the time, so it
+/// makes the same writes `1 / keep` times slower.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dilated {
+    pub curve: Scaled,
+    pub keep: f64,
+}
+
+impl Curve for Dilated {
+    fn predict(&self, t: f64) -> f64 {
+        self.curve.predict(self.keep * t)
+    }
+}
+
 impl Curve for Scaled {
     fn predict(&self, t: f64) -> f64 {
         (self.bias * self.growth.predict(t)).min(self.growth.memory_bytes)

@@ -484,6 +484,7 @@ pub fn round_record_at(k: u32, cap: f64, dirty: f64) -> Value {
         branch: Branch::Stop,
         clamped: false,
         infeasible: false,
+        throttle: None,
         predicted_remaining_bytes: None,
         note: None,
     };

@@ -224,6 +224,7 @@ pub fn round(k: u32) -> RoundRecord {
         branch: Branch::Stop,
         clamped: true,
         infeasible: false,
+        throttle: None,
         predicted_remaining_bytes: None,
         note: Some("a note".into()),
     };

@@ -259,6 +259,7 @@ fn rounds_refine_the_estimate_and_update_what_is_left() {
                 branch: Branch::KeepOrLower,
                 clamped: false,
                 infeasible: false,
+                throttle: None,
                 predicted_remaining_bytes: None,
                 note: None,
             },

@@ -354,6 +354,7 @@ fn rounds_and_the_report_are_recorded() {
         branch: Branch::KeepOrLower,
         clamped: false,
         infeasible: false,
+        throttle: None,
         predicted_remaining_bytes: None,
         note: None,
     };
