@@ -230,7 +230,9 @@ fn rescue_throttles_just_enough_for_b_max_and_converges() {
     };
     let truth = |t: f64| 200.0 * MIB * t;
     let sample = DirtySample {
-        points: (1..=10).map(|i| (0.1 * f64::from(i), truth(0.1 * f64::from(i)))).collect(),
+        points: (1..=10)
+            .map(|i| (0.1 * f64::from(i), truth(0.1 * f64::from(i))))
+            .collect(),
         ..DirtySample::default()
     };
     // Without rescue: it gives up, far above h.
@@ -243,11 +245,16 @@ fn rescue_throttles_just_enough_for_b_max_and_converges() {
         max_throttle: Some(0.9),
         ..tight
     };
-    let mut p = PolicyKind::Predictive.build(rescued_cfg.clone()).expect("valid");
+    let mut p = PolicyKind::Predictive
+        .build(rescued_cfg.clone())
+        .expect("valid");
     p.observe_sample(&sample);
     let (rounds, throttles) = drive_throttled(p.as_mut(), &truth, 1.0, &[1.0; 10]);
     let left = rounds.last().expect("rounds").1;
-    assert!(left <= rescued_cfg.stop_remaining, "{left}: {rounds:?} {throttles:?}");
+    assert!(
+        left <= rescued_cfg.stop_remaining,
+        "{left}: {rounds:?} {throttles:?}"
+    );
     let most = throttles.iter().copied().fold(0.0, f64::max);
     assert!(most > 0.5 && most < 0.8, "throttle {most}: {throttles:?}");
 }

@@ -34,6 +34,7 @@ mod out;
 mod outcome;
 mod plot;
 mod progress;
+mod qemu_runs;
 mod rms_client;
 mod rt;
 mod signals;
@@ -155,6 +156,9 @@ enum Qemu {
     Run(cmd::qemu::Command),
     /// Boot the test guest and migrate it under every policy and QEMU's defaults, side by side.
     Bench(Box<cmd::qemu_bench::BenchArgs>),
+    /// The lowest constant cap that converges for a guest, by bisection over real migrations,
+    /// and the policies' peak cap and total time against it.
+    Oracle(Box<cmd::qemu_oracle::OracleArgs>),
 }
 
 /// `livemig vm` subcommands: `create`, `list`, `show` and `delete` from `cmd::vm`, `migrate`
@@ -216,6 +220,7 @@ fn main() {
         Command::BenchDrain(a) => cmd::bench_drain::run(a),
         Command::Qemu(Qemu::Run(c)) => cmd::qemu::run(c),
         Command::Qemu(Qemu::Bench(a)) => cmd::qemu_bench::run(*a),
+        Command::Qemu(Qemu::Oracle(a)) => cmd::qemu_oracle::run(*a),
         Command::Agent(a) => cmd::agent::run(*a),
         Command::Rms(a) => cmd::rms::run(*a),
         Command::Host(c) => cmd::host::run(c),

@@ -119,10 +119,20 @@ impl Predictive {
     /// The rescue: the smallest throttle (at most the configured one) under which B_max
     /// converges, with the bandwidth margin on the guest's speed; the largest when none does.
     /// `None` when rescue is off.
-    fn rescue(&self, curve: &Scaled, remaining: f64, rounds: u32, q: f64) -> Option<(f64, Planned)> {
+    fn rescue(
+        &self,
+        curve: &Scaled,
+        remaining: f64,
+        rounds: u32,
+        q: f64,
+    ) -> Option<(f64, Planned)> {
         let max = self.cfg.max_throttle?;
-        let converges =
-            |x: f64| matches!(self.plan(curve, 1.0 - x, remaining, rounds, q).plan, Plan::Converges { .. });
+        let converges = |x: f64| {
+            matches!(
+                self.plan(curve, 1.0 - x, remaining, rounds, q).plan,
+                Plan::Converges { .. }
+            )
+        };
         let x = if !converges(max) {
             max
         } else {
@@ -421,11 +431,8 @@ impl Policy for Predictive {
             Plan::Infeasible { remaining } => {
                 audit.infeasible = true;
                 audit.estimate_bytes_per_s = Some(self.cfg.max_bandwidth);
-                let next_left = course::predicted(
-                    &Dilated { curve, keep },
-                    s.dirty_bytes,
-                    p.effective,
-                );
+                let next_left =
+                    course::predicted(&Dilated { curve, keep }, s.dirty_bytes, p.effective);
                 notes.push(format!(
                     "even B_max leaves {remaining:.0} B after {rounds_left} more rounds"
                 ));

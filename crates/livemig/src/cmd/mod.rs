@@ -14,6 +14,7 @@ pub mod migration;
 pub mod plan;
 pub mod qemu;
 pub mod qemu_bench;
+pub mod qemu_oracle;
 pub mod receive;
 pub mod resolve;
 pub mod rms;

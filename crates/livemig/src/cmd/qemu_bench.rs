@@ -8,17 +8,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use livemig_policy::report::MigrationReport;
-use livemig_policy::{PolicyConfig, PolicyKind, PolicySpec, Timeouts};
-use livemig_qemu::dirty;
-use livemig_qemu::governor::{Governor, GovernorConfig, QemuReport};
-use livemig_qemu::heartbeat;
-use livemig_qemu::vm::{free_port, GuestImage, Vm, VmSpec, GUEST_MEMORY_BYTES};
+use livemig_policy::{PolicyKind, PolicySpec};
+use livemig_qemu::governor::QemuReport;
+use livemig_qemu::vm::GUEST_MEMORY_BYTES;
 use livemig_sim::scenario::ScenarioSpec;
 use livemig_sim::simulate;
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
 use crate::args::{duration, resolve_spec, Runner, TimeoutArgs};
 use crate::out;
+use crate::qemu_runs::{bench_one, locate_image};
 
 /// `livemig qemu bench` flags.
 #[derive(Debug, clap::Args)]
@@ -87,19 +86,6 @@ struct Prediction {
     trace: PathBuf,
     simulated: MigrationReport,
     real: Option<MigrationReport>,
-}
-
-fn locate_image(dir: Option<&Path>) -> Result<GuestImage> {
-    let cwd = std::env::current_dir()?;
-    let dir = dir.map_or_else(|| GuestImage::default_dir(&cwd), Path::to_path_buf);
-    match GuestImage::in_dir(&dir) {
-        Ok(img) => Ok(img),
-        Err(e) if cwd.join("scripts/build-guest.sh").is_file() => {
-            out::note(&format!("{e}; building it with scripts/build-guest.sh"));
-            Ok(GuestImage::build(&cwd)?)
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// Runs `livemig qemu bench`.
@@ -225,54 +211,6 @@ async fn bench(args: BenchArgs) -> Result<()> {
     }
     out::emit(&text)?;
     Ok(())
-}
-
-/// Boots a fresh source and destination, optionally records a trace, migrates, checks the
-/// heartbeat. Returns the result and the heartbeat verdict.
-async fn bench_one(
-    image: &GuestImage,
-    load: &str,
-    dir: &Path,
-    runner: Runner,
-    cfg: &PolicyConfig,
-    timeouts: Timeouts,
-    trace: Option<(&Path, Duration)>,
-) -> (Result<QemuReport>, String) {
-    let boot = Duration::from_secs(60);
-    let mut hb = String::from("not checked");
-    let result = async {
-        let uri = format!("tcp:127.0.0.1:{}", free_port()?);
-        let spec = VmSpec::new("src", image, load, dir);
-        let src_vm = Vm::spawn(spec.clone(), boot).await?;
-        let dst_vm = Vm::spawn(spec.destination("dst", &uri), boot).await?;
-        src_vm.wait_heartbeat(10, boot).await?;
-        let mut src = src_vm.qmp().await?;
-        let mut dst = dst_vm.qmp().await?;
-        if let Some((path, length)) = trace {
-            let rows = dirty::record(&mut src, Duration::from_secs(1), length, |_| {}).await?;
-            std::fs::write(path, dirty::to_csv(&rows))?;
-        }
-        let mut g = GovernorConfig::new(&uri, cfg.memory_bytes, cfg.stop_remaining);
-        g.workload = Some(load.to_string());
-        g.timeouts = timeouts;
-        let run = Governor::new(g)
-            .run(&mut src, Some(&mut dst), runner.control(cfg)?)
-            .await?;
-        let last = src_vm.last_heartbeat().unwrap_or(0);
-        hb = match dst_vm
-            .wait_heartbeat(last + 5, Duration::from_secs(20))
-            .await
-        {
-            Err(e) => e.to_string(),
-            Ok(_) => match heartbeat::continuity(&src_vm.console(), &dst_vm.console()) {
-                Ok(c) => format!("ok ({} -> {})", c.last_on_source, c.first_on_destination),
-                Err(e) => e.to_string(),
-            },
-        };
-        Ok::<_, anyhow::Error>(run)
-    }
-    .await;
-    (result, hb)
 }
 
 /// Replays the recorded trace in the simulator with the dirty-factor policy. The simulated
