@@ -47,7 +47,7 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
   fi
-  apt-get update -qq
+  apt-get update -qq >&2
 fi
 
 debs="$(mktemp -d)"
@@ -56,7 +56,7 @@ packages=(qemu-system-x86 qemu-system-common qemu-system-data seabios)
 # As root, apt's sandbox user could not write to the temporary directory (apt would warn).
 sandbox=()
 [[ $EUID -eq 0 ]] && sandbox=(-o APT::Sandbox::User=root)
-(cd "$debs" && apt-get download -qq "${sandbox[@]}" "${packages[@]/%//bookworm-backports}")
+(cd "$debs" && apt-get download -qq "${sandbox[@]}" "${packages[@]/%//bookworm-backports}" >&2)
 
 root="$dir/root"
 rm -rf "$root"
