@@ -36,6 +36,13 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 say "test guest (scripts/build-guest.sh)"
 scripts/build-guest.sh
 
+# Every real-QEMU test runs QEMU 10.0 (bookworm-backports, placed beside Debian's 7.2 without
+# replacing it); one governed migration runs again on 7.2 after the test suite.
+say "QEMU 10.0 beside 7.2 (scripts/qemu10.sh)"
+LIVEMIG_QEMU="$(scripts/qemu10.sh)"
+export LIVEMIG_QEMU
+"$LIVEMIG_QEMU" --version | head -n 1
+
 say "PostgreSQL for the store tests (scripts/postgres.sh)"
 log="$(mktemp)"
 pgdir="$(mktemp -d)"
@@ -50,6 +57,11 @@ echo "$LIVEMIG_TEST_POSTGRES"
 
 say "cargo test"
 cargo test --workspace --locked 2>&1 | tee "$log"
+
+say "QEMU 7.2 (Debian's own): a governed migration of a loaded guest"
+qemu-system-x86_64 --version | head -n 1
+LIVEMIG_QEMU=qemu-system-x86_64 cargo test --locked -p livemig-qemu --test real_qemu -- \
+  --exact dirty_factor_governs_a_loaded_guest_to_completion 2>&1 | tee -a "$log"
 
 say "README main command (cargo run -- demo) from the workspace root"
 cargo run --quiet --locked -- demo --json > /dev/null

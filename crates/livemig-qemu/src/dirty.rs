@@ -7,6 +7,7 @@ use livemig_policy::DirtySample;
 use livemig_workload::trace::HEADER;
 use serde_json::json;
 
+use crate::features::DirtyMode;
 use crate::qmp::{QmpClient, QmpError};
 use crate::types::{DirtyRateInfo, DirtyRateStatus};
 
@@ -49,15 +50,29 @@ impl Measurement {
     }
 }
 
-/// Runs `calc-dirty-rate` for `period` (QEMU's default page-sampling mode) and waits for the
-/// result. The `dirty-bitmap` mode is not used: QEMU 7.2 crashes on it under TCG.
+/// Runs `calc-dirty-rate` for `period` in QEMU's default page-sampling mode (the only one
+/// QEMU 7.2 survives under TCG) and waits for the result.
 pub async fn measure(qmp: &mut QmpClient, period: Duration) -> Result<Measurement, DirtyError> {
+    measure_in(qmp, period, DirtyMode::PageSampling).await
+}
+
+/// Runs `calc-dirty-rate` for `period` in `mode` and waits for the result. The mode is sent
+/// only when it is not the default, so QEMUs without modes are asked as before. Use
+/// [`DirtyMode::DirtyBitmap`] only where `features::probe` chose it.
+pub async fn measure_in(
+    qmp: &mut QmpClient,
+    period: Duration,
+    mode: DirtyMode,
+) -> Result<Measurement, DirtyError> {
     let secs = period.as_secs();
     if secs == 0 || period.subsec_nanos() != 0 {
         return Err(DirtyError::Period(period));
     }
-    qmp.execute("calc-dirty-rate", Some(json!({ "calc-time": secs })))
-        .await?;
+    let args = match mode {
+        DirtyMode::PageSampling => json!({ "calc-time": secs }),
+        other => json!({ "calc-time": secs, "mode": other.as_qmp() }),
+    };
+    qmp.execute("calc-dirty-rate", Some(args)).await?;
     let limit = period + GRACE;
     let started = tokio::time::Instant::now();
     loop {
@@ -67,11 +82,7 @@ pub async fn measure(qmp: &mut QmpClient, period: Duration) -> Result<Measuremen
             DirtyRateStatus::Measured => {
                 let rate = info.dirty_rate.ok_or(DirtyError::NoRate)?;
                 return Ok(Measurement {
-                    period_s: if info.calc_time > 0.0 {
-                        info.calc_time
-                    } else {
-                        secs as f64
-                    },
+                    period_s: info.period_s().unwrap_or(secs as f64),
                     rate_bytes_per_s: rate.max(0.0) * RATE_UNIT,
                 });
             }

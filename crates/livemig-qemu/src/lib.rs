@@ -7,6 +7,8 @@
 //!   dirty rate); unknown fields and enum values do not break them.
 //! - [`dirty`]: `calc-dirty-rate` samples before a migration and dirty-rate traces in the
 //!   simulator's CSV format.
+//! - [`features`]: what the running QEMU offers beyond 7.2 (exact dirty rate,
+//!   `avail-switchover-bandwidth`, `switchover-ack`, `dirty-limit`), probed before a migration.
 //! - [`governor`]: [`governor::Governor`], which drives the policy's round sequencer
 //!   (`livemig_policy::Pilot`) through a QEMU migration: at every `MIGRATION_PASS` it measures
 //!   the round and applies the next cap; it honours the steering (grant, cancel) and the
@@ -23,6 +25,7 @@
 //! How each quantity of the method is obtained from QEMU is in `docs/qemu.md`.
 
 pub mod dirty;
+pub mod features;
 pub mod governor;
 pub mod heartbeat;
 pub mod qmp;

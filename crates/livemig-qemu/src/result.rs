@@ -6,6 +6,8 @@ use livemig_policy::report::MigrationReport;
 use livemig_policy::DirtySample;
 use serde::Serialize;
 
+use crate::features::QemuFeatures;
+
 /// What the governor saw and did at one `MIGRATION_PASS`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PassRecord {
@@ -74,6 +76,8 @@ pub struct QemuExtras {
     pub reaction_max_s: Option<f64>,
     /// The pre-migration `calc-dirty-rate` sample given to the policy.
     pub sample: Option<DirtySample>,
+    /// What the source QEMU offers beyond 7.2 and what the governor used (`features::probe`).
+    pub features: Option<QemuFeatures>,
     /// Whether the destination reported `running` after completion (None: not asked).
     pub destination_running: Option<bool>,
     pub precopy_downtime_limit_ms: Option<u64>,

@@ -1,5 +1,5 @@
 //! The source's migration settings that livemig changes (`max-bandwidth`, `downtime-limit`,
-//! the `events` capability): read before anything is changed, put back at the end, and kept
+//! `avail-switchover-bandwidth` where QEMU has it, the `events` capability): read before anything is changed, put back at the end, and kept
 //! meanwhile in a small JSON state file so that `livemig qemu restore` can put them back after
 //! the governing process died (`kill -9`).
 
@@ -45,6 +45,9 @@ pub struct SavedSettings {
     pub max_bandwidth: Option<u64>,
     /// `downtime-limit` (ms), when QEMU reported it.
     pub downtime_limit: Option<u64>,
+    /// `avail-switchover-bandwidth` (bytes/s), when QEMU has it (8.2+).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avail_switchover_bandwidth: Option<u64>,
     /// The states of [`CHANGED_CAPABILITIES`] that QEMU reported.
     pub capabilities: BTreeMap<String, bool>,
 }
@@ -83,6 +86,7 @@ impl SavedSettings {
         Ok(SavedSettings {
             max_bandwidth: p.max_bandwidth,
             downtime_limit: p.downtime_limit,
+            avail_switchover_bandwidth: p.avail_switchover_bandwidth,
             capabilities: caps
                 .into_iter()
                 .filter(|c| CHANGED_CAPABILITIES.contains(&c.capability.as_str()))
@@ -117,6 +121,9 @@ impl SavedSettings {
         }
         if let Some(d) = self.downtime_limit {
             args.insert("downtime-limit".into(), json!(d));
+        }
+        if let Some(b) = self.avail_switchover_bandwidth {
+            args.insert("avail-switchover-bandwidth".into(), json!(b));
         }
         if !args.is_empty() {
             let r = qmp
@@ -189,6 +196,9 @@ impl SavedSettings {
         if let Some(d) = self.downtime_limit {
             parts.push(format!("downtime-limit {d} ms"));
         }
+        if let Some(b) = self.avail_switchover_bandwidth {
+            parts.push(format!("avail-switchover-bandwidth {b} B/s"));
+        }
         for (c, s) in &self.capabilities {
             parts.push(format!("{c} {}", if *s { "on" } else { "off" }));
         }
@@ -216,9 +226,25 @@ mod tests {
         let s = SavedSettings {
             max_bandwidth: Some(134_217_728),
             downtime_limit: Some(300),
+            avail_switchover_bandwidth: None,
             capabilities: [("events".to_string(), false)].into_iter().collect(),
         };
+        // QEMU 8.2+ also reports avail-switchover-bandwidth; it round-trips too.
+        let newer = SavedSettings {
+            avail_switchover_bandwidth: Some(0),
+            ..s.clone()
+        };
+        newer.write(&path, &qmp).expect("written");
+        assert_eq!(SavedSettings::load(&path).expect("read").0, newer);
+        assert!(newer
+            .describe()
+            .ends_with("avail-switchover-bandwidth 0 B/s, events off"));
         s.write(&path, &qmp).expect("written");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            !text.contains("avail-switchover"),
+            "7.2's file is as before: {text}"
+        );
         let (back, named) = SavedSettings::load(&path).expect("read");
         assert_eq!(back, s);
         assert_eq!(named, qmp.display().to_string());

@@ -95,6 +95,8 @@ pub struct MigrationParameters {
     pub max_bandwidth: Option<u64>,
     /// Milliseconds.
     pub downtime_limit: Option<u64>,
+    /// Bytes/s (QEMU 8.2+; 0: QEMU uses the bandwidth it measures).
+    pub avail_switchover_bandwidth: Option<u64>,
 }
 
 /// The answer of `query-status`.
@@ -125,9 +127,21 @@ pub struct DirtyRateInfo {
     pub dirty_rate: Option<f64>,
     pub status: DirtyRateStatus,
     pub start_time: f64,
-    /// Seconds.
+    /// Seconds, or milliseconds where `calc-time-unit` says so (QEMU 8.2+).
     pub calc_time: f64,
+    pub calc_time_unit: Option<String>,
     pub mode: Option<String>,
+}
+
+impl DirtyRateInfo {
+    /// The measured period in seconds, when QEMU reported one.
+    pub fn period_s(&self) -> Option<f64> {
+        let scale = match self.calc_time_unit.as_deref() {
+            Some("millisecond") => 1e-3,
+            _ => 1.0,
+        };
+        (self.calc_time > 0.0).then_some(self.calc_time * scale)
+    }
 }
 
 /// The answer of `query-memory-size-summary`.
@@ -168,6 +182,13 @@ mod tests {
                 .expect("ok");
         assert_eq!(d.status, DirtyRateStatus::Measured);
         assert_eq!(d.dirty_rate, Some(8.0));
+        assert_eq!(d.period_s(), None);
+        let d: DirtyRateInfo = serde_json::from_value(serde_json::json!({
+            "status": "measured", "dirty-rate": 4, "mode": "dirty-bitmap",
+            "calc-time": 500, "calc-time-unit": "millisecond"
+        }))
+        .expect("ok");
+        assert_eq!(d.period_s(), Some(0.5));
     }
 
     #[test]

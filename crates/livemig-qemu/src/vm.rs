@@ -12,6 +12,15 @@ use crate::qmp::{QmpClient, QmpError};
 
 /// The QEMU binary used unless `LIVEMIG_QEMU` names another.
 pub const QEMU: &str = "qemu-system-x86_64";
+
+/// The QEMU binary to run: `$LIVEMIG_QEMU` if set and not empty (scripts/qemu10.sh prints one),
+/// else [`QEMU`].
+pub fn qemu_binary() -> String {
+    std::env::var("LIVEMIG_QEMU")
+        .ok()
+        .filter(|q| !q.is_empty())
+        .unwrap_or_else(|| QEMU.to_string())
+}
 /// Guest RAM: 256 MiB less 8 KiB. A size that is not a multiple of 256 KiB keeps QEMU 7.2 off
 /// its word-aligned dirty-bitmap sync, which does not reset TCG's dirty tracking and corrupts
 /// the guest after a multi-pass migration (see `docs/qemu.md`).
@@ -219,7 +228,7 @@ pub struct Vm {
 impl Vm {
     /// Starts QEMU and waits (at most `wait`) for its QMP socket.
     pub async fn spawn(spec: VmSpec, wait: Duration) -> Result<Vm, VmError> {
-        let qemu = std::env::var("LIVEMIG_QEMU").unwrap_or_else(|_| QEMU.to_string());
+        let qemu = qemu_binary();
         for p in [spec.qmp_path(), spec.serial_path()] {
             let _ = std::fs::remove_file(p);
         }

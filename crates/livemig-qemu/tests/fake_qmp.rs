@@ -12,6 +12,7 @@ use livemig_policy::pilot::TimeoutKind;
 use livemig_policy::{
     Action, Event, PolicyConfig, PolicyKind, StopReason, TimeoutAction, Timeouts,
 };
+use livemig_qemu::features::DirtyMode;
 use livemig_qemu::governor::{
     Control, Governor, GovernorConfig, GovernorError, QemuReport, Steering,
 };
@@ -204,6 +205,8 @@ enum Fault {
     Stall,
     /// No `MIGRATION_PASS` at all: QEMU never leaves its setup as far as events go.
     NoPass,
+    /// No fault; the fake says it is QEMU 10.0 and has `avail-switchover-bandwidth` (0).
+    Qemu10,
 }
 
 /// (event time, ram.transferred, ram.remaining) at each pass; pass 1 starts round 1.
@@ -240,6 +243,9 @@ fn fake_source_timed(dir: &Path, fault: Fault, steering: Steering) -> (PathBuf, 
     let stamps: Stamps = Default::default();
     let stamped = stamps.clone();
     let mut params = json!({"max-bandwidth": 134217728, "downtime-limit": 300});
+    if fault == Fault::Qemu10 {
+        params["avail-switchover-bandwidth"] = json!(0);
+    }
     let mut started = false;
     let mut pass = 0usize;
     let mut done = false;
@@ -364,6 +370,10 @@ fn fake_source_timed(dir: &Path, fault: Fault, steering: Steering) -> (PathBuf, 
                 }
             }
             "query-migrate-parameters" => out.push(ok(id, params.clone())),
+            "query-version" if fault == Fault::Qemu10 => out.push(ok(
+                id,
+                json!({"qemu": {"major": 10, "minor": 0, "micro": 2}, "package": ""}),
+            )),
             "query-status" if fault == Fault::FailedThenClosed => return None,
             "migrate-set-parameters" => {
                 sets += 1;
@@ -567,6 +577,48 @@ async fn governed(fault: Fault, max_rounds: u32) -> (Result<QemuReport, Governor
 }
 
 /// [`governed`] with a steering handle and settings of the caller's, in `dir`.
+#[tokio::test]
+async fn qemu_10_gets_the_stop_cap_as_switchover_bandwidth_and_its_own_value_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, log) = governed_with(Fault::Qemu10, 4, Steering::new(), gcfg(), dir.path()).await;
+    let run = out.expect("completes");
+    let f = run.qemu.features.as_ref().expect("probed");
+    assert_eq!(f.version, "10.0.2");
+    assert_eq!(f.dirty_rate_mode, DirtyMode::DirtyBitmap);
+    assert!(f.avail_switchover_bandwidth);
+    let sets = sets_of(&log);
+    let stop = sets
+        .iter()
+        .find(|a| a.get("downtime-limit") == Some(&json!(60_000)))
+        .expect("a stop-and-copy set");
+    assert_eq!(stop["avail-switchover-bandwidth"], stop["max-bandwidth"]);
+    assert!(
+        sets[..sets.len() - 1]
+            .iter()
+            .filter(|a| a.get("avail-switchover-bandwidth").is_some())
+            .count()
+            == 1,
+        "only the stop sets it: {sets:?}"
+    );
+    let mut back = original();
+    back["avail-switchover-bandwidth"] = json!(0);
+    assert_eq!(sets.last(), Some(&back), "the source's own value is back");
+    assert_eq!(run.qemu.settings_restored, Some(true));
+}
+
+#[tokio::test]
+async fn qemu_7_2_is_asked_as_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, log) = governed_with(Fault::None, 4, Steering::new(), gcfg(), dir.path()).await;
+    let run = out.expect("completes");
+    let f = run.qemu.features.as_ref().expect("probed");
+    assert_eq!(f.dirty_rate_mode, DirtyMode::PageSampling);
+    assert!(!f.avail_switchover_bandwidth);
+    assert!(sets_of(&log)
+        .iter()
+        .all(|a| a.get("avail-switchover-bandwidth").is_none()));
+}
+
 async fn governed_with(
     fault: Fault,
     max_rounds: u32,

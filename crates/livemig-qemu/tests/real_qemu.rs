@@ -28,7 +28,7 @@ fn repo() -> PathBuf {
 }
 
 fn image() -> GuestImage {
-    let qemu = std::env::var("LIVEMIG_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
+    let qemu = livemig_qemu::vm::qemu_binary();
     let found = std::process::Command::new(&qemu)
         .arg("--version")
         .output()

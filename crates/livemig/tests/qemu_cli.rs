@@ -38,14 +38,15 @@ fn migrate_with_a_missing_socket_fails_with_one_clear_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_replays_in_the_simulator_and_migrate_prints_the_shared_json() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let qemu_ok = std::process::Command::new("qemu-system-x86_64")
+    let qemu = livemig_qemu::vm::qemu_binary();
+    let qemu_ok = std::process::Command::new(&qemu)
         .arg("--version")
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
     assert!(
         qemu_ok,
-        "qemu-system-x86_64 is not installed (scripts/test.sh installs qemu-system-x86)"
+        "{qemu} is not installed (scripts/test.sh installs qemu-system-x86; $LIVEMIG_QEMU names another)"
     );
     let img = GuestImage::build(&repo).unwrap_or_else(|e| panic!("test guest: {e}"));
     let dir = tempfile::tempdir().expect("tempdir");

@@ -21,14 +21,15 @@ const BOOT: Duration = Duration::from_secs(60);
 const LOAD: &str = "uniform:rate=4MiB/s,buffer=48MiB";
 
 fn image() -> GuestImage {
-    let qemu_ok = std::process::Command::new("qemu-system-x86_64")
+    let qemu = livemig_qemu::vm::qemu_binary();
+    let qemu_ok = std::process::Command::new(&qemu)
         .arg("--version")
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
     assert!(
         qemu_ok,
-        "qemu-system-x86_64 is not installed (scripts/test.sh installs qemu-system-x86)"
+        "{qemu} is not installed (scripts/test.sh installs qemu-system-x86; $LIVEMIG_QEMU names another)"
     );
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     GuestImage::build(&repo).unwrap_or_else(|e| panic!("test guest: {e}"))

@@ -39,6 +39,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
 use crate::dirty;
+use crate::features;
 use crate::qmp::{QmpClient, QmpError};
 pub use crate::result::{PassRecord, QemuExtras, QemuReport, SteerRecord};
 use crate::saved::SavedSettings;
@@ -93,6 +94,16 @@ struct Run {
     stopping: bool,
     reactions: Vec<f64>,
     last_progress: Option<Instant>,
+}
+
+impl Run {
+    /// Whether the stop-and-copy sets `avail-switchover-bandwidth` (QEMU has it).
+    fn switchover_bandwidth(&self) -> bool {
+        self.extras
+            .features
+            .as_ref()
+            .is_some_and(|f| f.avail_switchover_bandwidth)
+    }
 }
 
 impl Governor {
@@ -330,8 +341,11 @@ impl Governor {
         );
         self.emit(pilot.started());
         let mut extras = QemuExtras::default();
+        let features = features::probe(src).await;
+        let mode = features.dirty_rate_mode;
+        extras.features = Some(features);
         if let (Some(period), None) = (cfg.sample, &switched) {
-            let m = dirty::measure(src, period)
+            let m = dirty::measure_in(src, period, mode)
                 .await
                 .map_err(GovernorError::Sample)?;
             let sample = m.sample();

@@ -41,6 +41,26 @@ pub async fn set_params(
     .map(|_| ())
 }
 
+/// The stop-and-copy's settings in one command: `max-bandwidth` = `cap`, `downtime-limit`,
+/// and, where QEMU has it (`switchover_bandwidth`, 8.2+), `avail-switchover-bandwidth` = `cap`,
+/// so that QEMU's switch-over threshold is the stop-and-copy's bandwidth times the limit rather
+/// than the pre-copy bandwidth it measured. The source's own value is put back at the end.
+pub async fn set_stop_params(
+    qmp: &mut QmpClient,
+    cap: f64,
+    downtime_limit_ms: u64,
+    switchover_bandwidth: bool,
+) -> Result<(), QmpError> {
+    let b = cap.round().max(1.0) as u64;
+    let mut args = json!({ "max-bandwidth": b, "downtime-limit": downtime_limit_ms });
+    if switchover_bandwidth {
+        args["avail-switchover-bandwidth"] = json!(b);
+    }
+    qmp.execute("migrate-set-parameters", Some(args))
+        .await
+        .map(|_| ())
+}
+
 /// The migration parameters in force (`query-migrate-parameters`).
 pub async fn read_params(qmp: &mut QmpClient) -> Result<MigrationParameters, QmpError> {
     qmp.execute_as("query-migrate-parameters", None).await

@@ -40,7 +40,8 @@ impl Governor {
                 let granted = self.steering.granted();
                 run.pilot.force_stop(overdue, granted);
                 let next = run.pilot.switched_over(granted);
-                set_params(src, Some(next.cap()), Some(self.cfg.stop_downtime_ms))
+                let bw = run.switchover_bandwidth();
+                ops::set_stop_params(src, next.cap(), self.cfg.stop_downtime_ms, bw)
                     .await
                     .map_err(s)?;
                 run.qemu_cap = next.cap();
@@ -167,7 +168,15 @@ impl Governor {
                 Some(self.cfg.stop_downtime_ms)
             }
         };
-        set_params(src, Some(next.cap()), limit).await.map_err(s)?;
+        match limit {
+            Some(limit) => {
+                let bw = run.switchover_bandwidth();
+                ops::set_stop_params(src, next.cap(), limit, bw)
+                    .await
+                    .map_err(s)?
+            }
+            None => set_params(src, Some(next.cap()), None).await.map_err(s)?,
+        }
         run.qemu_cap = next.cap();
         let reaction = wall_now() - m.event_ts;
         run.reactions.push(reaction);
