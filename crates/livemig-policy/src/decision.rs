@@ -156,6 +156,16 @@ pub struct Raise {
     pub reason: String,
 }
 
+/// A policy's answer to a mid-round check.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Probed {
+    /// Raise the cap of the round under way now.
+    pub raise: Option<Raise>,
+    /// The policy kept the observation (it will weigh in its later decisions): the executor's
+    /// record keeps it too, so that a replay sees what the policy saw.
+    pub kept: bool,
+}
+
 /// A policy's answer after round k.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]

@@ -41,7 +41,7 @@ pub use config::{
     ConfigError, PolicyConfig, MAX_DURATION_S, MAX_MEMORY_BYTES, MAX_RATE_BYTES_PER_S,
 };
 pub use control::Control;
-pub use decision::{Action, Audit, Branch, Decision, Raise, StopReason};
+pub use decision::{Action, Audit, Branch, Decision, Probed, Raise, StopReason};
 pub use event::{Event, Stamped};
 pub use kind::{PolicyKind, UnknownPolicy};
 pub use pilot::{Executor, Next, Pilot, PilotError, Setup, TimeoutAction, Timeouts};
@@ -69,9 +69,9 @@ pub trait Policy: Send + std::fmt::Debug {
     /// A mid-round check: what the round under way has done so far. A policy that sees the
     /// round going worse than it planned (more dirtied, or slower) answers a higher cap for the
     /// rest of the round. Policies that plan only between rounds ignore it.
-    fn during_round(&mut self, probe: &RoundProbe) -> Option<Raise> {
+    fn during_round(&mut self, probe: &RoundProbe) -> Probed {
         let _ = probe;
-        None
+        Probed::default()
     }
 }
 
@@ -95,7 +95,7 @@ impl<P: Policy + ?Sized> Policy for &mut P {
     fn observe_sample(&mut self, sample: &DirtySample) {
         (**self).observe_sample(sample)
     }
-    fn during_round(&mut self, probe: &RoundProbe) -> Option<Raise> {
+    fn during_round(&mut self, probe: &RoundProbe) -> Probed {
         (**self).during_round(probe)
     }
 }

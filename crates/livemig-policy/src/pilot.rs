@@ -23,7 +23,7 @@ pub use crate::timeout::{Overdue, TimeoutAction, TimeoutKind, Timeouts, GIB};
 
 use crate::decision::Raise;
 use crate::decision::{Action, Decision, StopReason};
-use crate::report::{MidRound, MigrationReport, ReportBuilder, RoundRecord, StopCopy};
+use crate::report::{MidRound, MigrationReport, ProbeSeen, ReportBuilder, RoundRecord, StopCopy};
 use crate::stats::{DirtySample, RoundProbe, RoundStats, StatsError};
 use crate::Policy;
 
@@ -112,6 +112,8 @@ pub struct Pilot<'p> {
     switched: bool,
     /// The policy's mid-round raises in the round under way.
     raises: Vec<MidRound>,
+    /// The mid-round checks the policy kept or acted on in the round under way.
+    probes: Vec<ProbeSeen>,
 }
 
 impl<'p> Pilot<'p> {
@@ -141,6 +143,7 @@ impl<'p> Pilot<'p> {
             forced: None,
             switched: false,
             raises: Vec::new(),
+            probes: Vec::new(),
         }
     }
 
@@ -200,6 +203,7 @@ impl<'p> Pilot<'p> {
         // Progress is judged within a round: its bytes left to send fall while bytes move.
         self.low = None;
         self.raises.clear();
+        self.probes.clear();
     }
 
     /// What the executor does now.
@@ -236,6 +240,14 @@ impl<'p> Pilot<'p> {
             .last_round()
             .and_then(|r| r.decision.audit.throttle)
             .unwrap_or(0.0)
+    }
+
+    /// Seconds since the round under way began (0 outside a round).
+    pub fn round_elapsed(&self, now_s: f64) -> f64 {
+        match self.stage {
+            Stage::Round { started_s, .. } => (now_s - started_s).max(0.0),
+            _ => 0.0,
+        }
     }
 
     /// The round under way (0 before round 1 and during stop-and-copy).
@@ -285,7 +297,15 @@ impl<'p> Pilot<'p> {
             dirtied_bytes,
             cap_bytes_per_s: self.cap,
         };
-        let raise = self.policy.during_round(&probe)?;
+        let answer = self.policy.during_round(&probe);
+        if answer.kept || answer.raise.is_some() {
+            self.probes.push(ProbeSeen {
+                elapsed_s,
+                bytes_sent,
+                dirtied_bytes,
+            });
+        }
+        let raise = answer.raise?;
         // Only a finite raise above the wish in force is taken.
         let wish = checked(raise.wish_bytes_per_s).ok()?;
         if wish <= self.wish {
@@ -401,8 +421,9 @@ impl<'p> Pilot<'p> {
             decision = Decision::stop(StopReason::TimedOut, audit);
         }
         let raises = std::mem::take(&mut self.raises);
+        let probes = std::mem::take(&mut self.probes);
         self.builder
-            .round_wished(&stats, self.wish, &decision, raises);
+            .round_wished(&stats, self.wish, &decision, raises, probes);
         let now_s = started_s + stats.duration_s;
         match decision.action {
             Action::Continue {
@@ -536,9 +557,9 @@ pub fn replay<'p>(
     pilot.start(0.0, None)?;
     let mut started_s = 0.0;
     for r in &report.rounds {
-        // The mid-round checks that raised the cap, with what they saw (the others changed
-        // nothing).
-        for m in &r.raises {
+        // The mid-round checks the policy kept or acted on, with what they saw (the others
+        // changed nothing).
+        for m in &r.probes {
             pilot.probe(started_s + m.elapsed_s, m.bytes_sent, m.dirtied_bytes, None);
         }
         started_s += r.duration_s;

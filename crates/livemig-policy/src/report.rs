@@ -52,6 +52,23 @@ pub struct RoundRecord {
     /// The policy's mid-round raises of the cap during this round, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub raises: Vec<MidRound>,
+    /// The mid-round checks whose observation the policy kept or acted on, in order (a
+    /// replay offers exactly these).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeSeen>,
+}
+
+/// What one mid-round check saw.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+pub struct ProbeSeen {
+    /// Seconds into the round.
+    pub elapsed_s: f64,
+    /// Bytes sent in the round so far.
+    pub bytes_sent: f64,
+    /// Distinct bytes dirtied since the round began, where the executor sees them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirtied_bytes: Option<f64>,
 }
 
 /// A mid-round raise of the cap: the policy's [`crate::Raise`] and when in the round it came.
@@ -190,7 +207,7 @@ impl ReportBuilder {
     /// Records a finished round and the policy's decision on it (no grant: the policy's wish
     /// is the cap the round ran under).
     pub fn round(&mut self, s: &RoundStats, decision: &Decision) {
-        self.round_wished(s, s.cap_bytes_per_s, decision, Vec::new());
+        self.round_wished(s, s.cap_bytes_per_s, decision, Vec::new(), Vec::new());
     }
 
     /// Records a finished round that ran under `s.cap_bytes_per_s` where the policy wished
@@ -201,6 +218,7 @@ impl ReportBuilder {
         wish: f64,
         decision: &Decision,
         raises: Vec<MidRound>,
+        probes: Vec<ProbeSeen>,
     ) {
         self.precopy_time_s += s.duration_s;
         if let Some(r) = decision.stop_reason() {
@@ -219,6 +237,7 @@ impl ReportBuilder {
             avg_factor: decision.audit.avg_factor,
             decision: decision.clone(),
             raises,
+            probes,
         });
     }
 

@@ -187,10 +187,13 @@ fn a_round_dirtying_more_than_planned_is_raised_mid_round() {
         cap_bytes_per_s: cap,
     };
     // On plan: nothing. Too early: nothing.
-    assert_eq!(p.during_round(&probe(1.0, 20.0 * MIB)), None);
-    assert_eq!(p.during_round(&probe(1.1, 200.0 * MIB)), None);
+    assert_eq!(p.during_round(&probe(1.0, 20.0 * MIB)).raise, None);
+    assert_eq!(p.during_round(&probe(1.1, 200.0 * MIB)).raise, None);
     // Five times the planned dirt: raised, with the reason.
-    let r = p.during_round(&probe(2.0, 200.0 * MIB)).expect("raised");
+    let r = p
+        .during_round(&probe(2.0, 200.0 * MIB))
+        .raise
+        .expect("raised");
     assert!(
         r.wish_bytes_per_s > 1.05 * cap,
         "{} vs {cap}",
@@ -212,7 +215,7 @@ fn a_round_dirtying_more_than_planned_is_raised_mid_round() {
         dirtied_bytes: None,
         cap_bytes_per_s: cap,
     };
-    let r = q.during_round(&slow).expect("raised");
+    let r = q.during_round(&slow).raise.expect("raised");
     assert!(r.reason.contains("sent"), "{}", r.reason);
     assert!(
         r.wish_bytes_per_s > 1.5 * cap,

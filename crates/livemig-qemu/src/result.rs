@@ -78,6 +78,12 @@ pub struct QemuExtras {
     pub sample: Option<DirtySample>,
     /// What the source QEMU offers beyond 7.2 and what the governor used (`features::probe`).
     pub features: Option<QemuFeatures>,
+    /// The rescue: each throttle the governor set in QEMU (round after which, percent).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub throttles: Vec<(u32, u64)>,
+    /// The highest `cpu-throttle-percentage` QEMU reported during the migration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle_seen: Option<f64>,
     /// Whether the destination reported `running` after completion (None: not asked).
     pub destination_running: Option<bool>,
     pub precopy_downtime_limit_ms: Option<u64>,

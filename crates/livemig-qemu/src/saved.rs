@@ -14,7 +14,7 @@ use crate::qmp::{QmpClient, QmpError};
 use crate::types::MigrationParameters;
 
 /// The migration capabilities the governor may change.
-pub const CHANGED_CAPABILITIES: [&str; 1] = ["events"];
+pub const CHANGED_CAPABILITIES: [&str; 2] = ["events", "auto-converge"];
 /// What the state file says it is.
 const KIND: &str = "livemig-qemu-saved-settings";
 
@@ -48,6 +48,15 @@ pub struct SavedSettings {
     /// `avail-switchover-bandwidth` (bytes/s), when QEMU has it (8.2+).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avail_switchover_bandwidth: Option<u64>,
+    /// auto-converge's settings, changed by the rescue (`GovernorConfig::rescue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_trigger_threshold: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle_initial: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttle_increment: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu_throttle: Option<u64>,
     /// The states of [`CHANGED_CAPABILITIES`] that QEMU reported.
     pub capabilities: BTreeMap<String, bool>,
 }
@@ -87,6 +96,10 @@ impl SavedSettings {
             max_bandwidth: p.max_bandwidth,
             downtime_limit: p.downtime_limit,
             avail_switchover_bandwidth: p.avail_switchover_bandwidth,
+            throttle_trigger_threshold: p.throttle_trigger_threshold,
+            cpu_throttle_initial: p.cpu_throttle_initial,
+            cpu_throttle_increment: p.cpu_throttle_increment,
+            max_cpu_throttle: p.max_cpu_throttle,
             capabilities: caps
                 .into_iter()
                 .filter(|c| CHANGED_CAPABILITIES.contains(&c.capability.as_str()))
@@ -124,6 +137,19 @@ impl SavedSettings {
         }
         if let Some(b) = self.avail_switchover_bandwidth {
             args.insert("avail-switchover-bandwidth".into(), json!(b));
+        }
+        for (key, v) in [
+            (
+                "throttle-trigger-threshold",
+                self.throttle_trigger_threshold,
+            ),
+            ("cpu-throttle-initial", self.cpu_throttle_initial),
+            ("cpu-throttle-increment", self.cpu_throttle_increment),
+            ("max-cpu-throttle", self.max_cpu_throttle),
+        ] {
+            if let Some(v) = v {
+                args.insert(key.into(), json!(v));
+            }
         }
         if !args.is_empty() {
             let r = qmp
@@ -228,6 +254,7 @@ mod tests {
             downtime_limit: Some(300),
             avail_switchover_bandwidth: None,
             capabilities: [("events".to_string(), false)].into_iter().collect(),
+            ..SavedSettings::default()
         };
         // QEMU 8.2+ also reports avail-switchover-bandwidth; it round-trips too.
         let newer = SavedSettings {

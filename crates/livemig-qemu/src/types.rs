@@ -78,6 +78,8 @@ pub struct MigrationInfo {
     pub expected_downtime: Option<f64>,
     pub setup_time: Option<f64>,
     pub error_desc: Option<String>,
+    /// The share of the vCPUs' time auto-converge takes away now (percent), when it does.
+    pub cpu_throttle_percentage: Option<f64>,
 }
 
 impl MigrationInfo {
@@ -97,6 +99,11 @@ pub struct MigrationParameters {
     pub downtime_limit: Option<u64>,
     /// Bytes/s (QEMU 8.2+; 0: QEMU uses the bandwidth it measures).
     pub avail_switchover_bandwidth: Option<u64>,
+    /// auto-converge's settings (percent; the trigger in percent of the bytes sent).
+    pub throttle_trigger_threshold: Option<u64>,
+    pub cpu_throttle_initial: Option<u64>,
+    pub cpu_throttle_increment: Option<u64>,
+    pub max_cpu_throttle: Option<u64>,
 }
 
 /// The answer of `query-status`.

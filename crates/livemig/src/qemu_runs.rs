@@ -58,6 +58,7 @@ pub(crate) async fn bench_one(
         let mut g = GovernorConfig::new(&uri, cfg.memory_bytes, cfg.stop_remaining);
         g.workload = Some(load.to_string());
         g.timeouts = timeouts;
+        g.rescue = cfg.max_throttle.is_some();
         let run = Governor::new(g)
             .run(&mut src, Some(&mut dst), runner.control(cfg)?)
             .await?;

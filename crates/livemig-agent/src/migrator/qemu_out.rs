@@ -101,6 +101,7 @@ pub fn start(agent: &Arc<Agent>, r: Request) -> Result<(), MigrationError> {
     gcfg.sample = (cfg.sample_s > 0.0)
         .then(|| Duration::from_secs(cfg.sample_s.ceil().clamp(1.0, 60.0) as u64));
     gcfg.state_file = Some(default_state_file(&r.vm.qmp_path()));
+    gcfg.rescue = policy_cfg.max_throttle.is_some();
     // QMP is async: the migration's thread drives it on the agent's runtime.
     let handle = tokio::runtime::Handle::try_current()
         .map_err(|e| MigrationError::Thread(std::io::Error::other(e)))?;

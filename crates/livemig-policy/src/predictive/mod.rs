@@ -20,7 +20,7 @@ pub mod course;
 pub mod growth;
 pub mod plan;
 
-use crate::decision::{Audit, Branch, Decision, Raise, StopReason};
+use crate::decision::{Audit, Branch, Decision, Probed, Raise, StopReason};
 use crate::dirty_factor::termination;
 use crate::stats::{DirtySample, FactorTracker, RoundProbe, RoundStats, StatsError};
 use crate::{threshold, Policy, PolicyConfig};
@@ -42,6 +42,10 @@ pub const RESIDUAL_Z: f64 = 2.0;
 pub const MIN_PROGRESS: f64 = 0.05;
 /// A sample whose resolution is coarser than this fraction of its rate is called coarse.
 pub const COARSE: f64 = 0.02;
+/// Weight of a mid-round observation kept for the fit (the round's own point weighs
+/// [`ROUND_WEIGHT`]).
+pub const PROBE_WEIGHT: f64 = 1.0;
+
 /// The rescue's throttle is found to within this share of the guest's CPU.
 pub const THROTTLE_STEP: f64 = 0.005;
 
@@ -62,6 +66,11 @@ pub struct Predictive {
     coarse: Option<String>,
     /// The rescue's throttle asked for the round under way (0: none).
     throttle: f64,
+    /// Mid-round observations of the round under way kept for the fit (at doubling times:
+    /// the growth curve's short end, in the guest's current behaviour), and when the next
+    /// one is kept.
+    seen: Vec<Point>,
+    next_keep_s: f64,
 }
 
 /// A plan's answer in caps: the cap to ask for and what it is predicted to do.
@@ -87,6 +96,8 @@ impl Predictive {
             course: None,
             coarse: None,
             throttle: 0.0,
+            seen: Vec::new(),
+            next_keep_s: course::PROBE_EVERY_S,
         }
     }
 
@@ -169,6 +180,7 @@ impl Predictive {
     /// Mid-round re-plan: the rest of the round under way and the rounds after it.
     fn replan_mid(&self, c: &Course, p: &RoundProbe, q: f64) -> Option<(f64, Scaled)> {
         let mut points = self.points.clone();
+        points.extend(self.seen.iter().copied());
         if let Some(d) = p.dirtied_bytes {
             points.push(Point {
                 // In the guest's own time: a throttled guest ran `keep` of it.
@@ -264,19 +276,46 @@ impl Policy for Predictive {
         self.course = Some(Course::new(1, m, p.effective, curve, 1.0, n - 1));
     }
 
-    fn during_round(&mut self, p: &RoundProbe) -> Option<Raise> {
-        let c = self
-            .course
-            .filter(|c| c.round == p.round && !self.stopped)?;
+    fn during_round(&mut self, p: &RoundProbe) -> Probed {
+        let Some(c) = self.course.filter(|c| c.round == p.round && !self.stopped) else {
+            return Probed::default();
+        };
         if p.elapsed_s < course::PROBE_EVERY_S
             || p.elapsed_s - c.checked_s < course::PROBE_EVERY_S
             || !(p.elapsed_s.is_finite() && p.bytes_sent.is_finite())
         {
-            return None;
+            return Probed::default();
         }
         if let Some(c) = self.course.as_mut() {
             c.checked_s = p.elapsed_s;
         }
+        let raise = self.check(&c, p);
+        // The observation itself, at doubling times: the fit's short end in the guest's
+        // current behaviour (in its own time, a throttle counted).
+        let kept = match p.dirtied_bytes {
+            Some(d) if d.is_finite() && d >= 0.0 && p.elapsed_s >= self.next_keep_s => {
+                self.seen.push(Point {
+                    t_s: p.elapsed_s * c.keep,
+                    dirty_bytes: d.min(self.cfg.memory_bytes),
+                    weight: PROBE_WEIGHT,
+                });
+                self.next_keep_s = 2.0 * p.elapsed_s;
+                true
+            }
+            _ => false,
+        };
+        Probed { raise, kept }
+    }
+
+    fn after_round(&mut self, s: &RoundStats) -> Result<Decision, StatsError> {
+        self.after(s)
+    }
+}
+
+impl Predictive {
+    /// The mid-round check against the course: a raise when the round dirtied more, or sent
+    /// less, than planned and the re-plan asks enough more.
+    fn check(&mut self, c: &Course, p: &RoundProbe) -> Option<Raise> {
         let min_excess = course::PROBE_MIN_EXCESS_OF_H * self.cfg.stop_remaining;
         let expected = c.expected_by(p.elapsed_s);
         let heavier = p.dirtied_bytes.filter(|d| {
@@ -331,7 +370,7 @@ impl Policy for Predictive {
         })
     }
 
-    fn after_round(&mut self, s: &RoundStats) -> Result<Decision, StatsError> {
+    fn after(&mut self, s: &RoundStats) -> Result<Decision, StatsError> {
         if self.stopped {
             return Err(StatsError::AfterStop(s.round));
         }
@@ -356,6 +395,8 @@ impl Policy for Predictive {
         for p in &mut self.points {
             p.weight *= RECENCY;
         }
+        self.points.append(&mut self.seen);
+        self.next_keep_s = course::PROBE_EVERY_S;
         if seen.duration_s > 0.0 {
             self.points.push(Point {
                 t_s: seen.duration_s,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use livemig_policy::pilot::{Overdue, PilotError};
-use livemig_policy::{Policy, Timeouts};
+use livemig_policy::{DirtySample, Policy, Timeouts};
 
 use super::{PRECOPY_DOWNTIME_MS, STOP_DOWNTIME_MS};
 use crate::dirty::DirtyError;
@@ -48,6 +48,12 @@ pub struct GovernorConfig {
     /// Where to save the source's own settings before changing them (removed once they are
     /// put back); `None` keeps them in memory only.
     pub state_file: Option<PathBuf>,
+    /// A dirty-log sample taken by someone else (an agent's, or a test's) offered to the
+    /// policy instead of measuring one.
+    pub given_sample: Option<DirtySample>,
+    /// The policy may throttle the guest (its rescue): auto-converge is turned on before
+    /// `migrate`, held off until the policy asks, then set to what it asks.
+    pub rescue: bool,
 }
 
 impl GovernorConfig {
@@ -65,6 +71,8 @@ impl GovernorConfig {
             sample: Some(Duration::from_secs(1)),
             dest_wait: Duration::from_secs(15),
             state_file: None,
+            given_sample: None,
+            rescue: false,
         }
     }
 }

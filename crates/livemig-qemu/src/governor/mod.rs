@@ -94,6 +94,8 @@ struct Run {
     stopping: bool,
     reactions: Vec<f64>,
     last_progress: Option<Instant>,
+    /// The rescue's throttle set in QEMU (percent).
+    throttle_pct: u64,
 }
 
 impl Run {
@@ -344,7 +346,14 @@ impl Governor {
         let features = features::probe(src).await;
         let mode = features.dirty_rate_mode;
         extras.features = Some(features);
-        if let (Some(period), None) = (cfg.sample, &switched) {
+        let given = cfg.given_sample.clone().filter(|_| switched.is_none());
+        if let Some(sample) = given {
+            pilot.sample(&sample);
+            self.emit(Event::Sampled {
+                sample: sample.clone(),
+            });
+            extras.sample = Some(sample);
+        } else if let (Some(period), None) = (cfg.sample, &switched) {
             let m = dirty::measure_in(src, period, mode)
                 .await
                 .map_err(GovernorError::Sample)?;
@@ -361,6 +370,9 @@ impl Governor {
         let mut qemu_cap = original
             .max_bandwidth
             .map_or(QEMU_DEFAULT_MAX_BANDWIDTH, |b| b as f64);
+        if cfg.rescue && switched.is_none() {
+            ops::enable_throttle(src).await.map_err(s)?;
+        }
         if switched.is_none() {
             set_params(src, Some(first.cap()), Some(cfg.precopy_downtime_ms))
                 .await
@@ -404,6 +416,7 @@ impl Governor {
             stopping: false,
             reactions: Vec::new(),
             last_progress: None,
+            throttle_pct: 0,
         })
     }
 
@@ -541,12 +554,53 @@ impl Governor {
                 bytes_remaining: ram.remaining,
             });
         }
+        if let Some(p) = q.cpu_throttle_percentage {
+            let seen = run.extras.cpu_throttle_seen.get_or_insert(0.0);
+            *seen = seen.max(p);
+        }
         if run.stopping || q.status != MigrationStatus::Active {
             return Ok(());
         }
-        match run.pilot.progress(run.passes.clock.now(), ram.remaining) {
-            Some(overdue) => self.overdue(src, run, overdue, ram.remaining).await,
-            None => Ok(()),
+        let now = run.passes.clock.now();
+        if let Some(overdue) = run.pilot.progress(now, ram.remaining) {
+            return self.overdue(src, run, overdue, ram.remaining).await;
         }
+        self.probe(src, run, now, ram.remaining).await
+    }
+
+    /// The mid-round check: QEMU's dirty bitmap is synced only at a pass's end, so the policy
+    /// sees the round's progress only, in pages covered (what remained at the round's start
+    /// less what remains now: zero pages travel as markers and count as covered).
+    async fn probe(
+        &self,
+        src: &mut QmpClient,
+        run: &mut Run,
+        now: f64,
+        remaining: f64,
+    ) -> Result<(), GovernorError> {
+        if run.switched.is_some() || run.pilot.round() == 0 {
+            return Ok(());
+        }
+        let Some(start) = run.passes.records.last().map(|r| r.remaining) else {
+            return Ok(());
+        };
+        let covered = (start - remaining).max(0.0);
+        let round = run.pilot.round();
+        let Some((raise, cap)) = run.pilot.probe(now, covered, None, self.steering.granted())
+        else {
+            return Ok(());
+        };
+        set_params(src, Some(cap), None)
+            .await
+            .map_err(GovernorError::Source)?;
+        run.qemu_cap = cap;
+        self.emit(Event::Raised {
+            round,
+            elapsed_s: run.pilot.round_elapsed(now),
+            wish_bytes_per_s: raise.wish_bytes_per_s,
+            cap_bytes_per_s: cap,
+            reason: raise.reason,
+        });
+        Ok(())
     }
 }

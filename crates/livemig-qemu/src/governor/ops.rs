@@ -61,6 +61,43 @@ pub async fn set_stop_params(
         .map(|_| ())
 }
 
+/// The rescue's throttle through QEMU's auto-converge, set to exactly `pct` percent of the
+/// vCPUs' time (0: as good as off). auto-converge throttles at a dirty-bitmap sync when the
+/// pass dirtied more than `throttle-trigger-threshold` % of what it sent, twice in a row; it
+/// starts at `cpu-throttle-initial` and then adds `cpu-throttle-increment` up to
+/// `max-cpu-throttle`. Initial = max = `pct` with an increment of 99 holds it at `pct` from
+/// the first trigger on, and a trigger of 1 % fires at once; with nothing asked, a trigger of
+/// 100 % and a ceiling of 1 % leave QEMU's own steps as good as off (QEMU has no zero).
+pub async fn set_throttle(qmp: &mut QmpClient, pct: u64) -> Result<(), QmpError> {
+    let (trigger, level) = if pct == 0 {
+        (100, 1)
+    } else {
+        (1, pct.clamp(1, 99))
+    };
+    qmp.execute(
+        "migrate-set-parameters",
+        Some(json!({
+            "throttle-trigger-threshold": trigger,
+            "cpu-throttle-initial": level,
+            "cpu-throttle-increment": 99,
+            "max-cpu-throttle": level,
+        })),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Turns auto-converge on with no throttle asked ([`set_throttle`] 0), before `migrate`:
+/// QEMU refuses capabilities while a migration runs.
+pub async fn enable_throttle(qmp: &mut QmpClient) -> Result<(), QmpError> {
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [{"capability": "auto-converge", "state": true}]})),
+    )
+    .await?;
+    set_throttle(qmp, 0).await
+}
+
 /// The migration parameters in force (`query-migrate-parameters`).
 pub async fn read_params(qmp: &mut QmpClient) -> Result<MigrationParameters, QmpError> {
     qmp.execute_as("query-migrate-parameters", None).await

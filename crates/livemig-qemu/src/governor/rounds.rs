@@ -178,6 +178,14 @@ impl Governor {
             None => set_params(src, Some(next.cap()), None).await.map_err(s)?,
         }
         run.qemu_cap = next.cap();
+        if self.cfg.rescue && matches!(next, Next::Round { .. }) {
+            let pct = (100.0 * run.pilot.throttle()).round() as u64;
+            if pct != run.throttle_pct {
+                ops::set_throttle(src, pct).await.map_err(s)?;
+                run.throttle_pct = pct;
+                run.extras.throttles.push((round, pct));
+            }
+        }
         let reaction = wall_now() - m.event_ts;
         run.reactions.push(reaction);
         let back = ops::read_params(src).await.map_err(s)?;

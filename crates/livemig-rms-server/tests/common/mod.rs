@@ -501,6 +501,7 @@ pub fn round_record_at(k: u32, cap: f64, dirty: f64) -> Value {
         avg_factor: dirty / cap,
         decision: Decision::stop(StopReason::RemainingBelowStopLevel, audit),
         raises: Vec::new(),
+        probes: Vec::new(),
     };
     serde_json::to_value(r).expect("a round serialises")
 }

@@ -241,6 +241,7 @@ pub fn round(k: u32) -> RoundRecord {
         avg_factor: 1.0 / 3.0,
         decision: Decision::next(1.375e8, Branch::XenKeep, audit),
         raises: Vec::new(),
+        probes: Vec::new(),
     }
 }
 

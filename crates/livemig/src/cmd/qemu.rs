@@ -145,6 +145,7 @@ async fn migrate(args: MigrateArgs, steering: Steering) -> Result<()> {
     let mut gcfg = GovernorConfig::new(&args.uri, cfg.memory_bytes, cfg.stop_remaining);
     gcfg.sample = whole_seconds("sample", &args.sample)?;
     gcfg.timeouts = args.timeouts.timeouts()?;
+    gcfg.rescue = cfg.max_throttle.is_some();
     let state_file = args
         .state_file
         .clone()

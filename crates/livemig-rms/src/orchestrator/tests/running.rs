@@ -376,6 +376,7 @@ fn rounds_and_the_report_are_recorded() {
             audit,
         },
         raises: Vec::new(),
+        probes: Vec::new(),
     };
     let fx = run(
         &mut o,
