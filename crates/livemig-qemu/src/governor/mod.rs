@@ -342,10 +342,10 @@ impl Governor {
         self.emit(pilot.started());
         let mut extras = QemuExtras::default();
         let features = features::probe(src).await;
-        let mode = features.dirty_rate_mode;
+        let (mode, pages) = (features.dirty_rate_mode, features.dirty_sample_pages);
         extras.features = Some(features);
         if let (Some(period), None) = (cfg.sample, &switched) {
-            let m = dirty::measure_in(src, period, mode)
+            let m = dirty::measure_in(src, period, mode, pages)
                 .await
                 .map_err(GovernorError::Sample)?;
             let sample = m.sample();
