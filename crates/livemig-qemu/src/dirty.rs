@@ -53,25 +53,28 @@ impl Measurement {
 /// Runs `calc-dirty-rate` for `period` in QEMU's default page-sampling mode (the only one
 /// QEMU 7.2 survives under TCG) and waits for the result.
 pub async fn measure(qmp: &mut QmpClient, period: Duration) -> Result<Measurement, DirtyError> {
-    measure_in(qmp, period, DirtyMode::PageSampling).await
+    measure_in(qmp, period, DirtyMode::PageSampling, None).await
 }
 
-/// Runs `calc-dirty-rate` for `period` in `mode` and waits for the result. The mode is sent
-/// only when it is not the default, so QEMUs without modes are asked as before. Use
-/// [`DirtyMode::DirtyBitmap`] only where `features::probe` chose it.
+/// Runs `calc-dirty-rate` for `period` in `mode` (page-sampling: `sample_pages` per GiB, else
+/// QEMU's default) and waits for the result. The mode is sent only when it is not the
+/// default, so QEMUs without modes are asked as before. Take both from `features::probe`.
 pub async fn measure_in(
     qmp: &mut QmpClient,
     period: Duration,
     mode: DirtyMode,
+    sample_pages: Option<u64>,
 ) -> Result<Measurement, DirtyError> {
     let secs = period.as_secs();
     if secs == 0 || period.subsec_nanos() != 0 {
         return Err(DirtyError::Period(period));
     }
-    let args = match mode {
-        DirtyMode::PageSampling => json!({ "calc-time": secs }),
-        other => json!({ "calc-time": secs, "mode": other.as_qmp() }),
-    };
+    let mut args = json!({ "calc-time": secs });
+    match (mode, sample_pages) {
+        (DirtyMode::PageSampling, Some(pages)) => args["sample-pages"] = json!(pages),
+        (DirtyMode::PageSampling, None) => {}
+        (other, _) => args["mode"] = json!(other.as_qmp()),
+    }
     qmp.execute("calc-dirty-rate", Some(args)).await?;
     let limit = period + GRACE;
     let started = tokio::time::Instant::now();

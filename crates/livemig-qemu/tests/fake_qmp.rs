@@ -584,7 +584,7 @@ async fn qemu_10_gets_the_stop_cap_as_switchover_bandwidth_and_its_own_value_bac
     let run = out.expect("completes");
     let f = run.qemu.features.as_ref().expect("probed");
     assert_eq!(f.version, "10.0.2");
-    assert_eq!(f.dirty_rate_mode, DirtyMode::DirtyBitmap);
+    assert_eq!(f.dirty_rate_mode, DirtyMode::PageSampling, "TCG");
     assert!(f.avail_switchover_bandwidth);
     let sets = sets_of(&log);
     let stop = sets

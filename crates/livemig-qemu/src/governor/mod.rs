@@ -344,7 +344,7 @@ impl Governor {
         self.emit(pilot.started());
         let mut extras = QemuExtras::default();
         let features = features::probe(src).await;
-        let mode = features.dirty_rate_mode;
+        let (mode, pages) = (features.dirty_rate_mode, features.dirty_sample_pages);
         extras.features = Some(features);
         let given = cfg.given_sample.clone().filter(|_| switched.is_none());
         if let Some(sample) = given {
@@ -354,7 +354,7 @@ impl Governor {
             });
             extras.sample = Some(sample);
         } else if let (Some(period), None) = (cfg.sample, &switched) {
-            let m = dirty::measure_in(src, period, mode)
+            let m = dirty::measure_in(src, period, mode, pages)
                 .await
                 .map_err(GovernorError::Sample)?;
             let sample = m.sample();
