@@ -238,6 +238,25 @@ mod tests {
         assert_eq!(t.audit(&m, 1).differing, 2);
     }
 
+    proptest::proptest! {
+        /// Any sequence of updates leaves the digest equal to the sum over the table.
+        #[test]
+        fn any_updates_keep_the_digest_exact(
+            ups in proptest::collection::vec((0u64..200, proptest::prelude::any::<u64>()), 0..300)
+        ) {
+            let mut t = PageHashes::zeroed(200).expect("alloc");
+            for (p, h) in ups {
+                t.set(p, h).expect("in range");
+            }
+            let scratch = t
+                .hashes
+                .iter()
+                .enumerate()
+                .fold(0u64, |d, (p, &h)| d.wrapping_add(term(p as u64, h)));
+            proptest::prop_assert_eq!(t.digest(), scratch);
+        }
+    }
+
     #[test]
     fn pages_outside_the_table_are_refused() {
         let mut t = PageHashes::zeroed(4).expect("alloc");

@@ -244,11 +244,12 @@ impl<'a, S: Transport> Link<'a, S> {
             while batch.len() < want as u32 {
                 let Some(p) = it.next() else { break };
                 // Hashed as it goes out, under the same lock: the table holds what was sent.
-                let h = guest.memory().with_page(p, |page| {
-                    batch.push(p, page);
-                    page_hash(page)
-                })?;
-                cx.sent.set(p, h)?;
+                let (pushed, h) = guest
+                    .memory()
+                    .with_page(p, |page| (batch.push(p, page), page_hash(page)))?;
+                if pushed {
+                    cx.sent.set(p, h)?;
+                }
             }
             sent += u64::from(batch.len());
             let Some(chan) = self.chan.as_mut() else {
