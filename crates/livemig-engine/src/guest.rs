@@ -341,6 +341,15 @@ impl SimGuest {
         (self.shared.memory.word(0, 0), self.shared.memory.word(0, 1))
     }
 
+    /// FAULT INJECTION, for tests of the verification: writes `value` into a word of `page`
+    /// without marking the page dirty, as a dirty log that missed a write would. A migration
+    /// under way then hands over a stale copy of the page, which the source's audit after the
+    /// hand-over must name. Never part of a guest's normal operation. Words 0 and 1 of page 0
+    /// (the self-check region) are left alone; a page outside memory is ignored.
+    pub fn inject_unlogged_write(&self, page: u64, value: u64) {
+        self.shared.memory.set_word(page, WORDS_PER_PAGE - 1, value);
+    }
+
     /// Guest time (seconds the guest has run, pauses excluded) as of the last pause.
     pub fn guest_time_s(&self) -> f64 {
         self.shared.writer().guest_time_s

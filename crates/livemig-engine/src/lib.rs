@@ -6,6 +6,8 @@
 //! - [`auth`]: the shared key file, the handshake proofs over the transcript (the negotiated
 //!   version included), the session [`auth::Channel`] that tags every control message.
 //! - [`memory`]: guest memory in locked 2 MiB regions, the atomic dirty bitmap, page sets.
+//! - [`pagehash`]: per-page hash tables kept as pages move and their combinable digest (the
+//!   hand-over check and the source's audit after it).
 //! - [`guest`]: the [`Guest`] trait and [`SimGuest`] (real memory, a real writer thread).
 //! - [`limiter`]: the token bucket (time as a parameter).
 //! - [`meter`]: wire bytes per 10 ms, the 100 ms peak, per-window rates.
@@ -33,6 +35,7 @@ pub mod limiter;
 pub mod memory;
 pub mod meter;
 pub mod net;
+pub mod pagehash;
 pub mod receiver;
 pub mod sender;
 pub mod serve;

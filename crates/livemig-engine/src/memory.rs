@@ -181,6 +181,18 @@ impl GuestMemory {
         self.digest_with(&mut || {})
     }
 
+    /// Calls `each` with the xxh3 of every page in page order, and `each_region` before every
+    /// 2 MiB region (whose lock is held while its pages are hashed).
+    pub fn for_each_page_hash(&self, each_region: &mut dyn FnMut(), each: &mut dyn FnMut(u64)) {
+        for r in &self.regions {
+            each_region();
+            let r = r.lock().unwrap_or_else(|e| e.into_inner());
+            for page in r.chunks_exact(PAGE_SIZE) {
+                each(xxh3_64(page));
+            }
+        }
+    }
+
     /// [`GuestMemory::digest`], calling `each_region` before every 2 MiB region.
     pub fn digest_with(&self, each_region: &mut dyn FnMut()) -> u64 {
         let mut h = Xxh3::new();

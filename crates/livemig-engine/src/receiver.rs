@@ -19,6 +19,8 @@ use crate::auth::{self, Channel, Forged, Key, KeyError, Role, Transcript};
 use crate::guest::{Guest, GuestError, SimGuest};
 use crate::keepalive::{self, KeepAlive};
 use crate::memory::{GuestMemory, MemoryError};
+use crate::pagehash::{page_hash, PageHashes};
+use crate::wire::version::incremental_digest;
 use crate::wire::{
     self, code, read_within, write_within, Message, Mode, MsgType, NoCommonVersion,
     ResolveDecision, ResolveStatus, Versions, WireError, PAGE_SIZE, SESSION_ID_LEN,
@@ -159,7 +161,9 @@ impl RecvError {
 pub struct Received {
     pub guest: SimGuest,
     pub rounds: u32,
-    /// xxh3 digest of the memory as received (equal to the source's at pause).
+    /// The hand-over digest confirmed to the source: from protocol 4 the combined digest of
+    /// the per-page hashes of what was received ([`crate::pagehash`]), in version 3 the xxh3
+    /// digest of the memory (equal to the source's at pause).
     pub digest: u64,
     /// The guest's self-check counter when it was handed over (before it resumed here).
     pub self_check_at_handover: u64,
@@ -431,6 +435,14 @@ fn run<S: Read + Write>(
         return Err(RecvError::Busy);
     }
     let memory = GuestMemory::new(memory_bytes, c.cfg.max_memory).map_err(RecvError::Alloc)?;
+    // From version 4 every page is hashed as it is stored, so that the check at the hand-over
+    // costs what the stop-and-copy moved; version 3 digests the whole memory then.
+    let incremental = incremental_digest(version);
+    let mut table = if incremental {
+        Some(PageHashes::zeroed(memory.pages()).map_err(RecvError::Alloc)?)
+    } else {
+        None
+    };
     // Prefaulting a large guest takes longer than the source's timeout: keep it posted.
     {
         let Some(chan) = c.chan.as_mut() else {
@@ -454,10 +466,11 @@ fn run<S: Read + Write>(
         const BETWEEN: &str = "between rounds";
         match c.recv(BETWEEN)? {
             Message::RoundStart { round, pages } if round == rounds.wrapping_add(1) && !cut => {
-                let got = receive_pages(c, &memory, "in a pre-copy round", |m| match m {
-                    Message::RoundEnd { round: r, pages: p } if *r == round => Some(*p),
-                    _ => None,
-                })?;
+                let got =
+                    receive_pages(c, &memory, &mut table, "in a pre-copy round", |m| match m {
+                        Message::RoundEnd { round: r, pages: p } if *r == round => Some(*p),
+                        _ => None,
+                    })?;
                 // A round may end early (the source's timeout forced stop-and-copy): its
                 // `RoundEnd` then counts fewer pages than announced, and they must have come.
                 if got.0 != got.1 || got.1 > pages {
@@ -472,13 +485,14 @@ fn run<S: Read + Write>(
             }
             Message::StopCopy { pages } if rounds > 0 => {
                 let mut state = None;
-                let (got, _) = receive_pages(c, &memory, "in stop-and-copy", |m| match m {
-                    Message::State { digest, blob } => {
-                        state = Some((*digest, blob.clone()));
-                        Some(0)
-                    }
-                    _ => None,
-                })?;
+                let (got, _) =
+                    receive_pages(c, &memory, &mut table, "in stop-and-copy", |m| match m {
+                        Message::State { digest, blob } => {
+                            state = Some((*digest, blob.clone()));
+                            Some(0)
+                        }
+                        _ => None,
+                    })?;
                 if got != pages {
                     return Err(RecvError::Count {
                         expected: pages,
@@ -505,7 +519,9 @@ fn run<S: Read + Write>(
 
     // Verify, rebuild paused, confirm.
     const VERIFY: &str = "verifying the guest";
-    let mine = {
+    let mine = if let Some(t) = &table {
+        t.digest()
+    } else {
         let Some(chan) = c.chan.as_mut() else {
             return Err(RecvError::Auth);
         };
@@ -543,6 +559,15 @@ fn run<S: Read + Write>(
             return Err(RecvError::Restore(e));
         }
     };
+    // A held copy carries the memory's digest (a hold file is checked against it on load):
+    // from version 4 it is computed only if the copy is held, never in the pause.
+    let held_digest = |g: &SimGuest| {
+        if incremental {
+            g.memory().digest()
+        } else {
+            mine
+        }
+    };
     // From here the copy is kept whatever happens, until Commit runs it or Abort drops it.
     const PREPARED: &str = "holding a verified copy, waiting for the source's commit";
     let decision = match c.send(
@@ -575,9 +600,9 @@ fn run<S: Read + Write>(
         }
         Ok(Message::Abort) => Err(RecvError::SourceAborted),
         Ok(m) => Ok(Landing::Held(Held {
+            digest: held_digest(&guest),
             guest,
             rounds,
-            digest: mine,
             session,
             reason: RecvError::Transition {
                 state: PREPARED,
@@ -585,9 +610,9 @@ fn run<S: Read + Write>(
             },
         })),
         Err(reason) => Ok(Landing::Held(Held {
+            digest: held_digest(&guest),
             guest,
             rounds,
-            digest: mine,
             session,
             reason,
         })),
@@ -599,6 +624,7 @@ fn run<S: Read + Write>(
 fn receive_pages<S: Read + Write>(
     c: &mut Conn<'_, S>,
     memory: &GuestMemory,
+    table: &mut Option<PageHashes>,
     state: &'static str,
     mut end: impl FnMut(&Message) -> Option<u64>,
 ) -> Result<(u64, u64), RecvError> {
@@ -606,7 +632,7 @@ fn receive_pages<S: Read + Write>(
     loop {
         match c.recv(state)? {
             Message::Pages(batch) => {
-                got += store(memory, &batch)?;
+                got += store(memory, table.as_mut(), &batch)?;
                 c.spare = batch.into_payload();
             }
             m => {
@@ -622,21 +648,29 @@ fn receive_pages<S: Read + Write>(
     }
 }
 
-fn store(memory: &GuestMemory, batch: &wire::PageBatch) -> Result<u64, RecvError> {
+/// Stores a batch's pages, hashing each into `table` (when the version keeps one) as it is
+/// stored: the table holds what was received.
+fn store(
+    memory: &GuestMemory,
+    mut table: Option<&mut PageHashes>,
+    batch: &wire::PageBatch,
+) -> Result<u64, RecvError> {
     let mut buf = [0u8; PAGE_SIZE];
     let mut n = 0;
     for e in batch.entries() {
-        match <&[u8; PAGE_SIZE]>::try_from(e.data) {
-            Ok(raw) if e.encoding == wire::PageEncoding::Raw => {
-                memory.write_page(e.index, raw).map_err(RecvError::Page)?
-            }
+        let page = match <&[u8; PAGE_SIZE]>::try_from(e.data) {
+            Ok(raw) if e.encoding == wire::PageEncoding::Raw => raw,
             _ => {
                 e.decode_into(&mut buf).map_err(|source| RecvError::Wire {
                     state: "in a page batch",
                     source,
                 })?;
-                memory.write_page(e.index, &buf).map_err(RecvError::Page)?;
+                &buf
             }
+        };
+        memory.write_page(e.index, page).map_err(RecvError::Page)?;
+        if let Some(t) = table.as_deref_mut() {
+            t.set(e.index, page_hash(page)).map_err(RecvError::Page)?;
         }
         n += 1;
     }

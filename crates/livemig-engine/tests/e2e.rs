@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use livemig_engine::guest::replay_self_check;
+use livemig_engine::pagehash::PageHashes;
 use livemig_engine::wire::PAGE_SIZE;
 use livemig_engine::{Guest, InitialContent, SenderConfig};
 use livemig_policy::PolicyKind;
@@ -57,7 +58,7 @@ fn check_workload(workload: &str, content: InitialContent, compress: bool) {
     );
     let sum: f64 = report.rounds.iter().map(|r| r.bytes_sent).sum();
     assert_eq!(s.total_bytes, sum + s.stop_copy_bytes, "{workload}");
-    // Downtime on loopback: the last few MiB, two digests of 64 MiB and the hand-over.
+    // Downtime on loopback: the last few MiB, their hashes and the hand-over.
     assert!(
         s.downtime_s > 0.0 && s.downtime_s < 2.0 && s.downtime_s < s.total_time_s,
         "{workload}: downtime {} s of {} s",
@@ -76,7 +77,24 @@ fn check_workload(workload: &str, content: InitialContent, compress: bool) {
     {
         assert!(a == b, "{workload}: page {p} differs");
     }
-    assert_eq!(got.digest, sm.digest());
+    // The hand-over digest is the combined digest of the per-page hashes (protocol 4).
+    assert_eq!(
+        got.digest,
+        PageHashes::of(sm, &mut || {}).expect("table").digest()
+    );
+    // The audit after the resume read every page and found them all as sent; the pause's
+    // parts add up to it.
+    let audit = s.audit.as_ref().expect("an audit");
+    assert!(
+        audit.passed && audit.differing == 0,
+        "{workload}: {audit:?}"
+    );
+    assert_eq!(audit.pages, sm.pages());
+    let b = s.downtime_breakdown.expect("a breakdown");
+    assert!(
+        (b.total_s() - s.downtime_s).abs() < 1e-9,
+        "{workload}: {b:?}"
+    );
 
     // The destination continues the source's self-check chain (it runs: the source committed).
     let (n, sum) = src.self_check();
@@ -308,7 +326,8 @@ fn predictive_plans_round_one_from_the_sample_and_converges() {
     assert!(report.summary.converged, "{:?}", report.summary);
     let first = report.rounds.first().expect("rounds").cap_bytes_per_s;
     assert!(first > cfg.min_bandwidth, "round 1 at {first} is B_min");
-    assert_eq!(got.digest, src.memory().digest());
+    let table = PageHashes::of(src.memory(), &mut || {}).expect("table");
+    assert_eq!(got.digest, table.digest());
     assert_eq!(got.self_check_at_handover, src.self_check());
 }
 

@@ -61,13 +61,14 @@ fn offer_to_receiver(
 
 #[test]
 fn the_destination_picks_the_highest_common_version() {
-    // A future build that speaks 3 and 4, a build that also kept older versions, and this one:
-    // each meets this destination on 3, the highest both speak.
-    for (offer, header) in [
-        (range(3, 3), 3),
-        (range(3, 4), 4),
-        (range(1, 7), 7),
-        (range(2, 3), 3),
+    // A version 3 build, this one, a future build that speaks 3 to 5, a build that also kept
+    // older versions: each meets this destination (3–4) on the highest version both speak.
+    for (offer, header, chosen) in [
+        (range(3, 3), 3, 3),
+        (range(3, 4), 4, 4),
+        (range(3, 5), 5, 4),
+        (range(1, 7), 7, 4),
+        (range(2, 3), 3, 3),
     ] {
         let (answer, dest, a, h) = offer_to_receiver(offer, header);
         let Message::Challenge {
@@ -78,9 +79,9 @@ fn the_destination_picks_the_highest_common_version() {
         else {
             panic!("{offer}: expected a challenge, got {:?}", answer.msg)
         };
-        assert_eq!(version, VERSION, "{offer}");
+        assert_eq!(version, chosen, "{offer}");
         assert_eq!(
-            answer.version, VERSION,
+            answer.version, chosen,
             "{offer}: answered in the chosen version"
         );
         let body = h.body();
@@ -98,9 +99,9 @@ fn the_destination_picks_the_highest_common_version() {
         assert!(e.before_auth(), "{e}");
     }
 
-    // A source offering 3–4 completes the handshake in version 3: `Ready` is sealed under the
-    // session of that version.
-    let (answer, dest, mut a, h) = offer_to_receiver(range(3, 4), 4);
+    // A version 3 source (offering 3–3) completes the handshake in version 3: `Ready` is
+    // sealed under the session of that version.
+    let (answer, dest, mut a, h) = offer_to_receiver(range(3, 3), 3);
     let Message::Challenge { version, nonce, .. } = answer.msg else {
         panic!("expected a challenge")
     };
@@ -124,22 +125,22 @@ fn the_destination_picks_the_highest_common_version() {
 
 #[test]
 fn a_source_with_no_common_version_is_refused_with_both_ranges() {
-    // A future build that dropped version 3: its `Hello` (in its own version) still decodes,
-    // and it is told which versions this build speaks.
-    let (answer, dest, _a, _) = offer_to_receiver(range(4, 5), 5);
+    // A future build that dropped versions 3 and 4: its `Hello` (in its own version) still
+    // decodes, and it is told which versions this build speaks.
+    let (answer, dest, _a, _) = offer_to_receiver(range(5, 6), 6);
     assert_eq!(answer.msg, Message::Versions(Versions::THIS_BUILD));
     let e = dest.join().expect("no panic").expect_err("refused");
     assert!(
         matches!(
             e,
             RecvError::Version(NoCommonVersion { peer, ours: Versions::THIS_BUILD })
-                if peer == range(4, 5)
+                if peer == range(5, 6)
         ),
         "{e}"
     );
     assert_eq!(
         e.to_string(),
-        "no common protocol version: the peer speaks versions 4–5, this build speaks 3–3"
+        "no common protocol version: the peer speaks versions 5–6, this build speaks 3–4"
     );
     assert!(
         e.before_auth(),
@@ -199,8 +200,8 @@ fn a_destination_with_no_common_version_is_reported_with_both_ranges() {
             "the source offers its range"
         );
         assert_eq!(header, VERSION, "in its newest version");
-        // A future destination that speaks 4–5 only answers in its own version.
-        b.write_all(&Message::Versions(range(4, 5)).encode_as(5))
+        // A future destination that speaks 5–6 only answers in its own version.
+        b.write_all(&Message::Versions(range(5, 6)).encode_as(6))
             .expect("versions");
     });
     let SendError::Wire {
@@ -210,11 +211,11 @@ fn a_destination_with_no_common_version_is_reported_with_both_ranges() {
     else {
         panic!("{e}")
     };
-    assert_eq!((v.peer, v.ours), (range(4, 5), Versions::THIS_BUILD), "{e}");
+    assert_eq!((v.peer, v.ours), (range(5, 6), Versions::THIS_BUILD), "{e}");
     let why = std::error::Error::source(&e).map(ToString::to_string);
     assert_eq!(
         why.as_deref(),
-        Some("no common protocol version: the peer speaks versions 4–5, this build speaks 3–3")
+        Some("no common protocol version: the peer speaks versions 5–6, this build speaks 3–4")
     );
 }
 
@@ -222,9 +223,9 @@ fn a_destination_with_no_common_version_is_reported_with_both_ranges() {
 fn a_choice_the_source_did_not_offer_is_refused() {
     let e = migrate_against(|mut b| {
         let _ = read_hello(&mut b);
-        // Version 4 in the payload (the header says 3, so that the frame decodes).
+        // Version 5 in the payload (the header names this build's, so that the frame decodes).
         Message::Challenge {
-            version: 4,
+            version: 5,
             nonce: [1; 32],
             mac: [2; 32],
         }
@@ -247,7 +248,7 @@ fn a_choice_the_source_did_not_offer_is_refused() {
         matches!(
             e,
             SendError::Wire {
-                source: WireError::VersionNotOffered { chosen: 4 },
+                source: WireError::VersionNotOffered { chosen: 5 },
                 ..
             }
         ),
@@ -289,7 +290,7 @@ fn a_version_2_source_is_refused_clearly() {
     assert_eq!(
         source.to_string(),
         "protocol version mismatch: the peer sent a frame of version 2 (a version without \
-         negotiation), this build speaks versions 3–3"
+         negotiation), this build speaks versions 3–4"
     );
     assert!(e.before_auth());
     // The answer: `Error` code 2, in a frame a v2 build refuses by its header (it reports a
@@ -343,4 +344,42 @@ fn a_version_2_destination_is_reported_clearly() {
         ),
         "{e}"
     );
+}
+
+#[test]
+fn a_version_3_migration_still_verifies_by_full_digests_and_skips_the_audit() {
+    // This build as a version 3 source (offering 3–3) against this build's destination: the
+    // hand-over digest is the whole memory's, computed in the pause, and there is no audit.
+    let g = guest(16, "uniform:rate=4MiB/s", InitialContent::Random);
+    let (mut a, mut b) = pair();
+    let dest = std::thread::spawn(move || receive_snapshot(&mut b, &ReceiverConfig::default()));
+    let cfg = policy_cfg(16);
+    let mut policy = PolicyKind::DirtyFactor.build(cfg.clone()).expect("policy");
+    let mut how = Vec::new();
+    let report = migrate(
+        &mut a,
+        &key(1),
+        &g,
+        policy.as_mut(),
+        &SenderConfig {
+            stop_remaining: cfg.stop_remaining,
+            sample_s: 0.0,
+            versions: range(3, 3),
+            ..SenderConfig::default()
+        },
+        &livemig_engine::Control::new(),
+        &mut |e| {
+            if let livemig_engine::Event::Verified { how: h } = e {
+                how.push(h.clone());
+            }
+        },
+    )
+    .expect("migrated in version 3");
+    drop(a);
+    let got = dest.join().expect("thread").expect("received");
+    assert_eq!(got.digest, g.memory().digest(), "version 3's digest");
+    assert_eq!(report.summary.audit, None);
+    let b = report.summary.downtime_breakdown.expect("a breakdown");
+    assert!((b.total_s() - report.summary.downtime_s).abs() < 1e-9);
+    assert!(how[0].contains("xxh3 digest of all"), "{how:?}");
 }

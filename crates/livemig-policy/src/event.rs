@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::decision::StopReason;
-use crate::report::{Executor, RoundRecord};
+use crate::report::{Executor, MemoryAudit, RoundRecord};
 use crate::stats::DirtySample;
 use crate::timeout::Overdue;
 
@@ -81,6 +81,9 @@ pub enum Event {
     Resolving { cause: String },
     /// The guest runs on the destination and the source knows it.
     HandedOver { downtime_s: f64 },
+    /// After the hand-over, the source checked its paused copy against what the destination
+    /// received; a failed audit means the destination runs stale pages (`audit` lists them).
+    Audited { audit: MemoryAudit },
     /// The migration failed; `outcome` says where the guest is.
     Failed { error: String, outcome: String },
     /// The migration was cancelled before its commit point: the guest runs on the source.

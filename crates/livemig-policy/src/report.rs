@@ -120,6 +120,59 @@ pub struct Summary {
     /// (see each round's `throttle`); absent when it never throttled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_throttle: Option<f64>,
+    /// Where the pause went (the engine; absent from other executors and older reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_breakdown: Option<DowntimeBreakdown>,
+    /// The source's check of its paused memory against what the destination received, after
+    /// the destination resumed (the engine, protocol 4 on; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<MemoryAudit>,
+}
+
+/// Where a pause went, in seconds: the parts add up to `downtime_s` (the rest, a few
+/// microseconds of bookkeeping between them, is not listed).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+pub struct DowntimeBreakdown {
+    /// Pausing the guest, reading the last dirty log and putting the stop-and-copy pages on
+    /// the wire: the stop-and-copy transfer.
+    pub transfer_s: f64,
+    /// The device state and the digest that goes with it, sent.
+    pub state_s: f64,
+    /// Waiting for the destination's verdict: its check, its rebuild of the guest and the
+    /// round trip.
+    pub verify_s: f64,
+    /// From `Commit` to the destination's word that the guest runs.
+    pub resume_s: f64,
+}
+
+impl DowntimeBreakdown {
+    /// The sum of the parts.
+    pub fn total_s(&self) -> f64 {
+        self.transfer_s + self.state_s + self.verify_s + self.resume_s
+    }
+}
+
+/// Most differing pages a [`MemoryAudit`] lists (the count is always whole).
+pub const AUDIT_MAX_LISTED: usize = 1024;
+
+/// The check of every page of the source's paused copy against the destination's hashes,
+/// made after the destination resumed and before the source lets its copy go. A page that
+/// differs was written on the source without reaching the dirty log: the destination runs a
+/// stale copy of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+pub struct MemoryAudit {
+    /// Every page matched.
+    pub passed: bool,
+    /// Pages checked (all of the guest's).
+    pub pages: u64,
+    /// Pages that differ.
+    pub differing: u64,
+    /// The differing pages' indexes, in increasing order (at most [`AUDIT_MAX_LISTED`]).
+    pub differing_pages: Vec<u64>,
+    /// How long the audit took, seconds (after the resume: not part of the pause).
+    pub time_s: f64,
 }
 
 /// A migration's result: `{policy, memory_bytes, threshold, rounds, summary}`.
@@ -191,6 +244,8 @@ impl ReportBuilder {
                     mean_bytes_per_s: 0.0,
                     infeasible_from_round: None,
                     max_throttle: None,
+                    downtime_breakdown: None,
+                    audit: None,
                 },
             },
             precopy_time_s: 0.0,

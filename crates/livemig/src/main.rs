@@ -9,6 +9,7 @@
 //! - [`cmd::receive`], [`cmd::migrate`]: the two ends of a real migration over TCP.
 //! - [`cmd::demo`]: both ends on loopback with live progress.
 //! - [`cmd::bench_engine`]: `livemig bench-engine`, the data path's throughput and cap accuracy.
+//! - [`cmd::bench_pause`]: `livemig bench-pause`, where the engine's pause goes, per guest size.
 //! - [`cmd::qemu`]: `livemig qemu migrate | restore | dirty-trace`, real QEMU migrations;
 //!   [`cmd::qemu_bench`]: `livemig qemu bench`; [`rt`]: their async runtime.
 //! - [`cmd::agent`]: `livemig agent`, the per-host migration monitor's HTTP API.
@@ -90,6 +91,9 @@ enum Command {
     Demo(Box<cmd::demo::Args>),
     /// Benchmark the data path: throughput against a plain loopback copy, cap accuracy.
     BenchEngine(cmd::bench_engine::Args),
+    /// Benchmark the engine's pause per guest size: stop-and-copy transfer, state,
+    /// verification, resume, and the audit after it, beside protocol 3's whole-memory digests.
+    BenchPause(cmd::bench_pause::Args),
     /// Benchmark the system on loopback: migrations per minute through the RMS with many small
     /// VMs, recovery time after an RMS crash.
     BenchRms(cmd::bench_rms::Args),
@@ -216,6 +220,7 @@ fn main() {
         Command::Plan(c) => cmd::plan::run(c),
         Command::Resolve(a) => cmd::resolve::run(a),
         Command::BenchEngine(a) => cmd::bench_engine::run(a),
+        Command::BenchPause(a) => cmd::bench_pause::run(a),
         Command::BenchRms(a) => cmd::bench_rms::run(a),
         Command::BenchDrain(a) => cmd::bench_drain::run(a),
         Command::Qemu(Qemu::Run(c)) => cmd::qemu::run(c),

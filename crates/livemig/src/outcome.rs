@@ -5,7 +5,9 @@
 //! Exit codes: 0 migrated (the guest runs on the destination), 1 failed (the guest runs on the
 //! source; nothing is kept on the destination), 2 usage error (nothing was started), 3 unknown
 //! (this side does not run the guest and keeps an intact paused copy; whether the other side
-//! runs it is not known here; `livemig resolve` settles it).
+//! runs it is not known here; `livemig resolve` settles it), 6 migrated but the audit failed
+//! (the guest runs on the destination, whose copy differs from the paused source's on the
+//! pages the audit names; the source keeps its paused copy in a hold file).
 //!
 //! Also [`show_continuation`], the line that shows a received guest goes on running.
 
@@ -45,6 +47,10 @@ pub enum Outcome {
     /// This side does not run the guest and keeps an intact paused copy; the other side's
     /// state is not known here.
     Unknown,
+    /// The guest runs on the destination, but the source's audit after the resume found
+    /// pages of its paused copy that differ from what the destination received (a write the
+    /// dirty log missed); the source keeps its paused copy.
+    MigratedAuditFailed,
 }
 
 impl Outcome {
@@ -54,6 +60,7 @@ impl Outcome {
             Outcome::Migrated => "migrated",
             Outcome::FailedSourceRunning => "failed_source_running",
             Outcome::Unknown => "unknown",
+            Outcome::MigratedAuditFailed => "migrated_audit_failed",
         }
     }
 
@@ -63,9 +70,14 @@ impl Outcome {
             Outcome::Migrated => 0,
             Outcome::FailedSourceRunning => 1,
             Outcome::Unknown => 3,
+            Outcome::MigratedAuditFailed => AUDIT_FAILED,
         }
     }
 }
+
+/// Exit code: migrated, but the audit after the resume found pages that differ (no other
+/// command uses 6: the `--watch` codes stop at 5).
+pub const AUDIT_FAILED: i32 = 6;
 
 /// A migration that ended other than migrated: the message for stderr and its exit code.
 #[derive(Debug)]
@@ -80,6 +92,9 @@ impl std::fmt::Display for Ended {
             Outcome::FailedSourceRunning => "the guest runs on the source",
             Outcome::Unknown => {
                 "outcome unknown: the guest does not run here; this side keeps a paused copy"
+            }
+            Outcome::MigratedAuditFailed => {
+                "migrated, but the audit failed: the destination runs a copy that differs from the paused source's"
             }
         })
     }
@@ -157,11 +172,23 @@ impl Handover {
     /// The hand-over of a migrated guest.
     pub fn migrated() -> Handover {
         Handover {
-            verified: "memory digest (xxh3-64 of every page) and guest state, on the destination",
+            verified: "xxh3-64 of every page (protocol 4: per-page hashes of what was sent and stored, compared by a combined digest; 3: one digest of all memory) and guest state, on the destination",
             destination_confirmed: true,
             source_committed: true,
             destination_running: true,
             guest_runs_on: "destination",
+        }
+    }
+
+    /// The hand-over of a guest the engine migrated, as its report tells it: from protocol 4
+    /// (the report carries an audit) the per-page hashes and the audit after the resume.
+    pub fn engine(r: &MigrationReport) -> Handover {
+        match &r.summary.audit {
+            None => Handover::migrated(),
+            Some(_) => Handover {
+                verified: "per-page xxh3 hashes of what the source sent and the destination stored, and guest state, on the destination; every page of the paused source audited against them after the resume",
+                ..Handover::migrated()
+            },
         }
     }
 }
@@ -229,7 +256,7 @@ pub fn json_failure(outcome: Outcome, error: &str, hold_file: Option<&str>) -> S
         "hold_file": hold_file,
         "handover": {
             "guest_runs_on": match outcome {
-                Outcome::Migrated => "destination",
+                Outcome::Migrated | Outcome::MigratedAuditFailed => "destination",
                 Outcome::FailedSourceRunning => "source",
                 Outcome::Unknown => "unknown",
             }
@@ -245,6 +272,10 @@ mod tests {
     #[test]
     fn exit_codes_follow_the_outcome_and_usage_is_2() {
         assert_eq!(exit_code(&ended(Outcome::Unknown, "x".into())), 3);
+        assert_eq!(
+            exit_code(&ended(Outcome::MigratedAuditFailed, "x".into())),
+            6
+        );
         assert_eq!(
             exit_code(&ended(Outcome::FailedSourceRunning, "x".into()).context("more")),
             1

@@ -203,6 +203,7 @@ impl Progress {
                 "handed over: the destination runs the guest, downtime {}",
                 fmt_duration(*downtime_s)
             )),
+            Event::Audited { audit } => self.line(crate::table::audit_line(audit)),
             Event::Failed { error, outcome } => {
                 if let Some(b) = self.bar.take() {
                     b.abandon();

@@ -2,7 +2,7 @@
 
 use comfy_table::presets::UTF8_BORDERS_ONLY;
 use comfy_table::{CellAlignment, Table};
-use livemig_policy::report::MigrationReport;
+use livemig_policy::report::{MemoryAudit, MigrationReport, Summary};
 use livemig_policy::Branch;
 use livemig_sim::bench::{meets_changing_target, meets_targets, PolicyResult, ScenarioResult};
 use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
@@ -88,6 +88,67 @@ pub fn summary(r: &MigrationReport) -> String {
         fmt_rate(s.peak_cap_bytes_per_s),
         fmt_rate(s.peak_bytes_per_s),
         fmt_rate(s.mean_bytes_per_s),
+    ) + &pause_and_audit(s)
+}
+
+/// The pause's parts and the audit after the resume, as lines after the summary (empty when
+/// the executor reports neither).
+pub fn pause_and_audit(s: &Summary) -> String {
+    let mut out = String::new();
+    if let Some(b) = &s.downtime_breakdown {
+        out.push_str(&format!(
+            "\npause {}: stop-and-copy transfer {} | state {} | verification {} | resume {}",
+            fmt_pause(s.downtime_s),
+            fmt_pause(b.transfer_s),
+            fmt_pause(b.state_s),
+            fmt_pause(b.verify_s),
+            fmt_pause(b.resume_s),
+        ));
+    }
+    if let Some(a) = &s.audit {
+        out.push('\n');
+        out.push_str(&audit_line(a));
+    }
+    out
+}
+
+/// A pause or a part of one: tenths of milliseconds below a second.
+pub fn fmt_pause(s: f64) -> String {
+    if s < 1.0 {
+        format!("{:.1} ms", s * 1000.0)
+    } else {
+        fmt_duration(s)
+    }
+}
+
+/// One line on an audit: passed, or the pages that differ (the first few).
+pub fn audit_line(a: &MemoryAudit) -> String {
+    if a.passed {
+        return format!(
+            "audit after the resume (not in the pause): all {} pages of the paused source match what the destination received ({})",
+            a.pages,
+            fmt_pause(a.time_s)
+        );
+    }
+    const SHOWN: usize = 16;
+    let mut pages: Vec<String> = a
+        .differing_pages
+        .iter()
+        .take(SHOWN)
+        .map(u64::to_string)
+        .collect();
+    if a.differing > pages.len() as u64 {
+        pages.push("…".into());
+    }
+    format!(
+        "AUDIT FAILED after the resume: {} of {} pages of the paused source differ from what the destination received and runs (pages {}); the source keeps its paused copy",
+        a.differing,
+        a.pages,
+        if pages.is_empty() {
+            "not named: the digests differ".to_string()
+        } else {
+            pages.join(", ")
+        }
     )
 }
 

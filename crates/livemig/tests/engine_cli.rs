@@ -292,7 +292,19 @@ fn demo_runs_both_ends_and_reports_json() {
     assert_eq!(v["executor"], "engine");
     // Real migrations run `predictive` unless told otherwise.
     assert_eq!(v["policy"], "predictive");
-    assert!(v["summary"]["downtime_s"].as_f64().expect("downtime") > 0.0);
+    let s = &v["summary"];
+    let downtime = s["downtime_s"].as_f64().expect("downtime");
+    assert!(downtime > 0.0);
+    // The pause's parts add up to it; the audit after the resume read every page.
+    let b = &s["downtime_breakdown"];
+    let parts: f64 = ["transfer_s", "state_s", "verify_s", "resume_s"]
+        .iter()
+        .map(|k| b[k].as_f64().unwrap_or_else(|| panic!("{k} in {b}")))
+        .sum();
+    assert!((parts - downtime).abs() < 1e-6, "{b} vs {downtime}");
+    assert_eq!(s["audit"]["passed"], true, "{}", s["audit"]);
+    assert_eq!(s["audit"]["pages"], 32 * 256);
+    assert_eq!(v["outcome"], "migrated");
 }
 
 /// `--progress json`: both ends write one JSON event per line on stderr; the source's stream
@@ -342,6 +354,7 @@ fn progress_json_streams_every_round_record_as_ndjson() {
         "verified",
         "committed",
         "handed_over",
+        "audited",
     ];
     let mut at = 0;
     for k in order {

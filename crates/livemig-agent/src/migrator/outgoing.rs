@@ -181,6 +181,23 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
             });
             match result {
                 Ok(report) => {
+                    // A failed audit: the destination runs pages that differ from this paused
+                    // copy (the report and the `audited` event name them); keep it as evidence.
+                    if let (Some(audit), Some(dir)) = (
+                        report.summary.audit.as_ref().filter(|a| !a.passed),
+                        &cfg.hold_dir,
+                    ) {
+                        let why = format!(
+                            "the audit after the resume found {} page(s) of the paused source that differ from what the destination runs: {:?}",
+                            audit.differing, audit.differing_pages
+                        );
+                        let session = format!("audit{}", livemig_engine::hold::now_unix_s());
+                        let digest = guest.memory().digest();
+                        match super::hold::save(dir, "source", &session, Some(to.to_string()), &guest, digest, &why) {
+                            Ok(p) => tracing::error!(migration = id, path = %p.display(), "the audit failed: the paused source copy is saved"),
+                            Err(e) => tracing::error!(migration = id, error = %super::incoming::error_chain(&e), "the audit failed and the paused source copy cannot be saved"),
+                        }
+                    }
                     drop(guest);
                     // Handed over: the destination runs the guest; this copy is destroyed.
                     let gone = {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use livemig_policy::Timeouts;
 
 use crate::keepalive;
-use crate::wire::ONE_PAGE_FRAME;
+use crate::wire::{Versions, ONE_PAGE_FRAME};
 
 /// Sender settings.
 #[derive(Debug, Clone)]
@@ -30,6 +30,9 @@ pub struct SenderConfig {
     pub keepalive: Duration,
     /// The per-GiB completion and no-progress timeouts of pre-copy, and their action.
     pub timeouts: Timeouts,
+    /// The protocol versions offered in `Hello` (this build's; a narrower range within it
+    /// plays an older source, for tests and for a fleet pinned to one version).
+    pub versions: Versions,
 }
 
 impl Default for SenderConfig {
@@ -44,6 +47,7 @@ impl Default for SenderConfig {
             resolve_timeout: Duration::from_secs(60),
             keepalive: keepalive::EVERY,
             timeouts: Timeouts::default(),
+            versions: Versions::THIS_BUILD,
         }
     }
 }
@@ -71,6 +75,8 @@ pub enum ConfigError {
     },
     #[error("the dirty-log sample ({sample_s} s) must be shorter than half the timeout ({timeout:?}): the destination hears nothing while it runs")]
     SampleTooLong { sample_s: f64, timeout: Duration },
+    #[error("the versions to offer ({0}) are not all spoken by this build ({this})", this = Versions::THIS_BUILD)]
+    Versions(Versions),
 }
 
 impl SenderConfig {
@@ -110,6 +116,10 @@ impl SenderConfig {
                 sample_s: self.sample_s,
                 timeout: self.timeout,
             });
+        }
+        let v = self.versions;
+        if !(Versions::THIS_BUILD.contains(v.min()) && Versions::THIS_BUILD.contains(v.max())) {
+            return Err(ConfigError::Versions(v));
         }
         let need = SenderConfig::min_cap(self.timeout);
         if lowest_cap.is_nan() || lowest_cap < need {
@@ -163,5 +173,15 @@ mod tests {
             sample.check(1e9),
             Err(ConfigError::SampleTooLong { .. })
         ));
+        let future = SenderConfig {
+            versions: Versions::new(3, 9).expect("a range"),
+            ..cfg.clone()
+        };
+        assert!(matches!(future.check(1e9), Err(ConfigError::Versions(_))));
+        let v3 = SenderConfig {
+            versions: Versions::new(3, 3).expect("a range"),
+            ..cfg.clone()
+        };
+        assert!(v3.check(1e9).is_ok());
     }
 }

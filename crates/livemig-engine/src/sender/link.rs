@@ -14,6 +14,7 @@ use crate::limiter::TokenBucket;
 use crate::memory::PageSet;
 use crate::meter::WireMeter;
 use crate::net::Transport;
+use crate::pagehash::page_hash;
 use crate::wire::{
     self, read_within, write_within, BatchWriter, Message, Mode, NoCommonVersion, Versions,
     WireError, MAX_BATCH_PAGES, PAGE_SIZE,
@@ -242,7 +243,13 @@ impl<'a, S: Transport> Link<'a, S> {
             batch.clear();
             while batch.len() < want as u32 {
                 let Some(p) = it.next() else { break };
-                guest.memory().with_page(p, |page| batch.push(p, page))?;
+                // Hashed as it goes out, under the same lock: the table holds what was sent.
+                let (pushed, h) = guest
+                    .memory()
+                    .with_page(p, |page| (batch.push(p, page), page_hash(page)))?;
+                if pushed {
+                    cx.sent.set(p, h)?;
+                }
             }
             sent += u64::from(batch.len());
             let Some(chan) = self.chan.as_mut() else {
@@ -295,8 +302,8 @@ pub(super) fn sleep_s(s: f64) {
     }
 }
 
-/// The source's half of the handshake on `link`: `Hello` in `mode` offering this build's
-/// versions, the destination's choice and proof over the transcript, ours. Returns the session
+/// The source's half of the handshake on `link`: `Hello` in `mode` offering `offer` (this
+/// build's versions, or a range within them), the destination's choice and proof over the transcript, ours. Returns the session
 /// channel, in the chosen version.
 pub(super) fn handshake<S: Transport>(
     link: &mut Link<'_, S>,
@@ -304,8 +311,12 @@ pub(super) fn handshake<S: Transport>(
     memory_bytes: u64,
     compress: bool,
     mode: Mode,
+    offer: Versions,
 ) -> Result<Channel, SendError> {
-    let ours = Versions::THIS_BUILD;
+    // Only versions this build speaks are ever offered.
+    let within =
+        Versions::THIS_BUILD.contains(offer.min()) && Versions::THIS_BUILD.contains(offer.max());
+    let ours = if within { offer } else { Versions::THIS_BUILD };
     let hello = Message::Hello {
         versions: ours,
         nonce: auth::nonce()?,

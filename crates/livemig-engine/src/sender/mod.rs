@@ -2,7 +2,8 @@
 //! commit protocol that never loses the guest (`docs/protocol.md`).
 //!
 //! The source keeps its paused copy until it holds authenticated proof (`Running`) that the
-//! destination runs the guest. Before it sends `Commit` any failure resumes its guest (the
+//! destination runs the guest, and then until it has audited that copy against what the
+//! destination received (protocol 4 on: every page hashed again, after the resume). Before it sends `Commit` any failure resumes its guest (the
 //! destination never runs without `Commit`); after it, a lost answer is settled by reconnecting
 //! ([`resolve`]), and when that cannot happen within `resolve_timeout` the outcome is
 //! [`SendError::InDoubt`]: the guest stays paused here, for an operator to settle.
@@ -32,7 +33,9 @@ pub use state::{SendError, SenderPhase, TransitionError};
 use std::time::{Duration, Instant};
 
 use livemig_policy::pilot::{Executor, Next, Pilot, Setup, PEAK_WINDOW_S};
-use livemig_policy::report::{MigrationReport, StopCopy};
+use livemig_policy::report::{
+    DowntimeBreakdown, MemoryAudit, MigrationReport, StopCopy, AUDIT_MAX_LISTED,
+};
 use livemig_policy::{Control, DirtySample, Policy, StopReason};
 
 use crate::auth::Key;
@@ -42,6 +45,8 @@ use crate::limiter::{TokenBucket, DEFAULT_BURST_S};
 use crate::memory::PageSet;
 use crate::meter::WireMeter;
 use crate::net::Transport;
+use crate::pagehash::PageHashes;
+use crate::wire::version::incremental_digest;
 use crate::wire::{
     Message, Mode, ResolveDecision, ResolveStatus, WireError, PAGE_SIZE, SESSION_ID_LEN,
 };
@@ -54,8 +59,11 @@ pub const REDIAL_EVERY: Duration = Duration::from_millis(200);
 /// Migrates `guest` over `stream` under `policy` (bound the stream's waits with
 /// [`crate::net::prepare`] or equivalent), without reconnecting: a lost answer to `Commit`
 /// ends in [`SendError::InDoubt`]. On success the guest is paused for good (handed over: the
-/// caller destroys it); on [`SendError::InDoubt`] it is paused and must be kept; on any other
-/// failure it is running again.
+/// caller destroys it) — unless the report's `summary.audit` failed: then the destination runs
+/// a copy that differs from the paused one on the pages it lists, and the caller keeps the
+/// paused copy (a hold file) for an operator; see `docs/protocol.md`. On
+/// [`SendError::InDoubt`] it is paused and must be kept; on any other failure it is running
+/// again.
 pub fn migrate<S: Transport>(
     stream: &mut S,
     key: &Key,
@@ -126,12 +134,15 @@ struct Session {
     id: Option<[u8; SESSION_ID_LEN]>,
 }
 
-/// What the phases share: the guest, the settings, the live handle and the observer.
+/// What the phases share: the guest, the settings, the live handle, the observer and the
+/// hashes of the pages as they were sent.
 pub(super) struct Ctx<'a, 'o> {
     guest: &'a dyn Guest,
     cfg: &'a SenderConfig,
     control: &'a Control,
     observer: &'a mut (dyn FnMut(&Event) + 'o),
+    /// The xxh3 of every page as last sent (zero pages before round 1).
+    sent: PageHashes,
 }
 
 impl Ctx<'_, '_> {
@@ -140,11 +151,21 @@ impl Ctx<'_, '_> {
     }
 }
 
-/// What stop-and-copy sent.
+/// What stop-and-copy sent, and when each of its steps ended (seconds on the link's clock).
 struct Stopped {
     pause_at: f64,
     bytes: f64,
     state_bytes: f64,
+    /// The last stop-and-copy page on the wire.
+    pages_at: f64,
+    /// The state (and its digest) on the wire.
+    state_at: f64,
+    /// The destination's confirmation read.
+    confirmed_at: f64,
+    /// The destination's digest, as confirmed.
+    dest_digest: u64,
+    /// Whether the session's version verifies by per-page hashes (and audits after).
+    incremental: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -164,6 +185,7 @@ fn run<S: Transport>(
         cfg,
         control,
         observer,
+        sent: PageHashes::zeroed(guest.memory().pages())?,
     };
     let mut link = Link::new(stream, cfg.timeout);
     link.cancel = Some(control.clone());
@@ -185,13 +207,19 @@ fn run<S: Transport>(
     let remaining = precopy(&mut link, &mut cx, &mut pilot)?;
     let stopped = stop_and_copy(&mut link, &mut cx, &mut pilot, remaining, session)?;
     commit(&mut link, &mut cx, key, session, redial)?;
-    let downtime = link.now() - stopped.pause_at;
+    let running_at = link.now();
+    let downtime = running_at - stopped.pause_at;
     link.phase.advance(SenderPhase::HandedOver)?;
     cx.emit(Event::HandedOver {
         downtime_s: downtime,
     });
+    // The destination runs the guest; the paused copy here is checked before it is let go.
+    let audit = stopped.incremental.then(|| audit(&cx, stopped.dest_digest));
+    if let Some(a) = &audit {
+        cx.emit(Event::Audited { audit: a.clone() });
+    }
     let peak = link.meter.peak(PEAK_WINDOW_S);
-    let report = pilot.finish(
+    let mut report = pilot.finish(
         StopCopy {
             bytes: stopped.bytes,
             state_bytes: stopped.state_bytes,
@@ -199,7 +227,30 @@ fn run<S: Transport>(
         },
         peak,
     );
+    report.summary.downtime_breakdown = Some(DowntimeBreakdown {
+        transfer_s: stopped.pages_at - stopped.pause_at,
+        state_s: stopped.state_at - stopped.pages_at,
+        verify_s: stopped.confirmed_at - stopped.state_at,
+        resume_s: running_at - stopped.confirmed_at,
+    });
+    report.summary.audit = audit;
     Ok((report, link.meter))
+}
+
+/// The audit after the hand-over: every page of the paused copy hashed again and compared
+/// with the table of what was sent, and the whole with the destination's confirmed digest
+/// (the hand-over check proved that table equal to the destination's). A page that differs
+/// was written without reaching the dirty log: the destination runs a stale copy of it.
+fn audit(cx: &Ctx<'_, '_>, dest_digest: u64) -> MemoryAudit {
+    let t0 = Instant::now();
+    let f = cx.sent.audit(cx.guest.memory(), AUDIT_MAX_LISTED);
+    MemoryAudit {
+        passed: f.differing == 0 && f.digest == dest_digest,
+        pages: f.pages,
+        differing: f.differing,
+        differing_pages: f.listed,
+        time_s: t0.elapsed().as_secs_f64(),
+    }
 }
 
 /// The handshake and the destination's `Ready`; returns the session id.
@@ -210,7 +261,14 @@ fn connect<S: Transport>(
     cfg: &SenderConfig,
 ) -> Result<[u8; SESSION_ID_LEN], SendError> {
     link.phase.advance(SenderPhase::Handshake)?;
-    let chan = handshake(link, key, memory_bytes, cfg.compress, Mode::Migrate)?;
+    let chan = handshake(
+        link,
+        key,
+        memory_bytes,
+        cfg.compress,
+        Mode::Migrate,
+        cfg.versions,
+    )?;
     let id = chan.id();
     link.chan = Some(chan);
     match link.recv()? {
@@ -328,10 +386,21 @@ fn stop_and_copy<S: Transport>(
     });
     let mut bucket = TokenBucket::new(cap, DEFAULT_BURST_S, link.now())?;
     link.send(&Message::StopCopy { pages })?;
+    let incremental = link
+        .chan
+        .as_ref()
+        .is_some_and(|c| incremental_digest(c.version()));
+    let mut marks = [0.0f64; 2];
     let verdict = link
         .send_pages(cx, pilot, &remaining, &mut bucket, 0)
-        .and_then(|_| send_state(link, cx))
-        .and_then(|digest| await_confirm(link, digest, cfg.max_pause));
+        .and_then(|_| {
+            marks[0] = link.now();
+            send_state(link, cx, incremental)
+        })
+        .and_then(|sent| {
+            marks[1] = link.now();
+            await_confirm(link, sent, cfg.max_pause)
+        });
     // The last moment a cancellation can stop the hand-over: past it, it is ignored.
     let verdict = match verdict {
         Ok(_) if cx.control.is_cancelled() => Err(SendError::Cancelled {
@@ -340,17 +409,30 @@ fn stop_and_copy<S: Transport>(
         v => v,
     };
     match verdict {
-        Ok(state_bytes) => {
+        Ok((state_bytes, dest_digest)) => {
+            let confirmed_at = link.now();
             cx.emit(Event::Verified {
-                how: format!(
-                    "the destination's xxh3 digest of all {} pages matches the source's",
-                    mem.pages()
-                ),
+                how: if incremental {
+                    format!(
+                        "the destination's per-page xxh3 hashes of all {} pages match the hashes of what the source sent (combined digest; the {pages} stop-and-copy pages hashed as they moved); the paused copy is audited after the resume",
+                        mem.pages()
+                    )
+                } else {
+                    format!(
+                        "the destination's xxh3 digest of all {} pages matches the source's",
+                        mem.pages()
+                    )
+                },
             });
             Ok(Stopped {
                 pause_at,
                 bytes: (pages * PAGE_SIZE as u64) as f64,
                 state_bytes,
+                pages_at: marks[0],
+                state_at: marks[1],
+                confirmed_at,
+                dest_digest,
+                incremental,
             })
         }
         Err(e) => {
@@ -367,14 +449,18 @@ fn stop_and_copy<S: Transport>(
     }
 }
 
-/// The memory digest (with keep-alives: digesting a large guest takes longer than the
-/// destination's frame deadline) and the device state; returns the digest and the state's
-/// size.
+/// The hand-over digest and the device state; returns the digest and the state's size.
+/// From version 4 the digest is the table of what was sent ([`PageHashes::digest`], O(1));
+/// version 3 digests the whole memory here, with keep-alives (digesting a large guest takes
+/// longer than the destination's frame deadline).
 fn send_state<S: Transport>(
     link: &mut Link<'_, S>,
     cx: &mut Ctx<'_, '_>,
+    incremental: bool,
 ) -> Result<(u64, f64), SendError> {
-    let digest = {
+    let digest = if incremental {
+        cx.sent.digest()
+    } else {
         let Some(chan) = link.chan.as_mut() else {
             return Err(SendError::Auth);
         };
@@ -394,18 +480,19 @@ fn send_state<S: Transport>(
     Ok((digest, state_bytes))
 }
 
-/// The destination's verdict on its copy; returns the state's size when it matches.
+/// The destination's verdict on its copy; returns the state's size and the destination's
+/// digest when it matches.
 fn await_confirm<S: Transport>(
     link: &mut Link<'_, S>,
     (digest, state_bytes): (u64, f64),
     max_pause: Duration,
-) -> Result<f64, SendError> {
+) -> Result<(f64, u64), SendError> {
     link.phase.advance(SenderPhase::AwaitConfirm)?;
     match link.recv() {
         Ok(Message::Confirm {
             ok: true,
             digest: d,
-        }) if d == digest => Ok(state_bytes),
+        }) if d == digest => Ok((state_bytes, d)),
         Ok(Message::Confirm { digest: d, .. }) => Err(SendError::Verify {
             source_digest: digest,
             dest: d,

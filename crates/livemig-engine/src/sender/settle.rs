@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Key;
 use crate::net::{NetError, Transport};
-use crate::wire::{Message, Mode, ResolveDecision, ResolveStatus, SESSION_ID_LEN};
+use crate::wire::{Message, Mode, ResolveDecision, ResolveStatus, Versions, SESSION_ID_LEN};
 
 use super::link::{handshake, Link};
 use super::{SendError, SenderPhase, REDIAL_EVERY};
@@ -63,7 +63,14 @@ fn resolve_once<S: Transport>(
     let mut link = Link::new(stream, timeout);
     link.phase = SenderPhase::Handshake;
     link.outer = Some((until, timeout));
-    let chan = handshake(&mut link, key, 0, false, Mode::Resolve)?;
+    let chan = handshake(
+        &mut link,
+        key,
+        0,
+        false,
+        Mode::Resolve,
+        Versions::THIS_BUILD,
+    )?;
     link.chan = Some(chan);
     link.send(&Message::Resolve {
         session: *id,

@@ -7,10 +7,22 @@ use std::fmt;
 /// The oldest protocol version this build speaks.
 pub const MIN_VERSION: u16 = 3;
 /// The newest protocol version this build speaks (what it prefers).
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// The first version that negotiates. Frames of older versions (2 and before had one version
 /// per build and no negotiation) are refused by their header alone.
 pub const NEGOTIATING_SINCE: u16 = 3;
+
+/// The first version whose hand-over digest is the combinable digest of per-page hash tables
+/// kept as pages move ([`crate::pagehash`]), checked in time proportional to what the
+/// stop-and-copy moved, with the source's full audit after the destination resumed. Version
+/// 3 digests the whole memory on both ends while the guest is paused; messages and layouts
+/// are the same in both.
+pub const INCREMENTAL_DIGEST_SINCE: u16 = 4;
+
+/// Whether a session of version `v` verifies with per-page hash tables (version 4 on).
+pub fn incremental_digest(v: u16) -> bool {
+    v >= INCREMENTAL_DIGEST_SINCE
+}
 
 /// A non-empty range of protocol versions, `min..=max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,5 +134,8 @@ mod tests {
         assert!(v(3, 5).contains(4) && !v(3, 5).contains(6) && !v(3, 5).contains(2));
         assert!(Versions::THIS_BUILD.contains(VERSION));
         assert!(Versions::THIS_BUILD.min() >= NEGOTIATING_SINCE);
+        // This build still speaks version 3 (full digests in the pause) beside version 4.
+        assert!(Versions::THIS_BUILD.contains(3) && Versions::THIS_BUILD.contains(4));
+        assert!(!incremental_digest(3) && incremental_digest(4));
     }
 }

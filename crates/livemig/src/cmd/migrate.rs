@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use livemig_engine::{Control, Key, SimGuest};
+use livemig_policy::report::{MemoryAudit, MigrationReport};
 
 use crate::args::{
     GuestArgs, PolicyArgs, PolicyName, ProgressArgs, TimeoutArgs, REAL_DEFAULT_POLICY,
@@ -117,13 +118,16 @@ pub fn run(args: Args) -> Result<()> {
                 downtime_s = report.summary.downtime_s,
                 "migrated"
             );
+            if let Some(audit) = report.summary.audit.as_ref().filter(|a| !a.passed) {
+                return audit_failed(&args, &report, audit, &guest);
+            }
             // Handed over: the destination runs the guest; the source's copy is destroyed.
             drop(guest);
             if args.json {
                 outcome::say(&outcome::json_result(
                     &report,
                     Outcome::Migrated,
-                    &Handover::migrated(),
+                    &Handover::engine(&report),
                 ));
             } else {
                 outcome::say(&table::report(&report));
@@ -173,6 +177,50 @@ pub fn run(args: Args) -> Result<()> {
         }
         Err(e) => Err(failed(e.into(), &guest)),
     }
+}
+
+/// Handed over, but the audit after the resume found pages of the paused copy that differ
+/// from what the destination runs: the paused copy is kept in a hold file (the evidence, and
+/// the only copy of those pages as the guest last wrote them), and the exit code is 6.
+fn audit_failed(
+    args: &Args,
+    report: &MigrationReport,
+    audit: &MemoryAudit,
+    guest: &SimGuest,
+) -> Result<()> {
+    let why = table::audit_line(audit);
+    tracing::error!(differing = audit.differing, pages = ?audit.differing_pages, "the audit failed");
+    // No session id reaches a successful report: the file is named by the time instead.
+    let session = format!("audit-{}", livemig_engine::hold::now_unix_s());
+    let saved = save_hold(&args.hold_dir, guest, &session, &why, &args.to);
+    let (line, file) = match &saved {
+        Ok(p) => (
+            format!("the paused source copy is saved in {p}; the guest runs on the destination (see docs/protocol.md, \"A failed audit\")"),
+            Some(p.as_str()),
+        ),
+        Err(e) => (
+            format!("the paused source copy cannot be saved ({e:#}); it is lost when this process ends"),
+            None,
+        ),
+    };
+    if args.json {
+        let mut v = serde_json::from_str::<serde_json::Value>(&outcome::json_result(
+            report,
+            Outcome::MigratedAuditFailed,
+            &Handover::engine(report),
+        ))
+        .unwrap_or_default();
+        if let serde_json::Value::Object(m) = &mut v {
+            m.insert("hold_file".into(), file.into());
+        }
+        outcome::say(&serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        outcome::say(&table::report(report));
+    }
+    Err(outcome::ended(
+        Outcome::MigratedAuditFailed,
+        format!("{why}\n{line}"),
+    ))
 }
 
 /// Saves the paused source guest of an unknown outcome; returns the file's path.

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bench;
 pub mod bench_drain;
 pub mod bench_engine;
+pub mod bench_pause;
 pub mod bench_rms;
 pub mod completions;
 pub mod demo;

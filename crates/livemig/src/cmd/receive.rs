@@ -165,7 +165,7 @@ pub fn run(args: Args) -> Result<()> {
             // The guest runs here now. Nothing may fail or panic any more (a closed stdout
             // included): output errors are ignored.
             let line = format!(
-                "received {} of guest memory over {} pre-copy rounds; memory digest verified (xxh3 {:016x}); the source committed",
+                "received {} of guest memory over {} pre-copy rounds; every page verified (hand-over digest {:016x}); the source committed",
                 units::fmt_bytes(received.guest.memory().bytes() as f64),
                 received.rounds,
                 received.digest

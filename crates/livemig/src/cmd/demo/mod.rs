@@ -183,15 +183,28 @@ pub fn run(args: Args) -> Result<()> {
         downtime_s = report.summary.downtime_s,
         "migrated"
     );
+    let audit_failed = report.summary.audit.as_ref().is_some_and(|a| !a.passed);
+    let out = if audit_failed {
+        Outcome::MigratedAuditFailed
+    } else {
+        Outcome::Migrated
+    };
     if args.json {
         outcome::say(&outcome::json_result(
             &report,
-            Outcome::Migrated,
-            &Handover::migrated(),
+            out,
+            &Handover::engine(&report),
         ));
     } else {
         outcome::say(&table::report(&report));
         outcome::say(&show_continuation(&received, Duration::from_millis(500)));
+    }
+    if audit_failed {
+        // The demo keeps nothing: its paused source is gone with the process.
+        return Err(outcome::ended(
+            out,
+            "the audit after the resume failed (see above); exit 6".into(),
+        ));
     }
     Ok(())
 }
