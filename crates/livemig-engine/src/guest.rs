@@ -6,7 +6,7 @@
 //! what the writer needs to continue exactly: generator state, write count, guest time. Page 0
 //! holds the self-check region: word 0 counts writes, word 1 chains a checksum over them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -34,6 +34,12 @@ pub trait Guest: Send + Sync + std::fmt::Debug {
     fn is_running(&self) -> bool;
     /// The CPU/device state (valid while paused).
     fn state(&self) -> Vec<u8>;
+    /// Takes `share` (0 to 0.99) of the guest's CPU time away from now on, so that it runs and
+    /// writes that much slower (the rescue's throttle); 0 lifts it. Guests that cannot be
+    /// throttled ignore it.
+    fn set_throttle(&self, share: f64) {
+        let _ = share;
+    }
 }
 
 /// Why a guest could not be built or restored.
@@ -123,6 +129,8 @@ struct Shared {
     changed: Condvar,
     pause_requested: AtomicBool,
     writer: Mutex<WriterState>,
+    /// The throttle: the share of its time the guest does not run, as f64 bits.
+    throttle: AtomicU64,
 }
 
 impl Shared {
@@ -244,7 +252,10 @@ fn run_writer(shared: Arc<Shared>, workload: Workload) {
             continue;
         }
         let now = Instant::now();
-        s.guest_time_s += now.duration_since(last).as_secs_f64();
+        // A throttled guest runs `1 - throttle` of the wall time: its own clock, and so its
+        // writes, go that much slower.
+        let keep = 1.0 - f64::from_bits(shared.throttle.load(Ordering::Acquire));
+        s.guest_time_s += keep * now.duration_since(last).as_secs_f64();
         last = now;
         let target = (workload.rate.written(0.0, s.guest_time_s) / PAGE_SIZE as f64) as u64;
         let mut budget = 4096;
@@ -321,6 +332,7 @@ impl SimGuest {
                 changed: Condvar::new(),
                 pause_requested: AtomicBool::new(paused),
                 writer: Mutex::new(state),
+                throttle: AtomicU64::new(0f64.to_bits()),
             }),
             thread: Mutex::new(None),
         }
@@ -350,7 +362,13 @@ impl SimGuest {
         self.shared.memory.set_word(page, WORDS_PER_PAGE - 1, value);
     }
 
-    /// Guest time (seconds the guest has run, pauses excluded) as of the last pause.
+    /// The rescue's throttle in force (0: none).
+    pub fn throttle(&self) -> f64 {
+        f64::from_bits(self.shared.throttle.load(Ordering::Acquire))
+    }
+
+    /// Guest time (seconds the guest has run, pauses excluded, a throttle slowing it) as of
+    /// the last pause.
     pub fn guest_time_s(&self) -> f64 {
         self.shared.writer().guest_time_s
     }
@@ -402,6 +420,17 @@ impl Guest for SimGuest {
 
     fn state(&self) -> Vec<u8> {
         serde_json::to_vec(&*self.shared.writer()).unwrap_or_default()
+    }
+
+    fn set_throttle(&self, share: f64) {
+        let share = if share.is_finite() {
+            share.clamp(0.0, 0.99)
+        } else {
+            0.0
+        };
+        self.shared
+            .throttle
+            .store(share.to_bits(), Ordering::Release);
     }
 }
 

@@ -195,6 +195,7 @@ impl<'a, S: Transport> Link<'a, S> {
         let mut batch = BatchWriter::new(compress);
         let mut sent = 0u64;
         let mut last_report = f64::NEG_INFINITY;
+        let mut last_probe = 0.0;
         let mut it = pages.iter().peekable();
         while it.peek().is_some() {
             self.pause_over()?;
@@ -208,6 +209,22 @@ impl<'a, S: Transport> Link<'a, S> {
                     granted_bytes_per_s: granted,
                     cap_bytes_per_s: cap,
                 });
+            }
+            // The mid-round check, every PROBE_EVERY_S of a pre-copy round: the dirty log
+            // was cleared when the round began, so its count is what the round has dirtied.
+            if round > 0 && now - last_probe >= PROBE_EVERY_S {
+                last_probe = now;
+                let dirtied = (guest.dirty_pages() * PAGE_SIZE as u64) as f64;
+                let bytes = (sent * PAGE_SIZE as u64) as f64;
+                if let Some((raise, cap)) = pilot.probe(now, bytes, Some(dirtied), granted) {
+                    cx.emit(Event::Raised {
+                        round,
+                        elapsed_s: pilot.round_elapsed(now),
+                        wish_bytes_per_s: raise.wish_bytes_per_s,
+                        cap_bytes_per_s: cap,
+                        reason: raise.reason,
+                    });
+                }
             }
             let left = ((total - sent) * PAGE_SIZE as u64) as f64;
             if let Some(overdue) = pilot.progress(now, left) {
@@ -294,6 +311,8 @@ pub(super) enum Sent {
 
 /// Longest gap between two progress events while pages move (seconds).
 pub const PROGRESS_EVERY_S: f64 = 0.25;
+/// How often a pre-copy round asks the policy's mid-round check (seconds).
+pub const PROBE_EVERY_S: f64 = 0.1;
 
 /// Sleeps `s` seconds; nothing for zero, negative or NaN, and no panic for huge values.
 pub(super) fn sleep_s(s: f64) {

@@ -101,6 +101,9 @@ pub fn migrate_measured<S: Transport>(
         &mut session,
         redial.as_deref_mut(),
     );
+    // The rescue's throttle ends with the migration, whatever its outcome: the guest runs
+    // here again at full speed, or is paused for good (the destination's copy never had it).
+    guest.set_throttle(0.0);
     if let Err(e) = &r {
         observer(&ended(e));
     }
@@ -353,6 +356,9 @@ fn precopy<S: Transport>(
         let record = Box::new(record.clone());
         next = n;
         cx.emit(Event::RoundEnded { record });
+        if matches!(next, Next::Round { .. }) {
+            cx.guest.set_throttle(pilot.throttle());
+        }
         to_send = dirty;
     }
 }
