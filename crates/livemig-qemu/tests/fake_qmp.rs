@@ -1256,3 +1256,54 @@ async fn a_replay_of_the_measured_rounds_reproduces_the_records() {
     assert_eq!(replayed, run.report.rounds);
     assert!(run.report.rounds.len() >= 3);
 }
+
+/// The rescue's throttle through auto-converge: turned on before `migrate` with QEMU's own
+/// steps held off (a trigger of 100 %, a ceiling of 1 %), then held at exactly the policy's
+/// share (initial = ceiling, an increment that reaches it at once, a trigger of 1 %), and
+/// off again at 0.
+#[tokio::test]
+async fn the_rescue_holds_auto_converge_at_the_policys_share() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log: Log = Default::default();
+    let seen = log.clone();
+    let path = serve(dir.path(), GREETING, move |cmd, id, args| {
+        if let Ok(mut l) = seen.lock() {
+            l.push((cmd.to_string(), args.clone()));
+        }
+        Some(vec![ok(id, json!({}))])
+    });
+    let mut q = QmpClient::connect(&path, NO_HANG).await.expect("connects");
+    livemig_qemu::governor::enable_throttle(&mut q)
+        .await
+        .expect("on");
+    livemig_qemu::governor::set_throttle(&mut q, 87)
+        .await
+        .expect("87 %");
+    livemig_qemu::governor::set_throttle(&mut q, 0)
+        .await
+        .expect("off");
+    let log = log.lock().expect("log").clone();
+    let cmds: Vec<(&str, &Value)> = log
+        .iter()
+        .filter(|(c, _)| c != "qmp_capabilities")
+        .map(|(c, a)| (c.as_str(), a))
+        .collect();
+    let held_off = json!({"throttle-trigger-threshold": 100, "cpu-throttle-initial": 1,
+                          "cpu-throttle-increment": 99, "max-cpu-throttle": 1});
+    assert_eq!(
+        cmds,
+        vec![
+            (
+                "migrate-set-capabilities",
+                &json!({"capabilities": [{"capability": "auto-converge", "state": true}]})
+            ),
+            ("migrate-set-parameters", &held_off),
+            (
+                "migrate-set-parameters",
+                &json!({"throttle-trigger-threshold": 1, "cpu-throttle-initial": 87,
+                        "cpu-throttle-increment": 99, "max-cpu-throttle": 87})
+            ),
+            ("migrate-set-parameters", &held_off),
+        ]
+    );
+}

@@ -339,7 +339,7 @@ impl Predictive {
         } else {
             self.slowness
         };
-        let (wish, curve) = self.replan_mid(&c, p, q)?;
+        let (wish, curve) = self.replan_mid(c, p, q)?;
         if wish < p.cap_bytes_per_s * course::MIN_RAISE {
             return None;
         }

@@ -43,12 +43,12 @@ use crate::features;
 use crate::qmp::{QmpClient, QmpError};
 pub use crate::result::{PassRecord, QemuExtras, QemuReport, SteerRecord};
 use crate::saved::SavedSettings;
-use crate::types::{MigrationInfo, MigrationStatus, StatusInfo};
+use crate::types::{MigrationInfo, MigrationStatus, RamStats, StatusInfo};
 use config::{source_is, ErrorChain};
 pub use config::{Control, GovernorConfig, GovernorError};
 use native::Observed;
 pub use native::OBSERVED_NOTE;
-pub use ops::{read_params, set_params, CANCEL_WAIT, CLEANUP_WAIT};
+pub use ops::{enable_throttle, read_params, set_params, set_throttle, CANCEL_WAIT, CLEANUP_WAIT};
 pub use passes::MIN_WIRE_WINDOW_S;
 use passes::{wall_now, Measured, Passes};
 
@@ -565,7 +565,7 @@ impl Governor {
         if let Some(overdue) = run.pilot.progress(now, ram.remaining) {
             return self.overdue(src, run, overdue, ram.remaining).await;
         }
-        self.probe(src, run, now, ram.remaining).await
+        self.probe(src, run, now, ram).await
     }
 
     /// The mid-round check: QEMU's dirty bitmap is synced only at a pass's end, so the policy
@@ -576,15 +576,23 @@ impl Governor {
         src: &mut QmpClient,
         run: &mut Run,
         now: f64,
-        remaining: f64,
+        ram: &RamStats,
     ) -> Result<(), GovernorError> {
         if run.switched.is_some() || run.pilot.round() == 0 {
             return Ok(());
         }
-        let Some(start) = run.passes.records.last().map(|r| r.remaining) else {
+        // Only within the pass the round is: after a sync whose event is not handled yet,
+        // `remaining` already counts the next pass.
+        let Some(start) = run
+            .passes
+            .records
+            .last()
+            .filter(|r| r.pass as f64 == ram.dirty_sync_count)
+            .map(|r| r.remaining)
+        else {
             return Ok(());
         };
-        let covered = (start - remaining).max(0.0);
+        let covered = (start - ram.remaining).max(0.0);
         let round = run.pilot.round();
         let Some((raise, cap)) = run.pilot.probe(now, covered, None, self.steering.granted())
         else {
