@@ -26,6 +26,7 @@ if [[ -x "$wrapper" ]] && "$wrapper" --version 2>/dev/null | grep -q "^$want"; t
   exit 0
 fi
 
+# shellcheck source=/dev/null
 . /etc/os-release
 if [[ "${VERSION_CODENAME:-}" != bookworm ]]; then
   echo "qemu10.sh: this places bookworm-backports' QEMU 10.0 on Debian 12 (bookworm); this is ${PRETTY_NAME:-unknown}" >&2

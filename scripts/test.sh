@@ -60,7 +60,9 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 
 say "QEMU 7.2 (Debian's own): a governed migration of a loaded guest"
 qemu-system-x86_64 --version | head -n 1
-LIVEMIG_QEMU=qemu-system-x86_64 cargo test --locked -p livemig-qemu --test real_qemu -- \
+# --workspace (with the one test target named real_qemu) keeps the features of the run above, so
+# nothing is compiled again.
+LIVEMIG_QEMU=qemu-system-x86_64 cargo test --workspace --locked --test real_qemu -- \
   --exact dirty_factor_governs_a_loaded_guest_to_completion 2>&1 | tee -a "$log"
 
 say "README main command (cargo run -- demo) from the workspace root"

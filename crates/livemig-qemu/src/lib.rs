@@ -7,8 +7,9 @@
 //!   dirty rate); unknown fields and enum values do not break them.
 //! - [`dirty`]: `calc-dirty-rate` samples before a migration and dirty-rate traces in the
 //!   simulator's CSV format.
-//! - [`features`]: what the running QEMU offers beyond 7.2 (exact dirty rate,
-//!   `avail-switchover-bandwidth`, `switchover-ack`, `dirty-limit`), probed before a migration.
+//! - [`features`]: what the running QEMU offers beyond 7.2 (how `calc-dirty-rate` measures
+//!   best, `avail-switchover-bandwidth`, `switchover-ack`, `dirty-limit`), probed before a
+//!   migration.
 //! - [`governor`]: [`governor::Governor`], which drives the policy's round sequencer
 //!   (`livemig_policy::Pilot`) through a QEMU migration: at every `MIGRATION_PASS` it measures
 //!   the round and applies the next cap; it honours the steering (grant, cancel) and the

@@ -172,6 +172,16 @@ async fn governed_migration(
     assert!(rep.rounds[0].bytes_sent > 20.0 * MIB);
     assert!(rep.summary.downtime_s > 0.0 && rep.summary.total_time_s > 0.0);
     assert_eq!(run.qemu.destination_running, Some(true));
+    // What the source QEMU offers was probed and is in the report (7.2 or 10.0, TCG).
+    let f = run
+        .qemu
+        .features
+        .as_ref()
+        .expect("the source QEMU was probed");
+    assert!(!f.kvm, "TCG: {f:?}");
+    let newer = !f.version.starts_with("7.");
+    assert_eq!(f.avail_switchover_bandwidth, newer, "{f:?}");
+    assert!(!f.dirty_limit, "no dirty ring under TCG: {f:?}");
     // The guest keeps beating on the destination, continuing the source's count.
     let last = pair.src.last_heartbeat().expect("source beat");
     pair.dst
