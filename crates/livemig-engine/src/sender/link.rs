@@ -322,8 +322,8 @@ pub(super) fn sleep_s(s: f64) {
 }
 
 /// The source's half of the handshake on `link`: `Hello` in `mode` offering `offer` (this
-/// build's versions, or a range within them), the destination's choice and proof over the transcript, ours. Returns the session
-/// channel, in the chosen version.
+/// build's versions, or a range within them), the destination's choice and proof over the
+/// transcript, ours. Returns the session channel, in the chosen version.
 pub(super) fn handshake<S: Transport>(
     link: &mut Link<'_, S>,
     key: &Key,

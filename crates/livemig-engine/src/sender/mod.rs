@@ -3,7 +3,8 @@
 //!
 //! The source keeps its paused copy until it holds authenticated proof (`Running`) that the
 //! destination runs the guest, and then until it has audited that copy against what the
-//! destination received (protocol 4 on: every page hashed again, after the resume). Before it sends `Commit` any failure resumes its guest (the
+//! destination received (protocol 4 on: every page hashed again, after the resume). Before it
+//! sends `Commit` any failure resumes its guest (the
 //! destination never runs without `Commit`); after it, a lost answer is settled by reconnecting
 //! ([`resolve`]), and when that cannot happen within `resolve_timeout` the outcome is
 //! [`SendError::InDoubt`]: the guest stays paused here, for an operator to settle.

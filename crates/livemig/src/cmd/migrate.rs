@@ -39,7 +39,8 @@ pub struct Args {
     pub timeouts: TimeoutArgs,
     #[command(flatten)]
     pub progress: ProgressArgs,
-    /// Where to save the paused guest if the outcome is unknown (exit 3).
+    /// Where to save the paused guest if the outcome is unknown (exit 3) or the audit after the
+    /// resume failed (exit 6).
     #[arg(long, default_value = ".")]
     pub hold_dir: PathBuf,
     /// Print the result as JSON (bytes and bytes/s) instead of tables.
@@ -48,7 +49,9 @@ pub struct Args {
 }
 
 /// Runs `livemig migrate`. Exit codes: 0 migrated, 1 failed (the guest runs on the source),
-/// 2 usage, 3 unknown (the paused guest is saved to a hold file).
+/// 2 usage, 3 unknown (the paused guest is saved to a hold file), 6 migrated but the audit
+/// after the resume failed (the guest runs on the destination; the paused source copy is saved
+/// to a hold file).
 pub fn run(args: Args) -> Result<()> {
     let cfg = args.guest.policy_config(&args.settings)?;
     let timeouts = args.timeouts.timeouts()?;
