@@ -21,6 +21,11 @@ pub const MAGIC: &[u8; 8] = b"LMHOLD1\n";
 /// Longest metadata accepted.
 pub const MAX_INFO: usize = 64 << 10;
 
+/// The role of a hold file saved after a failed audit: the destination runs the guest (the
+/// migration completed), so this copy must never be resumed; it is evidence of the pages the
+/// dirty log missed.
+pub const AUDIT_ROLE: &str = "audit";
+
 /// What a hold file says about its copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HoldInfo {

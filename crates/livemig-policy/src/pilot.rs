@@ -295,7 +295,8 @@ impl<'p> Pilot<'p> {
             elapsed_s,
             bytes_sent,
             dirtied_bytes,
-            cap_bytes_per_s: self.cap,
+            // The cap in force under `grant` (the executor steered to it already).
+            cap_bytes_per_s: bounded(self.wish, grant),
         };
         let answer = self.policy.during_round(&probe);
         if answer.kept || answer.raise.is_some() {
@@ -303,6 +304,7 @@ impl<'p> Pilot<'p> {
                 elapsed_s,
                 bytes_sent,
                 dirtied_bytes,
+                granted_bytes_per_s: grant,
             });
         }
         let raise = answer.raise?;
@@ -312,14 +314,15 @@ impl<'p> Pilot<'p> {
             return None;
         }
         self.wish = wish;
+        let cap = self.steer(now_s, grant).unwrap_or(self.cap);
         self.raises.push(MidRound {
             elapsed_s,
             bytes_sent,
             dirtied_bytes,
             wish_bytes_per_s: wish,
+            cap_bytes_per_s: cap,
             reason: raise.reason.clone(),
         });
-        let cap = self.steer(now_s, grant).unwrap_or(self.cap);
         Some((raise, cap))
     }
 
@@ -560,7 +563,12 @@ pub fn replay<'p>(
         // The mid-round checks the policy kept or acted on, with what they saw (the others
         // changed nothing).
         for m in &r.probes {
-            pilot.probe(started_s + m.elapsed_s, m.bytes_sent, m.dirtied_bytes, None);
+            pilot.probe(
+                started_s + m.elapsed_s,
+                m.bytes_sent,
+                m.dirtied_bytes,
+                m.granted_bytes_per_s,
+            );
         }
         started_s += r.duration_s;
         let stats = RoundStats {
@@ -570,8 +578,9 @@ pub fn replay<'p>(
             duration_s: r.duration_s,
             dirty_bytes: r.dirty_bytes,
         };
-        // The wish of the next round is the policy's; the grant that bounded it is not in the
-        // report, so the replay runs ungranted and only the measured cap matters.
+        // The wish of the next round is the policy's; the grant that bounded it between checks
+        // is not in the report, so the replay runs ungranted there: the measured cap is what
+        // the policy sees at a round's end, and each kept check carries its own grant.
         pilot.end_measured(stats, None)?;
     }
     Ok(pilot.builder.report_rounds().to_vec())

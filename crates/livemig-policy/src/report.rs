@@ -69,6 +69,10 @@ pub struct ProbeSeen {
     /// Distinct bytes dirtied since the round began, where the executor sees them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dirtied_bytes: Option<f64>,
+    /// The grant the executor was under when the check ran (absent: none), so that a replay
+    /// sees the same cap in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_bytes_per_s: Option<f64>,
 }
 
 /// A mid-round raise of the cap: the policy's [`crate::Raise`] and when in the round it came.
@@ -84,6 +88,9 @@ pub struct MidRound {
     pub dirtied_bytes: Option<f64>,
     /// The cap the policy asked for from then on.
     pub wish_bytes_per_s: f64,
+    /// The cap in force from then on (the wish bounded by the grant).
+    #[serde(default)]
+    pub cap_bytes_per_s: f64,
     /// Why.
     pub reason: String,
 }
@@ -331,10 +338,14 @@ impl ReportBuilder {
         s.stop_copy_bytes = stop.bytes;
         s.state_bytes = stop.state_bytes;
         s.total_bytes = precopy_bytes + stop.bytes;
+        // The rounds' caps, and the caps mid-round raises put in force (a raise late in a round
+        // hardly moves its time-weighted cap).
         s.peak_cap_bytes_per_s = r
             .rounds
             .iter()
-            .map(|x| x.cap_bytes_per_s)
+            .flat_map(|x| {
+                std::iter::once(x.cap_bytes_per_s).chain(x.raises.iter().map(|m| m.cap_bytes_per_s))
+            })
             .fold(0.0, f64::max);
         s.peak_bytes_per_s = peak_wire_bytes_per_s;
         s.infeasible_from_round = r

@@ -1260,7 +1260,7 @@ async fn a_replay_of_the_measured_rounds_reproduces_the_records() {
 /// The rescue's throttle through auto-converge: turned on before `migrate` with QEMU's own
 /// steps held off (a trigger of 100 %, a ceiling of 1 %), then held at exactly the policy's
 /// share (initial = ceiling, an increment that reaches it at once, a trigger of 1 %), and
-/// off again at 0.
+/// down to QEMU's least (1 %) at 0.
 #[tokio::test]
 async fn the_rescue_holds_auto_converge_at_the_policys_share() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1303,7 +1303,11 @@ async fn the_rescue_holds_auto_converge_at_the_policys_share() {
                 &json!({"throttle-trigger-threshold": 1, "cpu-throttle-initial": 87,
                         "cpu-throttle-increment": 99, "max-cpu-throttle": 87})
             ),
-            ("migrate-set-parameters", &held_off),
+            (
+                "migrate-set-parameters",
+                &json!({"throttle-trigger-threshold": 1, "cpu-throttle-initial": 1,
+                        "cpu-throttle-increment": 99, "max-cpu-throttle": 1})
+            ),
         ]
     );
 }

@@ -59,6 +59,11 @@ pub(crate) fn sample(setup: Setup<'_>, noise: &mut Noise) -> DirtySample {
 
 /// Seconds between mid-round checks (the policy's [`Policy::during_round`]).
 pub const PROBE_S: f64 = 0.25;
+/// A check due within this many seconds of the round's end is skipped: the round is over
+/// (and two ways of summing the same times agree on it).
+pub const PROBE_EDGE_S: f64 = 1e-6;
+/// Most mid-round checks in one round (an hour of checks at [`PROBE_S`]).
+pub const MAX_PROBES: f64 = 14_400.0;
 pub(crate) const PROBE_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// One pre-copy round to run.
@@ -90,7 +95,7 @@ fn run_round(
 ) -> Result<Ran, SimError> {
     let mut cap = r.cap;
     let mut rate = setup.link.rate(cap);
-    if rate <= 0.0 {
+    if !(rate > 0.0 && rate.is_finite()) {
         return Err(SimError::ZeroRate {
             round: r.round,
             cap,
@@ -104,7 +109,8 @@ fn run_round(
         let left = r.to_send - sent;
         let end = t + left / rate;
         let probe_at = r.start + k * PROBE_S;
-        if end <= probe_at {
+        // Past MAX_PROBES checks the round ends without more (a very long round).
+        if end <= probe_at + PROBE_EDGE_S || k > MAX_PROBES {
             area += cap * (end - t);
             segments.push((seg_t, end - seg_t, seg_bytes + left));
             t = end;
@@ -127,7 +133,7 @@ fn run_round(
                 reason: raise.reason,
             });
             let new_rate = setup.link.rate(new_cap);
-            if new_rate > 0.0 && new_cap != cap {
+            if new_rate > 0.0 && new_rate.is_finite() && new_cap != cap {
                 segments.push((seg_t, t - seg_t, seg_bytes));
                 (seg_t, seg_bytes) = (t, 0.0);
                 cap = new_cap;

@@ -24,7 +24,9 @@ use livemig_policy::report::{MigrationReport, StopCopy};
 use livemig_policy::{DirtySample, Policy};
 
 use crate::noise::Noise;
-use crate::run::{measured, sample, Setup, SimError, PEAK_WINDOW_S, PROBE_S, PROBE_SEED};
+use crate::run::{
+    measured, sample, Setup, SimError, PEAK_WINDOW_S, PROBE_EDGE_S, PROBE_S, PROBE_SEED,
+};
 
 /// What the migration is doing.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -201,7 +203,8 @@ impl<'a> Stepper<'a> {
 
     /// Seconds until the next mid-round check of the round under way ([`Stepper::probe`]),
     /// every [`PROBE_S`] from the round's start as in [`crate::simulate`]; `None` outside a
-    /// round. A caller that never probes runs the rounds without mid-round checks.
+    /// round. A caller that never probes runs the rounds without mid-round checks; one that
+    /// does skips a check within [`PROBE_EDGE_S`] of the round's end, as the round loop does.
     pub fn probe_in(&self) -> Option<f64> {
         let Phase::Round { .. } = self.phase else {
             return None;
@@ -322,7 +325,7 @@ mod tests {
             let rate = s.ceiling();
             let dt = s.left() / rate;
             match s.probe_in() {
-                Some(p) if p < dt => {
+                Some(p) if p + PROBE_EDGE_S < dt => {
                     assert!(!s.advance(p, rate), "a check comes before the step's end");
                     s.probe(grant);
                     continue;

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use livemig_policy::{PolicyConfig, Timeouts};
+use livemig_policy::{PolicyConfig, PolicyKind, Timeouts};
 use livemig_qemu::dirty;
 use livemig_qemu::governor::{Governor, GovernorConfig, QemuReport};
 use livemig_qemu::heartbeat;
@@ -58,7 +58,8 @@ pub(crate) async fn bench_one(
         let mut g = GovernorConfig::new(&uri, cfg.memory_bytes, cfg.stop_remaining);
         g.workload = Some(load.to_string());
         g.timeouts = timeouts;
-        g.rescue = cfg.max_throttle.is_some();
+        // Only `predictive` throttles: the other runs (a constant cap) stay QEMU's own.
+        g.rescue = cfg.max_throttle.is_some() && runner == Runner::Policy(PolicyKind::Predictive);
         let run = Governor::new(g)
             .run(&mut src, Some(&mut dst), runner.control(cfg)?)
             .await?;

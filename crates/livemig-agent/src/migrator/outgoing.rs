@@ -193,7 +193,7 @@ pub fn start(agent: &Arc<Agent>, req: OutgoingRequest) -> Result<(), MigrationEr
                         );
                         let session = format!("audit{}", livemig_engine::hold::now_unix_s());
                         let digest = guest.memory().digest();
-                        match super::hold::save(dir, "source", &session, Some(to.to_string()), &guest, digest, &why) {
+                        match super::hold::save(dir, livemig_engine::hold::AUDIT_ROLE, &session, Some(to.to_string()), &guest, digest, &why) {
                             Ok(p) => tracing::error!(migration = id, path = %p.display(), "the audit failed: the paused source copy is saved"),
                             Err(e) => tracing::error!(migration = id, error = %super::incoming::error_chain(&e), "the audit failed and the paused source copy cannot be saved"),
                         }

@@ -54,6 +54,12 @@ pub struct Course {
     pub rounds_after: u32,
     /// When in the round the last mid-round check ran.
     pub checked_s: f64,
+    /// The plan's progress is counted from here: the round's start, or the last mid-round
+    /// raise (when, and what the round had sent by then).
+    pub mark_s: f64,
+    pub mark_sent: f64,
+    /// The last mid-round raise's cap: the floor after a round that left more than planned.
+    pub raised_to: Option<f64>,
 }
 
 impl Course {
@@ -75,6 +81,9 @@ impl Course {
             predicted: predicted(&Dilated { curve, keep }, to_send, effective),
             rounds_after,
             checked_s: 0.0,
+            mark_s: 0.0,
+            mark_sent: 0.0,
+            raised_to: None,
         }
     }
 
@@ -93,7 +102,22 @@ impl Course {
 
     /// The bytes the plan expects sent `elapsed_s` into the round.
     pub fn sent_by(&self, elapsed_s: f64) -> f64 {
-        (self.effective * elapsed_s).min(self.to_send)
+        (self.mark_sent + self.effective * (elapsed_s - self.mark_s).max(0.0)).min(self.to_send)
+    }
+
+    /// The round's slowness since the mark, at `cap`, when it sent anything since.
+    pub fn slowness_since(&self, elapsed_s: f64, sent: f64, cap: f64) -> Option<f64> {
+        let (dt, db) = (elapsed_s - self.mark_s, sent - self.mark_sent);
+        (dt > 0.0 && db > 0.0 && cap > 0.0).then(|| (cap * dt / db).clamp(1.0, MAX_CORRECTION))
+    }
+
+    /// A raise to `cap` at `elapsed_s`, when the round had sent `sent`: progress counts from
+    /// here at `effective`.
+    pub fn raised(&mut self, elapsed_s: f64, sent: f64, cap: f64, effective: f64) {
+        self.mark_s = elapsed_s;
+        self.mark_sent = sent;
+        self.effective = effective;
+        self.raised_to = Some(cap);
     }
 }
 
@@ -171,6 +195,12 @@ mod tests {
         assert_eq!(c.expected_by(5.0), 100.0);
         assert_eq!(c.sent_by(5.0), 500.0);
         assert_eq!(c.sent_by(50.0), 1000.0);
+        // After a raise, progress counts from the raise at the new rate.
+        let mut r = c;
+        r.raised(2.0, 150.0, 400.0, 200.0);
+        assert_eq!(r.sent_by(3.0), 350.0);
+        assert_eq!(r.slowness_since(3.0, 250.0, 200.0), Some(2.0));
+        assert_eq!(r.raised_to, Some(400.0));
         // A guest throttled to half its time dirties as in half the time.
         let t = Course::new(3, 1000.0, 100.0, curve, 0.5, 2);
         assert_eq!(t.predicted, 100.0);

@@ -42,9 +42,13 @@ pub const RESIDUAL_Z: f64 = 2.0;
 pub const MIN_PROGRESS: f64 = 0.05;
 /// A sample whose resolution is coarser than this fraction of its rate is called coarse.
 pub const COARSE: f64 = 0.02;
+/// After a round that left more than its plan predicted (beyond the noise floor), older points
+/// weigh this much less again: the guest changed.
+pub const SURPRISE: f64 = 0.25;
+
 /// Weight of a mid-round observation kept for the fit (the round's own point weighs
 /// [`ROUND_WEIGHT`]).
-pub const PROBE_WEIGHT: f64 = 1.0;
+pub const PROBE_WEIGHT: f64 = 0.25;
 
 /// The rescue's throttle is found to within this share of the guest's CPU.
 pub const THROTTLE_STEP: f64 = 0.005;
@@ -293,7 +297,11 @@ impl Policy for Predictive {
         // The observation itself, at doubling times: the fit's short end in the guest's
         // current behaviour (in its own time, a throttle counted).
         let kept = match p.dirtied_bytes {
-            Some(d) if d.is_finite() && d >= 0.0 && p.elapsed_s >= self.next_keep_s => {
+            // (A relative 1e-9 below the doubling time still counts: executors sum times
+            // differently.)
+            Some(d)
+                if d.is_finite() && d >= 0.0 && p.elapsed_s >= self.next_keep_s * (1.0 - 1e-9) =>
+            {
                 self.seen.push(Point {
                     t_s: p.elapsed_s * c.keep,
                     dirty_bytes: d.min(self.cfg.memory_bytes),
@@ -323,19 +331,20 @@ impl Predictive {
                 && *d > expected * (1.0 + course::PROBE_TOLERANCE)
                 && *d - expected > min_excess
         });
+        // Progress is judged since the round's start or its last raise, at the rate planned
+        // since then.
         let planned_sent = c.sent_by(p.elapsed_s);
-        let slower = p.elapsed_s >= course::SLOW_CHECK_AFTER_S
-            && p.bytes_sent < planned_sent * (1.0 - course::PROBE_TOLERANCE)
+        let since_planned = planned_sent - c.mark_sent;
+        let slower = p.elapsed_s - c.mark_s >= course::SLOW_CHECK_AFTER_S
+            && p.bytes_sent - c.mark_sent < since_planned * (1.0 - course::PROBE_TOLERANCE)
             && p.bytes_sent < c.to_send;
         if heavier.is_none() && !slower {
             return None;
         }
-        let q = if slower && p.bytes_sent > 0.0 {
-            (p.cap_bytes_per_s * p.elapsed_s / p.bytes_sent)
-                .clamp(1.0, course::MAX_CORRECTION)
+        let q = if slower {
+            c.slowness_since(p.elapsed_s, p.bytes_sent, p.cap_bytes_per_s)
+                .unwrap_or(course::MAX_CORRECTION)
                 .max(self.slowness)
-        } else if slower {
-            course::MAX_CORRECTION
         } else {
             self.slowness
         };
@@ -347,7 +356,7 @@ impl Predictive {
         let left = (c.to_send - p.bytes_sent).max(0.0);
         if let Some(c) = self.course.as_mut() {
             c.curve = curve;
-            c.effective = effective;
+            c.raised(p.elapsed_s, p.bytes_sent, wish, effective);
             c.predicted = c.seen().predict(p.elapsed_s + left / effective);
         }
         let why = match heavier {
@@ -392,8 +401,13 @@ impl Predictive {
             duration_s: s.duration_s * keep,
             ..*s
         };
+        // A round that left more than its plan by more than the noise floor says the guest
+        // changed: what came before it counts that much less.
+        let changed =
+            planned.is_some_and(|c| s.dirty_bytes > c.predicted * (1.0 + course::NOISE_FLOOR));
+        let age = if changed { RECENCY * SURPRISE } else { RECENCY };
         for p in &mut self.points {
-            p.weight *= RECENCY;
+            p.weight *= age;
         }
         self.points.append(&mut self.seen);
         self.next_keep_s = course::PROBE_EVERY_S;
@@ -430,7 +444,8 @@ impl Predictive {
                         mib(c.predicted)
                     ));
                 }
-                s.cap_bytes_per_s
+                // After a mid-round raise, the cap last in force, not the round's average.
+                s.cap_bytes_per_s.max(c.raised_to.unwrap_or(0.0))
             }
             _ => 0.0,
         };
@@ -479,6 +494,10 @@ impl Predictive {
                 ));
                 audit.note = Some(notes.join("; "));
                 if next_left >= s.dirty_bytes * (1.0 - MIN_PROGRESS) {
+                    // Pre-copy ends: a throttle computed for rounds that will not run is
+                    // never applied, and not reported as taken.
+                    audit.throttle = None;
+                    self.throttle = 0.0;
                     self.stopped = true;
                     return Ok(Decision::stop(StopReason::Infeasible, audit));
                 }

@@ -61,19 +61,15 @@ pub async fn set_stop_params(
         .map(|_| ())
 }
 
-/// The rescue's throttle through QEMU's auto-converge, set to exactly `pct` percent of the
-/// vCPUs' time (0: as good as off). auto-converge throttles at a dirty-bitmap sync when the
+/// The rescue's throttle through QEMU's auto-converge, set to `pct` percent of the vCPUs'
+/// time (0: 1 %, QEMU has no zero). auto-converge throttles at a dirty-bitmap sync when the
 /// pass dirtied more than `throttle-trigger-threshold` % of what it sent, twice in a row; it
 /// starts at `cpu-throttle-initial` and then adds `cpu-throttle-increment` up to
-/// `max-cpu-throttle`. Initial = max = `pct` with an increment of 99 holds it at `pct` from
-/// the first trigger on, and a trigger of 1 % fires at once; with nothing asked, a trigger of
-/// 100 % and a ceiling of 1 % leave QEMU's own steps as good as off (QEMU has no zero).
+/// `max-cpu-throttle`. Initial = max = `pct` with an increment of 99 puts it at `pct` at the
+/// next trigger, up or down, and a trigger of 1 % fires at once. QEMU stops throttling when
+/// the migration ends.
 pub async fn set_throttle(qmp: &mut QmpClient, pct: u64) -> Result<(), QmpError> {
-    let (trigger, level) = if pct == 0 {
-        (100, 1)
-    } else {
-        (1, pct.clamp(1, 99))
-    };
+    let (trigger, level) = (1, pct.clamp(1, 99));
     qmp.execute(
         "migrate-set-parameters",
         Some(json!({
@@ -87,15 +83,26 @@ pub async fn set_throttle(qmp: &mut QmpClient, pct: u64) -> Result<(), QmpError>
     .map(|_| ())
 }
 
-/// Turns auto-converge on with no throttle asked ([`set_throttle`] 0), before `migrate`:
-/// QEMU refuses capabilities while a migration runs.
+/// Turns auto-converge on before `migrate` (QEMU refuses capabilities while a migration
+/// runs) with QEMU's own steps held off until the policy asks: a trigger of 100 % (a pass must
+/// dirty more than it sent) and a ceiling of 1 %.
 pub async fn enable_throttle(qmp: &mut QmpClient) -> Result<(), QmpError> {
     qmp.execute(
         "migrate-set-capabilities",
         Some(json!({"capabilities": [{"capability": "auto-converge", "state": true}]})),
     )
     .await?;
-    set_throttle(qmp, 0).await
+    qmp.execute(
+        "migrate-set-parameters",
+        Some(json!({
+            "throttle-trigger-threshold": 100,
+            "cpu-throttle-initial": 1,
+            "cpu-throttle-increment": 99,
+            "max-cpu-throttle": 1,
+        })),
+    )
+    .await
+    .map(|_| ())
 }
 
 /// The migration parameters in force (`query-migrate-parameters`).

@@ -195,7 +195,14 @@ fn audit_failed(
     tracing::error!(differing = audit.differing, pages = ?audit.differing_pages, "the audit failed");
     // No session id reaches a successful report: the file is named by the time instead.
     let session = format!("audit-{}", livemig_engine::hold::now_unix_s());
-    let saved = save_hold(&args.hold_dir, guest, &session, &why, &args.to);
+    let saved = save_hold_as(
+        livemig_engine::hold::AUDIT_ROLE,
+        &args.hold_dir,
+        guest,
+        &session,
+        &why,
+        &args.to,
+    );
     let (line, file) = match &saved {
         Ok(p) => (
             format!("the paused source copy is saved in {p}; the guest runs on the destination (see docs/protocol.md, \"A failed audit\")"),
@@ -234,9 +241,21 @@ fn save_hold(
     why: &str,
     peer: &str,
 ) -> Result<String> {
+    save_hold_as("source", dir, guest, session, why, peer)
+}
+
+/// [`save_hold`] under `role` (`source`, or the audit's, which is never resumed).
+fn save_hold_as(
+    role: &str,
+    dir: &std::path::Path,
+    guest: &SimGuest,
+    session: &str,
+    why: &str,
+    peer: &str,
+) -> Result<String> {
     use livemig_engine::Guest as _;
     let info = livemig_engine::hold::HoldInfo {
-        role: "source".into(),
+        role: role.into(),
         session: session.to_string(),
         peer: Some(peer.to_string()),
         memory_bytes: guest.memory().bytes(),

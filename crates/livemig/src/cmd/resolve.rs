@@ -116,6 +116,12 @@ pub fn run(args: Args) -> Result<()> {
         };
     }
     if args.resume {
+        if info.role == livemig_engine::hold::AUDIT_ROLE {
+            bail!(
+                "{shown} is the paused source of session {} kept after a failed audit: the destination runs this guest, so resuming this copy would run it twice. Keep it to inspect the pages the audit named, or `--discard` it",
+                info.session
+            );
+        }
         resume(&args.file, run_after)?;
         return Ok(());
     }
