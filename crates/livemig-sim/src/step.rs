@@ -24,9 +24,7 @@ use livemig_policy::report::{MigrationReport, StopCopy};
 use livemig_policy::{DirtySample, Policy};
 
 use crate::noise::Noise;
-use crate::run::{
-    measured, sample, Setup, SimError, PEAK_WINDOW_S, PROBE_EDGE_S, PROBE_S, PROBE_SEED,
-};
+use crate::run::{measured, sample, Setup, SimError, PEAK_WINDOW_S, PROBE_S, PROBE_SEED};
 
 /// What the migration is doing.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -303,7 +301,7 @@ impl<'a> Stepper<'a> {
 mod tests {
     use super::*;
     use crate::link::Link;
-    use crate::run::simulate_granted;
+    use crate::run::{simulate_granted, PROBE_EDGE_S};
     use livemig_policy::{PolicyConfig, PolicyKind};
     use livemig_workload::{DirtyModel, Workload};
 
