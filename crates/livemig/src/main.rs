@@ -10,6 +10,8 @@
 //! - [`cmd::demo`]: both ends on loopback with live progress.
 //! - [`cmd::bench_engine`]: `livemig bench-engine`, the data path's throughput and cap accuracy.
 //! - [`cmd::bench_pause`]: `livemig bench-pause`, where the engine's pause goes, per guest size.
+//! - [`cmd::bench_rescue`]: `livemig bench-rescue`, the rescue against QEMU's auto-converge rule
+//!   on the engine, at the same bandwidth.
 //! - [`cmd::qemu`]: `livemig qemu migrate | restore | dirty-trace`, real QEMU migrations;
 //!   [`cmd::qemu_bench`]: `livemig qemu bench`; [`rt`]: their async runtime.
 //! - [`cmd::agent`]: `livemig agent`, the per-host migration monitor's HTTP API.
@@ -94,6 +96,10 @@ enum Command {
     /// Benchmark the engine's pause per guest size: stop-and-copy transfer, state,
     /// verification, resume, and the audit after it, beside protocol 3's whole-memory digests.
     BenchPause(cmd::bench_pause::Args),
+    /// A guest faster than B_max on loopback: `predictive`'s rescue against QEMU's
+    /// auto-converge rule and a plain constant cap, at the same bandwidth (guest slowdown,
+    /// downtime).
+    BenchRescue(cmd::bench_rescue::Args),
     /// Benchmark the system on loopback: migrations per minute through the RMS with many small
     /// VMs, recovery time after an RMS crash.
     BenchRms(cmd::bench_rms::Args),
@@ -221,6 +227,7 @@ fn main() {
         Command::Resolve(a) => cmd::resolve::run(a),
         Command::BenchEngine(a) => cmd::bench_engine::run(a),
         Command::BenchPause(a) => cmd::bench_pause::run(a),
+        Command::BenchRescue(a) => cmd::bench_rescue::run(a),
         Command::BenchRms(a) => cmd::bench_rms::run(a),
         Command::BenchDrain(a) => cmd::bench_drain::run(a),
         Command::Qemu(Qemu::Run(c)) => cmd::qemu::run(c),

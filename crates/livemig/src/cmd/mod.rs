@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_drain;
 pub mod bench_engine;
 pub mod bench_pause;
+pub mod bench_rescue;
 pub mod bench_rms;
 pub mod completions;
 pub mod demo;
