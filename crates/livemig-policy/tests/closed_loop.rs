@@ -20,6 +20,16 @@ fn line(rate: f64) -> Growth {
     Growth::linear(rate, cfg().memory_bytes)
 }
 
+/// An exact dirty-log sample of `truth`: ten points over 1 s, as the simulator takes one.
+fn exact_sample(truth: &dyn Fn(f64) -> f64) -> DirtySample {
+    DirtySample {
+        points: (1..=10)
+            .map(|i| (0.1 * f64::from(i), truth(0.1 * f64::from(i))))
+            .collect(),
+        ..DirtySample::default()
+    }
+}
+
 /// A one-point sample of `rate`, as QEMU's `calc-dirty-rate` gives (1 MiB/s steps).
 fn coarse_sample(rate: f64) -> DirtySample {
     DirtySample {
@@ -155,12 +165,7 @@ fn a_slow_executor_raises_the_cap_by_its_slowness() {
     let g = line(30.0 * MIB);
     let run = |slowness: f64| {
         let mut p = PolicyKind::Predictive.build(cfg()).expect("valid");
-        p.observe_sample(&DirtySample {
-            points: (1..=10)
-                .map(|i| (0.1 * f64::from(i), g.predict(0.1 * f64::from(i))))
-                .collect(),
-            ..DirtySample::default()
-        });
+        p.observe_sample(&exact_sample(&|t| g.predict(t)));
         drive(p.as_mut(), &|t| g.predict(t), slowness, &[1.0; 2])
     };
     let (fast, slow) = (run(1.0), run(1.5));
@@ -172,12 +177,7 @@ fn a_slow_executor_raises_the_cap_by_its_slowness() {
 fn a_round_dirtying_more_than_planned_is_raised_mid_round() {
     let g = line(20.0 * MIB);
     let mut p = PolicyKind::Predictive.build(cfg()).expect("valid");
-    p.observe_sample(&DirtySample {
-        points: (1..=10)
-            .map(|i| (0.1 * f64::from(i), g.predict(0.1 * f64::from(i))))
-            .collect(),
-        ..DirtySample::default()
-    });
+    p.observe_sample(&exact_sample(&|t| g.predict(t)));
     let cap = p.first_cap();
     let probe = |elapsed: f64, dirtied: f64| RoundProbe {
         round: 1,
@@ -202,12 +202,7 @@ fn a_round_dirtying_more_than_planned_is_raised_mid_round() {
     assert!(r.reason.contains("dirtied"), "{}", r.reason);
     // A round that sends slower than planned (QEMU: no dirty count mid-round) is raised too.
     let mut q = PolicyKind::Predictive.build(cfg()).expect("valid");
-    q.observe_sample(&DirtySample {
-        points: (1..=10)
-            .map(|i| (0.1 * f64::from(i), g.predict(0.1 * f64::from(i))))
-            .collect(),
-        ..DirtySample::default()
-    });
+    q.observe_sample(&exact_sample(&|t| g.predict(t)));
     let slow = RoundProbe {
         round: 1,
         elapsed_s: 2.0,
@@ -232,12 +227,7 @@ fn rescue_throttles_just_enough_for_b_max_and_converges() {
         ..cfg()
     };
     let truth = |t: f64| 200.0 * MIB * t;
-    let sample = DirtySample {
-        points: (1..=10)
-            .map(|i| (0.1 * f64::from(i), truth(0.1 * f64::from(i))))
-            .collect(),
-        ..DirtySample::default()
-    };
+    let sample = exact_sample(&truth);
     // Without rescue: it gives up, far above h.
     let mut plain = PolicyKind::Predictive.build(tight.clone()).expect("valid");
     plain.observe_sample(&sample);

@@ -32,6 +32,7 @@
 mod args;
 mod cluster;
 mod cmd;
+mod loopback;
 mod ops_view;
 mod out;
 mod outcome;

@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use livemig_engine::wire::{Versions, PAGE_SIZE};
-use livemig_engine::{
-    migrate_measured, net, Control, Guest, InitialContent, Key, ReceiverConfig, SenderConfig,
-    SimGuest, SimGuestConfig,
-};
+use livemig_engine::{Guest, InitialContent, SenderConfig, SimGuest, SimGuestConfig};
 use livemig_policy::report::{DowntimeBreakdown, MigrationReport};
 use livemig_policy::{PolicyConfig, PolicyKind};
 use livemig_workload::units::{self, fmt_bytes};
@@ -177,21 +174,6 @@ fn migrate_once(guest: &SimGuest, memory: u64, cap: f64, protocol: u16) -> Resul
         ..PolicyConfig::default()
     };
     let mut policy = PolicyKind::Fixed.build(cfg)?;
-    let key = Key::generate()?;
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let mut a = std::net::TcpStream::connect(l.local_addr()?)?;
-    let (mut b, _) = l.accept()?;
-    net::prepare(&a, TIMEOUT)?;
-    net::prepare(&b, TIMEOUT)?;
-    let dk = key.clone();
-    let dest = std::thread::spawn(move || -> Result<()> {
-        let cfg = ReceiverConfig {
-            frame_deadline: TIMEOUT,
-            ..ReceiverConfig::default()
-        };
-        livemig_engine::receive(&mut b, &dk, &cfg)?;
-        Ok(())
-    });
     let send_cfg = SenderConfig {
         sample_s: 0.0,
         stop_remaining: STOP_REMAINING,
@@ -201,21 +183,7 @@ fn migrate_once(guest: &SimGuest, memory: u64, cap: f64, protocol: u16) -> Resul
         versions: Versions::new(protocol, protocol).context("a protocol version")?,
         ..SenderConfig::default()
     };
-    let r = migrate_measured(
-        &mut a,
-        &key,
-        guest,
-        policy.as_mut(),
-        &send_cfg,
-        &Control::new(),
-        &mut |_| {},
-        None,
-    );
-    drop(a);
-    dest.join()
-        .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?
-        .context("the receiver failed")?;
-    Ok(r?.0)
+    crate::loopback::migrate(guest, policy.as_mut(), &send_cfg, TIMEOUT)
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {

@@ -10,10 +10,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use livemig_engine::{
-    migrate_measured, net, Control, InitialContent, Key, ReceiverConfig, SenderConfig, SimGuest,
-    SimGuestConfig,
-};
+use livemig_engine::{InitialContent, SenderConfig, SimGuest, SimGuestConfig};
 use livemig_policy::report::MigrationReport;
 use livemig_policy::stats::StatsError;
 use livemig_policy::{Decision, Policy, PolicyConfig, PolicyKind, RoundStats};
@@ -220,21 +217,6 @@ fn one_way(
     std::thread::sleep(Duration::from_millis(500));
     let (w1, _) = guest.self_check();
     let speed = (w1 - w0) as f64 / t0.elapsed().as_secs_f64();
-    let key = Key::generate()?;
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let mut a = std::net::TcpStream::connect(l.local_addr()?)?;
-    let (mut b, _) = l.accept()?;
-    net::prepare(&a, TIMEOUT)?;
-    net::prepare(&b, TIMEOUT)?;
-    let dk = key.clone();
-    let dest = std::thread::spawn(move || -> Result<()> {
-        let cfg = ReceiverConfig {
-            frame_deadline: TIMEOUT,
-            ..ReceiverConfig::default()
-        };
-        livemig_engine::receive(&mut b, &dk, &cfg)?;
-        Ok(())
-    });
     let send_cfg = SenderConfig {
         stop_remaining: h,
         timeout: TIMEOUT,
@@ -244,21 +226,7 @@ fn one_way(
     };
     let (w2, _) = guest.self_check();
     let started = Instant::now();
-    let r = migrate_measured(
-        &mut a,
-        &key,
-        &guest,
-        policy.as_mut(),
-        &send_cfg,
-        &Control::new(),
-        &mut |_| {},
-        None,
-    );
-    drop(a);
-    dest.join()
-        .map_err(|_| anyhow::anyhow!("receiver thread panicked"))?
-        .context("the receiver failed")?;
-    let report = r?.0;
+    let report = crate::loopback::migrate(&guest, policy.as_mut(), &send_cfg, TIMEOUT)?;
     // The source is paused for good: its counter stopped at the pause.
     let (w3, _) = guest.self_check();
     let ran = started.elapsed().as_secs_f64() - report.summary.downtime_s;
