@@ -7,6 +7,13 @@
 //! refined by golden-section search) `W` and `c` solve a non-negative least-squares problem.
 //! With fewer than three distinct points the curve is underdetermined and the estimator falls
 //! back to the most conservative straight line through the origin.
+//!
+//! `tau` is never fitted below half the shortest observed time: points taken at `t_min` and
+//! later cannot tell a working set that saturated in 1 ms from one that took `t_min / 2`, and
+//! the sharper choice would claim that even the shortest round dirties the whole working set
+//! (on real QEMU, a one-point 1 s sample and two rounds made `predictive` declare every cap
+//! infeasible and jump to B_max). Rounds shorter than any seen are predicted from a curve the
+//! data supports; the closed loop corrects it if the round leaves more.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +44,8 @@ pub struct Point {
 }
 
 const TAU_MIN: f64 = 1e-3;
+/// `tau` is fitted no lower than this share of the shortest observed time.
+const TAU_FLOOR_OF_SHORTEST: f64 = 0.5;
 const TAU_MAX: f64 = 1e5;
 const GRID: usize = 80;
 /// Exponents tried for the non-saturating part, linear first (preferred on ties).
@@ -96,8 +105,11 @@ impl Growth {
             .fold(0.0, f64::max)
             .max(1.0)
             * 1e-3;
+        let floor = (times[0] * TAU_FLOOR_OF_SHORTEST)
+            .clamp(TAU_MIN, TAU_MAX)
+            .ln();
         let cost_at = |log_tau: f64, beta: f64| -> (f64, Growth) {
-            let tau = log_tau.exp();
+            let tau = log_tau.max(floor).exp();
             let (w, c, cost) = nnls2(&pts, tau, beta, scale);
             (
                 cost,
@@ -255,6 +267,30 @@ mod tests {
         assert_eq!(g.linear_bytes_per_s, 10.0);
         assert_eq!(g.predict(2.0), 20.0);
         assert!(Growth::fit(&[], 1e9).is_none());
+    }
+
+    /// Three points all past saturation (a hot set seen only at 1 s and later): the fit may
+    /// not claim that a round shorter than any seen dirties the whole set.
+    #[test]
+    fn no_time_constant_below_half_the_shortest_observation() {
+        let pts: Vec<Point> = [(1.0, 30.0 * MIB), (1.4, 32.7 * MIB), (4.18, 51.1 * MIB)]
+            .iter()
+            .map(|&(t_s, dirty_bytes)| Point {
+                t_s,
+                dirty_bytes,
+                weight: 1.0,
+            })
+            .collect();
+        let g = Growth::fit(&pts, 1e15).expect("fits");
+        assert!(g.tau_s >= 0.5 - 1e-9, "{g:?}");
+        assert!(g.predict(0.25) < 0.7 * g.predict(1.0), "{g:?}");
+        // Still a close fit where the data is.
+        for p in &pts {
+            assert!(
+                (g.predict(p.t_s) / p.dirty_bytes - 1.0).abs() < 0.1,
+                "{g:?}"
+            );
+        }
     }
 
     #[test]
