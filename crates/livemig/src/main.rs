@@ -34,6 +34,7 @@ mod cluster;
 mod cmd;
 mod loopback;
 mod ops_view;
+mod oracle;
 mod out;
 mod outcome;
 mod plot;
@@ -101,6 +102,9 @@ enum Command {
     /// auto-converge rule and a plain constant cap, at the same bandwidth (guest slowdown,
     /// downtime).
     BenchRescue(cmd::bench_rescue::Args),
+    /// The engine's oracle: the lowest constant cap that converges for a guest, by bisection
+    /// over real loopback migrations, and the policies' peak cap and total time against it.
+    BenchOracle(cmd::bench_oracle::Args),
     /// Benchmark the system on loopback: migrations per minute through the RMS with many small
     /// VMs, recovery time after an RMS crash.
     BenchRms(cmd::bench_rms::Args),
@@ -229,6 +233,7 @@ fn main() {
         Command::BenchEngine(a) => cmd::bench_engine::run(a),
         Command::BenchPause(a) => cmd::bench_pause::run(a),
         Command::BenchRescue(a) => cmd::bench_rescue::run(a),
+        Command::BenchOracle(a) => cmd::bench_oracle::run(a),
         Command::BenchRms(a) => cmd::bench_rms::run(a),
         Command::BenchDrain(a) => cmd::bench_drain::run(a),
         Command::Qemu(Qemu::Run(c)) => cmd::qemu::run(c),

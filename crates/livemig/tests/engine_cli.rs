@@ -394,3 +394,59 @@ fn progress_json_streams_every_round_record_as_ndjson() {
         .count();
     assert_eq!(received, rounds.len(), "one report per pre-copy round");
 }
+
+/// `bench-oracle`: real loopback migrations at B_max then bisection steps; the oracle is the
+/// lowest cap that converged, every probe under it failed, and the policy is scored against it
+/// with its memory audit.
+#[test]
+fn bench_oracle_bisects_real_migrations_and_scores_the_policy() {
+    let mib = 1024.0 * 1024.0;
+    let out = Command::cargo_bin("livemig")
+        .expect("binary")
+        .args([
+            "bench-oracle",
+            "--memory",
+            "32MiB",
+            "--workload",
+            "hot=hotcold:rate=32MiB/s,hot=10%,share=90%",
+            "--runs",
+            "2",
+            "--stop-remaining",
+            "1MiB",
+            "--min-bandwidth",
+            "8MiB/s",
+            "--max-bandwidth",
+            "128MiB/s",
+            "--json",
+        ])
+        .timeout(Duration::from_secs(120))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    let r = &v[0];
+    assert_eq!(r["workload"], "hot");
+    let probes = r["probes"].as_array().expect("probes");
+    assert_eq!(probes[0]["cap_bytes_per_s"].as_f64(), Some(128.0 * mib));
+    assert_eq!(probes[0]["converged"], true, "{r}");
+    assert_eq!(probes.len(), 3, "B_max and two steps: {r}");
+    let oracle = r["oracle_bytes_per_s"].as_f64().expect("an oracle");
+    for p in probes {
+        let cap = p["cap_bytes_per_s"].as_f64().expect("cap");
+        let ok = p["converged"].as_bool().expect("converged");
+        assert!(cap >= 8.0 * mib && cap <= 128.0 * mib, "{p}");
+        assert!(cap >= oracle || !ok, "{oracle} is not the lowest: {r}");
+    }
+    assert!(probes
+        .iter()
+        .any(|p| p["cap_bytes_per_s"].as_f64() == Some(oracle)));
+    let s = &r["scored"][0];
+    assert_eq!(s["policy"], "predictive");
+    assert_eq!(s["converged"], true, "{s}");
+    let ratio = s["cap_ratio"].as_f64().expect("a ratio");
+    let peak = s["peak_cap_bytes_per_s"].as_f64().expect("peak");
+    assert!((ratio - peak / oracle).abs() < 1e-9, "{s}");
+    assert_eq!(s["check"], "ok (8192 pages)", "{s}");
+}

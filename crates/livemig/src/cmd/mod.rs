@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bench;
 pub mod bench_drain;
 pub mod bench_engine;
+pub mod bench_oracle;
 pub mod bench_pause;
 pub mod bench_rescue;
 pub mod bench_rms;

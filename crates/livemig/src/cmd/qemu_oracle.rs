@@ -3,17 +3,15 @@
 //! policies scored against it as the simulator scores them: peak cap and total time over the
 //! oracle's.
 
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use livemig_policy::{PolicyConfig, PolicyKind, PolicySpec, Timeouts};
-use livemig_qemu::governor::QemuReport;
 use livemig_qemu::vm::{GuestImage, GUEST_MEMORY_BYTES};
-use livemig_workload::units::{fmt_duration, fmt_rate};
-use serde::Serialize;
+use livemig_workload::units::fmt_rate;
 
 use crate::args::{resolve_spec, Runner, TimeoutArgs};
+use crate::oracle::{self, Bisection, OracleResult, Scored};
 use crate::out;
 use crate::qemu_runs::{bench_one, locate_image};
 
@@ -61,42 +59,6 @@ pub struct OracleArgs {
     pub out: Option<PathBuf>,
 }
 
-/// One real run at a constant cap.
-#[derive(Debug, Serialize)]
-struct Probe {
-    cap_bytes_per_s: f64,
-    converged: bool,
-    total_time_s: f64,
-}
-
-/// A policy's run scored against the oracle.
-#[derive(Debug, Serialize)]
-struct Scored {
-    policy: String,
-    converged: bool,
-    peak_cap_bytes_per_s: f64,
-    total_time_s: f64,
-    downtime_s: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_throttle: Option<f64>,
-    cap_ratio: Option<f64>,
-    time_ratio: Option<f64>,
-    heartbeat: String,
-}
-
-/// One workload's oracle and scores.
-#[derive(Debug, Serialize)]
-struct OracleResult {
-    workload: String,
-    spec: String,
-    /// The lowest converging cap found, and its run's total time; `None` when not even B_max
-    /// converges.
-    oracle_bytes_per_s: Option<f64>,
-    oracle_total_time_s: Option<f64>,
-    probes: Vec<Probe>,
-    scored: Vec<Scored>,
-}
-
 /// Runs `livemig qemu oracle`.
 pub fn run(args: OracleArgs) -> Result<()> {
     crate::rt::runtime()?.block_on(oracle(args))
@@ -125,11 +87,10 @@ async fn oracle(args: OracleArgs) -> Result<()> {
         let Some((name, spec)) = w.split_once('=') else {
             bail!("--workload takes NAME=SPEC, got `{w}`");
         };
-        let mut probes = Vec::new();
-        let mut n = 0;
-        let mut at = |cap: f64| {
-            n += 1;
-            Fixed {
+        let mut search = Bisection::new(cfg.min_bandwidth, cfg.max_bandwidth, args.runs);
+        while let Some(cap) = search.next() {
+            let n = search.probes().len() + 1;
+            let fixed = Fixed {
                 image: &image,
                 spec,
                 dir: out_dir.join(format!("{name}-fixed-{n}")),
@@ -138,32 +99,9 @@ async fn oracle(args: OracleArgs) -> Result<()> {
                     ..cfg.clone()
                 },
                 timeouts,
-            }
-        };
-        let (hi_ok, hi_time) = at(cfg.max_bandwidth).run(name).await?;
-        probes.push(Probe {
-            cap_bytes_per_s: cfg.max_bandwidth,
-            converged: hi_ok,
-            total_time_s: hi_time,
-        });
-        let mut best = hi_ok.then_some((cfg.max_bandwidth, hi_time));
-        if hi_ok {
-            let (mut lo, mut hi) = (cfg.min_bandwidth, cfg.max_bandwidth);
-            for _ in 0..args.runs {
-                let mid = (lo * hi).sqrt();
-                let (ok, t) = at(mid).run(name).await?;
-                probes.push(Probe {
-                    cap_bytes_per_s: mid,
-                    converged: ok,
-                    total_time_s: t,
-                });
-                if ok {
-                    hi = mid;
-                    best = Some((mid, t));
-                } else {
-                    lo = mid;
-                }
-            }
+            };
+            let (ok, t) = fixed.run(name).await?;
+            search.record(ok, t);
         }
         let mut scored = Vec::new();
         for &runner in &args.policies {
@@ -172,18 +110,16 @@ async fn oracle(args: OracleArgs) -> Result<()> {
             out::note(&format!("[{name}] {} ...", runner.name()));
             let (run, hb) = bench_one(&image, spec, &dir, runner, &cfg, timeouts, None).await;
             match run {
-                Ok(r) => scored.push(score(runner, &r, best, hb)),
+                Ok(r) => scored.push(Scored::new(
+                    runner.name(),
+                    &r.report.summary,
+                    search.best(),
+                    hb,
+                )),
                 Err(e) => out::note(&format!("[{name}] {} failed: {e:#}", runner.name())),
             }
         }
-        results.push(OracleResult {
-            workload: name.to_string(),
-            spec: spec.to_string(),
-            oracle_bytes_per_s: best.map(|b| b.0),
-            oracle_total_time_s: best.map(|b| b.1),
-            probes,
-            scored,
-        });
+        results.push(OracleResult::new(name, spec, &search, scored));
     }
     let json = serde_json::to_string_pretty(&results)?;
     std::fs::write(out_dir.join("oracle.json"), &json)?;
@@ -191,7 +127,7 @@ async fn oracle(args: OracleArgs) -> Result<()> {
         out::emit_line(&json)?;
         return Ok(());
     }
-    out::emit(&table(&results))?;
+    out::emit(&oracle::table(&results, "heartbeat"))?;
     Ok(())
 }
 
@@ -223,64 +159,4 @@ impl Fixed<'_> {
         let r = run?;
         Ok((r.report.summary.converged, r.report.summary.total_time_s))
     }
-}
-
-fn score(runner: Runner, r: &QemuReport, best: Option<(f64, f64)>, heartbeat: String) -> Scored {
-    let s = &r.report.summary;
-    let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
-    Scored {
-        policy: runner.name().to_string(),
-        converged: s.converged,
-        peak_cap_bytes_per_s: s.peak_cap_bytes_per_s,
-        total_time_s: s.total_time_s,
-        downtime_s: s.downtime_s,
-        max_throttle: s.max_throttle,
-        cap_ratio: best.and_then(|(b, _)| ratio(s.peak_cap_bytes_per_s, b)),
-        time_ratio: best.and_then(|(_, t)| ratio(s.total_time_s, t)),
-        heartbeat,
-    }
-}
-
-fn table(results: &[OracleResult]) -> String {
-    let mut s = String::new();
-    for r in results {
-        let _ = writeln!(s, "\n## {}: `{}`", r.workload, r.spec);
-        match (r.oracle_bytes_per_s, r.oracle_total_time_s) {
-            (Some(b), Some(t)) => {
-                let _ = writeln!(
-                    s,
-                    "oracle: {} (total {}) after {} real runs",
-                    fmt_rate(b),
-                    fmt_duration(t),
-                    r.probes.len()
-                );
-            }
-            _ => {
-                let _ = writeln!(s, "oracle: no constant cap up to B_max converges");
-            }
-        }
-        let _ = writeln!(
-            s,
-            "{:<13} {:>5} {:>13} {:>9} {:>9} {:>9} {:>10} {:>10} heartbeat",
-            "policy", "conv", "peak cap", "total", "downtime", "throttle", "cap/orc", "time/orc"
-        );
-        for x in &r.scored {
-            let ratio = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}x"));
-            let _ = writeln!(
-                s,
-                "{:<13} {:>5} {:>13} {:>9} {:>9} {:>9} {:>10} {:>10} {}",
-                x.policy,
-                if x.converged { "yes" } else { "no" },
-                fmt_rate(x.peak_cap_bytes_per_s),
-                fmt_duration(x.total_time_s),
-                fmt_duration(x.downtime_s),
-                x.max_throttle
-                    .map_or("-".to_string(), |t| format!("{:.0} %", 100.0 * t)),
-                ratio(x.cap_ratio),
-                ratio(x.time_ratio),
-                x.heartbeat
-            );
-        }
-    }
-    s
 }
