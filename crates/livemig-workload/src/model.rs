@@ -8,12 +8,16 @@
 
 use crate::spec::{Pattern, Workload};
 
-/// Groups of pages sharing one hit probability: `(pages, p)`.
+/// Groups of pages sharing one hit probability: `(pages, p)`, with `ln(1 - p)` kept beside
+/// them (computed once: the simulator asks for thousands of groups at every step).
 #[derive(Debug, Clone, PartialEq)]
 enum Shape {
     Scan,
-    Groups(Vec<(f64, f64)>),
+    Groups(Vec<(f64, f64)>, Vec<f64>),
 }
+
+/// Below this exponent `exp_m1` is exactly -1: the group is wholly dirty.
+const SATURATED: f64 = -40.0;
 
 /// A workload's dirtying model for one memory size.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +64,11 @@ fn zipf_groups(pages: f64, s: f64) -> Vec<(f64, f64)> {
     groups
 }
 
+fn groups(g: Vec<(f64, f64)>) -> Shape {
+    let logs = g.iter().map(|&(_, p)| (-p).ln_1p()).collect();
+    Shape::Groups(g, logs)
+}
+
 impl DirtyModel {
     /// The model of `workload` on a guest of `memory` bytes in pages of `page_size`.
     pub fn new(workload: &Workload, memory: f64, page_size: f64) -> DirtyModel {
@@ -72,7 +81,7 @@ impl DirtyModel {
         let pages = (memory / page_size).floor().max(1.0);
         let shape = match pattern {
             Pattern::Scan => Shape::Scan,
-            Pattern::Uniform => Shape::Groups(vec![(pages, 1.0 / pages)]),
+            Pattern::Uniform => groups(vec![(pages, 1.0 / pages)]),
             Pattern::HotCold { hot, share } => {
                 let hot_pages = crate::sampler::hot_pages(hot, pages);
                 let cold_pages = pages - hot_pages;
@@ -80,9 +89,9 @@ impl DirtyModel {
                 if cold_pages > 0.0 {
                     g.push((cold_pages, (1.0 - share) / cold_pages));
                 }
-                Shape::Groups(g)
+                groups(g)
             }
-            Pattern::Zipf { s } => Shape::Groups(zipf_groups(pages, s)),
+            Pattern::Zipf { s } => groups(zipf_groups(pages, s)),
         };
         DirtyModel {
             page_size,
@@ -98,17 +107,19 @@ impl DirtyModel {
         }
         match &self.shape {
             Shape::Scan => written.min(self.memory),
-            Shape::Groups(groups) => {
+            Shape::Groups(groups, logs) => {
                 let writes = written / self.page_size;
                 let pages: f64 = groups
                     .iter()
-                    .map(|&(count, p)| {
+                    .zip(logs)
+                    .map(|(&(count, p), &log_miss)| {
+                        let x = writes * log_miss;
                         if p <= 0.0 {
                             0.0
-                        } else if p >= 1.0 {
+                        } else if p >= 1.0 || x < SATURATED {
                             count
                         } else {
-                            -count * (writes * (-p).ln_1p()).exp_m1()
+                            -count * x.exp_m1()
                         }
                     })
                     .sum();
@@ -165,7 +176,7 @@ mod tests {
     #[test]
     fn zipf_groups_are_normalised_and_concentrated() {
         let m = model("zipf:rate=1,s=1.1", 4.0 * GIB);
-        let Shape::Groups(g) = &m.shape else {
+        let Shape::Groups(g, _) = &m.shape else {
             panic!("zipf has groups")
         };
         let total: f64 = g.iter().map(|(c, p)| c * p).sum();
