@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use livemig_workload::sampler::SplitMix64;
 use livemig_workload::PageSampler;
 
-use crate::{LoadSpec, HEARTBEAT_PREFIX, PAGE};
+use crate::{LoadSpec, HEARTBEAT_PREFIX, PAGE, WRITES_PREFIX};
 
 /// Length of one write tick.
 pub const TICK: Duration = Duration::from_millis(10);
@@ -59,6 +59,17 @@ pub fn filled_buffer(spec: &LoadSpec) -> Vec<u8> {
     buf
 }
 
+/// `rounds` of a multiply-xorshift mix of `x`: CPU work the compiler cannot skip.
+pub fn churn(mut x: u64, rounds: u32) -> u64 {
+    for _ in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+    }
+    x
+}
+
 /// Writes one 8-byte counter into page `page` (the slot moves within the page).
 pub fn touch(buf: &mut [u8], page: usize, counter: u64) {
     let slot = (counter as usize % (PAGE / 8)) * 8;
@@ -68,7 +79,9 @@ pub fn touch(buf: &mut [u8], page: usize, counter: u64) {
     }
 }
 
-/// Runs forever: writes at `spec.rate` and prints `livemig-hb N` every `spec.heartbeat_s`.
+/// Runs forever: writes at `spec.rate` and prints `livemig-hb N` then `livemig-writes K T`
+/// (writes so far, milliseconds since the start) every `spec.heartbeat_s`. With `work`, a batch holds at most 50 ms of writes, so a guest
+/// whose vCPU cannot keep up still beats on time (and drops the writes it is behind on).
 pub fn run(spec: &LoadSpec, out: &mut dyn Write) -> std::io::Result<()> {
     let mut buf = filled_buffer(spec);
     let mut pages = PageStream::new(spec);
@@ -91,20 +104,34 @@ pub fn run(spec: &LoadSpec, out: &mut dyn Write) -> std::io::Result<()> {
     let mut beat: u64 = 0;
     let mut done: u64 = 0;
     let mut counter: u64 = 0;
+    let mut writes: u64 = 0;
+    let max_batch = if spec.work == 0 {
+        writes_per_s as u64 + 1
+    } else {
+        (writes_per_s * 0.05) as u64 + 1
+    };
     loop {
         let now = Instant::now();
         let due = (now.duration_since(start).as_secs_f64() * writes_per_s) as u64;
         // Never more than one second of backlog at once, so a stalled guest does not burst.
-        let backlog = due.saturating_sub(done).min(writes_per_s as u64 + 1);
+        let backlog = due.saturating_sub(done).min(max_batch);
         for _ in 0..backlog {
             counter = counter.wrapping_add(1);
-            touch(&mut buf, pages.next_page(), counter);
+            let value = if spec.work == 0 {
+                counter
+            } else {
+                churn(counter, spec.work)
+            };
+            touch(&mut buf, pages.next_page(), value);
         }
+        writes += backlog;
         done = due;
         std::hint::black_box(&mut buf);
         if now >= next_beat {
             beat += 1;
             writeln!(out, "{HEARTBEAT_PREFIX}{beat}")?;
+            let ms = now.duration_since(start).as_millis();
+            writeln!(out, "{WRITES_PREFIX}{writes} {ms}")?;
             out.flush()?;
             next_beat += heartbeat;
             if next_beat < now {
@@ -151,6 +178,7 @@ mod tests {
             rate: 0.0,
             buffer: 4 * PAGE,
             heartbeat_s: 1.0,
+            work: 0,
         };
         let mut buf = filled_buffer(&spec);
         assert_eq!(buf.len(), 4 * PAGE);
@@ -160,5 +188,13 @@ mod tests {
         assert_ne!(&buf[2 * PAGE..3 * PAGE], &before[..]);
         // Out of range pages are ignored, not a panic.
         touch(&mut buf, 99, 1);
+    }
+
+    #[test]
+    fn churn_is_work_that_changes_the_value_and_none_is_the_identity() {
+        assert_eq!(churn(12345, 0), 12345);
+        assert_ne!(churn(12345, 1), 12345);
+        assert_eq!(churn(12345, 1000), churn(12345, 1000));
+        assert_ne!(churn(12345, 1000), churn(12346, 1000));
     }
 }

@@ -1,4 +1,9 @@
-//! The load spec: `PATTERN:rate=R,buffer=B[,hot=F,share=S][,s=X][,heartbeat=D]`.
+//! The load spec: `PATTERN:rate=R,buffer=B[,hot=F,share=S][,s=X][,heartbeat=D][,work=N]`.
+//!
+//! `work=N` makes every page write cost CPU: N rounds of a multiply-xorshift mix before the
+//! write (default 0). A guest with work dirties at most what its vCPU can compute, so a CPU
+//! throttle slows its dirtying; without it a page write is one store and a guest keeps its rate
+//! on a sliver of its vCPU.
 //!
 //! The pattern is the workload crate's [`Pattern`], parsed by [`Pattern::parse_named`], so the
 //! guest writes exactly what the simulator models (`livemig_workload::DirtyModel`): `uniform`,
@@ -20,6 +25,8 @@ pub struct LoadSpec {
     pub buffer: usize,
     /// Seconds between two heartbeat lines.
     pub heartbeat_s: f64,
+    /// Rounds of CPU work before every page write (0: none).
+    pub work: u32,
 }
 
 /// Why a load spec was refused.
@@ -29,7 +36,7 @@ pub enum SpecError {
     Pattern(String),
     #[error("`{0}` is not a key=value pair")]
     Pair(String),
-    #[error("unknown key `{0}` (expected rate, buffer, hot, share, s, heartbeat)")]
+    #[error("unknown key `{0}` (expected rate, buffer, hot, share, s, heartbeat, work)")]
     Key(String),
     #[error("key `{0}` is given twice")]
     Duplicate(String),
@@ -49,12 +56,16 @@ pub enum SpecError {
     Buffer(usize),
     #[error("the heartbeat period must be positive")]
     Heartbeat,
+    #[error("work must be a whole number from 0 to {MAX_WORK}, got `{0}`")]
+    Work(String),
     #[error("no `livemig.load=` parameter on the kernel command line")]
     NotOnCmdline,
 }
 
 /// Keys a load spec may give.
-const KEYS: [&str; 6] = ["rate", "buffer", "hot", "share", "s", "heartbeat"];
+const KEYS: [&str; 7] = ["rate", "buffer", "hot", "share", "s", "heartbeat", "work"];
+/// The most rounds of work per page write (about a millisecond of a TCG vCPU).
+pub const MAX_WORK: u32 = 100_000;
 
 impl LoadSpec {
     /// Parses `PATTERN:key=value,...`; a bare `PATTERN` takes the defaults (rate 0, 16 MiB,
@@ -86,6 +97,14 @@ impl LoadSpec {
         let rate = value("rate", parse_rate, 0.0)?;
         let buffer = value("buffer", parse_size, (16u64 << 20) as f64)? as usize;
         let heartbeat_s = value("heartbeat", parse_duration, 0.1)?;
+        let work = match get("work") {
+            None => 0,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|&n| n <= MAX_WORK)
+                .ok_or_else(|| SpecError::Work(v.to_string()))?,
+        };
         let (pattern, rate) = match kind {
             "idle" => (Pattern::Uniform, 0.0),
             name => {
@@ -110,6 +129,7 @@ impl LoadSpec {
             rate,
             buffer,
             heartbeat_s,
+            work,
         })
     }
 
@@ -131,6 +151,21 @@ impl LoadSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn work_is_a_bounded_whole_number() {
+        assert_eq!(LoadSpec::parse("scan:rate=8MiB/s").expect("ok").work, 0);
+        assert_eq!(
+            LoadSpec::parse("scan:rate=8MiB/s,work=400")
+                .expect("ok")
+                .work,
+            400
+        );
+        for bad in ["work=-1", "work=1.5", "work=x", "work=100001", "work="] {
+            let e = LoadSpec::parse(&format!("scan:rate=8MiB/s,{bad}")).expect_err(bad);
+            assert!(matches!(e, SpecError::Work(_)), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn parses_every_pattern_and_unit() {

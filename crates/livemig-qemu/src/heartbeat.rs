@@ -12,6 +12,31 @@ pub fn numbers(text: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Prefix of the guest program's progress line, `livemig-writes K T`: K page writes done
+/// after T milliseconds of its own clock.
+pub const WRITES_PREFIX: &str = "livemig-writes ";
+
+/// The guest's progress in console text: `(writes, ms)` of every whole progress line, in
+/// order. Lines that do not parse (cut at the switch-over, or from an older guest) are skipped.
+pub fn writes(text: &str) -> Vec<(u64, u64)> {
+    complete_lines(text)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(WRITES_PREFIX))
+        .filter_map(|rest| {
+            let (k, t) = rest.trim().split_once(' ')?;
+            Some((k.parse().ok()?, t.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The guest's page writes per second of its own clock between the progress points `a` and
+/// `b`; `None` when they are less than 100 ms apart or go backwards.
+pub fn writes_per_s(a: (u64, u64), b: (u64, u64)) -> Option<f64> {
+    let dt = b.1.checked_sub(a.1)?;
+    let dk = b.0.checked_sub(a.0)?;
+    (dt >= 100).then(|| dk as f64 * 1000.0 / dt as f64)
+}
+
 /// The text up to and including its last newline: the lines a console has finished. A line
 /// still being written (or cut by the switch-over, `livemig-hb 12` of `livemig-hb 123`) is left
 /// out.
@@ -82,6 +107,16 @@ pub fn continuity(source: &str, destination: &str) -> Result<Continuity, Heartbe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_lines_parse_whole_and_skip_the_rest() {
+        let text = "livemig-hb 1\nlivemig-writes 100 1000\nnoise\nlivemig-writes x 5\n\
+                    livemig-writes 300 2000\nlivemig-writes 400 30";
+        assert_eq!(writes(text), vec![(100, 1000), (300, 2000)]);
+        assert_eq!(writes_per_s((100, 1000), (300, 2000)), Some(200.0));
+        assert_eq!(writes_per_s((100, 1000), (300, 1050)), None);
+        assert_eq!(writes_per_s((300, 2000), (100, 3000)), None);
+    }
 
     #[test]
     fn a_clean_switch_continues() {

@@ -468,3 +468,82 @@ async fn predictive_replans_from_a_coarse_sample_that_is_too_low() {
         .await
         .expect("the destination guest runs on");
 }
+
+/// The rescue for real (issue "hard guests"): a guest whose page writes cost CPU (`work`) and
+/// dirty ~3x faster than B_max, so that no cap up to B_max converges. `predictive` flags it,
+/// asks a throttle, QEMU applies it through auto-converge, the migration converges, and after
+/// the hand-over the throttle is gone: QEMU no longer throttles the source, its own settings
+/// are back, and the guest writes on the destination at its unthrottled speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rescue_throttles_a_guest_no_cap_converges_and_lifts_it_after_the_hand_over() {
+    let _one = SERIAL.lock().await;
+    let pair = boot_pair("scan:rate=1GiB/s,buffer=96MiB,work=15000").await;
+    let cfg = PolicyConfig {
+        max_rounds: 8,
+        stop_remaining: 4.0 * MIB,
+        max_bandwidth: 40e6,
+        initial_bandwidth: None,
+        max_throttle: Some(0.99),
+        ..policy_cfg()
+    };
+    let mut src = pair.src.qmp().await.expect("source QMP");
+    let mut dst = pair.dst.qmp().await.expect("destination QMP");
+    let before = heartbeat::writes(&pair.src.console());
+    let mut gcfg = GovernorConfig::new(&pair.uri, cfg.memory_bytes, cfg.stop_remaining);
+    gcfg.rescue = true;
+    let policy = PolicyKind::Predictive.build(cfg.clone()).expect("valid");
+    let run = Governor::new(gcfg)
+        .run(&mut src, Some(&mut dst), Control::Policy(policy))
+        .await
+        .expect("the migration completes");
+    let rep = &run.report;
+    eprintln!("{}", serde_json::to_string_pretty(&run).expect("json"));
+    assert!(rep.summary.converged, "converged: {:?}", rep.summary);
+    assert!(
+        rep.summary.infeasible_from_round.is_some(),
+        "{:?}",
+        rep.summary
+    );
+    let asked = rep.summary.max_throttle.expect("a throttle was asked");
+    assert!(asked > 0.3, "{asked}");
+    assert!(!run.qemu.throttles.is_empty(), "set in QEMU");
+    let seen = run
+        .qemu
+        .cpu_throttle_seen
+        .expect("QEMU reported a throttle");
+    assert!(seen > 0.0, "QEMU throttled the guest: {seen}");
+    // Lifted: QEMU throttles no more and the source's own settings are back.
+    let info: livemig_qemu::types::MigrationInfo = src
+        .execute_as("query-migrate", None)
+        .await
+        .expect("query-migrate");
+    assert!(
+        info.cpu_throttle_percentage.unwrap_or(0.0) == 0.0,
+        "{info:?}"
+    );
+    assert_eq!(run.qemu.settings_restored, Some(true));
+    // The guest runs on at its own speed: on the destination it writes at least half as fast
+    // as before the migration (throttled, it wrote a few percent of that).
+    let start = *before.last().expect("progress before");
+    let early = *before
+        .iter()
+        .find(|p| p.1 + 2000 >= start.1)
+        .expect("progress before");
+    let speed = heartbeat::writes_per_s(early, start).expect("a speed before");
+    let last = pair.src.last_heartbeat().expect("source beat");
+    pair.dst
+        .wait_heartbeat(last + 5, Duration::from_secs(30))
+        .await
+        .expect("the destination guest runs on");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = heartbeat::writes(&pair.dst.console());
+    let (a, b) = (
+        *after.first().expect("progress after"),
+        *after.last().expect("progress after"),
+    );
+    let speed_after = heartbeat::writes_per_s(a, b).expect("a speed after");
+    assert!(
+        speed_after > 0.5 * speed,
+        "{speed_after} writes/s after vs {speed} before"
+    );
+}

@@ -50,16 +50,23 @@ impl ValueEnum for PolicyName {
 /// policy").
 pub const REAL_DEFAULT_POLICY: PolicyName = PolicyName(PolicyKind::Predictive);
 
-/// What runs a QEMU migration: a policy, or `qemu-native` (QEMU's own settings, no governor).
+/// What runs a QEMU migration: a policy, `qemu-native` (QEMU's own settings, no governor), or
+/// `qemu-auto-converge` (a constant cap at B_max with QEMU's own auto-converge steps: what the
+/// rescue is compared with).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runner {
     Policy(PolicyKind),
     Native,
+    AutoConverge,
 }
 
-/// Every runner: the policies, then `qemu-native`.
-const RUNNERS: [Runner; PolicyKind::ALL.len() + 1] = {
-    let mut out = [Runner::Native; PolicyKind::ALL.len() + 1];
+/// Rounds allowed to `qemu-auto-converge` (QEMU itself has no limit; at least N).
+pub const AUTO_CONVERGE_ROUNDS: u32 = 40;
+
+/// Every runner: the policies, then `qemu-native` and `qemu-auto-converge`.
+const RUNNERS: [Runner; PolicyKind::ALL.len() + 2] = {
+    let mut out = [Runner::Native; PolicyKind::ALL.len() + 2];
+    out[PolicyKind::ALL.len() + 1] = Runner::AutoConverge;
     let mut i = 0;
     while i < PolicyKind::ALL.len() {
         out[i] = Runner::Policy(PolicyKind::ALL[i]);
@@ -77,6 +84,10 @@ impl ValueEnum for Runner {
             Runner::Policy(k) => PossibleValue::new(k.name()).help(k.summary()),
             Runner::Native => PossibleValue::new("qemu-native")
                 .help("QEMU decides with its own settings; no governor"),
+            Runner::AutoConverge => PossibleValue::new("qemu-auto-converge").help(
+                "a constant cap at B_max with QEMU's own auto-converge (20 %, +10 % per \
+                 trigger), up to 40 rounds",
+            ),
         })
     }
 }
@@ -87,6 +98,7 @@ impl Runner {
         match self {
             Runner::Policy(k) => k.name(),
             Runner::Native => "qemu-native",
+            Runner::AutoConverge => "qemu-auto-converge",
         }
     }
 
@@ -96,7 +108,17 @@ impl Runner {
         Ok(match self {
             Runner::Policy(k) => Control::Policy(k.build(cfg.clone())?),
             Runner::Native => Control::Native,
+            Runner::AutoConverge => Control::Policy(PolicyKind::Fixed.build(PolicyConfig {
+                fixed_bandwidth: Some(cfg.max_bandwidth),
+                max_rounds: cfg.max_rounds.max(AUTO_CONVERGE_ROUNDS),
+                ..cfg.clone()
+            })?),
         })
+    }
+
+    /// Whether the governor turns on QEMU's own auto-converge.
+    pub fn auto_converge(self) -> bool {
+        self == Runner::AutoConverge
     }
 }
 

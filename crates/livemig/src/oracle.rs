@@ -92,6 +92,13 @@ pub(crate) struct Scored {
     pub time_ratio: Option<f64>,
     /// The guest after the hand-over (QEMU: its heartbeat; the engine: its memory audit).
     pub check: String,
+    /// How much the migration slowed the guest (1 - its progress during / before), when
+    /// measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slowdown: Option<f64>,
+    /// The guest's work lost to it, seconds, when measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_s: Option<f64>,
 }
 
 impl Scored {
@@ -107,6 +114,17 @@ impl Scored {
             cap_ratio: best.and_then(|(b, _)| ratio(s.peak_cap_bytes_per_s, b)),
             time_ratio: best.and_then(|(_, t)| ratio(s.total_time_s, t)),
             check,
+            slowdown: None,
+            lost_s: None,
+        }
+    }
+
+    /// With the guest's slowdown and work lost (seconds).
+    pub fn slowed(self, slowdown: f64, lost_s: f64) -> Scored {
+        Scored {
+            slowdown: Some(slowdown),
+            lost_s: Some(lost_s),
+            ..self
         }
     }
 }
@@ -158,14 +176,23 @@ pub(crate) fn table(results: &[OracleResult], check: &str) -> String {
         }
         let _ = writeln!(
             s,
-            "{:<13} {:>5} {:>13} {:>9} {:>9} {:>9} {:>10} {:>10} {check}",
-            "policy", "conv", "peak cap", "total", "downtime", "throttle", "cap/orc", "time/orc"
+            "{:<18} {:>5} {:>13} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {check}",
+            "policy",
+            "conv",
+            "peak cap",
+            "total",
+            "downtime",
+            "throttle",
+            "cap/orc",
+            "time/orc",
+            "slowdown",
+            "lost"
         );
         for x in &r.scored {
             let ratio = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}x"));
             let _ = writeln!(
                 s,
-                "{:<13} {:>5} {:>13} {:>9} {:>9} {:>9} {:>10} {:>10} {}",
+                "{:<18} {:>5} {:>13} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>9} {}",
                 x.policy,
                 if x.converged { "yes" } else { "no" },
                 fmt_rate(x.peak_cap_bytes_per_s),
@@ -175,6 +202,9 @@ pub(crate) fn table(results: &[OracleResult], check: &str) -> String {
                     .map_or("-".to_string(), |t| format!("{:.0} %", 100.0 * t)),
                 ratio(x.cap_ratio),
                 ratio(x.time_ratio),
+                x.slowdown
+                    .map_or("-".to_string(), |v| format!("{:.0} %", 100.0 * v)),
+                x.lost_s.map_or("-".to_string(), fmt_duration),
                 x.check
             );
         }

@@ -11,6 +11,7 @@ use livemig_qemu::dirty;
 use livemig_qemu::governor::{Governor, GovernorConfig, QemuReport};
 use livemig_qemu::heartbeat;
 use livemig_qemu::vm::{free_port, GuestImage, Vm, VmSpec};
+use serde::Serialize;
 
 use crate::args::Runner;
 use crate::out;
@@ -30,6 +31,51 @@ pub(crate) fn locate_image(dir: Option<&Path>) -> Result<GuestImage> {
     }
 }
 
+/// The guest's own progress across a migration, from its `livemig-writes` lines: page writes
+/// per second of its clock over the 2 s before the migration and while it ran on the source.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub(crate) struct GuestProgress {
+    pub before_writes_per_s: f64,
+    pub during_writes_per_s: f64,
+    /// 1 - during / before, within [0, 1].
+    pub slowdown: f64,
+    /// The guest's work lost: slowdown x the seconds it ran during the migration.
+    pub lost_s: f64,
+}
+
+impl GuestProgress {
+    /// From the source console's progress points at the migration's start (`at_start`) and
+    /// after it (`at_end`, which go on to the pause).
+    fn measure(at_start: &[(u64, u64)], at_end: &[(u64, u64)]) -> Option<GuestProgress> {
+        let start = *at_start.last()?;
+        let before = *at_start
+            .iter()
+            .find(|p| p.1 + 2000 >= start.1)
+            .filter(|p| p.1 + 500 <= start.1)?;
+        let end = *at_end.last()?;
+        let before_rate = heartbeat::writes_per_s(before, start)?;
+        let during_rate = heartbeat::writes_per_s(start, end)?;
+        let slowdown = if before_rate > 0.0 {
+            (1.0 - during_rate / before_rate).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        Some(GuestProgress {
+            before_writes_per_s: before_rate,
+            during_writes_per_s: during_rate,
+            slowdown,
+            lost_s: slowdown * (end.1 - start.1) as f64 / 1000.0,
+        })
+    }
+}
+
+/// One bench migration: its result, the heartbeat verdict, the guest's progress.
+pub(crate) struct BenchRun {
+    pub result: Result<QemuReport>,
+    pub heartbeat: String,
+    pub progress: Option<GuestProgress>,
+}
+
 /// Boots a fresh source and destination, optionally records a trace, migrates, checks the
 /// heartbeat. Returns the result and the heartbeat verdict.
 pub(crate) async fn bench_one(
@@ -41,8 +87,23 @@ pub(crate) async fn bench_one(
     timeouts: Timeouts,
     trace: Option<(&Path, Duration)>,
 ) -> (Result<QemuReport>, String) {
+    let r = bench_run(image, load, dir, runner, cfg, timeouts, trace).await;
+    (r.result, r.heartbeat)
+}
+
+/// [`bench_one`], with the guest's progress across the migration.
+pub(crate) async fn bench_run(
+    image: &GuestImage,
+    load: &str,
+    dir: &Path,
+    runner: Runner,
+    cfg: &PolicyConfig,
+    timeouts: Timeouts,
+    trace: Option<(&Path, Duration)>,
+) -> BenchRun {
     let boot = Duration::from_secs(60);
     let mut hb = String::from("not checked");
+    let mut progress = None;
     let result = async {
         let uri = format!("tcp:127.0.0.1:{}", free_port()?);
         let spec = VmSpec::new("src", image, load, dir);
@@ -60,9 +121,12 @@ pub(crate) async fn bench_one(
         g.timeouts = timeouts;
         // Only `predictive` throttles: the other runs (a constant cap) stay QEMU's own.
         g.rescue = cfg.max_throttle.is_some() && runner == Runner::Policy(PolicyKind::Predictive);
+        g.auto_converge = runner.auto_converge();
+        let at_start = heartbeat::writes(&src_vm.console());
         let run = Governor::new(g)
             .run(&mut src, Some(&mut dst), runner.control(cfg)?)
             .await?;
+        progress = GuestProgress::measure(&at_start, &heartbeat::writes(&src_vm.console()));
         let last = src_vm.last_heartbeat().unwrap_or(0);
         hb = match dst_vm
             .wait_heartbeat(last + 5, Duration::from_secs(20))
@@ -77,5 +141,31 @@ pub(crate) async fn bench_one(
         Ok::<_, anyhow::Error>(run)
     }
     .await;
-    (result, hb)
+    BenchRun {
+        result,
+        heartbeat: hb,
+        progress,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_compares_the_run_with_the_two_seconds_before_it() {
+        // 1000 writes/s before; 250/s over the 4 s of the migration.
+        let before: Vec<(u64, u64)> = (0..=30).map(|i| (i * 100, i * 100)).collect();
+        let mut after = before.clone();
+        after.push((3000 + 1000, 3000 + 4000));
+        let p = GuestProgress::measure(&before, &after).expect("measured");
+        assert_eq!(p.before_writes_per_s, 1000.0);
+        assert_eq!(p.during_writes_per_s, 250.0);
+        assert_eq!(p.slowdown, 0.75);
+        assert_eq!(p.lost_s, 3.0);
+        // Less than half a second of progress before: not measured.
+        assert!(GuestProgress::measure(&before[..4], &after).is_none());
+        // No progress lines (an older guest): not measured.
+        assert!(GuestProgress::measure(&[], &[]).is_none());
+    }
 }

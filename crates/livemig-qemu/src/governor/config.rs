@@ -54,6 +54,10 @@ pub struct GovernorConfig {
     /// The policy may throttle the guest (its rescue): auto-converge is turned on before
     /// `migrate`, held off until the policy asks, then set to what it asks.
     pub rescue: bool,
+    /// QEMU's own auto-converge with its default steps (20 % after two passes that dirtied
+    /// more than half of what they sent, then +10 % per trigger, up to 99 %): the comparison
+    /// the rescue is measured against. Ignored when `rescue` is set.
+    pub auto_converge: bool,
 }
 
 impl GovernorConfig {
@@ -73,6 +77,7 @@ impl GovernorConfig {
             state_file: None,
             given_sample: None,
             rescue: false,
+            auto_converge: false,
         }
     }
 }

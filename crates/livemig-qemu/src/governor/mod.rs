@@ -372,6 +372,8 @@ impl Governor {
             .map_or(QEMU_DEFAULT_MAX_BANDWIDTH, |b| b as f64);
         if cfg.rescue && switched.is_none() {
             ops::enable_throttle(src).await.map_err(s)?;
+        } else if cfg.auto_converge && switched.is_none() {
+            ops::enable_auto_converge(src).await.map_err(s)?;
         }
         if switched.is_none() {
             set_params(src, Some(first.cap()), Some(cfg.precopy_downtime_ms))

@@ -105,6 +105,30 @@ pub async fn enable_throttle(qmp: &mut QmpClient) -> Result<(), QmpError> {
     .map(|_| ())
 }
 
+/// QEMU's default auto-converge steps, set explicitly (the source may have others saved).
+pub const AUTO_CONVERGE_DEFAULTS: [(&str, u64); 4] = [
+    ("throttle-trigger-threshold", 50),
+    ("cpu-throttle-initial", 20),
+    ("cpu-throttle-increment", 10),
+    ("max-cpu-throttle", 99),
+];
+
+/// Turns QEMU's own auto-converge on before `migrate`, with its default steps.
+pub async fn enable_auto_converge(qmp: &mut QmpClient) -> Result<(), QmpError> {
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [{"capability": "auto-converge", "state": true}]})),
+    )
+    .await?;
+    let params: serde_json::Map<String, serde_json::Value> = AUTO_CONVERGE_DEFAULTS
+        .iter()
+        .map(|&(k, v)| (k.to_string(), json!(v)))
+        .collect();
+    qmp.execute("migrate-set-parameters", Some(params.into()))
+        .await
+        .map(|_| ())
+}
+
 /// The migration parameters in force (`query-migrate-parameters`).
 pub async fn read_params(qmp: &mut QmpClient) -> Result<MigrationParameters, QmpError> {
     qmp.execute_as("query-migrate-parameters", None).await

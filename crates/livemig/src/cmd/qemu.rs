@@ -146,6 +146,7 @@ async fn migrate(args: MigrateArgs, steering: Steering) -> Result<()> {
     gcfg.sample = whole_seconds("sample", &args.sample)?;
     gcfg.timeouts = args.timeouts.timeouts()?;
     gcfg.rescue = cfg.max_throttle.is_some();
+    gcfg.auto_converge = args.policy.auto_converge();
     let state_file = args
         .state_file
         .clone()

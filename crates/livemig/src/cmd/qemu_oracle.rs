@@ -13,14 +13,19 @@ use livemig_workload::units::fmt_rate;
 use crate::args::{resolve_spec, Runner, TimeoutArgs};
 use crate::oracle::{self, Bisection, OracleResult, Scored};
 use crate::out;
-use crate::qemu_runs::{bench_one, locate_image};
+use crate::qemu_runs::{bench_one, bench_run, locate_image};
 
 /// `livemig qemu oracle` flags.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "Examples:
   livemig qemu oracle --workload sweep=scan:rate=64MiB/s,buffer=160MiB
   livemig qemu oracle --workload hot=hotcold:rate=48MiB/s,buffer=128MiB,hot=25%,share=90% --runs 6
-  livemig qemu oracle --workload sweep=scan:rate=64MiB/s,buffer=160MiB --json")]
+  livemig qemu oracle --workload sweep=scan:rate=64MiB/s,buffer=160MiB --json
+  livemig qemu oracle --workload cpu=scan:rate=1GiB/s,buffer=128MiB,work=15000 --runs 0 --max-bandwidth 32MiB/s --max-throttle 0.99 --policies predictive,qemu-auto-converge
+
+The last compares the rescue with QEMU's own auto-converge on a guest no cap up to B_max
+converges (its page writes cost CPU: `work`); the slowdown column is the guest's own progress
+during the migration against the 2 s before it.")]
 pub struct OracleArgs {
     /// Folder with vmlinuz and initramfs.cpio.gz (default: what scripts/build-guest.sh makes).
     #[arg(long)]
@@ -108,14 +113,20 @@ async fn oracle(args: OracleArgs) -> Result<()> {
             let dir = out_dir.join(format!("{name}-{}", runner.name()));
             std::fs::create_dir_all(&dir)?;
             out::note(&format!("[{name}] {} ...", runner.name()));
-            let (run, hb) = bench_one(&image, spec, &dir, runner, &cfg, timeouts, None).await;
-            match run {
-                Ok(r) => scored.push(Scored::new(
-                    runner.name(),
-                    &r.report.summary,
-                    search.best(),
-                    hb,
-                )),
+            let run = bench_run(&image, spec, &dir, runner, &cfg, timeouts, None).await;
+            match run.result {
+                Ok(r) => {
+                    let s = Scored::new(
+                        runner.name(),
+                        &r.report.summary,
+                        search.best(),
+                        run.heartbeat,
+                    );
+                    scored.push(match run.progress {
+                        Some(p) => s.slowed(p.slowdown, p.lost_s),
+                        None => s,
+                    });
+                }
                 Err(e) => out::note(&format!("[{name}] {} failed: {e:#}", runner.name())),
             }
         }
