@@ -94,9 +94,7 @@ pub struct RestoreArgs {
 /// `livemig qemu dirty-trace` flags.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "Examples:
-  livemig qemu dirty-trace --qmp /run/src.qmp > trace.csv
   livemig qemu dirty-trace --qmp /run/src.qmp --period 2s --duration 5m > trace.csv
-  livemig simulate --memory 4GiB --workload trace:file=trace.csv   # replay it
   livemig qemu dirty-trace --qmp /run/src.qmp --periods 1s,2s,4s,8s,16s --duration 2m > ws.csv
   livemig simulate --memory 256MiB --workload trace:file=ws.csv   # replays the curve W(t)
 
