@@ -130,12 +130,12 @@ pub enum SpecError {
     #[error("the working-set curve")]
     Curve(#[from] CurveError),
     #[error(
-        "{0}: a working-set curve replaces the access pattern, so pattern, hot, share and s \
-         apply only with replay=rate"
+        "a working-set trace replays its curve, which replaces the access pattern: pattern, \
+         hot, share and s apply only with replay=rate"
     )]
-    PatternWithCurve(String),
-    #[error("{0}: replay=curve needs a trace with a period_s column (livemig qemu dirty-trace)")]
-    NoPeriods(String),
+    PatternWithCurve,
+    #[error("replay=curve needs a trace with a period_s column (livemig qemu dirty-trace)")]
+    NoPeriods,
 }
 
 /// Most rate steps [`Workload::inline_spec`] writes into a `phased` spec.
@@ -383,11 +383,9 @@ impl Workload {
                         .iter()
                         .any(|k| p.get(k).is_some())
                     {
-                        return Err(SpecError::PatternWithCurve(spec.to_string()));
+                        return Err(SpecError::PatternWithCurve);
                     }
-                    let ws = recorded
-                        .working_set(scale)
-                        .ok_or_else(|| SpecError::NoPeriods(spec.to_string()))??;
+                    let ws = recorded.working_set(scale).ok_or(SpecError::NoPeriods)??;
                     curve_workload(ws)?
                 } else {
                     let scaled = recorded
@@ -607,7 +605,7 @@ mod tests {
         // A pattern cannot be combined with a curve, nor a curve asked of a plain trace.
         let e = Workload::parse_in("trace:file=ws.csv,pattern=scan", Some(dir.path()))
             .expect_err("pattern with curve");
-        assert!(matches!(e, SpecError::PatternWithCurve(_)), "{e}");
+        assert!(matches!(e, SpecError::PatternWithCurve), "{e}");
         std::fs::write(
             dir.path().join("plain.csv"),
             "time_s,dirty_rate_bytes_per_s\n0,1\n",
@@ -615,7 +613,7 @@ mod tests {
         .expect("write");
         let e = Workload::parse_in("trace:file=plain.csv,replay=curve", Some(dir.path()))
             .expect_err("no periods");
-        assert!(matches!(e, SpecError::NoPeriods(_)), "{e}");
+        assert!(matches!(e, SpecError::NoPeriods), "{e}");
         let e = Workload::parse_in("trace:file=ws.csv,replay=sometimes", Some(dir.path()))
             .expect_err("bad replay");
         assert!(matches!(e, SpecError::Range { .. }), "{e}");
