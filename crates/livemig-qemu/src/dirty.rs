@@ -1,13 +1,16 @@
 //! QEMU's `calc-dirty-rate`: one measurement, the pre-migration [`DirtySample`] for the
-//! policy, and dirty-rate traces in the simulator's CSV format.
+//! policy, and dirty-rate traces in the simulator's CSV format. A trace cycles through one or
+//! more periods; with several it is a working-set trace (`livemig_workload::trace`): each
+//! row's `rate x period` is the distinct bytes dirtied in that period, so the rows trace the
+//! curve `W(period)`.
 
 use std::time::Duration;
 
 use livemig_policy::DirtySample;
-use livemig_workload::trace::HEADER;
+use livemig_workload::trace::{HEADER, PERIOD_COLUMN};
 use serde_json::json;
 
-use crate::features::DirtyMode;
+use crate::features::{self, DirtyMode};
 use crate::qmp::{QmpClient, QmpError};
 use crate::types::{DirtyRateInfo, DirtyRateStatus};
 
@@ -106,7 +109,10 @@ pub struct TraceRow {
 
 /// The trace CSV (`livemig_workload::trace` format) with one extra column, the period.
 pub fn to_csv(rows: &[TraceRow]) -> String {
-    let mut out = format!("# recorded by livemig qemu dirty-trace (calc-dirty-rate, page-sampling)\n{HEADER},period_s\n");
+    let mut out = format!(
+        "# recorded by livemig qemu dirty-trace (calc-dirty-rate, page-sampling)\n\
+         {HEADER},{PERIOD_COLUMN}\n"
+    );
     for r in rows {
         out.push_str(&format!(
             "{},{},{}\n",
@@ -116,18 +122,32 @@ pub fn to_csv(rows: &[TraceRow]) -> String {
     out
 }
 
-/// Measures back to back for `duration`, calling `each` with every row as it comes.
+/// Measures back to back for `duration`, cycling through `periods` (whole seconds each; at
+/// least one measurement of each, however short `duration`), calling `each` with every row as
+/// it comes. Measures as the governor's pre-migration sample does: the mode and the pages per
+/// GiB from [`features::probe`] (page-sampling with QEMU's most pages under TCG).
 pub async fn record(
     qmp: &mut QmpClient,
-    period: Duration,
+    periods: &[Duration],
     duration: Duration,
     mut each: impl FnMut(&TraceRow),
 ) -> Result<Vec<TraceRow>, DirtyError> {
+    if let Some(&bad) = periods
+        .iter()
+        .find(|p| p.is_zero() || p.subsec_nanos() != 0)
+    {
+        return Err(DirtyError::Period(bad));
+    }
+    let f = features::probe(qmp).await;
     let started = tokio::time::Instant::now();
-    let mut rows = Vec::new();
-    while started.elapsed() + period <= duration + POLL {
+    let mut rows: Vec<TraceRow> = Vec::new();
+    for (i, &period) in periods.iter().cycle().enumerate() {
+        let first_cycle = i < periods.len();
+        if !first_cycle && started.elapsed() + period > duration + POLL {
+            break;
+        }
         let time_s = started.elapsed().as_secs_f64();
-        let m = measure(qmp, period).await?;
+        let m = measure_in(qmp, period, f.dirty_rate_mode, f.dirty_sample_pages).await?;
         let row = TraceRow {
             time_s,
             rate_bytes_per_s: m.rate_bytes_per_s,

@@ -5,7 +5,8 @@
 //!   `10%`), parsing and printing.
 //! - [`rate`]: [`RateSeries`], a piecewise-constant write rate over time (constant, phased or a
 //!   replayed trace) and its integral.
-//! - [`trace`]: the CSV trace format (`time_s,dirty_rate_bytes_per_s`).
+//! - [`trace`]: the CSV trace format (`time_s,dirty_rate_bytes_per_s[,period_s]`).
+//! - [`workingset`]: [`WorkingSet`], a measured curve of distinct dirty bytes over time.
 //! - [`spec`]: [`Workload`], parsed from `KIND:key=value,...`.
 //! - [`model`]: [`DirtyModel`], the expected number of distinct dirty bytes after a number of
 //!   written bytes, per access pattern.
@@ -17,6 +18,7 @@ pub mod rate;
 pub mod sampler;
 pub mod spec;
 pub mod trace;
+pub mod workingset;
 
 /// Quantities with units, re-exported from `livemig-units` (their own crate so that the policy
 /// crate can read settings without depending on workloads).
@@ -26,6 +28,7 @@ pub use model::DirtyModel;
 pub use rate::RateSeries;
 pub use sampler::PageSampler;
 pub use spec::{Pattern, SpecError, Workload};
+pub use workingset::WorkingSet;
 
 /// An error with its whole source chain, as the CLI prints it (for tests).
 #[cfg(test)]

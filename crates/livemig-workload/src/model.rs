@@ -5,15 +5,26 @@
 //! expected distinct dirty pages; hot sets saturate, scans do not (until they wrap).
 //! The count depends only on `w`, not on when the writes happened, which keeps the simulator
 //! exact for time-varying rates.
+//!
+//! A measured working-set curve `W(t)` (a [`WorkingSet`], replayed at a constant write rate
+//! `r`) needs no pattern: `w` written bytes stand for `w / r` seconds, so the distinct bytes
+//! are `W(w / r)`.
 
 use crate::spec::{Pattern, Workload};
+use crate::workingset::WorkingSet;
 
-/// Groups of pages sharing one hit probability: `(pages, p)`, with `ln(1 - p)` kept beside
-/// them (computed once: the simulator asks for thousands of groups at every step).
+/// How distinct dirt grows with writes.
 #[derive(Debug, Clone, PartialEq)]
 enum Shape {
     Scan,
+    /// Groups of pages sharing one hit probability: `(pages, p)`, with `ln(1 - p)` kept
+    /// beside them (computed once: the simulator asks for thousands of groups at every step).
     Groups(Vec<(f64, f64)>, Vec<f64>),
+    /// A measured curve, replayed at `rate` bytes/s of writes.
+    Curve {
+        curve: WorkingSet,
+        rate: f64,
+    },
 }
 
 /// Below this exponent `exp_m1` is exactly -1: the group is wholly dirty.
@@ -72,7 +83,21 @@ fn groups(g: Vec<(f64, f64)>) -> Shape {
 impl DirtyModel {
     /// The model of `workload` on a guest of `memory` bytes in pages of `page_size`.
     pub fn new(workload: &Workload, memory: f64, page_size: f64) -> DirtyModel {
-        DirtyModel::for_pattern(workload.pattern, memory, page_size)
+        match workload.curve() {
+            Some(curve) => DirtyModel::for_curve(curve.clone(), memory, page_size),
+            None => DirtyModel::for_pattern(workload.pattern, memory, page_size),
+        }
+    }
+
+    /// The model of a measured working-set curve over `memory` bytes, replayed at the curve's
+    /// [`WorkingSet::initial_rate`] (what a curve workload's rate series holds).
+    pub fn for_curve(curve: WorkingSet, memory: f64, page_size: f64) -> DirtyModel {
+        let rate = curve.initial_rate();
+        DirtyModel {
+            page_size,
+            memory,
+            shape: Shape::Curve { curve, rate },
+        }
     }
 
     /// The model of writes following `pattern` over `memory` bytes in pages of `page_size`
@@ -107,6 +132,10 @@ impl DirtyModel {
         }
         match &self.shape {
             Shape::Scan => written.min(self.memory),
+            Shape::Curve { curve, rate } if *rate > 0.0 => {
+                curve.at(written / rate).min(self.memory)
+            }
+            Shape::Curve { .. } => 0.0,
             Shape::Groups(groups, logs) => {
                 let writes = written / self.page_size;
                 let pages: f64 = groups
@@ -186,6 +215,25 @@ mod tests {
         // Heavily skewed: 1 GiB of writes dirties far less than uniform would.
         let uniform = model("uniform:rate=1", 4.0 * GIB);
         assert!(m.distinct(GIB) < 0.5 * uniform.distinct(GIB));
+    }
+
+    #[test]
+    fn a_curve_replays_its_seconds_and_caps_at_memory() {
+        let mib = 1024.0 * 1024.0;
+        let curve = WorkingSet::new(vec![
+            (1.0, 64.0 * mib),
+            (4.0, 160.0 * mib),
+            (8.0, 160.0 * mib),
+        ])
+        .expect("valid");
+        let m = DirtyModel::for_curve(curve.clone(), 384.0 * mib, 4096.0);
+        // 64 MiB/s of writes: 2 s of them are 2 s of the curve.
+        assert_eq!(m.distinct(128.0 * mib), curve.at(2.0));
+        assert_eq!(m.distinct(64.0 * mib * 100.0), 160.0 * mib);
+        let small = DirtyModel::for_curve(curve, 100.0 * mib, 4096.0);
+        assert_eq!(small.distinct(64.0 * mib * 100.0), 100.0 * mib);
+        let idle = WorkingSet::new(vec![(1.0, 0.0)]).expect("valid");
+        assert_eq!(DirtyModel::for_curve(idle, mib, 4096.0).distinct(mib), 0.0);
     }
 
     #[test]

@@ -8,11 +8,20 @@
 //! | `zipf:rate=R,s=X` | page ranks drawn from a Zipf law with exponent X |
 //! | `scan:rate=R` | a sequential sweep: every write hits a new page until it wraps |
 //! | `phased:steps=R1@T1;R2@T2;...[,pattern=P][,hot=..,share=..,s=..]` | rate R_i from time T_i on |
-//! | `trace:file=PATH[,pattern=P][,scale=X]` | a recorded rate series (see [`crate::trace`]) |
+//! | `trace:file=PATH[,pattern=P][,scale=X][,replay=curve\|rate]` | a recorded trace (see [`crate::trace`]) |
+//! | `workingset:points=T1@W1;T2@W2;...` | a measured working-set curve: W_i distinct bytes dirtied in T_i |
 //!
 //! A write of R bytes/s means R / S page-sized writes per second, each dirtying one page.
 //! For `phased` and `trace` the access pattern P is `uniform` (default), `hotcold`, `zipf` or
 //! `scan`; giving `hot`/`share` implies `hotcold` and `s` implies `zipf`.
+//!
+//! A `trace` whose rows were measured over two or more periods (`livemig qemu dirty-trace
+//! --periods`) replays its working-set curve (`replay=curve`, the default for such a trace):
+//! distinct dirt after `t` seconds is the measured `W(t)` (see [`crate::workingset`]), no
+//! pattern is assumed and none may be given. `replay=rate` replays its rows as a rate series
+//! with a pattern, as for any other trace. `workingset` is the same curve inline (what a
+//! `trace` becomes when sent to a peer); its write rate is `W_1 / T_1` and its pattern, for
+//! executors that write real pages (the engine's simulated guest), `uniform`.
 
 use std::fmt;
 use std::path::Path;
@@ -21,6 +30,7 @@ use std::str::FromStr;
 use crate::rate::{RateError, RateSeries};
 use crate::trace::{self, TraceError};
 use crate::units::{self, UnitError};
+use crate::workingset::{CurveError, WorkingSet, MAX_POINTS};
 
 /// Where a workload writes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,6 +76,8 @@ pub struct Workload {
     pub pattern: Pattern,
     /// How fast writes come (bytes/s over time).
     pub rate: RateSeries,
+    /// A measured working-set curve that replaces the pattern's model (see the module docs).
+    curve: Option<WorkingSet>,
     spec: String,
 }
 
@@ -73,7 +85,7 @@ pub struct Workload {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error(
-        "unknown workload `{0}` (expected idle, uniform, hotcold, zipf, scan, phased or trace)"
+        "unknown workload `{0}` (expected idle, uniform, hotcold, zipf, scan, phased, trace or workingset)"
     )]
     UnknownKind(String),
     #[error("workload `{kind}` needs `{key}=...`")]
@@ -113,6 +125,17 @@ pub enum SpecError {
     FileNotAllowed(String),
     #[error("the workload has {steps} rate steps; at most {max} can be inlined")]
     TooManySteps { steps: usize, max: usize },
+    #[error("points: `{0}` is not PERIOD@BYTES (e.g. 4s@160MiB)")]
+    Point(String),
+    #[error("the working-set curve")]
+    Curve(#[from] CurveError),
+    #[error(
+        "a working-set trace replays its curve, which replaces the access pattern: pattern, \
+         hot, share and s apply only with replay=rate"
+    )]
+    PatternWithCurve,
+    #[error("replay=curve needs a trace with a period_s column (livemig qemu dirty-trace)")]
+    NoPeriods,
 }
 
 /// Most rate steps [`Workload::inline_spec`] writes into a `phased` spec.
@@ -248,6 +271,30 @@ fn parse_steps(v: &str) -> Result<RateSeries, SpecError> {
     Ok(RateSeries::steps(steps)?)
 }
 
+fn parse_points(v: &str) -> Result<WorkingSet, SpecError> {
+    let mut points = Vec::new();
+    for point in v.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        if points.len() >= MAX_POINTS {
+            return Err(CurveError::TooMany(points.len() + 1).into());
+        }
+        let (t, w) = point
+            .split_once('@')
+            .ok_or_else(|| SpecError::Point(point.to_string()))?;
+        let t = units::parse_duration(t).map_err(|source| value_err("points", t, source))?;
+        let w = units::parse_size(w).map_err(|source| value_err("points", w, source))?;
+        points.push((t, w));
+    }
+    Ok(WorkingSet::new(points)?)
+}
+
+/// A curve workload: the curve, replayed at its initial rate (uniform pages for writers).
+fn curve_workload(
+    curve: WorkingSet,
+) -> Result<(Pattern, RateSeries, Option<WorkingSet>), SpecError> {
+    let rate = RateSeries::constant(curve.initial_rate())?;
+    Ok((Pattern::Uniform, rate, Some(curve)))
+}
+
 impl Workload {
     /// The same workload with its write rate held at its heaviest phase from the start, for a
     /// workload whose rate changes (`None` when it is constant): what a causal policy could at
@@ -260,6 +307,7 @@ impl Workload {
         Some(Workload {
             pattern: self.pattern,
             rate: RateSeries::constant(peak).ok()?,
+            curve: self.curve.clone(),
             spec: format!("{} (held at its peak, {peak:.0} B/s)", self.spec),
         })
     }
@@ -269,16 +317,17 @@ impl Workload {
         let spec = spec.trim();
         let (kind, rest) = spec.split_once(':').unwrap_or((spec, ""));
         let kind = kind.trim();
-        let (pattern, rate) = match kind {
+        let (pattern, rate, curve) = match kind {
             "idle" => {
                 Params::parse(kind, rest, "")?;
-                (Pattern::Uniform, RateSeries::constant(0.0)?)
+                (Pattern::Uniform, RateSeries::constant(0.0)?, None)
             }
             "uniform" | "scan" => {
                 let p = Params::parse(kind, rest, "rate")?;
                 (
                     p.named_pattern(kind)?,
                     RateSeries::constant(p.rate("rate")?)?,
+                    None,
                 )
             }
             "hotcold" => {
@@ -288,6 +337,7 @@ impl Workload {
                 (
                     p.named_pattern(kind)?,
                     RateSeries::constant(p.rate("rate")?)?,
+                    None,
                 )
             }
             "zipf" => {
@@ -296,35 +346,70 @@ impl Workload {
                 (
                     p.named_pattern(kind)?,
                     RateSeries::constant(p.rate("rate")?)?,
+                    None,
                 )
             }
             "phased" => {
                 let p = Params::parse(kind, rest, "steps, pattern, hot, share, s")?;
-                (p.pattern()?, parse_steps(p.need("steps")?)?)
+                (p.pattern()?, parse_steps(p.need("steps")?)?, None)
+            }
+            "workingset" => {
+                let p = Params::parse(kind, rest, "points")?;
+                curve_workload(parse_points(p.need("points")?)?)?
             }
             "trace" => {
-                let p = Params::parse(kind, rest, "file, pattern, hot, share, s, scale")?;
+                let p = Params::parse(kind, rest, "file, pattern, hot, share, s, scale, replay")?;
                 let file = Path::new(p.need("file")?);
                 let path = match base {
                     Some(b) if file.is_relative() => b.join(file),
                     _ => file.to_path_buf(),
                 };
                 let scale = number("scale", p.get("scale"), 1.0)?;
-                let series = trace::read(&path)?;
-                let scaled = series
-                    .as_steps()
-                    .iter()
-                    .map(|&(t, r)| (t, r * scale))
-                    .collect();
-                (p.pattern()?, RateSeries::steps(scaled)?)
+                let recorded = trace::read_trace(&path)?;
+                let curve = match p.get("replay") {
+                    None => recorded.distinct_periods() >= 2,
+                    Some("curve") => true,
+                    Some("rate") => false,
+                    Some(v) => {
+                        return Err(SpecError::Range {
+                            key: "replay".into(),
+                            value: v.to_string(),
+                            expected: "curve or rate",
+                        })
+                    }
+                };
+                if curve {
+                    if ["pattern", "hot", "share", "s"]
+                        .iter()
+                        .any(|k| p.get(k).is_some())
+                    {
+                        return Err(SpecError::PatternWithCurve);
+                    }
+                    let ws = recorded.working_set(scale).ok_or(SpecError::NoPeriods)??;
+                    curve_workload(ws)?
+                } else {
+                    let scaled = recorded
+                        .series
+                        .as_steps()
+                        .iter()
+                        .map(|&(t, r)| (t, r * scale))
+                        .collect();
+                    (p.pattern()?, RateSeries::steps(scaled)?, None)
+                }
             }
             other => return Err(SpecError::UnknownKind(other.to_string())),
         };
         Ok(Workload {
             pattern,
             rate,
+            curve,
             spec: spec.to_string(),
         })
+    }
+
+    /// The measured working-set curve that replaces the pattern's model, if any.
+    pub fn curve(&self) -> Option<&WorkingSet> {
+        self.curve.as_ref()
     }
 
     /// The spec as written.
@@ -343,11 +428,15 @@ impl Workload {
 
     /// A spec that needs no file and describes the same workload: the spec itself, except
     /// that a `trace:` spec becomes `phased:steps=...` with the same rate series and pattern
-    /// (at most [`MAX_INLINE_STEPS`] steps).
+    /// (at most [`MAX_INLINE_STEPS`] steps), or `workingset:points=...` when it replays a
+    /// working-set curve.
     pub fn inline_spec(&self) -> Result<String, SpecError> {
         let (kind, _) = self.spec.split_once(':').unwrap_or((&self.spec, ""));
         if kind.trim() != "trace" {
             return Ok(self.spec.clone());
+        }
+        if let Some(curve) = &self.curve {
+            return Ok(format!("workingset:points={}", curve.to_points_spec()));
         }
         let steps = self.rate.as_steps();
         if steps.len() > MAX_INLINE_STEPS {
@@ -482,6 +571,73 @@ mod tests {
         assert_eq!(plain.inline_spec().expect("same"), "uniform:rate=1MiB/s");
         let e = Workload::parse_self_contained(" trace:file=/dev/zero").expect_err("refused");
         assert!(matches!(e, SpecError::FileNotAllowed(_)), "{e}");
+    }
+
+    const WS_TRACE: &str = "time_s,dirty_rate_bytes_per_s,period_s\n\
+        0,67108864,1\n1,67108864,2\n3,41943040,4\n7,20971520,8\n";
+
+    #[test]
+    fn working_set_traces_replay_their_curve_and_inline_as_workingset() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("ws.csv"), WS_TRACE).expect("write");
+        let w = Workload::parse_in("trace:file=ws.csv", Some(dir.path())).expect("valid");
+        let curve = w.curve().expect("a curve");
+        assert_eq!(curve.at(4.0), 160.0 * MIB);
+        assert_eq!(w.rate.as_steps(), &[(0.0, 64.0 * MIB)]);
+        let inline = w.inline_spec().expect("inlines");
+        assert!(inline.starts_with("workingset:points="), "{inline}");
+        let back = Workload::parse_self_contained(&inline).expect("self-contained");
+        assert_eq!(back.curve(), w.curve());
+        assert_eq!(back.rate, w.rate);
+        assert_eq!(back.inline_spec().expect("same"), inline);
+        // The same file as a rate series, with a pattern.
+        let r = Workload::parse_in(
+            "trace:file=ws.csv,replay=rate,pattern=scan",
+            Some(dir.path()),
+        )
+        .expect("valid");
+        assert!(r.curve().is_none());
+        assert_eq!(r.rate.as_steps().len(), 4);
+        assert!(r.inline_spec().expect("inlines").starts_with("phased:"));
+        // scale multiplies the measured rates, hence the curve.
+        let s = Workload::parse_in("trace:file=ws.csv,scale=0.5", Some(dir.path())).expect("ok");
+        assert_eq!(s.curve().expect("curve").at(4.0), 80.0 * MIB);
+        // A pattern cannot be combined with a curve, nor a curve asked of a plain trace.
+        let e = Workload::parse_in("trace:file=ws.csv,pattern=scan", Some(dir.path()))
+            .expect_err("pattern with curve");
+        assert!(matches!(e, SpecError::PatternWithCurve), "{e}");
+        std::fs::write(
+            dir.path().join("plain.csv"),
+            "time_s,dirty_rate_bytes_per_s\n0,1\n",
+        )
+        .expect("write");
+        let e = Workload::parse_in("trace:file=plain.csv,replay=curve", Some(dir.path()))
+            .expect_err("no periods");
+        assert!(matches!(e, SpecError::NoPeriods), "{e}");
+        let e = Workload::parse_in("trace:file=ws.csv,replay=sometimes", Some(dir.path()))
+            .expect_err("bad replay");
+        assert!(matches!(e, SpecError::Range { .. }), "{e}");
+    }
+
+    #[test]
+    fn workingset_specs_parse_and_refuse_hostile_points() {
+        let w: Workload = "workingset:points=1s@64MiB;2s@128MiB;4s@160MiB;8s@160MiB"
+            .parse()
+            .expect("valid");
+        assert_eq!(w.curve().expect("curve").at(8.0), 160.0 * MIB);
+        assert_eq!(w.rate.peak(), 64.0 * MIB);
+        assert_eq!(w.inline_spec().expect("same"), w.spec());
+        assert!(err("workingset:points=1s").contains("PERIOD@BYTES"));
+        assert!(err("workingset:points=1s@-5").contains("-5"));
+        assert!(err("workingset:points=2s@1MiB;1s@2MiB").contains("period 1 s"));
+        assert!(err("workingset:points=0s@1MiB").contains("period 0 s"));
+        assert!(err("workingset:points=1s@2000TiB").contains("1 PiB"));
+        assert!(err("workingset").contains("points"));
+        let many: Vec<String> = (1..=MAX_POINTS + 1).map(|i| format!("{i}@1")).collect();
+        let e = format!("workingset:points={}", many.join(";"))
+            .parse::<Workload>()
+            .expect_err("too many");
+        assert!(matches!(e, SpecError::Curve(CurveError::TooMany(_))), "{e}");
     }
 
     #[test]

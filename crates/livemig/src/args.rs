@@ -406,6 +406,30 @@ pub fn duration(flag: &str, v: &str) -> Result<Duration> {
         .map_err(|_| anyhow::anyhow!("--{flag} {v} is too long to represent"))
 }
 
+/// The measurement periods of a dirty trace: `periods` (each whole seconds, at most
+/// [`livemig_workload::workingset::MAX_POINTS`]) when given, else the one `period`.
+pub fn trace_periods(period: &str, periods: &[String]) -> Result<Vec<Duration>> {
+    if periods.is_empty() {
+        let Some(p) = whole_seconds("period", period)? else {
+            bail!("--period must be at least 1s");
+        };
+        return Ok(vec![p]);
+    }
+    if periods.len() > livemig_workload::workingset::MAX_POINTS {
+        bail!(
+            "--periods takes at most {} periods",
+            livemig_workload::workingset::MAX_POINTS
+        );
+    }
+    periods
+        .iter()
+        .map(|p| match whole_seconds("periods", p)? {
+            Some(d) => Ok(d),
+            None => bail!("--periods: every period must be at least 1s, got {p}"),
+        })
+        .collect()
+}
+
 /// [`duration`], also refusing zero.
 pub fn positive_duration(flag: &str, v: &str) -> Result<Duration> {
     let d = duration(flag, v)?;
@@ -442,6 +466,23 @@ mod tests {
         );
         assert!(whole_seconds("period", "1.5s").is_err());
         assert!(whole_seconds("period", "soon").is_err());
+    }
+
+    #[test]
+    fn trace_periods_are_the_list_or_the_one_period() {
+        let secs = |v: &[u64]| {
+            v.iter()
+                .map(|&s| Duration::from_secs(s))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(trace_periods("2s", &[]).expect("one"), secs(&[2]));
+        let list: Vec<String> = ["1s", "2s", "4s"].map(String::from).to_vec();
+        assert_eq!(trace_periods("1s", &list).expect("list"), secs(&[1, 2, 4]));
+        assert!(trace_periods("0s", &[]).is_err());
+        assert!(trace_periods("1s", &["1s".into(), "0s".into()]).is_err());
+        assert!(trace_periods("1s", &["1.5s".into()]).is_err());
+        let many = vec!["1s".to_string(); livemig_workload::workingset::MAX_POINTS + 1];
+        assert!(trace_periods("1s", &many).is_err());
     }
 
     #[derive(Debug, Parser)]
@@ -516,8 +557,14 @@ mod tests {
         let want: Vec<&str> = PolicyKind::ALL.iter().map(|k| k.name()).collect();
         assert_eq!(names, want);
         let runners: Vec<&str> = Runner::value_variants().iter().map(|r| r.name()).collect();
-        assert_eq!(runners.last(), Some(&"qemu-native"));
-        assert_eq!(runners.len(), PolicyKind::ALL.len() + 1);
+        assert_eq!(
+            runners[PolicyKind::ALL.len()..],
+            ["qemu-native", "qemu-auto-converge"]
+        );
+        assert_eq!(
+            Runner::from_str("qemu-auto-converge", false),
+            Ok(Runner::AutoConverge)
+        );
         assert_eq!(
             Runner::from_str("dirty-factor", false),
             Ok(Runner::Policy(PolicyKind::DirtyFactor))

@@ -13,7 +13,9 @@
 //! - [`cmd::bench_rescue`]: `livemig bench-rescue`, the rescue against QEMU's auto-converge rule
 //!   on the engine, at the same bandwidth.
 //! - [`cmd::qemu`]: `livemig qemu migrate | restore | dirty-trace`, real QEMU migrations;
-//!   [`cmd::qemu_bench`]: `livemig qemu bench`; [`rt`]: their async runtime.
+//!   [`cmd::qemu_bench`]: `livemig qemu bench`; [`cmd::qemu_trace_check`]: `livemig qemu
+//!   trace-check`, the simulator's replay of a working-set trace against the real run;
+//!   [`rt`]: their async runtime.
 //! - [`cmd::agent`]: `livemig agent`, the per-host migration monitor's HTTP API.
 //! - [`cmd::rms`]: `livemig rms`, the Resource Management System.
 //! - [`cmd::host`], [`cmd::vm`], [`cmd::vm_migrate`], [`cmd::migration`]: the operator
@@ -164,7 +166,8 @@ and --timeout (per request, default 10s)."
 }
 
 /// `livemig qemu` subcommands: `migrate`, `restore` and `dirty-trace` from `cmd::qemu`, `bench`
-/// from `cmd::qemu_bench` (joined here, so that neither module imports the other).
+/// from `cmd::qemu_bench`, `oracle` and `trace-check` from theirs (joined here, so that none
+/// imports another).
 #[derive(Debug, Subcommand)]
 enum Qemu {
     #[command(flatten)]
@@ -174,6 +177,9 @@ enum Qemu {
     /// The lowest constant cap that converges for a guest, by bisection over real migrations,
     /// and the policies' peak cap and total time against it.
     Oracle(Box<cmd::qemu_oracle::OracleArgs>),
+    /// Record a guest's working-set trace, migrate it for real, and compare with the
+    /// simulator's replay of the trace under the same policy (bytes and time).
+    TraceCheck(Box<cmd::qemu_trace_check::TraceCheckArgs>),
 }
 
 /// `livemig vm` subcommands: `create`, `list`, `show` and `delete` from `cmd::vm`, `migrate`
@@ -239,6 +245,7 @@ fn main() {
         Command::Qemu(Qemu::Run(c)) => cmd::qemu::run(c),
         Command::Qemu(Qemu::Bench(a)) => cmd::qemu_bench::run(*a),
         Command::Qemu(Qemu::Oracle(a)) => cmd::qemu_oracle::run(*a),
+        Command::Qemu(Qemu::TraceCheck(a)) => cmd::qemu_trace_check::run(*a),
         Command::Agent(a) => cmd::agent::run(*a),
         Command::Rms(a) => cmd::rms::run(*a),
         Command::Host(c) => cmd::host::run(c),

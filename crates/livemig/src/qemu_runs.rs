@@ -31,6 +31,17 @@ pub(crate) fn locate_image(dir: Option<&Path>) -> Result<GuestImage> {
     }
 }
 
+/// A dirty trace to record on the source just before it migrates.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TraceRecording<'a> {
+    /// Where the CSV goes.
+    pub path: &'a Path,
+    /// The measurement periods, cycled (several: a working-set trace).
+    pub periods: &'a [Duration],
+    /// How long to record (at least one measurement of each period).
+    pub length: Duration,
+}
+
 /// The guest's own progress across a migration, from its `livemig-writes` lines: page writes
 /// per second of its clock over the 2 s before the migration and while it ran on the source.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -85,7 +96,7 @@ pub(crate) async fn bench_one(
     runner: Runner,
     cfg: &PolicyConfig,
     timeouts: Timeouts,
-    trace: Option<(&Path, Duration)>,
+    trace: Option<TraceRecording<'_>>,
 ) -> (Result<QemuReport>, String) {
     let r = bench_run(image, load, dir, runner, cfg, timeouts, trace).await;
     (r.result, r.heartbeat)
@@ -99,7 +110,7 @@ pub(crate) async fn bench_run(
     runner: Runner,
     cfg: &PolicyConfig,
     timeouts: Timeouts,
-    trace: Option<(&Path, Duration)>,
+    trace: Option<TraceRecording<'_>>,
 ) -> BenchRun {
     let boot = Duration::from_secs(60);
     let mut hb = String::from("not checked");
@@ -112,9 +123,9 @@ pub(crate) async fn bench_run(
         src_vm.wait_heartbeat(10, boot).await?;
         let mut src = src_vm.qmp().await?;
         let mut dst = dst_vm.qmp().await?;
-        if let Some((path, length)) = trace {
-            let rows = dirty::record(&mut src, Duration::from_secs(1), length, |_| {}).await?;
-            std::fs::write(path, dirty::to_csv(&rows))?;
+        if let Some(t) = trace {
+            let rows = dirty::record(&mut src, t.periods, t.length, |_| {}).await?;
+            std::fs::write(t.path, dirty::to_csv(&rows))?;
         }
         let mut g = GovernorConfig::new(&uri, cfg.memory_bytes, cfg.stop_remaining);
         g.workload = Some(load.to_string());

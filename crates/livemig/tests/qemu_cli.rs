@@ -1,5 +1,6 @@
 //! `livemig qemu` end to end against real QEMU: a dirty trace recorded from a loaded guest
-//! replays in `livemig simulate`, and `livemig qemu migrate --json` prints the shared report.
+//! replays in `livemig simulate`, `livemig qemu migrate --json` prints the shared report, and
+//! a sweeping guest's working-set trace flattens at its buffer.
 //! Never skipped: without QEMU the test fails and says why (scripts/test.sh installs it).
 
 use std::path::PathBuf;
@@ -35,8 +36,8 @@ fn migrate_with_a_missing_socket_fails_with_one_clear_line() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trace_replays_in_the_simulator_and_migrate_prints_the_shared_json() {
+/// The test guest's image, after checking that QEMU is there (a failure says why).
+fn guest_image() -> GuestImage {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let qemu = livemig_qemu::vm::qemu_binary();
     let qemu_ok = std::process::Command::new(&qemu)
@@ -48,7 +49,12 @@ async fn trace_replays_in_the_simulator_and_migrate_prints_the_shared_json() {
         qemu_ok,
         "{qemu} is not installed (scripts/test.sh installs qemu-system-x86; $LIVEMIG_QEMU names another)"
     );
-    let img = GuestImage::build(&repo).unwrap_or_else(|e| panic!("test guest: {e}"));
+    GuestImage::build(&repo).unwrap_or_else(|e| panic!("test guest: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_replays_in_the_simulator_and_migrate_prints_the_shared_json() {
+    let img = guest_image();
     let dir = tempfile::tempdir().expect("tempdir");
     let uri = format!("tcp:127.0.0.1:{}", free_port().expect("port"));
     let spec = VmSpec::new("src", &img, "uniform:rate=4MiB/s,buffer=48MiB", dir.path());
@@ -172,4 +178,49 @@ async fn trace_replays_in_the_simulator_and_migrate_prints_the_shared_json() {
     dst.wait_heartbeat(last + 5, Duration::from_secs(30))
         .await
         .expect("the guest runs on the destination");
+}
+
+/// A guest sweeping 160 MiB at 64 MiB/s dirties about 64 MiB in 1 s but not 256 MiB in 4 s: its
+/// working-set trace (1, 2 and 4 s periods) flattens at the buffer, which a dirty rate alone
+/// (64 MiB/s, replayed as uniform or scan over the guest) cannot say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweeping_guests_working_set_flattens_at_its_buffer() {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let img = guest_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = VmSpec::new("ws", &img, "scan:rate=64MiB/s,buffer=160MiB", dir.path());
+    let boot = Duration::from_secs(60);
+    let vm = Vm::spawn(spec, boot).await.expect("guest");
+    vm.wait_heartbeat(3, boot).await.expect("guest beats");
+    let trace = livemig()
+        .args(["qemu", "dirty-trace", "--qmp"])
+        .arg(vm.spec.qmp_path())
+        .args(["--periods", "1s,2s,4s", "--duration", "1s"])
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8(trace).expect("utf-8");
+    let t = livemig_workload::trace::parse_trace("trace", &text).expect("a valid trace");
+    assert_eq!(t.distinct_periods(), 3, "{text}");
+    let curve = t.working_set(1.0).expect("periods").expect("a curve");
+    let (w1, w4) = (curve.at(1.0) / MIB, curve.at(4.0) / MIB);
+    // Whole MiB/s and sampled pages: 4 MiB of resolution at 4 s, a few % of sampling noise.
+    assert!(
+        (135.0..=185.0).contains(&w4),
+        "W(4 s) = {w4:.0} MiB, not near the 160 MiB buffer: {text}"
+    );
+    // At 40 MiB/s or more the sweep covers the buffer within 4 s; far slower is a broken load.
+    assert!(
+        w1 >= 24.0,
+        "W(1 s) = {w1:.0} MiB: the guest hardly dirties: {text}"
+    );
+    // The simulator replays the curve: the same trace file as a workload.
+    let path = dir.path().join("ws.csv");
+    std::fs::write(&path, &text).expect("write trace");
+    let w = livemig_workload::Workload::parse_in(&format!("trace:file={}", path.display()), None)
+        .expect("replays");
+    assert_eq!(w.curve().map(|c| c.points().len()), Some(3));
 }

@@ -18,6 +18,7 @@ pub mod plan;
 pub mod qemu;
 pub mod qemu_bench;
 pub mod qemu_oracle;
+pub mod qemu_trace_check;
 pub mod receive;
 pub mod resolve;
 pub mod rms;

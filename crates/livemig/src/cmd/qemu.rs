@@ -14,7 +14,7 @@ use livemig_qemu::governor::{
 use livemig_qemu::saved::{default_state_file, SavedSettings};
 use livemig_qemu::types::{MemorySizeSummary, MigrationInfo, StatusInfo};
 use livemig_qemu::QmpClient;
-use livemig_workload::units::{fmt_duration, fmt_rate};
+use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
 use crate::progress::Progress;
 use tokio::sync::mpsc;
@@ -31,7 +31,8 @@ pub enum Command {
     /// Put back the source's settings saved by a `livemig qemu migrate` that did not end by
     /// itself (killed), and cancel its migration if it still runs with the VM on the source.
     Restore(RestoreArgs),
-    /// Record a guest's dirty-rate series (calc-dirty-rate) in the simulator's trace format.
+    /// Record a guest's dirty-rate series (calc-dirty-rate) in the simulator's trace format;
+    /// with several periods, its working-set curve (distinct dirty bytes over time).
     DirtyTrace(TraceArgs),
 }
 
@@ -93,9 +94,15 @@ pub struct RestoreArgs {
 /// `livemig qemu dirty-trace` flags.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "Examples:
-  livemig qemu dirty-trace --qmp /run/src.qmp > trace.csv
   livemig qemu dirty-trace --qmp /run/src.qmp --period 2s --duration 5m > trace.csv
-  livemig simulate --memory 4GiB --workload trace:file=trace.csv   # replay it")]
+  livemig qemu dirty-trace --qmp /run/src.qmp --periods 1s,2s,4s,8s,16s --duration 2m > ws.csv
+  livemig simulate --memory 256MiB --workload trace:file=ws.csv   # replays the curve W(t)
+
+With --periods the measurements cycle through the periods and the trace is a working-set
+trace: rate x period is the distinct bytes the guest dirtied in that period, and `simulate`
+replays that curve (the median of each period) instead of a rate with an access pattern
+(`trace:file=ws.csv,replay=rate` replays it the old way). QEMU reports whole MiB/s, so each
+point is good to one MiB per second of its period.")]
 pub struct TraceArgs {
     /// The guest's QMP socket.
     #[arg(long)]
@@ -103,6 +110,10 @@ pub struct TraceArgs {
     /// Length of each measurement (whole seconds).
     #[arg(long, default_value = "1s")]
     pub period: String,
+    /// Cycle through these measurement periods (comma-separated whole seconds, e.g.
+    /// 1s,2s,4s,8s,16s) to record the working-set curve; replaces --period.
+    #[arg(long, value_delimiter = ',', conflicts_with = "period")]
+    pub periods: Vec<String>,
     /// How long to record.
     #[arg(long, default_value = "60s")]
     pub duration: String,
@@ -345,16 +356,16 @@ fn qemu_lines(run: &QemuReport) -> String {
 }
 
 async fn dirty_trace(args: TraceArgs) -> Result<()> {
-    let Some(period) = whole_seconds("period", &args.period)? else {
-        bail!("--period must be at least 1s");
-    };
+    let periods = crate::args::trace_periods(&args.period, &args.periods)?;
     let duration = duration("duration", &args.duration)?;
     let mut qmp = QmpClient::connect(&args.qmp, livemig_qemu::qmp::DEFAULT_TIMEOUT).await?;
-    let rows = dirty::record(&mut qmp, period, duration, |r| {
+    let rows = dirty::record(&mut qmp, &periods, duration, |r| {
         out::note(&format!(
-            "{:>7.1} s  {}",
+            "{:>7.1} s  over {:>3} s  {:>12}  {}",
             r.time_s,
-            fmt_rate(r.rate_bytes_per_s)
+            r.period_s,
+            fmt_rate(r.rate_bytes_per_s),
+            fmt_bytes(r.rate_bytes_per_s * r.period_s)
         ));
     })
     .await?;

@@ -17,7 +17,7 @@ use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
 use crate::args::{duration, resolve_spec, Runner, TimeoutArgs};
 use crate::out;
-use crate::qemu_runs::{bench_one, locate_image};
+use crate::qemu_runs::{bench_one, locate_image, TraceRecording};
 
 /// `livemig qemu bench` flags.
 #[derive(Debug, clap::Args)]
@@ -65,6 +65,9 @@ pub const BENCH_WORKLOADS: [(&str, &str); 2] = [
     ("light", "uniform:rate=1MiB/s,buffer=32MiB"),
     ("heavy", "uniform:rate=32MiB/s,buffer=96MiB"),
 ];
+
+/// The bench's trace measures over 1 s periods (a rate series).
+const ONE_SECOND: [Duration; 1] = [Duration::from_secs(1)];
 
 /// One bench migration's outcome.
 #[derive(Debug, serde::Serialize)]
@@ -148,7 +151,11 @@ async fn bench(args: BenchArgs) -> Result<()> {
                 runner,
                 &cfg,
                 timeouts,
-                trace.as_deref().map(|t| (t, trace_len)),
+                trace.as_deref().map(|path| TraceRecording {
+                    path,
+                    periods: &ONE_SECOND,
+                    length: trace_len,
+                }),
             )
             .await;
             let (result, error) = match run {

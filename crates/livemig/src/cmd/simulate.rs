@@ -25,7 +25,9 @@ pub struct ScenarioArgs {
     pub memory: Option<String>,
     /// Workload, KIND:key=value,... One of: idle | uniform:rate=R | hotcold:rate=R,hot=F,share=S
     /// | zipf:rate=R,s=X | scan:rate=R | phased:steps=R@T;R@T[,pattern=P] |
-    /// trace:file=PATH[,pattern=P][,scale=X]. R is a write rate in bytes/s (units allowed).
+    /// trace:file=PATH[,pattern=P][,scale=X][,replay=curve|rate] |
+    /// workingset:points=T@W;T@W. R is a write rate in bytes/s (units allowed); a working-set
+    /// trace (several periods) or `workingset` replays its measured curve W(t).
     /// [default: hotcold:rate=300MiB/s,hot=10%,share=90%]
     #[arg(long)]
     pub workload: Option<String>,
@@ -115,9 +117,9 @@ impl ScenarioArgs {
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "Examples:
   livemig simulate --memory 4GiB --workload hotcold:rate=300MiB/s,hot=10%,share=90%
-  livemig simulate --memory 8GiB --policy predictive --max-bandwidth 1Gbit/s --json
   livemig simulate --scenario scenarios/suite.toml --name hotcold-4g --plot rounds.svg
-  livemig simulate --memory 2GiB --workload trace:file=trace.csv --policy qemu --downtime-limit 300")]
+  livemig simulate --memory 2GiB --workload trace:file=trace.csv --policy qemu --downtime-limit 300
+  livemig simulate --memory 256MiB --workload 'workingset:points=1s@64MiB;2s@128MiB;4s@160MiB;8s@160MiB'")]
 pub struct Args {
     #[command(flatten)]
     pub scenario: ScenarioArgs,
