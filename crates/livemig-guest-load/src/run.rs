@@ -80,8 +80,9 @@ pub fn touch(buf: &mut [u8], page: usize, counter: u64) {
 }
 
 /// Runs forever: writes at `spec.rate` and prints `livemig-hb N` then `livemig-writes K T`
-/// (writes so far, milliseconds since the start) every `spec.heartbeat_s`. With `work`, a batch holds at most 50 ms of writes, so a guest
-/// whose vCPU cannot keep up still beats on time (and drops the writes it is behind on).
+/// (writes so far, milliseconds since the start, both as the line is printed) every
+/// `spec.heartbeat_s`. With `work`, a batch ends at the tick, so a guest whose vCPU cannot keep
+/// up still beats on time (and drops the writes it is behind on).
 pub fn run(spec: &LoadSpec, out: &mut dyn Write) -> std::io::Result<()> {
     let mut buf = filled_buffer(spec);
     let mut pages = PageStream::new(spec);
@@ -105,17 +106,16 @@ pub fn run(spec: &LoadSpec, out: &mut dyn Write) -> std::io::Result<()> {
     let mut done: u64 = 0;
     let mut counter: u64 = 0;
     let mut writes: u64 = 0;
-    let max_batch = if spec.work == 0 {
-        writes_per_s as u64 + 1
-    } else {
-        (writes_per_s * 0.05) as u64 + 1
-    };
     loop {
         let now = Instant::now();
         let due = (now.duration_since(start).as_secs_f64() * writes_per_s) as u64;
         // Never more than one second of backlog at once, so a stalled guest does not burst.
-        let backlog = due.saturating_sub(done).min(max_batch);
-        for _ in 0..backlog {
+        let backlog = due.saturating_sub(done).min(writes_per_s as u64 + 1);
+        // With work, a batch ends at the tick: a vCPU that cannot keep up (or is throttled)
+        // still beats on time, and drops the writes it is behind on.
+        let until = now + TICK;
+        let mut n = 0;
+        while n < backlog {
             counter = counter.wrapping_add(1);
             let value = if spec.work == 0 {
                 counter
@@ -123,10 +123,15 @@ pub fn run(spec: &LoadSpec, out: &mut dyn Write) -> std::io::Result<()> {
                 churn(counter, spec.work)
             };
             touch(&mut buf, pages.next_page(), value);
+            n += 1;
+            if spec.work > 0 && n % 64 == 0 && Instant::now() >= until {
+                break;
+            }
         }
-        writes += backlog;
+        writes += n;
         done = due;
         std::hint::black_box(&mut buf);
+        let now = Instant::now();
         if now >= next_beat {
             beat += 1;
             writeln!(out, "{HEARTBEAT_PREFIX}{beat}")?;

@@ -478,17 +478,40 @@ async fn predictive_replans_from_a_coarse_sample_that_is_too_low() {
 async fn the_rescue_throttles_a_guest_no_cap_converges_and_lifts_it_after_the_hand_over() {
     let _one = SERIAL.lock().await;
     let pair = boot_pair("scan:rate=1GiB/s,buffer=96MiB,work=15000").await;
+    let mut src = pair.src.qmp().await.expect("source QMP");
+    let mut dst = pair.dst.qmp().await.expect("destination QMP");
+    // The guest's own speed (its writes cost CPU: what a whole vCPU computes here) sets B_max
+    // at half of it: a sweep that dirties faster than any cap, so that no cap up to B_max
+    // converges on this machine, loaded or not.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = heartbeat::writes(&pair.src.console());
+    let start = *before.last().expect("progress before");
+    let early = *before
+        .iter()
+        .find(|p| p.1.saturating_add(2000) >= start.1)
+        .expect("progress before");
+    let speed = heartbeat::writes_per_s(early, start).expect("a speed before");
+    let dirtying = speed * 4096.0;
+    assert!(
+        dirtying > 12e6,
+        "the guest dirties {dirtying} B/s: too slow to test"
+    );
     let cfg = PolicyConfig {
         max_rounds: 8,
         stop_remaining: 4.0 * MIB,
-        max_bandwidth: 40e6,
+        max_bandwidth: (dirtying / 2.0).min(40e6),
         initial_bandwidth: None,
         max_throttle: Some(0.99),
         ..policy_cfg()
     };
-    let mut src = pair.src.qmp().await.expect("source QMP");
-    let mut dst = pair.dst.qmp().await.expect("destination QMP");
-    let before = heartbeat::writes(&pair.src.console());
+    let params_before = src
+        .execute("query-migrate-parameters", None)
+        .await
+        .expect("parameters");
+    let caps_before = src
+        .execute("query-migrate-capabilities", None)
+        .await
+        .expect("capabilities");
     let mut gcfg = GovernorConfig::new(&pair.uri, cfg.memory_bytes, cfg.stop_remaining);
     gcfg.rescue = true;
     let policy = PolicyKind::Predictive.build(cfg.clone()).expect("valid");
@@ -512,24 +535,28 @@ async fn the_rescue_throttles_a_guest_no_cap_converges_and_lifts_it_after_the_ha
         .cpu_throttle_seen
         .expect("QEMU reported a throttle");
     assert!(seen > 0.0, "QEMU throttled the guest: {seen}");
-    // Lifted: QEMU throttles no more and the source's own settings are back.
-    let info: livemig_qemu::types::MigrationInfo = src
-        .execute_as("query-migrate", None)
-        .await
-        .expect("query-migrate");
-    assert!(
-        info.cpu_throttle_percentage.unwrap_or(0.0) == 0.0,
-        "{info:?}"
-    );
+    // Lifted: the source's auto-converge capability and its four parameters are what they
+    // were before the migration (QEMU throttles only while the capability is on).
     assert_eq!(run.qemu.settings_restored, Some(true));
+    let params_after = src
+        .execute("query-migrate-parameters", None)
+        .await
+        .expect("parameters");
+    for key in [
+        "throttle-trigger-threshold",
+        "cpu-throttle-initial",
+        "cpu-throttle-increment",
+        "max-cpu-throttle",
+    ] {
+        assert_eq!(params_after[key], params_before[key], "{key}");
+    }
+    let caps_after = src
+        .execute("query-migrate-capabilities", None)
+        .await
+        .expect("capabilities");
+    assert_eq!(caps_after, caps_before);
     // The guest runs on at its own speed: on the destination it writes at least half as fast
     // as before the migration (throttled, it wrote a few percent of that).
-    let start = *before.last().expect("progress before");
-    let early = *before
-        .iter()
-        .find(|p| p.1 + 2000 >= start.1)
-        .expect("progress before");
-    let speed = heartbeat::writes_per_s(early, start).expect("a speed before");
     let last = pair.src.last_heartbeat().expect("source beat");
     pair.dst
         .wait_heartbeat(last + 5, Duration::from_secs(30))

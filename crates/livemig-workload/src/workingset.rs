@@ -95,11 +95,15 @@ impl WorkingSet {
         &self.points
     }
 
-    /// The dirtying rate of the shortest period, `W(T1) / T1` (bytes/s): the write rate a
-    /// replay runs at, so that `w` written bytes stand for `w / rate` seconds of dirtying.
+    /// The dirtying rate of the shortest period that dirtied anything, `W(T) / T` (bytes/s):
+    /// the write rate a replay runs at, so that `w` written bytes stand for `w / rate` seconds
+    /// of dirtying. 0 only for a curve that never dirties (an idle guest); a guest idle in its
+    /// shortest period but not later still replays its later growth.
     pub fn initial_rate(&self) -> f64 {
-        let (t, w) = self.points[0];
-        w / t
+        self.points
+            .iter()
+            .find(|&&(_, w)| w > 0.0)
+            .map_or(0.0, |&(t, w)| w / t)
     }
 
     /// Distinct bytes dirtied in `t` seconds.
@@ -180,6 +184,15 @@ mod tests {
             (8.0, 160.0 * MIB),
         ])
         .expect("valid")
+    }
+
+    #[test]
+    fn a_curve_idle_at_first_still_replays_its_growth() {
+        let c = WorkingSet::new(vec![(1.0, 0.0), (2.0, 10.0 * MIB)]).expect("valid");
+        assert_eq!(c.initial_rate(), 5.0 * MIB);
+        assert!(c.at(2.0) > 0.0);
+        let idle = WorkingSet::new(vec![(1.0, 0.0), (2.0, 0.0)]).expect("valid");
+        assert_eq!(idle.initial_rate(), 0.0);
     }
 
     #[test]

@@ -137,11 +137,10 @@ impl Growth {
             }
         }
         let beta = best.1.exponent;
-        // Golden-section refinement in the neighbouring grid cells.
-        let (mut a, mut b) = (
-            lo + step * best_i.saturating_sub(1) as f64,
-            lo + step * (best_i + 1).min(GRID - 1) as f64,
-        );
+        // Golden-section refinement in the neighbouring grid cells, above the floor (grid
+        // points under it all stand for the floor).
+        let mut a = (lo + step * best_i.saturating_sub(1) as f64).max(floor);
+        let mut b = (lo + step * (best_i + 1).min(GRID - 1) as f64).max(a + step);
         let g = (5f64.sqrt() - 1.0) / 2.0;
         for _ in 0..40 {
             let x1 = b - g * (b - a);

@@ -107,13 +107,29 @@ pub fn run(args: Args) -> Result<()> {
                 fixed_bandwidth: Some(cap),
                 ..cfg.clone()
             };
-            let r = one(&guest_cfg, PolicyKind::Fixed, &fixed)?;
-            search.record(r.summary.converged, r.summary.total_time_s);
+            match one(&guest_cfg, PolicyKind::Fixed, &fixed) {
+                Ok(r) => search.record(r.summary.converged, r.summary.total_time_s),
+                // The guest stays on the source (the engine never loses it): for the search,
+                // a cap that did not get it across.
+                Err(e) => {
+                    out::note(&format!(
+                        "[{name}] fixed at {} failed, counted as not converged: {e:#}",
+                        fmt_rate(cap)
+                    ));
+                    search.record(false, f64::NAN);
+                }
+            }
         }
         let mut scored = Vec::new();
         for p in &args.policies {
             out::note(&format!("[{name}] {} ...", p.0.name()));
-            let r = one(&guest_cfg, p.0, &cfg)?;
+            let r = match one(&guest_cfg, p.0, &cfg) {
+                Ok(r) => r,
+                Err(e) => {
+                    out::note(&format!("[{name}] {} failed: {e:#}", p.0.name()));
+                    continue;
+                }
+            };
             let check = match &r.summary.audit {
                 Some(a) if a.passed => format!("ok ({} pages)", a.pages),
                 Some(a) => format!("FAILED ({} of {} pages differ)", a.differing, a.pages),
@@ -146,10 +162,15 @@ fn one(
 ) -> Result<MigrationReport> {
     let guest = SimGuest::start(guest_cfg, u64::MAX)?;
     let mut policy = kind.build(cfg.clone())?;
+    // A constant cap that does not converge ends in a stop-and-copy of what is left at that
+    // cap: the pause may last as long as sending the whole memory at B_min.
+    let whole = Duration::try_from_secs_f64(cfg.memory_bytes / cfg.min_bandwidth)
+        .unwrap_or(Duration::from_secs(86_400))
+        .min(Duration::from_secs(86_400));
     let send_cfg = SenderConfig {
         stop_remaining: cfg.stop_remaining,
         timeout: TIMEOUT,
-        max_pause: TIMEOUT * 2,
+        max_pause: TIMEOUT * 2 + whole,
         resolve_timeout: TIMEOUT * 2,
         ..SenderConfig::default()
     };

@@ -156,6 +156,12 @@ async fn migrate(args: MigrateArgs, steering: Steering) -> Result<()> {
     let mut gcfg = GovernorConfig::new(&args.uri, cfg.memory_bytes, cfg.stop_remaining);
     gcfg.sample = whole_seconds("sample", &args.sample)?;
     gcfg.timeouts = args.timeouts.timeouts()?;
+    if cfg.max_throttle.is_some() && args.policy.auto_converge() {
+        bail!(
+            "--max-throttle is `predictive`'s rescue; `qemu-auto-converge` throttles by QEMU's \
+             own steps: give one or the other"
+        );
+    }
     gcfg.rescue = cfg.max_throttle.is_some();
     gcfg.auto_converge = args.policy.auto_converge();
     let state_file = args

@@ -106,7 +106,10 @@ pub fn run(args: TraceCheckArgs) -> Result<()> {
 
 async fn check_all(args: TraceCheckArgs) -> Result<()> {
     let Runner::Policy(kind) = args.policy else {
-        bail!("--policy qemu-native has no simulated counterpart; pick a policy");
+        bail!(
+            "--policy {} has no simulated counterpart; pick a policy",
+            args.policy.name()
+        );
     };
     let image = locate_image(args.guest_dir.as_deref())?;
     let tmp = tempfile::tempdir()?;
