@@ -116,12 +116,16 @@ async fn oracle(args: OracleArgs) -> Result<()> {
             let run = bench_run(&image, spec, &dir, runner, &cfg, timeouts, None).await;
             match run.result {
                 Ok(r) => {
-                    let s = Scored::new(
+                    let mut s = Scored::new(
                         runner.name(),
                         &r.report.summary,
                         search.best(),
                         run.heartbeat,
                     );
+                    // QEMU's own auto-converge asks nothing of the policy: show what QEMU did.
+                    if s.max_throttle.is_none() {
+                        s.max_throttle = r.qemu.cpu_throttle_seen.map(|p| p / 100.0);
+                    }
                     scored.push(match run.progress {
                         Some(p) => s.slowed(p.slowdown, p.lost_s),
                         None => s,
