@@ -73,6 +73,12 @@ pub trait Policy: Send + std::fmt::Debug {
         let _ = probe;
         Probed::default()
     }
+    /// The share of the guest's CPU the executor measured taken away during the round about to
+    /// end (the throttle as applied, which may lag what the policy asked), given just before
+    /// `after_round`. A policy that does not throttle ignores it.
+    fn throttle_applied(&mut self, share: f64) {
+        let _ = share;
+    }
 }
 
 /// A borrowed policy is a policy (the executors that borrow theirs hand it to a [`Pilot`]).
@@ -97,5 +103,8 @@ impl<P: Policy + ?Sized> Policy for &mut P {
     }
     fn during_round(&mut self, probe: &RoundProbe) -> Probed {
         (**self).during_round(probe)
+    }
+    fn throttle_applied(&mut self, share: f64) {
+        (**self).throttle_applied(share)
     }
 }

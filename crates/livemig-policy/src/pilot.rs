@@ -114,6 +114,8 @@ pub struct Pilot<'p> {
     raises: Vec<MidRound>,
     /// The mid-round checks the policy kept or acted on in the round under way.
     probes: Vec<ProbeSeen>,
+    /// The throttle the executor measured in force during the round under way, if it told.
+    applied: Option<f64>,
 }
 
 impl<'p> Pilot<'p> {
@@ -143,6 +145,7 @@ impl<'p> Pilot<'p> {
             forced: None,
             switched: false,
             raises: Vec::new(),
+            applied: None,
             probes: Vec::new(),
         }
     }
@@ -417,6 +420,10 @@ impl<'p> Pilot<'p> {
             }
             .into());
         }
+        let applied = self.applied.take();
+        if let Some(x) = applied {
+            self.policy.throttle_applied(x);
+        }
         let mut decision = self.policy.after_round(&stats)?;
         if let Some(o) = self.forced {
             let mut audit = decision.audit;
@@ -427,6 +434,7 @@ impl<'p> Pilot<'p> {
         let probes = std::mem::take(&mut self.probes);
         self.builder
             .round_wished(&stats, self.wish, &decision, raises, probes);
+        self.builder.set_throttle_applied(applied);
         let now_s = started_s + stats.duration_s;
         match decision.action {
             Action::Continue {
@@ -452,6 +460,16 @@ impl<'p> Pilot<'p> {
         match self.builder.last_round() {
             Some(r) => Ok((next, r)),
             None => Err(PilotError::NotInRound),
+        }
+    }
+
+    /// The share of the guest's CPU the executor measured taken away during the round under
+    /// way (QEMU: its `cpu-throttle-percentage`, applied up to two passes after the policy asked
+    /// it). Offered to the policy when the round ends and kept in its record. Values outside
+    /// [0, 1) are ignored.
+    pub fn throttle_applied(&mut self, share: f64) {
+        if (0.0..1.0).contains(&share) {
+            self.applied = Some(share);
         }
     }
 
@@ -571,6 +589,9 @@ pub fn replay<'p>(
             );
         }
         started_s += r.duration_s;
+        if let Some(x) = r.throttle_applied {
+            pilot.throttle_applied(x);
+        }
         let stats = RoundStats {
             round: r.round,
             cap_bytes_per_s: r.cap_bytes_per_s,

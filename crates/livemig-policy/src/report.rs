@@ -56,6 +56,11 @@ pub struct RoundRecord {
     /// replay offers exactly these).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<ProbeSeen>,
+    /// The share of the guest's CPU the executor measured taken away during the round, when it
+    /// reports one (QEMU's `cpu-throttle-percentage`, which lags what the policy asked); the
+    /// policy fitted the round with it, and a replay offers it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_applied: Option<f64>,
 }
 
 /// What one mid-round check saw.
@@ -300,7 +305,15 @@ impl ReportBuilder {
             decision: decision.clone(),
             raises,
             probes,
+            throttle_applied: None,
         });
+    }
+
+    /// Keeps the throttle the executor measured during the last round recorded.
+    pub fn set_throttle_applied(&mut self, share: Option<f64>) {
+        if let Some(r) = self.report.rounds.last_mut() {
+            r.throttle_applied = share;
+        }
     }
 
     /// The last round recorded, for executors that show rounds live.

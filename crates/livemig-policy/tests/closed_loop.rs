@@ -293,3 +293,74 @@ fn points_past_a_hot_sets_saturation_do_not_make_every_cap_infeasible() {
     let cap3 = d2.next_cap().expect("continues");
     assert!(cap3 < 0.5 * cfg.max_bandwidth, "{cap3} {:?}", d2.audit);
 }
+
+/// Drives `policy` on a guest whose throttle takes effect two rounds after it was asked (QEMU's
+/// auto-converge applies at a later sync); `tell` reports the throttle really applied before
+/// each round's end. Returns the throttles asked and what the last round left.
+fn drive_lagged(
+    policy: &mut dyn Policy,
+    truth: &dyn Fn(f64) -> f64,
+    tell: bool,
+) -> (Vec<f64>, f64) {
+    let mut asked: Vec<f64> = Vec::new();
+    let mut cap = policy.first_cap();
+    let mut to_send = cfg().memory_bytes;
+    let mut left = to_send;
+    for k in 0..10usize {
+        let applied = if k >= 2 { asked[k - 2] } else { 0.0 };
+        let duration = to_send / cap;
+        left = truth((1.0 - applied) * duration).min(cfg().memory_bytes);
+        if tell {
+            policy.throttle_applied(applied);
+        }
+        let d = policy
+            .after_round(&RoundStats {
+                round: k as u32 + 1,
+                cap_bytes_per_s: cap,
+                bytes_sent: to_send,
+                duration_s: duration,
+                dirty_bytes: left,
+            })
+            .expect("in order");
+        asked.push(d.audit.throttle.unwrap_or(0.0));
+        match d.action {
+            Action::Continue {
+                next_cap_bytes_per_s,
+            } => {
+                cap = next_cap_bytes_per_s;
+                to_send = left;
+            }
+            Action::StopAndCopy { .. } => break,
+        }
+    }
+    (asked, left)
+}
+
+/// A throttle that QEMU applies late: told what was really applied, the rescue fits each round
+/// with it and asks no more than it needs; not told, it reads an unthrottled round as a faster
+/// guest and climbs.
+#[test]
+fn the_rescue_fits_rounds_with_the_throttle_really_applied() {
+    let rescued = PolicyConfig {
+        max_bandwidth: 100.0 * MIB,
+        max_throttle: Some(0.95),
+        ..cfg()
+    };
+    let truth = |t: f64| 200.0 * MIB * t;
+    let run = |tell: bool| {
+        let mut p = PolicyKind::Predictive
+            .build(rescued.clone())
+            .expect("valid");
+        p.observe_sample(&exact_sample(&truth));
+        drive_lagged(p.as_mut(), &truth, tell)
+    };
+    let (told, told_left) = run(true);
+    let (blind, _) = run(false);
+    let peak = |xs: &[f64]| xs.iter().copied().fold(0.0, f64::max);
+    assert!(told_left <= rescued.stop_remaining, "{told_left}: {told:?}");
+    assert!(
+        peak(&told) < peak(&blind),
+        "told {told:?} vs blind {blind:?}"
+    );
+    assert!(peak(&told) < 0.8, "{told:?}");
+}

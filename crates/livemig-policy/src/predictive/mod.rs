@@ -280,6 +280,14 @@ impl Policy for Predictive {
         self.course = Some(Course::new(1, m, p.effective, curve, 1.0, n - 1));
     }
 
+    fn throttle_applied(&mut self, share: f64) {
+        // The round about to end is fitted with what the guest really lost, not what was asked
+        // (QEMU applies a throttle up to two passes late).
+        if self.throttle > 0.0 || share > 0.0 {
+            self.throttle = share.clamp(0.0, crate::config::MAX_THROTTLE);
+        }
+    }
+
     fn during_round(&mut self, p: &RoundProbe) -> Probed {
         let Some(c) = self.course.filter(|c| c.round == p.round && !self.stopped) else {
             return Probed::default();

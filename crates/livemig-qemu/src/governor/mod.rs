@@ -96,6 +96,8 @@ struct Run {
     last_progress: Option<Instant>,
     /// The rescue's throttle set in QEMU (percent).
     throttle_pct: u64,
+    /// QEMU's `cpu-throttle-percentage` over the polls of the pass under way: (sum, polls).
+    throttle_seen: (f64, u32),
 }
 
 impl Run {
@@ -419,6 +421,7 @@ impl Governor {
             reactions: Vec::new(),
             last_progress: None,
             throttle_pct: 0,
+            throttle_seen: (0.0, 0),
         })
     }
 
@@ -559,6 +562,13 @@ impl Governor {
         if let Some(p) = q.cpu_throttle_percentage {
             let seen = run.extras.cpu_throttle_seen.get_or_insert(0.0);
             *seen = seen.max(p);
+        }
+        if q.status == MigrationStatus::Active {
+            let p = q.cpu_throttle_percentage.unwrap_or(0.0);
+            if p.is_finite() {
+                run.throttle_seen.0 += p.clamp(0.0, 100.0);
+                run.throttle_seen.1 += 1;
+            }
         }
         if run.stopping || q.status != MigrationStatus::Active {
             return Ok(());

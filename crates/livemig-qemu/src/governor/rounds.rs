@@ -87,6 +87,12 @@ impl Governor {
         }
         // A new pass: its bytes left to send start afresh for the no-progress timeout.
         run.pilot.restart_progress();
+        // What QEMU throttled during the pass that just ended, for the policy's fit (the rescue
+        // asks, QEMU applies up to two passes later).
+        let (sum, polls) = std::mem::take(&mut run.throttle_seen);
+        if self.cfg.rescue && polls > 0 {
+            run.pilot.throttle_applied(sum / f64::from(polls) / 100.0);
+        }
         let under_way = run.pilot.round() + u32::from(run.pending.is_some());
         let pass = run
             .passes

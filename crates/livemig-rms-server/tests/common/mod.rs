@@ -502,6 +502,7 @@ pub fn round_record_at(k: u32, cap: f64, dirty: f64) -> Value {
         decision: Decision::stop(StopReason::RemainingBelowStopLevel, audit),
         raises: Vec::new(),
         probes: Vec::new(),
+        throttle_applied: None,
     };
     serde_json::to_value(r).expect("a round serialises")
 }

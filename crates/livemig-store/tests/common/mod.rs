@@ -242,6 +242,7 @@ pub fn round(k: u32) -> RoundRecord {
         decision: Decision::next(1.375e8, Branch::XenKeep, audit),
         raises: Vec::new(),
         probes: Vec::new(),
+        throttle_applied: None,
     }
 }
 

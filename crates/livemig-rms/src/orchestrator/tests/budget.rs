@@ -266,6 +266,7 @@ fn rounds_refine_the_estimate_and_update_what_is_left() {
         },
         raises: Vec::new(),
         probes: Vec::new(),
+        throttle_applied: None,
     };
     run(
         &mut o,

@@ -377,6 +377,7 @@ fn rounds_and_the_report_are_recorded() {
         },
         raises: Vec::new(),
         probes: Vec::new(),
+        throttle_applied: None,
     };
     let fx = run(
         &mut o,
