@@ -37,6 +37,17 @@ pub fn writes_per_s(a: (u64, u64), b: (u64, u64)) -> Option<f64> {
     (dt >= 100).then(|| dk as f64 * 1000.0 / dt as f64)
 }
 
+/// The guest's page writes per second over (up to) the last `window_ms` of its progress
+/// points, from at least half a second of them; `None` with less.
+pub fn recent_writes_per_s(points: &[(u64, u64)], window_ms: u64) -> Option<f64> {
+    let last = *points.last()?;
+    let first = *points
+        .iter()
+        .find(|p| p.1.saturating_add(window_ms) >= last.1)
+        .filter(|p| p.1.saturating_add(500) <= last.1)?;
+    writes_per_s(first, last)
+}
+
 /// The text up to and including its last newline: the lines a console has finished. A line
 /// still being written (or cut by the switch-over, `livemig-hb 12` of `livemig-hb 123`) is left
 /// out.
@@ -116,6 +127,9 @@ mod tests {
         assert_eq!(writes_per_s((100, 1000), (300, 2000)), Some(200.0));
         assert_eq!(writes_per_s((100, 1000), (300, 1050)), None);
         assert_eq!(writes_per_s((300, 2000), (100, 3000)), None);
+        let points: Vec<(u64, u64)> = (0..=30).map(|i| (i * 100, i * 100)).collect();
+        assert_eq!(recent_writes_per_s(&points, 2000), Some(1000.0));
+        assert_eq!(recent_writes_per_s(&points[..4], 2000), None);
     }
 
     #[test]

@@ -470,7 +470,7 @@ async fn predictive_replans_from_a_coarse_sample_that_is_too_low() {
 }
 
 /// The rescue for real (issue "hard guests"): a guest whose page writes cost CPU (`work`) and
-/// dirty ~3x faster than B_max, so that no cap up to B_max converges. `predictive` flags it,
+/// dirty twice as fast as B_max, so that no cap up to B_max converges. `predictive` flags it,
 /// asks a throttle, QEMU applies it through auto-converge, the migration converges, and after
 /// the hand-over the throttle is gone: QEMU no longer throttles the source, its own settings
 /// are back, and the guest writes on the destination at its unthrottled speed.
@@ -484,13 +484,8 @@ async fn the_rescue_throttles_a_guest_no_cap_converges_and_lifts_it_after_the_ha
     // at half of it: a sweep that dirties faster than any cap, so that no cap up to B_max
     // converges on this machine, loaded or not.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = heartbeat::writes(&pair.src.console());
-    let start = *before.last().expect("progress before");
-    let early = *before
-        .iter()
-        .find(|p| p.1.saturating_add(2000) >= start.1)
-        .expect("progress before");
-    let speed = heartbeat::writes_per_s(early, start).expect("a speed before");
+    let speed = heartbeat::recent_writes_per_s(&heartbeat::writes(&pair.src.console()), 2000)
+        .expect("a speed before");
     let dirtying = speed * 4096.0;
     assert!(
         dirtying > 12e6,

@@ -61,12 +61,8 @@ impl GuestProgress {
     /// the destination's after the hand-over (`on_destination`).
     fn measure(at_start: &[(u64, u64)], on_destination: &[(u64, u64)]) -> Option<GuestProgress> {
         let start = *at_start.last()?;
-        let before = *at_start
-            .iter()
-            .find(|p| p.1.saturating_add(2000) >= start.1)
-            .filter(|p| p.1.saturating_add(500) <= start.1)?;
         let end = *on_destination.first()?;
-        let before_rate = heartbeat::writes_per_s(before, start)?;
+        let before_rate = heartbeat::recent_writes_per_s(at_start, 2000)?;
         let during_rate = heartbeat::writes_per_s(start, end)?;
         let slowdown = if before_rate > 0.0 {
             (1.0 - during_rate / before_rate).clamp(0.0, 1.0)
@@ -90,21 +86,7 @@ pub(crate) struct BenchRun {
 }
 
 /// Boots a fresh source and destination, optionally records a trace, migrates, checks the
-/// heartbeat. Returns the result and the heartbeat verdict.
-pub(crate) async fn bench_one(
-    image: &GuestImage,
-    load: &str,
-    dir: &Path,
-    runner: Runner,
-    cfg: &PolicyConfig,
-    timeouts: Timeouts,
-    trace: Option<TraceRecording<'_>>,
-) -> (Result<QemuReport>, String) {
-    let r = bench_run(image, load, dir, runner, cfg, timeouts, trace).await;
-    (r.result, r.heartbeat)
-}
-
-/// [`bench_one`], with the guest's progress across the migration.
+/// heartbeat and measures the guest's progress across the migration.
 pub(crate) async fn bench_run(
     image: &GuestImage,
     load: &str,

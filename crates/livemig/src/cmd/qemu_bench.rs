@@ -17,7 +17,7 @@ use livemig_workload::units::{fmt_bytes, fmt_duration, fmt_rate};
 
 use crate::args::{duration, resolve_spec, Runner, TimeoutArgs};
 use crate::out;
-use crate::qemu_runs::{bench_one, locate_image, TraceRecording};
+use crate::qemu_runs::{bench_run, locate_image, TraceRecording};
 
 /// `livemig qemu bench` flags.
 #[derive(Debug, clap::Args)]
@@ -144,7 +144,11 @@ async fn bench(args: BenchArgs) -> Result<()> {
             let trace = (runner == Runner::Policy(PolicyKind::DirtyFactor)
                 && trace_len >= Duration::from_secs(1))
             .then(|| dir.join("trace.csv"));
-            let (run, hb) = bench_one(
+            let crate::qemu_runs::BenchRun {
+                result: run,
+                heartbeat: hb,
+                ..
+            } = bench_run(
                 &image,
                 load,
                 &dir,

@@ -13,7 +13,7 @@ use livemig_workload::units::fmt_rate;
 use crate::args::{resolve_spec, Runner, TimeoutArgs};
 use crate::oracle::{self, Bisection, OracleResult, Scored};
 use crate::out;
-use crate::qemu_runs::{bench_one, bench_run, locate_image};
+use crate::qemu_runs::{bench_run, locate_image};
 
 /// `livemig qemu oracle` flags.
 #[derive(Debug, clap::Args)]
@@ -161,7 +161,7 @@ impl Fixed<'_> {
         std::fs::create_dir_all(&self.dir)?;
         let cap = self.cfg.fixed_bandwidth.unwrap_or(self.cfg.max_bandwidth);
         out::note(&format!("[{name}] fixed at {} ...", fmt_rate(cap)));
-        let (run, _) = bench_one(
+        let run = bench_run(
             self.image,
             self.spec,
             &self.dir,
@@ -171,7 +171,7 @@ impl Fixed<'_> {
             None,
         )
         .await;
-        let r = run?;
+        let r = run.result?;
         Ok((r.report.summary.converged, r.report.summary.total_time_s))
     }
 }

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::args::{duration, resolve_spec, trace_periods, Runner, TimeoutArgs};
 use crate::out;
-use crate::qemu_runs::{bench_one, locate_image, TraceRecording};
+use crate::qemu_runs::{bench_run, locate_image, TraceRecording};
 
 /// `livemig qemu trace-check` flags.
 #[derive(Debug, clap::Args)]
@@ -145,7 +145,11 @@ async fn check_all(args: TraceCheckArgs) -> Result<()> {
             periods: &periods,
             length,
         };
-        let (run, heartbeat) = bench_one(
+        let crate::qemu_runs::BenchRun {
+            result: run,
+            heartbeat,
+            ..
+        } = bench_run(
             &image,
             spec,
             &dir,
